@@ -1,0 +1,89 @@
+"""Config checks that run before any data is read or any Ray worker starts."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from flwr.server.strategy import Bulyan, Krum, Strategy
+from omegaconf import DictConfig
+
+from fedsim.errors import ConfigError
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# key -> (test, what is allowed); a None value is allowed only where the test accepts it.
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "num_clients": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "num_rounds": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "seed": (_is_int, "an integer"),
+    "log_level": (lambda v: v in logging.getLevelNamesMapping(), "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    "data.train_size": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+    "data.test_size": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+    "data.val_fraction": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "data.max_length": (lambda v: _is_int(v) and v >= 8, "an integer >= 8"),
+    "client.local_epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "client.batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "client.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "resources.num_cpus": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "resources.num_gpus": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "strategy.fraction_fit": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "strategy.fraction_evaluate": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "partition.alpha": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "partition.classes_per_client": (lambda v: v in (1, 2), "1 or 2 (IMDB has two labels)"),
+}
+
+
+def _select(cfg: DictConfig, key: str) -> tuple[bool, Any]:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first key whose value cannot work."""
+    for key, (test, allowed) in RULES.items():
+        present, value = _select(cfg, key)
+        if present and not test(value):
+            raise ConfigError(key, f"got {value!r}; allowed: {allowed}")
+
+
+def fit_clients_per_round(cfg: DictConfig) -> int:
+    """How many clients Flower samples per round (its own formula in FedAvg.num_fit_clients)."""
+    sampled = int(cfg.num_clients * cfg.strategy.get("fraction_fit", 1.0))
+    return max(sampled, int(cfg.strategy.get("min_fit_clients", 1)))
+
+
+# Minimum clients per round each robust aggregator needs for f tolerated malicious clients.
+MIN_CLIENTS: dict[type, tuple[Callable[[int], int], str]] = {
+    Bulyan: (lambda f: 4 * f + 3, "n >= 4f + 3"),
+    Krum: (lambda f: 2 * f + 3, "n > 2f + 2"),
+}
+
+
+def check_strategy(strategy: Strategy, cfg: DictConfig) -> None:
+    """Refuse a strategy whose preconditions this configuration breaks."""
+    if cfg.strategy.get("min_available_clients", 1) > cfg.num_clients:
+        raise ConfigError("strategy.min_available_clients",
+                          f"{cfg.strategy.min_available_clients} exceeds num_clients={cfg.num_clients}")
+    n = fit_clients_per_round(cfg)
+    for cls, (minimum, rule) in MIN_CLIENTS.items():
+        if isinstance(strategy, cls):
+            f = int(cfg.strategy.num_malicious_clients)
+            if n < minimum(f):
+                raise ConfigError(
+                    "strategy.num_malicious_clients",
+                    f"{type(strategy).__name__} with f={f} needs {rule}, i.e. at least {minimum(f)} clients "
+                    f"per round, but {n} train per round; raise num_clients or strategy.fraction_fit, or lower f",
+                )
+            return

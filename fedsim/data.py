@@ -1,0 +1,257 @@
+"""IMDB for federated clients: load the texts, featurize each split once, partition, and batch.
+
+The driver calls `prepare_data` before any Ray worker starts: it reads the dataset, selects
+rows, and writes each featurized split to a content-keyed safetensors cache. Clients then call
+`load_data`, which only memory-loads that cache and slices their partition.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from safetensors.numpy import load_file, save_file
+
+from fedsim.errors import ConfigError
+from fedsim.features import FEATURE_TYPES, Features, cache_key
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Raw texts and labels of one split."""
+
+    texts: list[str]
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """What clients and the server need to find the cached data: plain, picklable values."""
+
+    train_file: str
+    test_file: str
+    kind: str
+    num_train: int
+    num_test: int
+    partitioner: str  # the partition config as JSON, instantiated inside each actor
+    seed: int
+    val_fraction: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def read_imdb(path: str) -> dict[str, Split]:
+    """Read the train and test splits from a Parquet directory, an aclImdb tree, or the Hub."""
+    local = Path(os.path.expanduser(path))
+    if local.is_dir():
+        if glob.glob(str(local / "**" / "*.parquet"), recursive=True):
+            return _read_parquet_dir(local)
+        for root in (local, local / "aclImdb"):
+            if (root / "train" / "pos").is_dir():
+                return _read_aclimdb(root)
+        raise ConfigError(
+            "data.path", f"{path} holds neither Parquet files (train/test) nor an aclImdb/ tree"
+        )
+    if local.exists() or path.startswith((".", "/", "~")) or not HUB_ID.match(path):
+        raise ConfigError(
+            "data.path",
+            f"{path}: no such directory (give a directory of Parquet files, an aclImdb/ tree, "
+            "or a Hub dataset id such as stanfordnlp/imdb)",
+        )
+    return _read_hub(path)
+
+
+def _check_columns(columns: list[str], where: str) -> None:
+    missing = {"text", "label"} - set(columns)
+    if missing:
+        raise ConfigError(
+            "data.path", f"{where} lacks column(s) {sorted(missing)}; expected 'text' and 'label'"
+        )
+
+
+def _read_parquet_dir(root: Path) -> dict[str, Split]:
+    import pyarrow.parquet as pq
+
+    splits = {}
+    for split in ("train", "test"):
+        files = sorted(glob.glob(str(root / "**" / f"{split}*.parquet"), recursive=True))
+        if not files:
+            raise ConfigError("data.path", f"{root} has no {split}*.parquet file")
+        tables = [pq.read_table(f) for f in files]
+        _check_columns(tables[0].column_names, files[0])
+        texts = [t for table in tables for t in table.column("text").to_pylist()]
+        labels = np.concatenate([np.asarray(table.column("label").to_numpy()) for table in tables])
+        splits[split] = Split(texts, labels.astype(np.int64))
+    return splits
+
+
+def _read_aclimdb(root: Path) -> dict[str, Split]:
+    splits = {}
+    for split in ("train", "test"):
+        texts, labels = [], []
+        for label, name in enumerate(("neg", "pos")):
+            for file in sorted((root / split / name).glob("*.txt")):
+                texts.append(file.read_text(encoding="utf-8"))
+                labels.append(label)
+        splits[split] = Split(texts, np.asarray(labels, dtype=np.int64))
+    return splits
+
+
+def _read_hub(dataset_id: str) -> dict[str, Split]:
+    from datasets import load_dataset
+
+    try:
+        dataset = load_dataset(dataset_id)
+    except Exception as exc:  # the Hub's errors vary by cause (offline, missing, gated)
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError("data.path", f"could not load '{dataset_id}' from the Hub: {first_line}") from None
+    splits = {}
+    for split in ("train", "test"):
+        if split not in dataset:
+            raise ConfigError("data.path", f"Hub dataset '{dataset_id}' has no '{split}' split")
+        _check_columns(dataset[split].column_names, f"Hub dataset '{dataset_id}'")
+        splits[split] = Split(list(dataset[split]["text"]), np.asarray(dataset[split]["label"], dtype=np.int64))
+    return splits
+
+
+def select_rows(num_rows: int, cap: int | None, seed: int) -> np.ndarray:
+    """Sorted row ids of a random subset of `cap` rows (all rows when cap is None)."""
+    if cap is None or cap >= num_rows:
+        return np.arange(num_rows)
+    return np.sort(np.random.default_rng(seed).permutation(num_rows)[:cap])
+
+
+def featurize_cached(split: Split, rows: np.ndarray, featurizer, cache_dir: str) -> str:
+    """Featurize the chosen rows once; return the cache file (reused when content and settings match)."""
+    texts = [split.texts[i] for i in rows]
+    labels = split.labels[rows]
+    settings = featurizer.settings()
+    directory = Path(os.path.expanduser(cache_dir))
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{settings['kind']}-{cache_key(texts, labels, settings)}.safetensors"
+    if not path.exists():
+        features = featurizer(texts, labels)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file(features.arrays(), str(tmp), metadata={"settings": json.dumps(settings)})
+        os.replace(tmp, path)
+    return str(path)
+
+
+def prepare_data(cfg: DictConfig) -> PreparedData:
+    """Read, subset and featurize both splits into the cache (driver side, before Ray starts)."""
+    splits = read_imdb(str(cfg.data.path))
+    train_rows = select_rows(len(splits["train"].labels), cfg.data.train_size, cfg.seed)
+    # The test subset is fixed across seeds so that runs with different seeds stay comparable.
+    test_rows = select_rows(len(splits["test"].labels), cfg.data.test_size, 0)
+    if cfg.num_clients > len(train_rows):
+        raise ConfigError(
+            "num_clients", f"{cfg.num_clients} clients for {len(train_rows)} training rows; use at most {len(train_rows)}"
+        )
+    featurizer = instantiate(cfg.model.featurizer)
+    return PreparedData(
+        train_file=featurize_cached(splits["train"], train_rows, featurizer, cfg.data.cache_dir),
+        test_file=featurize_cached(splits["test"], test_rows, featurizer, cfg.data.cache_dir),
+        kind=featurizer.kind,
+        num_train=len(train_rows),
+        num_test=len(test_rows),
+        partitioner=json.dumps(OmegaConf.to_container(cfg.partition, resolve=True)),
+        seed=int(cfg.seed),
+        val_fraction=float(cfg.data.val_fraction),
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def load_features(path: str, kind: str) -> Features:
+    """Memory-load a cached split, once per process (a client actor serves many clients)."""
+    return FEATURE_TYPES[kind](**load_file(path))
+
+
+@functools.lru_cache(maxsize=2)
+def _partitions(partitioner_json: str, labels_key: str, seed: int) -> "PartitionTable":
+    return PartitionTable(json.loads(partitioner_json), load_features(*json.loads(labels_key)).labels, seed)
+
+
+class PartitionTable:
+    """flwr-datasets' partitioner over the (seed-shuffled) training rows; computed once per process."""
+
+    def __init__(self, partitioner_cfg: dict, labels: np.ndarray, seed: int) -> None:
+        from datasets import Dataset
+
+        order = np.random.default_rng(seed).permutation(len(labels))
+        self.partitioner = instantiate(partitioner_cfg, _convert_="all")
+        self.partitioner.dataset = Dataset.from_dict({"row": order, "label": labels[order]})
+
+    def rows(self, partition_id: int) -> np.ndarray:
+        return np.asarray(self.partitioner.load_partition(partition_id)["row"], dtype=np.int64)
+
+
+def partition_rows(prepared: PreparedData, partition_id: int) -> np.ndarray:
+    """Training-file rows held by one client."""
+    key = json.dumps([prepared.train_file, prepared.kind])
+    return _partitions(prepared.partitioner, key, prepared.seed).rows(partition_id)
+
+
+def train_val_split(rows: np.ndarray, val_fraction: float, seed: int, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split a client's rows into local train and validation parts, reproducibly per client."""
+    shuffled = np.random.default_rng([seed, partition_id]).permutation(rows)
+    num_val = int(round(len(rows) * val_fraction))
+    if len(rows) > 1:
+        num_val = min(max(num_val, 1 if val_fraction > 0 else 0), len(rows) - 1)
+    return shuffled[num_val:], shuffled[:num_val]
+
+
+class Loader:
+    """Batches of a feature table's rows; iterable like a DataLoader, reshuffled each epoch."""
+
+    def __init__(self, features: Features, rows: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0,
+                 labels: np.ndarray | None = None) -> None:
+        self.features = features
+        self.rows = rows
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.labels = features.labels if labels is None else labels
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.rows)
+
+    def reseed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.rows) // self.batch_size)
+
+    def __iter__(self):
+        rows = self.rng.permutation(self.rows) if self.shuffle else self.rows
+        for start in range(0, len(rows), self.batch_size):
+            yield self.features.batch(rows[start : start + self.batch_size], self.labels)
+
+
+def load_data(prepared: PreparedData, partition_id: int, batch_size: int) -> tuple[Loader, Loader]:
+    """One client's train and validation loaders for its partition (no tokenizing, no I/O after the first call)."""
+    features = load_features(prepared.train_file, prepared.kind)
+    train_rows, val_rows = train_val_split(
+        partition_rows(prepared, partition_id), prepared.val_fraction, prepared.seed, partition_id
+    )
+    trainloader = Loader(features, train_rows, batch_size, shuffle=True, seed=prepared.seed)
+    valloader = Loader(features, val_rows, 4 * batch_size, shuffle=False)
+    return trainloader, valloader
+
+
+def load_test(prepared: PreparedData, batch_size: int = 512) -> Loader:
+    """The server's central test loader."""
+    features = load_features(prepared.test_file, prepared.kind)
+    return Loader(features, np.arange(prepared.num_test), batch_size, shuffle=False)
+

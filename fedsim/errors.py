@@ -1,0 +1,9 @@
+"""The one error type for bad user input: it names the config key and what is allowed."""
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; `main` prints it as one line and exits with status 2."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key

@@ -1,0 +1,57 @@
+"""The classifiers, all called as `model(**inputs) -> logits`, and their weights as NumPy lists."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class BagOfNgrams(nn.Module):
+    """fastText-style classifier: the mean of hashed uni+bigram embeddings, then a linear layer."""
+
+    def __init__(self, num_buckets: int = 2**18, dim: int = 16, num_classes: int = 2) -> None:
+        super().__init__()
+        self.embedding = nn.EmbeddingBag(num_buckets, dim, mode="mean")
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, input: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.embedding(input, offsets))
+
+
+class HFClassifier(nn.Module):
+    """A Hugging Face sequence classifier (Hub id or local directory) returning plain logits."""
+
+    def __init__(self, name: str, num_classes: int = 2) -> None:
+        super().__init__()
+        from transformers import AutoModelForSequenceClassification
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        self.net = AutoModelForSequenceClassification.from_pretrained(name, num_labels=num_classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.net(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def get_weights(model: nn.Module) -> list[np.ndarray]:
+    """The model's state as the NumPy list Flower sends, in state_dict order.
+
+    Copies, because one model object serves every client of an actor in turn.
+    """
+    return [t.detach().cpu().numpy().copy() for t in model.state_dict().values()]
+
+
+def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
+    """Load a NumPy list (state_dict order) into the model in place."""
+    keys = list(model.state_dict().keys())
+    if len(keys) != len(weights):
+        raise ValueError(f"expected {len(keys)} arrays, got {len(weights)}")
+    state = OrderedDict((k, torch.from_numpy(np.require(w, requirements="W"))) for k, w in zip(keys, weights))
+    model.load_state_dict(state, strict=True)
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    return list(model.state_dict().keys())

@@ -1,0 +1,62 @@
+"""Run outputs that survive a kill: CSVs appended and fsync'ed row by row, JSON replaced atomically."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+ROUNDS_COLUMNS = [
+    "round", "central_loss", "central_accuracy", "fed_loss", "fed_accuracy", "train_loss",
+    "num_fit_clients", "num_failures", "round_time_s",
+]
+CLIENTS_COLUMNS = [
+    "round", "client_id", "num_examples", "train_loss", "fit_time_s", "is_malicious", "attack",
+    "update_norm", "cosine_to_mean", "distance_to_median", "norm_zscore",
+]
+
+
+def _cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return value
+
+
+class CsvLog:
+    """A CSV with a fixed header; every `write` lands on disk before it returns."""
+
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+        self.path = Path(path)
+        self.columns = list(columns)
+        self._file = open(self.path, "w", newline="", encoding="utf-8")
+        self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="raise")
+        self._writer.writeheader()
+        self._sync()
+
+    def write(self, rows: Sequence[dict]) -> None:
+        for row in rows:
+            self._writer.writerow({c: _cell(row.get(c)) for c in self.columns})
+        self._sync()
+
+    def _sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Replace a JSON file atomically, so a reader never sees half of it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,166 @@
+"""The server side: central evaluation, and a recorder around any Flower strategy that writes
+rounds.csv and clients.csv as rounds finish and prints one progress line per round."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from flwr.common import EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, Scalar
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import Strategy
+from torch import nn
+
+from fedsim.data import Loader
+from fedsim.models import set_weights
+from fedsim.outputs import CsvLog
+from fedsim.train import evaluate
+
+EvaluateFn = Callable[[int, list[np.ndarray], dict[str, Scalar]], tuple[float, dict[str, Scalar]]]
+
+
+def make_evaluate_fn(model: nn.Module, testloader: Loader, device: torch.device) -> EvaluateFn:
+    """Central evaluation of the global model on the server's test split."""
+
+    def evaluate_fn(server_round: int, weights: list[np.ndarray], config: dict[str, Scalar]) -> tuple[float, dict]:
+        set_weights(model, weights)
+        loss, accuracy = evaluate(model, testloader, device)
+        return loss, {"accuracy": accuracy}
+
+    return evaluate_fn
+
+
+def fit_config(server_round: int) -> dict[str, Scalar]:
+    """Sent to every client with each fit: the round seeds its local training."""
+    return {"server_round": server_round}
+
+
+def weighted_average(metrics: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:
+    """Example-weighted mean of the clients' numeric metrics (Flower's metrics aggregation hook)."""
+    total = sum(n for n, _ in metrics)
+    keys = {k for _, m in metrics for k, v in m.items() if isinstance(v, (int, float)) and k != "partition_id"}
+    return {k: sum(n * float(m.get(k, 0.0)) for n, m in metrics) / total for k in keys} if total else {}
+
+
+def _by_partition(results: list[tuple[ClientProxy, FitRes | EvaluateRes]]) -> list:
+    """Results in partition order: aggregation sums in a fixed order, so reruns match bit for bit."""
+    return sorted(results, key=lambda r: int(r[1].metrics.get("partition_id", -1)))
+
+
+def _weighted(values: list[tuple[int, float]]) -> float | None:
+    total = sum(n for n, _ in values)
+    return sum(n * v for n, v in values) / total if total else None
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class RunRecorder(Strategy):
+    """Wraps a Flower strategy unchanged and records each round as it completes.
+
+    Flower's round order is fit -> central evaluate -> federated evaluate, so a round's row is
+    written after its federated evaluation (or when the next round starts, if there was none).
+    """
+
+    def __init__(self, strategy: Strategy, rounds_log: CsvLog, clients_log: CsvLog, num_rounds: int,
+                 echo: Callable[[str], None] = print) -> None:
+        self.strategy = strategy
+        self.rounds_log = rounds_log
+        self.clients_log = clients_log
+        self.num_rounds = num_rounds
+        self.echo = echo
+        self.rows: list[dict] = []
+        self._row: dict | None = None
+        self._started = 0.0
+        self._run_started = time.perf_counter()
+
+    def __repr__(self) -> str:
+        return f"RunRecorder({self.strategy!r})"
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return self.strategy.initialize_parameters(client_manager)
+
+    def configure_fit(self, server_round: int, parameters: Parameters,
+                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        self.close_round()
+        self._row, self._started = {"round": server_round}, time.perf_counter()
+        return self.strategy.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                      failures: list) -> tuple[Parameters | None, dict[str, Scalar]]:
+        results = _by_partition(results)
+        self.clients_log.write([
+            {
+                "round": server_round,
+                "client_id": int(res.metrics["partition_id"]),
+                "num_examples": res.num_examples,
+                "train_loss": res.metrics.get("train_loss"),
+                "fit_time_s": res.metrics.get("fit_time_s"),
+            }
+            for _, res in results
+        ])
+        assert self._row is not None
+        self._row.update(
+            train_loss=_weighted([(r.num_examples, float(r.metrics["train_loss"])) for _, r in results]),
+            num_fit_clients=len(results),
+            num_failures=len(failures),
+        )
+        return self.strategy.aggregate_fit(server_round, results, failures)
+
+    def configure_evaluate(self, server_round: int, parameters: Parameters,
+                           client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
+        return self.strategy.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
+                           failures: list) -> tuple[float | None, dict[str, Scalar]]:
+        results = _by_partition(results)
+        aggregated = self.strategy.aggregate_evaluate(server_round, results, failures)
+        if self._row is not None:
+            self._row.update(
+                fed_loss=_weighted([(r.num_examples, r.loss) for _, r in results]),
+                fed_accuracy=_weighted([(r.num_examples, float(r.metrics["accuracy"])) for _, r in results]),
+            )
+            self.close_round()
+        return aggregated
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
+        started = time.perf_counter()
+        result = self.strategy.evaluate(server_round, parameters)
+        if server_round == 0:
+            self._row, self._started = {"round": 0, "num_fit_clients": 0, "num_failures": 0}, started
+        if result is not None and self._row is not None:
+            loss, metrics = result
+            self._row.update(central_loss=loss, central_accuracy=metrics.get("accuracy"))
+        if server_round == 0:
+            self.close_round()
+        return result
+
+    def close_round(self) -> None:
+        """Write the pending round's row and its progress line."""
+        if self._row is None:
+            return
+        row, self._row = self._row, None
+        row["round_time_s"] = time.perf_counter() - self._started
+        self.rounds_log.write([row])
+        self.rows.append(row)
+        self.echo(self._progress(row))
+
+    def _progress(self, row: dict) -> str:
+        done = row["round"]
+        elapsed = time.perf_counter() - self._run_started
+        eta = elapsed / done * (self.num_rounds - done) if done else float("nan")
+
+        def fmt(key: str) -> str:
+            value = row.get(key)
+            return "  -   " if value is None else f"{value:.4f}"
+
+        return (
+            f"round {done:>3}/{self.num_rounds}  central_acc {fmt('central_accuracy')}  "
+            f"fed_acc {fmt('fed_accuracy')}  train_loss {fmt('train_loss')}  "
+            f"{row['round_time_s']:.1f}s  ETA {format_duration(eta) if done else '-'}"
+        )

@@ -1,0 +1,60 @@
+"""Shared fixtures: real IMDB from ../shared/imdb when present, else a small generated look-alike."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_IMDB = ROOT.parent / "shared" / "imdb"
+
+POSITIVE = "great wonderful superb moving brilliant loved enjoyable touching masterpiece fun".split()
+NEGATIVE = "awful boring terrible waste dull hated poor stupid mess worst".split()
+NEUTRAL = "movie film plot actor scene story director character ending script time".split()
+
+
+def make_reviews(n: int, seed: int) -> pd.DataFrame:
+    """Reviews whose label is carried by sentiment words among neutral ones, ordered neg then pos like IMDB."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([0, 1], n // 2)
+    texts = []
+    for label in labels:
+        words = list(rng.choice(NEUTRAL, 20)) + list(rng.choice(POSITIVE if label else NEGATIVE, 4))
+        words += list(rng.choice(NEGATIVE if label else POSITIVE, 1))
+        rng.shuffle(words)
+        texts.append(" ".join(words) + ".<br /><br />The end")
+    return pd.DataFrame({"text": texts, "label": labels})
+
+
+@pytest.fixture(scope="session")
+def generated_imdb(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("imdb")
+    make_reviews(1200, 0).to_parquet(root / "train.parquet")
+    make_reviews(400, 1).to_parquet(root / "test.parquet")
+    return root
+
+
+@pytest.fixture(scope="session")
+def imdb_dir(generated_imdb) -> Path:
+    """The real IMDB copy where this checkout has one beside it, else the generated one."""
+    return SHARED_IMDB if (SHARED_IMDB / "train.parquet").exists() else generated_imdb
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_cache(tmp_path_factory) -> Path:
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["FEDSIM_CACHE"] = str(cache)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def make_cfg(*overrides: str) -> DictConfig:
+    """The project's config with overrides, composed as `main.py` would."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
