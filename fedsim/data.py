@@ -182,6 +182,16 @@ def _partitions(partitioner_json: str, labels_key: str, seed: int) -> "Partition
     return PartitionTable(json.loads(partitioner_json), load_features(*json.loads(labels_key)).labels, seed)
 
 
+def pathological_partitioner(num_partitions: int, classes_per_client: int, class_assignment_mode: str = "random",
+                             seed: int = 0):
+    """flwr-datasets' PathologicalPartitioner under the SPEC's key name `partition.classes_per_client`."""
+    from flwr_datasets.partitioner import PathologicalPartitioner
+
+    return PathologicalPartitioner(num_partitions=num_partitions, partition_by="label",
+                                   num_classes_per_partition=classes_per_client,
+                                   class_assignment_mode=class_assignment_mode, seed=seed)
+
+
 class PartitionTable:
     """flwr-datasets' partitioner over the (seed-shuffled) training rows; computed once per process."""
 

@@ -1,0 +1,85 @@
+"""`python main.py` driven as a user would: files, columns, row counts, accuracy, determinism, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import ROOT
+from fedsim.outputs import CLIENTS_COLUMNS, ROUNDS_COLUMNS
+
+SMALL = ["num_clients=3", "num_rounds=2", "data.train_size=1500", "data.test_size=500", "client.local_epochs=3"]
+METRICS = ["central_loss", "central_accuracy", "fed_loss", "fed_accuracy", "train_loss"]
+
+
+def run_main(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "main.py", f"hydra.run.dir={run_dir}", *overrides],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def small_run(imdb_dir, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    result = run_main(run_dir, f"data.path={imdb_dir}", *SMALL)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("round ") >= 3 and "ETA" in result.stdout
+    return run_dir
+
+
+@pytest.mark.slow
+def test_run_writes_every_file_with_spec_columns(small_run):
+    rounds = pd.read_csv(small_run / "rounds.csv")
+    clients = pd.read_csv(small_run / "clients.csv")
+    assert list(rounds.columns) == ROUNDS_COLUMNS and list(clients.columns) == CLIENTS_COLUMNS
+    assert rounds["round"].tolist() == [0, 1, 2]
+    assert rounds.loc[0, ["fed_accuracy", "train_loss"]].isna().all()
+    assert rounds.loc[1:, ["central_accuracy", "fed_accuracy", "train_loss"]].notna().all().all()
+    assert (rounds.loc[1:, "num_fit_clients"] == 3).all() and (rounds.loc[1:, "num_failures"] == 0).all()
+    assert len(clients) == 6 and sorted(clients.client_id.unique()) == [0, 1, 2]
+    assert clients.num_examples.sum() == 2 * 1200  # 80% of 1500 rows train, every round
+    assert rounds.central_accuracy.iloc[-1] > 0.6  # better than chance on a balanced test split
+
+    info = json.loads((small_run / "run.json").read_text())
+    assert info["status"] == "completed" and info["seed"] == 0 and info["rounds_completed"] == 2
+    assert info["final_central_accuracy"] == pytest.approx(rounds.central_accuracy.iloc[-1])
+    assert set(info["versions"]) >= {"python", "torch", "flwr", "ray", "transformers"}
+    assert "num_clients: 3" in (small_run / "config.yaml").read_text()
+    weights = load_file(str(small_run / "model.safetensors"))
+    assert weights["embedding.weight"].shape == (262144, 16)
+
+
+@pytest.mark.slow
+def test_same_seed_gives_identical_metrics(small_run, imdb_dir, tmp_path):
+    result = run_main(tmp_path, f"data.path={imdb_dir}", *SMALL)
+    assert result.returncode == 0, result.stderr[-2000:]
+    first = pd.read_csv(small_run / "rounds.csv")[METRICS]
+    second = pd.read_csv(tmp_path / "rounds.csv")[METRICS]
+    pd.testing.assert_frame_equal(first, second, check_exact=True)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["num_clients=0"], "num_clients"),
+    (["num_rounds=0"], "num_rounds"),
+    (["strategy.fraction_fit=1.5"], "strategy.fraction_fit"),
+    (["data.path=/nonexistent"], "data.path"),
+    (["strategy=krum", "num_clients=3"], "strategy.num_malicious_clients"),
+])
+def test_bad_input_is_one_clear_line_and_exit_2(overrides, key, imdb_dir, tmp_path):
+    overrides = [f"data.path={imdb_dir}", *overrides] if "data.path" not in overrides[0] else overrides
+    result = run_main(tmp_path, *overrides, "data.train_size=100", "data.test_size=10")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stderr.strip().startswith(f"error: {key}:")
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "rounds.csv").exists()
+
+
+def test_unknown_group_choice_lists_the_options(tmp_path):
+    result = run_main(tmp_path, "strategy=fedfoo")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "fedfoo" in result.stderr and "fedavg" in result.stderr
