@@ -1,0 +1,83 @@
+"""Scrutiny statistics against a plain NumPy reference, and the archive's round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedsim.archive import Archive, ArchiveWriter, check_disk, expected_bytes
+from fedsim.errors import ConfigError
+from fedsim.scrutiny import layer_statistics, round_statistics
+
+
+def test_layer_statistics_match_numpy_with_a_planted_outlier():
+    rng = np.random.default_rng(0)
+    stack = rng.standard_normal((12, 50)).astype(np.float32)
+    stack[3, 7] = 100.0  # with 12 clients |z| can reach sqrt(11) > 3
+    stats = layer_statistics(stack)
+    z = (stack - stack.mean(axis=0)) / stack.std(axis=0)
+    assert stats["num_outliers"] == np.count_nonzero(np.abs(z) > 3) >= 1
+    assert stats["mean_variance"] == pytest.approx(np.var(stack, axis=0).mean(), rel=1e-6)
+    assert stats["weight_median"] == pytest.approx(np.median(stack), rel=1e-6)
+    assert stats["weight_q25"] == pytest.approx(np.quantile(stack, 0.25), rel=1e-6)
+    assert stats["weight_q75"] == pytest.approx(np.quantile(stack, 0.75), rel=1e-6)
+    assert stats["weight_std"] == pytest.approx(stack.std(), rel=1e-6)
+    assert (stats["weight_min"], stats["weight_max"]) == (stack.min(), 100.0)
+    assert stats["first_weight"] == pytest.approx(stack[:, 0].mean(), rel=1e-6)
+
+
+def test_no_outliers_where_clients_agree():
+    assert layer_statistics(np.ones((12, 5), dtype=np.float32))["num_outliers"] == 0
+
+
+def test_update_statistics_match_numpy():
+    rng = np.random.default_rng(1)
+    start = [rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)]
+    clients = [[w + rng.standard_normal(w.shape).astype(np.float32) * (i + 1) for w in start] for i in range(5)]
+    layers, rows = round_statistics(["a", "b"], start, clients)
+    updates = np.stack([np.concatenate([(c - s).ravel() for c, s in zip(w, start)]) for w in clients])
+    norms = np.linalg.norm(updates, axis=1)
+    median = np.median(updates, axis=0)
+    for i, row in enumerate(rows):
+        others = np.delete(updates, i, axis=0).mean(axis=0)
+        cosine = updates[i] @ others / (norms[i] * np.linalg.norm(others))
+        assert row["update_norm"] == pytest.approx(norms[i], rel=1e-5)
+        assert row["cosine_to_mean"] == pytest.approx(cosine, rel=1e-4, abs=1e-6)
+        assert row["distance_to_median"] == pytest.approx(np.linalg.norm(updates[i] - median), rel=1e-5)
+        assert row["norm_zscore"] == pytest.approx((norms[i] - norms.mean()) / norms.std(), rel=1e-5)
+    assert [layer["layer"] for layer in layers] == ["a", "b"]
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 0.0), ("float16", 1e-3), ("bfloat16", 1e-2)])
+def test_archive_round_trip(tmp_path, dtype, tolerance):
+    rng = np.random.default_rng(2)
+    names = ["layer.weight", "layer.bias", "steps"]
+    weights = [rng.standard_normal((8, 4)).astype(np.float32), rng.standard_normal(4).astype(np.float32),
+               np.array([3], dtype=np.int64)]
+    writer = ArchiveWriter(tmp_path, names, ["*"], dtype)
+    writer.put(0, weights)
+    writer.put(1, weights, client_id=2)
+    writer.close()
+    archive = Archive(tmp_path)
+    assert archive.rounds() == [0, 1] and archive.clients(1) == [2]
+    for name, original in zip(names, weights):
+        stored = archive.tensor(1, name, client_id=2)
+        np.testing.assert_allclose(stored, original, rtol=tolerance, atol=tolerance)
+    assert archive.manifest["num_bytes"].gt(0).all()
+
+
+def test_archive_keeps_only_selected_layers(tmp_path):
+    writer = ArchiveWriter(tmp_path, ["enc.weight", "head.weight"], ["head.*"], "float32")
+    writer.put(0, [np.zeros(3, np.float32), np.ones(2, np.float32)])
+    writer.close()
+    assert Archive(tmp_path).layers() == ["head.weight"]
+
+
+def test_disk_check_refuses_a_run_that_would_not_fit(tmp_path, monkeypatch):
+    weights = [np.zeros((1000, 100), np.float32)]
+    needed = expected_bytes(weights, ["w"], ["w"], "float32", "all", num_rounds=3, clients_per_round=10)
+    assert needed == 400_000 * (3 * (10 + 1) + 1)  # every round: 10 clients and the global; plus round 0
+    monkeypatch.setattr("shutil.disk_usage", lambda path: type("Usage", (), {"free": needed - 1})())
+    with pytest.raises(ConfigError, match="archive.mode"):
+        check_disk(tmp_path, needed)
+
