@@ -74,14 +74,17 @@ class UpdateStatistics:
         self.sq_dist_median = np.zeros(num_clients)
 
     def add_layer(self, updates: np.ndarray) -> None:
+        """Accumulate one layer; dot products come from one k x k Gram matrix (a single BLAS call)."""
         updates = updates.reshape(self.k, -1).astype(np.float64)
-        total = updates.sum(axis=0)
-        others = (total[None, :] - updates) / max(self.k - 1, 1)
-        self.sq_norm += np.einsum("ij,ij->i", updates, updates)
-        self.dot_others += np.einsum("ij,ij->i", updates, others)
-        self.sq_norm_others += np.einsum("ij,ij->i", others, others)
-        median = np.median(updates, axis=0)
-        self.sq_dist_median += np.einsum("ij,ij->i", updates - median, updates - median)
+        gram = updates @ updates.T
+        own = np.diag(gram)
+        with_all = gram.sum(axis=1)
+        others = max(self.k - 1, 1)
+        self.sq_norm += own
+        self.dot_others += (with_all - own) / others
+        self.sq_norm_others += (gram.sum() - 2 * with_all + own) / others**2
+        deviation = updates - np.median(updates, axis=0)
+        self.sq_dist_median += np.einsum("ij,ij->i", deviation, deviation)
 
     def rows(self) -> list[dict[str, float]]:
         norms = np.sqrt(self.sq_norm)
