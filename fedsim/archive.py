@@ -74,6 +74,7 @@ class ArchiveWriter:
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
         self._folders: set[Path] = set()
+        self._closed = False
         self._thread = threading.Thread(target=self._work, name="archive-writer", daemon=True)
         self._thread.start()
 
@@ -116,7 +117,10 @@ class ArchiveWriter:
                 self._queue.task_done()
 
     def close(self) -> None:
-        """Flush everything to disk; raise if any write failed."""
+        """Flush everything to disk; raise if any write failed. Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
         self._queue.put(None)
         self._thread.join()
         self.manifest.close()

@@ -36,6 +36,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "resources.num_gpus": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "strategy.fraction_fit": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
     "strategy.fraction_evaluate": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "archive.mode": (lambda v: v in ("all", "global", "none"), "all, global or none"),
+    "archive.dtype": (lambda v: v in ("float32", "float16", "bfloat16"), "float32, float16 or bfloat16"),
+    "archive.layers": (lambda v: len(v) > 0 and all(isinstance(p, str) for p in v), "a list of glob patterns"),
+    "archive.max_pending": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "partition.alpha": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "partition.classes_per_client": (lambda v: v in (1, 2), "1 or 2 (IMDB has two labels)"),
 }

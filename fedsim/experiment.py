@@ -18,11 +18,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.numpy import save_file
 
-from fedsim.checks import check_strategy, validate
+from fedsim.archive import ArchiveWriter, check_disk, expected_bytes, select_layers
+from fedsim.checks import check_strategy, fit_clients_per_round, validate
 from fedsim.client import ClientSettings, make_client_fn
 from fedsim.data import load_test, prepare_data
+from fedsim.errors import ConfigError
 from fedsim.models import get_weights, layer_names
 from fedsim.outputs import CLIENTS_COLUMNS, ROUNDS_COLUMNS, CsvLog, write_json
+from fedsim.scrutiny import LAYER_COLUMNS
 from fedsim.server import RunRecorder, fit_config, make_evaluate_fn, weighted_average
 
 
@@ -104,7 +107,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     """Run one experiment into `run_dir`; return run.json's content. Raises ConfigError on bad input."""
     run_dir.mkdir(parents=True, exist_ok=True)
     info = RunInfo(run_dir, cfg)
-    rounds_log = clients_log = None
+    rounds_log = clients_log = layers_log = archive = None
     try:
         # 1. Check the config and save it, fully resolved.
         validate(cfg)
@@ -131,9 +134,13 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
             evaluate_metrics_aggregation_fn=weighted_average,
         )
         check_strategy(strategy, cfg)
+        names = layer_names(model)
+        archive = open_archive(cfg, run_dir, names, get_weights(model))
         rounds_log = CsvLog(run_dir / "rounds.csv", ROUNDS_COLUMNS)
         clients_log = CsvLog(run_dir / "clients.csv", CLIENTS_COLUMNS)
-        recorder = RunRecorder(strategy, rounds_log, clients_log, cfg.num_rounds)
+        layers_log = CsvLog(run_dir / "layers.csv", LAYER_COLUMNS)
+        recorder = RunRecorder(strategy, rounds_log, clients_log, layers_log, names, cfg.num_rounds,
+                               archive=archive, archive_clients=cfg.archive.mode == "all")
 
         # 4. Simulate with Flower's Ray backend; one model per client actor, reused across rounds.
         settings = ClientSettings(
@@ -151,8 +158,10 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         simulate(recorder, settings, cfg)
         recorder.close_round()
 
-        # 5. Save the final global model and close the books.
-        save_file(dict(zip(layer_names(model), get_weights(model))), str(run_dir / "model.safetensors"))
+        # 5. Save the final global model, flush the archive to disk, and close the books.
+        save_file(dict(zip(names, get_weights(model))), str(run_dir / "model.safetensors"))
+        if archive is not None:
+            archive.close()
         info.finish("completed", **final_metrics(recorder.rows))
         return info.data
     except BaseException as exc:
@@ -160,9 +169,26 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         info.finish("failed", error=message, error_type=type(exc).__name__)
         raise
     finally:
-        for log in (rounds_log, clients_log):
+        if archive is not None:
+            archive.close()
+        for log in (rounds_log, clients_log, layers_log):
             if log is not None:
                 log.close()
+
+
+def open_archive(cfg: DictConfig, run_dir: Path, names: list[str], weights: list[np.ndarray]) -> ArchiveWriter | None:
+    """Announce the archive's expected size, refuse the run if the disk cannot hold it, start the writer."""
+    if cfg.archive.mode == "none":
+        return None
+    kept = select_layers(names, list(cfg.archive.layers))
+    if not kept:
+        raise ConfigError("archive.layers", f"{list(cfg.archive.layers)} match no layer; layers are e.g. {names[:3]}")
+    needed = expected_bytes(weights, names, kept, cfg.archive.dtype, cfg.archive.mode, cfg.num_rounds,
+                            fit_clients_per_round(cfg))
+    print(f"archive: mode={cfg.archive.mode} dtype={cfg.archive.dtype}, {len(kept)}/{len(names)} layers, "
+          f"about {needed / 1e9:.2f} GB expected")
+    check_disk(run_dir, needed)
+    return ArchiveWriter(run_dir, names, list(cfg.archive.layers), cfg.archive.dtype, cfg.archive.max_pending)
 
 
 def simulate(strategy, settings: ClientSettings, cfg: DictConfig) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 ROUNDS_COLUMNS = [
     "round", "central_loss", "central_accuracy", "fed_loss", "fed_accuracy", "train_loss",
-    "num_fit_clients", "num_failures", "round_time_s",
+    "num_fit_clients", "num_failures", "round_time_s", "driver_rss_mb",
 ]
 CLIENTS_COLUMNS = [
     "round", "client_id", "num_examples", "train_loss", "fit_time_s", "is_malicious", "attack",

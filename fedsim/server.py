@@ -1,22 +1,27 @@
 """The server side: central evaluation, and a recorder around any Flower strategy that writes
-rounds.csv and clients.csv as rounds finish and prints one progress line per round."""
+rounds.csv, clients.csv and layers.csv as rounds finish, archives weights, and prints one
+progress line per round."""
 
 from __future__ import annotations
 
+import os
+import resource
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from flwr.common import EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, Scalar
+from flwr.common import EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, Scalar, parameters_to_ndarrays
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 from torch import nn
 
+from fedsim.archive import ArchiveWriter
 from fedsim.data import Loader
 from fedsim.models import set_weights
 from fedsim.outputs import CsvLog
+from fedsim.scrutiny import round_statistics
 from fedsim.train import evaluate
 
 EvaluateFn = Callable[[int, list[np.ndarray], dict[str, Scalar]], tuple[float, dict[str, Scalar]]]
@@ -55,6 +60,15 @@ def _weighted(values: list[tuple[int, float]]) -> float | None:
     return sum(n * v for n, v in values) / total if total else None
 
 
+def rss_mb() -> float:
+    """This process's resident memory now (Linux), else its peak."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def format_duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
@@ -67,13 +81,19 @@ class RunRecorder(Strategy):
     written after its federated evaluation (or when the next round starts, if there was none).
     """
 
-    def __init__(self, strategy: Strategy, rounds_log: CsvLog, clients_log: CsvLog, num_rounds: int,
-                 echo: Callable[[str], None] = print) -> None:
+    def __init__(self, strategy: Strategy, rounds_log: CsvLog, clients_log: CsvLog, layers_log: CsvLog,
+                 names: Sequence[str], num_rounds: int, archive: ArchiveWriter | None = None,
+                 archive_clients: bool = False, echo: Callable[[str], None] = print) -> None:
         self.strategy = strategy
         self.rounds_log = rounds_log
         self.clients_log = clients_log
+        self.layers_log = layers_log
+        self.names = list(names)
         self.num_rounds = num_rounds
+        self.archive = archive
+        self.archive_clients = archive_clients
         self.echo = echo
+        self._round_start_weights: list[np.ndarray] = []
         self.rows: list[dict] = []
         self._row: dict | None = None
         self._started = 0.0
@@ -89,21 +109,34 @@ class RunRecorder(Strategy):
                       client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
         self.close_round()
         self._row, self._started = {"round": server_round}, time.perf_counter()
+        self._round_start_weights = parameters_to_ndarrays(parameters)
         return self.strategy.configure_fit(server_round, parameters, client_manager)
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures: list) -> tuple[Parameters | None, dict[str, Scalar]]:
         results = _by_partition(results)
+        client_ids = [int(res.metrics["partition_id"]) for _, res in results]
+        weights = [parameters_to_ndarrays(res.parameters) for _, res in results]
+        layer_rows, update_rows = round_statistics(self.names, self._round_start_weights, weights)
+        self.layers_log.write([
+            {"round": server_round, **row, "attack": "none", "malicious_node_ratio": 0.0} for row in layer_rows
+        ])
         self.clients_log.write([
             {
                 "round": server_round,
-                "client_id": int(res.metrics["partition_id"]),
+                "client_id": client_id,
                 "num_examples": res.num_examples,
                 "train_loss": res.metrics.get("train_loss"),
                 "fit_time_s": res.metrics.get("fit_time_s"),
+                "is_malicious": False,
+                "attack": "none",
+                **stats,
             }
-            for _, res in results
+            for client_id, (_, res), stats in zip(client_ids, results, update_rows)
         ])
+        if self.archive is not None and self.archive_clients:
+            for client_id, client_weights in zip(client_ids, weights):
+                self.archive.put(server_round, client_weights, client_id)
         assert self._row is not None
         self._row.update(
             train_loss=_weighted([(r.num_examples, float(r.metrics["train_loss"])) for _, r in results]),
@@ -130,6 +163,8 @@ class RunRecorder(Strategy):
 
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
         started = time.perf_counter()
+        if self.archive is not None:
+            self.archive.put(server_round, parameters_to_ndarrays(parameters))
         result = self.strategy.evaluate(server_round, parameters)
         if server_round == 0:
             self._row, self._started = {"round": 0, "num_fit_clients": 0, "num_failures": 0}, started
@@ -146,6 +181,7 @@ class RunRecorder(Strategy):
             return
         row, self._row = self._row, None
         row["round_time_s"] = time.perf_counter() - self._started
+        row["driver_rss_mb"] = rss_mb()
         self.rounds_log.write([row])
         self.rows.append(row)
         self.echo(self._progress(row))
