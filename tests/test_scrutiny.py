@@ -26,6 +26,12 @@ def test_layer_statistics_match_numpy_with_a_planted_outlier():
     assert stats["first_weight"] == pytest.approx(stack[:, 0].mean(), rel=1e-6)
 
 
+def test_one_client_apart_from_ten_is_not_an_outlier():
+    stack = np.zeros((10, 1000), dtype=np.float32)
+    stack[4] = np.random.default_rng(3).standard_normal(1000).astype(np.float32)  # |z| = 3 exactly
+    assert layer_statistics(stack)["num_outliers"] == 0
+
+
 def test_no_outliers_where_clients_agree():
     assert layer_statistics(np.ones((12, 5), dtype=np.float32))["num_outliers"] == 0
 
