@@ -30,6 +30,7 @@ class HFClassifier(nn.Module):
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
         self.net = AutoModelForSequenceClassification.from_pretrained(name, num_labels=num_classes)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
