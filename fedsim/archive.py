@@ -134,6 +134,11 @@ class ArchiveWriter:
             raise RuntimeError(f"archive writer failed: {self._error}") from self._error
 
 
+def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """Floating tensors widened to float32 (NumPy has no bfloat16); others as they are."""
+    return tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
+
+
 class Archive:
     """Read a run's archive lazily: one tensor at a time, nothing loaded until asked for."""
 
@@ -159,16 +164,14 @@ class Archive:
     def tensor(self, server_round: int, layer: str, client_id: int | None = None) -> np.ndarray:
         """One layer of one model, as float32 NumPy (bfloat16 and float16 are widened)."""
         with safe_open(str(self.path(server_round, client_id)), "pt") as f:
-            t = f.get_tensor(layer)
-        return t.float().numpy() if t.is_floating_point() else t.numpy()
+            return _as_numpy(f.get_tensor(layer))
 
     def iter_tensors(self, server_round: int, client_id: int | None = None,
                      layers: Sequence[str] | None = None) -> Iterator[tuple[str, np.ndarray]]:
         """(layer, array) pairs of one model, read one at a time."""
         with safe_open(str(self.path(server_round, client_id)), "pt") as f:
             for name in layers or list(f.keys()):
-                t = f.get_tensor(name)
-                yield name, (t.float().numpy() if t.is_floating_point() else t.numpy())
+                yield name, _as_numpy(f.get_tensor(name))
 
     def load(self, server_round: int, client_id: int | None = None) -> dict[str, np.ndarray]:
         """A whole model as {layer: array}."""

@@ -12,7 +12,7 @@ import glob
 import json
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +46,6 @@ class PreparedData:
     partitioner: str  # the partition config as JSON, instantiated inside each actor
     seed: int
     val_fraction: float
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
 
 
 def read_imdb(path: str) -> dict[str, Split]:
@@ -178,8 +175,8 @@ def load_features(path: str, kind: str) -> Features:
 
 
 @functools.lru_cache(maxsize=2)
-def _partitions(partitioner_json: str, labels_key: str, seed: int) -> "PartitionTable":
-    return PartitionTable(json.loads(partitioner_json), load_features(*json.loads(labels_key)).labels, seed)
+def _partitions(partitioner_json: str, train_file: str, kind: str, seed: int) -> "PartitionTable":
+    return PartitionTable(json.loads(partitioner_json), load_features(train_file, kind).labels, seed)
 
 
 def pathological_partitioner(num_partitions: int, classes_per_client: int, class_assignment_mode: str = "random",
@@ -208,8 +205,7 @@ class PartitionTable:
 
 def partition_rows(prepared: PreparedData, partition_id: int) -> np.ndarray:
     """Training-file rows held by one client."""
-    key = json.dumps([prepared.train_file, prepared.kind])
-    return _partitions(prepared.partitioner, key, prepared.seed).rows(partition_id)
+    return _partitions(prepared.partitioner, prepared.train_file, prepared.kind, prepared.seed).rows(partition_id)
 
 
 def train_val_split(rows: np.ndarray, val_fraction: float, seed: int, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -224,13 +220,12 @@ def train_val_split(rows: np.ndarray, val_fraction: float, seed: int, partition_
 class Loader:
     """Batches of a feature table's rows; iterable like a DataLoader, reshuffled each epoch."""
 
-    def __init__(self, features: Features, rows: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0,
-                 labels: np.ndarray | None = None) -> None:
+    def __init__(self, features: Features, rows: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0) -> None:
         self.features = features
         self.rows = rows
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.labels = features.labels if labels is None else labels
+        self.labels = features.labels
         self.rng = np.random.default_rng(seed)
 
     @property

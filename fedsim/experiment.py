@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from flwr.common import ndarrays_to_parameters
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.numpy import save_file
@@ -123,8 +124,6 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         torch.manual_seed(cfg.seed)
         device = torch.device("cuda" if cfg.resources.num_gpus > 0 and torch.cuda.is_available() else "cpu")
         model = instantiate(cfg.model.net).to(device)
-        from flwr.common import ndarrays_to_parameters
-
         strategy = instantiate(
             cfg.strategy,
             initial_parameters=ndarrays_to_parameters(get_weights(model)),
