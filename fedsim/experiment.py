@@ -24,6 +24,7 @@ from fedsim.checks import check_strategy, fit_clients_per_round, validate
 from fedsim.client import ClientSettings, make_client_fn
 from fedsim.data import load_test, prepare_data
 from fedsim.errors import ConfigError
+from fedsim.memory import return_freed_buffers_to_os
 from fedsim.models import get_weights, layer_names
 from fedsim.outputs import CLIENTS_COLUMNS, ROUNDS_COLUMNS, CsvLog, write_json
 from fedsim.scrutiny import LAYER_COLUMNS
@@ -114,6 +115,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         validate(cfg)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         _quiet(cfg.log_level)
+        return_freed_buffers_to_os()
 
         # 2. Read, subset and featurize IMDB once (cached on disk for later runs).
         prepared = prepare_data(cfg)

@@ -7,11 +7,14 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ROUNDS_COLUMNS = [
     "round", "central_loss", "central_accuracy", "fed_loss", "fed_accuracy", "train_loss",
-    "num_fit_clients", "num_failures", "round_time_s", "driver_rss_mb",
+    "num_fit_clients", "num_failures", "round_time_s", "driver_rss_mb", "driver_shared_mb",
 ]
 CLIENTS_COLUMNS = [
     "round", "client_id", "num_examples", "train_loss", "fit_time_s", "is_malicious", "attack",
@@ -57,6 +60,17 @@ def write_json(path: Path, data: dict) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, default=str)
         f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
+    """Replace a CSV atomically (written beside it, fsync'ed, then renamed): never half a table."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        frame.to_csv(f, index=False)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

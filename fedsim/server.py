@@ -4,8 +4,6 @@ progress line per round."""
 
 from __future__ import annotations
 
-import os
-import resource
 import time
 from typing import Callable, Sequence
 
@@ -19,6 +17,7 @@ from torch import nn
 
 from fedsim.archive import ArchiveWriter
 from fedsim.data import Loader
+from fedsim.memory import memory_mb
 from fedsim.models import set_weights
 from fedsim.outputs import CsvLog
 from fedsim.scrutiny import round_statistics
@@ -58,15 +57,6 @@ def _by_partition(results: list[tuple[ClientProxy, FitRes | EvaluateRes]]) -> li
 def _weighted(values: list[tuple[int, float]]) -> float | None:
     total = sum(n for n, _ in values)
     return sum(n * v for n, v in values) / total if total else None
-
-
-def rss_mb() -> float:
-    """This process's resident memory now (Linux), else its peak."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def format_duration(seconds: float) -> str:
@@ -181,7 +171,8 @@ class RunRecorder(Strategy):
             return
         row, self._row = self._row, None
         row["round_time_s"] = time.perf_counter() - self._started
-        row["driver_rss_mb"] = rss_mb()
+        memory = memory_mb()
+        row["driver_rss_mb"], row["driver_shared_mb"] = memory["rss"], memory["shared"]
         self.rounds_log.write([row])
         self.rows.append(row)
         self.echo(self._progress(row))
