@@ -1,0 +1,325 @@
+"""Collections: one experiment repeated over seeds and configurations, each run in its own process,
+gathered into tidy CSVs that survive a kill at any moment.
+
+A collection directory holds runs.csv (the ledger: one row per run_id), runs/run_NNNN/ (each run's
+own directory, written by main.py), the concatenated rounds/clients/layers CSVs, summary.csv and
+accuracy.png. Every file is replaced atomically, so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from fedsim.outputs import write_csv
+from fedsim.server import format_duration
+
+RUNS_COLUMNS = [
+    "run_id", "seed", "overrides", "status", "error", "final_central_accuracy", "best_central_accuracy",
+    "wall_time_s", "run_dir", "config",
+]
+SUMMARY_COLUMNS = ["config", "n_runs", "n_failed", "mean", "std", "ci95_low", "ci95_high"]
+COLLECTED = ("rounds.csv", "clients.csv", "layers.csv")
+DEFAULT_CONFIG = "defaults"
+
+
+class CollectionError(Exception):
+    """Bad command-line input for a collection, reported as one line before anything runs."""
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One run to have: a configuration (Hydra overrides, without the seed) and a seed."""
+
+    overrides: tuple[str, ...]
+    seed: int
+
+    @property
+    def config(self) -> str:
+        return " ".join(self.overrides) or DEFAULT_CONFIG
+
+
+def parse_sweep(text: str) -> tuple[str, list[str]]:
+    """`KEY=A,B,C` -> (KEY, [A, B, C])."""
+    key, sep, values = text.partition("=")
+    options = [v for v in values.split(",") if v]
+    if not sep or not key or not options:
+        raise CollectionError(f"--sweep: got {text!r}; expected KEY=A,B,C")
+    return key, options
+
+
+def configurations(overrides: Sequence[str], sweeps: Sequence[str]) -> list[tuple[str, ...]]:
+    """The cross product of the sweeps, each with the shared overrides in front."""
+    for override in overrides:
+        if override.split("=", 1)[0].lstrip("+~") == "seed":
+            raise CollectionError(f"seed: given as an override ({override}); choose seeds with --runs or --seeds")
+    axes = [[f"{key}={value}" for value in values] for key, values in map(parse_sweep, sweeps)]
+    return [tuple(overrides) + combo for combo in itertools.product(*axes)]
+
+
+def plan(overrides: Sequence[str], sweeps: Sequence[str], seeds: Sequence[int]) -> list[Planned]:
+    """Seeds outermost, so an unfinished collection already compares every configuration."""
+    if len(set(seeds)) != len(seeds):
+        raise CollectionError(f"--seeds: {list(seeds)} repeats a seed")
+    return [Planned(config, seed) for seed in seeds for config in configurations(overrides, sweeps)]
+
+
+def default_name(overrides: Sequence[str], sweeps: Sequence[str]) -> str:
+    """A folder name from the overrides and sweeps, e.g. `num_rounds=3_strategy=fedavg,fedmedian`."""
+    name = re.sub(r"[^A-Za-z0-9._=,+-]+", "-", "_".join([*overrides, *sweeps])).strip("-_.")
+    return name[:120] or "default"
+
+
+def check_configuration(conf_dir: Path, overrides: Sequence[str], seed: int) -> str | None:
+    """Compose and validate a configuration as main.py would (no Ray); the one-line error, or None."""
+    from hydra import compose, initialize_config_dir
+
+    import fedsim  # noqa: F401  (registers the config resolvers)
+    from fedsim.checks import validate
+    from fedsim.errors import ConfigError
+
+    try:
+        with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
+            validate(compose(config_name="config", overrides=[*overrides, f"seed={seed}"]))
+    except ConfigError as exc:
+        return str(exc)
+    except Exception as exc:  # Hydra's composition errors: missing options, bad override syntax, types
+        message = str(exc).split("\nConfig search path")[0]
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        missing = re.search(r"Could not find '([^']+)/([^']+)'", lines[0]) if lines else None
+        if missing and "Available options" in message:
+            options = lines[lines.index(next(l for l in lines if l.startswith("Available options"))) + 1:]
+            return f"{missing[1]}: no option '{missing[2]}'; allowed: {', '.join(options)}"
+        hint = lines[1:2] if len(lines) > 1 and lines[1].startswith("To append") else []
+        return " ".join(lines[:1] + hint) or type(exc).__name__
+    return None
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if run_and_collect is killed (even with -9), its run stops too."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _error_from(run_dir: Path, returncode: int) -> str:
+    """The last line of a failed run's error: run.json's, else the log's, else the exit status."""
+    info_path = run_dir / "run.json"
+    if info_path.exists():
+        error = json.loads(info_path.read_text()).get("error")
+        if error:
+            return error
+    log = run_dir / "output.log"
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines()] if log.exists() else []
+    lines = [line for line in lines if line and "HYDRA_FULL_ERROR" not in line]
+    errors = [line for line in lines if line.startswith("error:")]
+    if errors:
+        return errors[-1].removeprefix("error:").strip()
+    if returncode < 0:
+        return f"killed by signal {signal.Signals(-returncode).name}"
+    return lines[-1] if lines else f"exit status {returncode}"
+
+
+def execute(main_script: Path, planned: Planned, run_dir: Path) -> dict:
+    """Run main.py once in its own process; return its row for runs.csv (without run_id)."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # left by an invocation that was killed mid-run
+    run_dir.mkdir(parents=True)
+    command = [sys.executable, str(main_script), *planned.overrides, f"seed={planned.seed}",
+               f"hydra.run.dir='{run_dir}'"]
+    started = time.perf_counter()
+    with open(run_dir / "output.log", "w") as log:
+        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=main_script.parent,
+                                    preexec_fn=_die_with_parent).returncode
+    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    completed = returncode == 0 and info.get("status") == "completed"
+    return {
+        "seed": planned.seed,
+        "overrides": " ".join(planned.overrides),
+        "status": "completed" if completed else "failed",
+        "error": None if completed else _error_from(run_dir, returncode),
+        "final_central_accuracy": info.get("final_central_accuracy"),
+        "best_central_accuracy": info.get("best_central_accuracy"),
+        "wall_time_s": info.get("wall_time_s") or round(time.perf_counter() - started, 3),
+        "config": planned.config,
+    }
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration: completed runs' final central accuracy, mean, std and a Student-t 95% CI."""
+    rows = []
+    for config, group in runs.groupby("config", sort=False):
+        done = group.loc[group.status == "completed", "final_central_accuracy"].astype(float).dropna()
+        n = len(done)
+        mean = done.mean() if n else np.nan
+        std = done.std(ddof=1) if n > 1 else np.nan
+        half = stats.t.ppf(0.975, n - 1) * std / np.sqrt(n) if n > 1 else np.nan
+        rows.append({"config": config, "n_runs": n, "n_failed": int((group.status == "failed").sum()),
+                     "mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half})
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def plot_accuracy(rounds: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
+    """Mean central accuracy per round with a Student-t 95% band, one line per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    merged = rounds.merge(runs[["run_id", "config"]], on="run_id")
+    for config, group in merged.groupby("config", sort=False):
+        per_round = group.groupby("round")["central_accuracy"]
+        mean, std, n = per_round.mean(), per_round.std(ddof=1), per_round.count()
+        half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * std / np.sqrt(n)
+        line, = ax.plot(mean.index, mean.values, marker="o", markersize=3, label=f"{config} (n={n.max()})")
+        ax.fill_between(mean.index, mean - half, mean + half, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("round")
+    ax.set_ylabel("central accuracy")
+    ax.set_title(f"{path.parent.name}: mean with 95% CI")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+class Collection:
+    """A collection directory, held by one invocation at a time (a lock file) and updated atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.path / ".lock", "w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CollectionError(f"{self.path}: another run_and_collect is using this collection") from None
+        ledger = self.path / "runs.csv"
+        self.runs = pd.read_csv(ledger, keep_default_na=False, na_values=[""]) if ledger.exists() \
+            else pd.DataFrame(columns=RUNS_COLUMNS)
+        self._mutex = threading.Lock()
+
+    def run_dir(self, run_id: int) -> Path:
+        return self.path / "runs" / f"run_{run_id:04d}"
+
+    def todo(self, planned: Iterable[Planned], force: bool) -> list[tuple[int, Planned]]:
+        """(run_id, run) for every planned run not yet completed; new runs get fresh ids."""
+        known = {(str(r.config), int(r.seed)): (int(r.run_id), r.status) for r in self.runs.itertuples()}
+        next_id = int(self.runs.run_id.max()) + 1 if len(self.runs) else 0
+        work = []
+        for run in planned:
+            run_id, status = known.get((run.config, run.seed), (None, None))
+            if run_id is None:
+                run_id, next_id = next_id, next_id + 1
+            if status != "completed" or force:
+                work.append((run_id, run))
+        return work
+
+    def record(self, run_id: int, row: dict) -> None:
+        """Put a run's row into runs.csv (replacing its earlier one) and rewrite the collected tables."""
+        with self._mutex:
+            run_dir = self.run_dir(run_id)
+            row = {"run_id": run_id, **row, "run_dir": str(run_dir.relative_to(self.path)) if run_dir.exists() else None}
+            new = pd.DataFrame([row], columns=RUNS_COLUMNS)
+            others = self.runs[self.runs.run_id != run_id]
+            runs = pd.concat([others, new], ignore_index=True) if len(others) else new
+            self.runs = runs.sort_values("run_id", kind="stable").reset_index(drop=True)
+            write_csv(self.path / "runs.csv", self.runs)
+            if row["status"] != "running":
+                self._rebuild()
+
+    def _rebuild(self) -> None:
+        completed = self.runs[self.runs.status == "completed"]
+        for name in COLLECTED:
+            frames = [self._read(run_id, name) for run_id in completed.run_id]
+            frames = [f for f in frames if f is not None]
+            if frames:
+                write_csv(self.path / name, pd.concat(frames, ignore_index=True))
+        write_csv(self.path / "summary.csv", summarize(self.runs))
+        rounds = self.path / "rounds.csv"
+        if len(completed) and rounds.exists():
+            plot_accuracy(pd.read_csv(rounds), completed, self.path / "accuracy.png")
+
+    def _read(self, run_id: int, name: str) -> pd.DataFrame | None:
+        path = self.run_dir(int(run_id)) / name
+        if not path.exists():
+            return None
+        frame = pd.read_csv(path)
+        frame.insert(0, "run_id", int(run_id))
+        return frame
+
+    def close(self) -> None:
+        self._lock_file.close()
+
+
+def run_collection(collection: Collection, main_script: Path, planned: Sequence[Planned], force: bool = False,
+                   jobs: int = 1, echo: Callable[[str], None] = print) -> int:
+    """Run what is missing, `jobs` at a time; return the number of planned runs that are failed."""
+    conf_dir = main_script.parent / "conf"
+    work = collection.todo(planned, force)
+    skipped = len(planned) - len(work)
+    echo(f"collection {collection.path}: {len(planned)} runs planned, {skipped} already completed, "
+         f"{len(work)} to run")
+    runnable = []
+    for run_id, run in work:
+        error = check_configuration(conf_dir, run.overrides, run.seed)
+        if error is None:
+            runnable.append((run_id, run))
+            continue
+        collection.record(run_id, {"seed": run.seed, "overrides": " ".join(run.overrides), "status": "failed",
+                                   "error": error, "config": run.config})
+        echo(f"[skip] run {run_id}  seed={run.seed}  {run.config}: failed before starting: {error}")
+
+    started, durations = time.perf_counter(), []
+
+    def start(run_id: int, run: Planned) -> dict:
+        collection.record(run_id, {"seed": run.seed, "overrides": " ".join(run.overrides), "status": "running",
+                                   "config": run.config})
+        return execute(main_script, run, collection.run_dir(run_id))
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        pending: dict[Future, tuple[int, Planned, float]] = {}
+        queue = list(runnable)
+        done_count = 0
+        while queue or pending:
+            while queue and len(pending) < max(1, jobs):
+                run_id, run = queue.pop(0)
+                pending[pool.submit(start, run_id, run)] = (run_id, run, time.perf_counter())
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                run_id, run, began = pending.pop(future)
+                row = future.result()
+                collection.record(run_id, row)
+                durations.append(time.perf_counter() - began)
+                done_count += 1
+                left = len(runnable) - done_count
+                eta = np.mean(durations) * left / max(1, jobs)
+                outcome = (f"acc {row['final_central_accuracy']:.4f}" if row["status"] == "completed"
+                           else f"FAILED: {row['error']}")
+                echo(f"[{done_count}/{len(runnable)}] run {run_id}  seed={run.seed}  {run.config}  {outcome}  "
+                     f"{format_duration(durations[-1])}  ETA {format_duration(eta) if left else '-'}")
+    ids = {(r.config, r.seed) for r in planned}
+    mine = collection.runs[[(c, int(s)) in ids for c, s in zip(collection.runs.config, collection.runs.seed)]]
+    failed = int((mine.status == "failed").sum())
+    echo(f"done in {format_duration(time.perf_counter() - started)}: {int((mine.status == 'completed').sum())} "
+         f"completed, {failed} failed -> {collection.path}")
+    return failed

@@ -1,0 +1,52 @@
+"""Repeat runs over seeds and configurations into one collection:
+`python run_and_collect.py --runs 5 [--seeds 3 7 11] [--sweep KEY=A,B] [--name NAME] [--jobs N] [--force] [-- OVERRIDES]`.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from fedsim.collect import Collection, CollectionError, default_name, plan, run_collection
+
+MAIN = Path(__file__).resolve().with_name("main.py")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].rstrip(":"))
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--runs", type=int, default=1, help="run seeds 0..RUNS-1 (default 1)")
+    seeds.add_argument("--seeds", type=int, nargs="+", help="run exactly these seeds")
+    parser.add_argument("--sweep", action="append", default=[], metavar="KEY=A,B,C",
+                        help="cross these values with the seeds (repeatable: the sweeps are crossed too)")
+    parser.add_argument("--name", help="collection name (default: derived from the overrides and sweeps)")
+    parser.add_argument("--root", type=Path, default=Path("results/collections"), help="where collections live")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each its own process (default 1)")
+    parser.add_argument("--force", action="store_true", help="rerun completed runs too")
+    args = parser.parse_args(own)
+    if args.runs < 1:
+        parser.error(f"--runs: got {args.runs}; allowed: an integer >= 1")
+    if args.jobs < 1:
+        parser.error(f"--jobs: got {args.jobs}; allowed: an integer >= 1")
+    args.overrides = overrides
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    try:
+        planned = plan(args.overrides, args.sweep, args.seeds if args.seeds else list(range(args.runs)))
+        collection = Collection(args.root / (args.name or default_name(args.overrides, args.sweep)))
+    except CollectionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        failed = run_collection(collection, MAIN, planned, force=args.force, jobs=args.jobs)
+    finally:
+        collection.close()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,199 @@
+"""run_and_collect.py and fedsim.collect/fedsim.results: planning, ids, resume after kill -9, summary, notebook."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from conftest import ROOT
+from fedsim.collect import (
+    RUNS_COLUMNS, SUMMARY_COLUMNS, Collection, CollectionError, Planned, check_configuration, default_name, plan,
+    summarize,
+)
+from fedsim.results import CollectionResults, RunResults, load
+
+SWEEP = ["--sweep", "strategy=fedavg,fedmedian"]
+
+
+def tiny(imdb_dir: Path) -> list[str]:
+    return [f"data.path={imdb_dir}", "num_clients=2", "num_rounds=1", "data.train_size=400", "data.test_size=200"]
+
+
+def collect(root: Path, *args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "run_and_collect.py", "--root", str(root), *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def test_plan_crosses_sweeps_with_seeds_seed_outermost():
+    runs = plan(["num_rounds=3"], ["strategy=fedavg,krum", "partition=iid,dirichlet"], [0, 5])
+    assert len(runs) == 8
+    assert [r.seed for r in runs] == [0] * 4 + [5] * 4
+    assert runs[0] == Planned(("num_rounds=3", "strategy=fedavg", "partition=iid"), 0)
+    assert runs[3].config == "num_rounds=3 strategy=krum partition=dirichlet"
+    assert plan([], [], [1])[0].config == "defaults"
+    assert default_name(["num_rounds=3"], ["strategy=fedavg,krum"]) == "num_rounds=3_strategy=fedavg,krum"
+    assert default_name([], []) == "default"
+
+
+@pytest.mark.parametrize("overrides, sweeps, seeds, message", [
+    (["seed=3"], [], [0], "seed: given as an override"),
+    ([], ["strategy"], [0], "--sweep: got 'strategy'"),
+    ([], [], [1, 1], "--seeds: [1, 1] repeats a seed"),
+])
+def test_plan_rejects_bad_input(overrides, sweeps, seeds, message):
+    with pytest.raises(CollectionError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        plan(overrides, sweeps, seeds)
+
+
+def test_bad_configurations_are_caught_before_anything_runs():
+    conf = ROOT / "conf"
+    assert check_configuration(conf, ["strategy=fedavg"], 0) is None
+    message = check_configuration(conf, ["strategy=nosuch"], 0)
+    assert message.startswith("strategy: no option 'nosuch'; allowed:") and "fedmedian" in message
+    assert check_configuration(conf, ["num_clients=0"], 0) == "num_clients: got 0; allowed: an integer >= 1"
+
+
+def test_run_ids_are_kept_for_known_runs_and_fresh_for_new_ones(tmp_path):
+    collection = Collection(tmp_path / "c")
+    a, b, c = Planned(("x=1",), 0), Planned(("x=1",), 1), Planned(("x=2",), 0)
+    assert collection.todo([a, b], force=False) == [(0, a), (1, b)]
+    collection.record(0, {"seed": 0, "overrides": "x=1", "status": "completed", "config": a.config})
+    collection.record(1, {"seed": 1, "overrides": "x=1", "status": "running", "config": b.config})
+    assert collection.todo([a, b, c], force=False) == [(1, b), (2, c)]  # a done; b was cut off; c is new
+    assert collection.todo([a, b, c], force=True) == [(0, a), (1, b), (2, c)]
+    with pytest.raises(CollectionError, match="another run_and_collect"):
+        Collection(tmp_path / "c")
+    collection.close()
+    reopened = Collection(tmp_path / "c")
+    assert reopened.runs.run_id.tolist() == [0, 1] and reopened.runs.status.tolist() == ["completed", "running"]
+    reopened.close()
+
+
+def test_summary_matches_a_scipy_reference():
+    rng = np.random.default_rng(0)
+    accuracy = rng.uniform(0.6, 0.9, 7)
+    runs = pd.DataFrame({
+        "config": ["a"] * 4 + ["b"] * 3, "status": ["completed"] * 3 + ["failed"] + ["completed"] * 3,
+        "final_central_accuracy": accuracy,
+    })
+    summary = summarize(runs).set_index("config")
+    assert list(summary.reset_index().columns) == SUMMARY_COLUMNS
+    for config, values in (("a", accuracy[:3]), ("b", accuracy[4:])):
+        low, high = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+        row = summary.loc[config]
+        assert row.n_runs == 3 and row["mean"] == pytest.approx(values.mean())
+        assert row["std"] == pytest.approx(values.std(ddof=1))
+        assert (row.ci95_low, row.ci95_high) == pytest.approx((low, high))
+    assert summary.loc["a", "n_failed"] == 1 and summary.loc["b", "n_failed"] == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_collection(imdb_dir, tmp_path_factory) -> tuple[Path, str]:
+    """2 seeds x (fedavg, fedmedian, a strategy that does not exist), uninterrupted."""
+    root = tmp_path_factory.mktemp("collections")
+    proc = collect(root, "--runs", "2", "--name", "tiny", "--sweep", "strategy=fedavg,fedmedian,nosuch",
+                   "--", *tiny(imdb_dir))
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 1, output[-3000:]  # a failed configuration makes the exit code non-zero
+    return root / "tiny", output
+
+
+@pytest.mark.slow
+def test_collection_writes_every_file_with_row_counts(tiny_collection):
+    path, output = tiny_collection
+    runs = pd.read_csv(path / "runs.csv")
+    assert list(runs.columns) == RUNS_COLUMNS
+    assert runs.run_id.tolist() == list(range(6))
+    done = runs[runs.status == "completed"]
+    assert len(done) == 4 and done.final_central_accuracy.between(0, 1).all()
+    failed = runs[runs.status == "failed"]
+    assert failed.overrides.str.endswith("strategy=nosuch").all() and len(failed) == 2
+    assert failed.error.str.startswith("strategy: no option 'nosuch'; allowed:").all()
+
+    rounds, clients, layers = (pd.read_csv(path / name) for name in ("rounds.csv", "clients.csv", "layers.csv"))
+    for table in (rounds, clients, layers):
+        assert table.columns[0] == "run_id" and set(table.run_id) == set(done.run_id)
+    assert len(rounds) == 4 * 2 and not rounds.duplicated(["run_id", "round"]).any()
+    assert len(clients) == 4 * 2 and len(layers) == 4 * 3
+    final = rounds[rounds["round"] == 1].set_index("run_id").central_accuracy
+    assert final.to_dict() == pytest.approx(done.set_index("run_id").final_central_accuracy.to_dict())
+
+    summary = pd.read_csv(path / "summary.csv").set_index("config")
+    assert summary.n_runs.tolist() == [2, 2, 0] and summary.n_failed.tolist() == [0, 0, 2]
+    assert (summary.ci95_low.iloc[:2] <= summary["mean"].iloc[:2]).all()
+    assert (path / "accuracy.png").stat().st_size > 10_000
+    progress = [line for line in output.splitlines() if line.startswith("[")]
+    assert sum(line.startswith(("[1/4]", "[2/4]", "[3/4]", "[4/4]")) for line in progress) == 4
+    assert all("seed=" in line and "ETA" in line for line in progress if not line.startswith("[skip]"))
+
+
+@pytest.mark.slow
+def test_same_command_again_reruns_only_the_failed_runs(tiny_collection, imdb_dir):
+    path, _ = tiny_collection
+    before = pd.read_csv(path / "runs.csv")
+    proc = collect(path.parent, "--runs", "2", "--name", "tiny", "--sweep", "strategy=fedavg,fedmedian,nosuch",
+                   "--", *tiny(imdb_dir))
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "4 already completed, 2 to run" in output, output[-2000:]
+    pd.testing.assert_frame_equal(pd.read_csv(path / "runs.csv"), before)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_an_uninterrupted_collection(tiny_collection, imdb_dir, tmp_path):
+    args = ["--runs", "2", "--name", "tiny", *SWEEP, "--", *tiny(imdb_dir)]
+    proc = collect(tmp_path, *args)
+    ledger = tmp_path / "tiny" / "runs.csv"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if ledger.exists() and (pd.read_csv(ledger).status == "completed").sum() >= 1:
+            break
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    interrupted = pd.read_csv(ledger)
+    assert (interrupted.status == "completed").sum() == 1
+
+    output, _ = collect(tmp_path, *args).communicate(timeout=900)
+    assert "1 already completed, 3 to run" in output, output[-2000:]
+    resumed = pd.read_csv(ledger)
+    assert resumed.run_id.tolist() == [0, 1, 2, 3] and (resumed.status == "completed").all()
+    reference = pd.read_csv(tiny_collection[0] / "runs.csv")
+    key = ["config", "seed"]
+    merged = resumed.merge(reference, on=key, suffixes=("", "_reference"))
+    assert len(merged) == 4
+    assert merged.final_central_accuracy.tolist() == merged.final_central_accuracy_reference.tolist()
+    rounds = pd.read_csv(tmp_path / "tiny" / "rounds.csv")
+    assert len(rounds) == 8 and not rounds.duplicated(["run_id", "round"]).any()
+
+
+@pytest.mark.slow
+def test_results_loader_and_example_notebook(tiny_collection):
+    import nbclient
+    import nbformat
+
+    path, _ = tiny_collection
+    collection = load(path)
+    assert isinstance(collection, CollectionResults) and len(collection.runs) == 6
+    assert set(collection.with_config("rounds").config) == set(collection.summary.config[:2])
+    run = load(path / collection.runs.run_dir.dropna().iloc[0])
+    assert isinstance(run, RunResults) and run.info["status"] == "completed" and run.config["num_clients"] == 2
+
+    notebook = nbformat.read(ROOT / "notebooks" / "explore_collection.ipynb", as_version=4)
+    os.environ["FEDSIM_COLLECTION"] = str(path)
+    try:
+        nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                                resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    finally:
+        del os.environ["FEDSIM_COLLECTION"]
+    images = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs
+              if "image/png" in o.get("data", {})]
+    assert len(images) == 3
