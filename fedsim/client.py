@@ -16,6 +16,7 @@ from flwr.common import Context
 from hydra.utils import instantiate
 from torch import nn
 
+from fedsim.attacks import Attack
 from fedsim.data import Loader, PreparedData, load_data
 from fedsim.models import get_weights, set_weights
 from fedsim.train import evaluate, train
@@ -35,6 +36,8 @@ class ClientSettings:
     use_gpu: bool
     seed: int
     log_level: str
+    attack: str = "{}"  # the attack config as JSON; used only for the malicious partitions
+    malicious: tuple[int, ...] = ()
 
     @property
     def device(self) -> torch.device:
@@ -50,6 +53,12 @@ def step_seed(seed: int, server_round: int, partition_id: int) -> int:
 def actor_model(net_json: str, device: str) -> nn.Module:
     """One model per actor process, built once and reused by every client and round it serves."""
     return instantiate(json.loads(net_json)).to(device)
+
+
+@functools.lru_cache(maxsize=1)
+def actor_attack(attack_json: str) -> Attack:
+    """The run's attack, built once per actor process from its config."""
+    return instantiate(json.loads(attack_json))
 
 
 @functools.lru_cache(maxsize=1)
@@ -98,15 +107,45 @@ class IMDBClient(NumPyClient):
         return loss, self.valloader.num_examples, {"partition_id": self.partition_id, "accuracy": accuracy}
 
 
+class MaliciousClient(IMDBClient):
+    """An honest client whose returned weights the attack transforms (model poisoning).
+
+    Data poisoning happens before, in `client_fn`, on the labels its trainloader serves.
+    """
+
+    def __init__(self, attack: Attack, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.attack = attack
+
+    def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
+        start = time.perf_counter()
+        server_round = int(config.get("server_round", 0))
+        if self.attack.trains:
+            weights, num_examples, metrics = super().fit(parameters, config)
+        else:
+            weights, num_examples, metrics = parameters, self.trainloader.num_examples, {"partition_id": self.partition_id}
+        poisoned = self.attack.poison_update(weights, parameters, self.settings.seed, server_round, self.partition_id)
+        return poisoned, num_examples, {**metrics, "fit_time_s": time.perf_counter() - start}
+
+
+def build_client(settings: ClientSettings, partition_id: int) -> IMDBClient:
+    """The client for one partition: honest, or malicious with poisoned labels and/or a poisoned update."""
+    configure_process(settings.num_threads, settings.log_level)
+    model = actor_model(settings.net, str(settings.device))
+    trainloader, valloader = load_data(settings.prepared, partition_id, settings.batch_size)
+    if partition_id not in settings.malicious:
+        return IMDBClient(partition_id, model, trainloader, valloader, settings)
+    attack = actor_attack(settings.attack)
+    if attack.poisons_data:
+        trainloader.labels, _ = attack.poison_labels(trainloader.labels, trainloader.rows, settings.seed, partition_id)
+    return MaliciousClient(attack, partition_id, model, trainloader, valloader, settings)
+
+
 def make_client_fn(settings: ClientSettings) -> Callable[[Context], Client]:
     """The `client_fn` for Flower's ClientApp, closed over the run's settings."""
 
     def client_fn(context: Context) -> Client:
         """Build the client for the partition in `context.node_config` (Flower calls this per message)."""
-        configure_process(settings.num_threads, settings.log_level)
-        partition_id = int(context.node_config["partition-id"])
-        model = actor_model(settings.net, str(settings.device))
-        trainloader, valloader = load_data(settings.prepared, partition_id, settings.batch_size)
-        return IMDBClient(partition_id, model, trainloader, valloader, settings).to_client()
+        return build_client(settings, int(context.node_config["partition-id"])).to_client()
 
     return client_fn

@@ -145,7 +145,7 @@ def execute(main_script: Path, planned: Planned, run_dir: Path) -> dict:
                f"hydra.run.dir='{run_dir}'"]
     started = time.perf_counter()
     with open(run_dir / "output.log", "w") as log:
-        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=main_script.parent,
+        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
                                     preexec_fn=_die_with_parent).returncode
     info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     completed = returncode == 0 and info.get("status") == "completed"
@@ -181,6 +181,7 @@ def plot_accuracy(rounds: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     merged = rounds.merge(runs[["run_id", "config"]], on="run_id")
@@ -190,6 +191,7 @@ def plot_accuracy(rounds: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
         half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * std / np.sqrt(n)
         line, = ax.plot(mean.index, mean.values, marker="o", markersize=3, label=f"{config} (n={n.max()})")
         ax.fill_between(mean.index, mean - half, mean + half, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("central accuracy")
     ax.set_title(f"{path.parent.name}: mean with 95% CI")
@@ -206,7 +208,7 @@ class Collection:
     """A collection directory, held by one invocation at a time (a lock file) and updated atomically."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+        self.path = Path(path).resolve()
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_file = open(self.path / ".lock", "w")
         try:

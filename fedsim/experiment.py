@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from flwr.common import ndarrays_to_parameters
 from hydra.utils import instantiate
@@ -20,13 +21,15 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.numpy import save_file
 
 from fedsim.archive import ArchiveWriter, check_disk, expected_bytes, select_layers
+from fedsim.attacks import malicious_clients
 from fedsim.checks import check_strategy, fit_clients_per_round, validate
 from fedsim.client import ClientSettings, make_client_fn
 from fedsim.data import load_test, prepare_data
+from fedsim.detection import DETECTION_COLUMNS, detection_rows, mean_auc
 from fedsim.errors import ConfigError
 from fedsim.memory import return_freed_buffers_to_os
 from fedsim.models import get_weights, layer_names
-from fedsim.outputs import CLIENTS_COLUMNS, ROUNDS_COLUMNS, CsvLog, write_json
+from fedsim.outputs import CLIENTS_COLUMNS, ROUNDS_COLUMNS, CsvLog, write_csv, write_json
 from fedsim.scrutiny import LAYER_COLUMNS
 from fedsim.server import RunRecorder, fit_config, make_evaluate_fn, weighted_average
 
@@ -135,13 +138,18 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
             evaluate_metrics_aggregation_fn=weighted_average,
         )
         check_strategy(strategy, cfg)
+        attack = instantiate(cfg.attack)
+        malicious = malicious_clients(attack.node_ratio, cfg.num_clients, cfg.seed) \
+            if attack.poisons_data or attack.poisons_model else []
+        info.data.update(attack=attack.name, malicious_clients=malicious)
         names = layer_names(model)
         archive = open_archive(cfg, run_dir, names, get_weights(model))
         rounds_log = CsvLog(run_dir / "rounds.csv", ROUNDS_COLUMNS)
         clients_log = CsvLog(run_dir / "clients.csv", CLIENTS_COLUMNS)
         layers_log = CsvLog(run_dir / "layers.csv", LAYER_COLUMNS)
         recorder = RunRecorder(strategy, rounds_log, clients_log, layers_log, names, cfg.num_rounds,
-                               archive=archive, archive_clients=cfg.archive.mode == "all")
+                               archive=archive, archive_clients=cfg.archive.mode == "all", malicious=malicious,
+                               attack=attack.name, node_ratio=float(attack.node_ratio))
 
         # 4. Simulate with Flower's Ray backend; one model per client actor, reused across rounds.
         settings = ClientSettings(
@@ -155,12 +163,18 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
             use_gpu=cfg.resources.num_gpus > 0,
             seed=cfg.seed,
             log_level=cfg.log_level,
+            attack=json.dumps(OmegaConf.to_container(cfg.attack, resolve=True)),
+            malicious=tuple(malicious),
         )
         simulate(recorder, settings, cfg)
         recorder.close_round()
 
-        # 5. Save the final global model, flush the archive to disk, and close the books.
+        # 5. Save the final global model, score the detection baseline, flush the archive, close the books.
         save_file(dict(zip(names, get_weights(model))), str(run_dir / "model.safetensors"))
+        detection = detection_rows(recorder.client_rows)
+        if detection:
+            write_csv(run_dir / "detection.csv", pd.DataFrame(detection, columns=DETECTION_COLUMNS))
+            info.data["detection_auc"] = mean_auc(detection)
         if archive is not None:
             archive.close()
         info.finish("completed", **final_metrics(recorder.rows))

@@ -73,7 +73,8 @@ class RunRecorder(Strategy):
 
     def __init__(self, strategy: Strategy, rounds_log: CsvLog, clients_log: CsvLog, layers_log: CsvLog,
                  names: Sequence[str], num_rounds: int, archive: ArchiveWriter | None = None,
-                 archive_clients: bool = False, echo: Callable[[str], None] = print) -> None:
+                 archive_clients: bool = False, malicious: Sequence[int] = (), attack: str = "none",
+                 node_ratio: float = 0.0, echo: Callable[[str], None] = print) -> None:
         self.strategy = strategy
         self.rounds_log = rounds_log
         self.clients_log = clients_log
@@ -82,7 +83,11 @@ class RunRecorder(Strategy):
         self.num_rounds = num_rounds
         self.archive = archive
         self.archive_clients = archive_clients
+        self.malicious = set(malicious)
+        self.attack = attack
+        self.node_ratio = node_ratio
         self.echo = echo
+        self.client_rows: list[dict] = []  # every clients.csv row, for the end-of-run detection baseline
         self._round_start_weights: list[np.ndarray] = []
         self.rows: list[dict] = []
         self._row: dict | None = None
@@ -109,27 +114,31 @@ class RunRecorder(Strategy):
         weights = [parameters_to_ndarrays(res.parameters) for _, res in results]
         layer_rows, update_rows = round_statistics(self.names, self._round_start_weights, weights)
         self.layers_log.write([
-            {"round": server_round, **row, "attack": "none", "malicious_node_ratio": 0.0} for row in layer_rows
+            {"round": server_round, **row, "attack": self.attack, "malicious_node_ratio": self.node_ratio}
+            for row in layer_rows
         ])
-        self.clients_log.write([
+        client_rows = [
             {
                 "round": server_round,
                 "client_id": client_id,
                 "num_examples": res.num_examples,
                 "train_loss": res.metrics.get("train_loss"),
                 "fit_time_s": res.metrics.get("fit_time_s"),
-                "is_malicious": False,
-                "attack": "none",
+                "is_malicious": client_id in self.malicious,
+                "attack": self.attack if client_id in self.malicious else "none",
                 **stats,
             }
             for client_id, (_, res), stats in zip(client_ids, results, update_rows)
-        ])
+        ]
+        self.clients_log.write(client_rows)
+        self.client_rows += client_rows
         if self.archive is not None and self.archive_clients:
             for client_id, client_weights in zip(client_ids, weights):
                 self.archive.put(server_round, client_weights, client_id)
         assert self._row is not None
         self._row.update(
-            train_loss=_weighted([(r.num_examples, float(r.metrics["train_loss"])) for _, r in results]),
+            train_loss=_weighted([(r.num_examples, float(r.metrics["train_loss"])) for _, r in results
+                                  if "train_loss" in r.metrics]),
             num_fit_clients=len(results),
             num_failures=len(failures),
         )

@@ -68,7 +68,9 @@ def test_same_seed_gives_identical_metrics(small_run, imdb_dir, tmp_path):
     (["num_rounds=0"], "num_rounds"),
     (["strategy.fraction_fit=1.5"], "strategy.fraction_fit"),
     (["data.path=/nonexistent"], "data.path"),
-    (["strategy=krum", "num_clients=3"], "strategy.num_malicious_clients"),
+    (["strategy=bulyan", "num_clients=3"], "strategy.num_malicious_clients"),
+    (["attack=none", "attack.node_ratio=0.3"], "attack.node_ratio"),
+    (["attack=label_flip", "attack.data_ratio=2"], "attack.data_ratio"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_2(overrides, key, imdb_dir, tmp_path):
     overrides = [f"data.path={imdb_dir}", *overrides] if "data.path" not in overrides[0] else overrides

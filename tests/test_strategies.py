@@ -39,8 +39,16 @@ def test_strategy_parameters_are_overridable():
     assert strategy.proximal_mu == 0.5 and strategy.fraction_fit == 0.5
 
 
+def test_krum_and_bulyan_take_f_from_the_attack():
+    assert make_cfg("strategy=krum").strategy.num_malicious_clients == 0
+    assert make_cfg("strategy=krum", "attack=random_weights").strategy.num_malicious_clients == 3
+    assert make_cfg("strategy=multikrum", "attack=custom").strategy.num_malicious_clients == 3  # 0.25 x 10 -> 3
+    assert make_cfg("strategy=bulyan", "attack=random_weights").strategy.num_malicious_clients == 1  # (10-3)//4
+    assert make_cfg("strategy=bulyan", "attack=random_weights", "num_clients=20").strategy.num_malicious_clients == 4
+
+
 @pytest.mark.parametrize("overrides, needed", [
-    (["strategy=krum", "num_clients=4"], "at least 5"),
+    (["strategy=krum", "num_clients=4", "attack=sign_flip"], "at least 5"),  # 0.3 x 4 -> f = 1
     (["strategy=multikrum", "num_clients=10", "strategy.num_malicious_clients=4"], "at least 11"),
     (["strategy=bulyan", "num_clients=6"], "at least 7"),
     (["strategy=bulyan", "num_clients=20", "strategy.fraction_fit=0.3"], "6 train per round"),
