@@ -78,3 +78,25 @@ def test_validation_names_the_key(override, key):
 def test_default_config_is_valid():
     validate(make_cfg())
     assert Path(ROOT / "conf" / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_every_strategy_aggregates_a_round(name):
+    """Each configured strategy really aggregates ten clients' results (Bulyan once failed here)."""
+    import numpy as np
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+    cfg = make_cfg(f"strategy={name}", "num_clients=11", "attack=sign_flip")
+    rng = np.random.default_rng(0)
+    start = [np.zeros((4, 3), dtype=np.float32), np.zeros(3, dtype=np.float32)]
+    strategy = instantiate(cfg.strategy, initial_parameters=ndarrays_to_parameters(start))
+    check_strategy(strategy, cfg)
+    results = [
+        (None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([rng.normal(1.0, 0.1, w.shape).astype(np.float32)
+                                                                  for w in start]), 10, {}))
+        for _ in range(11)
+    ]
+    parameters, _ = strategy.aggregate_fit(1, results, [])
+    aggregated = parameters_to_ndarrays(parameters)
+    assert [a.shape for a in aggregated] == [w.shape for w in start]
+    assert all(np.isfinite(a).all() for a in aggregated)
