@@ -37,7 +37,7 @@ RUNS_COLUMNS = [
     "wall_time_s", "run_dir", "config",
 ]
 SUMMARY_COLUMNS = ["config", "n_runs", "n_failed", "mean", "std", "ci95_low", "ci95_high"]
-COLLECTED = ("rounds.csv", "clients.csv", "layers.csv")
+COLLECTED = ("rounds.csv", "clients.csv", "layers.csv", "detection.csv")
 DEFAULT_CONFIG = "defaults"
 
 
@@ -247,9 +247,10 @@ class Collection:
             self.runs = runs.sort_values("run_id", kind="stable").reset_index(drop=True)
             write_csv(self.path / "runs.csv", self.runs)
             if row["status"] != "running":
-                self._rebuild()
+                self.rebuild()
 
-    def _rebuild(self) -> None:
+    def rebuild(self) -> None:
+        """Rewrite the collected tables, summary.csv and accuracy.png from the completed runs."""
         completed = self.runs[self.runs.status == "completed"]
         for name in COLLECTED:
             frames = [self._read(run_id, name) for run_id in completed.run_id]
@@ -319,6 +320,7 @@ def run_collection(collection: Collection, main_script: Path, planned: Sequence[
                            else f"FAILED: {row['error']}")
                 echo(f"[{done_count}/{len(runnable)}] run {run_id}  seed={run.seed}  {run.config}  {outcome}  "
                      f"{format_duration(durations[-1])}  ETA {format_duration(eta) if left else '-'}")
+    collection.rebuild()  # the pool is done; this also updates a collection written by an older fedsim
     ids = {(r.config, r.seed) for r in planned}
     mine = collection.runs[[(c, int(s)) in ids for c, s in zip(collection.runs.config, collection.runs.seed)]]
     failed = int((mine.status == "failed").sum())

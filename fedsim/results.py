@@ -1,8 +1,8 @@
 """Load a run or a collection into pandas DataFrames, for notebooks:
 
     from fedsim.results import load
-    c = load("results/collections/NAME")   # c.runs, c.rounds, c.clients, c.layers, c.summary
-    r = load("results/runs/2026-11-22/...")  # r.info, r.config, r.rounds, r.clients, r.layers
+    c = load("results/collections/NAME")   # c.runs, c.rounds, c.clients, c.layers, c.detection, c.summary
+    r = load("results/runs/2026-11-22/...")  # r.info, r.config, r.rounds, r.clients, r.layers, r.detection
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class RunResults:
     rounds: pd.DataFrame
     clients: pd.DataFrame
     layers: pd.DataFrame
+    detection: pd.DataFrame
 
 
 @dataclass
@@ -42,9 +43,10 @@ class CollectionResults:
     clients: pd.DataFrame
     layers: pd.DataFrame
     summary: pd.DataFrame
+    detection: pd.DataFrame
 
     def with_config(self, table: str) -> pd.DataFrame:
-        """A collected table (rounds, clients or layers) joined with each run's seed and config."""
+        """A collected table (rounds, clients, layers or detection) joined with each run's seed and config."""
         return getattr(self, table).merge(self.runs[["run_id", "seed", "config"]], on="run_id")
 
 
@@ -60,6 +62,7 @@ def load_run(path: str | Path) -> RunResults:
         rounds=_csv(path / "rounds.csv"),
         clients=_csv(path / "clients.csv"),
         layers=_csv(path / "layers.csv"),
+        detection=_csv(path / "detection.csv"),
     )
 
 
@@ -74,6 +77,7 @@ def load_collection(path: str | Path) -> CollectionResults:
         clients=_csv(path / "clients.csv"),
         layers=_csv(path / "layers.csv"),
         summary=_csv(path / "summary.csv"),
+        detection=_csv(path / "detection.csv"),
     )
 
 
