@@ -50,6 +50,13 @@ class CollectionResults:
         return getattr(self, table).merge(self.runs[["run_id", "seed", "config"]], on="run_id")
 
 
+def config_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` plus one column per override key in its `config` ("attack=x strategy=y" -> attack, strategy),
+    so summaries pivot by any swept key: `config_columns(c.summary).pivot(index="attack", columns="strategy", values="mean")`."""
+    pairs = frame["config"].map(lambda c: dict(p.split("=", 1) for p in str(c).split() if "=" in p))
+    return frame.join(pd.DataFrame(pairs.tolist(), index=frame.index))
+
+
 def load_run(path: str | Path) -> RunResults:
     path = Path(path)
     if not (path / "run.json").exists():

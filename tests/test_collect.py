@@ -197,3 +197,14 @@ def test_results_loader_and_example_notebook(tiny_collection):
     images = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs
               if "image/png" in o.get("data", {})]
     assert len(images) == 3
+
+
+def test_config_columns_split_overrides_for_pivots():
+    from fedsim.results import config_columns
+
+    summary = pd.DataFrame({"config": ["num_rounds=3 attack=sign_flip strategy=krum", "num_rounds=3 attack=none "
+                                       "strategy=krum", "defaults"], "mean": [0.7, 0.8, 0.9]})
+    table = config_columns(summary)
+    assert table.loc[0, ["num_rounds", "attack", "strategy"]].tolist() == ["3", "sign_flip", "krum"]
+    assert table.iloc[:2].pivot(index="attack", columns="strategy", values="mean").loc["none", "krum"] == 0.8
+    assert table.loc[2, ["attack", "strategy"]].isna().all()
