@@ -194,7 +194,8 @@ def plot_accuracy(rounds: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("central accuracy")
-    ax.set_title(f"{path.parent.name}: mean with 95% CI")
+    name = path.parent.name if len(path.parent.name) <= 60 else path.parent.name[:57] + "..."
+    ax.set_title(f"{name}: mean with 95% CI", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import resource
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
