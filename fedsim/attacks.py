@@ -119,17 +119,6 @@ class GaussianNoise(Attack):
 
 
 @dataclass(frozen=True)
-class SignFlip(Attack):
-    """Returns the negated update: start - (weights - start)."""
-
-    poisons_model = True
-
-    def poison_update(self, weights: list[np.ndarray], start: list[np.ndarray], seed: int, server_round: int,
-                      partition_id: int) -> list[np.ndarray]:
-        return [(2 * s - w).astype(w.dtype) if f else w for w, s, f in zip(weights, start, _floats(weights))]
-
-
-@dataclass(frozen=True)
 class Scaling(Attack):
     """Multiplies its update by `scale` (model replacement): start + scale * (weights - start)."""
 
@@ -140,3 +129,10 @@ class Scaling(Attack):
                       partition_id: int) -> list[np.ndarray]:
         return [(s + self.scale * (w - s)).astype(w.dtype) if f else w
                 for w, s, f in zip(weights, start, _floats(weights))]
+
+
+@dataclass(frozen=True)
+class SignFlip(Scaling):
+    """Returns the negated update: start - (weights - start), i.e. scaling by -1."""
+
+    scale: float = -1.0

@@ -92,7 +92,6 @@ def check_configuration(conf_dir: Path, overrides: Sequence[str], seed: int) -> 
     """Compose and validate a configuration as main.py would (no Ray); the one-line error, or None."""
     from hydra import compose, initialize_config_dir
 
-    import fedsim  # noqa: F401  (registers the config resolvers)
     from fedsim.checks import validate
     from fedsim.errors import ConfigError
 
