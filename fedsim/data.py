@@ -43,7 +43,7 @@ class PreparedData:
     kind: str
     num_train: int
     num_test: int
-    partitioner: str  # the partition config as JSON, instantiated inside each actor
+    partition_file: str  # every client's training rows, computed once by the driver
     seed: int
     val_fraction: float
 
@@ -156,13 +156,16 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
             "num_clients", f"{cfg.num_clients} clients for {len(train_rows)} training rows; use at most {len(train_rows)}"
         )
     featurizer = instantiate(cfg.model.featurizer)
+    train_file = featurize_cached(splits["train"], train_rows, featurizer, cfg.data.cache_dir)
+    partitioner = OmegaConf.to_container(cfg.partition, resolve=True)
     return PreparedData(
-        train_file=featurize_cached(splits["train"], train_rows, featurizer, cfg.data.cache_dir),
+        train_file=train_file,
         test_file=featurize_cached(splits["test"], test_rows, featurizer, cfg.data.cache_dir),
         kind=featurizer.kind,
         num_train=len(train_rows),
         num_test=len(test_rows),
-        partitioner=json.dumps(OmegaConf.to_container(cfg.partition, resolve=True)),
+        partition_file=partition_cached(partitioner, splits["train"].labels[train_rows], int(cfg.seed),
+                                        cfg.data.cache_dir),
         seed=int(cfg.seed),
         val_fraction=float(cfg.data.val_fraction),
     )
@@ -172,11 +175,6 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
 def load_features(path: str, kind: str) -> Features:
     """Memory-load a cached split, once per process (a client actor serves many clients)."""
     return FEATURE_TYPES[kind](**load_file(path))
-
-
-@functools.lru_cache(maxsize=2)
-def _partitions(partitioner_json: str, train_file: str, kind: str, seed: int) -> "PartitionTable":
-    return PartitionTable(json.loads(partitioner_json), load_features(train_file, kind).labels, seed)
 
 
 def pathological_partitioner(num_partitions: int, classes_per_client: int, class_assignment_mode: str = "random",
@@ -189,23 +187,46 @@ def pathological_partitioner(num_partitions: int, classes_per_client: int, class
                                    class_assignment_mode=class_assignment_mode, seed=seed)
 
 
-class PartitionTable:
-    """flwr-datasets' partitioner over the (seed-shuffled) training rows; computed once per process."""
+def partition_table(partitioner_cfg: dict, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """flwr-datasets' partitioner over the (seed-shuffled) training rows, as CSR (rows, indptr)."""
+    from datasets import Dataset
 
-    def __init__(self, partitioner_cfg: dict, labels: np.ndarray, seed: int) -> None:
-        from datasets import Dataset
+    order = np.random.default_rng(seed).permutation(len(labels))
+    partitioner = instantiate(partitioner_cfg, _convert_="all")
+    partitioner.dataset = Dataset.from_dict({"row": order, "label": labels[order]})
+    parts = [np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64)
+             for i in range(partitioner.num_partitions)]
+    indptr = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum([len(p) for p in parts], out=indptr[1:])
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64), indptr
 
-        order = np.random.default_rng(seed).permutation(len(labels))
-        self.partitioner = instantiate(partitioner_cfg, _convert_="all")
-        self.partitioner.dataset = Dataset.from_dict({"row": order, "label": labels[order]})
 
-    def rows(self, partition_id: int) -> np.ndarray:
-        return np.asarray(self.partitioner.load_partition(partition_id)["row"], dtype=np.int64)
+def partition_cached(partitioner_cfg: dict, labels: np.ndarray, seed: int, cache_dir: str) -> str:
+    """Partition once, in the driver, into a small safetensors file that client actors only read.
+
+    Actors then never import `datasets`, and 1000 clients cost one partitioning, not one per actor.
+    """
+    settings = {"partitioner": partitioner_cfg, "seed": seed, "version": 1}
+    directory = Path(os.path.expanduser(cache_dir))
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"partition-{cache_key([], labels, settings)}.safetensors"
+    if not path.exists():
+        rows, indptr = partition_table(partitioner_cfg, labels, seed)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({"rows": rows, "indptr": indptr}, str(tmp))
+        os.replace(tmp, path)
+    return str(path)
+
+
+@functools.lru_cache(maxsize=2)
+def _partition_arrays(path: str) -> dict[str, np.ndarray]:
+    return load_file(path)
 
 
 def partition_rows(prepared: PreparedData, partition_id: int) -> np.ndarray:
     """Training-file rows held by one client."""
-    return _partitions(prepared.partitioner, prepared.train_file, prepared.kind, prepared.seed).rows(partition_id)
+    table = _partition_arrays(prepared.partition_file)
+    return table["rows"][table["indptr"][partition_id] : table["indptr"][partition_id + 1]]
 
 
 def train_val_split(rows: np.ndarray, val_fraction: float, seed: int, partition_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 DETECTION_COLUMNS = ["detector", "round", "auc", "precision", "recall", "threshold", "num_flagged",
                      "num_malicious", "num_clients"]
@@ -36,6 +35,8 @@ DETECTORS: dict[str, tuple[Callable[[Sequence[dict]], np.ndarray], float]] = {
 
 def detection_rows(client_rows: Sequence[dict]) -> list[dict]:
     """One row per detector and round that has at least one malicious and one honest client."""
+    from sklearn.metrics import roc_auc_score  # imported here: it adds over a second to every run's start-up
+
     rounds: dict[int, list[dict]] = {}
     for row in client_rows:
         rounds.setdefault(int(row["round"]), []).append(row)

@@ -35,12 +35,11 @@ from fedsim.server import RunRecorder, fit_config, make_evaluate_fn, weighted_av
 
 
 def _versions() -> dict[str, str]:
-    import flwr
-    import ray
-    import transformers
+    """Installed versions, read from package metadata (importing transformers alone takes seconds)."""
+    from importlib.metadata import version
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "flwr": flwr.__version__,
-            "ray": ray.__version__, "transformers": transformers.__version__}
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            **{name: version(name) for name in ("flwr", "ray", "transformers")}}
 
 
 def _git_commit() -> str | None:

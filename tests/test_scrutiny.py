@@ -7,7 +7,7 @@ import pytest
 
 from fedsim.archive import Archive, ArchiveWriter, check_disk, expected_bytes
 from fedsim.errors import ConfigError
-from fedsim.scrutiny import layer_statistics, round_statistics
+from fedsim.scrutiny import coordinate_median, exact_quantiles, layer_statistics, round_statistics
 
 
 def test_layer_statistics_match_numpy_with_a_planted_outlier():
@@ -26,6 +26,39 @@ def test_layer_statistics_match_numpy_with_a_planted_outlier():
     assert stats["first_weight"] == pytest.approx(stack[:, 0].mean(), rel=1e-6)
 
 
+@pytest.mark.parametrize("values", [
+    np.random.default_rng(4).standard_normal((10, 3000)),  # one bucket holds several wanted ranks
+    np.random.default_rng(5).integers(-3, 3, 1001),  # ties across buckets
+    np.array([-0.0, 0.0, -1.0, 2.0, 2.0, 2.0]),  # signed zeros, repeats
+    -np.abs(np.random.default_rng(6).standard_normal(99)) * 1e-30,  # all negative, tiny
+    np.array([7.0]),
+    np.array([1.0, np.nan, 2.0]),  # NaN: NumPy's own answer
+])
+def test_exact_quantiles_match_numpy(values):
+    values = np.asarray(values, dtype=np.float32)
+    qs = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0]
+    np.testing.assert_allclose(exact_quantiles(values, qs), np.quantile(values, qs), rtol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 10, 16, 17, 40])
+def test_coordinate_median_matches_numpy(k):
+    stack = np.random.default_rng(k).standard_normal((k, 500))
+    stack[:, :50] = 1.0  # columns where every client agrees
+    np.testing.assert_array_equal(coordinate_median(stack), np.median(stack, axis=0))
+
+
+def test_layer_statistics_over_several_blocks(monkeypatch):
+    monkeypatch.setattr("fedsim.scrutiny.BLOCK", 7)
+    stack = np.random.default_rng(8).standard_normal((12, 100)).astype(np.float32) * 3 + 1
+    stack[0, 55] = 40.0
+    stats = layer_statistics(stack)
+    z = (stack - stack.mean(axis=0)) / stack.std(axis=0)
+    assert stats["num_outliers"] == np.count_nonzero(np.abs(z) > 3) >= 1
+    assert stats["weight_mean"] == pytest.approx(stack.mean(dtype=np.float64), rel=1e-9)
+    assert stats["weight_std"] == pytest.approx(stack.std(dtype=np.float64), rel=1e-9)
+    assert stats["mean_variance"] == pytest.approx(np.var(stack, axis=0, dtype=np.float64).mean(), rel=1e-9)
+
+
 def test_one_client_apart_from_ten_is_not_an_outlier():
     stack = np.zeros((10, 1000), dtype=np.float32)
     stack[4] = np.random.default_rng(3).standard_normal(1000).astype(np.float32)  # |z| = 3 exactly
@@ -36,7 +69,9 @@ def test_no_outliers_where_clients_agree():
     assert layer_statistics(np.ones((12, 5), dtype=np.float32))["num_outliers"] == 0
 
 
-def test_update_statistics_match_numpy():
+@pytest.mark.parametrize("block", [2, 1 << 14])
+def test_update_statistics_match_numpy(monkeypatch, block):
+    monkeypatch.setattr("fedsim.scrutiny.BLOCK", block)
     rng = np.random.default_rng(1)
     start = [rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)]
     clients = [[w + rng.standard_normal(w.shape).astype(np.float32) * (i + 1) for w in start] for i in range(5)]

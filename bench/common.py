@@ -1,0 +1,300 @@
+"""Shared by the bench scripts: run the harness as a user does, sample its memory, and run the
+compute limit (a plain PyTorch loop doing the same work without Flower or Ray).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+IMDB = os.environ.get("IMDB_PATH", str(ROOT.parent / "shared" / "imdb"))
+
+
+def compose(overrides: Sequence[str]):
+    """The run's config exactly as `python main.py <overrides>` would see it."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=[f"data.path={IMDB}", *overrides])
+
+
+def machine() -> str:
+    import platform
+
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{os.cpu_count()} cores ({cpu}), {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB{gpu}"
+
+
+# ----------------------------------------------------------------------------- memory sampling
+
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@dataclass
+class MemoryPeaks:
+    """Peak resident memory (MB) seen while sampling a process tree every `interval` seconds."""
+
+    driver_rss: float = 0.0
+    worker_rss_max: float = 0.0  # the largest single Ray worker (client actor)
+    workers_rss_sum: float = 0.0  # all Ray workers together (shared pages counted once per process)
+    tree_pss: float = 0.0  # proportional set size of the whole tree: shared pages split, nothing counted twice
+    num_workers: int = 0
+
+
+class MemorySampler:
+    """Samples the driver (`pid`) and its descendants: Ray workers are the processes named `ray::...`."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        self.pid, self.interval, self.peaks = pid, interval, MemoryPeaks()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _tree(self) -> list[int]:
+        out, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            todo += _children(pid)
+        return out
+
+    def _pss_kb(self, pid: int) -> int:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                return next((int(line.split()[1]) for line in f if line.startswith("Pss:")), 0)
+        except OSError:
+            return 0
+
+    def _loop(self) -> None:
+        p = self.peaks
+        while not self._stop.is_set():
+            tree = self._tree()
+            workers = [pid for pid in tree if _cmdline(pid).startswith("ray::")]
+            worker_rss = [_status_kb(pid, "VmRSS") / 1024 for pid in workers]
+            p.driver_rss = max(p.driver_rss, _status_kb(self.pid, "VmRSS") / 1024)
+            p.worker_rss_max = max([p.worker_rss_max, *worker_rss])
+            p.workers_rss_sum = max(p.workers_rss_sum, sum(worker_rss))
+            p.tree_pss = max(p.tree_pss, sum(self._pss_kb(pid) for pid in tree) / 1024)
+            p.num_workers = max(p.num_workers, len(workers))
+            self._stop.wait(self.interval)
+
+    def stop(self) -> MemoryPeaks:
+        self._stop.set()
+        self._thread.join()
+        return self.peaks
+
+
+# ----------------------------------------------------------------------------- the harness
+
+@dataclass
+class HarnessRun:
+    wall_s: float  # the whole `python main.py` process: imports, Ray start, data, every round
+    rounds: pd.DataFrame
+    clients: pd.DataFrame
+    run: dict
+    memory: MemoryPeaks = field(default_factory=MemoryPeaks)
+
+    @property
+    def rounds_s(self) -> float:
+        """Time of rounds 1..R (each: fit, aggregation, central and federated evaluation)."""
+        return float(self.rounds.loc[self.rounds["round"] > 0, "round_time_s"].sum())
+
+    @property
+    def final_accuracy(self) -> float:
+        return float(self.run["final_central_accuracy"])
+
+
+def run_harness(overrides: Sequence[str], run_dir: Path, script: Sequence[str] = ("main.py",)) -> HarnessRun:
+    """`python main.py <overrides>` as a user runs it, sampled for memory; raises if the run failed."""
+    command = [sys.executable, *script, f"data.path={IMDB}", *overrides, f"hydra.run.dir={run_dir}"]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sampler = MemorySampler(process.pid)
+    output, _ = process.communicate()
+    wall = time.perf_counter() - start
+    memory = sampler.stop()
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {process.returncode}:\n{output[-3000:]}")
+    return HarnessRun(wall, pd.read_csv(run_dir / "rounds.csv"), pd.read_csv(run_dir / "clients.csv"),
+                      json.loads((run_dir / "run.json").read_text()), memory)
+
+
+# ----------------------------------------------------------------------------- the compute limit
+
+_worker: dict = {}
+
+
+def _init_worker(settings, threads: int) -> None:
+    """One model and the data per worker process, built once (as a client actor does)."""
+    import torch
+
+    from fedsim.client import actor_model, configure_process
+
+    configure_process(threads, "WARNING")
+    _worker["settings"] = settings
+    _worker["model"] = actor_model(settings.net, str(settings.device))
+    torch.set_num_threads(threads)
+
+
+def _fit(task: tuple[int, int, list[np.ndarray]]) -> tuple[int, list[np.ndarray], int, float]:
+    """The same local training as IMDBClient.fit, without Flower."""
+    import torch
+    from hydra.utils import instantiate
+
+    from fedsim.client import step_seed
+    from fedsim.data import load_data
+    from fedsim.models import get_weights, set_weights
+    from fedsim.train import train
+
+    partition_id, server_round, weights = task
+    settings, model = _worker["settings"], _worker["model"]
+    start = time.perf_counter()
+    trainloader, _ = load_data(settings.prepared, partition_id, settings.batch_size)
+    set_weights(model, weights)
+    seed = step_seed(settings.seed, server_round, partition_id)
+    torch.manual_seed(seed)
+    trainloader.reseed(seed)
+    optimizer = instantiate(json.loads(settings.optimizer))(model.parameters(), lr=settings.lr)
+    train(model, trainloader, settings.local_epochs, optimizer, settings.device)
+    return partition_id, get_weights(model), trainloader.num_examples, time.perf_counter() - start
+
+
+def _evaluate(task: tuple[int, list[np.ndarray]]) -> tuple[int, float, int]:
+    from fedsim.data import load_data
+    from fedsim.models import set_weights
+    from fedsim.train import evaluate
+
+    partition_id, weights = task
+    settings, model = _worker["settings"], _worker["model"]
+    _, valloader = load_data(settings.prepared, partition_id, settings.batch_size)
+    set_weights(model, weights)
+    _, accuracy = evaluate(model, valloader, settings.device)
+    return partition_id, accuracy, valloader.num_examples
+
+
+def client_settings(cfg, prepared):
+    from omegaconf import OmegaConf
+
+    from fedsim.client import ClientSettings
+
+    return ClientSettings(
+        prepared=prepared,
+        net=json.dumps(OmegaConf.to_container(cfg.model.net, resolve=True)),
+        optimizer=json.dumps(OmegaConf.to_container(cfg.model.optimizer, resolve=True)),
+        local_epochs=cfg.client.local_epochs, batch_size=cfg.client.batch_size, lr=float(cfg.client.lr),
+        num_threads=max(1, int(cfg.resources.num_cpus)), use_gpu=cfg.resources.num_gpus > 0,
+        seed=cfg.seed, log_level="WARNING",
+    )
+
+
+@dataclass
+class LimitRun:
+    wall_s: float  # start of worker processes, data, every round
+    round_s: list[float]
+    final_accuracy: float
+
+    @property
+    def rounds_s(self) -> float:
+        return float(sum(self.round_s))
+
+
+def run_limit(overrides: Sequence[str], processes: int | None = None) -> LimitRun:
+    """The compute limit: FedAvg with the harness's clients' exact local work, in plain PyTorch.
+
+    `processes` worker processes (default: as many clients as the harness runs at once,
+    cores // resources.num_cpus), each with resources.num_cpus torch threads, one model each;
+    the same partitions, batch sizes, local epochs, seeds, central and federated evaluation.
+    """
+    import torch
+    from hydra.utils import instantiate
+
+    from fedsim.checks import fit_clients_per_round
+    from fedsim.data import load_test, prepare_data
+    from fedsim.models import get_weights, set_weights
+    from fedsim.train import evaluate
+
+    cfg = compose(overrides)
+    start = time.perf_counter()
+    prepared = prepare_data(cfg)
+    settings = client_settings(cfg, prepared)
+    threads = max(1, int(cfg.resources.num_cpus))
+    processes = processes or max(1, (os.cpu_count() or 1) // threads)
+    torch.manual_seed(cfg.seed)
+    device = settings.device
+    model = instantiate(cfg.model.net).to(device)
+    torch.set_num_threads(os.cpu_count() or 1)  # central evaluation gets the whole machine, as in the driver
+    testloader = load_test(prepared, 4 * cfg.client.batch_size)
+    weights = get_weights(model)
+    rng = random.Random(cfg.seed)
+    per_round = fit_clients_per_round(cfg)
+    num_eval = max(int(cfg.num_clients * cfg.strategy.get("fraction_evaluate", 1.0)),
+                   int(cfg.strategy.get("min_evaluate_clients", 1)))
+    round_s, accuracy = [], float("nan")
+    with mp.get_context("spawn").Pool(processes, _init_worker, (settings, threads)) as pool:
+        pool.map(_evaluate, [(i, weights) for i in range(processes)])  # warm: every worker has built its model
+        set_weights(model, weights)
+        evaluate(model, testloader, device)  # round 0's central evaluation, as the harness does
+        for server_round in range(1, cfg.num_rounds + 1):
+            t0 = time.perf_counter()
+            chosen = sorted(rng.sample(range(cfg.num_clients), per_round))
+            results = pool.map(_fit, [(i, server_round, weights) for i in chosen], chunksize=1)
+            total = sum(n for _, _, n, _ in results)
+            weights = [sum(w[k].astype(np.float64) * n for _, w, n, _ in results) / total
+                       for k in range(len(weights))]
+            weights = [w.astype(np.float32) for w in weights]
+            set_weights(model, weights)
+            _, accuracy = evaluate(model, testloader, device)
+            evaluated = sorted(rng.sample(range(cfg.num_clients), num_eval))
+            pool.map(_evaluate, [(i, weights) for i in evaluated], chunksize=1)
+            round_s.append(time.perf_counter() - t0)
+    return LimitRun(time.perf_counter() - start, round_s, accuracy)
+
+
+def table(rows: list[dict]) -> str:
+    """A Markdown table, for pasting into bench/README.md."""
+    frame = pd.DataFrame(rows)
+    head = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
+    return head + "\n".join("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row) + " |"
+                            for row in frame.itertuples(index=False))

@@ -1,0 +1,62 @@
+"""Harness vs compute limit: wall time of `python main.py` against a plain PyTorch loop doing the
+same local training and evaluation (same partitions, model, batch sizes, threads, central test).
+
+    python bench/overhead.py                      # bow on full IMDB and minilm on a subset
+    python bench/overhead.py --only bow -- num_rounds=5
+
+Ratio = harness / limit, over rounds 1..R (steady state) and over the whole process (with
+start-up: imports, Ray, actors). Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from common import machine, run_harness, run_limit, table
+
+CASES = {
+    "bow": ["model=bow", "num_clients=10", "num_rounds=3"],
+    "minilm": ["model=minilm", "num_clients=4", "num_rounds=2", "data.train_size=400", "data.test_size=200",
+               "data.max_length=64"],
+}
+
+
+def measure(name: str, overrides: list[str], work: Path) -> dict:
+    harness = run_harness(overrides, work / name)
+    limit = run_limit(overrides)
+    fit = harness.clients.groupby("round")["fit_time_s"].sum()
+    return {
+        "model": name,
+        "config": " ".join(overrides),
+        "harness rounds s": harness.rounds_s,
+        "limit rounds s": limit.rounds_s,
+        "ratio rounds": harness.rounds_s / limit.rounds_s,
+        "harness wall s": harness.wall_s,
+        "limit wall s": limit.wall_s,
+        "ratio wall": harness.wall_s / limit.wall_s,
+        "harness s by round": " / ".join(f"{t:.1f}" for t in harness.rounds["round_time_s"][1:]),
+        "limit s by round": " / ".join(f"{t:.1f}" for t in limit.round_s),
+        "client fit s per round": float(fit.mean()),
+        "acc harness": harness.final_accuracy,
+        "acc limit": limit.final_accuracy,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=sorted(CASES), action="append", help="run only these models")
+    parser.add_argument("extra", nargs="*", help="overrides added to every case (after --)")
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fedsim-bench-") as tmp:
+        for name in args.only or list(CASES):
+            rows.append(measure(name, CASES[name] + args.extra, Path(tmp)))
+            print(table(rows[-1:]), flush=True)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Scale: 10, 100 and 1000 clients with the same training samples per round (about 1,000 reviews
+from 10, 50 and 50 clients), bow, 3 rounds. Reports round time, the harness's extra time per
+trained client (against the plain loop on the same work), and peak memory of driver and workers.
+
+    python bench/scale.py
+    python bench/scale.py --clients 10 1000 -- num_rounds=5
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from common import machine, run_harness, run_limit, table
+
+# num_clients -> (data.train_size, strategy.fraction_fit): 80% of each partition trains
+# (data.val_fraction 0.2), so every row trains 1,000 reviews per round.
+SHAPES = {10: (1250, 1.0), 100: (2500, 0.5), 1000: (25000, 0.05)}
+
+
+def measure(num_clients: int, extra: list[str], work: Path) -> dict:
+    train_size, fraction = SHAPES[num_clients]
+    overrides = ["model=bow", f"num_clients={num_clients}", "num_rounds=3", f"data.train_size={train_size}",
+                 "data.test_size=2000", f"strategy.fraction_fit={fraction}", f"strategy.fraction_evaluate={fraction}",
+                 *extra]
+    harness = run_harness(overrides, work / str(num_clients))
+    limit = run_limit(overrides)
+    rounds = harness.rounds[harness.rounds["round"] > 0]
+    per_round = float(rounds["num_fit_clients"].mean())
+    harness_round, limit_round = harness.rounds_s / len(rounds), limit.rounds_s / len(limit.round_s)
+    mem = harness.memory
+    return {
+        "num_clients": num_clients,
+        "clients/round": per_round,
+        "train rows/round": int(harness.clients.groupby("round")["num_examples"].sum().mean()),
+        "harness s/round": harness_round,
+        "limit s/round": limit_round,
+        "overhead ms/client": 1000 * (harness_round - limit_round) / per_round,
+        "driver peak RSS MB": mem.driver_rss,
+        "largest worker peak RSS MB": mem.worker_rss_max,
+        "workers peak RSS MB (sum)": mem.workers_rss_sum,
+        "all processes peak PSS MB": mem.tree_pss,
+        "harness wall s": harness.wall_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", choices=sorted(SHAPES), default=sorted(SHAPES))
+    parser.add_argument("extra", nargs="*", help="overrides added to every run (after --)")
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fedsim-scale-") as tmp:
+        for n in args.clients:
+            rows.append(measure(n, args.extra, Path(tmp)))
+            print(table(rows[-1:]), flush=True)
+    if rows[0]["num_clients"] == 10:
+        for row in rows:
+            row["driver RSS vs 10"] = row["driver peak RSS MB"] / rows[0]["driver peak RSS MB"]
+            row["PSS vs 10"] = row["all processes peak PSS MB"] / rows[0]["all processes peak PSS MB"]
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
