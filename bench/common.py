@@ -84,9 +84,12 @@ class MemoryPeaks:
 
 
 class MemorySampler:
-    """Samples the driver (`pid`) and its descendants: Ray workers are the processes named `ray::...`."""
+    """Samples the driver (`pid`) and its descendants: Ray workers are the processes named `ray::...`.
 
-    def __init__(self, pid: int, interval: float = 0.25) -> None:
+    RSS every `interval` seconds; PSS (smaps_rollup, costly on large processes) every fifth sample.
+    """
+
+    def __init__(self, pid: int, interval: float = 1.0) -> None:
         self.pid, self.interval, self.peaks = pid, interval, MemoryPeaks()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -108,15 +111,17 @@ class MemorySampler:
             return 0
 
     def _loop(self) -> None:
-        p = self.peaks
+        p, count = self.peaks, 0
         while not self._stop.is_set():
+            count += 1
             tree = self._tree()
             workers = [pid for pid in tree if _cmdline(pid).startswith("ray::")]
             worker_rss = [_status_kb(pid, "VmRSS") / 1024 for pid in workers]
             p.driver_rss = max(p.driver_rss, _status_kb(self.pid, "VmRSS") / 1024)
             p.worker_rss_max = max([p.worker_rss_max, *worker_rss])
             p.workers_rss_sum = max(p.workers_rss_sum, sum(worker_rss))
-            p.tree_pss = max(p.tree_pss, sum(self._pss_kb(pid) for pid in tree) / 1024)
+            if count % 5 == 1:
+                p.tree_pss = max(p.tree_pss, sum(self._pss_kb(pid) for pid in tree) / 1024)
             p.num_workers = max(p.num_workers, len(workers))
             self._stop.wait(self.interval)
 
@@ -146,15 +151,16 @@ class HarnessRun:
         return float(self.run["final_central_accuracy"])
 
 
-def run_harness(overrides: Sequence[str], run_dir: Path, script: Sequence[str] = ("main.py",)) -> HarnessRun:
-    """`python main.py <overrides>` as a user runs it, sampled for memory; raises if the run failed."""
+def run_harness(overrides: Sequence[str], run_dir: Path, script: Sequence[str] = ("main.py",),
+                sample_memory: bool = False) -> HarnessRun:
+    """`python main.py <overrides>` as a user runs it, optionally sampled for memory; raises if it failed."""
     command = [sys.executable, *script, f"data.path={IMDB}", *overrides, f"hydra.run.dir={run_dir}"]
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    sampler = MemorySampler(process.pid)
+    sampler = MemorySampler(process.pid) if sample_memory else None
     output, _ = process.communicate()
     wall = time.perf_counter() - start
-    memory = sampler.stop()
+    memory = sampler.stop() if sampler else MemoryPeaks()
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {process.returncode}:\n{output[-3000:]}")
     return HarnessRun(wall, pd.read_csv(run_dir / "rounds.csv"), pd.read_csv(run_dir / "clients.csv"),
@@ -234,6 +240,8 @@ class LimitRun:
     wall_s: float  # start of worker processes, data, every round
     round_s: list[float]
     final_accuracy: float
+    train_examples: int  # per round
+    fit_s: list[float]  # per round: the clients' fit times summed (as clients.csv's fit_time_s)
 
     @property
     def rounds_s(self) -> float:
@@ -244,7 +252,7 @@ def run_limit(overrides: Sequence[str], processes: int | None = None) -> LimitRu
     """The compute limit: FedAvg with the harness's clients' exact local work, in plain PyTorch.
 
     `processes` worker processes (default: as many clients as the harness runs at once,
-    cores // resources.num_cpus), each with resources.num_cpus torch threads, one model each;
+    cores // resources.num_cpus, or 1 / resources.num_gpus on a GPU), each with resources.num_cpus torch threads, one model each;
     the same partitions, batch sizes, local epochs, seeds, central and federated evaluation.
     """
     import torch
@@ -260,6 +268,8 @@ def run_limit(overrides: Sequence[str], processes: int | None = None) -> LimitRu
     prepared = prepare_data(cfg)
     settings = client_settings(cfg, prepared)
     threads = max(1, int(cfg.resources.num_cpus))
+    if cfg.resources.num_gpus > 0:  # as many clients share the GPU as the harness would run on it
+        processes = processes or max(1, int(1 / cfg.resources.num_gpus))
     processes = processes or max(1, (os.cpu_count() or 1) // threads)
     torch.manual_seed(cfg.seed)
     device = settings.device
@@ -271,7 +281,7 @@ def run_limit(overrides: Sequence[str], processes: int | None = None) -> LimitRu
     per_round = fit_clients_per_round(cfg)
     num_eval = max(int(cfg.num_clients * cfg.strategy.get("fraction_evaluate", 1.0)),
                    int(cfg.strategy.get("min_evaluate_clients", 1)))
-    round_s, accuracy = [], float("nan")
+    round_s, fit_s, accuracy, train_examples = [], [], float("nan"), 0
     with mp.get_context("spawn").Pool(processes, _init_worker, (settings, threads)) as pool:
         pool.map(_evaluate, [(i, weights) for i in range(processes)])  # warm: every worker has built its model
         set_weights(model, weights)
@@ -281,6 +291,8 @@ def run_limit(overrides: Sequence[str], processes: int | None = None) -> LimitRu
             chosen = sorted(rng.sample(range(cfg.num_clients), per_round))
             results = pool.map(_fit, [(i, server_round, weights) for i in chosen], chunksize=1)
             total = sum(n for _, _, n, _ in results)
+            train_examples = total
+            fit_s.append(sum(t for _, _, _, t in results))
             weights = [sum(w[k].astype(np.float64) * n for _, w, n, _ in results) / total
                        for k in range(len(weights))]
             weights = [w.astype(np.float32) for w in weights]
@@ -289,7 +301,7 @@ def run_limit(overrides: Sequence[str], processes: int | None = None) -> LimitRu
             evaluated = sorted(rng.sample(range(cfg.num_clients), num_eval))
             pool.map(_evaluate, [(i, weights) for i in evaluated], chunksize=1)
             round_s.append(time.perf_counter() - t0)
-    return LimitRun(time.perf_counter() - start, round_s, accuracy)
+    return LimitRun(time.perf_counter() - start, round_s, accuracy, train_examples, fit_s)
 
 
 def table(rows: list[dict]) -> str:

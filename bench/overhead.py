@@ -38,7 +38,8 @@ def measure(name: str, overrides: list[str], work: Path) -> dict:
         "ratio wall": harness.wall_s / limit.wall_s,
         "harness s by round": " / ".join(f"{t:.1f}" for t in harness.rounds["round_time_s"][1:]),
         "limit s by round": " / ".join(f"{t:.1f}" for t in limit.round_s),
-        "client fit s per round": float(fit.mean()),
+        "harness client fit s/round": float(fit.mean()),
+        "limit client fit s/round": sum(limit.fit_s) / len(limit.fit_s),
         "acc harness": harness.final_accuracy,
         "acc limit": limit.final_accuracy,
     }

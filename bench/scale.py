@@ -24,7 +24,7 @@ def measure(num_clients: int, extra: list[str], work: Path) -> dict:
     overrides = ["model=bow", f"num_clients={num_clients}", "num_rounds=3", f"data.train_size={train_size}",
                  "data.test_size=2000", f"strategy.fraction_fit={fraction}", f"strategy.fraction_evaluate={fraction}",
                  *extra]
-    harness = run_harness(overrides, work / str(num_clients))
+    harness = run_harness(overrides, work / str(num_clients), sample_memory=True)
     limit = run_limit(overrides)
     rounds = harness.rounds[harness.rounds["round"] > 0]
     per_round = float(rounds["num_fit_clients"].mean())

@@ -25,6 +25,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_clients": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "num_rounds": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "seed": (_is_int, "an integer"),
+    "scrutiny": (lambda v: isinstance(v, bool), "true or false"),
     "log_level": (lambda v: v in logging.getLevelNamesMapping(), "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
     "data.train_size": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
     "data.test_size": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
@@ -51,6 +52,12 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _select(cfg: DictConfig, key: str) -> tuple[bool, Any]:
     node: Any = cfg
     for part in key.split("."):
@@ -66,6 +73,9 @@ def validate(cfg: DictConfig) -> None:
         present, value = _select(cfg, key)
         if present and not test(value):
             raise ConfigError(key, f"got {value!r}; allowed: {allowed}")
+    if "resources" in cfg and cfg.resources.num_gpus > 0 and not _cuda_available():
+        raise ConfigError("resources.num_gpus", f"got {cfg.resources.num_gpus}, but no CUDA GPU is visible here "
+                          "(Ray would wait for one forever); allowed: 0 on this machine")
     if "attack" in cfg and cfg.attack.name == "none" and cfg.attack.node_ratio:
         raise ConfigError("attack.node_ratio", f"got {cfg.attack.node_ratio} with attack=none; allowed: 0, or pick an "
                           "attack (random_labels, label_flip, random_weights, gaussian_noise, sign_flip, scaling, ...)")

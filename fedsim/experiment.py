@@ -148,7 +148,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         layers_log = CsvLog(run_dir / "layers.csv", LAYER_COLUMNS)
         recorder = RunRecorder(strategy, rounds_log, clients_log, layers_log, names, cfg.num_rounds,
                                archive=archive, archive_clients=cfg.archive.mode == "all", malicious=malicious,
-                               attack=attack.name, node_ratio=float(attack.node_ratio))
+                               attack=attack.name, node_ratio=float(attack.node_ratio), scrutiny=cfg.scrutiny)
 
         # 4. Simulate with Flower's Ray backend; one model per client actor, reused across rounds.
         settings = ClientSettings(
@@ -170,7 +170,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
 
         # 5. Save the final global model, score the detection baseline, flush the archive, close the books.
         save_file(dict(zip(names, get_weights(model))), str(run_dir / "model.safetensors"))
-        detection = detection_rows(recorder.client_rows)
+        detection = detection_rows(recorder.client_rows) if cfg.scrutiny else []
         if detection:
             write_csv(run_dir / "detection.csv", pd.DataFrame(detection, columns=DETECTION_COLUMNS))
             info.data["detection_auc"] = mean_auc(detection)
@@ -205,6 +205,15 @@ def open_archive(cfg: DictConfig, run_dir: Path, names: list[str], weights: list
     return ArchiveWriter(run_dir, names, list(cfg.archive.layers), cfg.archive.dtype, cfg.archive.max_pending)
 
 
+def backend_config(cfg: DictConfig) -> dict:
+    """Flower's Ray backend settings: each client actor's CPU and (fractional) GPU share."""
+    verbose = logging.getLevelNamesMapping()[cfg.log_level] <= logging.INFO
+    return {
+        "client_resources": {"num_cpus": float(cfg.resources.num_cpus), "num_gpus": float(cfg.resources.num_gpus)},
+        "init_args": {"logging_level": cfg.log_level, "log_to_driver": verbose, "include_dashboard": False},
+    }
+
+
 def simulate(strategy, settings: ClientSettings, cfg: DictConfig) -> None:
     """Flower's run_simulation with a ClientApp and a ServerApp on the Ray backend."""
     from flwr.client import ClientApp
@@ -212,15 +221,11 @@ def simulate(strategy, settings: ClientSettings, cfg: DictConfig) -> None:
     from flwr.simulation import run_simulation
 
     components = ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=cfg.num_rounds))
-    verbose = logging.getLevelNamesMapping()[cfg.log_level] <= logging.INFO
     run_simulation(
         server_app=ServerApp(server_fn=lambda context: components),
         client_app=ClientApp(client_fn=make_client_fn(settings)),
         num_supernodes=cfg.num_clients,
         backend_name="ray",
-        backend_config={
-            "client_resources": {"num_cpus": float(cfg.resources.num_cpus), "num_gpus": float(cfg.resources.num_gpus)},
-            "init_args": {"logging_level": cfg.log_level, "log_to_driver": verbose, "include_dashboard": False},
-        },
-        verbose_logging=verbose and cfg.log_level == "DEBUG",
+        backend_config=backend_config(cfg),
+        verbose_logging=cfg.log_level == "DEBUG",
     )

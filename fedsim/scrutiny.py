@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from fedsim.memory import small_buffers_on_heap
+
 LAYER_COLUMNS = [
     "round", "layer", "num_clients", "mean_variance", "num_outliers", "weight_min", "weight_max",
     "weight_mean", "weight_median", "weight_std", "weight_q25", "weight_q75", "first_weight",
@@ -27,25 +29,38 @@ OUTLIER_Z = 3.0
 
 BLOCK = 1 << 14  # elements per block: a (k, BLOCK) float64 block stays in cache
 PARTS = 8  # element ranges per layer, scanned in parallel
+RADIX_MIN = 1 << 20  # values from which exact_quantiles counts buckets instead of calling np.quantile
 _POOL: ThreadPoolExecutor | None = None
+# float32 buckets by their top 16 bits, in value order: negative ones from the largest bit
+# pattern down, then positive ones up.
+_BUCKET_ORDER = np.concatenate([np.arange(0xFFFF, 0x7FFF, -1), np.arange(0x8000)])
 
 
-def exact_quantiles(values: np.ndarray, qs: Sequence[float]) -> list[float]:
-    """np.quantile(values, qs) (linear interpolation), exactly, by a one-pass radix select.
+def _high_bits(values: np.ndarray) -> np.ndarray:
+    """The top 16 bits of each float32 (sign, exponent, 7 mantissa bits): its bucket."""
+    halves = values.view(np.uint16)
+    return halves[..., 1::2] if sys.byteorder == "little" else halves[..., 0::2]
+
+
+def bucket_counts(values: np.ndarray) -> np.ndarray:
+    """How many float32 values fall in each of the 65,536 buckets; summable over disjoint parts."""
+    return np.bincount(_high_bits(np.ascontiguousarray(values, dtype=np.float32)).ravel(), minlength=1 << 16)
+
+
+def exact_quantiles(values: np.ndarray, qs: Sequence[float], counts: np.ndarray | None = None) -> list[float]:
+    """np.quantile(values, qs) (linear interpolation), exactly, by a radix select.
 
     Sorting or partitioning tens of millions of values costs about a second per round; instead
-    the values are counted by their top 16 bits, and only the few buckets that hold the wanted
-    ranks are sorted.
+    the values are counted by their top 16 bits (`counts`, if the caller has them already), and
+    only the few buckets that hold the wanted ranks are sorted.
     """
     flat = np.ascontiguousarray(values, dtype=np.float32).ravel()
     n = flat.size
-    if n == 0 or not np.isfinite(flat.min() + flat.max()):
-        return [float(v) for v in np.quantile(flat, qs)]  # empty, NaN or inf: NumPy's own rules
-    # The top 16 bits of each float32 (sign, exponent, 7 mantissa bits) name its bucket. Buckets
-    # in value order: negative ones from the largest bit pattern down, then positive ones up.
-    high = flat.view(np.uint16)[1::2] if sys.byteorder == "little" else flat.view(np.uint16)[0::2]
-    counts = np.bincount(high, minlength=1 << 16)
-    order = np.concatenate([np.arange(0xFFFF, 0x7FFF, -1), np.arange(0x8000)])
+    if n < RADIX_MIN or not np.isfinite(flat.min() + flat.max()):
+        return [float(v) for v in np.quantile(flat, qs)]  # small, NaN or inf: NumPy's own way
+    high = _high_bits(flat)
+    counts = bucket_counts(flat) if counts is None else counts
+    order = _BUCKET_ORDER
     ends = np.cumsum(counts[order])
     positions = [q * (n - 1) for q in qs]
     ranks = sorted({r for p in positions for r in (int(p), min(int(p) + 1, n - 1))})
@@ -80,11 +95,15 @@ class LayerStatistics:
         self.means = np.empty(num_elements)
 
     def scan(self, stack: np.ndarray, lo: int, hi: int, updates: UpdateStatistics | None = None,
-             start_weights: np.ndarray | None = None) -> tuple[float, int]:
-        """Elements lo..hi in cache-sized blocks: (sum of variances, outliers); feeds `updates` too."""
+             start_weights: np.ndarray | None = None) -> tuple[float, int, np.ndarray | None]:
+        """Elements lo..hi in cache-sized blocks: (sum of variances, outliers, bucket counts for
+        the quantiles); feeds `updates` too."""
         variance_sum, outliers = 0.0, 0
+        counts = np.zeros(1 << 16, dtype=np.int64) if stack.size >= RADIX_MIN else None
         for start in range(lo, hi, BLOCK):
             end = min(start + BLOCK, hi)
+            if counts is not None:
+                counts += bucket_counts(stack[:, start:end])
             wide = stack[:, start:end].astype(np.float64)
             mean = wide.mean(axis=0)
             deviation = wide - mean
@@ -98,11 +117,12 @@ class LayerStatistics:
                 outliers += int(np.count_nonzero(np.abs(deviation) > threshold))
             if updates is not None:
                 updates.add_layer(wide - start_weights[start:end])
-        return variance_sum, outliers
+        return variance_sum, outliers, counts
 
-    def result(self, stack: np.ndarray, variance_sum: float, outliers: int) -> dict[str, float]:
+    def result(self, stack: np.ndarray, variance_sum: float, outliers: int,
+               counts: np.ndarray | None) -> dict[str, float]:
         mean_variance = variance_sum / max(stack.shape[1], 1)
-        q25, median, q75 = exact_quantiles(stack, [0.25, 0.5, 0.75])
+        q25, median, q75 = exact_quantiles(stack, [0.25, 0.5, 0.75], counts)
         return {
             "num_clients": self.k,
             "mean_variance": mean_variance,
@@ -119,8 +139,11 @@ class LayerStatistics:
 
 
 def _ranges(num_elements: int) -> list[tuple[int, int]]:
-    """PARTS fixed element ranges: summed in this order, results do not depend on the core count."""
-    bounds = np.linspace(0, num_elements, PARTS + 1).astype(int)
+    """Up to PARTS element ranges of whole blocks, fixed by the size alone: summed in this order,
+    results do not depend on the core count."""
+    parts = min(PARTS, -(-num_elements // BLOCK))
+    bounds = np.linspace(0, num_elements // BLOCK, parts + 1).astype(int) * BLOCK
+    bounds[-1] = num_elements
     return [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
 
 
@@ -143,7 +166,8 @@ def layer_pass(stack: np.ndarray, start_weights: np.ndarray | None = None) -> tu
     parts = [UpdateStatistics(stack.shape[0]) if start_weights is not None else None for _ in ranges]
     scanned = list(_pool().map(lambda job: stats.scan(stack, *job[0], job[1], start_weights), zip(ranges, parts)))
     updates = UpdateStatistics.merge(parts) if start_weights is not None else None
-    return stats.result(stack, sum(v for v, _ in scanned), sum(o for _, o in scanned)), updates
+    counts = np.sum([c for _, _, c in scanned], axis=0) if scanned[0][2] is not None else None
+    return stats.result(stack, sum(v for v, _, _ in scanned), sum(o for _, o, _ in scanned), counts), updates
 
 
 def layer_statistics(stack: np.ndarray) -> dict[str, float]:
@@ -233,12 +257,20 @@ def round_statistics(names: Sequence[str], global_weights: Sequence[np.ndarray],
     One layer at a time, in blocks of elements, so the float64 work stays in cache and memory
     beyond the round's own weights is one layer's float32 stack.
     """
+    with small_buffers_on_heap():
+        return _round_statistics(names, global_weights, client_weights)
+
+
+def _round_statistics(names: Sequence[str], global_weights: Sequence[np.ndarray],
+                      client_weights: Sequence[Sequence[np.ndarray]]) -> tuple[list[dict], list[dict]]:
     updates = UpdateStatistics(len(client_weights))
     layer_rows = []
     for index, name in enumerate(names):
         if not np.issubdtype(np.asarray(global_weights[index]).dtype, np.floating):
             continue  # integer buffers (counters, ids) carry no learned signal
         stack = np.stack([np.asarray(w[index], dtype=np.float32).ravel() for w in client_weights])
+        if stack.shape[1] == 0:
+            continue
         stats, layer_updates = layer_pass(stack, np.asarray(global_weights[index], dtype=np.float64).ravel())
         updates.add(layer_updates)
         layer_rows.append({"layer": name, **stats})

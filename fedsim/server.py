@@ -74,7 +74,7 @@ class RunRecorder(Strategy):
     def __init__(self, strategy: Strategy, rounds_log: CsvLog, clients_log: CsvLog, layers_log: CsvLog,
                  names: Sequence[str], num_rounds: int, archive: ArchiveWriter | None = None,
                  archive_clients: bool = False, malicious: Sequence[int] = (), attack: str = "none",
-                 node_ratio: float = 0.0, echo: Callable[[str], None] = print) -> None:
+                 node_ratio: float = 0.0, scrutiny: bool = True, echo: Callable[[str], None] = print) -> None:
         self.strategy = strategy
         self.rounds_log = rounds_log
         self.clients_log = clients_log
@@ -86,6 +86,7 @@ class RunRecorder(Strategy):
         self.malicious = set(malicious)
         self.attack = attack
         self.node_ratio = node_ratio
+        self.scrutiny = scrutiny
         self.echo = echo
         self.client_rows: list[dict] = []  # every clients.csv row, for the end-of-run detection baseline
         self._round_start_weights: list[np.ndarray] = []
@@ -104,19 +105,23 @@ class RunRecorder(Strategy):
                       client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
         self.close_round()
         self._row, self._started = {"round": server_round}, time.perf_counter()
-        self._round_start_weights = parameters_to_ndarrays(parameters)
+        self._round_start_weights = parameters_to_ndarrays(parameters) if self.scrutiny else []
         return self.strategy.configure_fit(server_round, parameters, client_manager)
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures: list) -> tuple[Parameters | None, dict[str, Scalar]]:
         results = _by_partition(results)
         client_ids = [int(res.metrics["partition_id"]) for _, res in results]
-        weights = [parameters_to_ndarrays(res.parameters) for _, res in results]
-        layer_rows, update_rows = round_statistics(self.names, self._round_start_weights, weights)
-        self.layers_log.write([
-            {"round": server_round, **row, "attack": self.attack, "malicious_node_ratio": self.node_ratio}
-            for row in layer_rows
-        ])
+        archived = self.archive is not None and self.archive_clients
+        weights = [parameters_to_ndarrays(res.parameters) for _, res in results] \
+            if self.scrutiny or archived else []
+        update_rows: list[dict] = [{} for _ in results]
+        if self.scrutiny:
+            layer_rows, update_rows = round_statistics(self.names, self._round_start_weights, weights)
+            self.layers_log.write([
+                {"round": server_round, **row, "attack": self.attack, "malicious_node_ratio": self.node_ratio}
+                for row in layer_rows
+            ])
         client_rows = [
             {
                 "round": server_round,
@@ -132,7 +137,7 @@ class RunRecorder(Strategy):
         ]
         self.clients_log.write(client_rows)
         self.client_rows += client_rows
-        if self.archive is not None and self.archive_clients:
+        if archived:
             for client_id, client_weights in zip(client_ids, weights):
                 self.archive.put(server_round, client_weights, client_id)
         assert self._row is not None

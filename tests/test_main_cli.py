@@ -63,9 +63,22 @@ def test_same_seed_gives_identical_metrics(small_run, imdb_dir, tmp_path):
     pd.testing.assert_frame_equal(first, second, check_exact=True)
 
 
+@pytest.mark.slow
+def test_scrutiny_off_skips_the_statistics_and_changes_no_metric(small_run, imdb_dir, tmp_path):
+    result = run_main(tmp_path, f"data.path={imdb_dir}", *SMALL, "scrutiny=false")
+    assert result.returncode == 0, result.stderr[-2000:]
+    pd.testing.assert_frame_equal(pd.read_csv(small_run / "rounds.csv")[METRICS],
+                                  pd.read_csv(tmp_path / "rounds.csv")[METRICS], check_exact=True)
+    clients = pd.read_csv(tmp_path / "clients.csv")
+    assert len(clients) == 6 and clients["update_norm"].isna().all() and clients["train_loss"].notna().all()
+    assert pd.read_csv(small_run / "clients.csv")["update_norm"].notna().all()
+    assert pd.read_csv(tmp_path / "layers.csv").empty and not pd.read_csv(small_run / "layers.csv").empty
+
+
 @pytest.mark.parametrize("overrides, key", [
     (["num_clients=0"], "num_clients"),
     (["num_rounds=0"], "num_rounds"),
+    (["scrutiny=maybe"], "scrutiny"),
     (["strategy.fraction_fit=1.5"], "strategy.fraction_fit"),
     (["data.path=/nonexistent"], "data.path"),
     (["strategy=bulyan", "num_clients=3"], "strategy.num_malicious_clients"),

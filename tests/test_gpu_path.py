@@ -1,0 +1,37 @@
+"""The GPU path, checked on a CPU: resources reach Ray, and a GPU share without a GPU is refused up front."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_cfg as _cfg
+
+from fedsim.checks import validate
+from fedsim.client import ClientSettings
+from fedsim.errors import ConfigError
+from fedsim.experiment import backend_config
+
+
+def test_fractional_gpu_share_reaches_flowers_ray_backend():
+    config = backend_config(_cfg("resources.num_gpus=0.25", "resources.num_cpus=2"))
+    assert config["client_resources"] == {"num_cpus": 2.0, "num_gpus": 0.25}
+
+
+def test_gpu_share_without_a_gpu_is_refused_before_ray_starts(monkeypatch):
+    monkeypatch.setattr("fedsim.checks._cuda_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"^resources.num_gpus: got 0.5, but no CUDA GPU"):
+        validate(_cfg("resources.num_gpus=0.5"))
+    validate(_cfg("resources.num_gpus=0"))
+
+
+def test_gpu_share_with_a_gpu_is_accepted(monkeypatch):
+    monkeypatch.setattr("fedsim.checks._cuda_available", lambda: True)
+    validate(_cfg("resources.num_gpus=0.5"))
+
+
+def test_clients_use_cuda_only_when_asked_and_present():
+    settings = dict(prepared=None, net="{}", optimizer="{}", local_epochs=1, batch_size=2, lr=0.1, num_threads=1,
+                    seed=0, log_level="WARNING")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert ClientSettings(use_gpu=True, **settings).device.type == expected
+    assert ClientSettings(use_gpu=False, **settings).device.type == "cpu"
