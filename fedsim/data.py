@@ -211,7 +211,12 @@ def partition_cached(partitioner_cfg: dict, labels: np.ndarray, seed: int, cache
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"partition-{cache_key([], labels, settings)}.safetensors"
     if not path.exists():
-        rows, indptr = partition_table(partitioner_cfg, labels, seed)
+        try:
+            rows, indptr = partition_table(partitioner_cfg, labels, seed)
+        except ValueError as exc:  # flwr-datasets' own message, e.g. a Dirichlet split it cannot make
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError("partition", f"{first_line} (try fewer clients, more rows, or a larger "
+                              "partition.alpha)") from None
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         save_file({"rows": rows, "indptr": indptr}, str(tmp))
         os.replace(tmp, path)

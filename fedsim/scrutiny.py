@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from fedsim.memory import small_buffers_on_heap
 
@@ -47,28 +48,28 @@ def bucket_counts(values: np.ndarray) -> np.ndarray:
     return np.bincount(_high_bits(np.ascontiguousarray(values, dtype=np.float32)).ravel(), minlength=1 << 16)
 
 
-def exact_quantiles(values: np.ndarray, qs: Sequence[float], counts: np.ndarray | None = None) -> list[float]:
-    """np.quantile(values, qs) (linear interpolation), exactly, by a radix select.
+def exact_quantiles(values: np.ndarray | Sequence[np.ndarray], qs: Sequence[float],
+                    counts: np.ndarray | None = None) -> list[float]:
+    """np.quantile over all of `values` (an array, or several arrays taken together), exactly.
 
     Sorting or partitioning tens of millions of values costs about a second per round; instead
     the values are counted by their top 16 bits (`counts`, if the caller has them already), and
-    only the few buckets that hold the wanted ranks are sorted.
+    only the few buckets that hold the wanted ranks are gathered and sorted (a radix select).
     """
-    flat = np.ascontiguousarray(values, dtype=np.float32).ravel()
-    n = flat.size
-    if n < RADIX_MIN or not np.isfinite(flat.min() + flat.max()):
-        return [float(v) for v in np.quantile(flat, qs)]  # small, NaN or inf: NumPy's own way
-    high = _high_bits(flat)
-    counts = bucket_counts(flat) if counts is None else counts
-    order = _BUCKET_ORDER
-    ends = np.cumsum(counts[order])
+    parts = [np.ascontiguousarray(v, dtype=np.float32).ravel()
+             for v in (values if isinstance(values, (list, tuple)) else [values])]
+    n = sum(p.size for p in parts)
+    if n < RADIX_MIN or not all(np.isfinite(p.min() + p.max()) for p in parts if p.size):
+        return [float(v) for v in np.quantile(np.concatenate(parts), qs)]  # small, NaN or inf: NumPy's way
+    counts = np.sum([bucket_counts(p) for p in parts], axis=0) if counts is None else counts
+    ends = np.cumsum(counts[_BUCKET_ORDER])
     positions = [q * (n - 1) for q in qs]
     ranks = sorted({r for p in positions for r in (int(p), min(int(p) + 1, n - 1))})
     buckets = np.searchsorted(ends, ranks, side="right")
     found: dict[int, float] = {}
     for bucket in set(buckets.tolist()):
         first = int(ends[bucket - 1]) if bucket else 0
-        members = np.sort(flat[high == order[bucket]])
+        members = np.sort(np.concatenate([p[_high_bits(p) == _BUCKET_ORDER[bucket]] for p in parts]))
         found.update({rank: float(members[rank - first]) for rank, b in zip(ranks, buckets) if b == bucket})
     out = []
     for p in positions:
@@ -94,17 +95,19 @@ class LayerStatistics:
         self.k = num_clients
         self.means = np.empty(num_elements)
 
-    def scan(self, stack: np.ndarray, lo: int, hi: int, updates: UpdateStatistics | None = None,
-             start_weights: np.ndarray | None = None) -> tuple[float, int, np.ndarray | None]:
-        """Elements lo..hi in cache-sized blocks: (sum of variances, outliers, bucket counts for
-        the quantiles); feeds `updates` too."""
-        variance_sum, outliers = 0.0, 0
-        counts = np.zeros(1 << 16, dtype=np.int64) if stack.size >= RADIX_MIN else None
+    def scan(self, clients: Sequence[np.ndarray], lo: int, hi: int, updates: UpdateStatistics | None = None,
+             start_weights: np.ndarray | None = None) -> tuple[float, int, np.ndarray | None, float, float]:
+        """Elements lo..hi of every client's flat layer, a cache-sized block at a time (never the
+        whole layer stacked): (sum of variances, outliers, bucket counts, min, max); feeds `updates`."""
+        variance_sum, outliers, low, high = 0.0, 0, np.inf, -np.inf
+        counts = np.zeros(1 << 16, dtype=np.int64) if self.k * len(self.means) >= RADIX_MIN else None
         for start in range(lo, hi, BLOCK):
             end = min(start + BLOCK, hi)
+            block = np.stack([np.asarray(c[start:end], dtype=np.float32) for c in clients])
+            low, high = min(low, float(block.min())), max(high, float(block.max()))
             if counts is not None:
-                counts += bucket_counts(stack[:, start:end])
-            wide = stack[:, start:end].astype(np.float64)
+                counts += bucket_counts(block)
+            wide = block.astype(np.float64)
             mean = wide.mean(axis=0)
             deviation = wide - mean
             variance = np.einsum("ij,ij->j", deviation, deviation) / self.k
@@ -117,18 +120,19 @@ class LayerStatistics:
                 outliers += int(np.count_nonzero(np.abs(deviation) > threshold))
             if updates is not None:
                 updates.add_layer(wide - start_weights[start:end])
-        return variance_sum, outliers, counts
+        return variance_sum, outliers, counts, low, high
 
-    def result(self, stack: np.ndarray, variance_sum: float, outliers: int,
-               counts: np.ndarray | None) -> dict[str, float]:
-        mean_variance = variance_sum / max(stack.shape[1], 1)
-        q25, median, q75 = exact_quantiles(stack, [0.25, 0.5, 0.75], counts)
+    def result(self, clients: Sequence[np.ndarray], scanned: list[tuple]) -> dict[str, float]:
+        """The layer's row from its clients' flat arrays and the scans of all its ranges."""
+        mean_variance = sum(s[0] for s in scanned) / max(len(self.means), 1)
+        counts = np.sum([s[2] for s in scanned], axis=0) if scanned[0][2] is not None else None
+        q25, median, q75 = exact_quantiles(list(clients), [0.25, 0.5, 0.75], counts)
         return {
             "num_clients": self.k,
             "mean_variance": mean_variance,
-            "num_outliers": outliers,
-            "weight_min": float(stack.min()),
-            "weight_max": float(stack.max()),
+            "num_outliers": sum(s[1] for s in scanned),
+            "weight_min": min(s[3] for s in scanned),
+            "weight_max": max(s[4] for s in scanned),
             "weight_mean": float(self.means.mean()),
             "weight_median": median,
             "weight_std": float(np.sqrt(mean_variance + self.means.var())),
@@ -154,25 +158,25 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def layer_pass(stack: np.ndarray, start_weights: np.ndarray | None = None) -> tuple[dict, UpdateStatistics | None]:
-    """One layer's statistics, and its update statistics when `start_weights` is given.
+def layer_pass(clients: Sequence[np.ndarray] | np.ndarray,
+               start_weights: np.ndarray | None = None) -> tuple[dict, UpdateStatistics | None]:
+    """One layer's statistics from each client's flat copy of it (a list, or the rows of a
+    stack), and its update statistics when `start_weights` (flat) is given.
 
-    The element ranges run on a thread per core (NumPy releases the GIL in its loops), which
-    halves the driver's time between rounds on two cores.
+    The element ranges run on a thread per core (NumPy releases the GIL in its loops).
     """
-    stack = stack.reshape(stack.shape[0], -1)
-    stats = LayerStatistics(*stack.shape)
-    ranges = _ranges(stack.shape[1])
-    parts = [UpdateStatistics(stack.shape[0]) if start_weights is not None else None for _ in ranges]
-    scanned = list(_pool().map(lambda job: stats.scan(stack, *job[0], job[1], start_weights), zip(ranges, parts)))
+    clients = [np.ravel(c) for c in clients]
+    stats = LayerStatistics(len(clients), clients[0].size)
+    ranges = _ranges(clients[0].size)
+    parts = [UpdateStatistics(len(clients)) if start_weights is not None else None for _ in ranges]
+    scanned = list(_pool().map(lambda job: stats.scan(clients, *job[0], job[1], start_weights), zip(ranges, parts)))
     updates = UpdateStatistics.merge(parts) if start_weights is not None else None
-    counts = np.sum([c for _, _, c in scanned], axis=0) if scanned[0][2] is not None else None
-    return stats.result(stack, sum(v for v, _, _ in scanned), sum(o for _, o, _ in scanned), counts), updates
+    return stats.result(clients, scanned), updates
 
 
 def layer_statistics(stack: np.ndarray) -> dict[str, float]:
-    """LayerStatistics of one layer; `stack` has shape (k, elements)."""
-    return layer_pass(stack)[0]
+    """LayerStatistics of one layer; `stack` has shape (k, ...), one row per client."""
+    return layer_pass(list(stack.reshape(stack.shape[0], -1)))[0]
 
 
 def coordinate_median(stack: np.ndarray) -> np.ndarray:
@@ -180,17 +184,22 @@ def coordinate_median(stack: np.ndarray) -> np.ndarray:
 
     For k <= 16 an odd-even transposition network of k whole-row min/max steps: a few NumPy
     calls per block instead of one tiny sort per column, about 4x faster than np.sort at k = 10.
+    Above, row sorts of the transposed block, 1,024 columns at a time (3x faster than np.median).
     """
     k = stack.shape[0]
     if k > 16:
-        ordered = np.sort(np.ascontiguousarray(stack.T), axis=1).T
-    else:
-        ordered = stack.copy()
-        for phase in range(k):
-            low, high = ordered[phase % 2 : k - 1 : 2], ordered[phase % 2 + 1 : k : 2]
-            smaller = np.minimum(low, high)
-            np.maximum(low, high, out=high)
-            low[...] = smaller
+        median = np.empty(stack.shape[1], dtype=stack.dtype)
+        for start in range(0, stack.shape[1], 1024):
+            ordered = np.sort(stack[:, start : start + 1024].T, axis=1)
+            median[start : start + 1024] = ordered[:, k // 2] if k % 2 else \
+                (ordered[:, k // 2 - 1] + ordered[:, k // 2]) / 2
+        return median
+    ordered = stack.copy()
+    for phase in range(k):
+        low, high = ordered[phase % 2 : k - 1 : 2], ordered[phase % 2 + 1 : k : 2]
+        smaller = np.minimum(low, high)
+        np.maximum(low, high, out=high)
+        low[...] = smaller
     return ordered[k // 2] if k % 2 else (ordered[k // 2 - 1] + ordered[k // 2]) / 2
 
 
@@ -221,7 +230,8 @@ class UpdateStatistics:
         self.sq_norm += own
         self.dot_others += (with_all - own) / others
         self.sq_norm_others += (gram.sum() - 2 * with_all + own) / others**2
-        deviation = wide - coordinate_median(wide)
+        # The median in float32: half the memory traffic; it only serves as a reference point.
+        deviation = wide - coordinate_median(wide.astype(np.float32))
         self.sq_dist_median += np.einsum("ij,ij->i", deviation, deviation)
 
     @staticmethod
@@ -254,10 +264,12 @@ def round_statistics(names: Sequence[str], global_weights: Sequence[np.ndarray],
                      client_weights: Sequence[Sequence[np.ndarray]]) -> tuple[list[dict], list[dict]]:
     """(layer rows, client rows) of one round; client rows follow the order of `client_weights`.
 
-    One layer at a time, in blocks of elements, so the float64 work stays in cache and memory
-    beyond the round's own weights is one layer's float32 stack.
+    One layer at a time, in blocks of elements gathered from every client's array, so the float64
+    work stays in cache and the memory beyond the round's own weights is a few blocks per thread.
     """
-    with small_buffers_on_heap():
+    # One BLAS thread per scan thread: OpenBLAS's own threads, on top of ours, made the k x k
+    # Gram products 10x slower.
+    with small_buffers_on_heap(), threadpool_limits(1, user_api="blas"):
         return _round_statistics(names, global_weights, client_weights)
 
 
@@ -268,10 +280,10 @@ def _round_statistics(names: Sequence[str], global_weights: Sequence[np.ndarray]
     for index, name in enumerate(names):
         if not np.issubdtype(np.asarray(global_weights[index]).dtype, np.floating):
             continue  # integer buffers (counters, ids) carry no learned signal
-        stack = np.stack([np.asarray(w[index], dtype=np.float32).ravel() for w in client_weights])
-        if stack.shape[1] == 0:
+        clients = [np.ravel(w[index]) for w in client_weights]
+        if clients[0].size == 0:
             continue
-        stats, layer_updates = layer_pass(stack, np.asarray(global_weights[index], dtype=np.float64).ravel())
+        stats, layer_updates = layer_pass(clients, np.asarray(global_weights[index], dtype=np.float64).ravel())
         updates.add(layer_updates)
         layer_rows.append({"layer": name, **stats})
     return layer_rows, updates.rows()

@@ -18,6 +18,7 @@ from torch import nn
 from fedsim.archive import ArchiveWriter
 from fedsim.data import Loader
 from fedsim.memory import memory_mb
+from fedsim.messages import parameters_as_views
 from fedsim.models import set_weights
 from fedsim.outputs import CsvLog
 from fedsim.scrutiny import round_statistics
@@ -105,7 +106,7 @@ class RunRecorder(Strategy):
                       client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
         self.close_round()
         self._row, self._started = {"round": server_round}, time.perf_counter()
-        self._round_start_weights = parameters_to_ndarrays(parameters) if self.scrutiny else []
+        self._round_start_weights = parameters_as_views(parameters) if self.scrutiny else []
         return self.strategy.configure_fit(server_round, parameters, client_manager)
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
@@ -113,8 +114,7 @@ class RunRecorder(Strategy):
         results = _by_partition(results)
         client_ids = [int(res.metrics["partition_id"]) for _, res in results]
         archived = self.archive is not None and self.archive_clients
-        weights = [parameters_to_ndarrays(res.parameters) for _, res in results] \
-            if self.scrutiny or archived else []
+        weights = [parameters_as_views(res.parameters) for _, res in results] if self.scrutiny or archived else []
         update_rows: list[dict] = [{} for _ in results]
         if self.scrutiny:
             layer_rows, update_rows = round_statistics(self.names, self._round_start_weights, weights)

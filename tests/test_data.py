@@ -112,3 +112,18 @@ def test_missing_columns_are_refused(tmp_path):
 def test_more_clients_than_rows_is_refused(generated_imdb):
     with pytest.raises(ConfigError, match="num_clients"):
         _prepared(generated_imdb, "num_clients=50", "data.train_size=20")
+
+
+def test_a_partition_flwr_datasets_cannot_make_is_one_config_error(generated_imdb):
+    with pytest.raises(ConfigError, match=r"^partition: .*partition.alpha"):
+        _prepared(generated_imdb, "num_clients=50", "data.train_size=60", "partition=dirichlet",
+                  "partition.alpha=0.01", "partition.min_partition_size=2")
+
+
+def test_partition_is_cached_once_for_every_actor(generated_imdb):
+    prepared = _prepared(generated_imdb, "num_clients=4", "seed=11")
+    assert prepared.partition_file.endswith(".safetensors") and os.path.exists(prepared.partition_file)
+    again = _prepared(generated_imdb, "num_clients=4", "seed=11")
+    assert again.partition_file == prepared.partition_file
+    rows = np.concatenate([partition_rows(prepared, i) for i in range(4)])
+    assert sorted(rows.tolist()) == list(range(prepared.num_train))
