@@ -10,6 +10,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -172,6 +173,23 @@ def run_harness(overrides: Sequence[str], run_dir: Path, script: Sequence[str] =
 _worker: dict = {}
 
 
+def _put(weights: list[np.ndarray], path: str) -> str:
+    """Weights travel between the loop's processes as files in shared memory: a Pool pipe moves
+    large pickles slowly (with one worker, ten 17 MB tasks take 4x their compute), which would
+    make the limit no limit."""
+    from safetensors.numpy import save_file
+
+    save_file({str(i): np.ascontiguousarray(w) for i, w in enumerate(weights)}, path)
+    return path
+
+
+def _get(path: str) -> list[np.ndarray]:
+    from safetensors.numpy import load_file
+
+    tensors = load_file(path)
+    return [tensors[str(i)] for i in range(len(tensors))]
+
+
 def _init_worker(settings, threads: int) -> None:
     """One model and the data per worker process, built once (as a client actor does)."""
     import torch
@@ -184,7 +202,7 @@ def _init_worker(settings, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _fit(task: tuple[int, int, list[np.ndarray]]) -> tuple[int, list[np.ndarray], int, float]:
+def _fit(task: tuple[int, int, str, str]) -> tuple[int, str, int, float]:
     """The same local training as IMDBClient.fit, without Flower."""
     import torch
     from hydra.utils import instantiate
@@ -194,20 +212,21 @@ def _fit(task: tuple[int, int, list[np.ndarray]]) -> tuple[int, list[np.ndarray]
     from fedsim.models import get_weights, set_weights
     from fedsim.train import train
 
-    partition_id, server_round, weights = task
+    partition_id, server_round, weights, out = task
     settings, model = _worker["settings"], _worker["model"]
     start = time.perf_counter()
     trainloader, _ = load_data(settings.prepared, partition_id, settings.batch_size)
-    set_weights(model, weights)
+    set_weights(model, _get(weights))
     seed = step_seed(settings.seed, server_round, partition_id)
     torch.manual_seed(seed)
     trainloader.reseed(seed)
     optimizer = instantiate(json.loads(settings.optimizer))(model.parameters(), lr=settings.lr)
     train(model, trainloader, settings.local_epochs, optimizer, settings.device)
-    return partition_id, get_weights(model), trainloader.num_examples, time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    return partition_id, _put(get_weights(model), out), trainloader.num_examples, elapsed
 
 
-def _evaluate(task: tuple[int, list[np.ndarray]]) -> tuple[int, float, int]:
+def _evaluate(task: tuple[int, str]) -> tuple[int, float, int]:
     from fedsim.data import load_data
     from fedsim.models import set_weights
     from fedsim.train import evaluate
@@ -215,7 +234,7 @@ def _evaluate(task: tuple[int, list[np.ndarray]]) -> tuple[int, float, int]:
     partition_id, weights = task
     settings, model = _worker["settings"], _worker["model"]
     _, valloader = load_data(settings.prepared, partition_id, settings.batch_size)
-    set_weights(model, weights)
+    set_weights(model, _get(weights))
     _, accuracy = evaluate(model, valloader, settings.device)
     return partition_id, accuracy, valloader.num_examples
 
@@ -282,24 +301,31 @@ def run_limit(overrides: Sequence[str], processes: int | None = None) -> LimitRu
     num_eval = max(int(cfg.num_clients * cfg.strategy.get("fraction_evaluate", 1.0)),
                    int(cfg.strategy.get("min_evaluate_clients", 1)))
     round_s, fit_s, accuracy, train_examples = [], [], float("nan"), 0
-    with mp.get_context("spawn").Pool(processes, _init_worker, (settings, threads)) as pool:
-        pool.map(_evaluate, [(i, weights) for i in range(processes)])  # warm: every worker has built its model
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(dir=shm) as tmp, \
+            mp.get_context("spawn").Pool(processes, _init_worker, (settings, threads)) as pool:
+        shared = _put(weights, f"{tmp}/global.safetensors")
+        pool.map(_evaluate, [(i, shared) for i in range(processes)])  # warm: every worker has built its model
         set_weights(model, weights)
         evaluate(model, testloader, device)  # round 0's central evaluation, as the harness does
         for server_round in range(1, cfg.num_rounds + 1):
             t0 = time.perf_counter()
             chosen = sorted(rng.sample(range(cfg.num_clients), per_round))
-            results = pool.map(_fit, [(i, server_round, weights) for i in chosen], chunksize=1)
+            results = pool.map(_fit, [(i, server_round, shared, f"{tmp}/client_{i}.safetensors") for i in chosen],
+                               chunksize=1)
             total = sum(n for _, _, n, _ in results)
             train_examples = total
             fit_s.append(sum(t for _, _, _, t in results))
-            weights = [sum(w[k].astype(np.float64) * n for _, w, n, _ in results) / total
+            client_weights = [(_get(path), n) for _, path, n, _ in results]
+            weights = [sum(w[k].astype(np.float64) * n for w, n in client_weights) / total
                        for k in range(len(weights))]
             weights = [w.astype(np.float32) for w in weights]
+            del client_weights
+            shared = _put(weights, f"{tmp}/global.safetensors")
             set_weights(model, weights)
             _, accuracy = evaluate(model, testloader, device)
             evaluated = sorted(rng.sample(range(cfg.num_clients), num_eval))
-            pool.map(_evaluate, [(i, weights) for i in evaluated], chunksize=1)
+            pool.map(_evaluate, [(i, shared) for i in evaluated], chunksize=1)
             round_s.append(time.perf_counter() - t0)
     return LimitRun(time.perf_counter() - start, round_s, accuracy, train_examples, fit_s)
 
