@@ -11,7 +11,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from common import machine, run_harness, table
+from common import add_ratios, machine, run_harness, table
 
 BASE = ["model=bow", "num_clients=10", "num_rounds=3"]
 MODES = {"none": ["archive.mode=none"], "all float32": ["archive.mode=all", "archive.dtype=float32"],
@@ -32,9 +32,7 @@ def main() -> None:
                 if (run_dir / "weights").exists() else 0
             rows.append({"archive": name, "wall s": run.wall_s, "rounds s": run.rounds_s, "archive GB": size / 1e9})
             print(table(rows[-1:]), flush=True)
-    for row in rows:
-        row["wall vs none"] = row["wall s"] / rows[0]["wall s"]
-        row["rounds vs none"] = row["rounds s"] / rows[0]["rounds s"]
+    add_ratios(rows, {"wall vs none": "wall s", "rounds vs none": "rounds s"})
     print(table(rows))
 
 

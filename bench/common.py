@@ -330,6 +330,13 @@ def run_limit(overrides: Sequence[str], processes: int | None = None) -> LimitRu
     return LimitRun(time.perf_counter() - start, round_s, accuracy, train_examples, fit_s)
 
 
+def add_ratios(rows: list[dict], columns: dict[str, str]) -> None:
+    """Add `new: column` to every row as a multiple of the first row's value (the baseline)."""
+    for row in rows:
+        for new, column in columns.items():
+            row[new] = row[column] / rows[0][column]
+
+
 def table(rows: list[dict]) -> str:
     """A Markdown table, for pasting into bench/README.md."""
     frame = pd.DataFrame(rows)

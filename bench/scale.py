@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import machine, run_harness, run_limit, table
+from common import add_ratios, machine, run_harness, run_limit, table
 
 # num_clients -> (data.train_size, strategy.fraction_fit): 80% of each partition trains
 # (data.val_fraction 0.2), so every row trains 1,000 reviews per round.
@@ -62,9 +62,7 @@ def main() -> None:
             rows.append(measure(n, args.extra, Path(tmp)))
             print(table(rows[-1:]), flush=True)
     if rows[0]["num_clients"] == 10:
-        for row in rows:
-            row["driver RSS vs 10"] = row["driver peak RSS MB"] / rows[0]["driver peak RSS MB"]
-            row["PSS vs 10"] = row["all processes peak PSS MB"] / rows[0]["all processes peak PSS MB"]
+        add_ratios(rows, {"driver RSS vs 10": "driver peak RSS MB", "PSS vs 10": "all processes peak PSS MB"})
     print(table(rows))
 
 
