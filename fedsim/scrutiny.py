@@ -244,8 +244,10 @@ class UpdateStatistics:
 
     def add(self, other: "UpdateStatistics") -> None:
         """Add the statistics of other elements (another layer or range)."""
-        for name in ("sq_norm", "dot_others", "sq_norm_others", "sq_dist_median"):
-            getattr(self, name).__iadd__(getattr(other, name))
+        self.sq_norm += other.sq_norm
+        self.dot_others += other.dot_others
+        self.sq_norm_others += other.sq_norm_others
+        self.sq_dist_median += other.sq_dist_median
 
     def rows(self) -> list[dict[str, float]]:
         norms = np.sqrt(self.sq_norm)
