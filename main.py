@@ -9,17 +9,19 @@ from omegaconf import DictConfig
 
 from fedsim.errors import ConfigError
 from fedsim.experiment import run_experiment
+from fedsim.launch import simulate
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        info = run_experiment(cfg, Path(HydraConfig.get().runtime.output_dir))
+        info = run_experiment(cfg, run_dir, federate=simulate)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     print(f"done: final central_accuracy {info['final_central_accuracy']:.4f} in {info['wall_time_s']:.0f}s "
-          f"-> {HydraConfig.get().runtime.output_dir}")
+          f"-> {run_dir}")
     return info["final_central_accuracy"]
 
 

@@ -1,6 +1,12 @@
 """fedsim: a research harness for federated IMDB sentiment classification with Flower."""
 
+import warnings
+
 from omegaconf import OmegaConf
+
+# Weights arrive as read-only views of Flower's messages (fedsim.messages); torch only reads them
+# (load_state_dict, the archive's conversion), so its warning about non-writable arrays is noise.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
 
 def _minilm_path() -> str:

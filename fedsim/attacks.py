@@ -28,6 +28,13 @@ def malicious_clients(node_ratio: float, num_clients: int, seed: int) -> list[in
     return sorted(int(c) for c in chosen)
 
 
+def malicious_of(attack: "Attack", num_clients: int, seed: int) -> list[int]:
+    """The run's malicious partition ids: none unless the attack poisons data or the model."""
+    if not (attack.poisons_data or attack.poisons_model):
+        return []
+    return malicious_clients(attack.node_ratio, num_clients, seed)
+
+
 @dataclass(frozen=True)
 class Attack:
     """No attack: the base every attack extends. `name` is what clients.csv and layers.csv record."""

@@ -1,11 +1,11 @@
-"""Config checks that run before any data is read or any Ray worker starts."""
+"""Config checks that run before any data is read or any Ray worker starts (fedsim.build calls them)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any, Callable
 
-from flwr.server.strategy import Bulyan, Krum, Strategy
+from flwr.serverapp.strategy import Bulyan, MultiKrum, Strategy
 from omegaconf import DictConfig
 
 from fedsim.attacks import num_malicious
@@ -36,8 +36,14 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "client.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "resources.num_cpus": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "resources.num_gpus": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "strategy.fraction_fit": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "strategy.fraction_evaluate": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "strategy.fraction_train": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "strategy.fraction_evaluate": (lambda v: _is_number(v) and 0 <= v <= 1,
+                                   "a number in [0, 1] (0 skips federated evaluation)"),
+    "strategy.min_train_nodes": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "strategy.min_evaluate_nodes": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "strategy.num_malicious_nodes": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "strategy.num_nodes_to_select": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "strategy.proximal_mu": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "archive.mode": (lambda v: v in ("all", "global", "none"), "all, global or none"),
     "archive.dtype": (lambda v: v in ("float32", "float16", "bfloat16"), "float32, float16 or bfloat16"),
     "archive.layers": (lambda v: len(v) > 0 and all(isinstance(p, str) for p in v), "a list of glob patterns"),
@@ -82,34 +88,41 @@ def validate(cfg: DictConfig) -> None:
 
 
 def fit_clients_per_round(cfg: DictConfig) -> int:
-    """How many clients Flower samples per round (its own formula in FedAvg.num_fit_clients)."""
-    sampled = int(cfg.num_clients * cfg.strategy.get("fraction_fit", 1.0))
-    return max(sampled, int(cfg.strategy.get("min_fit_clients", 1)))
+    """How many clients train per round: Flower's own formula in FedAvg.configure_train."""
+    sampled = int(cfg.num_clients * cfg.strategy.get("fraction_train", 1.0))
+    return min(cfg.num_clients, max(sampled, int(cfg.strategy.get("min_train_nodes", 1))))
 
 
-# Minimum clients per round each robust aggregator needs for f tolerated malicious clients.
+# Minimum clients per round each robust aggregator needs for f tolerated malicious clients
+# (Bulyan first, as it is no MultiKrum; Krum is a MultiKrum that selects one).
 MIN_CLIENTS: dict[type, tuple[Callable[[int], int], str]] = {
     Bulyan: (lambda f: 4 * f + 3, "n >= 4f + 3"),
-    Krum: (lambda f: 2 * f + 3, "n > 2f + 2"),
+    MultiKrum: (lambda f: 2 * f + 3, "n > 2f + 2"),
 }
 
 
 def check_strategy(strategy: Strategy, cfg: DictConfig) -> None:
     """Refuse a strategy whose preconditions this configuration breaks."""
-    if cfg.strategy.get("min_available_clients", 1) > cfg.num_clients:
-        raise ConfigError("strategy.min_available_clients",
-                          f"{cfg.strategy.min_available_clients} exceeds num_clients={cfg.num_clients}")
+    if cfg.strategy.get("min_available_nodes", 1) > cfg.num_clients:
+        raise ConfigError("strategy.min_available_nodes",
+                          f"{cfg.strategy.min_available_nodes} exceeds num_clients={cfg.num_clients}; allowed: "
+                          f"at most {cfg.num_clients}")
     n = fit_clients_per_round(cfg)
     for cls, (minimum, rule) in MIN_CLIENTS.items():
         if isinstance(strategy, cls):
-            f = int(cfg.strategy.num_malicious_clients)
+            f = int(strategy.num_malicious_nodes)
             actual = num_malicious(float(cfg.attack.node_ratio), cfg.num_clients) if "attack" in cfg else 0
             if f < actual:
                 print(f"note: {type(strategy).__name__} assumes f={f} malicious clients; the attack has {actual}")
             if n < minimum(f):
                 raise ConfigError(
-                    "strategy.num_malicious_clients",
+                    "strategy.num_malicious_nodes",
                     f"{type(strategy).__name__} with f={f} needs {rule}, i.e. at least {minimum(f)} clients "
-                    f"per round, but {n} train per round; raise num_clients or strategy.fraction_fit, or lower f",
+                    f"per round, but {n} train per round; allowed: raise num_clients or strategy.fraction_train, "
+                    "or lower f",
                 )
+            selected = getattr(strategy, "num_nodes_to_select", 1)
+            if isinstance(strategy, MultiKrum) and selected > n:
+                raise ConfigError("strategy.num_nodes_to_select", f"{selected}, but {n} clients train per round; "
+                                  f"allowed: 1..{n}")
             return

@@ -1,34 +1,37 @@
-"""The Flower client: `IMDBClient` trains and evaluates one partition with a model kept alive per actor."""
+"""The clients: `IMDBClient` trains and evaluates one partition with a model kept alive per worker
+process, and `client_fn(context)` gives the ClientApp the client of the context's partition."""
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-from flwr.client import Client, NumPyClient
-from flwr.common import Context
+from flwr.app import Context
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch import nn
 
-from fedsim.attacks import Attack
-from fedsim.data import Loader, PreparedData, load_data
+from fedsim.attacks import Attack, malicious_of
+from fedsim.config import config_from, config_key
+from fedsim.data import Loader, PreparedData, load_data, load_prepared
 from fedsim.models import get_weights, set_weights
 from fedsim.train import evaluate, train
 
+Weights = list[np.ndarray]
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, eq=False)
 class ClientSettings:
-    """Everything a client actor needs, as plain values (it travels to Ray workers)."""
+    """Everything a client needs from the run's config, as typed values (one object per process and run)."""
 
     prepared: PreparedData
-    net: str  # the model.net config as JSON
-    optimizer: str  # the model.optimizer config as JSON
+    net: DictConfig  # model.net, instantiated once per process
+    optimizer: DictConfig  # model.optimizer, a partial taking (params, lr)
     local_epochs: int
     batch_size: int
     lr: float
@@ -36,8 +39,27 @@ class ClientSettings:
     use_gpu: bool
     seed: int
     log_level: str
-    attack: str = "{}"  # the attack config as JSON; used only for the malicious partitions
+    attack: DictConfig
     malicious: tuple[int, ...] = ()
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig, prepared: PreparedData | None = None) -> ClientSettings:
+        """The settings of a run's clients; the prepared data as the server recorded it, unless given."""
+        attack = instantiate(cfg.attack)
+        return cls(
+            prepared=prepared or load_prepared(cfg),
+            net=cfg.model.net,
+            optimizer=cfg.model.optimizer,
+            local_epochs=int(cfg.client.local_epochs),
+            batch_size=int(cfg.client.batch_size),
+            lr=float(cfg.client.lr),
+            num_threads=max(1, int(cfg.resources.num_cpus)),
+            use_gpu=cfg.resources.num_gpus > 0,
+            seed=int(cfg.seed),
+            log_level=str(cfg.log_level),
+            attack=cfg.attack,
+            malicious=tuple(malicious_of(attack, int(cfg.num_clients), int(cfg.seed))),
+        )
 
     @property
     def device(self) -> torch.device:
@@ -50,15 +72,15 @@ def step_seed(seed: int, server_round: int, partition_id: int) -> int:
 
 
 @functools.lru_cache(maxsize=1)
-def actor_model(net_json: str, device: str) -> nn.Module:
-    """One model per actor process, built once and reused by every client and round it serves."""
-    return instantiate(json.loads(net_json)).to(device)
+def actor_model(settings: ClientSettings) -> nn.Module:
+    """One model per worker process, built once and reused by every client and round it serves."""
+    return instantiate(settings.net).to(settings.device)
 
 
 @functools.lru_cache(maxsize=1)
-def actor_attack(attack_json: str) -> Attack:
-    """The run's attack, built once per actor process from its config."""
-    return instantiate(json.loads(attack_json))
+def actor_attack(settings: ClientSettings) -> Attack:
+    """The run's attack, built once per worker process."""
+    return instantiate(settings.attack)
 
 
 @functools.lru_cache(maxsize=1)
@@ -69,7 +91,7 @@ def configure_process(num_threads: int, log_level: str) -> None:
         logging.getLogger(name).setLevel(log_level)
 
 
-class IMDBClient(NumPyClient):
+class IMDBClient:
     """Trains the global model on one IMDB partition and evaluates it on the local validation split."""
 
     def __init__(self, partition_id: int, model: nn.Module, trainloader: Loader, valloader: Loader,
@@ -80,72 +102,75 @@ class IMDBClient(NumPyClient):
         self.valloader = valloader
         self.settings = settings
 
-    def get_parameters(self, config: dict) -> list[np.ndarray]:
-        return get_weights(self.model)
-
-    def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
+    def fit(self, weights: Weights, config: Mapping[str, Any]) -> tuple[Weights, int, dict[str, float]]:
+        """Local training from `weights`: (new weights, training examples, {train-loss, fit-time})."""
         start = time.perf_counter()
-        set_weights(self.model, parameters)
-        seed = step_seed(self.settings.seed, int(config.get("server_round", 0)), self.partition_id)
+        set_weights(self.model, weights)
+        seed = step_seed(self.settings.seed, int(config.get("server-round", 0)), self.partition_id)
         torch.manual_seed(seed)
         self.trainloader.reseed(seed)
-        optimizer = instantiate(json.loads(self.settings.optimizer))(self.model.parameters(), lr=self.settings.lr)
-        loss = train(
-            self.model,
-            self.trainloader,
-            self.settings.local_epochs,
-            optimizer,
-            self.settings.device,
-            proximal_mu=float(config.get("proximal_mu", 0.0)),
-        )
-        metrics = {"partition_id": self.partition_id, "train_loss": loss, "fit_time_s": time.perf_counter() - start}
+        optimizer = instantiate(self.settings.optimizer)(self.model.parameters(), lr=self.settings.lr)
+        loss = train(self.model, self.trainloader, self.settings.local_epochs, optimizer, self.settings.device,
+                     proximal_mu=float(config.get("proximal-mu", 0.0)))
+        metrics = {"train-loss": loss, "fit-time": time.perf_counter() - start}
         return get_weights(self.model), self.trainloader.num_examples, metrics
 
-    def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
-        set_weights(self.model, parameters)
+    def evaluate(self, weights: Weights, config: Mapping[str, Any]) -> tuple[float, int, dict[str, float]]:
+        """(loss, validation examples, {accuracy}) of `weights` on the local validation split."""
+        set_weights(self.model, weights)
         loss, accuracy = evaluate(self.model, self.valloader, self.settings.device)
-        return loss, self.valloader.num_examples, {"partition_id": self.partition_id, "accuracy": accuracy}
+        return loss, self.valloader.num_examples, {"accuracy": accuracy}
 
 
 class MaliciousClient(IMDBClient):
-    """An honest client whose returned weights the attack transforms (model poisoning).
+    """An honest client whose reply the attack transforms (model poisoning).
 
-    Data poisoning happens before, in `client_fn`, on the labels its trainloader serves.
+    Data poisoning happens before, in `build_client`, on the labels its trainloader serves.
     """
 
-    def __init__(self, attack: Attack, *args, **kwargs) -> None:
+    def __init__(self, attack: Attack, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.attack = attack
 
-    def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
+    def fit(self, weights: Weights, config: Mapping[str, Any]) -> tuple[Weights, int, dict[str, float]]:
         start = time.perf_counter()
-        server_round = int(config.get("server_round", 0))
         if self.attack.trains:
-            weights, num_examples, metrics = super().fit(parameters, config)
-        else:
-            weights, num_examples, metrics = parameters, self.trainloader.num_examples, {"partition_id": self.partition_id}
-        poisoned = self.attack.poison_update(weights, parameters, self.settings.seed, server_round, self.partition_id)
-        return poisoned, num_examples, {**metrics, "fit_time_s": time.perf_counter() - start}
+            trained, num_examples, metrics = super().fit(weights, config)
+        else:  # replies without training; reports no training loss
+            trained, num_examples, metrics = weights, self.trainloader.num_examples, {"train-loss": float("nan")}
+        poisoned = self.attack.poison_update(trained, weights, self.settings.seed, int(config.get("server-round", 0)),
+                                             self.partition_id)
+        return poisoned, num_examples, {**metrics, "fit-time": time.perf_counter() - start}
 
 
 def build_client(settings: ClientSettings, partition_id: int) -> IMDBClient:
     """The client for one partition: honest, or malicious with poisoned labels and/or a poisoned update."""
     configure_process(settings.num_threads, settings.log_level)
-    model = actor_model(settings.net, str(settings.device))
+    model = actor_model(settings)
     trainloader, valloader = load_data(settings.prepared, partition_id, settings.batch_size)
     if partition_id not in settings.malicious:
         return IMDBClient(partition_id, model, trainloader, valloader, settings)
-    attack = actor_attack(settings.attack)
+    attack = actor_attack(settings)
     if attack.poisons_data:
         trainloader.labels, _ = attack.poison_labels(trainloader.labels, trainloader.rows, settings.seed, partition_id)
     return MaliciousClient(attack, partition_id, model, trainloader, valloader, settings)
 
 
-def make_client_fn(settings: ClientSettings) -> Callable[[Context], Client]:
-    """The `client_fn` for Flower's ClientApp, closed over the run's settings."""
+_SETTINGS: dict[str, ClientSettings] = {}
 
-    def client_fn(context: Context) -> Client:
-        """Build the client for the partition in `context.node_config` (Flower calls this per message)."""
-        return build_client(settings, int(context.node_config["partition-id"])).to_client()
 
-    return client_fn
+def settings_for(run_config: Mapping[str, Any]) -> ClientSettings:
+    """The clients' settings for a run config, built once per worker process."""
+    key = config_key(run_config)
+    if key not in _SETTINGS:
+        _SETTINGS.clear()  # a process serves one run at a time
+        _SETTINGS[key] = ClientSettings.from_cfg(config_from(run_config))
+    return _SETTINGS[key]
+
+
+def client_fn(context: Context) -> IMDBClient:
+    """The client of the partition in `context.node_config`, for the run in `context.run_config`."""
+    return build_client(settings_for(context.run_config), int(context.node_config["partition-id"]))
+
+
+ClientFn = Callable[[Context], IMDBClient]

@@ -29,8 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from fedsim.outputs import write_csv
-from fedsim.server import format_duration
+from fedsim.outputs import format_duration, write_csv
 
 RUNS_COLUMNS = [
     "run_id", "seed", "overrides", "status", "error", "final_central_accuracy", "best_central_accuracy",
@@ -89,15 +88,16 @@ def default_name(overrides: Sequence[str], sweeps: Sequence[str]) -> str:
 
 
 def check_configuration(conf_dir: Path, overrides: Sequence[str], seed: int) -> str | None:
-    """Compose and validate a configuration as main.py would (no Ray); the one-line error, or None."""
+    """Compose and check a configuration with `fedsim.build.build`, as main.py would (no Ray, no data read);
+    the one-line error, or None."""
     from hydra import compose, initialize_config_dir
 
-    from fedsim.checks import validate
+    from fedsim.build import build
     from fedsim.errors import ConfigError
 
     try:
         with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
-            validate(compose(config_name="config", overrides=[*overrides, f"seed={seed}"]))
+            build(compose(config_name="config", overrides=[*overrides, f"seed={seed}"]))
     except ConfigError as exc:
         return str(exc)
     except Exception as exc:  # Hydra's composition errors: missing options, bad override syntax, types

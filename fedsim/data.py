@@ -1,8 +1,9 @@
 """IMDB for federated clients: load the texts, featurize each split once, partition, and batch.
 
-The driver calls `prepare_data` before any Ray worker starts: it reads the dataset, selects
-rows, and writes each featurized split to a content-keyed safetensors cache. Clients then call
-`load_data`, which only memory-loads that cache and slices their partition.
+The server calls `prepare_data` before any client runs: it reads the dataset, selects rows,
+writes each featurized split to a content-keyed safetensors cache, and records where they are
+in a small manifest keyed by the data settings. Clients find that manifest from the run's config
+(`load_prepared`), then `load_data` only memory-loads the cache and slices their partition.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import glob
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from safetensors.numpy import load_file, save_file
 
 from fedsim.errors import ConfigError
 from fedsim.features import FEATURE_TYPES, Features, cache_key
+from fedsim.outputs import write_json
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -158,7 +160,7 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
     featurizer = instantiate(cfg.model.featurizer)
     train_file = featurize_cached(splits["train"], train_rows, featurizer, cfg.data.cache_dir)
     partitioner = OmegaConf.to_container(cfg.partition, resolve=True)
-    return PreparedData(
+    prepared = PreparedData(
         train_file=train_file,
         test_file=featurize_cached(splits["test"], test_rows, featurizer, cfg.data.cache_dir),
         kind=featurizer.kind,
@@ -169,6 +171,27 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
         seed=int(cfg.seed),
         val_fraction=float(cfg.data.val_fraction),
     )
+    write_json(manifest_path(cfg), asdict(prepared))
+    return prepared
+
+
+def manifest_path(cfg: DictConfig) -> Path:
+    """Where `prepare_data` records the prepared files for this config's data settings."""
+    settings = {
+        "data": {key: cfg.data[key] for key in ("path", "train_size", "test_size", "val_fraction")},
+        "seed": cfg.seed,
+        "featurizer": OmegaConf.to_container(cfg.model.featurizer, resolve=True),
+        "partition": OmegaConf.to_container(cfg.partition, resolve=True),
+    }
+    return Path(os.path.expanduser(cfg.data.cache_dir)) / f"prepared-{cache_key([], np.zeros(0), settings)}.json"
+
+
+def load_prepared(cfg: DictConfig) -> PreparedData:
+    """The prepared data of this config, as the server recorded it before the first round."""
+    path = manifest_path(cfg)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no prepared data for this config; the server prepares it before any round")
+    return PreparedData(**json.loads(path.read_text()))
 
 
 @functools.lru_cache(maxsize=4)

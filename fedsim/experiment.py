@@ -1,8 +1,11 @@
-"""One federated run, as numbered steps: check, prepare data, build the server, simulate, finish."""
+"""One federated run, as numbered steps: check, model, data, federate, finish; run.json says how it ended.
+
+`federate` is the only part that differs between runtimes: main.py simulates (fedsim.launch),
+and `flwr run` hands the ServerApp a Grid to run the rounds on (fedsim.server_app).
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -11,27 +14,27 @@ import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
 import torch
-from flwr.common import ndarrays_to_parameters
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from safetensors.numpy import save_file
 
 from fedsim.archive import ArchiveWriter, check_disk, expected_bytes, select_layers
-from fedsim.attacks import malicious_clients
-from fedsim.checks import check_strategy, fit_clients_per_round, validate
-from fedsim.client import ClientSettings, make_client_fn
-from fedsim.data import load_test, prepare_data
-from fedsim.detection import DETECTION_COLUMNS, detection_rows, mean_auc
+from fedsim.build import Experiment, build
+from fedsim.callbacks import (
+    Callback, ClientsCsv, DetectionCsv, FinalModel, MemoryProbe, Progress, RoundsCsv, RunSummary, WeightArchive,
+    WeightScrutiny,
+)
+from fedsim.checks import fit_clients_per_round
+from fedsim.data import Loader, load_test, prepare_data
 from fedsim.errors import ConfigError
 from fedsim.memory import return_freed_buffers_to_os
-from fedsim.models import get_weights, layer_names
-from fedsim.outputs import CLIENTS_COLUMNS, ROUNDS_COLUMNS, CsvLog, write_csv, write_json
-from fedsim.scrutiny import LAYER_COLUMNS
-from fedsim.server import RunRecorder, fit_config, make_evaluate_fn, weighted_average
+from fedsim.models import get_weights, layer_names, set_weights
+from fedsim.outputs import write_json
+from fedsim.record import RoundRecord
+from fedsim.train import evaluate
 
 
 def _versions() -> dict[str, str]:
@@ -56,13 +59,13 @@ def _now() -> str:
 
 
 class _DropDeprecationNotice(logging.Filter):
-    """Flower flags run_simulation as deprecated on every run; it is the API this harness is asked to use."""
+    """Flower flags run_simulation as deprecated on every run; it is still its only Python entry into simulation."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "DEPRECATED FEATURE" not in record.getMessage()
 
 
-def _quiet(log_level: str) -> None:
+def quiet(log_level: str) -> None:
     """Keep Ray's and Flower's chatter below `log_level`; flwr logs once, through its own handler."""
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     for name in ("flwr", "ray", "transformers", "datasets", "filelock"):
@@ -90,110 +93,90 @@ class RunInfo:
         }
         write_json(self.path, self.data)
 
-    def finish(self, status: str, **fields) -> None:
+    def finish(self, status: str, **fields: Any) -> None:
         self.data.update(status=status, finished_at=_now(), wall_time_s=round(time.time() - self.started, 3), **fields)
         write_json(self.path, self.data)
 
 
-def final_metrics(rows: list[dict]) -> dict:
-    central = [r["central_accuracy"] for r in rows if r.get("central_accuracy") is not None]
-    last = rows[-1] if rows else {}
-    return {
-        "final_central_accuracy": central[-1] if central else None,
-        "best_central_accuracy": max(central) if central else None,
-        "final_central_loss": last.get("central_loss"),
-        "final_fed_accuracy": last.get("fed_accuracy"),
-        "rounds_completed": max((r["round"] for r in rows), default=0),
-    }
+class Session:
+    """A run in progress on the server: the experiment, its model and test split, and its outputs."""
 
-
-def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run one experiment into `run_dir`; return run.json's content. Raises ConfigError on bad input."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    info = RunInfo(run_dir, cfg)
-    rounds_log = clients_log = layers_log = archive = None
-    try:
-        # 1. Check the config and save it, fully resolved.
-        validate(cfg)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        _quiet(cfg.log_level)
-        return_freed_buffers_to_os()
-
-        # 2. Read, subset and featurize IMDB once (cached on disk for later runs).
-        prepared = prepare_data(cfg)
-
-        # 3. Build the server side: seeded initial model, central evaluation, strategy.
+    def __init__(self, experiment: Experiment, run_dir: Path) -> None:
+        cfg = self.cfg = experiment.cfg
+        self.experiment, self.run_dir = experiment, run_dir
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        device = torch.device("cuda" if cfg.resources.num_gpus > 0 and torch.cuda.is_available() else "cpu")
-        model = instantiate(cfg.model.net).to(device)
-        strategy = instantiate(
-            cfg.strategy,
-            initial_parameters=ndarrays_to_parameters(get_weights(model)),
-            evaluate_fn=make_evaluate_fn(model, load_test(prepared, 4 * cfg.client.batch_size), device),
-            on_fit_config_fn=fit_config,
-            fit_metrics_aggregation_fn=weighted_average,
-            evaluate_metrics_aggregation_fn=weighted_average,
-        )
-        check_strategy(strategy, cfg)
-        attack = instantiate(cfg.attack)
-        malicious = malicious_clients(attack.node_ratio, cfg.num_clients, cfg.seed) \
-            if attack.poisons_data or attack.poisons_model else []
-        info.data.update(attack=attack.name, malicious_clients=malicious)
-        names = layer_names(model)
-        archive = open_archive(cfg, run_dir, names, get_weights(model))
-        rounds_log = CsvLog(run_dir / "rounds.csv", ROUNDS_COLUMNS)
-        clients_log = CsvLog(run_dir / "clients.csv", CLIENTS_COLUMNS)
-        layers_log = CsvLog(run_dir / "layers.csv", LAYER_COLUMNS)
-        recorder = RunRecorder(strategy, rounds_log, clients_log, layers_log, names, cfg.num_rounds,
-                               archive=archive, archive_clients=cfg.archive.mode == "all", malicious=malicious,
-                               attack=attack.name, node_ratio=float(attack.node_ratio), scrutiny=cfg.scrutiny)
+        self.device = torch.device("cuda" if cfg.resources.num_gpus > 0 and torch.cuda.is_available() else "cpu")
+        self.model = instantiate(cfg.model.net).to(self.device)
+        self.names = layer_names(self.model)
+        check_archive(cfg, run_dir, self.names, get_weights(self.model))
+        self.testloader: Loader | None = None
+        self.callbacks: list[Callback] = []
 
-        # 4. Simulate with Flower's Ray backend; one model per client actor, reused across rounds.
-        settings = ClientSettings(
-            prepared=prepared,
-            net=json.dumps(OmegaConf.to_container(cfg.model.net, resolve=True)),
-            optimizer=json.dumps(OmegaConf.to_container(cfg.model.optimizer, resolve=True)),
-            local_epochs=cfg.client.local_epochs,
-            batch_size=cfg.client.batch_size,
-            lr=float(cfg.client.lr),
-            num_threads=max(1, int(cfg.resources.num_cpus)),
-            use_gpu=cfg.resources.num_gpus > 0,
-            seed=cfg.seed,
-            log_level=cfg.log_level,
-            attack=json.dumps(OmegaConf.to_container(cfg.attack, resolve=True)),
-            malicious=tuple(malicious),
-        )
-        simulate(recorder, settings, cfg)
-        recorder.close_round()
+    @property
+    def strategy(self):
+        return self.experiment.strategy
 
-        # 5. Save the final global model, score the detection baseline, flush the archive, close the books.
-        save_file(dict(zip(names, get_weights(model))), str(run_dir / "model.safetensors"))
-        detection = detection_rows(recorder.client_rows) if cfg.scrutiny else []
-        if detection:
-            write_csv(run_dir / "detection.csv", pd.DataFrame(detection, columns=DETECTION_COLUMNS))
-            info.data["detection_auc"] = mean_auc(detection)
-        if archive is not None:
-            archive.close()
-        info.finish("completed", **final_metrics(recorder.rows))
-        return info.data
-    except BaseException as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        info.finish("failed", error=message, error_type=type(exc).__name__)
-        raise
-    finally:
-        if archive is not None:
-            archive.close()
-        for log in (rounds_log, clients_log, layers_log):
-            if log is not None:
-                log.close()
+    @property
+    def malicious(self) -> list[int]:
+        return self.experiment.malicious
+
+    @property
+    def attack_name(self) -> str:
+        return self.experiment.attack.name
+
+    def prepare(self) -> None:
+        """Read, subset and featurize IMDB once (cached on disk), and load the server's test split."""
+        self.testloader = load_test(prepare_data(self.cfg), 4 * self.cfg.client.batch_size)
+
+    def open_outputs(self) -> None:
+        self.callbacks = standard_outputs(self.experiment, self.run_dir, self.names) + self.experiment.callbacks
+
+    def initial_weights(self) -> list[np.ndarray]:
+        return get_weights(self.model)
+
+    def evaluate(self, weights: list[np.ndarray]) -> tuple[float, float]:
+        """Central evaluation: (loss, accuracy) of `weights` on the server's test split."""
+        set_weights(self.model, weights)
+        return evaluate(self.model, self.testloader, self.device)
+
+    def end_round(self, record: RoundRecord) -> None:
+        for callback in self.callbacks:
+            callback.on_round_end(record)
+
+    def finish(self) -> dict[str, Any]:
+        """The outputs' end of run; what they add to run.json."""
+        summary: dict[str, Any] = {}
+        for callback in self.callbacks:
+            callback.on_run_end(summary)
+        return summary
+
+    def close(self) -> None:
+        for callback in self.callbacks:
+            callback.close()
 
 
-def open_archive(cfg: DictConfig, run_dir: Path, names: list[str], weights: list[np.ndarray]) -> ArchiveWriter | None:
-    """Announce the archive's expected size, refuse the run if the disk cannot hold it, start the writer."""
+def standard_outputs(experiment: Experiment, run_dir: Path, names: list[str]) -> list[Callback]:
+    """Every run's outputs, in the order they see each round (see fedsim.callbacks)."""
+    cfg, attack = experiment.cfg, experiment.attack
+    outputs: list[Callback] = [
+        WeightScrutiny(run_dir / "layers.csv", attack.name, float(attack.node_ratio), enabled=cfg.scrutiny),
+        ClientsCsv(run_dir / "clients.csv"),
+    ]
+    if cfg.archive.mode != "none":
+        writer = ArchiveWriter(run_dir, names, list(cfg.archive.layers), cfg.archive.dtype, cfg.archive.max_pending)
+        outputs.append(WeightArchive(writer, clients=cfg.archive.mode == "all"))
+    outputs += [MemoryProbe(), RoundsCsv(run_dir / "rounds.csv"), Progress(cfg.num_rounds), RunSummary()]
+    if cfg.scrutiny:
+        outputs.append(DetectionCsv(run_dir / "detection.csv"))
+    return outputs + [FinalModel(run_dir / "model.safetensors")]
+
+
+def check_archive(cfg: DictConfig, run_dir: Path, names: list[str], weights: list[np.ndarray]) -> None:
+    """Announce the archive's expected size; refuse the run if no layer matches or the disk cannot hold it."""
     if cfg.archive.mode == "none":
-        return None
+        return
     kept = select_layers(names, list(cfg.archive.layers))
     if not kept:
         raise ConfigError("archive.layers", f"{list(cfg.archive.layers)} match no layer; layers are e.g. {names[:3]}")
@@ -202,30 +185,41 @@ def open_archive(cfg: DictConfig, run_dir: Path, names: list[str], weights: list
     print(f"archive: mode={cfg.archive.mode} dtype={cfg.archive.dtype}, {len(kept)}/{len(names)} layers, "
           f"about {needed / 1e9:.2f} GB expected")
     check_disk(run_dir, needed)
-    return ArchiveWriter(run_dir, names, list(cfg.archive.layers), cfg.archive.dtype, cfg.archive.max_pending)
 
 
-def backend_config(cfg: DictConfig) -> dict:
-    """Flower's Ray backend settings: each client actor's CPU and (fractional) GPU share."""
-    verbose = logging.getLevelNamesMapping()[cfg.log_level] <= logging.INFO
-    return {
-        "client_resources": {"num_cpus": float(cfg.resources.num_cpus), "num_gpus": float(cfg.resources.num_gpus)},
-        "init_args": {"logging_level": cfg.log_level, "log_to_driver": verbose, "include_dashboard": False},
-    }
+def run_experiment(cfg: DictConfig, run_dir: Path, federate: Callable[[Session], None], **parts: Any) -> dict:
+    """Run one experiment into `run_dir`; return run.json's content. Raises ConfigError on bad input.
 
+    `parts` go to `build` (a client factory, extra outputs).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info = RunInfo(run_dir, cfg)
+    session: Session | None = None
+    try:
+        # 1. Check the whole config, then save it fully resolved.
+        experiment = build(cfg, **parts)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        info.data.update(attack=experiment.attack.name, malicious_clients=experiment.malicious)
+        quiet(cfg.log_level)
+        return_freed_buffers_to_os()
 
-def simulate(strategy, settings: ClientSettings, cfg: DictConfig) -> None:
-    """Flower's run_simulation with a ClientApp and a ServerApp on the Ray backend."""
-    from flwr.client import ClientApp
-    from flwr.server import ServerApp, ServerAppComponents, ServerConfig
-    from flwr.simulation import run_simulation
+        # 2. The seeded initial model; the archive's size checked against the free disk.
+        session = Session(experiment, run_dir)
 
-    components = ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=cfg.num_rounds))
-    run_simulation(
-        server_app=ServerApp(server_fn=lambda context: components),
-        client_app=ClientApp(client_fn=make_client_fn(settings)),
-        num_supernodes=cfg.num_clients,
-        backend_name="ray",
-        backend_config=backend_config(cfg),
-        verbose_logging=cfg.log_level == "DEBUG",
-    )
+        # 3. Read, subset and featurize IMDB once (cached on disk for later runs).
+        session.prepare()
+
+        # 4. Open the outputs and federate.
+        session.open_outputs()
+        federate(session)
+
+        # 5. Close the books: final model, detection baseline, archive flushed.
+        info.finish("completed", **session.finish())
+        return info.data
+    except BaseException as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        info.finish("failed", error=message, error_type=type(exc).__name__)
+        raise
+    finally:
+        if session is not None:
+            session.close()

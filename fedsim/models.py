@@ -46,11 +46,11 @@ def get_weights(model: nn.Module) -> list[np.ndarray]:
 
 
 def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
-    """Load a NumPy list (state_dict order) into the model in place."""
+    """Load a NumPy list (state_dict order) into the model in place; read-only views are only read."""
     keys = list(model.state_dict().keys())
     if len(keys) != len(weights):
         raise ValueError(f"expected {len(keys)} arrays, got {len(weights)}")
-    state = OrderedDict((k, torch.from_numpy(np.require(w, requirements="W"))) for k, w in zip(keys, weights))
+    state = OrderedDict((k, torch.from_numpy(np.asarray(w))) for k, w in zip(keys, weights))
     model.load_state_dict(state, strict=True)
 
 

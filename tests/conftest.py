@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+
+from fedsim.config import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_IMDB = ROOT.parent / "shared" / "imdb"
@@ -56,5 +57,4 @@ def isolated_cache(tmp_path_factory) -> Path:
 
 def make_cfg(*overrides: str) -> DictConfig:
     """The project's config with overrides, composed as `main.py` would."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose(overrides)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,10 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from conftest import make_cfg
-from fedsim.attacks import LabelPoisoning, malicious_clients, num_malicious
+from fedsim.attacks import LabelPoisoning, malicious_clients, malicious_of, num_malicious
 from fedsim.client import ClientSettings, IMDBClient, MaliciousClient, build_client
 from fedsim.data import prepare_data
 from fedsim.detection import detection_rows
@@ -39,13 +39,14 @@ def test_presets_of_the_study(preset, node_ratio, data_ratio):
 
 
 def _settings(cfg, malicious: tuple[int, ...]) -> ClientSettings:
-    return ClientSettings(
-        prepared=prepare_data(cfg),
-        net=json.dumps(OmegaConf.to_container(cfg.model.net, resolve=True)),
-        optimizer=json.dumps(OmegaConf.to_container(cfg.model.optimizer, resolve=True)),
-        local_epochs=1, batch_size=32, lr=float(cfg.client.lr), num_threads=1, use_gpu=False, seed=cfg.seed,
-        log_level="WARNING", attack=json.dumps(OmegaConf.to_container(cfg.attack, resolve=True)), malicious=malicious,
-    )
+    """The run's client settings with chosen malicious partitions."""
+    return dataclasses.replace(ClientSettings.from_cfg(cfg, prepare_data(cfg)), malicious=malicious)
+
+
+def test_clients_know_the_malicious_partitions_from_the_config_alone(generated_imdb):
+    cfg = make_cfg(f"data.path={generated_imdb}", "num_clients=10", "attack=random_30pct")
+    assert ClientSettings.from_cfg(cfg, prepare_data(cfg)).malicious == tuple(malicious_clients(0.3, 10, 0))
+    assert malicious_of(instantiate(make_cfg("attack=none").attack), 10, 0) == []
 
 
 @pytest.mark.parametrize("attack, data_ratio", [("label_flip", 0.5), ("random_labels", 0.4), ("label_flip", 1.0)])
@@ -77,8 +78,8 @@ def _updates(generated_imdb, attack: str, *extra: str) -> tuple[list[np.ndarray]
     malicious = build_client(_settings(cfg, malicious=(0,)), 0)
     assert isinstance(malicious, MaliciousClient)
     start = get_weights(malicious.model)
-    bad, n_bad, _ = malicious.fit(start, {"server_round": 1})
-    honest, n_honest, _ = build_client(_settings(cfg, malicious=()), 0).fit(start, {"server_round": 1})
+    bad, n_bad, _ = malicious.fit(start, {"server-round": 1})
+    honest, n_honest, _ = build_client(_settings(cfg, malicious=()), 0).fit(start, {"server-round": 1})
     assert n_bad == n_honest
     return start, honest, bad
 

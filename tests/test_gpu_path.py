@@ -9,7 +9,7 @@ from conftest import make_cfg as _cfg
 from fedsim.checks import validate
 from fedsim.client import ClientSettings
 from fedsim.errors import ConfigError
-from fedsim.experiment import backend_config
+from fedsim.launch import backend_config
 
 
 def test_fractional_gpu_share_reaches_flowers_ray_backend():
@@ -30,8 +30,8 @@ def test_gpu_share_with_a_gpu_is_accepted(monkeypatch):
 
 
 def test_clients_use_cuda_only_when_asked_and_present():
-    settings = dict(prepared=None, net="{}", optimizer="{}", local_epochs=1, batch_size=2, lr=0.1, num_threads=1,
-                    seed=0, log_level="WARNING")
+    settings = dict(prepared=None, net=None, optimizer=None, local_epochs=1, batch_size=2, lr=0.1, num_threads=1,
+                    seed=0, log_level="WARNING", attack=None)
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert ClientSettings(use_gpu=True, **settings).device.type == expected
     assert ClientSettings(use_gpu=False, **settings).device.type == "cpu"

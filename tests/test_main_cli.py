@@ -75,13 +75,32 @@ def test_scrutiny_off_skips_the_statistics_and_changes_no_metric(small_run, imdb
     assert pd.read_csv(tmp_path / "layers.csv").empty and not pd.read_csv(small_run / "layers.csv").empty
 
 
+@pytest.mark.slow
+def test_partial_participation_is_identical_for_the_same_seed(imdb_dir, tmp_path):
+    """fraction_train=0.3 of 20 clients: the same 6 clients each round, and the same metrics, run after run."""
+    overrides = [f"data.path={imdb_dir}", "num_clients=20", "strategy.fraction_train=0.3",
+                 "strategy.fraction_evaluate=0.3", "num_rounds=3", "seed=5", "data.train_size=2000",
+                 "data.test_size=300", "archive.mode=none"]
+    for name in ("a", "b"):
+        result = run_main(tmp_path / name, *overrides)
+        assert result.returncode == 0, result.stderr[-2000:]
+    a, b = (pd.read_csv(tmp_path / name / "clients.csv") for name in ("a", "b"))
+    assert a.groupby("round").size().tolist() == [6, 6, 6]
+    assert a[["round", "client_id"]].equals(b[["round", "client_id"]])
+    assert a.groupby("round").client_id.apply(tuple).nunique() == 3  # a fresh choice each round
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a" / "rounds.csv")[METRICS],
+                                  pd.read_csv(tmp_path / "b" / "rounds.csv")[METRICS], check_exact=True)
+    pd.testing.assert_frame_equal(a.drop(columns="fit_time_s"), b.drop(columns="fit_time_s"), check_exact=True)
+
+
 @pytest.mark.parametrize("overrides, key", [
     (["num_clients=0"], "num_clients"),
     (["num_rounds=0"], "num_rounds"),
     (["scrutiny=maybe"], "scrutiny"),
-    (["strategy.fraction_fit=1.5"], "strategy.fraction_fit"),
+    (["strategy.fraction_train=1.5"], "strategy.fraction_train"),
     (["data.path=/nonexistent"], "data.path"),
-    (["strategy=bulyan", "num_clients=3"], "strategy.num_malicious_clients"),
+    (["strategy=bulyan", "num_clients=3"], "strategy.num_malicious_nodes"),
+    (["strategy=trimmed_mean", "strategy.beta=0.5"], "strategy"),
     (["attack=none", "attack.node_ratio=0.3"], "attack.node_ratio"),
     (["attack=label_flip", "attack.data_ratio=2"], "attack.data_ratio"),
 ])

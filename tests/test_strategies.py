@@ -1,21 +1,27 @@
-"""Every strategy config instantiates Flower's own class; impossible robust configurations are refused."""
+"""Every strategy config builds Flower's own message-API class and aggregates a round; `build` refuses
+impossible settings before any data is read."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import flwr.server.strategy as flwr_strategies
+import flwr.serverapp.strategy as flwr_strategies
+import numpy as np
 import pytest
-from hydra.utils import instantiate
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from conftest import ROOT, make_cfg
-from fedsim.checks import check_strategy, validate
+from fedsim.build import build
+from fedsim.checks import validate
+from fedsim.client_app import make_client_app
 from fedsim.errors import ConfigError
+from fedsim.messages import record_views, to_record
+from local_grid import LocalGrid
 
 STRATEGIES = sorted(p.stem for p in (ROOT / "conf" / "strategy").glob("*.yaml"))
 EXPECTED = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedadam": "FedAdam", "fedyogi": "FedYogi",
             "fedadagrad": "FedAdagrad", "fedavgm": "FedAvgM", "fedmedian": "FedMedian",
-            "trimmed_mean": "FedTrimmedAvg", "krum": "Krum", "multikrum": "Krum", "bulyan": "Bulyan"}
+            "trimmed_mean": "FedTrimmedAvg", "krum": "Krum", "multikrum": "MultiKrum", "bulyan": "Bulyan"}
 
 
 def test_every_spec_strategy_has_a_config():
@@ -23,48 +29,51 @@ def test_every_spec_strategy_has_a_config():
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
-def test_strategy_config_instantiates_flowers_class(name):
-    cfg = make_cfg(f"strategy={name}", "num_clients=10")
-    from flwr.common import ndarrays_to_parameters
-    import numpy as np
-
-    strategy = instantiate(cfg.strategy, initial_parameters=ndarrays_to_parameters([np.zeros(3)]))
+def test_strategy_config_builds_flowers_class(name):
+    strategy = build(make_cfg(f"strategy={name}", "num_clients=10")).strategy
     assert type(strategy) is getattr(flwr_strategies, EXPECTED[name])
-    check_strategy(strategy, cfg)
+    assert strategy.fraction_train == 1.0 and strategy.min_available_nodes == 10
 
 
-def test_strategy_parameters_are_overridable():
-    cfg = make_cfg("strategy=fedprox", "strategy.proximal_mu=0.5", "strategy.fraction_fit=0.5")
-    strategy = instantiate(cfg.strategy)
-    assert strategy.proximal_mu == 0.5 and strategy.fraction_fit == 0.5
+def test_strategy_parameters_are_keys_under_flowers_names():
+    strategy = build(make_cfg("strategy=fedprox", "strategy.proximal_mu=0.5", "strategy.fraction_train=0.5",
+                              "strategy.fraction_evaluate=0")).strategy
+    assert (strategy.proximal_mu, strategy.fraction_train, strategy.fraction_evaluate) == (0.5, 0.5, 0.0)
+    assert build(make_cfg("strategy=multikrum", "strategy.num_nodes_to_select=4")).strategy.num_nodes_to_select == 4
 
 
 def test_krum_and_bulyan_take_f_from_the_attack():
-    assert make_cfg("strategy=krum").strategy.num_malicious_clients == 0
-    assert make_cfg("strategy=krum", "attack=random_weights").strategy.num_malicious_clients == 3
-    assert make_cfg("strategy=multikrum", "attack=custom").strategy.num_malicious_clients == 3  # 0.25 x 10 -> 3
-    assert make_cfg("strategy=bulyan", "attack=random_weights").strategy.num_malicious_clients == 1  # (10-3)//4
-    assert make_cfg("strategy=bulyan", "attack=random_weights", "num_clients=20").strategy.num_malicious_clients == 4
+    assert make_cfg("strategy=krum").strategy.num_malicious_nodes == 0
+    assert make_cfg("strategy=krum", "attack=random_weights").strategy.num_malicious_nodes == 3
+    assert make_cfg("strategy=multikrum", "attack=custom").strategy.num_malicious_nodes == 3  # 0.25 x 10 -> 3
+    assert make_cfg("strategy=bulyan", "attack=random_weights").strategy.num_malicious_nodes == 1  # (10-3)//4
+    assert make_cfg("strategy=bulyan", "attack=random_weights", "num_clients=20").strategy.num_malicious_nodes == 4
 
 
-@pytest.mark.parametrize("overrides, needed", [
-    (["strategy=krum", "num_clients=4", "attack=sign_flip"], "at least 5"),  # 0.3 x 4 -> f = 1
-    (["strategy=multikrum", "num_clients=10", "strategy.num_malicious_clients=4"], "at least 11"),
-    (["strategy=bulyan", "num_clients=6"], "at least 7"),
-    (["strategy=bulyan", "num_clients=20", "strategy.fraction_fit=0.3"], "6 train per round"),
+@pytest.mark.parametrize("overrides, key, needed", [
+    (["strategy=krum", "num_clients=4", "attack=sign_flip"], "strategy.num_malicious_nodes", "at least 5"),
+    (["strategy=multikrum", "num_clients=10", "strategy.num_malicious_nodes=4"], "strategy.num_malicious_nodes",
+     "at least 11"),
+    (["strategy=bulyan", "num_clients=6"], "strategy.num_malicious_nodes", "at least 7"),
+    (["strategy=bulyan", "num_clients=20", "strategy.fraction_train=0.3"], "strategy.num_malicious_nodes",
+     "6 train per round"),
+    (["strategy=multikrum", "num_clients=10", "strategy.fraction_train=0.4", "strategy.num_nodes_to_select=5"],
+     "strategy.num_nodes_to_select", "allowed: 1..4"),
+    (["strategy=trimmed_mean", "strategy.beta=0.6"], "strategy", "must be in the range [0, 0.5)"),
+    (["strategy.min_available_nodes=11"], "strategy.min_available_nodes", "at most 10"),
 ])
-def test_robust_strategies_refuse_too_few_clients(overrides, needed):
-    cfg = make_cfg(*overrides)
-    with pytest.raises(ConfigError, match=needed) as err:
-        check_strategy(instantiate(cfg.strategy), cfg)
-    assert err.value.key == "strategy.num_malicious_clients"
+def test_build_refuses_impossible_strategies(overrides, key, needed):
+    with pytest.raises(ConfigError, match=needed.replace("[", r"\[").replace(")", r"\)")) as err:
+        build(make_cfg(*overrides))
+    assert err.value.key == key
 
 
 @pytest.mark.parametrize("override, key", [
     ("num_clients=0", "num_clients"),
     ("num_rounds=0", "num_rounds"),
-    ("strategy.fraction_fit=0", "strategy.fraction_fit"),
+    ("strategy.fraction_train=0", "strategy.fraction_train"),
     ("strategy.fraction_evaluate=1.5", "strategy.fraction_evaluate"),
+    ("strategy.min_train_nodes=0", "strategy.min_train_nodes"),
     ("data.val_fraction=1", "data.val_fraction"),
     ("client.lr=-1", "client.lr"),
     ("log_level=LOUD", "log_level"),
@@ -76,27 +85,23 @@ def test_validation_names_the_key(override, key):
 
 
 def test_default_config_is_valid():
-    validate(make_cfg())
+    build(make_cfg())
     assert Path(ROOT / "conf" / "config.yaml").exists()
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_every_strategy_aggregates_a_round(name):
-    """Each configured strategy really aggregates ten clients' results (Bulyan once failed here)."""
-    import numpy as np
-    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
-
-    cfg = make_cfg(f"strategy={name}", "num_clients=11", "attack=sign_flip")
+    """Each configured strategy really aggregates eleven clients' replies (Flower's legacy Bulyan once failed here)."""
+    strategy = build(make_cfg(f"strategy={name}", "num_clients=11", "attack=sign_flip")).strategy
     rng = np.random.default_rng(0)
-    start = [np.zeros((4, 3), dtype=np.float32), np.zeros(3, dtype=np.float32)]
-    strategy = instantiate(cfg.strategy, initial_parameters=ndarrays_to_parameters(start))
-    check_strategy(strategy, cfg)
-    results = [
-        (None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([rng.normal(1.0, 0.1, w.shape).astype(np.float32)
-                                                                  for w in start]), 10, {}))
-        for _ in range(11)
-    ]
-    parameters, _ = strategy.aggregate_fit(1, results, [])
-    aggregated = parameters_to_ndarrays(parameters)
-    assert [a.shape for a in aggregated] == [w.shape for w in start]
-    assert all(np.isfinite(a).all() for a in aggregated)
+    names, start = ["w", "b"], [np.zeros((4, 3), dtype=np.float32), np.zeros(3, dtype=np.float32)]
+    grid = LocalGrid(make_client_app(), 11)
+    messages = list(strategy.configure_train(1, to_record(names, start), ConfigRecord(), grid))
+    assert len(messages) == 11 and all(m.metadata.message_type == "train" for m in messages)
+    replies = [Message(RecordDict({"arrays": to_record(names, [rng.normal(1.0, 0.1, w.shape).astype(np.float32)
+                                                               for w in start]),
+                                   "metrics": MetricRecord({"num-examples": 10, "train-loss": 0.5})}), reply_to=m)
+               for m in messages]
+    aggregated, _ = strategy.aggregate_train(1, replies)
+    assert isinstance(aggregated, ArrayRecord) and list(aggregated.keys()) == names
+    assert all(a.shape == w.shape and np.isfinite(a).all() for a, w in zip(record_views(aggregated), start))

@@ -1,0 +1,61 @@
+"""`build(cfg)`: the one place a config becomes an experiment, checked whole before any data is read.
+
+main.py, the `flwr run` ServerApp and run_and_collect's pre-check all call it. Tests and bench
+scripts pass their own parts (a client factory, extra outputs) through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from flwr.serverapp.strategy import Strategy
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from fedsim.attacks import Attack, malicious_of
+from fedsim.callbacks import Callback
+from fedsim.checks import check_strategy, validate
+from fedsim.client import ClientFn, client_fn
+from fedsim.config import flatten
+from fedsim.errors import ConfigError
+
+
+@dataclass
+class Experiment:
+    """A checked config and the parts of its run; nothing read or written yet."""
+
+    cfg: DictConfig
+    strategy: Strategy
+    attack: Attack
+    malicious: list[int]
+    run_config: dict[str, Any]  # what the clients see as context.run_config
+    client_fn: ClientFn = client_fn
+    callbacks: list[Callback] = field(default_factory=list)  # outputs added to the standard ones
+
+
+def build(cfg: DictConfig, *, client_fn: ClientFn = client_fn, callbacks: Sequence[Callback] = (),
+          run_config: Mapping[str, Any] | None = None) -> Experiment:
+    """Check the whole config and build the strategy and the attack; raise ConfigError on the first problem.
+
+    `run_config` is the run config the clients get; by default the resolved config itself.
+    """
+    validate(cfg)
+    strategy = _instantiate(cfg, "strategy")
+    check_strategy(strategy, cfg)
+    attack = _instantiate(cfg, "attack")
+    return Experiment(cfg=cfg, strategy=strategy, attack=attack,
+                      malicious=malicious_of(attack, int(cfg.num_clients), int(cfg.seed)),
+                      run_config=dict(run_config) if run_config is not None else flatten(cfg),
+                      client_fn=client_fn, callbacks=list(callbacks))
+
+
+def _instantiate(cfg: DictConfig, key: str) -> Any:
+    """A config group's object; its constructor's own refusal becomes a one-line ConfigError."""
+    try:
+        return instantiate(cfg[key])
+    except InstantiationException as exc:
+        cause = exc.__cause__ or exc
+        message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise ConfigError(key, f"{cfg[key].get('_target_')} refused its settings: {message}") from None

@@ -1,0 +1,63 @@
+"""fedsim's Flower ClientApp: `train` and `evaluate` handlers around `client_fn(context)`'s IMDBClient.
+
+`app` is what `flwr run` loads (pyproject.toml's [tool.flwr.app.components]); `python main.py`
+builds the same handlers with `make_client_app`, handing in the run config that Flower's
+`run_simulation` cannot.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
+
+from fedsim.client import ClientFn, client_fn
+from fedsim.messages import record_views, to_record
+
+
+def with_run_config(run_config: Mapping[str, Any]):
+    """A Flower mod that shows the handlers `run_config` as the context's run config.
+
+    The handlers' context keeps its node config and state; the stored context is left as Flower
+    made it (Flower refuses a changed run config).
+    """
+
+    def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        return call_next(message, Context(run_id=context.run_id, node_id=context.node_id,
+                                           node_config=context.node_config, state=context.state,
+                                           run_config=dict(run_config)))
+
+    return mod
+
+
+def make_client_app(client_fn: ClientFn = client_fn, run_config: Mapping[str, Any] | None = None) -> ClientApp:
+    """The ClientApp: which partition a node serves (query), local training, local evaluation."""
+    app = ClientApp(mods=[with_run_config(run_config)] if run_config is not None else None)
+
+    @app.query()
+    def describe(message: Message, context: Context) -> Message:
+        """The partition this node serves, so the server can choose clients by partition."""
+        node = ConfigRecord({key: int(context.node_config[key]) for key in ("partition-id", "num-partitions")})
+        return Message(RecordDict({"node": node}), reply_to=message)
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        arrays = message.content["arrays"]
+        weights, num_examples, metrics = client_fn(context).fit(record_views(arrays), message.content["config"])
+        return Message(RecordDict({"arrays": to_record(list(arrays.keys()), weights),
+                                   "metrics": MetricRecord({"num-examples": num_examples, **metrics})}),
+                       reply_to=message)
+
+    @app.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        loss, num_examples, metrics = client_fn(context).evaluate(record_views(message.content["arrays"]),
+                                                                  message.content["config"])
+        return Message(RecordDict({"metrics": MetricRecord({"num-examples": num_examples, "loss": loss, **metrics})}),
+                       reply_to=message)
+
+    return app
+
+
+app = make_client_app()

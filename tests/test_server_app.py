@@ -1,0 +1,133 @@
+"""The ServerApp and its round loop driven by an in-process grid: outputs, participation, failures, and the
+`flwr run` path (config from the run config), all without Ray."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from flwr.app import Context, RecordDict
+
+import fedsim.client_app
+import fedsim.server_app
+from conftest import make_cfg
+from fedsim.client import client_fn
+from fedsim.client_app import make_client_app
+from fedsim.errors import ConfigError
+from fedsim.experiment import run_experiment
+from fedsim.outputs import CLIENTS_COLUMNS, ROUNDS_COLUMNS
+from fedsim.participation import Participants, choose
+from fedsim.server_app import make_server_app
+from local_grid import LocalGrid
+
+SMALL = ["num_clients=4", "num_rounds=2", "data.train_size=400", "data.test_size=100"]
+METRICS = ["central_loss", "central_accuracy", "fed_loss", "fed_accuracy", "train_loss", "num_fit_clients",
+           "num_failures"]
+
+
+def server_context(run_config: dict | None = None) -> Context:
+    return Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config or {})
+
+
+def run_locally(cfg, run_dir: Path, node_seed: int = 0, **parts) -> LocalGrid:
+    """main.py's steps with the rounds on a LocalGrid instead of Flower's simulation; the grid used."""
+    grids: list[LocalGrid] = []
+
+    def federate(session) -> None:
+        experiment = session.experiment
+        grids.append(LocalGrid(make_client_app(experiment.client_fn, experiment.run_config), cfg.num_clients,
+                               seed=node_seed))
+        make_server_app(session)(grids[0], server_context())
+
+    run_experiment(cfg, run_dir, federate, **parts)
+    return grids[0]
+
+
+def read(run_dir: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(run_dir / name)
+
+
+def test_two_rounds_write_every_output(generated_imdb, tmp_path):
+    grid = run_locally(make_cfg(f"data.path={generated_imdb}", *SMALL), tmp_path)
+    rounds, clients = read(tmp_path, "rounds.csv"), read(tmp_path, "clients.csv")
+    assert list(rounds.columns) == ROUNDS_COLUMNS and rounds["round"].tolist() == [0, 1, 2]
+    assert rounds.loc[0, ["fed_accuracy", "train_loss"]].isna().all() and rounds.loc[0, "num_fit_clients"] == 0
+    assert rounds.loc[1:, ["central_accuracy", "fed_accuracy", "train_loss", "driver_rss_mb"]].notna().all().all()
+    assert (rounds.loc[1:, "num_fit_clients"] == 4).all() and (rounds.loc[1:, "num_failures"] == 0).all()
+    assert list(clients.columns) == CLIENTS_COLUMNS and len(clients) == 8
+    assert clients.groupby("round").client_id.apply(list).tolist() == [[0, 1, 2, 3]] * 2
+    assert clients.update_norm.notna().all() and len(read(tmp_path, "layers.csv")) == 2 * 3
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["status"] == "completed" and info["rounds_completed"] == 2
+    assert info["final_central_accuracy"] == pytest.approx(rounds.central_accuracy.iloc[-1])
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "weights" / "round_002").is_dir()
+    # one query per node to learn its partition, then per round a train and an evaluate message per client
+    kinds = [kind for kind, _ in grid.sent]
+    assert kinds == ["query"] * 4 + (["train"] * 4 + ["evaluate"] * 4) * 2
+
+
+def test_partial_participation_is_chosen_from_seed_and_round_not_node_ids(generated_imdb, tmp_path):
+    overrides = [f"data.path={generated_imdb}", "num_clients=6", "num_rounds=3", "data.train_size=600",
+                 "data.test_size=100", "strategy.fraction_train=0.5", "strategy.fraction_evaluate=0.5",
+                 "archive.mode=none"]
+    first = run_locally(make_cfg(*overrides), tmp_path / "a", node_seed=1)
+    second = run_locally(make_cfg(*overrides), tmp_path / "b", node_seed=2)
+    assert set(first.contexts).isdisjoint(second.contexts)  # Flower's node ids differ from run to run
+    a, b = read(tmp_path / "a", "clients.csv"), read(tmp_path / "b", "clients.csv")
+    assert a[["round", "client_id"]].equals(b[["round", "client_id"]])
+    assert a.groupby("round").size().tolist() == [3, 3, 3]
+    assert a.groupby("round").client_id.apply(tuple).nunique() > 1  # a fresh choice each round
+    for r in (1, 2, 3):
+        assert a[a["round"] == r].client_id.tolist() == choose(0, r, 0x7A, 3, 6)
+    evaluated = [p for kind, p in first.sent if kind == "evaluate"]
+    assert evaluated == [p for r in (1, 2, 3) for p in choose(0, r, 0xE7, 3, 6)]
+    pd.testing.assert_frame_equal(read(tmp_path / "a", "rounds.csv")[METRICS],
+                                  read(tmp_path / "b", "rounds.csv")[METRICS], check_exact=True)
+    pd.testing.assert_frame_equal(a.drop(columns="fit_time_s"), b.drop(columns="fit_time_s"), check_exact=True)
+
+
+def test_a_failing_client_is_recorded_and_the_round_goes_on(generated_imdb, tmp_path):
+    def flaky_client_fn(context: Context):
+        if int(context.node_config["partition-id"]) == 1:
+            raise RuntimeError("disk on fire")
+        return client_fn(context)
+
+    run_locally(make_cfg(f"data.path={generated_imdb}", *SMALL, "archive.mode=none"), tmp_path,
+                client_fn=flaky_client_fn)
+    rounds, clients = read(tmp_path, "rounds.csv"), read(tmp_path, "clients.csv")
+    assert rounds.num_failures.tolist() == [0, 1, 1] and rounds.num_fit_clients.tolist() == [0, 3, 3]
+    assert 1 not in set(clients.client_id) and len(clients) == 6
+    assert rounds.fed_accuracy.iloc[1:].notna().all()  # from the three clients that evaluated
+
+
+def test_flwr_run_path_composes_the_run_config_and_gives_main_pys_numbers(generated_imdb, tmp_path):
+    overrides = [f"data.path={generated_imdb}", *SMALL, "archive.mode=none"]
+    run_locally(make_cfg(*overrides), tmp_path / "main")
+
+    run_config = {"overrides": " ".join(overrides), "results-dir": str(tmp_path / "results")}
+    grid = LocalGrid(fedsim.client_app.app, 4, run_config=run_config, seed=5)  # Flower's contexts under `flwr run`
+    fedsim.server_app.app(grid, server_context(run_config))
+    [run_dir] = (tmp_path / "results" / "runs").glob("*/*")
+    assert run_dir.name.split("_", 1)[1] == "archive.mode=none,data.test_size=100,data.train_size=400,num_clients=4,num_rounds=2"
+    assert {p.name for p in run_dir.iterdir()} >= {"rounds.csv", "clients.csv", "layers.csv", "run.json",
+                                                  "config.yaml", "model.safetensors"}
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    pd.testing.assert_frame_equal(read(tmp_path / "main", "rounds.csv")[METRICS], read(run_dir, "rounds.csv")[METRICS],
+                                  check_exact=True)
+
+
+def test_flwr_run_path_reports_bad_input_in_run_json(tmp_path):
+    run_config = {"overrides": "num_rounds=0", "results-dir": str(tmp_path)}
+    with pytest.raises(ConfigError, match="num_rounds"):
+        fedsim.server_app.app(LocalGrid(fedsim.client_app.app, 2, run_config=run_config), server_context(run_config))
+    [run_json] = tmp_path.glob("runs/*/*/run.json")
+    assert json.loads(run_json.read_text())["status"] == "failed"
+
+
+def test_a_federation_of_the_wrong_size_is_refused(generated_imdb):
+    grid = LocalGrid(fedsim.client_app.app, 3)
+    with pytest.raises(ConfigError, match=r"^num_clients: 4, but the federation's 3 nodes"):
+        Participants.discover(grid, 4, seed=0, timeout=0.1)
+    assert len(Participants.discover(grid, 3, seed=0).node_of) == 3
