@@ -33,9 +33,10 @@ def run_rounds(grid: Grid, session: Session) -> None:
         # 1. Choose the round's clients and train: configure_train -> send_and_receive -> aggregate_train.
         train_messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
         replies = participants.exchange(grid, train_messages, server_round, TRAIN, REPLY_TIMEOUT_S)
+        # The updates are read first: some of Flower's strategies empty the replies as they aggregate.
+        updates = [client_update(reply, participants, session) for reply in replies if not reply.has_error()]
         aggregated, _ = strategy.aggregate_train(server_round, replies)
         start, arrays = arrays, aggregated if aggregated is not None else arrays
-        updates = [client_update(reply, participants, session) for reply in replies if not reply.has_error()]
 
         # 2. Federated evaluation of the new global model on the clients' validation splits.
         eval_messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
