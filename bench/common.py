@@ -198,7 +198,7 @@ def _init_worker(settings, threads: int) -> None:
 
     configure_process(threads, "WARNING")
     _worker["settings"] = settings
-    _worker["model"] = actor_model(settings.net, str(settings.device))
+    _worker["model"] = actor_model(settings)
     torch.set_num_threads(threads)
 
 
@@ -220,7 +220,7 @@ def _fit(task: tuple[int, int, str, str]) -> tuple[int, str, int, float]:
     seed = step_seed(settings.seed, server_round, partition_id)
     torch.manual_seed(seed)
     trainloader.reseed(seed)
-    optimizer = instantiate(json.loads(settings.optimizer))(model.parameters(), lr=settings.lr)
+    optimizer = instantiate(settings.optimizer)(model.parameters(), lr=settings.lr)
     train(model, trainloader, settings.local_epochs, optimizer, settings.device)
     elapsed = time.perf_counter() - start
     return partition_id, _put(get_weights(model), out), trainloader.num_examples, elapsed
@@ -237,21 +237,6 @@ def _evaluate(task: tuple[int, str]) -> tuple[int, float, int]:
     set_weights(model, _get(weights))
     _, accuracy = evaluate(model, valloader, settings.device)
     return partition_id, accuracy, valloader.num_examples
-
-
-def client_settings(cfg, prepared):
-    from omegaconf import OmegaConf
-
-    from fedsim.client import ClientSettings
-
-    return ClientSettings(
-        prepared=prepared,
-        net=json.dumps(OmegaConf.to_container(cfg.model.net, resolve=True)),
-        optimizer=json.dumps(OmegaConf.to_container(cfg.model.optimizer, resolve=True)),
-        local_epochs=cfg.client.local_epochs, batch_size=cfg.client.batch_size, lr=float(cfg.client.lr),
-        num_threads=max(1, int(cfg.resources.num_cpus)), use_gpu=cfg.resources.num_gpus > 0,
-        seed=cfg.seed, log_level="WARNING",
-    )
 
 
 @dataclass
@@ -278,14 +263,14 @@ def run_limit(overrides: Sequence[str], processes: int | None = None) -> LimitRu
     from hydra.utils import instantiate
 
     from fedsim.checks import fit_clients_per_round
+    from fedsim.client import ClientSettings
     from fedsim.data import load_test, prepare_data
     from fedsim.models import get_weights, set_weights
     from fedsim.train import evaluate
 
     cfg = compose(overrides)
     start = time.perf_counter()
-    prepared = prepare_data(cfg)
-    settings = client_settings(cfg, prepared)
+    settings = ClientSettings.from_cfg(cfg, prepare_data(cfg))
     threads = max(1, int(cfg.resources.num_cpus))
     if cfg.resources.num_gpus > 0:  # as many clients share the GPU as the harness would run on it
         processes = processes or max(1, int(1 / cfg.resources.num_gpus))
@@ -294,12 +279,12 @@ def run_limit(overrides: Sequence[str], processes: int | None = None) -> LimitRu
     device = settings.device
     model = instantiate(cfg.model.net).to(device)
     torch.set_num_threads(os.cpu_count() or 1)  # central evaluation gets the whole machine, as in the driver
-    testloader = load_test(prepared, 4 * cfg.client.batch_size)
+    testloader = load_test(settings.prepared, 4 * cfg.client.batch_size)
     weights = get_weights(model)
     rng = random.Random(cfg.seed)
     per_round = fit_clients_per_round(cfg)
     num_eval = max(int(cfg.num_clients * cfg.strategy.get("fraction_evaluate", 1.0)),
-                   int(cfg.strategy.get("min_evaluate_clients", 1)))
+                   int(cfg.strategy.get("min_evaluate_nodes", 1)))
     round_s, fit_s, accuracy, train_examples = [], [], float("nan"), 0
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(dir=shm) as tmp, \

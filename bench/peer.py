@@ -6,7 +6,7 @@ disk, as Flower's quickstart-huggingface example does in `client_fn`/`load_data`
     python bench/peer.py -- num_clients=8          # overrides for both runs
 
 Both runs go through the same Flower simulation, server, strategy and training loop; only the
-client's per-message setup differs. Reports seconds per round and the speedup.
+client's per-message setup differs (the peer's `client_fn` is passed in through fedsim.build). Reports seconds per round and the speedup.
 """
 
 from __future__ import annotations
@@ -22,79 +22,74 @@ CONFIG = ["model=minilm", "num_clients=4", "num_rounds=2", "data.train_size=400"
           "data.max_length=64"]
 
 
-def peer_client_fn_factory(featurizer_json: str, imdb_path: str, train_size: int | None):
-    """A `make_client_fn` replacement whose clients set everything up again on every message."""
+def peer_client_fn(featurizer: dict, imdb_path: str, train_size: int | None):
+    """A `client_fn` whose clients set everything up again on every message, as the peer pattern does."""
 
-    def make_client_fn(settings):
-        import json
-
+    def client_fn(context):
         import numpy as np
         import torch
-        from flwr.client import NumPyClient
         from hydra.utils import instantiate
 
-        from fedsim.client import step_seed
+        from fedsim.client import settings_for, step_seed
         from fedsim.data import Loader, partition_rows, select_rows, train_val_split
         from fedsim.models import get_weights, set_weights
         from fedsim.train import evaluate, train
 
-        class PeerClient(NumPyClient):
-            def __init__(self, partition_id: int) -> None:
-                self.partition_id = partition_id
+        settings = settings_for(context.run_config)
+        partition_id = int(context.node_config["partition-id"])
 
+        class PeerClient:
             def _setup(self) -> tuple[torch.nn.Module, Loader, Loader]:
                 from datasets import load_dataset
 
                 torch.set_num_threads(settings.num_threads)
                 raw = load_dataset("parquet", data_files={"train": f"{imdb_path}/train.parquet"})["train"]
                 chosen = select_rows(len(raw), train_size, settings.seed)
-                train_rows, val_rows = train_val_split(partition_rows(settings.prepared, self.partition_id),
-                                                       settings.prepared.val_fraction, settings.seed, self.partition_id)
+                train_rows, val_rows = train_val_split(partition_rows(settings.prepared, partition_id),
+                                                       settings.prepared.val_fraction, settings.seed, partition_id)
                 mine = np.concatenate([train_rows, val_rows])
                 part = raw.select(chosen[mine].tolist())
-                features = instantiate(json.loads(featurizer_json))(part["text"], np.asarray(part["label"]))
-                model = instantiate(json.loads(settings.net)).to(settings.device)
+                features = instantiate(featurizer)(part["text"], np.asarray(part["label"]))
+                model = instantiate(settings.net).to(settings.device)
                 ntrain = len(train_rows)
                 return (model, Loader(features, np.arange(ntrain), settings.batch_size, shuffle=True),
                         Loader(features, np.arange(ntrain, len(mine)), 4 * settings.batch_size, shuffle=False))
 
-            def fit(self, parameters, config):
+            def fit(self, weights, config):
                 model, trainloader, _ = self._setup()
-                set_weights(model, parameters)
-                seed = step_seed(settings.seed, int(config.get("server_round", 0)), self.partition_id)
+                set_weights(model, weights)
+                seed = step_seed(settings.seed, int(config.get("server-round", 0)), partition_id)
                 torch.manual_seed(seed)
                 trainloader.reseed(seed)
-                optimizer = instantiate(json.loads(settings.optimizer))(model.parameters(), lr=settings.lr)
+                optimizer = instantiate(settings.optimizer)(model.parameters(), lr=settings.lr)
                 loss = train(model, trainloader, settings.local_epochs, optimizer, settings.device)
-                return get_weights(model), trainloader.num_examples, {"partition_id": self.partition_id,
-                                                                     "train_loss": loss, "fit_time_s": 0.0}
+                return get_weights(model), trainloader.num_examples, {"train-loss": loss, "fit-time": 0.0}
 
-            def evaluate(self, parameters, config):
+            def evaluate(self, weights, config):
                 model, _, valloader = self._setup()
-                set_weights(model, parameters)
+                set_weights(model, weights)
                 loss, accuracy = evaluate(model, valloader, settings.device)
-                return loss, valloader.num_examples, {"partition_id": self.partition_id, "accuracy": accuracy}
+                return loss, valloader.num_examples, {"accuracy": accuracy}
 
-        return lambda context: PeerClient(int(context.node_config["partition-id"])).to_client()
+        return PeerClient()
 
-    return make_client_fn
+    return client_fn
 
 
 def child(mode: str, overrides: list[str]) -> None:
-    """Run one experiment in this process, with our clients or the peer's."""
-    import json
-
+    """Run one experiment in this process, with our clients or the peer's (passed through fedsim.build)."""
     from omegaconf import OmegaConf
 
-    import fedsim.experiment as experiment
+    from fedsim.experiment import run_experiment
+    from fedsim.launch import simulate
 
     run_dir = Path(next(o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")))
     cfg = compose([o for o in overrides if not o.startswith("hydra.")])
+    parts = {}
     if mode == "peer":
-        experiment.make_client_fn = peer_client_fn_factory(
-            json.dumps(OmegaConf.to_container(cfg.model.featurizer, resolve=True)), str(cfg.data.path),
-            cfg.data.train_size)
-    experiment.run_experiment(cfg, run_dir)
+        parts["client_fn"] = peer_client_fn(OmegaConf.to_container(cfg.model.featurizer, resolve=True),
+                                            str(cfg.data.path), cfg.data.train_size)
+    run_experiment(cfg, run_dir, federate=simulate, **parts)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from common import add_ratios, machine, run_harness, run_limit, table
 
-# num_clients -> (data.train_size, strategy.fraction_fit): 80% of each partition trains
+# num_clients -> (data.train_size, strategy.fraction_train): 80% of each partition trains
 # (data.val_fraction 0.2), so every row trains 1,000 reviews per round.
 SHAPES = {10: (1250, 1.0), 100: (2500, 0.5), 1000: (25000, 0.05)}
 
@@ -25,7 +25,7 @@ SHAPES = {10: (1250, 1.0), 100: (2500, 0.5), 1000: (25000, 0.05)}
 def measure(num_clients: int, extra: list[str], work: Path) -> dict:
     train_size, fraction = SHAPES[num_clients]
     overrides = ["model=bow", f"num_clients={num_clients}", "num_rounds=3", f"data.train_size={train_size}",
-                 "data.test_size=2000", f"strategy.fraction_fit={fraction}", f"strategy.fraction_evaluate={fraction}",
+                 "data.test_size=2000", f"strategy.fraction_train={fraction}", f"strategy.fraction_evaluate={fraction}",
                  *extra]
     harness = run_harness(overrides, work / str(num_clients), sample_memory=True)
     limit = run_limit(overrides)

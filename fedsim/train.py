@@ -28,11 +28,18 @@ def train(
 ) -> float:
     """Train in place; return the mean training loss (cross-entropy, without the proximal term).
 
-    With proximal_mu > 0 the FedProx term mu/2 * ||w - w_global||^2 is added to every step's loss,
-    w_global being the weights the client received.
+    With proximal_mu > 0, FedProx's term mu/2 * ||w - w_global||^2 (w_global: the weights the
+    client received) takes its own step every step, beside the optimizer's step on the loss
+    rather than through it. Through Adam, the term's small gradients would be rescaled into
+    full-size steps back to w_global (the reason AdamW decouples weight decay): clients then
+    barely move, and any mu > 0, however small, is far from FedAvg. The step is the term's exact
+    proximal step at the optimizer's learning rate, w -= lr*mu / (1 + lr*mu) * (w - w_global):
+    to first order the paper's SGD step lr*mu * (w - w_global), stable for every mu, and FedAvg
+    as mu -> 0.
     """
     model.train()
-    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    anchors = [[p.detach().clone() for p in group["params"]] for group in optimizer.param_groups] \
+        if proximal_mu > 0 else None
     total, count = 0.0, 0
     for _ in range(epochs):
         for batch in loader:
@@ -40,16 +47,23 @@ def train(
             labels = batch.pop("labels")
             with _autocast(device):
                 loss = F.cross_entropy(model(**batch).float(), labels)
-            objective = loss
-            if anchor is not None:
-                prox = sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))
-                objective = loss + 0.5 * proximal_mu * prox
             optimizer.zero_grad(set_to_none=True)
-            objective.backward()
+            loss.backward()
+            if anchors is not None:
+                _proximal_step(optimizer, anchors, proximal_mu)
             optimizer.step()
             total += loss.item() * len(labels)
             count += len(labels)
     return total / max(count, 1)
+
+
+@torch.no_grad()
+def _proximal_step(optimizer: torch.optim.Optimizer, anchors: list[list[torch.Tensor]], mu: float) -> None:
+    """w <- w - lr*mu / (1 + lr*mu) * (w - w_global) for every parameter, at its group's learning rate."""
+    for group, group_anchors in zip(optimizer.param_groups, anchors):
+        strength = float(group["lr"]) * mu
+        for p, anchor in zip(group["params"], group_anchors):
+            p.lerp_(anchor, strength / (1.0 + strength))
 
 
 @torch.no_grad()

@@ -89,3 +89,20 @@ def test_client_fn_reads_the_run_config_and_keeps_the_model_alive(generated_imdb
     from_flower = settings_for({"overrides": " ".join(overrides), "results-dir": "results"})  # `flwr run`'s
     assert from_flower.prepared == from_main.prepared and from_flower.malicious == from_main.malicious != ()
     assert (from_flower.lr, from_flower.local_epochs, from_flower.seed) == (from_main.lr, from_main.local_epochs, 0)
+
+
+def test_fedprox_with_adam_moves_clients_as_mu_says(generated_imdb):
+    """FedProx's term is not rescaled by Adam: mu -> 0 is FedAvg's update, and the update shrinks smoothly
+    with mu. (Through Adam, mu = 0.01 used to leave clients at a few percent of FedAvg's update.)"""
+    client = _client(make_cfg(f"data.path={generated_imdb}", "num_clients=2", "strategy=fedprox"))
+    start = get_weights(client.model)
+
+    def drift(mu: float) -> tuple[float, list[np.ndarray]]:
+        weights, _, _ = client.fit(start, {"server-round": 1, "proximal-mu": mu})
+        return float(np.sqrt(sum(np.sum((w - s) ** 2) for w, s in zip(weights, start)))), weights
+
+    fedavg, fedavg_weights = drift(0.0)
+    tiny, tiny_weights = drift(1e-9)
+    assert all(np.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(tiny_weights, fedavg_weights))
+    ratios = [drift(mu)[0] / fedavg for mu in (0.01, 1.0, 100.0)]
+    assert ratios[0] > 0.95 and ratios[0] > ratios[1] > ratios[2] and ratios[2] < 0.5

@@ -144,3 +144,11 @@ def test_every_strategy_runs_a_round_through_every_output(generated_imdb, tmp_pa
     assert len(read(tmp_path, "layers.csv")) == 3 and read(tmp_path, "rounds.csv").num_fit_clients.tolist() == [0, 7]
     assert len(pd.read_csv(tmp_path / "weights" / "manifest.csv")) == 2 + 7
     assert json.loads((tmp_path / "run.json").read_text())["status"] == "completed"
+
+
+def test_fedprox_as_mu_goes_to_zero_is_fedavg(generated_imdb, tmp_path):
+    common = [f"data.path={generated_imdb}", *SMALL, "archive.mode=none"]
+    run_locally(make_cfg(*common, "strategy=fedavg"), tmp_path / "fedavg")
+    run_locally(make_cfg(*common, "strategy=fedprox", "strategy.proximal_mu=1e-9"), tmp_path / "fedprox")
+    fedavg, fedprox = (read(tmp_path / name, "rounds.csv")[METRICS] for name in ("fedavg", "fedprox"))
+    pd.testing.assert_frame_equal(fedavg, fedprox, check_exact=False, rtol=1e-5, atol=1e-6)
