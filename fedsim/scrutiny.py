@@ -321,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     layers, clients = recompute(args.run_dir)
     out = args.out or args.run_dir
+    out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(layers).to_csv(out / "layers_offline.csv", index=False)
     pd.DataFrame(clients).to_csv(out / "clients_offline.csv", index=False)
     print(f"wrote {out / 'layers_offline.csv'} ({len(layers)} rows) and {out / 'clients_offline.csv'} ({len(clients)} rows)")

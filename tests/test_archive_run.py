@@ -72,9 +72,11 @@ def test_offline_statistics_agree_with_online(archived_run, tmp_path):
 
 
 def test_cli_module_runs(archived_run, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "fedsim.scrutiny", str(archived_run), "--out", str(tmp_path)],
+    out = tmp_path / "new" / "folder"  # a folder that does not exist yet is made
+    result = subprocess.run([sys.executable, "-m", "fedsim.scrutiny", str(archived_run), "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "layers_offline.csv" in result.stdout
+    assert (out / "layers_offline.csv").exists() and (out / "clients_offline.csv").exists()
 
 
 def test_run_is_refused_when_the_disk_is_too_small(imdb_dir, tmp_path):

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,6 +21,13 @@ from conftest import ROOT
 from test_main_cli import METRICS, run_main
 
 pytestmark = pytest.mark.slow
+
+
+def flower_command(name: str) -> str:
+    """Flower's console script installed beside this Python (else the one on PATH)."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name) or name
+
 
 SMALL = ["num_clients=3", "num_rounds=2", "data.train_size=600", "data.test_size=200", "archive.mode=all"]
 
@@ -47,7 +57,7 @@ def superlink(tmp_path):
     env = dict(os.environ, FLWR_HOME=str(home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
     log = open(tmp_path / "superlink.log", "w")
     process = subprocess.Popen(
-        ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess", "--host", "127.0.0.1",
+        [flower_command("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess", "--host", "127.0.0.1",
          "--port", str(port), "--fleet-api-address", f"127.0.0.1:{free_port()}", "--database", ":memory:",
          "--disable-runtime-dependency-installation"],
         cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -84,7 +94,7 @@ def test_flwr_run_writes_main_pys_run_directory_with_the_same_numbers(superlink,
     overrides = [f"data.path={imdb_dir}", *SMALL]
     before = raylets()
     result = subprocess.run(
-        ["flwr", "run", ".", "--run-config", f'overrides="{" ".join(overrides)}"',
+        [flower_command("flwr"), "run", ".", "--run-config", f'overrides="{" ".join(overrides)}"',
          "--run-config", f"results-dir='{tmp_path / 'results'}'",
          "--federation-config", "num-supernodes=3 client-resources-num-cpus=1", "--stream"],
         cwd=ROOT, env=superlink, capture_output=True, text=True, timeout=900)
@@ -107,7 +117,7 @@ def test_flwr_run_writes_main_pys_run_directory_with_the_same_numbers(superlink,
 
 def test_flwr_run_refuses_a_federation_of_the_wrong_size(superlink, imdb_dir, tmp_path):
     result = subprocess.run(
-        ["flwr", "run", ".", "--run-config", f'overrides="data.path={imdb_dir} {" ".join(SMALL)}"',
+        [flower_command("flwr"), "run", ".", "--run-config", f'overrides="data.path={imdb_dir} {" ".join(SMALL)}"',
          "--run-config", f"results-dir='{tmp_path / 'results'}'",
          "--federation-config", "num-supernodes=4 client-resources-num-cpus=1", "--stream"],
         cwd=ROOT, env=superlink, capture_output=True, text=True, timeout=600)
