@@ -56,10 +56,12 @@ def superlink(tmp_path):
     # No runtime `uv sync` of the app's dependencies: the apps run in this environment.
     env = dict(os.environ, FLWR_HOME=str(home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
     log = open(tmp_path / "superlink.log", "w")
+    # A file database: Flower 1.41's in-memory SQLite shares one connection across threads, and a log
+    # stream polling it beside the run failed with "cannot commit transaction - SQL statements in progress".
     process = subprocess.Popen(
-        [flower_command("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess", "--host", "127.0.0.1",
-         "--port", str(port), "--fleet-api-address", f"127.0.0.1:{free_port()}", "--database", ":memory:",
-         "--disable-runtime-dependency-installation"],
+        [flower_command("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+         "--host", "127.0.0.1", "--port", str(port), "--fleet-api-address", f"127.0.0.1:{free_port()}",
+         "--database", str(tmp_path / "state.db"), "--disable-runtime-dependency-installation"],
         cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
@@ -99,7 +101,8 @@ def test_flwr_run_writes_main_pys_run_directory_with_the_same_numbers(superlink,
          "--federation-config", "num-supernodes=3 client-resources-num-cpus=1", "--stream"],
         cwd=ROOT, env=superlink, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "round   2/2" in result.stdout and "done: final central_accuracy" in result.stdout
+    assert "round   2/2" in result.stdout and "done: final central_accuracy" in result.stdout, \
+        result.stdout[-2000:] + (tmp_path / "superlink.log").read_text()[-3000:]
     [run_dir] = (tmp_path / "results" / "runs").glob("*/*")
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
 
