@@ -10,13 +10,15 @@ from omegaconf import DictConfig
 from fedsim.errors import ConfigError
 from fedsim.experiment import run_experiment
 from fedsim.launch import simulate
+from fedsim.resume import resumed_config
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        info = run_experiment(cfg, run_dir, federate=simulate)
+        info = run_experiment(resumed_config(cfg, hydra_cfg.overrides.task), run_dir, federate=simulate)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -28,7 +28,14 @@ def _bulyan_f(node_ratio: float, num_clients: int) -> int:
     return max(1, min(_num_malicious(node_ratio, num_clients), (int(num_clients) - 3) // 4))
 
 
+def _resume_or(resume: str | None, fresh: str, resumed: str | None = None) -> str | None:
+    """Hydra's run folders: `fresh` for a new run; for `resume=RUN_DIR`, `resumed` (RUN_DIR by default)."""
+    if resume is None:
+        return fresh
+    return resume if resumed is None else resumed
+
+
 for _name, _resolver in (("fedsim.minilm_path", _minilm_path), ("fedsim.num_malicious", _num_malicious),
-                         ("fedsim.bulyan_f", _bulyan_f)):
+                         ("fedsim.bulyan_f", _bulyan_f), ("fedsim.resume_or", _resume_or)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver)

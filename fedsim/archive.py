@@ -64,13 +64,22 @@ class ArchiveWriter:
     """
 
     def __init__(self, run_dir: Path, names: Sequence[str], layers: Sequence[str], dtype: str,
-                 max_pending: int = 2) -> None:
+                 max_pending: int = 2, resume_after: tuple[int, int] | None = None) -> None:
+        """`resume_after`: (round, manifest offset) of a checkpoint; the rounds after it are removed."""
         self.run_dir = Path(run_dir)
         self.names = list(names)
         self.kept = set(select_layers(names, layers))
         self.dtype = dtype
         (self.run_dir / "weights").mkdir(parents=True, exist_ok=True)
         self.manifest = CsvLog(self.run_dir / "weights" / "manifest.csv", MANIFEST_COLUMNS)
+        if resume_after is None:
+            self.manifest.start()
+        else:
+            last_round, offset = resume_after
+            self.manifest.start(offset)
+            for folder in (self.run_dir / "weights").glob("round_*"):
+                if int(folder.name.removeprefix("round_")) > last_round:
+                    shutil.rmtree(folder)
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
         self._folders: set[Path] = set()
@@ -115,6 +124,13 @@ class ArchiveWriter:
                 self._error = exc
             finally:
                 self._queue.task_done()
+
+    def flush(self) -> int:
+        """Wait until every queued file is written (raising the writer's error); the manifest's offset."""
+        self._queue.join()
+        if self._error is not None:
+            raise RuntimeError(f"archive writer failed: {self._error}") from self._error
+        return self.manifest.offset
 
     def close(self) -> None:
         """Flush everything to disk; raise if any write failed. Closing twice is harmless."""

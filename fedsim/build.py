@@ -20,6 +20,7 @@ from fedsim.checks import check_strategy, validate
 from fedsim.client import ClientFn, client_fn
 from fedsim.config import flatten
 from fedsim.errors import ConfigError
+from fedsim.faults import Faults
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Experiment:
     strategy: Strategy
     attack: Attack
     malicious: list[int]
+    faults: Faults
     run_config: dict[str, Any]  # what the clients see as context.run_config
     client_fn: ClientFn = client_fn
     callbacks: list[Callback] = field(default_factory=list)  # outputs added to the standard ones
@@ -45,8 +47,9 @@ def build(cfg: DictConfig, *, client_fn: ClientFn = client_fn, callbacks: Sequen
     strategy = _instantiate(cfg, "strategy")
     check_strategy(strategy, cfg)
     attack = _instantiate(cfg, "attack")
+    faults = _instantiate(cfg, "faults") if "faults" in cfg else Faults()
     return Experiment(cfg=cfg, strategy=strategy, attack=attack,
-                      malicious=malicious_of(attack, int(cfg.num_clients), int(cfg.seed)),
+                      malicious=malicious_of(attack, int(cfg.num_clients), int(cfg.seed)), faults=faults,
                       run_config=dict(run_config) if run_config is not None else flatten(cfg),
                       client_fn=client_fn, callbacks=list(callbacks))
 

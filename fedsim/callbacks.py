@@ -1,9 +1,13 @@
 """A run's outputs, one callback each, all fed by the same per-round record (pfl-research's pattern).
 
-The round loop calls every callback's `on_round_end` in list order once per round, round 0 (the
-initial model) included, then `on_run_end` once after the last round, and `close` always, even
-when the run failed. Earlier callbacks may add to the record for later ones: the memory probe
-and weight scrutiny come before the CSVs they fill. Adding an output means adding a callback.
+The round loop calls every callback's `on_run_start` once, then `on_round_end` in list order once
+per round, round 0 (the initial model) included, then `on_run_end` once after the last round,
+and `close` always, even when the run failed. Earlier callbacks may add to the record for later
+ones: the memory probe and weight scrutiny come before the CSVs they fill. Adding an output
+means adding a callback.
+
+A resumed run starts each callback with the `state` it saved in the checkpoint (fedsim.checkpoint),
+so its files continue exactly after the checkpoint's round.
 """
 
 from __future__ import annotations
@@ -17,23 +21,47 @@ from safetensors.numpy import save_file
 
 from fedsim.archive import ArchiveWriter
 from fedsim.detection import DETECTION_COLUMNS, detection_rows, mean_auc
+from fedsim.errors import RunFailed
 from fedsim.memory import memory_mb
 from fedsim.outputs import CLIENTS_COLUMNS, ROUNDS_COLUMNS, CsvLog, format_duration, write_csv
-from fedsim.record import RoundRecord
+from fedsim.record import FAILED, RoundRecord
 from fedsim.scrutiny import CLIENT_STAT_COLUMNS, LAYER_COLUMNS, round_statistics
 
 
 class Callback:
     """One output of a run; the defaults do nothing."""
 
+    def on_run_start(self, saved: dict[str, Any] | None) -> None:
+        """Called once before the first round; `saved` is this output's `state` when the run resumes."""
+
     def on_round_end(self, record: RoundRecord) -> None:
         """Called once per round, after its central evaluation."""
+
+    def state(self) -> dict[str, Any]:
+        """What this output needs to continue after the round just ended (plain JSON values)."""
+        return {}
 
     def on_run_end(self, summary: dict[str, Any]) -> None:
         """Called once after the last round; may add fields to run.json (`summary`)."""
 
     def close(self) -> None:
         """Release files and threads; called whether the run completed or failed."""
+
+
+class CsvOutput(Callback):
+    """A CSV that one callback appends to each round, resumable at the end of any round."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.log = CsvLog(path, columns)
+
+    def on_run_start(self, saved: dict[str, Any] | None) -> None:
+        self.log.start(saved["offset"] if saved else None)
+
+    def state(self) -> dict[str, Any]:
+        return {"offset": self.log.offset}
+
+    def close(self) -> None:
+        self.log.close()
 
 
 class MemoryProbe(Callback):
@@ -44,14 +72,14 @@ class MemoryProbe(Callback):
         record.metrics.update(driver_rss_mb=memory["rss"], driver_shared_mb=memory["shared"])
 
 
-class WeightScrutiny(Callback):
+class WeightScrutiny(CsvOutput):
     """layers.csv, and each update's statistics (update_norm, cosine_to_mean, ...) for clients.csv.
 
     Not `enabled` (scrutiny=false): layers.csv keeps only its header and nothing is computed.
     """
 
     def __init__(self, path: Path, attack: str, node_ratio: float, enabled: bool = True) -> None:
-        self.log = CsvLog(path, LAYER_COLUMNS)
+        super().__init__(path, LAYER_COLUMNS)
         self.ground_truth = {"attack": attack, "malicious_node_ratio": node_ratio}
         self.enabled = enabled
 
@@ -64,13 +92,10 @@ class WeightScrutiny(Callback):
         for update, stats in zip(record.clients, update_rows):
             update.stats.update(stats)
 
-    def close(self) -> None:
-        self.log.close()
-
 
 def client_rows(record: RoundRecord) -> list[dict[str, Any]]:
-    """clients.csv's rows for one round."""
-    return [
+    """clients.csv's rows for one round: each update, then each failed call, by client id."""
+    updates = [
         {
             "round": record.server_round,
             "client_id": update.client_id,
@@ -80,56 +105,70 @@ def client_rows(record: RoundRecord) -> list[dict[str, Any]]:
             "is_malicious": update.is_malicious,
             "attack": update.attack,
             **{column: update.stats.get(column) for column in CLIENT_STAT_COLUMNS},
+            "status": "ok",
+            "sim_time_s": update.sim_time_s,
         }
         for update in record.clients
     ]
+    failures = [{"round": record.server_round, "client_id": f.client_id, "is_malicious": f.is_malicious,
+                 "attack": f.attack, "status": f.status, "error": f.error, "sim_time_s": f.sim_time_s}
+                for f in record.failures]
+    return sorted(updates, key=lambda r: r["client_id"]) + sorted(failures, key=lambda r: r["client_id"])
 
 
-class ClientsCsv(Callback):
-    """clients.csv: one row per client that trained in a round."""
+class ClientsCsv(CsvOutput):
+    """clients.csv: one row per client that trained in a round (status ok) and per failed call."""
 
     def __init__(self, path: Path) -> None:
-        self.log = CsvLog(path, CLIENTS_COLUMNS)
+        super().__init__(path, CLIENTS_COLUMNS)
 
     def on_round_end(self, record: RoundRecord) -> None:
         self.log.write(client_rows(record))
 
-    def close(self) -> None:
-        self.log.close()
 
-
-class RoundsCsv(Callback):
+class RoundsCsv(CsvOutput):
     """rounds.csv: one row per round. round_time_s runs from the round's start to this row's writing."""
 
     def __init__(self, path: Path) -> None:
-        self.log = CsvLog(path, ROUNDS_COLUMNS)
+        super().__init__(path, ROUNDS_COLUMNS)
 
     def on_round_end(self, record: RoundRecord) -> None:
         record.metrics["round_time_s"] = record.elapsed()
         self.log.write([record.metrics])
 
-    def close(self) -> None:
-        self.log.close()
-
 
 class WeightArchive(Callback):
-    """weights/: the global model every round and, with `clients`, every client's returned weights."""
+    """weights/: the global model every round and, with `clients`, every client's returned weights.
 
-    def __init__(self, writer: ArchiveWriter, clients: bool) -> None:
-        self.writer = writer
+    `writer` makes the ArchiveWriter, given where a resumed run continues (None: a fresh run).
+    """
+
+    def __init__(self, writer: Callable[[tuple[int, int] | None], ArchiveWriter], clients: bool) -> None:
+        self.make_writer = writer
+        self.writer: ArchiveWriter | None = None
         self.clients = clients
+        self.last_round: int | None = None
+
+    def on_run_start(self, saved: dict[str, Any] | None) -> None:
+        self.writer = self.make_writer((saved["round"], saved["offset"]) if saved else None)
 
     def on_round_end(self, record: RoundRecord) -> None:
         self.writer.put(record.server_round, record.global_weights)
         if self.clients:
             for update in record.clients:
                 self.writer.put(record.server_round, update.weights, update.client_id)
+        self.last_round = record.server_round
+
+    def state(self) -> dict[str, Any]:
+        """Waits for the round's files: a checkpoint never names a round whose archive is unwritten."""
+        return {"round": self.last_round, "offset": self.writer.flush()}
 
     def on_run_end(self, summary: dict[str, Any]) -> None:
         self.writer.close()  # raises if any file failed: the run is not complete without them
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 class Progress(Callback):
@@ -138,13 +177,14 @@ class Progress(Callback):
     def __init__(self, num_rounds: int, echo: Callable[[str], None] = print) -> None:
         self.num_rounds = num_rounds
         self.echo = echo
-        self.run_started: float | None = None
+        self.first: tuple[int, float] | None = None  # (round, start) of the first round this process ran
 
     def on_round_end(self, record: RoundRecord) -> None:
-        if self.run_started is None:
-            self.run_started = record.started
+        if self.first is None:
+            self.first = (record.server_round - 1 if record.server_round else 0, record.started)
         done, row = record.server_round, record.metrics
-        eta = (time.perf_counter() - self.run_started) / done * (self.num_rounds - done) if done else None
+        first_round, started = self.first
+        eta = (time.perf_counter() - started) / (done - first_round) * (self.num_rounds - done) if done else None
 
         def fmt(key: str) -> str:
             value = row.get(key)
@@ -156,38 +196,91 @@ class Progress(Callback):
 
 
 class RunSummary(Callback):
-    """run.json's final metrics: final and best central accuracy, final losses, rounds completed."""
+    """run.json's metrics: final and best central accuracy, final losses, rounds completed.
 
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
+    `summary` is current after every round and handed to `publish` (run.json), so a run that fails,
+    is interrupted or is killed keeps them too.
+    """
+
+    def __init__(self, publish: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.publish = publish
+        self.summary: dict[str, Any] = {"final_central_accuracy": None, "best_central_accuracy": None,
+                                        "final_central_loss": None, "final_fed_accuracy": None,
+                                        "rounds_completed": 0}
+
+    def on_run_start(self, saved: dict[str, Any] | None) -> None:
+        self.summary.update(saved or {})
 
     def on_round_end(self, record: RoundRecord) -> None:
-        self.rows.append(dict(record.metrics))
+        row = record.metrics
+        accuracy, best = row.get("central_accuracy"), self.summary["best_central_accuracy"]
+        if accuracy is not None:
+            self.summary.update(final_central_accuracy=accuracy,
+                                best_central_accuracy=accuracy if best is None else max(best, accuracy))
+        self.summary.update(final_central_loss=row.get("central_loss"), final_fed_accuracy=row.get("fed_accuracy"),
+                            rounds_completed=record.server_round)
+        if self.publish is not None:
+            self.publish(dict(self.summary))
+
+    def state(self) -> dict[str, Any]:
+        return dict(self.summary)
 
     def on_run_end(self, summary: dict[str, Any]) -> None:
-        central = [r["central_accuracy"] for r in self.rows if r.get("central_accuracy") is not None]
-        last = self.rows[-1] if self.rows else {}
-        summary.update(
-            final_central_accuracy=central[-1] if central else None,
-            best_central_accuracy=max(central) if central else None,
-            final_central_loss=last.get("central_loss"),
-            final_fed_accuracy=last.get("fed_accuracy"),
-            rounds_completed=max((r["round"] for r in self.rows), default=0),
-        )
+        summary.update(self.summary)
+
+
+class ClientFailures(Callback):
+    """Failed client calls: each distinct error printed once, their count in run.json, and the run
+    stopped once more than `max_rate` of the training calls so far have failed."""
+
+    def __init__(self, max_rate: float, echo: Callable[[str], None] = print) -> None:
+        self.max_rate = max_rate
+        self.echo = echo
+        self.counts = {"failed": 0, "train_failed": 0, "train_calls": 0}
+        self.seen: list[str] = []
+
+    def on_run_start(self, saved: dict[str, Any] | None) -> None:
+        if saved:
+            self.counts, self.seen = dict(saved["counts"]), list(saved["seen"])
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        errors = [f for f in record.failures if f.is_error]
+        train_failed = sum(f.status == FAILED for f in errors)
+        self.counts["failed"] += len(errors)
+        self.counts["train_failed"] += train_failed
+        self.counts["train_calls"] += len(record.clients) + train_failed
+        for failure in errors:
+            if failure.error not in self.seen:
+                self.seen.append(failure.error)
+                phase = "train" if failure.status == FAILED else "evaluate"
+                self.echo(f"warning: client {failure.client_id} failed to {phase} in round "
+                          f"{record.server_round}: {failure.error} (each distinct error is printed once; "
+                          "clients.csv has every failed call)")
+        calls, failed = self.counts["train_calls"], self.counts["train_failed"]
+        if calls and failed / calls > self.max_rate:
+            raise RunFailed(f"{failed} of {calls} client training calls failed ({failed / calls:.0%}), more than "
+                            f"faults.max_failure_rate={self.max_rate:g}; first error: {self.seen[0]}")
+
+    def state(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts), "seen": list(self.seen)}
+
+    def on_run_end(self, summary: dict[str, Any]) -> None:
+        summary["client_failures"] = self.counts["failed"]
 
 
 class DetectionCsv(Callback):
-    """detection.csv at the end of the run: the unsupervised detectors scored against the attack's ground truth."""
+    """detection.csv at the end of the run: the unsupervised detectors, run over clients.csv, scored
+    against the attack's ground truth (clients whose update arrived only)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clients_csv: Path) -> None:
         self.path = path
-        self.rows: list[dict[str, Any]] = []
-
-    def on_round_end(self, record: RoundRecord) -> None:
-        self.rows += client_rows(record)
+        self.clients_csv = clients_csv
 
     def on_run_end(self, summary: dict[str, Any]) -> None:
-        detection = detection_rows(self.rows)
+        clients = pd.read_csv(self.clients_csv)
+        if "status" in clients:
+            clients = clients[clients.status == "ok"]
+        detection = detection_rows(clients.to_dict("records"))
         if detection:  # only rounds with both malicious and honest clients are scored
             write_csv(self.path, pd.DataFrame(detection, columns=DETECTION_COLUMNS))
             summary["detection_auc"] = mean_auc(detection)

@@ -55,6 +55,13 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "attack.mode": (lambda v: v in ("flip", "random"), "flip or random"),
     "attack.std": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "attack.scale": (_is_number, "a number"),
+    "faults.dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "faults.stragglers": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "faults.slowdown": (lambda v: _is_number(v) and v >= 1, "a number >= 1"),
+    "faults.delay_mean_s": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "faults.examples_per_s": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "faults.round_timeout_s": (lambda v: v is None or (_is_number(v) and v > 0), "null or a number > 0"),
+    "faults.max_failure_rate": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
 }
 
 

@@ -7,11 +7,14 @@ builds the same handlers with `make_client_app`, handing in the run config that 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import functools
+import traceback
+from typing import Any, Callable, Mapping
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import ErrorCode
 
 from fedsim.client import ClientFn, client_fn
 from fedsim.messages import record_views, to_record
@@ -32,6 +35,26 @@ def with_run_config(run_config: Mapping[str, Any]):
     return mod
 
 
+def error_line(exc: BaseException) -> str:
+    """An exception's last traceback line, `Type: message`."""
+    return traceback.format_exception_only(type(exc), exc)[-1].strip()
+
+
+def replies_errors(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    """A handler whose exception becomes an error reply with its last line: the server records it per
+    client (clients.csv) and prints each distinct error once, instead of a traceback per client and round."""
+
+    @functools.wraps(handler)
+    def guarded(message: Message, context: Context) -> Message:
+        try:
+            return handler(message, context)
+        except Exception as exc:
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=error_line(exc)),
+                           reply_to=message)
+
+    return guarded
+
+
 def make_client_app(client_fn: ClientFn = client_fn, run_config: Mapping[str, Any] | None = None) -> ClientApp:
     """The ClientApp: which partition a node serves (query), local training, local evaluation."""
     app = ClientApp(mods=[with_run_config(run_config)] if run_config is not None else None)
@@ -43,6 +66,7 @@ def make_client_app(client_fn: ClientFn = client_fn, run_config: Mapping[str, An
         return Message(RecordDict({"node": node}), reply_to=message)
 
     @app.train()
+    @replies_errors
     def train(message: Message, context: Context) -> Message:
         arrays = message.content["arrays"]
         weights, num_examples, metrics = client_fn(context).fit(record_views(arrays), message.content["config"])
@@ -51,6 +75,7 @@ def make_client_app(client_fn: ClientFn = client_fn, run_config: Mapping[str, An
                        reply_to=message)
 
     @app.evaluate()
+    @replies_errors
     def evaluate(message: Message, context: Context) -> Message:
         loss, num_examples, metrics = client_fn(context).evaluate(record_views(message.content["arrays"]),
                                                                   message.content["config"])

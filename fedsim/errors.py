@@ -1,4 +1,4 @@
-"""The one error type for bad user input: it names the config key and what is allowed."""
+"""fedsim's errors: bad user input (it names the config key and what is allowed), and a run that cannot go on."""
 
 
 class ConfigError(ValueError):
@@ -7,3 +7,7 @@ class ConfigError(ValueError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
+
+
+class RunFailed(RuntimeError):
+    """A run that cannot go on (its clients failed); its message is the run's one-line error."""

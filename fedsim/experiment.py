@@ -6,13 +6,17 @@ and `flwr run` hands the ServerApp a Grid to run the rounds on (fedsim.server_ap
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
 import random
+import socket
 import subprocess
+import threading
 import time
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,16 +28,18 @@ from omegaconf import DictConfig, OmegaConf
 from fedsim.archive import ArchiveWriter, check_disk, expected_bytes, select_layers
 from fedsim.build import Experiment, build
 from fedsim.callbacks import (
-    Callback, ClientsCsv, DetectionCsv, FinalModel, MemoryProbe, Progress, RoundsCsv, RunSummary, WeightArchive,
-    WeightScrutiny,
+    Callback, ClientFailures, ClientsCsv, DetectionCsv, FinalModel, MemoryProbe, Progress, RoundsCsv, RunSummary,
+    WeightArchive, WeightScrutiny,
 )
 from fedsim.checks import fit_clients_per_round
+from fedsim.checkpoint import Checkpoint, Checkpointer, output_key, restore_strategy
 from fedsim.data import Loader, load_test, prepare_data
 from fedsim.errors import ConfigError
+from fedsim.liveness import HEARTBEAT_S
 from fedsim.memory import return_freed_buffers_to_os
 from fedsim.models import get_weights, layer_names, set_weights
 from fedsim.outputs import write_json
-from fedsim.record import RoundRecord
+from fedsim.record import LATE, ClientFailure, ClientUpdate, RoundRecord
 from fedsim.train import evaluate
 
 
@@ -78,32 +84,74 @@ def quiet(log_level: str) -> None:
 
 
 class RunInfo:
-    """run.json: says truthfully whether the run is running, completed or failed."""
+    """run.json: says truthfully whether the run is running, completed, degraded (completed, but some
+    client calls failed), failed or interrupted.
+
+    A resumed run keeps its run.json: the first start, and wall_time_s summed over invocations.
+    """
 
     def __init__(self, run_dir: Path, cfg: DictConfig) -> None:
         self.path = run_dir / "run.json"
         self.started = time.time()
-        self.data = {
+        self.earlier_wall_s = 0.0
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        alive = {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat_at": self.started}
+        if cfg.get("resume") is not None and self.path.exists():
+            self.data = json.loads(self.path.read_text())
+            self.earlier_wall_s = float(self.data.get("wall_time_s") or 0.0)
+            self.data.update(status="running", finished_at=None, num_rounds=cfg.num_rounds, **alive)
+            self.data.setdefault("resumed", []).append({"at": _now(), "from_round": self.data.get("rounds_completed", 0)})
+        else:
+            self.data = self._fresh(cfg, alive)
+        write_json(self.path, self.data)
+        threading.Thread(target=self._beat, name="run.json-heartbeat", daemon=True).start()
+
+    def _beat(self) -> None:
+        """Refresh heartbeat_at while the run lives (fedsim.liveness tells a killed run by it)."""
+        while not self._stopped.wait(HEARTBEAT_S):
+            with self._lock:
+                if self._stopped.is_set():
+                    return
+                self.data["heartbeat_at"] = time.time()
+                write_json(self.path, self.data)
+
+    def _fresh(self, cfg: DictConfig, alive: dict[str, Any]) -> dict[str, Any]:
+        return {
             "status": "running", "seed": cfg.seed, "started_at": _now(), "finished_at": None,
             "wall_time_s": None, "num_clients": cfg.num_clients, "num_rounds": cfg.num_rounds,
             "model": cfg.model.name if "model" in cfg else None,
             "strategy": cfg.strategy.get("_target_") if "strategy" in cfg else None,
             "versions": _versions(), "git_commit": _git_commit(),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
+            **alive,
         }
-        write_json(self.path, self.data)
+
+    def update(self, **fields: Any) -> None:
+        with self._lock:
+            self.data.update(fields)
+            write_json(self.path, self.data)
+
+    def progress(self, summary: dict[str, Any]) -> None:
+        """The metrics so far and the wall time to date, after every round."""
+        self.update(**summary, wall_time_s=round(self.earlier_wall_s + time.time() - self.started, 3))
 
     def finish(self, status: str, **fields: Any) -> None:
-        self.data.update(status=status, finished_at=_now(), wall_time_s=round(time.time() - self.started, 3), **fields)
-        write_json(self.path, self.data)
+        with self._lock:
+            self._stopped.set()
+            self.data.update(status=status, finished_at=_now(), heartbeat_at=time.time(),
+                             wall_time_s=round(self.earlier_wall_s + time.time() - self.started, 3), **fields)
+            write_json(self.path, self.data)
 
 
 class Session:
     """A run in progress on the server: the experiment, its model and test split, and its outputs."""
 
-    def __init__(self, experiment: Experiment, run_dir: Path) -> None:
+    def __init__(self, experiment: Experiment, run_dir: Path, info: RunInfo | None = None) -> None:
+        """A resumed run (`resume` set) continues from the run directory's checkpoint, if it has one.
+        `info` (run.json) gets the metrics after every round."""
         cfg = self.cfg = experiment.cfg
-        self.experiment, self.run_dir = experiment, run_dir
+        self.experiment, self.run_dir, self.info = experiment, run_dir, info
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
@@ -111,8 +159,17 @@ class Session:
         self.model = instantiate(cfg.model.net).to(self.device)
         self.names = layer_names(self.model)
         check_archive(cfg, run_dir, self.names, get_weights(self.model))
+        self.checkpoint = Checkpoint.load(run_dir, self.names) if cfg.get("resume") is not None else None
+        if self.checkpoint is not None:
+            restore_strategy(self.strategy, self.checkpoint.strategy_tensors, self.checkpoint.strategy_layout)
         self.testloader: Loader | None = None
         self.callbacks: list[Callback] = []
+        self.slow = experiment.faults.slow_devices(int(cfg.seed), int(cfg.num_clients))
+
+    @property
+    def first_round(self) -> int:
+        """The first round this process runs: 0 (the initial model), or the one after the checkpoint's."""
+        return self.checkpoint.server_round + 1 if self.checkpoint is not None else 0
 
     @property
     def strategy(self):
@@ -131,10 +188,51 @@ class Session:
         self.testloader = load_test(prepare_data(self.cfg), 4 * self.cfg.client.batch_size)
 
     def open_outputs(self) -> None:
-        self.callbacks = standard_outputs(self.experiment, self.run_dir, self.names) + self.experiment.callbacks
+        """Start every output, after the checkpoint's round when resuming; the checkpoint writer comes last."""
+        outputs = standard_outputs(self.experiment, self.run_dir, self.names,
+                                   self.info.progress if self.info is not None else None) + self.experiment.callbacks
+        self.callbacks = outputs + [Checkpointer(self.run_dir, self.strategy, outputs)]
+        saved = self.checkpoint.outputs if self.checkpoint is not None else {}
+        for index, callback in enumerate(self.callbacks):
+            callback.on_run_start(saved.get(output_key(index, callback)) if self.checkpoint is not None else None)
 
     def initial_weights(self) -> list[np.ndarray]:
-        return get_weights(self.model)
+        """The weights the first round starts from: the seeded model's, or the checkpoint's."""
+        return self.checkpoint.weights if self.checkpoint is not None else get_weights(self.model)
+
+    def missed(self, client_id: int, status: str, error: str | None = None,
+               sim_time_s: float | None = None) -> ClientFailure:
+        """A client call that brought no usable reply, with the client's ground truth."""
+        malicious = client_id in self.malicious
+        return ClientFailure(client_id=client_id, status=status, error=error, is_malicious=malicious,
+                             attack=self.attack_name if malicious else "none", sim_time_s=sim_time_s)
+
+    def clock(self, server_round: int, updates: list[ClientUpdate]) -> tuple[list[ClientUpdate], list[ClientFailure]]:
+        """The updates on time by the simulated clock, and the late ones (fedsim.faults)."""
+        faults = self.experiment.faults
+        if not faults.clocked:
+            return updates, []
+        on_time, late = [], []
+        for update in updates:
+            update.sim_time_s = faults.sim_time(self.cfg.seed, server_round, update.client_id, update.num_examples,
+                                                int(self.cfg.client.local_epochs), update.client_id in self.slow)
+            if faults.late(update.sim_time_s):
+                late.append(self.missed(update.client_id, LATE, sim_time_s=update.sim_time_s))
+            else:
+                on_time.append(update)
+        return on_time, late
+
+    def sim_round_time(self, on_time: list[ClientUpdate], late: list[ClientFailure]) -> float | None:
+        """The round's simulated duration: the slowest client on time, or the timeout if any was late."""
+        if not self.experiment.faults.clocked:
+            return None
+        if late:
+            return float(self.experiment.faults.round_timeout_s)
+        return max((u.sim_time_s for u in on_time), default=0.0)
+
+    def progress(self) -> dict[str, Any]:
+        """run.json's metrics so far (also for a run that ends early)."""
+        return next((dict(c.summary) for c in self.callbacks if isinstance(c, RunSummary)), {})
 
     def evaluate(self, weights: list[np.ndarray]) -> tuple[float, float]:
         """Central evaluation: (loss, accuracy) of `weights` on the server's test split."""
@@ -157,19 +255,24 @@ class Session:
             callback.close()
 
 
-def standard_outputs(experiment: Experiment, run_dir: Path, names: list[str]) -> list[Callback]:
-    """Every run's outputs, in the order they see each round (see fedsim.callbacks)."""
+def standard_outputs(experiment: Experiment, run_dir: Path, names: list[str],
+                     publish: Callable[[dict[str, Any]], None] | None = None) -> list[Callback]:
+    """Every run's outputs, in the order they see each round (see fedsim.callbacks); `publish` gets
+    run.json's metrics after every round."""
     cfg, attack = experiment.cfg, experiment.attack
     outputs: list[Callback] = [
         WeightScrutiny(run_dir / "layers.csv", attack.name, float(attack.node_ratio), enabled=cfg.scrutiny),
         ClientsCsv(run_dir / "clients.csv"),
     ]
     if cfg.archive.mode != "none":
-        writer = ArchiveWriter(run_dir, names, list(cfg.archive.layers), cfg.archive.dtype, cfg.archive.max_pending)
-        outputs.append(WeightArchive(writer, clients=cfg.archive.mode == "all"))
-    outputs += [MemoryProbe(), RoundsCsv(run_dir / "rounds.csv"), Progress(cfg.num_rounds), RunSummary()]
+        writer = partial(ArchiveWriter, run_dir, names, list(cfg.archive.layers), cfg.archive.dtype,
+                         cfg.archive.max_pending)
+        outputs.append(WeightArchive(lambda resume_after: writer(resume_after=resume_after),
+                                     clients=cfg.archive.mode == "all"))
+    outputs += [MemoryProbe(), RoundsCsv(run_dir / "rounds.csv"), Progress(cfg.num_rounds), RunSummary(publish),
+                ClientFailures(float(cfg.faults.max_failure_rate))]
     if cfg.scrutiny:
-        outputs.append(DetectionCsv(run_dir / "detection.csv"))
+        outputs.append(DetectionCsv(run_dir / "detection.csv", run_dir / "clients.csv"))
     return outputs + [FinalModel(run_dir / "model.safetensors")]
 
 
@@ -193,18 +296,25 @@ def run_experiment(cfg: DictConfig, run_dir: Path, federate: Callable[[Session],
     `parts` go to `build` (a client factory, extra outputs).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    # 1. Check the whole config (a refused resume leaves the stopped run untouched), then save it resolved.
+    try:
+        experiment = build(cfg, **parts)
+    except ConfigError as exc:
+        if cfg.get("resume") is None:
+            RunInfo(run_dir, cfg).finish("failed", error=str(exc), error_type=type(exc).__name__)
+        raise
     info = RunInfo(run_dir, cfg)
     session: Session | None = None
     try:
-        # 1. Check the whole config, then save it fully resolved.
-        experiment = build(cfg, **parts)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        info.data.update(attack=experiment.attack.name, malicious_clients=experiment.malicious)
+        info.update(attack=experiment.attack.name, malicious_clients=experiment.malicious)
         quiet(cfg.log_level)
         return_freed_buffers_to_os()
 
         # 2. The seeded initial model; the archive's size checked against the free disk.
-        session = Session(experiment, run_dir)
+        session = Session(experiment, run_dir, info)
+        if session.checkpoint is not None:
+            info.data["resumed"][-1]["from_round"] = session.checkpoint.server_round
 
         # 3. Read, subset and featurize IMDB once (cached on disk for later runs).
         session.prepare()
@@ -214,11 +324,13 @@ def run_experiment(cfg: DictConfig, run_dir: Path, federate: Callable[[Session],
         federate(session)
 
         # 5. Close the books: final model, detection baseline, archive flushed.
-        info.finish("completed", **session.finish())
+        summary = session.finish()
+        info.finish("degraded" if summary.get("client_failures") else "completed", **summary)
         return info.data
     except BaseException as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        info.finish("failed", error=message, error_type=type(exc).__name__)
+        info.finish("failed", error=message, error_type=type(exc).__name__,
+                    **(session.progress() if session is not None else {}))
         raise
     finally:
         if session is not None:

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
+from fedsim.errors import RunFailed
 from fedsim.messages import record_views, to_record
 from fedsim.participation import EVALUATE, TRAIN, Participants
-from fedsim.record import ClientUpdate, RoundRecord
+from fedsim.record import DROPPED, EVAL_FAILED, FAILED, LATE, ClientFailure, ClientUpdate, RoundRecord
 
 if TYPE_CHECKING:
     from fedsim.experiment import Session
@@ -21,37 +23,64 @@ REPLY_TIMEOUT_S = 3600.0  # as Flower's Strategy.start: how long a round waits f
 
 
 def run_rounds(grid: Grid, session: Session) -> None:
-    """Find the nodes, evaluate the initial model (round 0), then train and evaluate round after round."""
-    cfg, strategy = session.cfg, session.strategy
+    """Find the nodes, evaluate the initial model (round 0), then train and evaluate round after round.
+
+    A resumed session starts after its checkpoint's round, from the checkpoint's weights.
+    """
+    cfg, strategy, faults = session.cfg, session.strategy, session.experiment.faults
     participants = Participants.discover(grid, cfg.num_clients, cfg.seed)
     started = time.perf_counter()
     arrays = to_record(session.names, session.initial_weights())
-    session.end_round(central_round(session, 0, arrays, None, [], {}, started))
+    if session.first_round == 0:
+        session.end_round(central_round(session, 0, arrays, None, [], {}, started))
 
-    for server_round in range(1, cfg.num_rounds + 1):
+    for server_round in range(max(1, session.first_round), cfg.num_rounds + 1):
         started = time.perf_counter()
-        # 1. Choose the round's clients and train: configure_train -> send_and_receive -> aggregate_train.
+        # 1. Choose the round's clients; the simulated dropouts do not answer.
         train_messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
-        replies = participants.exchange(grid, train_messages, server_round, TRAIN, REPLY_TIMEOUT_S)
+        chosen = participants.pick(server_round, TRAIN, len(train_messages))
+        dropped = faults.dropped(cfg.seed, server_round, chosen)
+
+        # 2. Train: send_and_receive, then aggregate_train over the replies that came in time.
+        trained = participants.exchange(grid, train_messages, [p for p in chosen if p not in dropped], REPLY_TIMEOUT_S)
         # The updates are read first: some of Flower's strategies empty the replies as they aggregate.
-        updates = [client_update(reply, participants, session) for reply in replies if not reply.has_error()]
-        aggregated, _ = strategy.aggregate_train(server_round, replies)
+        updates = [client_update(p, reply, session) for p, reply in trained.items() if answered(reply)]
+        failures = [session.missed(p, DROPPED) for p in dropped]
+        failures += [client_failure(p, reply, FAILED, session) for p, reply in trained.items() if not answered(reply)]
+        updates, late = session.clock(server_round, updates)
+        failures += late
+        on_time = {u.client_id for u in updates}
+        check_enough(server_round, updates, failures, int(getattr(strategy, "min_train_nodes", 1)))
+        aggregated, _ = strategy.aggregate_train(server_round, [r for p, r in trained.items() if p in on_time])
         start, arrays = arrays, aggregated if aggregated is not None else arrays
 
-        # 2. Federated evaluation of the new global model on the clients' validation splits.
+        # 3. Federated evaluation of the new global model on the clients' validation splits.
         eval_messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
-        evaluated = participants.exchange(grid, eval_messages, server_round, EVALUATE, REPLY_TIMEOUT_S)
-        fed = federated_metrics(strategy.aggregate_evaluate(server_round, with_examples(evaluated)))
+        chosen = participants.pick(server_round, EVALUATE, len(eval_messages))
+        dropped = faults.dropped(cfg.seed, server_round, chosen)
+        evaluated = participants.exchange(grid, eval_messages, [p for p in chosen if p not in dropped],
+                                          REPLY_TIMEOUT_S)
+        failures += [client_failure(p, reply, EVAL_FAILED, session) for p, reply in evaluated.items()
+                     if not answered(reply)]
+        fed = federated_metrics(strategy.aggregate_evaluate(server_round, with_examples(evaluated.values())))
 
-        # 3. Central evaluation on the test split, then the round's outputs.
+        # 4. Central evaluation on the test split, then the round's outputs.
         metrics = {**fed, "train_loss": train_loss(updates), "num_fit_clients": len(updates),
-                   "num_failures": len(train_messages) - len(updates)}
-        session.end_round(central_round(session, server_round, arrays, start, updates, metrics, started))
+                   "num_failures": sum(f.is_error for f in failures),
+                   "num_dropped": sum(f.status == DROPPED for f in failures),
+                   "num_late": sum(f.status == LATE for f in failures),
+                   "sim_round_time_s": session.sim_round_time(updates, late)}
+        record = central_round(session, server_round, arrays, start, updates, metrics, started)
+        record.failures = failures
+        session.end_round(record)
 
 
-def client_update(reply: Message, participants: Participants, session: Session) -> ClientUpdate:
+def answered(reply: Message | None) -> bool:
+    return reply is not None and not reply.has_error()
+
+
+def client_update(client_id: int, reply: Message, session: Session) -> ClientUpdate:
     metrics = reply.content["metrics"]
-    client_id = participants.partition_of[reply.metadata.src_node_id]
     loss = float(metrics["train-loss"])
     return ClientUpdate(
         client_id=client_id,
@@ -64,9 +93,26 @@ def client_update(reply: Message, participants: Participants, session: Session) 
     )
 
 
-def with_examples(replies: Iterable[Message]) -> list[Message]:
+def client_failure(client_id: int, reply: Message | None, status: str, session: Session) -> ClientFailure:
+    error = f"no reply within {REPLY_TIMEOUT_S:.0f} s" if reply is None else str(reply.error.reason).strip()
+    return session.missed(client_id, status, error.splitlines()[-1] if error else "unknown error")
+
+
+def check_enough(server_round: int, updates: list[ClientUpdate], failures: list[ClientFailure],
+                 min_train_nodes: int) -> None:
+    """Stop the run when fewer than min_train_nodes clients trained, with the clients' own error."""
+    if len(updates) >= min_train_nodes:
+        return
+    errors = Counter(f.error for f in failures)
+    error, count = errors.most_common(1)[0] if errors else ("no client was sampled", 0)
+    raise RunFailed(f"round {server_round}: {len(failures)} of {len(updates) + len(failures)} clients failed to "
+                    f"train, fewer than strategy.min_train_nodes={min_train_nodes} answered; "
+                    f"{count} with: {error}")
+
+
+def with_examples(replies: Iterable[Message | None]) -> list[Message]:
     """Replies that evaluated at least one example (weighted means need a positive total)."""
-    return [r for r in replies if not r.has_error() and r.content["metrics"]["num-examples"] > 0]
+    return [r for r in replies if answered(r) and r.content["metrics"]["num-examples"] > 0]
 
 
 def federated_metrics(aggregated: MetricRecord | None) -> dict[str, float | None]:

@@ -15,10 +15,12 @@ if TYPE_CHECKING:
 ROUNDS_COLUMNS = [
     "round", "central_loss", "central_accuracy", "fed_loss", "fed_accuracy", "train_loss",
     "num_fit_clients", "num_failures", "round_time_s", "driver_rss_mb", "driver_shared_mb",
+    "num_dropped", "num_late", "sim_round_time_s",
 ]
 CLIENTS_COLUMNS = [
     "round", "client_id", "num_examples", "train_loss", "fit_time_s", "is_malicious", "attack",
-    "update_norm", "cosine_to_mean", "distance_to_median", "norm_zscore",
+    "update_norm", "cosine_to_mean", "distance_to_median", "norm_zscore", "status", "error",
+    "sim_time_s",
 ]
 
 
@@ -34,17 +36,38 @@ def _cell(value: Any) -> Any:
 
 
 class CsvLog:
-    """A CSV with a fixed header; every `write` lands on disk before it returns."""
+    """A CSV with a fixed header; every `write` lands on disk before it returns.
+
+    Nothing is opened until `start` (or the first `write`): a fresh log writes its header, and a
+    resumed one cuts the file back to `offset`, the end of the last round it had written.
+    """
 
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
         self.path = Path(path)
         self.columns = list(columns)
-        self._file = open(self.path, "w", newline="", encoding="utf-8")
+        self._file = None
+        self._writer: csv.DictWriter | None = None
+
+    def start(self, offset: int | None = None) -> None:
+        if offset is None:
+            self._file = open(self.path, "w", newline="", encoding="utf-8")
+        else:
+            self._file = open(self.path, "r+", newline="", encoding="utf-8")
+            self._file.truncate(offset)
+            self._file.seek(offset)
         self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="raise")
-        self._writer.writeheader()
+        if offset is None:
+            self._writer.writeheader()
         self._sync()
 
+    @property
+    def offset(self) -> int | None:
+        """Bytes written so far: where a resumed run continues."""
+        return self._file.tell() if self._file is not None else None
+
     def write(self, rows: Sequence[dict]) -> None:
+        if self._writer is None:
+            self.start()
         for row in rows:
             self._writer.writerow({c: _cell(row.get(c)) for c in self.columns})
         self._sync()
@@ -54,7 +77,7 @@ class CsvLog:
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        if not self._file.closed:
+        if self._file is not None and not self._file.closed:
             self._file.close()
 
 

@@ -52,13 +52,20 @@ class Participants:
                               "as many clients as nodes, each serving one partition 0..num_clients-1")
         return cls(served, seed)
 
-    def exchange(self, grid: Grid, messages: Sequence[Message], server_round: int, purpose: int,
-                 timeout: float) -> list[Message]:
-        """Send the strategy's messages to the round's chosen partitions; the replies (errors too) in partition order."""
-        if not messages:
-            return []
-        partitions = choose(self.seed, server_round, purpose, len(messages), len(self.node_of))
-        return self.in_partition_order(grid.send_and_receive(self.address(messages, partitions), timeout=timeout))
+    def pick(self, server_round: int, purpose: int, count: int) -> list[int]:
+        """The round's `count` partitions for this purpose, in increasing order."""
+        return choose(self.seed, server_round, purpose, count, len(self.node_of)) if count else []
+
+    def exchange(self, grid: Grid, messages: Sequence[Message], partitions: Sequence[int],
+                 timeout: float) -> dict[int, Message | None]:
+        """Send the strategy's messages to `partitions`: {partition: its reply (an error too), or None if
+        none came}, in partition order: aggregation then sums in a fixed order, so reruns match bit for bit."""
+        if not partitions:
+            return {}
+        replies = {self.partition_of[r.metadata.src_node_id]: r
+                   for r in grid.send_and_receive(self.address(messages[:len(partitions)], partitions),
+                                                  timeout=timeout)}
+        return {p: replies.get(p) for p in partitions}
 
     def address(self, messages: Iterable[Message], partitions: Sequence[int]) -> list[Message]:
         """The strategy's messages, one each, sent to the chosen partitions' nodes instead of its own sample."""
@@ -67,7 +74,3 @@ class Participants:
             raise ValueError(f"{len(messages)} messages for {len(partitions)} partitions")
         return [Message(m.content, dst_node_id=self.node_of[p], message_type=m.metadata.message_type)
                 for m, p in zip(messages, partitions)]
-
-    def in_partition_order(self, replies: Iterable[Message]) -> list[Message]:
-        """Replies sorted by partition: aggregation then sums in a fixed order, so reruns match bit for bit."""
-        return sorted(replies, key=lambda r: self.partition_of[r.metadata.src_node_id])

@@ -21,6 +21,31 @@ class ClientUpdate:
     is_malicious: bool = False
     attack: str = "none"
     stats: dict[str, float] = field(default_factory=dict)  # update statistics, filled by weight scrutiny
+    sim_time_s: float | None = None  # simulated training time, when faults use the simulated clock
+
+
+FAILED, EVAL_FAILED, DROPPED, LATE = "failed", "eval_failed", "dropped", "late"
+
+
+@dataclass
+class ClientFailure:
+    """A client call in a round that brought no usable reply.
+
+    `status`: failed (training raised or never replied), eval_failed (evaluation did), or the
+    simulated faults (fedsim.faults): dropped (did not answer) or late (past the round timeout).
+    """
+
+    client_id: int
+    status: str
+    error: str | None = None  # the error's last line
+    is_malicious: bool = False
+    attack: str = "none"
+    sim_time_s: float | None = None  # a late client's simulated time
+
+    @property
+    def is_error(self) -> bool:
+        """A real failure, not a simulated fault."""
+        return self.status in (FAILED, EVAL_FAILED)
 
 
 @dataclass
@@ -38,6 +63,7 @@ class RoundRecord:
     clients: list[ClientUpdate]
     metrics: dict[str, Any]
     started: float = field(default_factory=time.perf_counter)  # perf_counter() at the round's start
+    failures: list[ClientFailure] = field(default_factory=list)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

@@ -63,6 +63,7 @@ def test_weight_scrutiny_writes_layers_and_fills_each_update(tmp_path):
 
 def test_weight_scrutiny_disabled_writes_only_the_header(tmp_path):
     scrutiny = WeightScrutiny(tmp_path / "layers.csv", "none", 0.0, enabled=False)
+    scrutiny.on_run_start(None)
     record = make_round(1)
     scrutiny.on_round_end(record)
     scrutiny.close()
@@ -99,7 +100,8 @@ def test_rounds_csv_times_the_round_and_keeps_earlier_outputs_columns(tmp_path):
 
 @pytest.mark.parametrize("clients", [False, True])
 def test_weight_archive_stores_global_and_optionally_client_weights(tmp_path, clients):
-    output = WeightArchive(ArchiveWriter(tmp_path, NAMES, ["*"], "float32"), clients=clients)
+    output = WeightArchive(lambda resume_after: ArchiveWriter(tmp_path, NAMES, ["*"], "float32"), clients=clients)
+    output.on_run_start(None)
     records = [make_round(0), make_round(1)]
     for record in records:
         output.on_round_end(record)
@@ -135,12 +137,13 @@ def test_run_summary_gives_run_json_its_final_metrics():
                        "final_central_loss": pytest.approx(0.5), "final_fed_accuracy": 0.6, "rounds_completed": 2}
 
 
-def test_detection_csv_scores_rounds_with_both_classes(tmp_path):
-    scrutiny, output = WeightScrutiny(tmp_path / "layers.csv", "sign_flip", 0.25), DetectionCsv(tmp_path / "d.csv")
+def test_detection_csv_scores_rounds_with_both_classes_from_clients_csv(tmp_path):
+    scrutiny, clients = WeightScrutiny(tmp_path / "layers.csv", "sign_flip", 0.25), ClientsCsv(tmp_path / "clients.csv")
+    output = DetectionCsv(tmp_path / "d.csv", tmp_path / "clients.csv")
     for server_round in range(3):
         record = make_round(server_round, malicious=(2,))
         scrutiny.on_round_end(record)
-        output.on_round_end(record)
+        clients.on_round_end(record)
     scrutiny.close()
     summary: dict = {}
     output.on_run_end(summary)
@@ -150,9 +153,9 @@ def test_detection_csv_scores_rounds_with_both_classes(tmp_path):
 
 
 def test_detection_csv_is_not_written_without_malicious_clients(tmp_path):
-    output, summary = DetectionCsv(tmp_path / "d.csv"), {}
-    output.on_round_end(make_round(1))
-    output.on_run_end(summary)
+    clients, summary = ClientsCsv(tmp_path / "clients.csv"), {}
+    clients.on_round_end(make_round(1))
+    DetectionCsv(tmp_path / "d.csv", tmp_path / "clients.csv").on_run_end(summary)
     assert not (tmp_path / "d.csv").exists() and "detection_auc" not in summary
 
 
@@ -165,3 +168,54 @@ def test_final_model_saves_the_last_global_weights_by_name(tmp_path):
     saved = load_file(str(tmp_path / "model.safetensors"))
     assert list(saved) == sorted(NAMES)
     np.testing.assert_array_equal(saved["emb.weight"], records[-1].global_weights[0])
+
+
+def run_outputs(make_outputs, records, stop_after: int | None = None) -> dict:
+    """Feed `records` to fresh outputs. With `stop_after`, "kill" them one round after that round's
+    checkpoint (that round written but not checkpointed) and resume new ones from the saved state."""
+    outputs = make_outputs()
+    for output in outputs:
+        output.on_run_start(None)
+    for record in records if stop_after is None else records[: stop_after + 2]:
+        for output in outputs:
+            output.on_round_end(record)
+        if record.server_round == stop_after:
+            saved = [output.state() for output in outputs]
+    if stop_after is not None:
+        for output in outputs:
+            output.close()
+        outputs = make_outputs()
+        for output, state in zip(outputs, saved):
+            output.on_run_start(state)
+        for record in records[stop_after + 1:]:
+            for output in outputs:
+                output.on_round_end(record)
+    summary: dict = {}
+    for output in outputs:
+        output.on_run_end(summary)
+        output.close()
+    return summary
+
+
+def test_resumed_outputs_equal_an_uninterrupted_runs(tmp_path):
+    records = [make_round(r, malicious=(1,)) for r in range(5)]
+
+    def outputs(folder):
+        return lambda: [WeightScrutiny(folder / "layers.csv", "sign_flip", 0.25), ClientsCsv(folder / "clients.csv"),
+                        WeightArchive(lambda after: ArchiveWriter(folder, NAMES, ["*"], "float32", resume_after=after),
+                                      clients=True),
+                        RoundsCsv(folder / "rounds.csv"), RunSummary()]
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    whole.mkdir(), cut.mkdir()
+    expected = run_outputs(outputs(whole), records)
+    summary = run_outputs(outputs(cut), records, stop_after=2)
+    assert summary == expected and summary["rounds_completed"] == 4
+    for name in ("layers.csv", "clients.csv"):
+        assert (cut / name).read_text() == (whole / name).read_text()
+    rounds = [pd.read_csv(d / "rounds.csv").drop(columns="round_time_s") for d in (cut, whole)]
+    pd.testing.assert_frame_equal(*rounds)
+    assert pd.read_csv(cut / "rounds.csv")["round"].tolist() == [0, 1, 2, 3, 4]  # round 3 not written twice
+    manifests = [pd.read_csv(d / "weights" / "manifest.csv").drop(columns="path") for d in (cut, whole)]
+    pd.testing.assert_frame_equal(*manifests)
+    assert Archive(cut).clients(3) == [0, 1, 2, 3]

@@ -13,12 +13,14 @@ from flwr.app import Context, RecordDict
 import fedsim.client_app
 import fedsim.server_app
 from conftest import make_cfg
+from fedsim.callbacks import Callback
 from fedsim.client import client_fn
 from fedsim.client_app import make_client_app
-from fedsim.errors import ConfigError
+from fedsim.errors import ConfigError, RunFailed
 from fedsim.experiment import run_experiment
 from fedsim.outputs import CLIENTS_COLUMNS, ROUNDS_COLUMNS
 from fedsim.participation import Participants, choose
+from fedsim.resume import resumed_config
 from fedsim.server_app import make_server_app
 from local_grid import LocalGrid
 
@@ -88,7 +90,8 @@ def test_partial_participation_is_chosen_from_seed_and_round_not_node_ids(genera
     pd.testing.assert_frame_equal(a.drop(columns="fit_time_s"), b.drop(columns="fit_time_s"), check_exact=True)
 
 
-def test_a_failing_client_is_recorded_and_the_round_goes_on(generated_imdb, tmp_path):
+def test_a_failing_client_is_recorded_counted_printed_once_and_the_run_is_degraded(generated_imdb, tmp_path,
+                                                                                   capsys):
     def flaky_client_fn(context: Context):
         if int(context.node_config["partition-id"]) == 1:
             raise RuntimeError("disk on fire")
@@ -97,9 +100,42 @@ def test_a_failing_client_is_recorded_and_the_round_goes_on(generated_imdb, tmp_
     run_locally(make_cfg(f"data.path={generated_imdb}", *SMALL, "archive.mode=none"), tmp_path,
                 client_fn=flaky_client_fn)
     rounds, clients = read(tmp_path, "rounds.csv"), read(tmp_path, "clients.csv")
-    assert rounds.num_failures.tolist() == [0, 1, 1] and rounds.num_fit_clients.tolist() == [0, 3, 3]
-    assert 1 not in set(clients.client_id) and len(clients) == 6
+    # Client 1 fails to train and to evaluate in both rounds; the other three carry each round.
+    assert rounds.num_failures.tolist() == [0, 2, 2] and rounds.num_fit_clients.tolist() == [0, 3, 3]
+    failed = clients[clients.status != "ok"]
+    assert failed[["round", "client_id", "status"]].values.tolist() == [
+        [1, 1, "failed"], [1, 1, "eval_failed"], [2, 1, "failed"], [2, 1, "eval_failed"]]
+    assert set(failed.error) == {"RuntimeError: disk on fire"} and failed.num_examples.isna().all()
+    assert (clients[clients.status == "ok"].client_id != 1).all() and len(clients) == 2 * 3 + 4
     assert rounds.fed_accuracy.iloc[1:].notna().all()  # from the three clients that evaluated
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["status"] == "degraded" and info["client_failures"] == 4
+    assert capsys.readouterr().out.count("disk on fire") == 1
+
+
+def test_every_client_failing_fails_the_run_with_their_error(generated_imdb, tmp_path):
+    def broken_client_fn(context: Context):
+        raise ValueError("label 7 is not a class")
+
+    with pytest.raises(RunFailed, match="round 1: 4 of 4 clients failed.*ValueError: label 7 is not a class"):
+        run_locally(make_cfg(f"data.path={generated_imdb}", *SMALL, "archive.mode=none"), tmp_path,
+                    client_fn=broken_client_fn)
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["status"] == "failed" and "label 7 is not a class" in info["error"]
+    assert info["rounds_completed"] == 0 and info["final_central_accuracy"] is not None  # round 0 is kept
+
+
+def test_a_failure_rate_above_the_threshold_fails_the_run(generated_imdb, tmp_path):
+    def flaky_client_fn(context: Context):
+        if int(context.node_config["partition-id"]) in (0, 1):
+            raise RuntimeError("out of memory")
+        return client_fn(context)
+
+    with pytest.raises(RunFailed, match=r"2 of 4 client training calls failed \(50%\), more than "
+                                        r"faults.max_failure_rate=0.4"):
+        run_locally(make_cfg(f"data.path={generated_imdb}", *SMALL, "archive.mode=none",
+                             "faults.max_failure_rate=0.4"), tmp_path, client_fn=flaky_client_fn)
+    assert read(tmp_path, "rounds.csv")["round"].tolist() == [0, 1]  # the round that crossed it is recorded
 
 
 def test_flwr_run_path_composes_the_run_config_and_gives_main_pys_numbers(generated_imdb, tmp_path):
@@ -152,3 +188,47 @@ def test_fedprox_as_mu_goes_to_zero_is_fedavg(generated_imdb, tmp_path):
     run_locally(make_cfg(*common, "strategy=fedprox", "strategy.proximal_mu=1e-9"), tmp_path / "fedprox")
     fedavg, fedprox = (read(tmp_path / name, "rounds.csv")[METRICS] for name in ("fedavg", "fedprox"))
     pd.testing.assert_frame_equal(fedavg, fedprox, check_exact=False, rtol=1e-5, atol=1e-6)
+
+
+class Crash(Callback):
+    """Stands in for a kill: the run dies after writing round `at`'s rows, before its checkpoint."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_round_end(self, record) -> None:
+        if record.server_round == self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedadam", "fedavgm"])  # stateless, moments, momentum
+def test_a_resumed_run_equals_an_uninterrupted_one(generated_imdb, tmp_path, strategy):
+    overrides = [f"data.path={generated_imdb}", *SMALL, "num_rounds=4", "archive.mode=all", f"strategy={strategy}"]
+    run_locally(make_cfg(*overrides), tmp_path / "whole")
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        run_locally(make_cfg(*overrides), cut, callbacks=[Crash(at=3)])
+    assert read(cut, "rounds.csv")["round"].tolist() == [0, 1, 2, 3]  # round 3 written, not checkpointed
+
+    run_locally(resumed_config(make_cfg(f"resume={cut}"), [f"resume={cut}"]), cut, node_seed=7)
+    for name in ("rounds.csv", "clients.csv", "layers.csv"):
+        timing = ["round_time_s", "fit_time_s", "driver_rss_mb", "driver_shared_mb"]
+        whole, resumed = (read(d, name).drop(columns=timing, errors="ignore") for d in (tmp_path / "whole", cut))
+        pd.testing.assert_frame_equal(resumed, whole, check_exact=True)
+    manifests = [read(d / "weights", "manifest.csv") for d in (tmp_path / "whole", cut)]
+    pd.testing.assert_frame_equal(*(m.drop(columns="path") for m in manifests))
+    info = json.loads((cut / "run.json").read_text())
+    assert info["status"] == "completed" and info["rounds_completed"] == 4
+    assert info["resumed"][0]["from_round"] == 2
+
+
+def test_resume_refuses_other_keys_and_a_completed_run(generated_imdb, tmp_path):
+    run_locally(make_cfg(f"data.path={generated_imdb}", *SMALL, "archive.mode=none"), tmp_path)
+    before = (tmp_path / "run.json").read_text()
+    with pytest.raises(ConfigError, match="resume: cannot change seed of a run; allowed with resume: num_rounds"):
+        resumed_config(make_cfg(f"resume={tmp_path}", "seed=3"), [f"resume={tmp_path}", "seed=3"])
+    with pytest.raises(ConfigError, match="completed all 2 rounds"):
+        resumed_config(make_cfg(f"resume={tmp_path}"), [f"resume={tmp_path}"])
+    assert (tmp_path / "run.json").read_text() == before
+    extended = resumed_config(make_cfg(f"resume={tmp_path}", "num_rounds=3"), [f"resume={tmp_path}", "num_rounds=3"])
+    assert extended.num_rounds == 3 and extended.seed == 0

@@ -1,0 +1,54 @@
+"""`python main.py resume=RUN_DIR`: the stopped run's own config, checked before anything is touched."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from fedsim.errors import ConfigError
+from fedsim.liveness import effective_status
+
+CHANGEABLE = ("num_rounds", "log_level")  # what a resume may change; anything else would be another run
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """`cfg` itself for a fresh run; for `resume=RUN_DIR`, RUN_DIR's config.yaml with `resume` set
+    and any CHANGEABLE keys given on the command line. Raises ConfigError for a run that cannot resume."""
+    if cfg.get("resume") is None:
+        return cfg
+    run_dir = Path(str(cfg.resume)).expanduser().resolve()
+    saved_path, info_path = run_dir / "config.yaml", run_dir / "run.json"
+    if not saved_path.exists() or not info_path.exists():
+        raise ConfigError("resume", f"{run_dir} has no config.yaml and run.json; allowed: a run directory "
+                          "written by main.py")
+    others = sorted({_key(o) for o in overrides} - {"resume", *CHANGEABLE})
+    if others:
+        raise ConfigError("resume", f"cannot change {', '.join(others)} of a run; allowed with resume: "
+                          f"{', '.join(CHANGEABLE)}")
+    info = json.loads(info_path.read_text())
+    status = effective_status(info)
+    if status == "running":
+        raise ConfigError("resume", f"{run_dir} is still running (pid {info.get('pid')} on {info.get('host')}); "
+                          "allowed: a stopped, failed, interrupted or killed run")
+    saved = OmegaConf.load(saved_path)
+    given = {_key(o) for o in overrides}
+    with open_dict(saved):
+        saved.resume = str(run_dir)
+        for key in CHANGEABLE:
+            if key in given:
+                saved[key] = cfg[key]
+    done = int(info.get("rounds_completed") or 0)
+    if status == "completed" and done >= saved.num_rounds:
+        raise ConfigError("resume", f"{run_dir} completed all {done} rounds; allowed: a stopped run, or "
+                          f"num_rounds above {done} to continue it")
+    if saved.num_rounds < done:
+        raise ConfigError("num_rounds", f"{saved.num_rounds}, but {run_dir} has completed {done} rounds; "
+                          f"allowed: at least {done}")
+    return saved
