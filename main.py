@@ -1,5 +1,6 @@
 """One federated run: `python main.py num_clients=10 strategy=fedprox ...` (keys: README, conf/)."""
 
+import logging
 import sys
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from omegaconf import DictConfig
 
 from fedsim.errors import ConfigError
 from fedsim.experiment import run_experiment
+from fedsim.interrupts import Interrupted, leave
 from fedsim.launch import simulate
 from fedsim.resume import resumed_config
 
@@ -22,8 +24,18 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    print(f"done: final central_accuracy {info['final_central_accuracy']:.4f} in {info['wall_time_s']:.0f}s "
-          f"-> {run_dir}")
+    except Interrupted as exc:
+        print(f"{exc}; resume with: python main.py resume={run_dir}", file=sys.stderr)
+        leave(exc.exit_code)
+    except Exception as exc:  # recorded in run.json; the traceback goes to main.log, one line here
+        logging.getLogger(__name__).exception("run failed")
+        print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__} "
+              f"(run.json and main.log in {run_dir})", file=sys.stderr)
+        leave(1)
+    failures = f" (degraded: {info['client_failures']} client calls failed, see clients.csv)" \
+        if info["status"] == "degraded" else ""
+    print(f"done{failures}: final central_accuracy {info['final_central_accuracy']:.4f} in "
+          f"{info['wall_time_s']:.0f}s -> {run_dir}")
     return info["final_central_accuracy"]
 
 

@@ -35,6 +35,7 @@ from fedsim.checks import fit_clients_per_round
 from fedsim.checkpoint import Checkpoint, Checkpointer, output_key, restore_strategy
 from fedsim.data import Loader, load_test, prepare_data
 from fedsim.errors import ConfigError
+from fedsim.interrupts import Interrupted
 from fedsim.liveness import HEARTBEAT_S
 from fedsim.memory import return_freed_buffers_to_os
 from fedsim.models import get_weights, layer_names, set_weights
@@ -329,8 +330,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, federate: Callable[[Session],
         return info.data
     except BaseException as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        info.finish("failed", error=message, error_type=type(exc).__name__,
-                    **(session.progress() if session is not None else {}))
+        info.finish("interrupted" if isinstance(exc, Interrupted) else "failed", error=message,
+                    error_type=type(exc).__name__, **(session.progress() if session is not None else {}))
         raise
     finally:
         if session is not None:

@@ -8,11 +8,13 @@ config itself (see fedsim.client_app) and the ServerApp the session it runs.
 from __future__ import annotations
 
 import logging
+import signal
 
 from omegaconf import DictConfig
 
 from fedsim.client_app import make_client_app
 from fedsim.experiment import Session
+from fedsim.interrupts import Interrupted, raise_on_signals
 from fedsim.server_app import make_server_app
 
 
@@ -30,11 +32,17 @@ def simulate(session: Session) -> None:
     from flwr.simulation import run_simulation
 
     cfg, experiment = session.cfg, session.experiment
-    run_simulation(
-        server_app=make_server_app(session),
-        client_app=make_client_app(experiment.client_fn, experiment.run_config),
-        num_supernodes=cfg.num_clients,
-        backend_name="ray",
-        backend_config=backend_config(cfg),
-        verbose_logging=cfg.log_level == "DEBUG",
-    )
+    raise_on_signals()
+    try:
+        run_simulation(
+            server_app=make_server_app(session),
+            client_app=make_client_app(experiment.client_fn, experiment.run_config),
+            num_supernodes=cfg.num_clients,
+            backend_name="ray",
+            backend_config=backend_config(cfg),
+            verbose_logging=cfg.log_level == "DEBUG",
+        )
+    except SystemExit as exc:
+        if exc.code != signal.SIGTERM:
+            raise
+        raise Interrupted(signal.SIGTERM) from None  # ray.init's own SIGTERM handler is sys.exit(15)
