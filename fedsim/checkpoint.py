@@ -21,9 +21,9 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from fedsim.callbacks import Callback
+from fedsim.outputs import CHECKPOINT
 from fedsim.record import RoundRecord
 
-FILE = "checkpoint.safetensors"
 FORMAT = 1
 
 
@@ -77,7 +77,7 @@ class Checkpoint:
 
     @classmethod
     def load(cls, run_dir: Path, names: Sequence[str]) -> Checkpoint | None:
-        path = Path(run_dir) / FILE
+        path = Path(run_dir) / CHECKPOINT
         if not path.exists():
             return None
         with safe_open(str(path), "np") as f:
@@ -88,8 +88,8 @@ class Checkpoint:
                    strategy_layout=meta["strategy"], outputs=meta["outputs"])
 
     def save(self, run_dir: Path, names: Sequence[str]) -> None:
-        path = Path(run_dir) / FILE
-        tmp = path.with_name(f".{FILE}.tmp")
+        path = Path(run_dir) / CHECKPOINT
+        tmp = path.with_name(f".{CHECKPOINT}.tmp")
         meta = {"format": FORMAT, "round": self.server_round, "strategy": self.strategy_layout,
                 "outputs": self.outputs}
         tensors = {f"model/{n}": np.ascontiguousarray(w) for n, w in zip(names, self.weights)}

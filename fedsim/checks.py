@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable
 
 from flwr.serverapp.strategy import Bulyan, MultiKrum, Strategy
@@ -89,6 +90,14 @@ def validate(cfg: DictConfig) -> None:
     if "resources" in cfg and cfg.resources.num_gpus > 0 and not _cuda_available():
         raise ConfigError("resources.num_gpus", f"got {cfg.resources.num_gpus}, but no CUDA GPU is visible here "
                           "(Ray would wait for one forever); allowed: 0 on this machine")
+    if "resources" in cfg and cfg.resources.num_cpus > (os.cpu_count() or 1):
+        raise ConfigError("resources.num_cpus", f"{cfg.resources.num_cpus} per client, but this machine has "
+                          f"{os.cpu_count()} CPUs (Ray would wait forever to place a client); allowed: at most "
+                          f"{os.cpu_count()}")
+    if "data" in cfg and "strategy" in cfg and cfg.data.val_fraction == 0 and cfg.strategy.get("fraction_evaluate"):
+        raise ConfigError("data.val_fraction", f"0 leaves every client nothing to evaluate, but "
+                          f"strategy.fraction_evaluate={cfg.strategy.fraction_evaluate}; allowed: a number in "
+                          "(0, 1), or strategy.fraction_evaluate=0")
     if "attack" in cfg and cfg.attack.name == "none" and cfg.attack.node_ratio:
         raise ConfigError("attack.node_ratio", f"got {cfg.attack.node_ratio} with attack=none; allowed: 0, or pick an "
                           "attack (random_labels, label_flip, random_weights, gaussian_noise, sign_flip, scaling, ...)")

@@ -29,13 +29,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from fedsim.outputs import format_duration, write_csv
+from fedsim.liveness import effective_status
+from fedsim.outputs import CHECKPOINT, format_duration, write_csv
 
 RUNS_COLUMNS = [
     "run_id", "seed", "overrides", "status", "error", "final_central_accuracy", "best_central_accuracy",
     "wall_time_s", "run_dir", "config",
 ]
-SUMMARY_COLUMNS = ["config", "n_runs", "n_failed", "mean", "std", "ci95_low", "ci95_high"]
+SUMMARY_COLUMNS = ["config", "n_runs", "n_failed", "n_degraded", "mean", "std", "ci95_low", "ci95_high"]
+FINISHED = ("completed", "degraded")  # ran every round; degraded: some client calls failed
 COLLECTED = ("rounds.csv", "clients.csv", "layers.csv", "detection.csv")
 DEFAULT_CONFIG = "defaults"
 
@@ -135,24 +137,36 @@ def _error_from(run_dir: Path, returncode: int) -> str:
     return lines[-1] if lines else f"exit status {returncode}"
 
 
+def resumable(run_dir: Path) -> bool:
+    """A run cut off (interrupted, or killed so that its run.json still says running) after a checkpoint."""
+    info_path = run_dir / "run.json"
+    if not (run_dir / CHECKPOINT).exists() or not info_path.exists():
+        return False
+    return effective_status(json.loads(info_path.read_text())) in ("interrupted", "dead")
+
+
 def execute(main_script: Path, planned: Planned, run_dir: Path) -> dict:
-    """Run main.py once in its own process; return its row for runs.csv (without run_id)."""
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # left by an invocation that was killed mid-run
-    run_dir.mkdir(parents=True)
-    command = [sys.executable, str(main_script), *planned.overrides, f"seed={planned.seed}",
-               f"hydra.run.dir='{run_dir}'"]
+    """Run main.py once in its own process, continuing a cut-off run from its checkpoint; return its
+    row for runs.csv (without run_id)."""
+    if resumable(run_dir):
+        command = [sys.executable, str(main_script), f"resume={run_dir}"]
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # left by an invocation that failed or was killed before a checkpoint
+        run_dir.mkdir(parents=True)
+        command = [sys.executable, str(main_script), *planned.overrides, f"seed={planned.seed}",
+                   f"hydra.run.dir='{run_dir}'"]
     started = time.perf_counter()
-    with open(run_dir / "output.log", "w") as log:
+    with open(run_dir / "output.log", "a") as log:
         returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
                                     preexec_fn=_die_with_parent).returncode
     info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
-    completed = returncode == 0 and info.get("status") == "completed"
+    status = info.get("status") if returncode == 0 and info.get("status") in FINISHED else "failed"
     return {
         "seed": planned.seed,
         "overrides": " ".join(planned.overrides),
-        "status": "completed" if completed else "failed",
-        "error": None if completed else _error_from(run_dir, returncode),
+        "status": status,
+        "error": None if status in FINISHED else _error_from(run_dir, returncode),
         "final_central_accuracy": info.get("final_central_accuracy"),
         "best_central_accuracy": info.get("best_central_accuracy"),
         "wall_time_s": info.get("wall_time_s") or round(time.perf_counter() - started, 3),
@@ -161,7 +175,11 @@ def execute(main_script: Path, planned: Planned, run_dir: Path) -> dict:
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per configuration: completed runs' final central accuracy, mean, std and a Student-t 95% CI."""
+    """Per configuration: clean completed runs' final central accuracy, mean, std and a Student-t 95% CI.
+
+    Degraded runs (some client calls failed) are counted in n_degraded and left out of the statistics:
+    they did not run the configuration as stated.
+    """
     rows = []
     for config, group in runs.groupby("config", sort=False):
         done = group.loc[group.status == "completed", "final_central_accuracy"].astype(float).dropna()
@@ -170,6 +188,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         std = done.std(ddof=1) if n > 1 else np.nan
         half = stats.t.ppf(0.975, n - 1) * std / np.sqrt(n) if n > 1 else np.nan
         rows.append({"config": config, "n_runs": n, "n_failed": int((group.status == "failed").sum()),
+                     "n_degraded": int((group.status == "degraded").sum()),
                      "mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half})
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
@@ -232,7 +251,7 @@ class Collection:
             run_id, status = known.get((run.config, run.seed), (None, None))
             if run_id is None:
                 run_id, next_id = next_id, next_id + 1
-            if status != "completed" or force:
+            if status not in FINISHED or force:
                 work.append((run_id, run))
         return work
 
@@ -251,7 +270,7 @@ class Collection:
 
     def rebuild(self) -> None:
         """Rewrite the collected tables, summary.csv and accuracy.png from the completed runs."""
-        completed = self.runs[self.runs.status == "completed"]
+        completed = self.runs[self.runs.status.isin(FINISHED)]
         for name in COLLECTED:
             frames = [self._read(run_id, name) for run_id in completed.run_id]
             frames = [f for f in frames if f is not None]
@@ -316,8 +335,9 @@ def run_collection(collection: Collection, main_script: Path, planned: Sequence[
                 done_count += 1
                 left = len(runnable) - done_count
                 eta = np.mean(durations) * left / max(1, jobs)
-                outcome = (f"acc {row['final_central_accuracy']:.4f}" if row["status"] == "completed"
-                           else f"FAILED: {row['error']}")
+                outcome = (f"acc {row['final_central_accuracy']:.4f}"
+                           + (" (degraded: some client calls failed)" if row["status"] == "degraded" else "")
+                           if row["status"] in FINISHED else f"FAILED: {row['error']}")
                 echo(f"[{done_count}/{len(runnable)}] run {run_id}  seed={run.seed}  {run.config}  {outcome}  "
                      f"{format_duration(durations[-1])}  ETA {format_duration(eta) if left else '-'}")
     collection.rebuild()  # the pool is done; this also updates a collection written by an older fedsim
@@ -325,5 +345,5 @@ def run_collection(collection: Collection, main_script: Path, planned: Sequence[
     mine = collection.runs[[(c, int(s)) in ids for c, s in zip(collection.runs.config, collection.runs.seed)]]
     failed = int((mine.status == "failed").sum())
     echo(f"done in {format_duration(time.perf_counter() - started)}: {int((mine.status == 'completed').sum())} "
-         f"completed, {failed} failed -> {collection.path}")
+         f"completed, {int((mine.status == 'degraded').sum())} degraded, {failed} failed -> {collection.path}")
     return failed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import hashlib
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from fedsim.features import FEATURE_TYPES, Features, cache_key
 from fedsim.outputs import write_json
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+CLASSES = (0, 1)  # negative, positive
 
 
 @dataclass(frozen=True)
@@ -90,9 +92,25 @@ def _read_parquet_dir(root: Path) -> dict[str, Split]:
         tables = [pq.read_table(f) for f in files]
         _check_columns(tables[0].column_names, files[0])
         texts = [t for table in tables for t in table.column("text").to_pylist()]
-        labels = np.concatenate([np.asarray(table.column("label").to_numpy()) for table in tables])
-        splits[split] = Split(texts, labels.astype(np.int64))
+        labels = np.concatenate([np.asarray(table.column("label").to_numpy(zero_copy_only=False)) for table in tables])
+        splits[split] = Split(texts, _labels(labels, f"{split} split of {root}"))
     return splits
+
+
+def _number(value: object) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _labels(values: np.ndarray, where: str) -> np.ndarray:
+    """Labels as integers; a missing or non-integer label is bad input, named with its count."""
+    labels = values.astype(np.float64) if values.dtype.kind in "iuf" else np.array([_number(v) for v in values])
+    bad = int((np.isnan(labels) | (labels != np.round(labels))).sum())
+    if bad:
+        raise ConfigError("data.path", f"{bad} rows of the {where} have no integer label; allowed: {list(CLASSES)}")
+    return labels.astype(np.int64)
 
 
 def _read_aclimdb(root: Path) -> dict[str, Split]:
@@ -114,14 +132,33 @@ def _read_hub(dataset_id: str) -> dict[str, Split]:
         dataset = load_dataset(dataset_id)
     except Exception as exc:  # the Hub's errors vary by cause (offline, missing, gated)
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError("data.path", f"could not load '{dataset_id}' from the Hub: {first_line}") from None
+        raise ConfigError("data.path", f"could not load '{dataset_id}' from the Hugging Face Hub ({first_line}); "
+                          "allowed: a reachable Hub id, or a local copy given as data.path=DIR or IMDB_PATH=DIR "
+                          "(Parquet train/test files or an aclImdb/ tree)") from None
     splits = {}
     for split in ("train", "test"):
         if split not in dataset:
             raise ConfigError("data.path", f"Hub dataset '{dataset_id}' has no '{split}' split")
         _check_columns(dataset[split].column_names, f"Hub dataset '{dataset_id}'")
-        splits[split] = Split(list(dataset[split]["text"]), np.asarray(dataset[split]["label"], dtype=np.int64))
+        splits[split] = Split(list(dataset[split]["text"]),
+                              _labels(np.asarray(dataset[split]["label"], dtype=object), f"Hub dataset '{dataset_id}'"))
     return splits
+
+
+def check_split(split: Split, name: str, source: str) -> None:
+    """Refuse a split that cannot be trained on as it is: a row without text, or a label that is no class.
+
+    The rule is to refuse, never to drop silently: the user's data is what the run claims to use.
+    """
+    bad_text = sum(not isinstance(t, str) or not t.strip() for t in split.texts)
+    if bad_text:
+        raise ConfigError("data.path", f"{bad_text} of {len(split.texts)} {name} rows in {source} have no text "
+                          "(null, empty or not a string); allowed: a non-empty string in every row")
+    labels, counts = np.unique(split.labels, return_counts=True)
+    unknown = {int(label): int(count) for label, count in zip(labels, counts) if label not in CLASSES}
+    if unknown:
+        raise ConfigError("data.path", f"{sum(unknown.values())} {name} rows in {source} have labels "
+                          f"{sorted(unknown)[:5]} outside IMDB's classes; allowed: {list(CLASSES)}")
 
 
 def select_rows(num_rows: int, cap: int | None, seed: int) -> np.ndarray:
@@ -129,6 +166,38 @@ def select_rows(num_rows: int, cap: int | None, seed: int) -> np.ndarray:
     if cap is None or cap >= num_rows:
         return np.arange(num_rows)
     return np.sort(np.random.default_rng(seed).permutation(num_rows)[:cap])
+
+
+def _digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _check_file(path: Path) -> Path:
+    return path.with_name(path.name + ".check.json")
+
+
+def save_cached(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+    """Write a cache file atomically, with its size and SHA-256 beside it for `is_intact`."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file(arrays, str(tmp), metadata=metadata)
+    write_json(_check_file(path), {"bytes": tmp.stat().st_size, "sha256": _digest(tmp)})
+    os.replace(tmp, path)
+
+
+def is_intact(path: Path) -> bool:
+    """Whether a cache file exists and is exactly as written; a damaged one is reported and rebuilt."""
+    if not path.exists():
+        return False
+    check = _check_file(path)
+    expected = json.loads(check.read_text()) if check.exists() else None
+    if expected and path.stat().st_size == expected["bytes"] and _digest(path) == expected["sha256"]:
+        return True
+    print(f"cache: {path} is {'damaged' if expected else 'unverified'} (size or SHA-256 differs); rebuilding it")
+    return False
 
 
 def featurize_cached(split: Split, rows: np.ndarray, featurizer, cache_dir: str) -> str:
@@ -139,17 +208,16 @@ def featurize_cached(split: Split, rows: np.ndarray, featurizer, cache_dir: str)
     directory = Path(os.path.expanduser(cache_dir))
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{settings['kind']}-{cache_key(texts, labels, settings)}.safetensors"
-    if not path.exists():
-        features = featurizer(texts, labels)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file(features.arrays(), str(tmp), metadata={"settings": json.dumps(settings)})
-        os.replace(tmp, path)
+    if not is_intact(path):
+        save_cached(path, featurizer(texts, labels).arrays(), metadata={"settings": json.dumps(settings)})
     return str(path)
 
 
 def prepare_data(cfg: DictConfig) -> PreparedData:
     """Read, subset and featurize both splits into the cache (driver side, before Ray starts)."""
     splits = read_imdb(str(cfg.data.path))
+    for name, split in splits.items():
+        check_split(split, name, str(cfg.data.path))
     train_rows = select_rows(len(splits["train"].labels), cfg.data.train_size, cfg.seed)
     # The test subset is fixed across seeds so that runs with different seeds stay comparable.
     test_rows = select_rows(len(splits["test"].labels), cfg.data.test_size, 0)
@@ -171,8 +239,21 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
         seed=int(cfg.seed),
         val_fraction=float(cfg.data.val_fraction),
     )
+    check_partitions(prepared, float(cfg.strategy.get("fraction_evaluate", 0)) if "strategy" in cfg else 0.0)
     write_json(manifest_path(cfg), asdict(prepared))
     return prepared
+
+
+def check_partitions(prepared: PreparedData, fraction_evaluate: float) -> None:
+    """Refuse partitions that leave a client nothing to train on, or (when clients evaluate) nothing to evaluate."""
+    sizes = np.diff(_partition_arrays(prepared.partition_file)["indptr"])
+    for client_id, size in enumerate(sizes):
+        _, val_rows = train_val_split(np.arange(size), prepared.val_fraction, prepared.seed, client_id)
+        if size < 1 or (fraction_evaluate > 0 and len(val_rows) == 0) or size - len(val_rows) < 1:
+            raise ConfigError("data.val_fraction", f"client {client_id} holds {size} rows, {len(val_rows)} of them "
+                              f"for validation at data.val_fraction={prepared.val_fraction}: nothing left to "
+                              f"{'train on' if size - len(val_rows) < 1 else 'evaluate'}; allowed: partitions "
+                              "of at least 2 rows (more data.train_size, fewer num_clients, another partition)")
 
 
 def manifest_path(cfg: DictConfig) -> Path:
@@ -233,16 +314,14 @@ def partition_cached(partitioner_cfg: dict, labels: np.ndarray, seed: int, cache
     directory = Path(os.path.expanduser(cache_dir))
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"partition-{cache_key([], labels, settings)}.safetensors"
-    if not path.exists():
+    if not is_intact(path):
         try:
             rows, indptr = partition_table(partitioner_cfg, labels, seed)
         except ValueError as exc:  # flwr-datasets' own message, e.g. a Dirichlet split it cannot make
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError("partition", f"{first_line} (try fewer clients, more rows, or a larger "
                               "partition.alpha)") from None
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"rows": rows, "indptr": indptr}, str(tmp))
-        os.replace(tmp, path)
+        save_cached(path, {"rows": rows, "indptr": indptr})
     return str(path)
 
 

@@ -145,6 +145,20 @@ class RunInfo:
             write_json(self.path, self.data)
 
 
+def load_model(cfg: DictConfig) -> torch.nn.Module:
+    """The seeded initial model; a model that cannot be loaded is bad input, named by its key."""
+    try:
+        return instantiate(cfg.model.net)
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        name = cfg.model.get("name")
+        where = "no such directory" if str(name).startswith(("/", ".", "~")) and not Path(
+            os.path.expanduser(str(name))).exists() else message
+        raise ConfigError("model.name", f"cannot load {name!r}: {where}; allowed: a local model directory, or "
+                          "a Hugging Face Hub id while the Hub is reachable") from None
+
+
 class Session:
     """A run in progress on the server: the experiment, its model and test split, and its outputs."""
 
@@ -157,7 +171,7 @@ class Session:
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.device = torch.device("cuda" if cfg.resources.num_gpus > 0 and torch.cuda.is_available() else "cpu")
-        self.model = instantiate(cfg.model.net).to(self.device)
+        self.model = load_model(cfg).to(self.device)
         self.names = layer_names(self.model)
         check_archive(cfg, run_dir, self.names, get_weights(self.model))
         self.checkpoint = Checkpoint.load(run_dir, self.names) if cfg.get("resume") is not None else None

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 if TYPE_CHECKING:
     import pandas as pd
 
+CHECKPOINT = "checkpoint.safetensors"  # fedsim.checkpoint: what a run resumes from
+
 ROUNDS_COLUMNS = [
     "round", "central_loss", "central_accuracy", "fed_loss", "fed_accuracy", "train_loss",
     "num_fit_clients", "num_failures", "round_time_s", "driver_rss_mb", "driver_shared_mb",

@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from fedsim.liveness import effective_status
+
 
 def _csv(path: Path) -> pd.DataFrame:
     """A table, or an empty one when the run or collection has not written it (yet)."""
@@ -62,9 +64,11 @@ def load_run(path: str | Path) -> RunResults:
     if not (path / "run.json").exists():
         raise FileNotFoundError(f"{path}: no run.json; not a run directory")
     config = path / "config.yaml"
+    info = json.loads((path / "run.json").read_text())
+    info["status"] = effective_status(info)  # `dead`: says running, but its process is gone
     return RunResults(
         path=path,
-        info=json.loads((path / "run.json").read_text()),
+        info=info,
         config=yaml.safe_load(config.read_text()) if config.exists() else {},
         rounds=_csv(path / "rounds.csv"),
         clients=_csv(path / "clients.csv"),

@@ -127,3 +127,22 @@ def test_partition_is_cached_once_for_every_actor(generated_imdb):
     assert again.partition_file == prepared.partition_file
     rows = np.concatenate([partition_rows(prepared, i) for i in range(4)])
     assert sorted(rows.tolist()) == list(range(prepared.num_train))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip a byte"])
+@pytest.mark.parametrize("which", ["train_file", "partition_file"])
+def test_a_damaged_cache_file_is_detected_named_and_rebuilt(generated_imdb, tmp_path, capsys, damage, which):
+    cfg = make_cfg(f"data.path={generated_imdb}", "num_clients=4", "data.train_size=300", "data.test_size=50",
+                   f"data.cache_dir={tmp_path}")
+    path = getattr(prepare_data(cfg), which)
+    good = open(path, "rb").read()
+    with open(path, "r+b") as f:
+        if damage == "truncate":
+            f.truncate(len(good) // 2)
+        else:
+            f.seek(len(good) - 10)
+            f.write(bytes([good[-10] ^ 0xFF]))
+    capsys.readouterr()
+    rebuilt = prepare_data(cfg)
+    assert f"cache: {path} is damaged" in capsys.readouterr().out
+    assert getattr(rebuilt, which) == path and open(path, "rb").read() == good

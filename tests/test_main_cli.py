@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import ROOT
+from conftest import ROOT, make_reviews
 from fedsim.outputs import CLIENTS_COLUMNS, ROUNDS_COLUMNS
 
 SMALL = ["num_clients=3", "num_rounds=2", "data.train_size=1500", "data.test_size=500", "client.local_epochs=3"]
@@ -111,6 +111,42 @@ def test_bad_input_is_one_clear_line_and_exit_2(overrides, key, imdb_dir, tmp_pa
     assert "Traceback" not in result.stderr and result.stderr.strip().startswith(f"error: {key}:")
     assert json.loads((tmp_path / "run.json").read_text())["status"] == "failed"
     assert not (tmp_path / "rounds.csv").exists()
+
+
+def defective_imdb(root: Path, defect: str) -> Path:
+    """A small IMDB copy with one kind of defect in its train split."""
+    root.mkdir(parents=True, exist_ok=True)
+    train = make_reviews(200, 0)
+    if defect == "labels":
+        train.loc[[3, 5], "label"] = [7, -1]
+    elif defect == "texts":
+        train["text"] = train["text"].astype(object)
+        train.loc[[2, 4, 6], "text"] = [None, "", None]
+    train.to_parquet(root / "train.parquet")
+    make_reviews(50, 1).to_parquet(root / "test.parquet")
+    return root
+
+
+@pytest.mark.parametrize("case, overrides, key, says", [
+    ("no validation rows", ["data.val_fraction=0"], "data.val_fraction", "nothing to evaluate"),
+    ("a partition too small to evaluate", ["num_clients=200"], "data.val_fraction",
+     "client 0 holds 1 rows, 0 of them for validation"),
+    ("labels outside the classes", ["DEFECT=labels"], "data.path", "labels [-1, 7] outside IMDB's classes"),
+    ("null and empty texts", ["DEFECT=texts"], "data.path", "3 of 200 train rows"),
+    ("a model directory that does not exist", ["model=hf", "model.name=/no/such/model"], "model.name",
+     "no such directory"),
+    ("more CPUs per client than the machine has", ["resources.num_cpus=4096"], "resources.num_cpus",
+     "Ray would wait forever"),
+])
+def test_bad_input_battery(case, overrides, key, says, tmp_path):
+    defect = next((o.split("=")[1] for o in overrides if o.startswith("DEFECT=")), None)
+    data = defective_imdb(tmp_path / "data", defect)
+    overrides = [o for o in overrides if not o.startswith("DEFECT=")]
+    result = run_main(tmp_path / "run", f"data.path={data}", *overrides, "data.train_size=200", "data.test_size=50")
+    assert result.returncode == 2, case
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}:") and says in lines[0], (case, result.stderr)
+    assert not (tmp_path / "run" / "rounds.csv").exists()  # refused before the outputs opened and Ray started
 
 
 def test_unknown_group_choice_lists_the_options(tmp_path):
