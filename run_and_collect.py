@@ -3,10 +3,11 @@
 """
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
-from fedsim.collect import Collection, CollectionError, default_name, plan, run_collection
+from fedsim.collect import Collection, CollectionError, default_name, plan, run_collection, stop_runs
 
 MAIN = Path(__file__).resolve().with_name("main.py")
 
@@ -41,8 +42,14 @@ def main(argv: list[str]) -> int:
     except CollectionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop_runs)
     try:
         failed = run_collection(collection, MAIN, planned, force=args.force, jobs=args.jobs)
+    except KeyboardInterrupt:
+        print(f"interrupted: the running runs were stopped and recorded; the same command resumes them "
+              f"-> {collection.path}", file=sys.stderr)
+        return 130
     finally:
         collection.close()
     return 1 if failed else 0

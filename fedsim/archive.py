@@ -47,12 +47,14 @@ def expected_bytes(weights: Sequence[np.ndarray], names: Sequence[str], kept: Se
 
 
 def check_disk(run_dir: Path, needed: int) -> None:
+    """Refuse a run whose files (`needed` bytes) would not fit the run directory's disk."""
     free = shutil.disk_usage(run_dir).free
     if needed > free:
         raise ConfigError(
             "archive.mode",
-            f"the archive needs {needed / 1e9:.2f} GB but {run_dir} has {free / 1e9:.2f} GB free; "
-            "use archive.mode=global or none, archive.dtype=float16, or fewer archive.layers",
+            f"the run's files (archive, checkpoint, final model) need {needed / 1e9:.2f} GB but {run_dir} has "
+            f"{free / 1e9:.2f} GB free; use archive.mode=global or none, archive.dtype=float16, fewer "
+            "archive.layers, or another hydra.run.dir",
         )
 
 

@@ -137,6 +137,21 @@ def _error_from(run_dir: Path, returncode: int) -> str:
     return lines[-1] if lines else f"exit status {returncode}"
 
 
+_CHILDREN: set[subprocess.Popen] = set()  # the main.py processes running now, for an interrupt to stop
+_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+
+
+def stop_runs(signum: int = signal.SIGINT, frame: object = None) -> None:
+    """Ctrl-C or SIGTERM: ask every running main.py to stop (each records itself `interrupted` and exits
+    within seconds) and start no more."""
+    _STOPPING.set()
+    with _LOCK:
+        for child in _CHILDREN:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+
+
 def resumable(run_dir: Path) -> bool:
     """A run cut off (interrupted, or killed so that its run.json still says running) after a checkpoint."""
     info_path = run_dir / "run.json"
@@ -158,10 +173,19 @@ def execute(main_script: Path, planned: Planned, run_dir: Path) -> dict:
                    f"hydra.run.dir='{run_dir}'"]
     started = time.perf_counter()
     with open(run_dir / "output.log", "a") as log:
-        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
-                                    preexec_fn=_die_with_parent).returncode
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        with _LOCK:
+            _CHILDREN.add(child)
+            if _STOPPING.is_set():  # started just as the collection was asked to stop
+                child.send_signal(signal.SIGINT)
+        try:
+            returncode = child.wait()
+        finally:
+            with _LOCK:
+                _CHILDREN.discard(child)
     info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
-    status = info.get("status") if returncode == 0 and info.get("status") in FINISHED else "failed"
+    reported = info.get("status")
+    status = reported if (returncode == 0 and reported in FINISHED) or reported == "interrupted" else "failed"
     return {
         "seed": planned.seed,
         "overrides": " ".join(planned.overrides),
@@ -323,10 +347,12 @@ def run_collection(collection: Collection, main_script: Path, planned: Sequence[
         queue = list(runnable)
         done_count = 0
         while queue or pending:
+            if _STOPPING.is_set():
+                queue.clear()
             while queue and len(pending) < max(1, jobs):
                 run_id, run = queue.pop(0)
                 pending[pool.submit(start, run_id, run)] = (run_id, run, time.perf_counter())
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             for future in finished:
                 run_id, run, began = pending.pop(future)
                 row = future.result()
@@ -341,6 +367,8 @@ def run_collection(collection: Collection, main_script: Path, planned: Sequence[
                 echo(f"[{done_count}/{len(runnable)}] run {run_id}  seed={run.seed}  {run.config}  {outcome}  "
                      f"{format_duration(durations[-1])}  ETA {format_duration(eta) if left else '-'}")
     collection.rebuild()  # the pool is done; this also updates a collection written by an older fedsim
+    if _STOPPING.is_set():
+        raise KeyboardInterrupt
     ids = {(r.config, r.seed) for r in planned}
     mine = collection.runs[[(c, int(s)) in ids for c, s in zip(collection.runs.config, collection.runs.seed)]]
     failed = int((mine.status == "failed").sum())

@@ -173,7 +173,7 @@ class Session:
         self.device = torch.device("cuda" if cfg.resources.num_gpus > 0 and torch.cuda.is_available() else "cpu")
         self.model = load_model(cfg).to(self.device)
         self.names = layer_names(self.model)
-        check_archive(cfg, run_dir, self.names, get_weights(self.model))
+        check_space(cfg, run_dir, self.names, get_weights(self.model))
         self.checkpoint = Checkpoint.load(run_dir, self.names) if cfg.get("resume") is not None else None
         if self.checkpoint is not None:
             restore_strategy(self.strategy, self.checkpoint.strategy_tensors, self.checkpoint.strategy_layout)
@@ -291,17 +291,22 @@ def standard_outputs(experiment: Experiment, run_dir: Path, names: list[str],
     return outputs + [FinalModel(run_dir / "model.safetensors")]
 
 
-def check_archive(cfg: DictConfig, run_dir: Path, names: list[str], weights: list[np.ndarray]) -> None:
-    """Announce the archive's expected size; refuse the run if no layer matches or the disk cannot hold it."""
-    if cfg.archive.mode == "none":
-        return
-    kept = select_layers(names, list(cfg.archive.layers))
-    if not kept:
-        raise ConfigError("archive.layers", f"{list(cfg.archive.layers)} match no layer; layers are e.g. {names[:3]}")
-    needed = expected_bytes(weights, names, kept, cfg.archive.dtype, cfg.archive.mode, cfg.num_rounds,
-                            fit_clients_per_round(cfg))
-    print(f"archive: mode={cfg.archive.mode} dtype={cfg.archive.dtype}, {len(kept)}/{len(names)} layers, "
-          f"about {needed / 1e9:.2f} GB expected")
+def check_space(cfg: DictConfig, run_dir: Path, names: list[str], weights: list[np.ndarray]) -> None:
+    """Refuse a run whose files would not fit the disk: the archive (announced with its size), the final
+    model, and the checkpoint (the model and up to three strategy arrays per weight, e.g. FedAdam's
+    moments) with its replacement written beside it."""
+    model_bytes = sum(w.nbytes for w in weights)
+    needed = model_bytes + 2 * 4 * model_bytes
+    if cfg.archive.mode != "none":
+        kept = select_layers(names, list(cfg.archive.layers))
+        if not kept:
+            raise ConfigError("archive.layers", f"{list(cfg.archive.layers)} match no layer; layers are e.g. "
+                              f"{names[:3]}")
+        archive = expected_bytes(weights, names, kept, cfg.archive.dtype, cfg.archive.mode, cfg.num_rounds,
+                                 fit_clients_per_round(cfg))
+        print(f"archive: mode={cfg.archive.mode} dtype={cfg.archive.dtype}, {len(kept)}/{len(names)} layers, "
+              f"about {archive / 1e9:.2f} GB expected")
+        needed += archive
     check_disk(run_dir, needed)
 
 

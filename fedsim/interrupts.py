@@ -29,6 +29,9 @@ class Interrupted(BaseException):
 
 
 def _raise(signum: int, frame: FrameType | None) -> None:
+    """Once: a second Ctrl-C (a terminal's, then a collector's) must not cut the recording of the first."""
+    for other in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(other, signal.SIG_IGN)
     raise Interrupted(signum)
 
 

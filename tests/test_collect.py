@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +19,7 @@ from scipy import stats
 from conftest import ROOT
 from fedsim.collect import (
     RUNS_COLUMNS, SUMMARY_COLUMNS, Collection, CollectionError, Planned, check_configuration, default_name, plan,
-    summarize,
+    resumable, summarize,
 )
 from fedsim.results import CollectionResults, RunResults, load
 
@@ -93,6 +95,32 @@ def test_summary_matches_a_scipy_reference():
         assert row["std"] == pytest.approx(values.std(ddof=1))
         assert (row.ci95_low, row.ci95_high) == pytest.approx((low, high))
     assert summary.loc["a", "n_failed"] == 1 and summary.loc["b", "n_failed"] == 0
+
+
+def test_degraded_runs_are_counted_and_left_out_of_the_statistics():
+    runs = pd.DataFrame({"config": ["a"] * 4, "status": ["completed", "completed", "degraded", "failed"],
+                         "final_central_accuracy": [0.8, 0.9, 0.1, None]})
+    row = summarize(runs).iloc[0]
+    assert (row.n_runs, row.n_failed, row.n_degraded) == (2, 1, 1) and row["mean"] == pytest.approx(0.85)
+
+
+def test_only_cut_off_runs_with_a_checkpoint_are_resumed(tmp_path):
+    def run_dir(name: str, status: str, checkpoint: bool, pid: int | None = None) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "run.json").write_text(json.dumps({"status": status, "host": socket.gethostname(),
+                                                "pid": pid or os.getpid()}))
+        if checkpoint:
+            (d / "checkpoint.safetensors").write_bytes(b"")
+        return d
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert resumable(run_dir("interrupted", "interrupted", True))
+    assert resumable(run_dir("killed", "running", True, pid=dead.pid))  # says running, its process is gone
+    assert not resumable(run_dir("alive", "running", True))  # this test's own process
+    assert not resumable(run_dir("failed", "failed", True))
+    assert not resumable(run_dir("early", "interrupted", False))
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +214,29 @@ def test_kill_9_then_resume_equals_an_uninterrupted_collection(tiny_collection, 
     assert merged.final_central_accuracy.tolist() == merged.final_central_accuracy_reference.tolist()
     rounds = pd.read_csv(tmp_path / "tiny" / "rounds.csv")
     assert len(rounds) == 4 and not rounds.duplicated(["run_id", "round"]).any()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_collection_and_the_same_command_resumes_the_run_from_its_checkpoint(imdb_dir, tmp_path):
+    args = ["--runs", "1", "--name", "long", "--", f"data.path={imdb_dir}", "num_clients=2", "num_rounds=30",
+            "data.train_size=400", "data.test_size=200"]
+    proc = collect(tmp_path, *args, start_new_session=True)
+    rounds = tmp_path / "long" / "runs" / "run_0000" / "rounds.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (rounds.exists() and len(rounds.read_text().splitlines()) > 3):
+        time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the collector and its run
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted: the running runs were stopped" in output, output[-2000:]
+    assert "Traceback" not in output
+    ledger = pd.read_csv(tmp_path / "long" / "runs.csv")
+    assert ledger.status.tolist() == ["interrupted"]
+    done = json.loads((tmp_path / "long" / "runs" / "run_0000" / "run.json").read_text())["rounds_completed"]
+
+    output, _ = collect(tmp_path, *args).communicate(timeout=900)
+    info = json.loads((tmp_path / "long" / "runs" / "run_0000" / "run.json").read_text())
+    assert info["status"] == "completed" and info["resumed"][0]["from_round"] >= done - 1, output[-2000:]
+    assert pd.read_csv(rounds)["round"].tolist() == list(range(31))
 
 
 @pytest.mark.slow

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +16,7 @@ from safetensors.numpy import load_file
 
 from conftest import ROOT, make_reviews
 from fedsim.outputs import CLIENTS_COLUMNS, ROUNDS_COLUMNS
+from fedsim.results import load
 
 SMALL = ["num_clients=3", "num_rounds=2", "data.train_size=1500", "data.test_size=500", "client.local_epochs=3"]
 METRICS = ["central_loss", "central_accuracy", "fed_loss", "fed_accuracy", "train_loss"]
@@ -153,3 +157,70 @@ def test_unknown_group_choice_lists_the_options(tmp_path):
     result = run_main(tmp_path, "strategy=fedfoo")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "fedfoo" in result.stderr and "fedavg" in result.stderr
+
+
+def start_main(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    """main.py in its own process group, so that the test can kill everything it started."""
+    return subprocess.Popen([sys.executable, "main.py", f"hydra.run.dir={run_dir}", *overrides], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_for_round(process: subprocess.Popen, server_round: int) -> str:
+    seen = ""
+    for line in process.stdout:
+        seen += line
+        if line.startswith(f"round {server_round:>3}/"):
+            return seen
+    raise AssertionError(f"main.py ended before round {server_round}:\n{seen[-3000:]}")
+
+
+def group_alive(pgid: int) -> bool:
+    return subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_run_stops_within_seconds_recorded_and_resumable(imdb_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    process = start_main(run_dir, f"data.path={imdb_dir}", *SMALL, "num_rounds=40")
+    try:
+        wait_for_round(process, 2)
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=60)
+        stopped_in = time.monotonic() - started
+        deadline = time.monotonic() + 20
+        while group_alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not group_alive(process.pid), "Ray or Flower processes outlived main.py"
+    finally:
+        if group_alive(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130 and stopped_in < 30
+    assert "Traceback" not in rest and rest.strip().splitlines()[-1].startswith("interrupted by SIGINT; resume with:")
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["rounds_completed"] >= 2 and info["final_central_accuracy"]
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_is_reported_dead_and_resumes_to_an_uninterrupted_runs_numbers(imdb_dir, tmp_path):
+    overrides = [f"data.path={imdb_dir}", *SMALL, "num_rounds=4", "strategy=fedadam"]
+    assert run_main(tmp_path / "whole", *overrides).returncode == 0
+    cut = tmp_path / "cut"
+    process = start_main(cut, *overrides)
+    try:
+        wait_for_round(process, 2)
+        process.kill()  # the driver alone, as a crash or an OOM kill would
+        process.wait()
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # then what it had started (Ray), by the test's own hand
+    assert load(cut).info["status"] == "dead"
+
+    result = subprocess.run([sys.executable, "main.py", f"resume={cut}"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("rounds.csv", "clients.csv", "layers.csv"):
+        timing = ["round_time_s", "fit_time_s", "driver_rss_mb", "driver_shared_mb"]
+        resumed, whole = (pd.read_csv(d / name).drop(columns=timing, errors="ignore") for d in (cut, tmp_path / "whole"))
+        pd.testing.assert_frame_equal(resumed, whole, check_exact=True)
+    info = json.loads((cut / "run.json").read_text())
+    assert info["status"] == "completed" and info["resumed"][0]["from_round"] >= 2

@@ -123,3 +123,17 @@ def test_disk_check_refuses_a_run_that_would_not_fit(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="archive.mode"):
         check_disk(tmp_path, needed)
 
+
+
+def test_disk_check_counts_the_final_model_and_the_checkpoint_without_an_archive(tmp_path, monkeypatch):
+    from conftest import make_cfg
+    from fedsim.experiment import check_space
+
+    weights = [np.zeros((1000, 100), np.float32)]  # 400 kB: the model; the checkpoint up to 4x, twice while replaced
+    for free, refused in ((9 * 400_000 - 1, True), (9 * 400_000, False)):
+        monkeypatch.setattr("shutil.disk_usage", lambda path: type("Usage", (), {"free": free})())
+        if refused:
+            with pytest.raises(ConfigError, match="checkpoint, final model"):
+                check_space(make_cfg("archive.mode=none"), tmp_path, ["w"], weights)
+        else:
+            check_space(make_cfg("archive.mode=none"), tmp_path, ["w"], weights)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from flwr.app import Context, RecordDict
+from hydra.utils import instantiate
 
 import fedsim.client_app
 import fedsim.server_app
@@ -18,6 +19,7 @@ from fedsim.client import client_fn
 from fedsim.client_app import make_client_app
 from fedsim.errors import ConfigError, RunFailed
 from fedsim.experiment import run_experiment
+from fedsim.faults import Faults
 from fedsim.outputs import CLIENTS_COLUMNS, ROUNDS_COLUMNS
 from fedsim.participation import Participants, choose
 from fedsim.resume import resumed_config
@@ -232,3 +234,30 @@ def test_resume_refuses_other_keys_and_a_completed_run(generated_imdb, tmp_path)
     assert (tmp_path / "run.json").read_text() == before
     extended = resumed_config(make_cfg(f"resume={tmp_path}", "num_rounds=3"), [f"resume={tmp_path}", "num_rounds=3"])
     assert extended.num_rounds == 3 and extended.seed == 0
+
+
+def test_dropout_and_stragglers_come_from_the_seed_and_are_recorded(generated_imdb, tmp_path):
+    overrides = [f"data.path={generated_imdb}", *SMALL, "num_rounds=3", "archive.mode=none", "faults=stragglers",
+                 "faults.dropout=0.3", "faults.stragglers=0.5", "faults.round_timeout_s=0.15",
+                 "faults.examples_per_s=2000", "faults.max_failure_rate=1"]
+    for name in ("a", "b"):
+        run_locally(make_cfg(*overrides), tmp_path / name, node_seed=ord(name))
+    a, b = read(tmp_path / "a", "clients.csv"), read(tmp_path / "b", "clients.csv")
+    pd.testing.assert_frame_equal(a.drop(columns="fit_time_s"), b.drop(columns="fit_time_s"), check_exact=True)
+
+    cfg = make_cfg(*overrides)
+    faults: Faults = instantiate(cfg.faults)
+    slow = faults.slow_devices(cfg.seed, cfg.num_clients)
+    for server_round, rows in a.groupby("round"):
+        dropped = faults.dropped(cfg.seed, server_round, list(range(cfg.num_clients)))
+        assert sorted(rows[rows.status == "dropped"].client_id) == dropped
+        late, ok = rows[rows.status == "late"], rows[rows.status == "ok"]
+        assert (late.sim_time_s > 0.15).all() and (ok.sim_time_s <= 0.15).all()
+        assert set(late.client_id) <= slow  # only slow devices miss this timeout
+    assert set(a.status) == {"ok", "dropped", "late"}  # the draws above exercise every outcome
+    rounds = read(tmp_path / "a", "rounds.csv").iloc[1:]
+    counts = a.groupby("round").status.value_counts().unstack(fill_value=0)
+    assert rounds.num_dropped.tolist() == counts["dropped"].tolist()
+    assert rounds.num_late.tolist() == counts["late"].tolist() and (rounds.num_failures == 0).all()
+    assert rounds.num_fit_clients.tolist() == counts["ok"].tolist()
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["status"] == "completed"  # simulated, not failed
