@@ -223,4 +223,4 @@ def test_kill_9_mid_run_is_reported_dead_and_resumes_to_an_uninterrupted_runs_nu
         resumed, whole = (pd.read_csv(d / name).drop(columns=timing, errors="ignore") for d in (cut, tmp_path / "whole"))
         pd.testing.assert_frame_equal(resumed, whole, check_exact=True)
     info = json.loads((cut / "run.json").read_text())
-    assert info["status"] == "completed" and info["resumed"][0]["from_round"] >= 2
+    assert info["status"] == "completed" and info["resumed"][0]["from_round"] >= 1  # the checkpoint before the kill
