@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -125,7 +126,19 @@ def _read_aclimdb(root: Path) -> dict[str, Split]:
     return splits
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether huggingface.co answers at all; if not, loaders go offline at once (their cache only)
+    instead of retrying for half a minute with a warning per try."""
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _read_hub(dataset_id: str) -> dict[str, Split]:
+    if not hub_reachable():
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
     from datasets import load_dataset
 
     try:

@@ -33,7 +33,7 @@ from fedsim.callbacks import (
 )
 from fedsim.checks import fit_clients_per_round
 from fedsim.checkpoint import Checkpoint, Checkpointer, output_key, restore_strategy
-from fedsim.data import Loader, load_test, prepare_data
+from fedsim.data import Loader, hub_reachable, load_test, prepare_data
 from fedsim.errors import ConfigError
 from fedsim.interrupts import Interrupted
 from fedsim.liveness import HEARTBEAT_S
@@ -147,16 +147,18 @@ class RunInfo:
 
 def load_model(cfg: DictConfig) -> torch.nn.Module:
     """The seeded initial model; a model that cannot be loaded is bad input, named by its key."""
+    name = cfg.model.get("name")
+    if name is not None and not Path(os.path.expanduser(str(name))).exists() and not hub_reachable():
+        os.environ["HF_HUB_OFFLINE"] = "1"  # the local cache only: no half minute of retries
     try:
         return instantiate(cfg.model.net)
     except Exception as exc:
         cause = exc.__cause__ or exc
         message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        name = cfg.model.get("name")
         where = "no such directory" if str(name).startswith(("/", ".", "~")) and not Path(
             os.path.expanduser(str(name))).exists() else message
-        raise ConfigError("model.name", f"cannot load {name!r}: {where}; allowed: a local model directory, or "
-                          "a Hugging Face Hub id while the Hub is reachable") from None
+        raise ConfigError("model.name", f"cannot load {name!r}: {where}; allowed: a local model directory "
+                          "(model.name=/path/to/checkpoint), or a Hub id that is cached or reachable") from None
 
 
 class Session:

@@ -141,12 +141,17 @@ def defective_imdb(root: Path, defect: str) -> Path:
      "no such directory"),
     ("more CPUs per client than the machine has", ["resources.num_cpus=4096"], "resources.num_cpus",
      "Ray would wait forever"),
+    ("a Hub dataset with the Hub out of reach", ["data.path=stanfordnlp/imdb-not-cached"], "data.path",
+     "data.path=DIR or IMDB_PATH=DIR"),
+    ("a Hub model with the Hub out of reach", ["model=hf", "model.name=someone/not-cached"], "model.name",
+     "model.name=/path/to/checkpoint"),
 ])
 def test_bad_input_battery(case, overrides, key, says, tmp_path):
     defect = next((o.split("=")[1] for o in overrides if o.startswith("DEFECT=")), None)
     data = defective_imdb(tmp_path / "data", defect)
     overrides = [o for o in overrides if not o.startswith("DEFECT=")]
-    result = run_main(tmp_path / "run", f"data.path={data}", *overrides, "data.train_size=200", "data.test_size=50")
+    given = [] if any(o.startswith("data.path=") for o in overrides) else [f"data.path={data}"]
+    result = run_main(tmp_path / "run", *given, *overrides, "data.train_size=200", "data.test_size=50")
     assert result.returncode == 2, case
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {key}:") and says in lines[0], (case, result.stderr)
