@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import ROOT, make_reviews
+from conftest import ROOT, make_cfg, make_reviews
+from fedsim.errors import ConfigError
+from fedsim.experiment import run_experiment
 from fedsim.outputs import CLIENTS_COLUMNS, ROUNDS_COLUMNS
 from fedsim.results import load
 
@@ -147,15 +149,21 @@ def defective_imdb(root: Path, defect: str) -> Path:
      "model.name=/path/to/checkpoint"),
 ])
 def test_bad_input_battery(case, overrides, key, says, tmp_path):
+    """Each is a ConfigError (main.py's one line and exit 2, tested above) raised before the federation starts."""
     defect = next((o.split("=")[1] for o in overrides if o.startswith("DEFECT=")), None)
     data = defective_imdb(tmp_path / "data", defect)
     overrides = [o for o in overrides if not o.startswith("DEFECT=")]
     given = [] if any(o.startswith("data.path=") for o in overrides) else [f"data.path={data}"]
-    result = run_main(tmp_path / "run", *given, *overrides, "data.train_size=200", "data.test_size=50")
-    assert result.returncode == 2, case
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {key}:") and says in lines[0], (case, result.stderr)
-    assert not (tmp_path / "run" / "rounds.csv").exists()  # refused before the outputs opened and Ray started
+    cfg = make_cfg(*given, *overrides, "data.train_size=200", "data.test_size=50")
+
+    def federate(session) -> None:
+        pytest.fail(f"{case}: reached the federation")
+
+    with pytest.raises(ConfigError) as refused:
+        run_experiment(cfg, tmp_path / "run", federate=federate)
+    message = str(refused.value)
+    assert message.startswith(f"{key}:") and says in message and "\n" not in message, (case, message)
+    assert not (tmp_path / "run" / "rounds.csv").exists()
 
 
 def test_unknown_group_choice_lists_the_options(tmp_path):
@@ -186,7 +194,8 @@ def group_alive(pgid: int) -> bool:
 @pytest.mark.slow
 def test_ctrl_c_mid_run_stops_within_seconds_recorded_and_resumable(imdb_dir, tmp_path):
     run_dir = tmp_path / "run"
-    process = start_main(run_dir, f"data.path={imdb_dir}", *SMALL, "num_rounds=40")
+    process = start_main(run_dir, f"data.path={imdb_dir}", "num_clients=2", "num_rounds=40", "data.train_size=400",
+                         "data.test_size=200")
     try:
         wait_for_round(process, 2)
         started = time.monotonic()
@@ -208,7 +217,8 @@ def test_ctrl_c_mid_run_stops_within_seconds_recorded_and_resumable(imdb_dir, tm
 
 @pytest.mark.slow
 def test_kill_9_mid_run_is_reported_dead_and_resumes_to_an_uninterrupted_runs_numbers(imdb_dir, tmp_path):
-    overrides = [f"data.path={imdb_dir}", *SMALL, "num_rounds=4", "strategy=fedadam"]
+    overrides = [f"data.path={imdb_dir}", "num_clients=2", "num_rounds=4", "data.train_size=400", "data.test_size=200",
+                 "strategy=fedadam"]
     assert run_main(tmp_path / "whole", *overrides).returncode == 0
     cut = tmp_path / "cut"
     process = start_main(cut, *overrides)
