@@ -85,15 +85,15 @@ def test_scrutiny_off_skips_the_statistics_and_changes_no_metric(small_run, imdb
 def test_partial_participation_is_identical_for_the_same_seed(imdb_dir, tmp_path):
     """fraction_train=0.3 of 20 clients: the same 6 clients each round, and the same metrics, run after run."""
     overrides = [f"data.path={imdb_dir}", "num_clients=20", "strategy.fraction_train=0.3",
-                 "strategy.fraction_evaluate=0.3", "num_rounds=3", "seed=5", "data.train_size=2000",
+                 "strategy.fraction_evaluate=0.3", "num_rounds=2", "seed=5", "data.train_size=2000",
                  "data.test_size=300", "archive.mode=none"]
     for name in ("a", "b"):
         result = run_main(tmp_path / name, *overrides)
         assert result.returncode == 0, result.stderr[-2000:]
     a, b = (pd.read_csv(tmp_path / name / "clients.csv") for name in ("a", "b"))
-    assert a.groupby("round").size().tolist() == [6, 6, 6]
+    assert a.groupby("round").size().tolist() == [6, 6]
     assert a[["round", "client_id"]].equals(b[["round", "client_id"]])
-    assert a.groupby("round").client_id.apply(tuple).nunique() == 3  # a fresh choice each round
+    assert a.groupby("round").client_id.apply(tuple).nunique() == 2  # a fresh choice each round
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a" / "rounds.csv")[METRICS],
                                   pd.read_csv(tmp_path / "b" / "rounds.csv")[METRICS], check_exact=True)
     pd.testing.assert_frame_equal(a.drop(columns="fit_time_s"), b.drop(columns="fit_time_s"), check_exact=True)
@@ -216,14 +216,12 @@ def test_ctrl_c_mid_run_stops_within_seconds_recorded_and_resumable(imdb_dir, tm
 
 
 @pytest.mark.slow
-def test_kill_9_mid_run_is_reported_dead_and_resumes_to_an_uninterrupted_runs_numbers(imdb_dir, tmp_path):
-    overrides = [f"data.path={imdb_dir}", "num_clients=2", "num_rounds=4", "data.train_size=400", "data.test_size=200",
-                 "strategy=fedadam"]
-    assert run_main(tmp_path / "whole", *overrides).returncode == 0
+def test_kill_9_mid_run_is_reported_dead_and_resumes_to_an_uninterrupted_runs_numbers(small_run, imdb_dir, tmp_path):
+    """small_run is the uninterrupted run of the same config (FedAdam's state: tests/test_server_app.py)."""
     cut = tmp_path / "cut"
-    process = start_main(cut, *overrides)
+    process = start_main(cut, f"data.path={imdb_dir}", *SMALL)
     try:
-        wait_for_round(process, 2)
+        wait_for_round(process, 1)
         process.kill()  # the driver alone, as a crash or an OOM kill would
         process.wait()
     finally:
@@ -235,7 +233,7 @@ def test_kill_9_mid_run_is_reported_dead_and_resumes_to_an_uninterrupted_runs_nu
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ("rounds.csv", "clients.csv", "layers.csv"):
         timing = ["round_time_s", "fit_time_s", "driver_rss_mb", "driver_shared_mb"]
-        resumed, whole = (pd.read_csv(d / name).drop(columns=timing, errors="ignore") for d in (cut, tmp_path / "whole"))
+        resumed, whole = (pd.read_csv(d / name).drop(columns=timing, errors="ignore") for d in (cut, small_run))
         pd.testing.assert_frame_equal(resumed, whole, check_exact=True)
     info = json.loads((cut / "run.json").read_text())
-    assert info["status"] == "completed" and info["resumed"][0]["from_round"] >= 1  # the checkpoint before the kill
+    assert info["status"] == "completed" and info["resumed"][0]["from_round"] >= 0  # the checkpoint before the kill
