@@ -1,7 +1,7 @@
 """One federated run: `python main.py num_clients=10 strategy=fedprox ...` (keys: README, conf/)."""
 
-import logging
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -28,7 +28,8 @@ def main(cfg: DictConfig) -> float | None:
         print(f"{exc}; resume with: python main.py resume={run_dir}", file=sys.stderr)
         leave(exc.exit_code)
     except Exception as exc:  # recorded in run.json; the traceback goes to main.log, one line here
-        logging.getLogger(__name__).exception("run failed")
+        with open(run_dir / "main.log", "a") as log:
+            traceback.print_exc(file=log)
         print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__} "
               f"(run.json and main.log in {run_dir})", file=sys.stderr)
         leave(1)

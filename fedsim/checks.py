@@ -66,10 +66,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def _cuda_available() -> bool:
+def _gpu_count() -> int:
     import torch
 
-    return torch.cuda.is_available()
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _select(cfg: DictConfig, key: str) -> tuple[bool, Any]:
@@ -87,9 +87,11 @@ def validate(cfg: DictConfig) -> None:
         present, value = _select(cfg, key)
         if present and not test(value):
             raise ConfigError(key, f"got {value!r}; allowed: {allowed}")
-    if "resources" in cfg and cfg.resources.num_gpus > 0 and not _cuda_available():
-        raise ConfigError("resources.num_gpus", f"got {cfg.resources.num_gpus}, but no CUDA GPU is visible here "
-                          "(Ray would wait for one forever); allowed: 0 on this machine")
+    if "resources" in cfg and cfg.resources.num_gpus > _gpu_count():
+        gpus = _gpu_count()
+        raise ConfigError("resources.num_gpus", f"got {cfg.resources.num_gpus}, but {gpus or 'no'} CUDA GPU"
+                          f"{'' if gpus == 1 else 's'} {'is' if gpus == 1 else 'are'} visible here (Ray would wait "
+                          f"forever to place a client); allowed: at most {gpus} on this machine")
     if "resources" in cfg and cfg.resources.num_cpus > (os.cpu_count() or 1):
         raise ConfigError("resources.num_cpus", f"{cfg.resources.num_cpus} per client, but this machine has "
                           f"{os.cpu_count()} CPUs (Ray would wait forever to place a client); allowed: at most "

@@ -36,8 +36,8 @@ def with_run_config(run_config: Mapping[str, Any]):
 
 
 def error_line(exc: BaseException) -> str:
-    """An exception's last traceback line, `Type: message`."""
-    return traceback.format_exception_only(type(exc), exc)[-1].strip()
+    """An exception as its traceback's last line, `Type: message` (a message's first line only)."""
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[0]
 
 
 def replies_errors(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:

@@ -18,15 +18,18 @@ def test_fractional_gpu_share_reaches_flowers_ray_backend():
 
 
 def test_gpu_share_without_a_gpu_is_refused_before_ray_starts(monkeypatch):
-    monkeypatch.setattr("fedsim.checks._cuda_available", lambda: False)
-    with pytest.raises(ConfigError, match=r"^resources.num_gpus: got 0.5, but no CUDA GPU"):
+    monkeypatch.setattr("fedsim.checks._gpu_count", lambda: 0)
+    with pytest.raises(ConfigError, match=r"^resources.num_gpus: got 0.5, but no CUDA GPUs are visible"):
         validate(_cfg("resources.num_gpus=0.5"))
     validate(_cfg("resources.num_gpus=0"))
 
 
-def test_gpu_share_with_a_gpu_is_accepted(monkeypatch):
-    monkeypatch.setattr("fedsim.checks._cuda_available", lambda: True)
+def test_gpu_share_with_a_gpu_is_accepted_up_to_the_machines_gpus(monkeypatch):
+    monkeypatch.setattr("fedsim.checks._gpu_count", lambda: 1)
     validate(_cfg("resources.num_gpus=0.5"))
+    validate(_cfg("resources.num_gpus=1"))
+    with pytest.raises(ConfigError, match=r"^resources.num_gpus: got 2, but 1 CUDA GPU is visible"):
+        validate(_cfg("resources.num_gpus=2"))
 
 
 def test_clients_use_cuda_only_when_asked_and_present():

@@ -237,3 +237,24 @@ def test_kill_9_mid_run_is_reported_dead_and_resumes_to_an_uninterrupted_runs_nu
         pd.testing.assert_frame_equal(resumed, whole, check_exact=True)
     info = json.loads((cut / "run.json").read_text())
     assert info["status"] == "completed" and info["resumed"][0]["from_round"] >= 0  # the checkpoint before the kill
+
+
+@pytest.mark.slow
+def test_every_client_failing_ends_the_process_with_their_error_in_one_line(imdb_dir, tmp_path):
+    """A failure inside the engine (here every client's optimizer cannot be built) ends main.py at once."""
+    process = start_main(tmp_path, f"data.path={imdb_dir}", "num_clients=2", "num_rounds=3", "data.train_size=400",
+                         "data.test_size=200", "model.optimizer._target_=no_such_module.Optimizer")
+    try:
+        output, _ = process.communicate(timeout=300)
+        deadline = time.monotonic() + 20
+        while group_alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not group_alive(process.pid), "Ray or Flower processes outlived main.py"
+    finally:
+        if group_alive(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert process.returncode == 1 and "Traceback" not in output, output[-3000:]
+    assert len(errors) == 1 and "round 1: 2 of 2 clients failed" in errors[0] and "no_such_module" in errors[0]
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["status"] == "failed" and "no_such_module" in info["error"] and info["rounds_completed"] == 0
