@@ -25,14 +25,12 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except Interrupted as exc:
-        print(f"{exc}; resume with: python main.py resume={run_dir}", file=sys.stderr)
-        leave(exc.exit_code)
+        leave(exc.exit_code, f"{exc}; resume with: python main.py resume={run_dir}")
     except Exception as exc:  # recorded in run.json; the traceback goes to main.log, one line here
         with open(run_dir / "main.log", "a") as log:
             traceback.print_exc(file=log)
-        print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__} "
-              f"(run.json and main.log in {run_dir})", file=sys.stderr)
-        leave(1)
+        leave(1, f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__} "
+                 f"(run.json and main.log in {run_dir})")
     failures = f" (degraded: {info['client_failures']} client calls failed, see clients.csv)" \
         if info["status"] == "degraded" else ""
     print(f"done{failures}: final central_accuracy {info['final_central_accuracy']:.4f} in "

@@ -43,9 +43,14 @@ def raise_on_signals() -> None:
             signal.signal(signum, _raise)
 
 
-def leave(code: int) -> None:
-    """Exit now with `code`, output flushed, without waiting for threads that would never end."""
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+def leave(code: int, message: str) -> None:
+    """Print `message` on stderr and exit now with `code`, output flushed, without waiting for threads
+    that would never end; a closed output (the parent gone) does not stop the exit."""
+    try:
+        print(message, file=sys.stderr)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+    except OSError:
+        pass
     logging.shutdown()
     os._exit(code)
