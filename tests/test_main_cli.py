@@ -191,6 +191,14 @@ def group_alive(pgid: int) -> bool:
     return subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True).returncode == 0
 
 
+def assert_group_ends(process: subprocess.Popen, within_s: float = 20) -> None:
+    """Every process main.py started (Ray, Flower) is gone soon after it exits."""
+    deadline = time.monotonic() + within_s
+    while group_alive(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not group_alive(process.pid), "Ray or Flower processes outlived main.py"
+
+
 @pytest.mark.slow
 def test_ctrl_c_mid_run_stops_within_seconds_recorded_and_resumable(imdb_dir, tmp_path):
     run_dir = tmp_path / "run"
@@ -202,10 +210,7 @@ def test_ctrl_c_mid_run_stops_within_seconds_recorded_and_resumable(imdb_dir, tm
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=60)
         stopped_in = time.monotonic() - started
-        deadline = time.monotonic() + 20
-        while group_alive(process.pid) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not group_alive(process.pid), "Ray or Flower processes outlived main.py"
+        assert_group_ends(process)
     finally:
         if group_alive(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
@@ -246,10 +251,7 @@ def test_every_client_failing_ends_the_process_with_their_error_in_one_line(imdb
                          "data.test_size=200", "model.optimizer._target_=no_such_module.Optimizer")
     try:
         output, _ = process.communicate(timeout=300)
-        deadline = time.monotonic() + 20
-        while group_alive(process.pid) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not group_alive(process.pid), "Ray or Flower processes outlived main.py"
+        assert_group_ends(process)
     finally:
         if group_alive(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
