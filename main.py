@@ -8,7 +8,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fedsim.errors import ConfigError
+from fedsim.errors import ConfigError, first_line
 from fedsim.experiment import run_experiment
 from fedsim.interrupts import Interrupted, leave
 from fedsim.launch import simulate
@@ -29,8 +29,7 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as exc:  # recorded in run.json; the traceback goes to main.log, one line here
         with open(run_dir / "main.log", "a") as log:
             traceback.print_exc(file=log)
-        leave(1, f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__} "
-                 f"(run.json and main.log in {run_dir})")
+        leave(1, f"error: {first_line(exc)} (run.json and main.log in {run_dir})")
     failures = f" (degraded: {info['client_failures']} client calls failed, see clients.csv)" \
         if info["status"] == "degraded" else ""
     print(f"done{failures}: final central_accuracy {info['final_central_accuracy']:.4f} in "

@@ -19,7 +19,7 @@ from fedsim.callbacks import Callback
 from fedsim.checks import check_strategy, validate
 from fedsim.client import ClientFn, client_fn
 from fedsim.config import flatten
-from fedsim.errors import ConfigError
+from fedsim.errors import ConfigError, first_line
 from fedsim.faults import Faults
 
 
@@ -59,6 +59,5 @@ def _instantiate(cfg: DictConfig, key: str) -> Any:
     try:
         return instantiate(cfg[key])
     except InstantiationException as exc:
-        cause = exc.__cause__ or exc
-        message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise ConfigError(key, f"{cfg[key].get('_target_')} refused its settings: {message}") from None
+        raise ConfigError(key, f"{cfg[key].get('_target_')} refused its settings: "
+                          f"{first_line(exc.__cause__ or exc)}") from None

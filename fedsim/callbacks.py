@@ -278,9 +278,7 @@ class DetectionCsv(Callback):
 
     def on_run_end(self, summary: dict[str, Any]) -> None:
         clients = pd.read_csv(self.clients_csv)
-        if "status" in clients:
-            clients = clients[clients.status == "ok"]
-        detection = detection_rows(clients.to_dict("records"))
+        detection = detection_rows(clients[clients.status == "ok"].to_dict("records"))
         if detection:  # only rounds with both malicious and honest clients are scored
             write_csv(self.path, pd.DataFrame(detection, columns=DETECTION_COLUMNS))
             summary["detection_auc"] = mean_auc(detection)

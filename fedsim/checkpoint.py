@@ -27,28 +27,35 @@ from fedsim.record import RoundRecord
 FORMAT = 1
 
 
-def _kind(value: Any) -> str | None:
-    """How a strategy attribute holds arrays, or None if it holds none."""
+def _as_items(value: Any) -> tuple[str, dict[str, np.ndarray]] | None:
+    """(how the attribute holds arrays, its arrays by key), or None for an attribute that holds none."""
     if isinstance(value, np.ndarray):
-        return "array"
+        return "array", {"": value}
     if isinstance(value, ArrayRecord):
-        return "record"
+        return "record", {k: a.numpy() for k, a in value.items()}
     if isinstance(value, dict) and value and all(isinstance(v, np.ndarray) for v in value.values()):
-        return "dict"
+        return "dict", value
     if isinstance(value, list) and value and all(isinstance(v, np.ndarray) for v in value):
-        return "list"
+        return "list", {str(i): v for i, v in enumerate(value)}
     return None
+
+
+def _from_items(kind: str, items: dict[str, np.ndarray]) -> Any:
+    if kind == "array":
+        return items[""]
+    if kind == "record":
+        return ArrayRecord({k: Array(v) for k, v in items.items()})
+    return list(items.values()) if kind == "list" else items
 
 
 def strategy_state(strategy: object) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     """The strategy's array-valued attributes as flat tensors, and how to rebuild each attribute."""
     tensors, layout = {}, {}
     for attr, value in vars(strategy).items():
-        kind = _kind(value)
-        if kind is None:
+        held = _as_items(value)
+        if held is None:
             continue
-        items = {"array": lambda: {"": value}, "record": lambda: {k: a.numpy() for k, a in value.items()},
-                 "dict": lambda: value, "list": lambda: {str(i): v for i, v in enumerate(value)}}[kind]()
+        kind, items = held
         layout[attr] = {"kind": kind, "keys": list(items)}
         tensors.update({f"strategy/{attr}/{key}": np.ascontiguousarray(v) for key, v in items.items()})
     return tensors, layout
@@ -56,13 +63,8 @@ def strategy_state(strategy: object) -> tuple[dict[str, np.ndarray], dict[str, d
 
 def restore_strategy(strategy: object, tensors: dict[str, np.ndarray], layout: dict[str, dict]) -> None:
     for attr, spec in layout.items():
-        items = {key: tensors[f"strategy/{attr}/{key}"] for key in spec["keys"]}
-        setattr(strategy, attr, {
-            "array": lambda: items[""],
-            "record": lambda: ArrayRecord({k: Array(v) for k, v in items.items()}),
-            "dict": lambda: items,
-            "list": lambda: [items[key] for key in spec["keys"]],
-        }[spec["kind"]]())
+        setattr(strategy, attr, _from_items(spec["kind"], {key: tensors[f"strategy/{attr}/{key}"]
+                                                           for key in spec["keys"]}))
 
 
 @dataclass

@@ -142,7 +142,7 @@ _LOCK = threading.Lock()
 _STOPPING = threading.Event()
 
 
-def stop_runs(signum: int = signal.SIGINT, frame: object = None) -> None:
+def stop_runs(signum: int, frame: object) -> None:
     """Ctrl-C or SIGTERM: ask every running main.py to stop (each records itself `interrupted` and exits
     within seconds) and start no more."""
     _STOPPING.set()

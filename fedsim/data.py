@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.numpy import load_file, save_file
 
-from fedsim.errors import ConfigError
+from fedsim.errors import ConfigError, first_line
 from fedsim.features import FEATURE_TYPES, Features, cache_key
 from fedsim.outputs import write_json
 
@@ -126,26 +126,23 @@ def _read_aclimdb(root: Path) -> dict[str, Split]:
     return splits
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether huggingface.co answers at all; if not, loaders go offline at once (their cache only)
-    instead of retrying for half a minute with a warning per try."""
+def offline_unless_hub_reachable(timeout: float = 3.0) -> None:
+    """Before loading from the Hub: if huggingface.co does not answer at all, put Hugging Face's loaders
+    offline (their cache only), instead of half a minute of retries with a warning per try."""
     try:
         socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
     except OSError:
-        return False
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
 def _read_hub(dataset_id: str) -> dict[str, Split]:
-    if not hub_reachable():
-        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    offline_unless_hub_reachable()
     from datasets import load_dataset
 
     try:
         dataset = load_dataset(dataset_id)
     except Exception as exc:  # the Hub's errors vary by cause (offline, missing, gated)
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError("data.path", f"could not load '{dataset_id}' from the Hugging Face Hub ({first_line}); "
+        raise ConfigError("data.path", f"could not load '{dataset_id}' from the Hugging Face Hub ({first_line(exc)}); "
                           "allowed: a reachable Hub id, or a local copy given as data.path=DIR or IMDB_PATH=DIR "
                           "(Parquet train/test files or an aclImdb/ tree)") from None
     splits = {}
@@ -331,8 +328,7 @@ def partition_cached(partitioner_cfg: dict, labels: np.ndarray, seed: int, cache
         try:
             rows, indptr = partition_table(partitioner_cfg, labels, seed)
         except ValueError as exc:  # flwr-datasets' own message, e.g. a Dirichlet split it cannot make
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError("partition", f"{first_line} (try fewer clients, more rows, or a larger "
+            raise ConfigError("partition", f"{first_line(exc)} (try fewer clients, more rows, or a larger "
                               "partition.alpha)") from None
         save_cached(path, {"rows": rows, "indptr": indptr})
     return str(path)

@@ -11,3 +11,9 @@ class ConfigError(ValueError):
 
 class RunFailed(RuntimeError):
     """A run that cannot go on (its clients failed); its message is the run's one-line error."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one line (its first), or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -33,8 +33,8 @@ from fedsim.callbacks import (
 )
 from fedsim.checks import fit_clients_per_round
 from fedsim.checkpoint import Checkpoint, Checkpointer, output_key, restore_strategy
-from fedsim.data import Loader, hub_reachable, load_test, prepare_data
-from fedsim.errors import ConfigError
+from fedsim.data import Loader, load_test, offline_unless_hub_reachable, prepare_data
+from fedsim.errors import ConfigError, first_line
 from fedsim.interrupts import Interrupted
 from fedsim.liveness import HEARTBEAT_S
 from fedsim.memory import return_freed_buffers_to_os
@@ -102,7 +102,7 @@ class RunInfo:
             self.data = json.loads(self.path.read_text())
             self.earlier_wall_s = float(self.data.get("wall_time_s") or 0.0)
             self.data.update(status="running", finished_at=None, num_rounds=cfg.num_rounds, **alive)
-            self.data.setdefault("resumed", []).append({"at": _now(), "from_round": self.data.get("rounds_completed", 0)})
+            self.data.setdefault("resumed", []).append({"at": _now(), "from_round": None})
         else:
             self.data = self._fresh(cfg, alive)
         write_json(self.path, self.data)
@@ -133,30 +133,38 @@ class RunInfo:
             self.data.update(fields)
             write_json(self.path, self.data)
 
+    def _wall_s(self) -> float:
+        return round(self.earlier_wall_s + time.time() - self.started, 3)
+
+    def resumed_from(self, server_round: int) -> None:
+        """The checkpoint's round this invocation continues after."""
+        with self._lock:
+            self.data["resumed"][-1]["from_round"] = server_round
+            write_json(self.path, self.data)
+
     def progress(self, summary: dict[str, Any]) -> None:
         """The metrics so far and the wall time to date, after every round."""
-        self.update(**summary, wall_time_s=round(self.earlier_wall_s + time.time() - self.started, 3))
+        self.update(**summary, wall_time_s=self._wall_s())
 
     def finish(self, status: str, **fields: Any) -> None:
         with self._lock:
             self._stopped.set()
-            self.data.update(status=status, finished_at=_now(), heartbeat_at=time.time(),
-                             wall_time_s=round(self.earlier_wall_s + time.time() - self.started, 3), **fields)
+            self.data.update(status=status, finished_at=_now(), heartbeat_at=time.time(), wall_time_s=self._wall_s(),
+                             **fields)
             write_json(self.path, self.data)
 
 
 def load_model(cfg: DictConfig) -> torch.nn.Module:
     """The seeded initial model; a model that cannot be loaded is bad input, named by its key."""
-    name = cfg.model.get("name")
-    if name is not None and not Path(os.path.expanduser(str(name))).exists() and not hub_reachable():
-        os.environ["HF_HUB_OFFLINE"] = "1"  # the local cache only: no half minute of retries
+    name = cfg.model.net.get("name")  # set for nets loaded by name (a directory or a Hub id)
+    missing = name is not None and not Path(os.path.expanduser(str(name))).exists()
+    if missing:
+        offline_unless_hub_reachable()
     try:
         return instantiate(cfg.model.net)
     except Exception as exc:
-        cause = exc.__cause__ or exc
-        message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        where = "no such directory" if str(name).startswith(("/", ".", "~")) and not Path(
-            os.path.expanduser(str(name))).exists() else message
+        where = "no such directory" if missing and str(name).startswith(("/", ".", "~")) else \
+            first_line(exc.__cause__ or exc)
         raise ConfigError("model.name", f"cannot load {name!r}: {where}; allowed: a local model directory "
                           "(model.name=/path/to/checkpoint), or a Hub id that is cached or reachable") from None
 
@@ -164,7 +172,7 @@ def load_model(cfg: DictConfig) -> torch.nn.Module:
 class Session:
     """A run in progress on the server: the experiment, its model and test split, and its outputs."""
 
-    def __init__(self, experiment: Experiment, run_dir: Path, info: RunInfo | None = None) -> None:
+    def __init__(self, experiment: Experiment, run_dir: Path, info: RunInfo) -> None:
         """A resumed run (`resume` set) continues from the run directory's checkpoint, if it has one.
         `info` (run.json) gets the metrics after every round."""
         cfg = self.cfg = experiment.cfg
@@ -206,8 +214,8 @@ class Session:
 
     def open_outputs(self) -> None:
         """Start every output, after the checkpoint's round when resuming; the checkpoint writer comes last."""
-        outputs = standard_outputs(self.experiment, self.run_dir, self.names,
-                                   self.info.progress if self.info is not None else None) + self.experiment.callbacks
+        outputs = standard_outputs(self.experiment, self.run_dir, self.names, self.info.progress) + \
+            self.experiment.callbacks
         self.callbacks = outputs + [Checkpointer(self.run_dir, self.strategy, outputs)]
         saved = self.checkpoint.outputs if self.checkpoint is not None else {}
         for index, callback in enumerate(self.callbacks):
@@ -247,10 +255,6 @@ class Session:
             return float(self.experiment.faults.round_timeout_s)
         return max((u.sim_time_s for u in on_time), default=0.0)
 
-    def progress(self) -> dict[str, Any]:
-        """run.json's metrics so far (also for a run that ends early)."""
-        return next((dict(c.summary) for c in self.callbacks if isinstance(c, RunSummary)), {})
-
     def evaluate(self, weights: list[np.ndarray]) -> tuple[float, float]:
         """Central evaluation: (loss, accuracy) of `weights` on the server's test split."""
         set_weights(self.model, weights)
@@ -284,8 +288,7 @@ def standard_outputs(experiment: Experiment, run_dir: Path, names: list[str],
     if cfg.archive.mode != "none":
         writer = partial(ArchiveWriter, run_dir, names, list(cfg.archive.layers), cfg.archive.dtype,
                          cfg.archive.max_pending)
-        outputs.append(WeightArchive(lambda resume_after: writer(resume_after=resume_after),
-                                     clients=cfg.archive.mode == "all"))
+        outputs.append(WeightArchive(writer, clients=cfg.archive.mode == "all"))
     outputs += [MemoryProbe(), RoundsCsv(run_dir / "rounds.csv"), Progress(cfg.num_rounds), RunSummary(publish),
                 ClientFailures(float(cfg.faults.max_failure_rate))]
     if cfg.scrutiny:
@@ -336,7 +339,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, federate: Callable[[Session],
         # 2. The seeded initial model; the archive's size checked against the free disk.
         session = Session(experiment, run_dir, info)
         if session.checkpoint is not None:
-            info.data["resumed"][-1]["from_round"] = session.checkpoint.server_round
+            info.resumed_from(session.checkpoint.server_round)
 
         # 3. Read, subset and featurize IMDB once (cached on disk for later runs).
         session.prepare()
@@ -349,10 +352,9 @@ def run_experiment(cfg: DictConfig, run_dir: Path, federate: Callable[[Session],
         summary = session.finish()
         info.finish("degraded" if summary.get("client_failures") else "completed", **summary)
         return info.data
-    except BaseException as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        info.finish("interrupted" if isinstance(exc, Interrupted) else "failed", error=message,
-                    error_type=type(exc).__name__, **(session.progress() if session is not None else {}))
+    except BaseException as exc:  # run.json already has the metrics of every round that ended (RunSummary)
+        info.finish("interrupted" if isinstance(exc, Interrupted) else "failed", error=first_line(exc),
+                    error_type=type(exc).__name__)
         raise
     finally:
         if session is not None:

@@ -18,6 +18,7 @@ from fedsim.record import DROPPED, EVAL_FAILED, FAILED, LATE, ClientFailure, Cli
 
 if TYPE_CHECKING:
     from fedsim.experiment import Session
+    from fedsim.faults import Faults
 
 REPLY_TIMEOUT_S = 3600.0  # as Flower's Strategy.start: how long a round waits for its replies
 
@@ -36,13 +37,10 @@ def run_rounds(grid: Grid, session: Session) -> None:
 
     for server_round in range(max(1, session.first_round), cfg.num_rounds + 1):
         started = time.perf_counter()
-        # 1. Choose the round's clients; the simulated dropouts do not answer.
+        # 1. Choose the round's clients and train (the simulated dropouts do not answer): configure_train ->
+        #    send_and_receive -> aggregate_train over the replies that came in time.
         train_messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
-        chosen = participants.pick(server_round, TRAIN, len(train_messages))
-        dropped = faults.dropped(cfg.seed, server_round, chosen)
-
-        # 2. Train: send_and_receive, then aggregate_train over the replies that came in time.
-        trained = participants.exchange(grid, train_messages, [p for p in chosen if p not in dropped], REPLY_TIMEOUT_S)
+        trained, dropped = send(grid, participants, faults, cfg.seed, train_messages, server_round, TRAIN)
         # The updates are read first: some of Flower's strategies empty the replies as they aggregate.
         updates = [client_update(p, reply, session) for p, reply in trained.items() if answered(reply)]
         failures = [session.missed(p, DROPPED) for p in dropped]
@@ -54,17 +52,14 @@ def run_rounds(grid: Grid, session: Session) -> None:
         aggregated, _ = strategy.aggregate_train(server_round, [r for p, r in trained.items() if p in on_time])
         start, arrays = arrays, aggregated if aggregated is not None else arrays
 
-        # 3. Federated evaluation of the new global model on the clients' validation splits.
+        # 2. Federated evaluation of the new global model on the clients' validation splits.
         eval_messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
-        chosen = participants.pick(server_round, EVALUATE, len(eval_messages))
-        dropped = faults.dropped(cfg.seed, server_round, chosen)
-        evaluated = participants.exchange(grid, eval_messages, [p for p in chosen if p not in dropped],
-                                          REPLY_TIMEOUT_S)
+        evaluated, _ = send(grid, participants, faults, cfg.seed, eval_messages, server_round, EVALUATE)
         failures += [client_failure(p, reply, EVAL_FAILED, session) for p, reply in evaluated.items()
                      if not answered(reply)]
         fed = federated_metrics(strategy.aggregate_evaluate(server_round, with_examples(evaluated.values())))
 
-        # 4. Central evaluation on the test split, then the round's outputs.
+        # 3. Central evaluation on the test split, then the round's outputs.
         metrics = {**fed, "train_loss": train_loss(updates), "num_fit_clients": len(updates),
                    "num_failures": sum(f.is_error for f in failures),
                    "num_dropped": sum(f.status == DROPPED for f in failures),
@@ -73,6 +68,15 @@ def run_rounds(grid: Grid, session: Session) -> None:
         record = central_round(session, server_round, arrays, start, updates, metrics, started)
         record.failures = failures
         session.end_round(record)
+
+
+def send(grid: Grid, participants: Participants, faults: Faults, seed: int, messages: list[Message],
+         server_round: int, purpose: int) -> tuple[dict[int, Message | None], list[int]]:
+    """The strategy's messages to the round's chosen partitions, less the simulated dropouts: their
+    replies by partition, and the partitions that dropped out."""
+    chosen = participants.pick(server_round, purpose, len(messages))
+    dropped = faults.dropped(seed, server_round, chosen)
+    return participants.exchange(grid, messages, [p for p in chosen if p not in dropped], REPLY_TIMEOUT_S), dropped
 
 
 def answered(reply: Message | None) -> bool:
@@ -103,8 +107,8 @@ def check_enough(server_round: int, updates: list[ClientUpdate], failures: list[
     """Stop the run when fewer than min_train_nodes clients trained, with the clients' own error."""
     if len(updates) >= min_train_nodes:
         return
-    errors = Counter(f.error for f in failures)
-    error, count = errors.most_common(1)[0] if errors else ("no client was sampled", 0)
+    errors = Counter(f.error for f in failures if f.is_error)
+    error, count = errors.most_common(1)[0] if errors else ("dropped out or late (simulated faults)", 0)
     raise RunFailed(f"round {server_round}: {len(failures)} of {len(updates) + len(failures)} clients failed to "
                     f"train, fewer than strategy.min_train_nodes={min_train_nodes} answered; "
                     f"{count} with: {error}")
