@@ -9,10 +9,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from fedsim.errors import ConfigError, first_line
-from fedsim.experiment import run_experiment
 from fedsim.interrupts import Interrupted, leave
-from fedsim.launch import simulate
 from fedsim.resume import resumed_config
+from fedsim.runtimes import runtime_of
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -20,7 +19,8 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        info = run_experiment(resumed_config(cfg, hydra_cfg.overrides.task), run_dir, federate=simulate)
+        cfg = resumed_config(cfg, hydra_cfg.overrides.task)
+        info = runtime_of(cfg).run(cfg, run_dir)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

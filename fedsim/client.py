@@ -18,7 +18,7 @@ from torch import nn
 
 from fedsim.attacks import Attack, malicious_of
 from fedsim.config import config_from, config_key
-from fedsim.data import Loader, PreparedData, load_data, load_prepared
+from fedsim.data import Loader, PreparedData, load_data, load_node_data, load_prepared
 from fedsim.models import get_weights, set_weights
 from fedsim.train import evaluate, train
 
@@ -29,8 +29,11 @@ Weights = list[np.ndarray]
 class ClientSettings:
     """Everything a client needs from the run's config, as typed values (one object per process and run)."""
 
-    prepared: PreparedData
+    prepared: PreparedData | None  # None on a node that does not share the server's cache (its own data-path)
     net: DictConfig  # model.net, instantiated once per process
+    featurizer: DictConfig  # model.featurizer, for a node's own data
+    cache_dir: str
+    val_fraction: float
     optimizer: DictConfig  # model.optimizer, a partial taking (params, lr)
     local_epochs: int
     batch_size: int
@@ -47,8 +50,11 @@ class ClientSettings:
         """The settings of a run's clients; the prepared data as the server recorded it, unless given."""
         attack = instantiate(cfg.attack)
         return cls(
-            prepared=prepared or load_prepared(cfg),
+            prepared=prepared or load_prepared(cfg, missing_ok=True),
             net=cfg.model.net,
+            featurizer=cfg.model.featurizer,
+            cache_dir=str(cfg.data.cache_dir),
+            val_fraction=float(cfg.data.val_fraction),
             optimizer=cfg.model.optimizer,
             local_epochs=int(cfg.client.local_epochs),
             batch_size=int(cfg.client.batch_size),
@@ -143,11 +149,19 @@ class MaliciousClient(IMDBClient):
         return poisoned, num_examples, {**metrics, "fit-time": time.perf_counter() - start}
 
 
-def build_client(settings: ClientSettings, partition_id: int) -> IMDBClient:
-    """The client for one partition: honest, or malicious with poisoned labels and/or a poisoned update."""
+def build_client(settings: ClientSettings, partition_id: int, data_path: str | None = None) -> IMDBClient:
+    """The client for one partition (or, given `data_path`, for a node's own data): honest, or malicious
+    with poisoned labels and/or a poisoned update."""
     configure_process(settings.num_threads, settings.log_level)
     model = actor_model(settings)
-    trainloader, valloader = load_data(settings.prepared, partition_id, settings.batch_size)
+    if data_path:
+        trainloader, valloader = load_node_data(data_path, settings.featurizer, settings.cache_dir, settings.seed,
+                                                settings.val_fraction, partition_id, settings.batch_size)
+    elif settings.prepared is None:
+        raise FileNotFoundError("no prepared data for this run on this node: the server prepares it in a cache "
+                                "its nodes share, or a node names its own with --node-config data-path=DIR")
+    else:
+        trainloader, valloader = load_data(settings.prepared, partition_id, settings.batch_size)
     if partition_id not in settings.malicious:
         return IMDBClient(partition_id, model, trainloader, valloader, settings)
     attack = actor_attack(settings)
@@ -169,8 +183,10 @@ def settings_for(run_config: Mapping[str, Any]) -> ClientSettings:
 
 
 def client_fn(context: Context) -> IMDBClient:
-    """The client of the partition in `context.node_config`, for the run in `context.run_config`."""
-    return build_client(settings_for(context.run_config), int(context.node_config["partition-id"]))
+    """The client of the partition in `context.node_config`, for the run in `context.run_config`; a node
+    started with `--node-config "data-path=DIR"` trains and evaluates on its own data in DIR instead."""
+    return build_client(settings_for(context.run_config), int(context.node_config["partition-id"]),
+                        context.node_config.get("data-path"))
 
 
 ClientFn = Callable[[Context], IMDBClient]

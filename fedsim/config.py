@@ -3,8 +3,10 @@
 Two runtimes fill it. `flwr run` gives both apps the `[tool.flwr.app.config]` table of
 pyproject.toml with the user's `--run-config` changes: `overrides` (Hydra overrides, the same
 words `python main.py` takes) and `results-dir`; each app composes the same config from them.
-`python main.py` has composed its config already and hands the apps the resolved config itself,
-flattened into dotted keys as Flower flattens nested tables, with typed values.
+`python main.py` has composed its config already: in simulation it hands the apps the resolved
+config itself, flattened into dotted keys as Flower flattens nested tables, with typed values; on
+the deployment runtime its `flwr run` names the resolved config's file (`config-file`, on the disk
+every process shares) and the run directory (`run-dir`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 OVERRIDES_KEY = "overrides"
 RESULTS_KEY = "results-dir"
+CONFIG_FILE_KEY = "config-file"
+RUN_DIR_KEY = "run-dir"
 
 
 def compose(overrides: Sequence[str]) -> DictConfig:
@@ -72,5 +76,10 @@ def config_from(run_config: Mapping[str, Any]) -> DictConfig:
     key = config_key(run_config)
     if key not in _LOADED:
         _LOADED.clear()  # a process serves one run at a time
-        _LOADED[key] = compose(overrides_of(run_config)) if OVERRIDES_KEY in run_config else unflatten(run_config)
+        if run_config.get(CONFIG_FILE_KEY):
+            _LOADED[key] = OmegaConf.load(str(run_config[CONFIG_FILE_KEY]))
+        elif OVERRIDES_KEY in run_config:
+            _LOADED[key] = compose(overrides_of(run_config))
+        else:
+            _LOADED[key] = unflatten(run_config)
     return _LOADED[key]

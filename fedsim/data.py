@@ -83,19 +83,23 @@ def _check_columns(columns: list[str], where: str) -> None:
 
 
 def _read_parquet_dir(root: Path) -> dict[str, Split]:
-    import pyarrow.parquet as pq
-
     splits = {}
     for split in ("train", "test"):
         files = sorted(glob.glob(str(root / "**" / f"{split}*.parquet"), recursive=True))
         if not files:
             raise ConfigError("data.path", f"{root} has no {split}*.parquet file")
-        tables = [pq.read_table(f) for f in files]
-        _check_columns(tables[0].column_names, files[0])
-        texts = [t for table in tables for t in table.column("text").to_pylist()]
-        labels = np.concatenate([np.asarray(table.column("label").to_numpy(zero_copy_only=False)) for table in tables])
-        splits[split] = Split(texts, _labels(labels, f"{split} split of {root}"))
+        splits[split] = _read_parquet_files(files, f"{split} split of {root}")
     return splits
+
+
+def _read_parquet_files(files: list[str], where: str) -> Split:
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(f) for f in files]
+    _check_columns(tables[0].column_names, files[0])
+    texts = [t for table in tables for t in table.column("text").to_pylist()]
+    labels = np.concatenate([np.asarray(table.column("label").to_numpy(zero_copy_only=False)) for table in tables])
+    return Split(texts, _labels(labels, where))
 
 
 def _number(value: object) -> float:
@@ -277,10 +281,13 @@ def manifest_path(cfg: DictConfig) -> Path:
     return Path(os.path.expanduser(cfg.data.cache_dir)) / f"prepared-{cache_key([], np.zeros(0), settings)}.json"
 
 
-def load_prepared(cfg: DictConfig) -> PreparedData:
-    """The prepared data of this config, as the server recorded it before the first round."""
+def load_prepared(cfg: DictConfig, missing_ok: bool = False) -> PreparedData | None:
+    """The prepared data of this config, as the server recorded it before the first round (None if there
+    is none and `missing_ok`: a node that brings its own data)."""
     path = manifest_path(cfg)
     if not path.exists():
+        if missing_ok:
+            return None
         raise FileNotFoundError(f"{path}: no prepared data for this config; the server prepares it before any round")
     return PreparedData(**json.loads(path.read_text()))
 
@@ -390,6 +397,25 @@ def load_data(prepared: PreparedData, partition_id: int, batch_size: int) -> tup
     trainloader = Loader(features, train_rows, batch_size, shuffle=True, seed=prepared.seed)
     valloader = Loader(features, val_rows, 4 * batch_size, shuffle=False)
     return trainloader, valloader
+
+
+def load_node_data(path: str, featurizer_cfg: DictConfig, cache_dir: str, seed: int, val_fraction: float,
+                   partition_id: int, batch_size: int) -> tuple[Loader, Loader]:
+    """A SuperNode's own data (`--node-config data-path=DIR`): every row of the Parquet files in DIR (IMDB's
+    text and label columns), split into local train and validation as a partition is, featurized once into
+    the node's own cache."""
+    files = sorted(glob.glob(str(Path(os.path.expanduser(path)) / "**" / "*.parquet"), recursive=True))
+    if not files:
+        raise ConfigError("data-path", f"{path} holds no Parquet file on this node; allowed: a directory of "
+                          "Parquet files with 'text' and 'label' columns")
+    split = _read_parquet_files(files, path)
+    check_split(split, "node", path)
+    featurizer = instantiate(featurizer_cfg)
+    rows = np.arange(len(split.labels))
+    features = load_features(featurize_cached(split, rows, featurizer, cache_dir), featurizer.kind)
+    train_rows, val_rows = train_val_split(rows, val_fraction, seed, partition_id)
+    return (Loader(features, train_rows, batch_size, shuffle=True, seed=seed),
+            Loader(features, val_rows, 4 * batch_size, shuffle=False))
 
 
 def load_test(prepared: PreparedData, batch_size: int = 512) -> Loader:

@@ -52,7 +52,11 @@ def _versions() -> dict[str, str]:
             **{name: version(name) for name in ("flwr", "ray", "transformers")}}
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
+    """The commit of this checkout; a process running from a copy of the app without git (Flower's
+    installed app bundle) gets it from FEDSIM_GIT_COMMIT, set by the process that built the bundle."""
+    if os.environ.get("FEDSIM_GIT_COMMIT"):
+        return os.environ["FEDSIM_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                              text=True, timeout=5)
@@ -119,11 +123,11 @@ class RunInfo:
 
     def _fresh(self, cfg: DictConfig, alive: dict[str, Any]) -> dict[str, Any]:
         return {
-            "status": "running", "seed": cfg.seed, "started_at": _now(), "finished_at": None,
+            "status": "running", "runtime": cfg.runtime.name if "runtime" in cfg else "simulation", "seed": cfg.seed, "started_at": _now(), "finished_at": None,
             "wall_time_s": None, "num_clients": cfg.num_clients, "num_rounds": cfg.num_rounds,
             "model": cfg.model.name if "model" in cfg else None,
             "strategy": cfg.strategy.get("_target_") if "strategy" in cfg else None,
-            "versions": _versions(), "git_commit": _git_commit(),
+            "versions": _versions(), "git_commit": git_commit(),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
             **alive,
         }
@@ -313,6 +317,28 @@ def check_space(cfg: DictConfig, run_dir: Path, names: list[str], weights: list[
               f"about {archive / 1e9:.2f} GB expected")
         needed += archive
     check_disk(run_dir, needed)
+
+
+def preflight(cfg: DictConfig) -> None:
+    """What a run checks before its first round, for a runtime whose server starts in another process:
+    the config, the model and the data (featurized into the cache the server then reads). ConfigError on bad input."""
+    build(cfg)
+    load_model(cfg)
+    prepare_data(cfg)
+
+
+def record_stopped(run_dir: Path, cfg: DictConfig, exc: BaseException) -> None:
+    """run.json of a run whose server ran in another process and did not finish: interrupted (a signal) or
+    failed, unless the server itself recorded the failure or finished."""
+    path = run_dir / "run.json"
+    status = "interrupted" if isinstance(exc, Interrupted) else "failed"
+    if not path.exists():
+        RunInfo(run_dir, cfg).finish(status, error=first_line(exc), error_type=type(exc).__name__)
+        return
+    data = json.loads(path.read_text())
+    if data["status"] == "running" or (status == "interrupted" and data["status"] == "failed"):
+        data.update(status=status, finished_at=_now(), error=first_line(exc), error_type=type(exc).__name__)
+        write_json(path, data)
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path, federate: Callable[[Session], None], **parts: Any) -> dict:

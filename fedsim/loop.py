@@ -30,6 +30,7 @@ def run_rounds(grid: Grid, session: Session) -> None:
     """
     cfg, strategy, faults = session.cfg, session.strategy, session.experiment.faults
     participants = Participants.discover(grid, cfg.num_clients, cfg.seed)
+    federation = participants.view(grid)
     started = time.perf_counter()
     arrays = to_record(session.names, session.initial_weights())
     if session.first_round == 0:
@@ -39,7 +40,7 @@ def run_rounds(grid: Grid, session: Session) -> None:
         started = time.perf_counter()
         # 1. Choose the round's clients and train (the simulated dropouts do not answer): configure_train ->
         #    send_and_receive -> aggregate_train over the replies that came in time.
-        train_messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        train_messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), federation))
         trained, dropped = send(grid, participants, faults, cfg.seed, train_messages, server_round, TRAIN)
         # The updates are read first: some of Flower's strategies empty the replies as they aggregate.
         updates = [client_update(p, reply, session) for p, reply in trained.items() if answered(reply)]
@@ -53,7 +54,7 @@ def run_rounds(grid: Grid, session: Session) -> None:
         start, arrays = arrays, aggregated if aggregated is not None else arrays
 
         # 2. Federated evaluation of the new global model on the clients' validation splits.
-        eval_messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
+        eval_messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), federation))
         evaluated, _ = send(grid, participants, faults, cfg.seed, eval_messages, server_round, EVALUATE)
         failures += [client_failure(p, reply, EVAL_FAILED, session) for p, reply in evaluated.items()
                      if not answered(reply)]

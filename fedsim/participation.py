@@ -13,12 +13,15 @@ import time
 from typing import Iterable, Sequence
 
 import numpy as np
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import Error, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from fedsim.errors import ConfigError
 
 TRAIN, EVALUATE = 0x7A, 0xE7  # separate random streams per purpose
+POLL_S = 0.1  # how often the server pulls replies (Flower's in-memory grid's interval; its HTTP grid waits 3 s)
+ONLINE_CHECK_S = 5.0  # how often it asks which nodes are still online, while replies are missing
 
 
 def choose(seed: int, server_round: int, purpose: int, count: int, num_clients: int) -> list[int]:
@@ -52,6 +55,10 @@ class Participants:
                               "as many clients as nodes, each serving one partition 0..num_clients-1")
         return cls(served, seed)
 
+    def view(self, grid: Grid) -> FederationView:
+        """The grid as the strategies see it (see FederationView)."""
+        return FederationView(grid, list(self.partition_of))
+
     def pick(self, server_round: int, purpose: int, count: int) -> list[int]:
         """The round's `count` partitions for this purpose, in increasing order."""
         return choose(self.seed, server_round, purpose, count, len(self.node_of)) if count else []
@@ -62,10 +69,34 @@ class Participants:
         none came}, in partition order: aggregation then sums in a fixed order, so reruns match bit for bit."""
         if not partitions:
             return {}
-        replies = {self.partition_of[r.metadata.src_node_id]: r
-                   for r in grid.send_and_receive(self.address(messages[:len(partitions)], partitions),
-                                                  timeout=timeout)}
+        sent = self.address(messages[:len(partitions)], partitions)
+        waiting = {mid: (m, p) for mid, m, p in zip(grid.push_messages(sent), sent, partitions) if mid}
+        replies: dict[int, Message] = {}
+        deadline = time.monotonic() + timeout
+        next_check = time.monotonic() + ONLINE_CHECK_S
+        while waiting and time.monotonic() < deadline:
+            # By the message answered, not the sender: the SuperLink itself answers for some lost nodes.
+            for reply in grid.pull_messages(list(waiting)):
+                replies[waiting.pop(reply.metadata.reply_to_message_id)[1]] = reply
+            if waiting and time.monotonic() > next_check:
+                replies.update(self.offline(grid, waiting))
+                next_check = time.monotonic() + ONLINE_CHECK_S
+            if waiting:
+                time.sleep(POLL_S)
         return {p: replies.get(p) for p in partitions}
+
+    def offline(self, grid: Grid, waiting: dict[str, tuple[Message, int]]) -> dict[int, Message]:
+        """Error replies for the awaited messages whose node the SuperLink no longer counts online (a node
+        that died holding a message never answers it); they are removed from `waiting`."""
+        online = set(grid.get_node_ids())
+        lost = {mid: sent for mid, sent in waiting.items() if self.node_of[sent[1]] not in online}
+        for mid in lost:
+            del waiting[mid]
+        return {partition: Message(Error(code=ErrorCode.NODE_UNAVAILABLE,
+                                          reason=f"node {message.metadata.dst_node_id} is offline (no heartbeat), "
+                                                 "no reply"),
+                                   reply_to=message)
+                for message, partition in lost.values()}
 
     def address(self, messages: Iterable[Message], partitions: Sequence[int]) -> list[Message]:
         """The strategy's messages, one each, sent to the chosen partitions' nodes instead of its own sample."""
@@ -74,3 +105,19 @@ class Participants:
             raise ValueError(f"{len(messages)} messages for {len(partitions)} partitions")
         return [Message(m.content, dst_node_id=self.node_of[p], message_type=m.metadata.message_type)
                 for m, p in zip(messages, partitions)]
+
+
+class FederationView:
+    """A grid whose nodes are the whole federation, online or not: Flower's strategies size their sample
+    by it and wait until that many nodes are online, so a node lost for good would stall every later
+    round. fedsim addresses their messages itself (`Participants.address`) and records a lost node's
+    messages as failures."""
+
+    def __init__(self, grid: Grid, node_ids: list[int]) -> None:
+        self._grid, self._node_ids = grid, node_ids
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._node_ids)
+
+    def __getattr__(self, name: str):
+        return getattr(self._grid, name)

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedsim.config import RESULTS_KEY, config_from, overrides_of
+from fedsim.config import RESULTS_KEY, RUN_DIR_KEY, config_from, overrides_of
 from fedsim.errors import ConfigError
 from fedsim.experiment import Session, run_experiment
 from fedsim.loop import run_rounds
@@ -34,17 +34,24 @@ def run_dir_for(run_config: Mapping[str, Any], now: datetime | None = None) -> P
 
 
 def run_from_run_config(grid: Grid, context: Context) -> dict:
-    """`flwr run`: the run config's overrides composed as main.py would, then the run's steps on `grid`."""
-    run_dir = run_dir_for(context.run_config)
-    print(f"fedsim: run directory {run_dir}")
+    """`flwr run`: the run config's overrides composed as main.py would, then the run's steps on `grid`.
+
+    Under `python main.py runtime=deployment` (`run-dir` set), main.py names the directory and
+    reports how the run ended; here only the run's own output is printed.
+    """
+    given = str(context.run_config.get(RUN_DIR_KEY) or "")
+    run_dir = Path(given) if given else run_dir_for(context.run_config)
+    if not given:
+        print(f"fedsim: run directory {run_dir}")
     try:
         info = run_experiment(config_from(context.run_config), run_dir, federate=partial(run_rounds, grid),
                               run_config=context.run_config)
     except ConfigError as exc:
         print(f"error: {exc}")
         raise
-    print(f"done: final central_accuracy {info['final_central_accuracy']:.4f} in {info['wall_time_s']:.0f}s "
-          f"-> {run_dir}")
+    if not given:
+        print(f"done: final central_accuracy {info['final_central_accuracy']:.4f} in {info['wall_time_s']:.0f}s "
+              f"-> {run_dir}")
     return info
 
 

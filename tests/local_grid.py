@@ -34,6 +34,7 @@ class LocalGrid(Grid):
         }
         self.rng = rng
         self.sent: list[tuple[str, int]] = []
+        self.replies: dict[str, Message] = {}
 
     def set_run(self, run) -> None:
         raise NotImplementedError
@@ -49,21 +50,24 @@ class LocalGrid(Grid):
         return list(self.contexts)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        replies = []
+        """Each message answered at once, by its node's ClientApp; the replies wait for `pull_messages`."""
+        ids = []
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid4())
             context = self.contexts[message.metadata.dst_node_id]
             self.sent.append((message.metadata.message_type, int(context.node_config["partition-id"])))
             try:
-                replies.append(self.client_app(message, context))
+                self.replies[message.metadata.message_id] = self.client_app(message, context)
             except Exception as exc:  # as Flower's simulation: a failing ClientApp becomes an error reply
-                replies.append(Message(Error(code=CLIENT_APP_RAISED, reason=f"{type(exc).__name__}: {exc}"),
-                                       reply_to=message))
+                self.replies[message.metadata.message_id] = Message(
+                    Error(code=CLIENT_APP_RAISED, reason=f"{type(exc).__name__}: {exc}"), reply_to=message)
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = [self.replies.pop(mid) for mid in message_ids if mid in self.replies]
         self.rng.shuffle(replies)
         return replies
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))

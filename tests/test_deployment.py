@@ -1,0 +1,229 @@
+"""The deployment runtime: certificates, process cleanup, lost nodes, a node's own data, and
+`python main.py runtime=deployment` end to end over real processes on localhost (TLS, node authentication)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.supercore.task_identity import TaskIdentity
+
+import fedsim.participation
+from conftest import make_cfg, make_reviews
+from fedsim.certs import make_all, make_node_key
+from fedsim.client import client_fn
+from fedsim.config import flatten
+from fedsim.errors import ConfigError, RunFailed
+from fedsim.federation import LocalFederation, check_certificates
+from fedsim.participation import Participants
+from fedsim.processes import Processes, alive, descendants
+from fedsim.runtimes import Deployment
+from test_main_cli import METRICS, run_main, start_main, wait_for_round
+
+SMALL = ["num_clients=3", "num_rounds=2", "data.train_size=600", "data.test_size=200"]
+
+
+def federation_processes() -> list[int]:
+    """Processes of any federation main.py started: they all inherit FEDSIM_FEDERATION."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and b"FEDSIM_FEDERATION=" in Path(f"/proc/{entry}/environ").read_bytes() \
+                    and alive(int(entry)):
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def test_certificates_chain_to_the_ca_with_every_host_as_san_and_private_keys_private(tmp_path):
+    make_all(tmp_path, hosts=("fl.example.org", "10.0.0.7", "localhost"), num_nodes=2)
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
+    server = x509.load_pem_x509_certificate((tmp_path / "server.crt").read_bytes())
+    server.verify_directly_issued_by(ca)  # raises if the CA did not sign it
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["fl.example.org", "localhost"]
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
+    for key in ("ca.key", "server.key", "node_0", "node_1"):
+        assert stat.S_IMODE((tmp_path / key).stat().st_mode) == 0o600
+    private = load_ssh_private_key((tmp_path / "node_1").read_bytes(), None)
+    public = load_ssh_public_key((tmp_path / "node_1.pub").read_bytes())
+    assert isinstance(private, ec.EllipticCurvePrivateKey) and private.public_key() == public  # what Flower reads
+
+
+def test_a_certificates_folder_that_lacks_files_is_one_line(tmp_path):
+    make_all(tmp_path, num_nodes=1)
+    with pytest.raises(ConfigError, match=r"^runtime.certificates: .* lacks node_1, node_2; allowed: "):
+        check_certificates(tmp_path, 3, node_auth=True)
+    check_certificates(tmp_path, 3, node_auth=False)
+
+
+def test_a_busy_port_is_one_line_before_anything_starts(imdb_dir, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = make_cfg(f"data.path={imdb_dir}", *SMALL, "runtime=deployment", f"runtime.port={port}")
+        with pytest.raises(ConfigError, match=rf"^runtime.port: 127.0.0.1:{port} is already in use .*; allowed: "):
+            Deployment(port=port).run(cfg, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "run" / "logs").exists()  # no process was started
+
+
+def test_stopping_a_child_stops_what_it_detached_too(tmp_path):
+    """Flower's SuperLink starts its SuperExec in a session of its own: a group kill alone misses it."""
+    processes = Processes()
+    script = "import subprocess, time; subprocess.Popen(['sleep', '300'], start_new_session=True); time.sleep(300)"
+    child = processes.start("parent", [sys.executable, "-c", script], log=tmp_path / "log", env=os.environ)
+    deadline = time.monotonic() + 10
+    while not descendants(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [detached] = descendants(child.pid)
+    assert os.getpgid(detached) != child.pid  # out of the group's reach
+    processes.stop_all()
+    assert not alive(child.pid) and not alive(detached) and processes.left() == []
+
+
+class SilentGrid:
+    """A grid whose node `lost` took its message and died: no reply ever comes, and it drops offline."""
+
+    def __init__(self, nodes: list[int], lost: int) -> None:
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID  # as a ServerApp's
+        self.nodes, self.lost, self.pending = nodes, lost, []
+
+    def push_messages(self, messages):
+        for i, message in enumerate(messages):
+            message.metadata.__dict__["_message_id"] = f"m{i}"
+        self.pending = list(messages)
+        return [m.metadata.message_id for m in messages]
+
+    def pull_messages(self, message_ids):
+        replies = [Message(RecordDict(), reply_to=m) for m in self.pending
+                   if m.metadata.dst_node_id != self.lost and m.metadata.message_id in message_ids]
+        self.pending = [m for m in self.pending if m.metadata.dst_node_id == self.lost]
+        return replies
+
+    def get_node_ids(self):
+        return [n for n in self.nodes if n != self.lost]
+
+
+def test_a_node_that_dies_holding_a_message_becomes_an_error_reply_not_a_hang(monkeypatch):
+    monkeypatch.setattr(fedsim.participation, "ONLINE_CHECK_S", 0.0)
+    participants = Participants({0: 11, 1: 22, 2: 33}, seed=0)
+    grid = SilentGrid([11, 22, 33], lost=33)
+    messages = [Message(RecordDict(), dst_node_id=0, message_type=MessageType.TRAIN) for _ in range(3)]
+    started = time.monotonic()
+    replies = participants.exchange(grid, messages, [0, 1, 2], timeout=60)
+    assert time.monotonic() - started < 5
+    assert not replies[0].has_error() and not replies[1].has_error()
+    assert replies[2].error.code == ErrorCode.NODE_UNAVAILABLE and "node 33 is offline" in replies[2].error.reason
+
+
+def test_a_node_with_its_own_data_path_trains_and_evaluates_on_it(imdb_dir, tmp_path):
+    own = tmp_path / "node-data"
+    own.mkdir()
+    make_reviews(50, 7).to_parquet(own / "mine.parquet")
+    cfg = make_cfg(f"data.path={imdb_dir}", "num_clients=3", "data.train_size=300", "data.test_size=100",
+                   f"data.cache_dir={tmp_path / 'node-cache'}")  # nothing prepared here: the node's own cache only
+    context = Context(run_id=1, node_id=5, state=RecordDict(), run_config=flatten(cfg),
+                      node_config={"partition-id": 1, "num-partitions": 3, "data-path": str(own)})
+    client = client_fn(context)
+    assert (client.trainloader.num_examples, client.valloader.num_examples) == (40, 10)
+    weights = [p.detach().numpy().copy() for p in client.model.parameters()]
+    _, num_examples, metrics = client.fit(weights, {"server-round": 1})
+    assert num_examples == 40 and np.isfinite(metrics["train-loss"])
+    context.node_config.pop("data-path")
+    with pytest.raises(FileNotFoundError, match="no prepared data for this run on this node"):
+        client_fn(context)
+
+
+@pytest.fixture
+def no_federation_left():
+    assert federation_processes() == [], "a federation's processes were running before the test"
+    yield
+    deadline = time.monotonic() + 15
+    while federation_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert federation_processes() == [], "processes of the federation outlived it"
+
+
+@pytest.mark.slow
+def test_deployment_on_localhost_equals_the_simulation(imdb_dir, tmp_path, no_federation_left):
+    """TLS and node authentication on, 3 SuperNodes, 2 rounds. The clients compute the same thing from the
+    same seeds in other processes, and the server aggregates replies in partition order: the numbers are equal."""
+    overrides = [f"data.path={imdb_dir}", *SMALL, "archive.mode=all"]
+    deployed, simulated = tmp_path / "deployed", tmp_path / "simulated"
+    result = run_main(deployed, *overrides, "runtime=deployment")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "round   2/2" in result.stdout and "done: final central_accuracy" in result.stdout
+    assert "Starting logstream" not in result.stdout  # Flower's own log lines stay in logs/flwr-run.log
+    info = json.loads((deployed / "run.json").read_text())
+    assert info["status"] == "completed" and info["runtime"] == "deployment"
+    superlink = (deployed / "logs" / "superlink.log").read_text()
+    assert "Uvicorn running on https://" in superlink  # TLS
+    assert "RegisterNode" in superlink  # node authentication: every node's key registered first
+    pids = json.loads((deployed / "logs" / "processes.json").read_text())
+    assert set(pids) == {"superlink", "supernode_0", "supernode_1", "supernode_2", "flwr run"}
+    assert not any(alive(pid) for pid in pids.values())
+
+    assert run_main(simulated, *overrides).returncode == 0
+    for name in ("rounds.csv", "clients.csv"):
+        a, b = (pd.read_csv(d / name) for d in (deployed, simulated))
+        columns = [c for c in a.columns if c in METRICS or c in ("round", "client_id", "num_examples", "update_norm",
+                                                                 "cosine_to_mean", "status")]
+        pd.testing.assert_frame_equal(a[columns], b[columns], check_exact=True)
+    manifest = pd.read_csv(deployed / "weights" / "manifest.csv")
+    assert len(manifest) == len(pd.read_csv(simulated / "weights" / "manifest.csv"))
+
+
+@pytest.mark.slow
+def test_a_supernode_killed_in_round_2_is_recorded_and_the_run_goes_on(imdb_dir, tmp_path, no_federation_left):
+    run_dir = tmp_path / "run"
+    process = start_main(run_dir, f"data.path={imdb_dir}", *SMALL, "scrutiny=false", "runtime=deployment")
+    try:
+        wait_for_round(process, 1)
+        victim = json.loads((run_dir / "logs" / "processes.json").read_text())["supernode_2"]
+        os.killpg(victim, signal.SIGKILL)  # the SuperNode, its SuperExec and ClientApp: a machine gone
+        out, _ = process.communicate(timeout=400)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, out[-3000:]
+    assert "done (degraded: " in out
+    clients = pd.read_csv(run_dir / "clients.csv")
+    lost = clients[(clients["round"] == 2) & (clients["client_id"] == 2)]
+    assert list(lost["status"]) == ["failed", "eval_failed"]  # its training call, then its evaluation call
+    assert all("is offline (no heartbeat)" in error for error in lost["error"])
+    assert set(clients[(clients["round"] == 2) & (clients["status"] == "ok")]["client_id"]) == {0, 1}
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "degraded"
+
+
+@pytest.mark.slow
+def test_supernodes_with_an_untrusted_ca_or_an_unregistered_key_are_refused(tmp_path, no_federation_left):
+    other_ca = tmp_path / "other"
+    make_all(other_ca)
+    federation = LocalFederation(1, tmp_path / "logs", startup_timeout_s=60)
+    with federation:
+        certs = federation.work / "certs"
+        wrong_ca = federation.start_supernode(0, other_ca / "ca.crt", certs / "node_0", name="wrong_ca")
+        make_node_key(tmp_path, "stranger")  # a key the SuperLink was never told of
+        unregistered = federation.start_supernode(0, certs / "ca.crt", tmp_path / "stranger", name="unregistered")
+        for node, hint, says in ((wrong_ca, "does not trust the SuperLink's certificate", "CERTIFICATE_VERIFY_FAILED"),
+                                 (unregistered, "does not know the node's public key", "Failed to activate SuperNode")):
+            with pytest.raises(RunFailed, match=rf"^{node.name} was refused: .*{hint}.*{says}"):
+                federation.wait_joined([node])
+            assert says in node.log.read_text()
