@@ -93,8 +93,8 @@ class Participants:
         for mid in lost:
             del waiting[mid]
         return {partition: Message(Error(code=ErrorCode.NODE_UNAVAILABLE,
-                                          reason=f"node {message.metadata.dst_node_id} is offline (no heartbeat), "
-                                                 "no reply"),
+                                          reason=f"node {message.metadata.dst_node_id} is offline: it missed its "
+                                                 "heartbeats, no reply"),
                                    reply_to=message)
                 for message, partition in lost.values()}
 
