@@ -5,51 +5,28 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from conftest import ROOT
+from fedsim.federation import flower_command, free_port
+from fedsim.processes import group_alive
 from test_main_cli import METRICS, run_main
 
 pytestmark = pytest.mark.slow
 
-
-def flower_command(name: str) -> str:
-    """Flower's console script installed beside this Python (else the one on PATH)."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else shutil.which(name) or name
-
-
 SMALL = ["num_clients=3", "num_rounds=2", "data.train_size=600", "data.test_size=200", "archive.mode=all"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 @pytest.fixture
 def superlink(tmp_path):
     """A SuperLink (simulation runtime) on free local ports; yields the environment for `flwr`."""
-    home, port = tmp_path / "flwr-home", free_port()
+    home, port = tmp_path / "flwr-home", free_port('127.0.0.1')
     home.mkdir()
     (home / "config.toml").write_text(f'[superlink]\ndefault = "fedsim-test"\n\n[superlink.fedsim-test]\n'
                                       f'address = "127.0.0.1:{port}"\ninsecure = true\n')
@@ -60,7 +37,7 @@ def superlink(tmp_path):
     # stream polling it beside the run failed with "cannot commit transaction - SQL statements in progress".
     process = subprocess.Popen(
         [flower_command("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
-         "--host", "127.0.0.1", "--port", str(port), "--fleet-api-address", f"127.0.0.1:{free_port()}",
+         "--host", "127.0.0.1", "--port", str(port), "--fleet-api-address", f"127.0.0.1:{free_port('127.0.0.1')}",
          "--database", str(tmp_path / "state.db"), "--disable-runtime-dependency-installation"],
         cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
