@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +60,22 @@ def isolated_cache(tmp_path_factory) -> Path:
 def make_cfg(*overrides: str) -> DictConfig:
     """The project's config with overrides, composed as `main.py` would."""
     return compose(overrides)
+
+
+SMALL = ["num_clients=3", "num_rounds=2", "data.train_size=1500", "data.test_size=500", "client.local_epochs=3"]
+METRICS = ["central_loss", "central_accuracy", "fed_loss", "fed_accuracy", "train_loss"]
+
+
+def run_main(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "main.py", f"hydra.run.dir={run_dir}", *overrides],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def small_run(imdb_dir, tmp_path_factory) -> Path:
+    """`python main.py` (simulation) of SMALL, once per session: the reference other runs of it must equal."""
+    run_dir = tmp_path_factory.mktemp("run")
+    result = run_main(run_dir, f"data.path={imdb_dir}", *SMALL)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("round ") >= 3 and "ETA" in result.stdout
+    return run_dir

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_main
 from fedsim.archive import Archive
 from fedsim.scrutiny import LAYER_COLUMNS, main as scrutiny_main
-from test_main_cli import run_main
+
 
 pytestmark = pytest.mark.slow
 

@@ -11,13 +11,12 @@ import pandas as pd
 import pytest
 from hydra.utils import instantiate
 
-from conftest import make_cfg
+from conftest import make_cfg, run_main
 from fedsim.attacks import LabelPoisoning, malicious_clients, malicious_of, num_malicious
 from fedsim.client import ClientSettings, IMDBClient, MaliciousClient, build_client
 from fedsim.data import prepare_data
 from fedsim.detection import detection_rows
 from fedsim.models import get_weights
-from test_main_cli import run_main
 
 
 def test_malicious_clients_are_round_ratio_times_n_and_depend_only_on_the_seed():

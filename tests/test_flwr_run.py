@@ -13,10 +13,9 @@ import urllib.request
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import METRICS, ROOT, run_main
 from fedsim.federation import flower_command, free_port
 from fedsim.processes import group_alive
-from test_main_cli import METRICS, run_main
 
 pytestmark = pytest.mark.slow
 
@@ -93,14 +92,3 @@ def test_flwr_run_writes_main_pys_run_directory_with_the_same_numbers(superlink,
     clients = [pd.read_csv(d / "clients.csv").drop(columns="fit_time_s") for d in (run_dir, main)]
     pd.testing.assert_frame_equal(*clients, check_exact=True)
     assert raylets() <= before  # the simulation's Ray stopped with the run
-
-
-def test_flwr_run_refuses_a_federation_of_the_wrong_size(superlink, imdb_dir, tmp_path):
-    result = subprocess.run(
-        [flower_command("flwr"), "run", ".", "--run-config", f'overrides="data.path={imdb_dir} {" ".join(SMALL)}"',
-         "--run-config", f"results-dir='{tmp_path / 'results'}'",
-         "--federation-config", "num-supernodes=4 client-resources-num-cpus=1", "--stream"],
-        cwd=ROOT, env=superlink, capture_output=True, text=True, timeout=600)
-    assert "error: num_clients: 3, but the federation's 4 nodes" in result.stdout
-    [run_json] = (tmp_path / "results" / "runs").glob("*/*/run.json")
-    assert json.loads(run_json.read_text())["status"] == "failed"

@@ -14,28 +14,12 @@ import pandas as pd
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import ROOT, make_cfg, make_reviews
+from conftest import ROOT, SMALL, make_cfg, make_reviews, run_main
 from fedsim.errors import ConfigError
 from fedsim.experiment import run_experiment
 from fedsim.outputs import CLIENTS_COLUMNS, ROUNDS_COLUMNS
 from fedsim.results import load
 
-SMALL = ["num_clients=3", "num_rounds=2", "data.train_size=1500", "data.test_size=500", "client.local_epochs=3"]
-METRICS = ["central_loss", "central_accuracy", "fed_loss", "fed_accuracy", "train_loss"]
-
-
-def run_main(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "main.py", f"hydra.run.dir={run_dir}", *overrides],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def small_run(imdb_dir, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("run")
-    result = run_main(run_dir, f"data.path={imdb_dir}", *SMALL)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count("round ") >= 3 and "ETA" in result.stdout
-    return run_dir
 
 
 @pytest.mark.slow
@@ -58,45 +42,6 @@ def test_run_writes_every_file_with_spec_columns(small_run):
     assert "num_clients: 3" in (small_run / "config.yaml").read_text()
     weights = load_file(str(small_run / "model.safetensors"))
     assert weights["embedding.weight"].shape == (262144, 16)
-
-
-@pytest.mark.slow
-def test_same_seed_gives_identical_metrics(small_run, imdb_dir, tmp_path):
-    result = run_main(tmp_path, f"data.path={imdb_dir}", *SMALL)
-    assert result.returncode == 0, result.stderr[-2000:]
-    first = pd.read_csv(small_run / "rounds.csv")[METRICS]
-    second = pd.read_csv(tmp_path / "rounds.csv")[METRICS]
-    pd.testing.assert_frame_equal(first, second, check_exact=True)
-
-
-@pytest.mark.slow
-def test_scrutiny_off_skips_the_statistics_and_changes_no_metric(small_run, imdb_dir, tmp_path):
-    result = run_main(tmp_path, f"data.path={imdb_dir}", *SMALL, "scrutiny=false")
-    assert result.returncode == 0, result.stderr[-2000:]
-    pd.testing.assert_frame_equal(pd.read_csv(small_run / "rounds.csv")[METRICS],
-                                  pd.read_csv(tmp_path / "rounds.csv")[METRICS], check_exact=True)
-    clients = pd.read_csv(tmp_path / "clients.csv")
-    assert len(clients) == 6 and clients["update_norm"].isna().all() and clients["train_loss"].notna().all()
-    assert pd.read_csv(small_run / "clients.csv")["update_norm"].notna().all()
-    assert pd.read_csv(tmp_path / "layers.csv").empty and not pd.read_csv(small_run / "layers.csv").empty
-
-
-@pytest.mark.slow
-def test_partial_participation_is_identical_for_the_same_seed(imdb_dir, tmp_path):
-    """fraction_train=0.3 of 20 clients: the same 6 clients each round, and the same metrics, run after run."""
-    overrides = [f"data.path={imdb_dir}", "num_clients=20", "strategy.fraction_train=0.3",
-                 "strategy.fraction_evaluate=0.3", "num_rounds=2", "seed=5", "data.train_size=2000",
-                 "data.test_size=300", "archive.mode=none"]
-    for name in ("a", "b"):
-        result = run_main(tmp_path / name, *overrides)
-        assert result.returncode == 0, result.stderr[-2000:]
-    a, b = (pd.read_csv(tmp_path / name / "clients.csv") for name in ("a", "b"))
-    assert a.groupby("round").size().tolist() == [6, 6]
-    assert a[["round", "client_id"]].equals(b[["round", "client_id"]])
-    assert a.groupby("round").client_id.apply(tuple).nunique() == 2  # a fresh choice each round
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a" / "rounds.csv")[METRICS],
-                                  pd.read_csv(tmp_path / "b" / "rounds.csv")[METRICS], check_exact=True)
-    pd.testing.assert_frame_equal(a.drop(columns="fit_time_s"), b.drop(columns="fit_time_s"), check_exact=True)
 
 
 @pytest.mark.parametrize("overrides, key", [

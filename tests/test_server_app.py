@@ -72,6 +72,17 @@ def test_two_rounds_write_every_output(generated_imdb, tmp_path):
     assert kinds == ["query"] * 4 + (["train"] * 4 + ["evaluate"] * 4) * 2
 
 
+def test_scrutiny_off_skips_the_statistics_and_changes_no_metric(generated_imdb, tmp_path):
+    on, off = tmp_path / "on", tmp_path / "off"
+    run_locally(make_cfg(f"data.path={generated_imdb}", *SMALL), on)
+    run_locally(make_cfg(f"data.path={generated_imdb}", *SMALL, "scrutiny=false"), off)
+    pd.testing.assert_frame_equal(read(on, "rounds.csv")[METRICS], read(off, "rounds.csv")[METRICS], check_exact=True)
+    clients = read(off, "clients.csv")
+    assert len(clients) == 8 and clients["update_norm"].isna().all() and clients["train_loss"].notna().all()
+    assert read(on, "clients.csv")["update_norm"].notna().all()
+    assert read(off, "layers.csv").empty and not read(on, "layers.csv").empty
+
+
 def test_partial_participation_is_chosen_from_seed_and_round_not_node_ids(generated_imdb, tmp_path):
     overrides = [f"data.path={generated_imdb}", "num_clients=6", "num_rounds=3", "data.train_size=600",
                  "data.test_size=100", "strategy.fraction_train=0.5", "strategy.fraction_evaluate=0.5",
