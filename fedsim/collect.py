@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from fedsim.liveness import effective_status
+from fedsim.liveness import FINISHED, effective_status
 from fedsim.outputs import CHECKPOINT, format_duration, write_csv
 
 RUNS_COLUMNS = [
@@ -37,7 +37,6 @@ RUNS_COLUMNS = [
     "wall_time_s", "run_dir", "config",
 ]
 SUMMARY_COLUMNS = ["config", "n_runs", "n_failed", "n_degraded", "mean", "std", "ci95_low", "ci95_high"]
-FINISHED = ("completed", "degraded")  # ran every round; degraded: some client calls failed
 COLLECTED = ("rounds.csv", "clients.csv", "layers.csv", "detection.csv")
 DEFAULT_CONFIG = "defaults"
 

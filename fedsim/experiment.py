@@ -123,7 +123,8 @@ class RunInfo:
 
     def _fresh(self, cfg: DictConfig, alive: dict[str, Any]) -> dict[str, Any]:
         return {
-            "status": "running", "runtime": cfg.runtime.name if "runtime" in cfg else "simulation", "seed": cfg.seed, "started_at": _now(), "finished_at": None,
+            "status": "running", "runtime": cfg.runtime.name if "runtime" in cfg else "simulation",
+            "seed": cfg.seed, "started_at": _now(), "finished_at": None,
             "wall_time_s": None, "num_clients": cfg.num_clients, "num_rounds": cfg.num_rounds,
             "model": cfg.model.name if "model" in cfg else None,
             "strategy": cfg.strategy.get("_target_") if "strategy" in cfg else None,

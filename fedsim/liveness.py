@@ -13,6 +13,7 @@ import time
 from typing import Any, Mapping
 
 HEARTBEAT_S = 10.0
+FINISHED = ("completed", "degraded")  # ran every round; degraded: some client calls failed
 STALE_AFTER_S = 6 * HEARTBEAT_S
 
 

@@ -123,7 +123,8 @@ class Processes:
 
     @staticmethod
     def _running(child: Child, tree: set[int]) -> bool:
-        return (child.process.returncode is None and group_alive(child.pid)) or any(alive(p) for p in tree - {child.pid})
+        leader = child.process.returncode is None and group_alive(child.pid)
+        return leader or any(alive(p) for p in tree - {child.pid})
 
     def stop_all(self) -> None:
         for child in reversed(self.children):

@@ -17,8 +17,7 @@ from fedsim.experiment import preflight, record_stopped, run_experiment
 from fedsim.federation import LocalFederation
 from fedsim.interrupts import raise_on_signals
 from fedsim.launch import simulate
-
-FINISHED = ("completed", "degraded")
+from fedsim.liveness import FINISHED
 
 
 def runtime_of(cfg: DictConfig) -> Simulation | Deployment:
