@@ -45,6 +45,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "strategy.num_malicious_nodes": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "strategy.num_nodes_to_select": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "strategy.proximal_mu": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "transport": (lambda v: v in ("float32", "float16", "bfloat16"), "float32, float16 or bfloat16"),
+    "runtime.node_slots": (lambda v: v is None or v == "auto" or (_is_int(v) and v >= 1),
+                           "auto, null (one simulated node per client) or an integer >= 1"),
     "archive.mode": (lambda v: v in ("all", "global", "none"), "all, global or none"),
     "archive.dtype": (lambda v: v in ("float32", "float16", "bfloat16"), "float32, float16 or bfloat16"),
     "archive.layers": (lambda v: len(v) > 0 and all(isinstance(p, str) for p in v), "a list of glob patterns"),
@@ -109,6 +112,14 @@ def fit_clients_per_round(cfg: DictConfig) -> int:
     """How many clients train per round: Flower's own formula in FedAvg.configure_train."""
     sampled = int(cfg.num_clients * cfg.strategy.get("fraction_train", 1.0))
     return min(cfg.num_clients, max(sampled, int(cfg.strategy.get("min_train_nodes", 1))))
+
+
+def evaluate_clients_per_round(cfg: DictConfig) -> int:
+    """How many clients evaluate per round: Flower's own formula in FedAvg.configure_evaluate."""
+    fraction = cfg.strategy.get("fraction_evaluate", 1.0)
+    if fraction == 0:
+        return 0
+    return min(cfg.num_clients, max(int(cfg.num_clients * fraction), int(cfg.strategy.get("min_evaluate_nodes", 1))))
 
 
 # Minimum clients per round each robust aggregator needs for f tolerated malicious clients

@@ -43,6 +43,7 @@ class ClientSettings:
     seed: int
     log_level: str
     attack: DictConfig
+    transport: str = "float32"  # the precision updates travel in (fedsim.transport)
     malicious: tuple[int, ...] = ()
 
     @classmethod
@@ -64,6 +65,7 @@ class ClientSettings:
             seed=int(cfg.seed),
             log_level=str(cfg.log_level),
             attack=cfg.attack,
+            transport=str(cfg.get("transport", "float32")),
             malicious=tuple(malicious_of(attack, int(cfg.num_clients), int(cfg.seed))),
         )
 

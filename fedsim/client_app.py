@@ -16,8 +16,9 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
-from fedsim.client import ClientFn, client_fn
-from fedsim.messages import record_views, to_record
+from fedsim.client import ClientFn, client_fn, settings_for
+from fedsim.messages import PARTITION, record_views, to_record
+from fedsim.transport import encode
 
 
 def with_run_config(run_config: Mapping[str, Any]):
@@ -33,6 +34,16 @@ def with_run_config(run_config: Mapping[str, Any]):
                                            run_config=dict(run_config)))
 
     return mod
+
+
+def partition_from_message(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """A Flower mod: a pooled simulation node serves the partition its message names (the `partition`
+    record), as if it were that partition's own node."""
+    if PARTITION not in message.content:
+        return call_next(message, context)
+    node_config = {**context.node_config, **{k: int(v) for k, v in message.content[PARTITION].items()}}
+    return call_next(message, Context(run_id=context.run_id, node_id=context.node_id, node_config=node_config,
+                                      state=context.state, run_config=context.run_config))
 
 
 def error_line(exc: BaseException) -> str:
@@ -57,7 +68,7 @@ def replies_errors(handler: Callable[[Message, Context], Message]) -> Callable[[
 
 def make_client_app(client_fn: ClientFn = client_fn, run_config: Mapping[str, Any] | None = None) -> ClientApp:
     """The ClientApp: which partition a node serves (query), local training, local evaluation."""
-    app = ClientApp(mods=[with_run_config(run_config)] if run_config is not None else None)
+    app = ClientApp(mods=[*([with_run_config(run_config)] if run_config is not None else []), partition_from_message])
 
     @app.query()
     def describe(message: Message, context: Context) -> Message:
@@ -70,6 +81,7 @@ def make_client_app(client_fn: ClientFn = client_fn, run_config: Mapping[str, An
     def train(message: Message, context: Context) -> Message:
         arrays = message.content["arrays"]
         weights, num_examples, metrics = client_fn(context).fit(record_views(arrays), message.content["config"])
+        weights = encode(weights, settings_for(context.run_config).transport)
         return Message(RecordDict({"arrays": to_record(list(arrays.keys()), weights),
                                    "metrics": MetricRecord({"num-examples": num_examples, **metrics})}),
                        reply_to=message)

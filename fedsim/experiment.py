@@ -128,6 +128,7 @@ class RunInfo:
             "wall_time_s": None, "num_clients": cfg.num_clients, "num_rounds": cfg.num_rounds,
             "model": cfg.model.name if "model" in cfg else None,
             "strategy": cfg.strategy.get("_target_") if "strategy" in cfg else None,
+            "transport": cfg.get("transport", "float32"),
             "versions": _versions(), "git_commit": git_commit(),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
             **alive,
@@ -195,6 +196,7 @@ class Session:
         self.testloader: Loader | None = None
         self.callbacks: list[Callback] = []
         self.slow = experiment.faults.slow_devices(int(cfg.seed), int(cfg.num_clients))
+        self.transport = str(cfg.get("transport", "float32"))
 
     @property
     def first_round(self) -> int:

@@ -12,6 +12,7 @@ import signal
 
 from omegaconf import DictConfig
 
+from fedsim.checks import evaluate_clients_per_round, fit_clients_per_round
 from fedsim.client_app import make_client_app
 from fedsim.experiment import Session
 from fedsim.interrupts import Interrupted, raise_on_signals
@@ -27,17 +28,32 @@ def backend_config(cfg: DictConfig) -> dict:
     }
 
 
+def node_slots(cfg: DictConfig) -> int | None:
+    """How many simulated SuperNodes serve the clients (`runtime.node_slots`), or None for one per client.
+
+    Flower's simulation engine polls its message store for every node every 0.1 s, scanning every
+    stored message, so 1,000 idle nodes cost more than the 50 that work. `auto`: as many as a round
+    sends messages at once (training or evaluation).
+    """
+    slots = cfg.runtime.get("node_slots") if "runtime" in cfg else None
+    if slots == "auto":
+        slots = max(fit_clients_per_round(cfg), evaluate_clients_per_round(cfg))
+    return None if slots is None or int(slots) >= cfg.num_clients else int(slots)
+
+
 def simulate(session: Session) -> None:
-    """Run the session's rounds in Flower's Ray-backed simulation, one SuperNode per client."""
+    """Run the session's rounds in Flower's Ray-backed simulation: one SuperNode per client, or a pool."""
     from flwr.simulation import run_simulation
 
     cfg, experiment = session.cfg, session.experiment
+    slots = node_slots(cfg)
+    session.info.update(simulated_nodes=slots or int(cfg.num_clients))
     raise_on_signals()
     try:
         run_simulation(
-            server_app=make_server_app(session),
+            server_app=make_server_app(session, slots),
             client_app=make_client_app(experiment.client_fn, experiment.run_config),
-            num_supernodes=cfg.num_clients,
+            num_supernodes=slots or cfg.num_clients,
             backend_name="ray",
             backend_config=backend_config(cfg),
             verbose_logging=cfg.log_level == "DEBUG",

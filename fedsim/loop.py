@@ -15,6 +15,7 @@ from fedsim.errors import RunFailed
 from fedsim.messages import record_views, to_record
 from fedsim.participation import EVALUATE, TRAIN, Participants
 from fedsim.record import DROPPED, EVAL_FAILED, FAILED, LATE, ClientFailure, ClientUpdate, RoundRecord
+from fedsim.transport import decode
 
 if TYPE_CHECKING:
     from fedsim.experiment import Session
@@ -23,13 +24,14 @@ if TYPE_CHECKING:
 REPLY_TIMEOUT_S = 3600.0  # as Flower's Strategy.start: how long a round waits for its replies
 
 
-def run_rounds(grid: Grid, session: Session) -> None:
+def run_rounds(grid: Grid, session: Session, slots: int | None = None) -> None:
     """Find the nodes, evaluate the initial model (round 0), then train and evaluate round after round.
 
-    A resumed session starts after its checkpoint's round, from the checkpoint's weights.
+    `slots`: the federation is a pool of that many simulated nodes, not one node per client. A resumed
+    session starts after its checkpoint's round, from the checkpoint's weights.
     """
     cfg, strategy, faults = session.cfg, session.strategy, session.experiment.faults
-    participants = Participants.discover(grid, cfg.num_clients, cfg.seed)
+    participants = Participants.discover(grid, cfg.num_clients, cfg.seed, slots)
     federation = participants.view(grid)
     started = time.perf_counter()
     arrays = to_record(session.names, session.initial_weights())
@@ -42,6 +44,7 @@ def run_rounds(grid: Grid, session: Session) -> None:
         #    send_and_receive -> aggregate_train over the replies that came in time.
         train_messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), federation))
         trained, dropped = send(grid, participants, faults, cfg.seed, train_messages, server_round, TRAIN)
+        trained = {p: in_float32(reply, session.transport) for p, reply in trained.items()}
         # The updates are read first: some of Flower's strategies empty the replies as they aggregate.
         updates = [client_update(p, reply, session) for p, reply in trained.items() if answered(reply)]
         failures = [session.missed(p, DROPPED) for p in dropped]
@@ -78,6 +81,16 @@ def send(grid: Grid, participants: Participants, faults: Faults, seed: int, mess
     chosen = participants.pick(server_round, purpose, len(messages))
     dropped = faults.dropped(seed, server_round, chosen)
     return participants.exchange(grid, messages, [p for p in chosen if p not in dropped], REPLY_TIMEOUT_S), dropped
+
+
+def in_float32(reply: Message | None, transport: str) -> Message | None:
+    """A training reply whose update travelled in float16/bfloat16, its arrays back in float32, so the
+    strategy aggregates in float32."""
+    if transport == "float32" or not answered(reply):
+        return reply
+    arrays = reply.content["arrays"]
+    reply.content["arrays"] = to_record(list(arrays.keys()), decode(record_views(arrays), transport))
+    return reply
 
 
 def answered(reply: Message | None) -> bool:

@@ -11,6 +11,7 @@ from flwr.app import Array, ArrayRecord
 from numpy.lib import format as npy
 
 NUMPY_STYPE = "numpy.ndarray"
+PARTITION = "partition"  # a message's record naming the partition it is for (pooled simulation nodes)
 
 
 def tensor_view(tensor: bytes) -> np.ndarray:

@@ -5,6 +5,10 @@ used to pick different clients from run to run. Here the server first asks every
 partition it serves; each round the strategy still decides how many nodes it wants (its
 fraction and minimum, in Flower's own formula) and what to send them, and fedsim decides which
 partitions receive those messages.
+
+A simulation may also run fewer SuperNodes than clients (`runtime.node_slots`): a pool of slots,
+each message naming the partition it is for (the `partition` record, read by the ClientApp).
+Nothing about a client lives in its node, so the results are those of one node per client.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ import time
 from typing import Iterable, Sequence
 
 import numpy as np
-from flwr.app import Error, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from fedsim.errors import ConfigError
+from fedsim.messages import PARTITION
 
 TRAIN, EVALUATE = 0x7A, 0xE7  # separate random streams per purpose
 POLL_S = 0.1  # how often the server pulls replies (Flower's in-memory grid's interval; its HTTP grid waits 3 s)
@@ -31,37 +36,46 @@ def choose(seed: int, server_round: int, purpose: int, count: int, num_clients: 
 
 
 class Participants:
-    """The federation's nodes by the partition each serves, and the run's seed that picks among them."""
+    """The federation's nodes, and the run's seed that picks partitions among them.
 
-    def __init__(self, node_of: dict[int, int], seed: int) -> None:
-        self.node_of = node_of  # partition id -> node id
-        self.partition_of = {node: partition for partition, node in node_of.items()}
+    One node per partition (`node_of`: partition -> node), or a pool of slots (`node_of`: slot ->
+    node) that serve whichever partition a message names.
+    """
+
+    def __init__(self, node_of: dict[int, int], seed: int, num_clients: int | None = None,
+                 pooled: bool = False) -> None:
+        self.node_of = node_of
         self.seed = seed
+        self.num_clients = len(node_of) if num_clients is None else num_clients
+        self.pooled = pooled
 
     @classmethod
-    def discover(cls, grid: Grid, num_clients: int, seed: int, timeout: float = 120.0) -> Participants:
-        """Ask every node for its partition; refuse a federation that does not serve exactly num_clients."""
+    def discover(cls, grid: Grid, num_clients: int, seed: int, slots: int | None = None,
+                 timeout: float = 120.0) -> Participants:
+        """Ask every node which partition (or slot) it serves; refuse a federation that does not serve
+        exactly num_clients partitions (or `slots` slots)."""
+        expected = slots or num_clients
         deadline = time.monotonic() + timeout
-        while len(nodes := list(grid.get_node_ids())) < num_clients and time.monotonic() < deadline:
+        while len(nodes := list(grid.get_node_ids())) < expected and time.monotonic() < deadline:
             time.sleep(0.05)  # the simulation registers its nodes while the server starts
         replies = grid.send_and_receive(
             [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes],
             timeout=timeout)
         served = {int(r.content["node"]["partition-id"]): r.metadata.src_node_id for r in replies if not r.has_error()}
         sizes = {int(r.content["node"]["num-partitions"]) for r in replies if not r.has_error()}
-        if sorted(served) != list(range(num_clients)) or sizes - {num_clients}:
+        if sorted(served) != list(range(expected)) or sizes - {expected}:
             raise ConfigError("num_clients", f"{num_clients}, but the federation's {len(nodes)} nodes serve partitions "
                               f"{sorted(served)[:10]}{'...' if len(served) > 10 else ''} of {sorted(sizes)}; allowed: "
                               "as many clients as nodes, each serving one partition 0..num_clients-1")
-        return cls(served, seed)
+        return cls(served, seed, num_clients, pooled=slots is not None)
 
     def view(self, grid: Grid) -> FederationView:
         """The grid as the strategies see it (see FederationView)."""
-        return FederationView(grid, list(self.partition_of))
+        return FederationView(grid, list(range(self.num_clients)) if self.pooled else list(self.node_of.values()))
 
     def pick(self, server_round: int, purpose: int, count: int) -> list[int]:
         """The round's `count` partitions for this purpose, in increasing order."""
-        return choose(self.seed, server_round, purpose, count, len(self.node_of)) if count else []
+        return choose(self.seed, server_round, purpose, count, self.num_clients) if count else []
 
     def exchange(self, grid: Grid, messages: Sequence[Message], partitions: Sequence[int],
                  timeout: float) -> dict[int, Message | None]:
@@ -89,7 +103,7 @@ class Participants:
         """Error replies for the awaited messages whose node the SuperLink no longer counts online (a node
         that died holding a message never answers it); they are removed from `waiting`."""
         online = set(grid.get_node_ids())
-        lost = {mid: sent for mid, sent in waiting.items() if self.node_of[sent[1]] not in online}
+        lost = {mid: sent for mid, sent in waiting.items() if sent[0].metadata.dst_node_id not in online}
         for mid in lost:
             del waiting[mid]
         return {partition: Message(Error(code=ErrorCode.NODE_UNAVAILABLE,
@@ -99,12 +113,18 @@ class Participants:
                 for message, partition in lost.values()}
 
     def address(self, messages: Iterable[Message], partitions: Sequence[int]) -> list[Message]:
-        """The strategy's messages, one each, sent to the chosen partitions' nodes instead of its own sample."""
+        """The strategy's messages, one each, sent to the chosen partitions' nodes instead of its own sample;
+        in a pool, the i-th message goes to slot i (modulo the pool) and names its partition."""
         messages = list(messages)
         if len(messages) != len(partitions):
             raise ValueError(f"{len(messages)} messages for {len(partitions)} partitions")
-        return [Message(m.content, dst_node_id=self.node_of[p], message_type=m.metadata.message_type)
-                for m, p in zip(messages, partitions)]
+        if not self.pooled:
+            return [Message(m.content, dst_node_id=self.node_of[p], message_type=m.metadata.message_type)
+                    for m, p in zip(messages, partitions)]
+        return [Message(RecordDict({**m.content, PARTITION: ConfigRecord({"partition-id": p,
+                                                                          "num-partitions": self.num_clients})}),
+                        dst_node_id=self.node_of[i % len(self.node_of)], message_type=m.metadata.message_type)
+                for i, (m, p) in enumerate(zip(messages, partitions))]
 
 
 class FederationView:

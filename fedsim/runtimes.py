@@ -30,6 +30,7 @@ class Simulation:
     """Flower's Ray-backed simulation, driven from this process."""
 
     name: str = "simulation"
+    node_slots: int | str | None = "auto"  # read by fedsim.launch.node_slots
 
     def run(self, cfg: DictConfig, run_dir: Path) -> dict:
         return run_experiment(cfg, run_dir, federate=simulate)

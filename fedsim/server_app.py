@@ -55,14 +55,15 @@ def run_from_run_config(grid: Grid, context: Context) -> dict:
     return info
 
 
-def make_server_app(session: Session | None = None) -> ServerApp:
-    """The ServerApp; given a session (main.py's), it only runs that session's rounds."""
+def make_server_app(session: Session | None = None, slots: int | None = None) -> ServerApp:
+    """The ServerApp; given a session (main.py's), it only runs that session's rounds, on a pool of
+    `slots` simulated nodes if given."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         if session is not None:
-            run_rounds(grid, session)
+            run_rounds(grid, session, slots)
         else:
             run_from_run_config(grid, context)
 

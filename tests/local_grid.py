@@ -12,6 +12,8 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedsim.messages import PARTITION
+
 CLIENT_APP_RAISED = 1  # as Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 
 
@@ -19,7 +21,8 @@ class LocalGrid(Grid):
     """`num_nodes` nodes with random ids (as Flower gives them), node i serving partition i.
 
     Every node keeps its own Context across messages; replies come back shuffled, as a real
-    federation may return them. `sent` logs (message type, partition) of every message.
+    federation may return them. `sent` logs (message type, partition) of every message: the
+    partition the message names (pooled nodes), else its node's.
     """
 
     def __init__(self, client_app: ClientApp, num_nodes: int, run_config: dict | None = None, seed: int = 0) -> None:
@@ -55,7 +58,8 @@ class LocalGrid(Grid):
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid4())
             context = self.contexts[message.metadata.dst_node_id]
-            self.sent.append((message.metadata.message_type, int(context.node_config["partition-id"])))
+            named = message.content[PARTITION] if PARTITION in message.content else context.node_config
+            self.sent.append((message.metadata.message_type, int(named["partition-id"])))
             try:
                 self.replies[message.metadata.message_id] = self.client_app(message, context)
             except Exception as exc:  # as Flower's simulation: a failing ClientApp becomes an error reply

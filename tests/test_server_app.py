@@ -35,15 +35,16 @@ def server_context(run_config: dict | None = None) -> Context:
     return Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config or {})
 
 
-def run_locally(cfg, run_dir: Path, node_seed: int = 0, **parts) -> LocalGrid:
-    """main.py's steps with the rounds on a LocalGrid instead of Flower's simulation; the grid used."""
+def run_locally(cfg, run_dir: Path, node_seed: int = 0, slots: int | None = None, **parts) -> LocalGrid:
+    """main.py's steps with the rounds on a LocalGrid instead of Flower's simulation (one node per
+    client, or a pool of `slots` nodes); the grid used."""
     grids: list[LocalGrid] = []
 
     def federate(session) -> None:
         experiment = session.experiment
-        grids.append(LocalGrid(make_client_app(experiment.client_fn, experiment.run_config), cfg.num_clients,
-                               seed=node_seed))
-        make_server_app(session)(grids[0], server_context())
+        grids.append(LocalGrid(make_client_app(experiment.client_fn, experiment.run_config),
+                               slots or cfg.num_clients, seed=node_seed))
+        make_server_app(session, slots)(grids[0], server_context())
 
     run_experiment(cfg, run_dir, federate, **parts)
     return grids[0]
@@ -101,6 +102,14 @@ def test_partial_participation_is_chosen_from_seed_and_round_not_node_ids(genera
     pd.testing.assert_frame_equal(read(tmp_path / "a", "rounds.csv")[METRICS],
                                   read(tmp_path / "b", "rounds.csv")[METRICS], check_exact=True)
     pd.testing.assert_frame_equal(a.drop(columns="fit_time_s"), b.drop(columns="fit_time_s"), check_exact=True)
+    # A pool of 2 simulated nodes (runtime.node_slots), each message naming its partition: the same
+    # clients do the same work, to the bit, though a node serves several partitions in a round.
+    pooled = run_locally(make_cfg(*overrides), tmp_path / "pooled", slots=2)
+    assert len(pooled.contexts) == 2 and [p for kind, p in pooled.sent if kind == "evaluate"] == evaluated
+    pd.testing.assert_frame_equal(read(tmp_path / "a", "rounds.csv")[METRICS],
+                                  read(tmp_path / "pooled", "rounds.csv")[METRICS], check_exact=True)
+    pd.testing.assert_frame_equal(a.drop(columns="fit_time_s"),
+                                  read(tmp_path / "pooled", "clients.csv").drop(columns="fit_time_s"), check_exact=True)
 
 
 def test_a_failing_client_is_recorded_counted_printed_once_and_the_run_is_degraded(generated_imdb, tmp_path,
