@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fedsim.errors import RunFailed
-from fedsim.messages import record_views, to_record
+from fedsim.messages import record_views, to_record, viewed
 from fedsim.participation import EVALUATE, TRAIN, Participants
 from fedsim.record import DROPPED, EVAL_FAILED, FAILED, LATE, ClientFailure, ClientUpdate, RoundRecord
 from fedsim.transport import decode
@@ -44,7 +44,7 @@ def run_rounds(grid: Grid, session: Session, slots: int | None = None) -> None:
         #    send_and_receive -> aggregate_train over the replies that came in time.
         train_messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), federation))
         trained, dropped = send(grid, participants, faults, cfg.seed, train_messages, server_round, TRAIN)
-        trained = {p: in_float32(reply, session.transport) for p, reply in trained.items()}
+        trained = {p: for_aggregation(reply, session.transport) for p, reply in trained.items()}
         # The updates are read first: some of Flower's strategies empty the replies as they aggregate.
         updates = [client_update(p, reply, session) for p, reply in trained.items() if answered(reply)]
         failures = [session.missed(p, DROPPED) for p in dropped]
@@ -83,13 +83,15 @@ def send(grid: Grid, participants: Participants, faults: Faults, seed: int, mess
     return participants.exchange(grid, messages, [p for p in chosen if p not in dropped], REPLY_TIMEOUT_S), dropped
 
 
-def in_float32(reply: Message | None, transport: str) -> Message | None:
-    """A training reply whose update travelled in float16/bfloat16, its arrays back in float32, so the
-    strategy aggregates in float32."""
-    if transport == "float32" or not answered(reply):
+def for_aggregation(reply: Message | None, transport: str) -> Message | None:
+    """A training reply as the strategy aggregates it: arrays that decode without a copy (ArrayView), and
+    in float32 where the update travelled in float16/bfloat16, so the strategy aggregates in float32."""
+    if not answered(reply):
         return reply
     arrays = reply.content["arrays"]
-    reply.content["arrays"] = to_record(list(arrays.keys()), decode(record_views(arrays), transport))
+    if transport != "float32":
+        arrays = to_record(list(arrays.keys()), decode(record_views(arrays), transport))
+    reply.content["arrays"] = viewed(arrays)
     return reply
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copyreg
 import io
 import math
 from typing import Sequence
@@ -40,6 +41,34 @@ def record_views(record: ArrayRecord) -> list[np.ndarray]:
     return views
 
 
+class ArrayView(Array):
+    """An Array whose `numpy()` is a read-only view of its bytes, not a copy. Flower's strategies decode
+    every reply with `numpy()` as they aggregate (50 bow replies: 850 MB of copies a round); they only
+    read the replies, and write into arrays of their own."""
+
+    def numpy(self) -> np.ndarray:
+        return tensor_view(self.data)
+
+
+def viewed(record: ArrayRecord) -> ArrayRecord:
+    """The record with its arrays as ArrayViews (sharing their bytes)."""
+    return ArrayRecord({name: ArrayView(a.dtype, tuple(a.shape), a.stype, a.data) for name, a in record.items()})
+
+
 def to_record(names: Sequence[str], weights: Sequence[np.ndarray]) -> ArrayRecord:
     """An ArrayRecord of named arrays, in the given order."""
     return ArrayRecord({name: Array(np.asarray(w)) for name, w in zip(names, weights)})
+
+
+def _array(dtype: str, shape: tuple[int, ...], stype: str, data: np.ndarray) -> Array:
+    return Array(dtype, shape, stype, data.tobytes())
+
+
+def _reduce_array(array: Array):
+    """Pickle an Array's bytes as a NumPy view, which pickle protocol 5 hands out of band: Ray then
+    moves a 17 MB update into its object store with one copy instead of writing it through the
+    pickle stream (3-5x faster per message with ray.put). Older protocols keep it in band."""
+    return _array, (array.dtype, tuple(array.shape), array.stype, np.frombuffer(array.data, dtype=np.uint8))
+
+
+copyreg.pickle(Array, _reduce_array)  # every process that handles fedsim's messages imports this module

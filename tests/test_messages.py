@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import pickle
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp.strategy import FedAvg, FedMedian, MultiKrum
+from flwr.supercore.task_identity import TaskIdentity
 
-from fedsim.messages import record_views, tensor_view, to_record
+from fedsim.messages import record_views, tensor_view, to_record, viewed
 
 
 def test_views_equal_flowers_own_decoding_without_copying():
@@ -39,3 +43,35 @@ def test_object_arrays_are_refused():
     np.save(stream, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="object arrays"):
         tensor_view(stream.getvalue())
+
+
+def test_arrays_pickle_out_of_band_and_back_unchanged():
+    array = to_record(["w"], [np.arange(1000, dtype=np.float32)])["w"]
+    buffers = []
+    stream = pickle.dumps(array, protocol=5, buffer_callback=buffers.append)
+    assert len(stream) < 1000 and sum(b.raw().nbytes for b in buffers) == len(array.data)  # the data out of band
+    back = pickle.loads(stream, buffers=buffers)
+    assert (back.dtype, back.shape, back.stype, back.data) == (array.dtype, array.shape, array.stype, array.data)
+    assert pickle.loads(pickle.dumps(array)).data == array.data  # in band without a buffer callback
+
+
+@pytest.mark.parametrize("strategy", [FedAvg(), FedMedian(), MultiKrum(num_malicious_nodes=1, num_nodes_to_select=2)])
+def test_strategies_aggregate_array_views_to_the_bit(strategy):
+    """Replies whose arrays decode as read-only views aggregate exactly as Flower's own copies do."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    rng = np.random.default_rng(0)
+    contents = [RecordDict({"arrays": to_record(["a", "b"], [rng.standard_normal((50, 4)).astype(np.float32),
+                                                             rng.standard_normal(3).astype(np.float32)]),
+                            "metrics": MetricRecord({"num-examples": n})}) for n in (3, 5, 7, 11)]
+
+    def replies(view: bool) -> list[Message]:
+        out = []
+        for content in contents:
+            arrays = viewed(content["arrays"]) if view else ArrayRecord(dict(content["arrays"].items()))
+            out.append(Message(RecordDict({"arrays": arrays, "metrics": content["metrics"]}), dst_node_id=2,
+                               message_type=MessageType.TRAIN))
+        return out
+
+    copied, _ = strategy.aggregate_train(1, replies(view=False))
+    views, _ = strategy.aggregate_train(1, replies(view=True))
+    assert all(np.array_equal(copied[k].numpy(), views[k].numpy()) for k in ("a", "b"))
