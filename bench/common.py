@@ -252,12 +252,13 @@ class LimitRun:
         return float(sum(self.round_s))
 
 
-def run_limit(overrides: Sequence[str], processes: int | None = None) -> LimitRun:
+def run_limit(overrides: Sequence[str], processes: int | None = None, threads: int | None = None) -> LimitRun:
     """The compute limit: FedAvg with the harness's clients' exact local work, in plain PyTorch.
 
     `processes` worker processes (default: as many clients as the harness runs at once,
-    cores // resources.num_cpus, or 1 / resources.num_gpus on a GPU), each with resources.num_cpus torch threads, one model each;
-    the same partitions, batch sizes, local epochs, seeds, central and federated evaluation.
+    cores // threads, or 1 / resources.num_gpus on a GPU), each with `threads` torch threads
+    (default resources.num_cpus), one model each; the same partitions, batch sizes, local epochs,
+    seeds, central and federated evaluation.
     """
     import torch
     from hydra.utils import instantiate
@@ -271,7 +272,7 @@ def run_limit(overrides: Sequence[str], processes: int | None = None) -> LimitRu
     cfg = compose(overrides)
     start = time.perf_counter()
     settings = ClientSettings.from_cfg(cfg, prepare_data(cfg))
-    threads = max(1, int(cfg.resources.num_cpus))
+    threads = threads or max(1, int(cfg.resources.num_cpus))
     if cfg.resources.num_gpus > 0:  # as many clients share the GPU as the harness would run on it
         processes = processes or max(1, int(1 / cfg.resources.num_gpus))
     processes = processes or max(1, (os.cpu_count() or 1) // threads)

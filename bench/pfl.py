@@ -1,6 +1,6 @@
 """fedsim against pfl-research (Apple's `pfl`), side by side on identical inputs.
 
-    python bench/pfl.py                          # bow-10, bow-1000 and minilm, 2 pairs each
+    python bench/pfl.py                          # every config below, 2 pairs each
     python bench/pfl.py --configs bow-10 --pairs 3 [-- overrides for fedsim and the export]
 
 pfl 0.6 needs Python < 3.13 and dp-accounting < 0.6, which conflict with flwr[dp], so it runs in
@@ -35,6 +35,7 @@ REQUIREMENTS = ROOT / "bench" / "pfl_peer" / "requirements.txt"
 FAST = ["scrutiny=false", "archive.mode=none"]
 CONFIGS = {
     "bow-10": ["model=bow", "num_clients=10", "num_rounds=5", *FAST],
+    "bow-10-scrutiny": ["model=bow", "num_clients=10", "num_rounds=5", "archive.mode=none"],  # the default
     "bow-1000": ["model=bow", "num_clients=1000", "num_rounds=5", "strategy.fraction_train=0.05",
                  "strategy.fraction_evaluate=0.05", *FAST],
     "minilm": ["model=minilm", "num_clients=4", "num_rounds=3", "data.train_size=400", "data.test_size=200",

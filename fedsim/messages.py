@@ -51,8 +51,12 @@ class ArrayView(Array):
 
 
 def viewed(record: ArrayRecord) -> ArrayRecord:
-    """The record with its arrays as ArrayViews (sharing their bytes)."""
-    return ArrayRecord({name: ArrayView(a.dtype, tuple(a.shape), a.stype, a.data) for name, a in record.items()})
+    """The record with its arrays as ArrayViews (sharing their bytes). Set one by one: ArrayRecord's
+    constructor would turn them back into plain Arrays."""
+    views = ArrayRecord()
+    for name, a in record.items():
+        views[name] = ArrayView(a.dtype, tuple(a.shape), a.stype, a.data)
+    return views
 
 
 def to_record(names: Sequence[str], weights: Sequence[np.ndarray]) -> ArrayRecord:

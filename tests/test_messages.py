@@ -12,7 +12,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp.strategy import FedAvg, FedMedian, MultiKrum
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsim.messages import record_views, tensor_view, to_record, viewed
+from fedsim.messages import ArrayView, record_views, tensor_view, to_record, viewed
 
 
 def test_views_equal_flowers_own_decoding_without_copying():
@@ -72,6 +72,7 @@ def test_strategies_aggregate_array_views_to_the_bit(strategy):
                                message_type=MessageType.TRAIN))
         return out
 
+    assert all(isinstance(a, ArrayView) for r in replies(view=True) for a in r.content["arrays"].values())
     copied, _ = strategy.aggregate_train(1, replies(view=False))
     views, _ = strategy.aggregate_train(1, replies(view=True))
     assert all(np.array_equal(copied[k].numpy(), views[k].numpy()) for k in ("a", "b"))
