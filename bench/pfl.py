@@ -43,14 +43,21 @@ CONFIGS = {
 }
 
 
+def runs(python: str) -> bool:
+    """Whether `python` is on PATH and starts (a pyenv shim of a version not installed does not)."""
+    return shutil.which(python) is not None and \
+        subprocess.run([python, "-c", ""], capture_output=True).returncode == 0
+
+
 def pfl_python() -> Path:
     """pfl's venv interpreter, making the venv first if needed (torch's CPU build before the rest)."""
     python = VENV / "bin" / "python"
     if python.exists():
         return python
-    base = next((p for p in ("python3.12", "python3.11", "python3.10") if shutil.which(p)), None)
+    # 3.11 first: torch's CPU build on this project's machines is a file for Python 3.11.
+    base = next((p for p in ("python3.11", "python3.12", "python3.10") if runs(p)), None)
     if base is None:
-        sys.exit("error: pfl needs Python 3.10-3.12 beside this one; allowed: python3.10, python3.11 or python3.12 on PATH")
+        sys.exit("error: pfl needs Python 3.10-3.12 beside this one; allowed: python3.11, python3.12 or python3.10 on PATH")
     subprocess.run([base, "-m", "venv", str(VENV)], check=True)
     subprocess.run([python, "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
     subprocess.run([python, "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)], check=True)

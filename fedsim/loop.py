@@ -15,7 +15,7 @@ from fedsim.errors import RunFailed
 from fedsim.messages import record_views, to_record, viewed
 from fedsim.participation import EVALUATE, TRAIN, Participants
 from fedsim.record import DROPPED, EVAL_FAILED, FAILED, LATE, ClientFailure, ClientUpdate, RoundRecord
-from fedsim.transport import decode
+from fedsim.transport import VIEWS, decode
 
 if TYPE_CHECKING:
     from fedsim.experiment import Session
@@ -84,14 +84,10 @@ def send(grid: Grid, participants: Participants, faults: Faults, seed: int, mess
 
 
 def for_aggregation(reply: Message | None, transport: str) -> Message | None:
-    """A training reply as the strategy aggregates it: arrays that decode without a copy (ArrayView), and
-    in float32 where the update travelled in float16/bfloat16, so the strategy aggregates in float32."""
-    if not answered(reply):
-        return reply
-    arrays = reply.content["arrays"]
-    if transport != "float32":
-        arrays = to_record(list(arrays.keys()), decode(record_views(arrays), transport))
-    reply.content["arrays"] = viewed(arrays)
+    """A training reply as the strategy aggregates it: arrays that decode without a copy, read as float32
+    where the update travelled in float16/bfloat16, so the strategy aggregates in float32."""
+    if answered(reply):
+        reply.content["arrays"] = viewed(reply.content["arrays"], VIEWS[transport])
     return reply
 
 
@@ -107,7 +103,7 @@ def client_update(client_id: int, reply: Message, session: Session) -> ClientUpd
         num_examples=int(metrics["num-examples"]),
         train_loss=None if math.isnan(loss) else loss,
         fit_time_s=float(metrics["fit-time"]),
-        weights=record_views(reply.content["arrays"]),
+        weights=decode(record_views(reply.content["arrays"]), session.transport),
         is_malicious=client_id in session.malicious,
         attack=session.attack_name if client_id in session.malicious else "none",
     )

@@ -50,12 +50,12 @@ class ArrayView(Array):
         return tensor_view(self.data)
 
 
-def viewed(record: ArrayRecord) -> ArrayRecord:
+def viewed(record: ArrayRecord, view: type[ArrayView] = ArrayView) -> ArrayRecord:
     """The record with its arrays as ArrayViews (sharing their bytes). Set one by one: ArrayRecord's
     constructor would turn them back into plain Arrays."""
     views = ArrayRecord()
     for name, a in record.items():
-        views[name] = ArrayView(a.dtype, tuple(a.shape), a.stype, a.data)
+        views[name] = view(a.dtype, tuple(a.shape), a.stype, a.data)
     return views
 
 

@@ -1,5 +1,5 @@
 """The precision client updates travel in (`transport`): float32, or float16/bfloat16 to halve what
-Flower and Ray serialize per update. The server turns them back into float32 before it aggregates,
+Flower and Ray serialize per update. The server reads them as float32 (`VIEWS`) when it aggregates,
 so only the clients' weights are rounded, never the sum. Changes the math: off by default, and
 recorded in run.json."""
 
@@ -9,6 +9,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
+from fedsim.messages import ArrayView
 
 TRANSPORTS = ("float32", "float16", "bfloat16")
 
@@ -24,10 +26,31 @@ def encode(weights: Sequence[np.ndarray], transport: str) -> list[np.ndarray]:
             if w.dtype == np.float32 else w for w in weights]
 
 
+def to_float32(array: np.ndarray, transport: str) -> np.ndarray:
+    """One array as `encode` sent it, back in float32 (exactly: float16 and bfloat16 are float32 subsets)."""
+    if transport == "float16" and array.dtype == np.float16:
+        return array.astype(np.float32)
+    if transport == "bfloat16" and array.dtype == np.uint16:
+        return (array.astype(np.uint32) << 16).view(np.float32)
+    return array
+
+
 def decode(arrays: Sequence[np.ndarray], transport: str) -> list[np.ndarray]:
-    """Arrays as `encode` sent them, back in float32 (exactly: float16 and bfloat16 are float32 subsets)."""
-    if transport == "float32":
-        return list(arrays)
-    if transport == "float16":
-        return [a.astype(np.float32) if a.dtype == np.float16 else a for a in arrays]
-    return [(a.astype(np.uint32) << 16).view(np.float32) if a.dtype == np.uint16 else a for a in arrays]
+    return [to_float32(a, transport) for a in arrays]
+
+
+class Float16View(ArrayView):
+    """A float16 update as it arrived, read as float32 by the strategy (no float32 copy kept)."""
+
+    def numpy(self) -> np.ndarray:
+        return to_float32(super().numpy(), "float16")
+
+
+class BFloat16View(ArrayView):
+    """A bfloat16 update as it arrived (uint16 bits), read as float32 by the strategy."""
+
+    def numpy(self) -> np.ndarray:
+        return to_float32(super().numpy(), "bfloat16")
+
+
+VIEWS: dict[str, type[ArrayView]] = {"float32": ArrayView, "float16": Float16View, "bfloat16": BFloat16View}

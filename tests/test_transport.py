@@ -8,7 +8,8 @@ import torch
 
 from conftest import make_cfg
 from fedsim.callbacks import Callback
-from fedsim.transport import TRANSPORTS, decode, encode
+from fedsim.messages import to_record, viewed
+from fedsim.transport import TRANSPORTS, VIEWS, decode, encode
 from test_server_app import run_locally
 
 
@@ -23,6 +24,9 @@ def test_updates_round_trip_rounded_to_the_transport_and_back_in_float32(transpo
     assert sent[0].nbytes == weights[0].nbytes // (1 if transport == "float32" else 2)
     assert np.array_equal(back[1], weights[1]) and back[1].dtype == weights[1].dtype  # not a float: untouched
     assert (transport == "float32") == np.array_equal(back[0], weights[0])
+    as_aggregated = viewed(to_record(["w", "i"], sent), VIEWS[transport])  # what the strategy reads
+    assert all(np.array_equal(as_aggregated[k].numpy(), b) and as_aggregated[k].numpy().dtype == b.dtype
+               for k, b in zip(("w", "i"), back))
 
 
 class Rounds(Callback):
