@@ -141,10 +141,12 @@ def export(overrides: list[str], out: Path) -> dict:
 
 # ----------------------------------------------------------------------------- the two runs
 
-def run_pfl(python: Path, export_dir: Path) -> dict:
-    """pfl_peer/run.py on an export: per-round stamps, accuracy, wall time and peak memory."""
+def run_pfl(python: Path, export_dir: Path, workers: int = 1) -> dict:
+    """pfl_peer/run.py on an export (as `workers` pfl workers): per-round stamps, accuracy, wall time
+    and peak memory."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}"] if workers > 1 else []
     launched = time.time()
-    process = subprocess.Popen([str(python), str(ROOT / "bench" / "pfl_peer" / "run.py"), str(export_dir)],
+    process = subprocess.Popen([str(python), *launcher, str(ROOT / "bench" / "pfl_peer" / "run.py"), str(export_dir)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sampler = MemorySampler(process.pid)
     out, err = process.communicate()
@@ -183,14 +185,15 @@ def run_fedsim(overrides: list[str], run_dir: Path) -> dict:
             "rss_mb": harness.memory.driver_rss}
 
 
-def compare(name: str, overrides: list[str], pairs: int, python: Path, work: Path) -> tuple[dict, list[dict]]:
+def compare(name: str, overrides: list[str], pairs: int, python: Path, work: Path,
+            workers: int = 1) -> tuple[dict, list[dict]]:
     export_dir = work / f"{name}-export"
     export_dir.mkdir()
     export(overrides, export_dir)
     runs = []
     for pair in range(pairs):
         fedsim = run_fedsim(overrides, work / f"{name}-{pair}")
-        pfl = run_pfl(python, export_dir)
+        pfl = run_pfl(python, export_dir, workers)
         runs.append({"pair": pair, "fedsim": fedsim, "pfl": pfl})
         print(f"{name} pair {pair}: fedsim {median(fedsim['round_s'][1:]):.2f} s/round, acc {fedsim['accuracy']:.5f}; "
               f"pfl {median(pfl['round_s'][1:]):.2f} s/round, acc {pfl['accuracy']:.5f}", flush=True)
@@ -231,6 +234,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--pairs", type=int, default=2, help="fedsim/pfl pairs per config, alternating")
+    parser.add_argument("--pfl-workers", type=int, default=1,
+                        help="pfl worker processes (torch.distributed, gloo), each with cores / N threads")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     parser.add_argument("extra", nargs="*", help="overrides added to every config (after --)")
     args = parser.parse_args()
@@ -239,7 +244,7 @@ def main() -> None:
     rows, every = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.configs:
-            row, runs = compare(name, CONFIGS[name] + args.extra, args.pairs, python, Path(tmp))
+            row, runs = compare(name, CONFIGS[name] + args.extra, args.pairs, python, Path(tmp), args.pfl_workers)
             rows.append(row)
             every[name] = runs
     if args.json:

@@ -6,6 +6,10 @@ features, the round's clients, the order each client reads its rows in, and the 
 local training. pfl then does what it does best: one process trains the cohort's users one after
 another on one model, sums their updates and evaluates centrally. One JSON line per round goes to
 stdout, with wall-clock stamps (`time.time()`) that the parent compares with its own launch time.
+
+Under `torch.distributed.run --nproc_per_node N` it runs as N pfl workers (gloo): each trains its
+share of every cohort (pfl deals the i-th user of a round to worker i mod N),
+evaluates its share of the test split, and pfl all-reduces the sums.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import sys
 import time
 from functools import partial
@@ -31,6 +36,7 @@ from pfl.common_types import Population
 from pfl.data.dataset import Dataset
 from pfl.data.federated_dataset import FederatedDataset
 from pfl.hyperparam import NNEvalHyperParams, NNTrainHyperParams
+from pfl.internal import ops
 from pfl.metrics import Metrics, StringMetricName, Weighted
 from pfl.model.pytorch import PyTorchModel
 
@@ -114,11 +120,14 @@ class Classifier(torch.nn.Module):
 class EveryRound(TrainingProcessCallback):
     """Central evaluation of the initial model and after every round, and a JSON line per round."""
 
-    def __init__(self, test: Dataset, batch_size: int) -> None:
-        self.test, self.params = test, NNEvalHyperParams(local_batch_size=batch_size)
+    def __init__(self, test: Dataset, batch_size: int, rank: int) -> None:
+        self.test, self.params, self.rank = test, NNEvalHyperParams(local_batch_size=batch_size), rank
 
     def _evaluate(self, model, server_round: int) -> None:
-        metrics = model.evaluate(self.test, lambda n: StringMetricName(f"central {n}"), self.params)
+        metrics = ops.all_reduce_metrics(model.evaluate(self.test, lambda n: StringMetricName(f"central {n}"),
+                                                        self.params))
+        if self.rank:
+            return
         print(json.dumps({"round": server_round, "time": time.time(),
                           "central_loss": metrics[StringMetricName("central loss")].overall_value,
                           "central_accuracy": metrics[StringMetricName("central accuracy")].overall_value}),
@@ -151,7 +160,8 @@ def schedule_sampler(user_ids: list[str]):
 
 def main(export: Path) -> None:
     meta = json.loads((export / "meta.json").read_text())
-    torch.set_num_threads(meta["threads"])
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    torch.set_num_threads(max(1, meta["threads"] // world))
     kind, rounds = meta["kind"], meta["num_rounds"]
     clients = load_file(str(export / "clients.safetensors"))
     orders = load_file(str(export / "orders.safetensors"))
@@ -169,6 +179,7 @@ def main(export: Path) -> None:
         p = int(user_id.split(":")[1])
         return OrderedRows(val[p], np.arange(len(val[p])), user_id)
 
+    # Every worker samples the whole sequence; pfl keeps the i-th user of a cohort on worker i mod N.
     train_ids = [f"{r}:{p}" for r in range(1, rounds + 1) for p in meta["train"][str(r)]]
     val_ids = [f"{r}:{p}" for r in range(1, rounds + 1) for p in meta["evaluate"][str(r)]]
     backend = SimulatedBackend(
@@ -182,7 +193,7 @@ def main(export: Path) -> None:
     optimizer = getattr(torch.optim, meta["optimizer"]["class"])
     model = PyTorchModel(module, local_optimizer_create=partial(optimizer, **meta["optimizer"]["kwargs"]),
                          central_optimizer=torch.optim.SGD(module.parameters(), lr=1.0))
-    test = OrderedRows(test_rows, np.arange(len(test_rows)), "test")
+    test = OrderedRows(test_rows, np.arange(len(test_rows))[rank::world], "test")
     FedAvg().run(
         algorithm_params=NNAlgorithmParams(central_num_iterations=rounds, evaluation_frequency=1,
                                            train_cohort_size=len(meta["train"]["1"]),
@@ -191,7 +202,7 @@ def main(export: Path) -> None:
         model_train_params=NNTrainHyperParams(local_learning_rate=meta["lr"], local_num_epochs=meta["local_epochs"],
                                               local_batch_size=meta["batch_size"]),
         model_eval_params=NNEvalHyperParams(local_batch_size=4 * meta["batch_size"]),
-        callbacks=[EveryRound(test, 4 * meta["batch_size"])])
+        callbacks=[EveryRound(test, 4 * meta["batch_size"], rank)])
 
 
 if __name__ == "__main__":
