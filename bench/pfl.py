@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -84,7 +85,7 @@ def export(overrides: list[str], out: Path) -> dict:
     from omegaconf import OmegaConf
     from safetensors.numpy import save_file
 
-    from fedsim.checks import fit_clients_per_round
+    from fedsim.checks import evaluate_clients_per_round, fit_clients_per_round
     from fedsim.client import step_seed
     from fedsim.data import load_features, partition_rows, prepare_data, train_val_split
     from fedsim.experiment import load_model
@@ -104,9 +105,7 @@ def export(overrides: list[str], out: Path) -> dict:
     save_file(subset(test, np.arange(prepared.num_test)), str(out / "test.safetensors"))
     save_file(clients, str(out / "clients.safetensors"))
 
-    per_round = fit_clients_per_round(cfg)
-    num_eval = min(n, max(int(n * cfg.strategy.get("fraction_evaluate", 1.0)),
-                          int(cfg.strategy.get("min_evaluate_nodes", 1))))
+    per_round, num_eval = fit_clients_per_round(cfg), evaluate_clients_per_round(cfg)
     rounds = range(1, int(cfg.num_rounds) + 1)
     train = {r: choose(seed, r, TRAIN, per_round, n) for r in rounds}
     orders, seeds = {}, {}
@@ -133,7 +132,7 @@ def export(overrides: list[str], out: Path) -> dict:
                       "kwargs": {k: v for k, v in optimizer.items() if not k.startswith("_")}},
         "lr": float(cfg.client.lr), "batch_size": int(cfg.client.batch_size),
         "local_epochs": int(cfg.client.local_epochs),
-        "threads": max(1, int(__import__("os").cpu_count() or 1)),
+        "threads": max(1, os.cpu_count() or 1),
     }
     (out / "meta.json").write_text(json.dumps(meta))
     return meta
@@ -225,6 +224,8 @@ def summary(name: str, overrides: list[str], runs: list[dict]) -> dict:
         "wall ratio": cell(lambda r: r["wall_s"]),
         "peak PSS MB, fedsim": med("fedsim", lambda r: r["pss_mb"]), "peak PSS MB, pfl": med("pfl", lambda r: r["pss_mb"]),
         "PSS ratio": cell(lambda r: r["pss_mb"]),
+        "driver peak RSS MB, fedsim": med("fedsim", lambda r: r["rss_mb"]),
+        "driver peak RSS MB, pfl": med("pfl", lambda r: r["rss_mb"]),
         "accuracy fedsim / pfl": "; ".join(f"{a:.5f} / {b:.5f}" for a, b in sorted(accuracies)),
         "identical": all(a == b for a, b in accuracies),
     }

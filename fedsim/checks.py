@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from fedsim.attacks import num_malicious
 from fedsim.errors import ConfigError
+from fedsim.transport import TRANSPORTS
 
 
 def _is_int(v: Any) -> bool:
@@ -45,7 +46,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "strategy.num_malicious_nodes": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "strategy.num_nodes_to_select": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "strategy.proximal_mu": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "transport": (lambda v: v in ("float32", "float16", "bfloat16"), "float32, float16 or bfloat16"),
+    "transport": (lambda v: v in TRANSPORTS, "float32, float16 or bfloat16"),
     "runtime.node_slots": (lambda v: v is None or v == "auto" or (_is_int(v) and v >= 1),
                            "auto, null (one simulated node per client) or an integer >= 1"),
     "archive.mode": (lambda v: v in ("all", "global", "none"), "all, global or none"),

@@ -21,6 +21,7 @@ from fedsim.config import config_from, config_key
 from fedsim.data import Loader, PreparedData, load_data, load_node_data, load_prepared
 from fedsim.models import get_weights, set_weights
 from fedsim.train import evaluate, train
+from fedsim.transport import transport_of
 
 Weights = list[np.ndarray]
 
@@ -65,7 +66,7 @@ class ClientSettings:
             seed=int(cfg.seed),
             log_level=str(cfg.log_level),
             attack=cfg.attack,
-            transport=str(cfg.get("transport", "float32")),
+            transport=transport_of(cfg),
             malicious=tuple(malicious_of(attack, int(cfg.num_clients), int(cfg.seed))),
         )
 

@@ -42,6 +42,7 @@ from fedsim.models import get_weights, layer_names, set_weights
 from fedsim.outputs import write_json
 from fedsim.record import LATE, ClientFailure, ClientUpdate, RoundRecord
 from fedsim.train import evaluate
+from fedsim.transport import transport_of
 
 
 def _versions() -> dict[str, str]:
@@ -128,7 +129,7 @@ class RunInfo:
             "wall_time_s": None, "num_clients": cfg.num_clients, "num_rounds": cfg.num_rounds,
             "model": cfg.model.name if "model" in cfg else None,
             "strategy": cfg.strategy.get("_target_") if "strategy" in cfg else None,
-            "transport": cfg.get("transport", "float32"),
+            "transport": transport_of(cfg),
             "versions": _versions(), "git_commit": git_commit(),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
             **alive,
@@ -196,7 +197,7 @@ class Session:
         self.testloader: Loader | None = None
         self.callbacks: list[Callback] = []
         self.slow = experiment.faults.slow_devices(int(cfg.seed), int(cfg.num_clients))
-        self.transport = str(cfg.get("transport", "float32"))
+        self.transport = transport_of(cfg)
 
     @property
     def first_round(self) -> int:

@@ -15,7 +15,7 @@ from fedsim.errors import RunFailed
 from fedsim.messages import record_views, to_record, viewed
 from fedsim.participation import EVALUATE, TRAIN, Participants
 from fedsim.record import DROPPED, EVAL_FAILED, FAILED, LATE, ClientFailure, ClientUpdate, RoundRecord
-from fedsim.transport import VIEWS, decode
+from fedsim.transport import VIEWS
 
 if TYPE_CHECKING:
     from fedsim.experiment import Session
@@ -103,7 +103,7 @@ def client_update(client_id: int, reply: Message, session: Session) -> ClientUpd
         num_examples=int(metrics["num-examples"]),
         train_loss=None if math.isnan(loss) else loss,
         fit_time_s=float(metrics["fit-time"]),
-        weights=decode(record_views(reply.content["arrays"]), session.transport),
+        weights=[array.numpy() for array in reply.content["arrays"].values()],  # for_aggregation's float32 views
         is_malicious=client_id in session.malicious,
         attack=session.attack_name if client_id in session.malicious else "none",
     )

@@ -42,12 +42,14 @@ class Participants:
     node) that serve whichever partition a message names.
     """
 
-    def __init__(self, node_of: dict[int, int], seed: int, num_clients: int | None = None,
-                 pooled: bool = False) -> None:
+    def __init__(self, node_of: dict[int, int], seed: int, num_clients: int | None = None) -> None:
         self.node_of = node_of
         self.seed = seed
         self.num_clients = len(node_of) if num_clients is None else num_clients
-        self.pooled = pooled
+
+    @property
+    def pooled(self) -> bool:
+        return len(self.node_of) < self.num_clients
 
     @classmethod
     def discover(cls, grid: Grid, num_clients: int, seed: int, slots: int | None = None,
@@ -67,7 +69,7 @@ class Participants:
             raise ConfigError("num_clients", f"{num_clients}, but the federation's {len(nodes)} nodes serve partitions "
                               f"{sorted(served)[:10]}{'...' if len(served) > 10 else ''} of {sorted(sizes)}; allowed: "
                               "as many clients as nodes, each serving one partition 0..num_clients-1")
-        return cls(served, seed, num_clients, pooled=slots is not None)
+        return cls(served, seed, num_clients)
 
     def view(self, grid: Grid) -> FederationView:
         """The grid as the strategies see it (see FederationView)."""

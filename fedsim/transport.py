@@ -9,10 +9,16 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
 from fedsim.messages import ArrayView
 
 TRANSPORTS = ("float32", "float16", "bfloat16")
+
+
+def transport_of(cfg: DictConfig) -> str:
+    """The run's transport (float32 for runs saved before the key existed)."""
+    return str(cfg.get("transport", "float32"))
 
 
 def encode(weights: Sequence[np.ndarray], transport: str) -> list[np.ndarray]:
@@ -33,10 +39,6 @@ def to_float32(array: np.ndarray, transport: str) -> np.ndarray:
     if transport == "bfloat16" and array.dtype == np.uint16:
         return (array.astype(np.uint32) << 16).view(np.float32)
     return array
-
-
-def decode(arrays: Sequence[np.ndarray], transport: str) -> list[np.ndarray]:
-    return [to_float32(a, transport) for a in arrays]
 
 
 class Float16View(ArrayView):

@@ -1,6 +1,7 @@
 """One pfl-research run of a task that bench/pfl.py exported from fedsim: runs in pfl's own venv.
 
-It imports nothing of fedsim but `fedsim/models.py` (plain PyTorch, loaded by file path) and reads
+It imports nothing of fedsim but `fedsim/models.py` and `fedsim/features.py` (plain PyTorch and NumPy,
+loaded by file path: the same model and the same batches) and reads
 everything else from the export: the initial weights, every client's train and validation
 features, the round's clients, the order each client reads its rows in, and the torch seed of its
 local training. pfl then does what it does best: one process trains the cohort's users one after
@@ -43,48 +44,22 @@ from pfl.model.pytorch import PyTorchModel
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def fedsim_models():
-    """fedsim.models without the fedsim package (whose __init__ needs OmegaConf, absent here)."""
-    spec = importlib.util.spec_from_file_location("fedsim_models", ROOT / "fedsim" / "models.py")
+def fedsim_module(name: str):
+    """A module of fedsim (models, features: plain PyTorch and NumPy) without the fedsim package, whose
+    __init__ needs OmegaConf, absent here."""
+    spec = importlib.util.spec_from_file_location(f"fedsim_{name}", ROOT / "fedsim" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-class Rows:
-    """A split's featurized rows as fedsim stores them; `batch` cuts model inputs as fedsim's Features do."""
-
-    def __init__(self, arrays: dict[str, np.ndarray], kind: str) -> None:
-        self.arrays, self.kind = arrays, kind
-        self.labels = arrays["labels"]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        labels = torch.from_numpy(self.labels[rows].astype(np.int64))
-        if self.kind == "ngrams":
-            indptr, indices = self.arrays["indptr"], self.arrays["indices"]
-            starts, ends = indptr[rows], indptr[rows + 1]
-            offsets = np.zeros(len(rows), dtype=np.int64)
-            np.cumsum((ends - starts)[:-1], out=offsets[1:])
-            ids = np.concatenate([indices[s:e] for s, e in zip(starts, ends)])
-            return {"input": torch.from_numpy(ids.astype(np.int64)), "offsets": torch.from_numpy(offsets),
-                    "labels": labels}
-        lengths = self.arrays["lengths"][rows]
-        width = int(lengths.max())
-        ids = torch.from_numpy(self.arrays["input_ids"][rows, :width].astype(np.int64))
-        mask = torch.arange(width)[None, :] < torch.from_numpy(lengths.astype(np.int64))[:, None]
-        return {"input_ids": ids, "attention_mask": mask.long(), "labels": labels}
 
 
 class OrderedRows(Dataset):
     """A user's rows in a fixed order (fedsim's shuffle of that client and round); the torch seed of
     its local training is set when training starts reading it, as fedsim's client does."""
 
-    def __init__(self, rows: Rows, order: np.ndarray, user_id: str, seed: int | None = None) -> None:
+    def __init__(self, rows, order: np.ndarray, user_id: str, seed: int | None = None) -> None:
         super().__init__(raw_data=[order], user_id=user_id)
-        self.rows, self.order, self.seed = rows, order, seed
+        self.rows, self.order, self.seed = rows, order, seed  # rows: fedsim's Features of the split
 
     def __len__(self) -> int:
         return len(self.order)
@@ -94,7 +69,7 @@ class OrderedRows(Dataset):
             torch.manual_seed(self.seed)
         batch_size = batch_size or len(self.order)
         for start in range(0, len(self.order), batch_size):
-            yield self.rows.batch(self.order[start:start + batch_size])
+            yield self.rows.batch(self.order[start:start + batch_size], self.rows.labels)
 
 
 class Classifier(torch.nn.Module):
@@ -162,13 +137,14 @@ def main(export: Path) -> None:
     meta = json.loads((export / "meta.json").read_text())
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     torch.set_num_threads(max(1, meta["threads"] // world))
-    kind, rounds = meta["kind"], meta["num_rounds"]
+    rounds = meta["num_rounds"]
+    features = fedsim_module("features").FEATURE_TYPES[meta["kind"]]
     clients = load_file(str(export / "clients.safetensors"))
     orders = load_file(str(export / "orders.safetensors"))
     split = lambda prefix: {k.split("/")[-1]: v for k, v in clients.items() if k.startswith(prefix + "/")}
-    train = {p: Rows(split(f"c{p}/train"), kind) for p in range(meta["num_clients"])}
-    val = {p: Rows(split(f"c{p}/val"), kind) for p in range(meta["num_clients"])}
-    test_rows = Rows(load_file(str(export / "test.safetensors")), kind)
+    train = {p: features(**split(f"c{p}/train")) for p in range(meta["num_clients"])}
+    val = {p: features(**split(f"c{p}/val")) for p in range(meta["num_clients"])}
+    test_rows = features(**load_file(str(export / "test.safetensors")))
     seeds = meta["seeds"]
 
     def train_user(user_id: str) -> OrderedRows:
@@ -177,7 +153,7 @@ def main(export: Path) -> None:
 
     def val_user(user_id: str) -> OrderedRows:
         p = int(user_id.split(":")[1])
-        return OrderedRows(val[p], np.arange(len(val[p])), user_id)
+        return OrderedRows(val[p], np.arange(len(val[p].labels)), user_id)
 
     # Every worker samples the whole sequence; pfl keeps the i-th user of a cohort on worker i mod N.
     train_ids = [f"{r}:{p}" for r in range(1, rounds + 1) for p in meta["train"][str(r)]]
@@ -187,13 +163,13 @@ def main(export: Path) -> None:
         val_data=FederatedDataset(val_user, schedule_sampler(val_ids)),
         postprocessors=[WeightByDatapoints()])
 
-    net = getattr(fedsim_models(), meta["net"]["class"])(**meta["net"]["kwargs"])
+    net = getattr(fedsim_module("models"), meta["net"]["class"])(**meta["net"]["kwargs"])
     net.load_state_dict({k: torch.from_numpy(v) for k, v in load_file(str(export / "init.safetensors")).items()})
     module = Classifier(net)
     optimizer = getattr(torch.optim, meta["optimizer"]["class"])
     model = PyTorchModel(module, local_optimizer_create=partial(optimizer, **meta["optimizer"]["kwargs"]),
                          central_optimizer=torch.optim.SGD(module.parameters(), lr=1.0))
-    test = OrderedRows(test_rows, np.arange(len(test_rows))[rank::world], "test")
+    test = OrderedRows(test_rows, np.arange(len(test_rows.labels))[rank::world], "test")
     FedAvg().run(
         algorithm_params=NNAlgorithmParams(central_num_iterations=rounds, evaluation_frequency=1,
                                            train_cohort_size=len(meta["train"]["1"]),
