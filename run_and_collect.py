@@ -1,5 +1,6 @@
 """Repeat runs over seeds and configurations into one collection:
-`python run_and_collect.py --runs 5 [--seeds 3 7 11] [--sweep KEY=A,B] [--name NAME] [--jobs N] [--force] [-- OVERRIDES]`.
+`python run_and_collect.py --runs 5 [--seeds 3 7 11] [--sweep KEY=A,B] [--name NAME] [--jobs N] [--address URL]
+[--force] [-- OVERRIDES]`.
 """
 
 import argparse
@@ -7,7 +8,9 @@ import signal
 import sys
 from pathlib import Path
 
-from fedsim.collect import Collection, CollectionError, default_name, plan, run_collection, stop_runs
+from fedsim.collect import (
+    Collection, CollectionError, Launcher, LocalRuns, Planned, default_name, plan, run_collection, stop_runs,
+)
 
 MAIN = Path(__file__).resolve().with_name("main.py")
 
@@ -23,15 +26,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="cross these values with the seeds (repeatable: the sweeps are crossed too)")
     parser.add_argument("--name", help="collection name (default: derived from the overrides and sweeps)")
     parser.add_argument("--root", type=Path, default=Path("results/collections"), help="where collections live")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each its own process (default 1)")
+    parser.add_argument("--jobs", type=int, help="runs at once, each its own process (default 1; with --address, "
+                        "as many as the cluster's client slots fit)")
+    parser.add_argument("--address", help="a Ray cluster's dashboard (http://HEAD:8265): each run a Ray job on it")
     parser.add_argument("--force", action="store_true", help="rerun completed runs too")
     args = parser.parse_args(own)
     if args.runs < 1:
         parser.error(f"--runs: got {args.runs}; allowed: an integer >= 1")
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs: got {args.jobs}; allowed: an integer >= 1")
     args.overrides = overrides
     return args
+
+
+def launcher_for(args: argparse.Namespace, planned: list[Planned], collection: Collection) -> tuple[Launcher, int]:
+    """Child processes here, or Ray jobs on the cluster at --address; and how many runs go at once."""
+    if args.address is None:
+        return LocalRuns(), args.jobs or 1
+    from fedsim.cluster_jobs import RayJobs
+
+    launcher = RayJobs(args.address, collection.path)
+    jobs = launcher.plan(planned, args.jobs)
+    launcher.stop_leftovers()
+    return launcher, jobs
 
 
 def main(argv: list[str]) -> int:
@@ -42,10 +59,16 @@ def main(argv: list[str]) -> int:
     except CollectionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        launcher, jobs = launcher_for(args, planned, collection)
+    except CollectionError as exc:
+        collection.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stop_runs)
     try:
-        failed = run_collection(collection, MAIN, planned, force=args.force, jobs=args.jobs)
+        failed = run_collection(collection, MAIN, planned, force=args.force, jobs=jobs, launcher=launcher)
     except KeyboardInterrupt:
         print(f"interrupted: the running runs were stopped and recorded; the same command resumes them "
               f"-> {collection.path}", file=sys.stderr)

@@ -107,6 +107,7 @@ def client_rows(record: RoundRecord) -> list[dict[str, Any]]:
             **{column: update.stats.get(column) for column in CLIENT_STAT_COLUMNS},
             "status": "ok",
             "sim_time_s": update.sim_time_s,
+            "node": update.node,
         }
         for update in record.clients
     ]

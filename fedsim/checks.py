@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any, Callable
 
 from flwr.serverapp.strategy import Bulyan, MultiKrum, Strategy
@@ -12,6 +13,8 @@ from omegaconf import DictConfig
 from fedsim.attacks import num_malicious
 from fedsim.errors import ConfigError
 from fedsim.transport import TRANSPORTS
+
+ADDRESS = re.compile(r"^(auto|[\w.-]+:\d+)$")  # ray.address, when set
 
 
 def _is_int(v: Any) -> bool:
@@ -47,6 +50,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "strategy.num_nodes_to_select": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "strategy.proximal_mu": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "transport": (lambda v: v in TRANSPORTS, "float32, float16 or bfloat16"),
+    "ray.address": (lambda v: v is None or (isinstance(v, str) and ADDRESS.match(v) is not None),
+                    "null (a private Ray instance), auto, or HOST:PORT of a running Ray cluster's head"),
+    "ray.max_actors": (lambda v: v == "auto" or (_is_int(v) and v >= 1), "auto or an integer >= 1"),
     "runtime.node_slots": (lambda v: v is None or v == "auto" or (_is_int(v) and v >= 1),
                            "auto, null (one simulated node per client) or an integer >= 1"),
     "archive.mode": (lambda v: v in ("all", "global", "none"), "all, global or none"),
@@ -91,6 +97,23 @@ def validate(cfg: DictConfig) -> None:
         present, value = _select(cfg, key)
         if present and not test(value):
             raise ConfigError(key, f"got {value!r}; allowed: {allowed}")
+    attached = "ray" in cfg and cfg.ray.address is not None
+    if attached and "runtime" in cfg and cfg.runtime.name != "simulation":
+        raise ConfigError("ray.address", f"got {cfg.ray.address!r} with runtime={cfg.runtime.name}, whose clients "
+                          "are SuperNodes, not Ray actors; allowed: null, or runtime=simulation")
+    if not attached:  # a cluster's nodes are checked once attached (fedsim.cluster.attach)
+        check_local_resources(cfg)
+    if "data" in cfg and "strategy" in cfg and cfg.data.val_fraction == 0 and cfg.strategy.get("fraction_evaluate"):
+        raise ConfigError("data.val_fraction", f"0 leaves every client nothing to evaluate, but "
+                          f"strategy.fraction_evaluate={cfg.strategy.fraction_evaluate}; allowed: a number in "
+                          "(0, 1), or strategy.fraction_evaluate=0")
+    if "attack" in cfg and cfg.attack.name == "none" and cfg.attack.node_ratio:
+        raise ConfigError("attack.node_ratio", f"got {cfg.attack.node_ratio} with attack=none; allowed: 0, or pick an "
+                          "attack (random_labels, label_flip, random_weights, gaussian_noise, sign_flip, scaling, ...)")
+
+
+def check_local_resources(cfg: DictConfig) -> None:
+    """Per-client resources this machine can host (a private Ray instance)."""
     if "resources" in cfg and cfg.resources.num_gpus > _gpu_count():
         gpus = _gpu_count()
         raise ConfigError("resources.num_gpus", f"got {cfg.resources.num_gpus}, but {gpus or 'no'} CUDA GPU"
@@ -100,13 +123,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("resources.num_cpus", f"{cfg.resources.num_cpus} per client, but this machine has "
                           f"{os.cpu_count()} CPUs (Ray would wait forever to place a client); allowed: at most "
                           f"{os.cpu_count()}")
-    if "data" in cfg and "strategy" in cfg and cfg.data.val_fraction == 0 and cfg.strategy.get("fraction_evaluate"):
-        raise ConfigError("data.val_fraction", f"0 leaves every client nothing to evaluate, but "
-                          f"strategy.fraction_evaluate={cfg.strategy.fraction_evaluate}; allowed: a number in "
-                          "(0, 1), or strategy.fraction_evaluate=0")
-    if "attack" in cfg and cfg.attack.name == "none" and cfg.attack.node_ratio:
-        raise ConfigError("attack.node_ratio", f"got {cfg.attack.node_ratio} with attack=none; allowed: 0, or pick an "
-                          "attack (random_labels, label_flip, random_weights, gaussian_noise, sign_flip, scaling, ...)")
 
 
 def fit_clients_per_round(cfg: DictConfig) -> int:

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import functools
 import traceback
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.constant import ErrorCode
 
 from fedsim.client import ClientFn, client_fn, settings_for
+from fedsim.cluster import node_name
 from fedsim.messages import PARTITION, record_views, to_record
 from fedsim.transport import encode
 
@@ -66,9 +67,13 @@ def replies_errors(handler: Callable[[Message, Context], Message]) -> Callable[[
     return guarded
 
 
-def make_client_app(client_fn: ClientFn = client_fn, run_config: Mapping[str, Any] | None = None) -> ClientApp:
-    """The ClientApp: which partition a node serves (query), local training, local evaluation."""
-    app = ClientApp(mods=[*([with_run_config(run_config)] if run_config is not None else []), partition_from_message])
+def make_client_app(client_fn: ClientFn = client_fn, run_config: Mapping[str, Any] | None = None,
+                    mods: Sequence[Mod] = ()) -> ClientApp:
+    """The ClientApp: which partition a node serves (query), local training, local evaluation.
+
+    `mods` run first (fedsim.shipping's delivery of the data to a cluster's nodes)."""
+    app = ClientApp(mods=[*mods, *([with_run_config(run_config)] if run_config is not None else []),
+                          partition_from_message])
 
     @app.query()
     def describe(message: Message, context: Context) -> Message:
@@ -83,7 +88,8 @@ def make_client_app(client_fn: ClientFn = client_fn, run_config: Mapping[str, An
         weights, num_examples, metrics = client_fn(context).fit(record_views(arrays), message.content["config"])
         weights = encode(weights, settings_for(context.run_config).transport)
         return Message(RecordDict({"arrays": to_record(list(arrays.keys()), weights),
-                                   "metrics": MetricRecord({"num-examples": num_examples, **metrics})}),
+                                   "metrics": MetricRecord({"num-examples": num_examples, **metrics}),
+                                   "client": ConfigRecord({"node": node_name()})}),
                        reply_to=message)
 
     @app.evaluate()

@@ -23,7 +23,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -113,7 +113,7 @@ def check_configuration(conf_dir: Path, overrides: Sequence[str], seed: int) -> 
     return None
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs in the child before exec: if run_and_collect is killed (even with -9), its run stops too."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -136,19 +136,57 @@ def _error_from(run_dir: Path, returncode: int) -> str:
     return lines[-1] if lines else f"exit status {returncode}"
 
 
-_CHILDREN: set[subprocess.Popen] = set()  # the main.py processes running now, for an interrupt to stop
-_LOCK = threading.Lock()
+class LocalRuns:
+    """Each run a child process of this one that dies with it, even when this one is killed with -9."""
+
+    overrides: tuple[str, ...] = ()  # added to every fresh run's command (none: a private Ray instance)
+
+    def __init__(self) -> None:
+        self._children: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+
+    def run(self, command: list[str], log_path: Path, run_dir: Path) -> int:
+        """Run `command` to its end, its output into `log_path`; its exit status (negative: killed by a signal)."""
+        with open(log_path, "a") as log:
+            child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        with self._lock:
+            self._children.add(child)
+            if _STOPPING.is_set():  # started just as the collection was asked to stop
+                child.send_signal(signal.SIGINT)
+        try:
+            return child.wait()
+        finally:
+            with self._lock:
+                self._children.discard(child)
+
+    def stop(self) -> None:
+        """Ask every running main.py to stop: each records itself `interrupted` and exits within seconds."""
+        with self._lock:
+            for child in self._children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGINT)
+
+
+class Launcher(Protocol):
+    """Where a collection's runs execute: LocalRuns, or fedsim.cluster_jobs.RayJobs on a Ray cluster."""
+
+    overrides: tuple[str, ...]
+
+    def run(self, command: list[str], log_path: Path, run_dir: Path) -> int: ...
+
+    def stop(self) -> None: ...
+
+
 _STOPPING = threading.Event()
+_ACTIVE: list[Launcher] = []  # the launcher of the collection running in this process
 
 
 def stop_runs(signum: int, frame: object) -> None:
     """Ctrl-C or SIGTERM: ask every running main.py to stop (each records itself `interrupted` and exits
     within seconds) and start no more."""
     _STOPPING.set()
-    with _LOCK:
-        for child in _CHILDREN:
-            if child.poll() is None:
-                child.send_signal(signal.SIGINT)
+    for launcher in _ACTIVE:
+        launcher.stop()
 
 
 def resumable(run_dir: Path) -> bool:
@@ -159,29 +197,24 @@ def resumable(run_dir: Path) -> bool:
     return effective_status(json.loads(info_path.read_text())) in ("interrupted", "dead")
 
 
-def execute(main_script: Path, planned: Planned, run_dir: Path) -> dict:
-    """Run main.py once in its own process, continuing a cut-off run from its checkpoint; return its
+def execute(launcher: Launcher, main_script: Path, planned: Planned, run_dir: Path) -> dict:
+    """Run main.py once through `launcher`, continuing a cut-off run from its checkpoint; return its
     row for runs.csv (without run_id)."""
     if resumable(run_dir):
-        command = [sys.executable, str(main_script), f"resume={run_dir}"]
+        command = [sys.executable, str(main_script), f"resume={run_dir}", *launcher.overrides]
     else:
         if run_dir.exists():
             shutil.rmtree(run_dir)  # left by an invocation that failed or was killed before a checkpoint
         run_dir.mkdir(parents=True)
         command = [sys.executable, str(main_script), *planned.overrides, f"seed={planned.seed}",
-                   f"hydra.run.dir='{run_dir}'"]
+                   f"hydra.run.dir='{run_dir}'", *launcher.overrides]
     started = time.perf_counter()
-    with open(run_dir / "output.log", "a") as log:
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        with _LOCK:
-            _CHILDREN.add(child)
-            if _STOPPING.is_set():  # started just as the collection was asked to stop
-                child.send_signal(signal.SIGINT)
-        try:
-            returncode = child.wait()
-        finally:
-            with _LOCK:
-                _CHILDREN.discard(child)
+    returncode = launcher.run(command, run_dir / "output.log", run_dir)
+    return row_of(planned, run_dir, returncode, round(time.perf_counter() - started, 3))
+
+
+def row_of(planned: Planned, run_dir: Path, returncode: int, wall_time_s: float | None) -> dict:
+    """A run's row for runs.csv (without run_id), from its run.json and main.py's exit status."""
     info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     reported = info.get("status")
     status = reported if (returncode == 0 and reported in FINISHED) or reported == "interrupted" else "failed"
@@ -192,9 +225,15 @@ def execute(main_script: Path, planned: Planned, run_dir: Path) -> dict:
         "error": None if status in FINISHED else _error_from(run_dir, returncode),
         "final_central_accuracy": info.get("final_central_accuracy"),
         "best_central_accuracy": info.get("best_central_accuracy"),
-        "wall_time_s": info.get("wall_time_s") or round(time.perf_counter() - started, 3),
+        "wall_time_s": info.get("wall_time_s") or wall_time_s,
         "config": planned.config,
     }
+
+
+def finished_unrecorded(run_dir: Path) -> bool:
+    """Whether a run the ledger has as running (its invocation was killed) finished all the same."""
+    info_path = run_dir / "run.json"
+    return info_path.exists() and effective_status(json.loads(info_path.read_text())) in FINISHED
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
@@ -317,15 +356,23 @@ class Collection:
 
 
 def run_collection(collection: Collection, main_script: Path, planned: Sequence[Planned], force: bool = False,
-                   jobs: int = 1, echo: Callable[[str], None] = print) -> int:
-    """Run what is missing, `jobs` at a time; return the number of planned runs that are failed."""
+                   jobs: int = 1, echo: Callable[[str], None] = print, launcher: Launcher | None = None) -> int:
+    """Run what is missing, `jobs` at a time, as child processes or through another `launcher`; return the
+    number of planned runs that are failed."""
+    launcher = launcher or LocalRuns()
+    _ACTIVE[:] = [launcher]
     conf_dir = main_script.parent / "conf"
     work = collection.todo(planned, force)
     skipped = len(planned) - len(work)
     echo(f"collection {collection.path}: {len(planned)} runs planned, {skipped} already completed, "
          f"{len(work)} to run")
     runnable = []
+    recorded = dict(zip(collection.runs.run_id.astype(int), collection.runs.status))
     for run_id, run in work:
+        if not force and recorded.get(run_id) == "running" and finished_unrecorded(collection.run_dir(run_id)):
+            collection.record(run_id, row_of(run, collection.run_dir(run_id), 0, None))
+            echo(f"[done] run {run_id}  seed={run.seed}  {run.config}: finished as the last invocation stopped")
+            continue
         error = check_configuration(conf_dir, run.overrides, run.seed)
         if error is None:
             runnable.append((run_id, run))
@@ -339,7 +386,7 @@ def run_collection(collection: Collection, main_script: Path, planned: Sequence[
     def start(run_id: int, run: Planned) -> dict:
         collection.record(run_id, {"seed": run.seed, "overrides": " ".join(run.overrides), "status": "running",
                                    "config": run.config})
-        return execute(main_script, run, collection.run_dir(run_id))
+        return execute(launcher, main_script, run, collection.run_dir(run_id))
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         pending: dict[Future, tuple[int, Planned, float]] = {}

@@ -182,7 +182,7 @@ def select_rows(num_rows: int, cap: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(num_rows)[:cap])
 
 
-def _digest(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 22):
@@ -198,7 +198,7 @@ def save_cached(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, s
     """Write a cache file atomically, with its size and SHA-256 beside it for `is_intact`."""
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     save_file(arrays, str(tmp), metadata=metadata)
-    write_json(_check_file(path), {"bytes": tmp.stat().st_size, "sha256": _digest(tmp)})
+    write_json(_check_file(path), {"bytes": tmp.stat().st_size, "sha256": sha256_of(tmp)})
     os.replace(tmp, path)
 
 
@@ -208,7 +208,7 @@ def is_intact(path: Path) -> bool:
         return False
     check = _check_file(path)
     expected = json.loads(check.read_text()) if check.exists() else None
-    if expected and path.stat().st_size == expected["bytes"] and _digest(path) == expected["sha256"]:
+    if expected and path.stat().st_size == expected["bytes"] and sha256_of(path) == expected["sha256"]:
         return True
     print(f"cache: {path} is {'damaged' if expected else 'unverified'} (size or SHA-256 differs); rebuilding it")
     return False
@@ -279,6 +279,13 @@ def manifest_path(cfg: DictConfig) -> Path:
         "partition": OmegaConf.to_container(cfg.partition, resolve=True),
     }
     return Path(os.path.expanduser(cfg.data.cache_dir)) / f"prepared-{cache_key([], np.zeros(0), settings)}.json"
+
+
+def client_files(cfg: DictConfig, prepared: PreparedData) -> list[Path]:
+    """The cache files a client process reads (the manifest, the training features, the partition table,
+    each with its check file): what a node that shares no filesystem with the server is sent."""
+    data = [Path(prepared.train_file), Path(prepared.partition_file)]
+    return [manifest_path(cfg), *data, *map(_check_file, data)]
 
 
 def load_prepared(cfg: DictConfig, missing_ok: bool = False) -> PreparedData | None:

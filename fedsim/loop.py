@@ -106,6 +106,7 @@ def client_update(client_id: int, reply: Message, session: Session) -> ClientUpd
         weights=[array.numpy() for array in reply.content["arrays"].values()],  # for_aggregation's float32 views
         is_malicious=client_id in session.malicious,
         attack=session.attack_name if client_id in session.malicious else "none",
+        node=str(reply.content["client"]["node"]) if "client" in reply.content else None,
     )
 
 

@@ -22,7 +22,7 @@ ROUNDS_COLUMNS = [
 CLIENTS_COLUMNS = [
     "round", "client_id", "num_examples", "train_loss", "fit_time_s", "is_malicious", "attack",
     "update_norm", "cosine_to_mean", "distance_to_median", "norm_zscore", "status", "error",
-    "sim_time_s",
+    "sim_time_s", "node",
 ]
 
 

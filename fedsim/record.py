@@ -22,6 +22,7 @@ class ClientUpdate:
     attack: str = "none"
     stats: dict[str, float] = field(default_factory=dict)  # update statistics, filled by weight scrutiny
     sim_time_s: float | None = None  # simulated training time, when faults use the simulated clock
+    node: str | None = None  # the Ray node (simulation) or host (deployment) that trained
 
 
 FAILED, EVAL_FAILED, DROPPED, LATE = "failed", "eval_failed", "dropped", "late"

@@ -11,7 +11,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fedsim.errors import ConfigError
 from fedsim.liveness import effective_status
 
-CHANGEABLE = ("num_rounds", "log_level")  # what a resume may change; anything else would be another run
+# What a resume may change: how long, how verbose, and where the clients run (a Ray cluster, its share of
+# actors), which leaves results unchanged; anything else would be another run.
+CHANGEABLE = ("num_rounds", "log_level", "ray.address", "ray.max_actors")
 
 
 def _key(override: str) -> str:
@@ -43,7 +45,7 @@ def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         saved.resume = str(run_dir)
         for key in CHANGEABLE:
             if key in given:
-                saved[key] = cfg[key]
+                OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
     done = int(info.get("rounds_completed") or 0)
     if status == "completed" and done >= saved.num_rounds:
         raise ConfigError("resume", f"{run_dir} completed all {done} rounds; allowed: a stopped run, or "
