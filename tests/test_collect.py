@@ -123,6 +123,18 @@ def test_only_cut_off_runs_with_a_checkpoint_are_resumed(tmp_path):
     assert not resumable(run_dir("early", "interrupted", False))
 
 
+def test_concurrent_writers_of_one_json_file_never_collide(tmp_path):
+    """Concurrent runs write the data cache's manifest at once; a shared temporary name made one fail."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fedsim.outputs import write_json
+
+    target = tmp_path / "prepared.json"
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: write_json(target, {"writer": i % 4}), range(400)))
+    assert json.loads(target.read_text())["writer"] in range(4) and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
 @pytest.fixture(scope="module")
 def tiny_collection(imdb_dir, tmp_path_factory) -> tuple[Path, str]:
     """2 seeds x (fedavg, fedmedian, a strategy that does not exist), uninterrupted."""
