@@ -17,6 +17,7 @@ import fedsim
 from fedsim.checks import evaluate_clients_per_round, fit_clients_per_round
 from fedsim.errors import ConfigError
 
+
 def address_of(cfg: DictConfig) -> str | None:
     """The cluster a run attaches to, or None for a private Ray instance."""
     return cfg.ray.get("address") if "ray" in cfg else None

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -132,18 +133,48 @@ def test_a_run_that_finished_as_its_collector_was_killed_is_recorded_not_rerun(t
     assert row.status == "completed" and row.final_central_accuracy == 0.75
 
 
+def test_stopping_a_cluster_collection_interrupts_its_runs_here_and_stops_unstarted_jobs(tmp_path):
+    """Ctrl-C on the collector: a started run's main.py (on this machine) gets SIGINT, as a local run does; a job
+    whose run has not written its run.json yet is stopped through Ray's Jobs API."""
+    from fedsim.cluster_jobs import RayJobs
+
+    class Client:
+        stopped: list[str] = []
+
+        def stop_job(self, submission_id: str) -> None:
+            self.stopped.append(submission_id)
+
+    run = _sleeper()
+    started, waiting = tmp_path / "run_0000", tmp_path / "run_0001"
+    started.mkdir()
+    write_json(started / "run.json", {"status": "running", "host": socket.gethostname(), "pid": run.pid,
+                                      "heartbeat_at": time.time()})
+    jobs = RayJobs.__new__(RayJobs)  # its cluster connection stood in for by Client
+    jobs.client, jobs._running, jobs._lock = Client(), {"a": started, "b": waiting}, threading.Lock()
+    jobs.stop()
+    assert run.wait(timeout=10) == -signal.SIGINT and jobs.client.stopped == ["b"]
+
+
 # --- a real two-node cluster ------------------------------------------------------------------------------------
 
-def _ray_processes() -> set[int]:
-    found = set()
+def _processes() -> dict[int, str]:
+    """Every process's pid and command line."""
+    found = {}
     for proc_dir in Path("/proc").glob("[0-9]*"):
         try:
-            cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmdline = (proc_dir / "cmdline").read_bytes()
         except OSError:
             continue
-        if any(name in cmdline for name in RAY_PROCESSES):
-            found.add(int(proc_dir.name))
+        found[int(proc_dir.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
     return found
+
+
+def _ray_processes() -> set[int]:
+    return {pid for pid, cmdline in _processes().items() if any(name in cmdline for name in RAY_PROCESSES)}
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    return [cmdline for cmdline in _processes().values() if text in cmdline]
 
 
 def _free_port() -> int:
@@ -260,6 +291,10 @@ def test_a_collection_on_the_cluster_survives_kill_9_of_its_collector(cluster, i
     os.kill(collector.pid, signal.SIGKILL)
     collector.wait()
     assert (pd.read_csv(ledger).status == "completed").sum() >= 1
+    deadline = time.time() + 30  # its jobs stop with it: no process of the collection is left
+    while (left := _processes_mentioning(str(tmp_path))) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not left, left
 
     output, _ = _collect(tmp_path, dashboard, imdb_dir).communicate(timeout=600)
     assert "4 runs planned" in output and "0 failed" in output, output[-3000:]
@@ -275,6 +310,4 @@ def test_a_collection_on_the_cluster_survives_kill_9_of_its_collector(cluster, i
     clients = pd.read_csv(tmp_path / "c" / "clients.csv")
     assert clients.node.notna().all() and set(clients.run_id) == {0, 1, 2, 3}
     assert (tmp_path / "c" / "summary.csv").exists() and (tmp_path / "c" / "accuracy.png").exists()
-    jobs = [line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
-            if "fedsim.tether" in line and str(tmp_path) in line]
-    assert not jobs, jobs
+    assert not _processes_mentioning(str(tmp_path))
