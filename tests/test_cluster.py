@@ -84,7 +84,13 @@ def test_concurrent_runs_share_the_clusters_slots():
 
 
 def _sleeper() -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    """A process that SIGINT stops, even where this one was started with SIGINT ignored (a background job);
+    returned once its handler is in place."""
+    process = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, "
+                                "signal.default_int_handler); print('ready', flush=True); time.sleep(120)"],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    return process
 
 
 def test_tether_stops_the_run_when_the_collector_dies(tmp_path):
