@@ -9,6 +9,7 @@ out any job of the collection an earlier invocation left running.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -154,8 +155,7 @@ def _composed(run: Planned) -> DictConfig | None:
 
 
 def _read(path: Path) -> dict | None:
-    import json
-
+    """A run.json as it stands, or None before the run has written one."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
