@@ -6,12 +6,14 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fedsim.errors import ConfigError, first_line
 from fedsim.interrupts import Interrupted, leave
 from fedsim.resume import resumed_config
 from fedsim.runtimes import runtime_of
+from fedsim.tracking import group_multirun
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -20,6 +22,8 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         cfg = resumed_config(cfg, hydra_cfg.overrides.task)
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # `-m`: the sweep's runs are one group in a tracker
+            group_multirun(cfg, hydra_cfg.sweep.dir, hydra_cfg.job.num)
         info = runtime_of(cfg).run(cfg, run_dir)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

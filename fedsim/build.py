@@ -16,11 +16,14 @@ from omegaconf import DictConfig
 
 from fedsim.attacks import Attack, malicious_of
 from fedsim.callbacks import Callback
-from fedsim.checks import check_strategy, validate
+from fedsim.checks import check_strategy, fit_clients_per_round, validate
 from fedsim.client import ClientFn, client_fn
 from fedsim.config import flatten
 from fedsim.errors import ConfigError, first_line
 from fedsim.faults import Faults
+from fedsim.privacy import Privacy
+from fedsim.tracking import NoTracking, Tracker
+from fedsim.transport import transport_of
 
 
 @dataclass
@@ -28,11 +31,13 @@ class Experiment:
     """A checked config and the parts of its run; nothing read or written yet."""
 
     cfg: DictConfig
-    strategy: Strategy
+    strategy: Strategy  # inside Flower's DP wrapper under `privacy`
     attack: Attack
     malicious: list[int]
     faults: Faults
     run_config: dict[str, Any]  # what the clients see as context.run_config
+    privacy: Privacy = field(default_factory=Privacy)
+    tracker: Tracker = field(default_factory=NoTracking)
     client_fn: ClientFn = client_fn
     callbacks: list[Callback] = field(default_factory=list)  # outputs added to the standard ones
 
@@ -48,10 +53,21 @@ def build(cfg: DictConfig, *, client_fn: ClientFn = client_fn, callbacks: Sequen
     check_strategy(strategy, cfg)
     attack = _instantiate(cfg, "attack")
     faults = _instantiate(cfg, "faults") if "faults" in cfg else Faults()
-    return Experiment(cfg=cfg, strategy=strategy, attack=attack,
+    privacy = _instantiate(cfg, "privacy") if "privacy" in cfg else Privacy()
+    privacy.check(strategy, attack.name, transport_of(cfg))
+    tracker = _instantiate(cfg, "tracking") if "tracking" in cfg else NoTracking()
+    return Experiment(cfg=cfg, strategy=privacy.wrap(strategy, fit_clients_per_round(cfg)), attack=attack,
                       malicious=malicious_of(attack, int(cfg.num_clients), int(cfg.seed)), faults=faults,
+                      privacy=privacy, tracker=tracker,
                       run_config=dict(run_config) if run_config is not None else flatten(cfg),
                       client_fn=client_fn, callbacks=list(callbacks))
+
+
+def inner_strategy(strategy: Strategy) -> Strategy:
+    """The aggregating strategy inside any wrapper (Flower's DP wrappers keep it as `.strategy`)."""
+    while isinstance(getattr(strategy, "strategy", None), Strategy):
+        strategy = strategy.strategy
+    return strategy
 
 
 def _instantiate(cfg: DictConfig, key: str) -> Any:

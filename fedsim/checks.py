@@ -12,6 +12,8 @@ from omegaconf import DictConfig
 
 from fedsim.attacks import num_malicious
 from fedsim.errors import ConfigError
+from fedsim.privacy import MODES as PRIVACY_MODES
+from fedsim.privacy import SAMPLING
 from fedsim.transport import TRANSPORTS
 
 ADDRESS = re.compile(r"^(auto|[\w.-]+:\d+)$")  # ray.address, when set
@@ -73,6 +75,16 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "faults.examples_per_s": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "faults.round_timeout_s": (lambda v: v is None or (_is_number(v) and v > 0), "null or a number > 0"),
     "faults.max_failure_rate": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "privacy.mode": (lambda v: v in PRIVACY_MODES, ", ".join(PRIVACY_MODES)),
+    "privacy.noise_multiplier": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (0: clipping without noise)"),
+    "privacy.clipping_norm": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "privacy.delta": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
+    "privacy.sampling": (lambda v: v in SAMPLING, ", ".join(SAMPLING)),
+    "privacy.initial_clipping_norm": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "privacy.target_clipped_quantile": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "privacy.clip_norm_lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "privacy.clipped_count_stddev": (lambda v: v is None or (_is_number(v) and v > 0), "null or a number > 0"),
+    "tracking.tags": (lambda v: isinstance(v, DictConfig), "a mapping of tag names to values"),
 }
 
 

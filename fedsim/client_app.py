@@ -19,6 +19,7 @@ from flwr.common.constant import ErrorCode
 from fedsim.client import ClientFn, client_fn, settings_for
 from fedsim.cluster import node_name
 from fedsim.messages import PARTITION, record_views, to_record
+from fedsim.privacy import privacy_mod
 from fedsim.transport import encode
 
 
@@ -39,10 +40,12 @@ def with_run_config(run_config: Mapping[str, Any]):
 
 def partition_from_message(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """A Flower mod: a pooled simulation node serves the partition its message names (the `partition`
-    record), as if it were that partition's own node."""
+    record), as if it were that partition's own node. The record is taken off the message: Flower's DP
+    clipping mods accept a single config record."""
     if PARTITION not in message.content:
         return call_next(message, context)
     node_config = {**context.node_config, **{k: int(v) for k, v in message.content[PARTITION].items()}}
+    del message.content[PARTITION]
     return call_next(message, Context(run_id=context.run_id, node_id=context.node_id, node_config=node_config,
                                       state=context.state, run_config=context.run_config))
 
@@ -71,9 +74,10 @@ def make_client_app(client_fn: ClientFn = client_fn, run_config: Mapping[str, An
                     mods: Sequence[Mod] = ()) -> ClientApp:
     """The ClientApp: which partition a node serves (query), local training, local evaluation.
 
-    `mods` run first (fedsim.shipping's delivery of the data to a cluster's nodes)."""
+    `mods` run first (fedsim.shipping's delivery of the data to a cluster's nodes); the privacy mod runs
+    last, nearest the handlers, so it clips what the client trained."""
     app = ClientApp(mods=[*mods, *([with_run_config(run_config)] if run_config is not None else []),
-                          partition_from_message])
+                          partition_from_message, privacy_mod])
 
     @app.query()
     def describe(message: Message, context: Context) -> Message:

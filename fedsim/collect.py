@@ -197,9 +197,18 @@ def resumable(run_dir: Path) -> bool:
     return effective_status(json.loads(info_path.read_text())) in ("interrupted", "dead")
 
 
-def execute(launcher: Launcher, main_script: Path, planned: Planned, run_dir: Path) -> dict:
+def tracking_labels(collection: str, run_id: int) -> tuple[str, ...]:
+    """A fresh run's place in its collection for any tracker: the collection's name as the group (an MLflow
+    experiment, a W&B group), and its run_id as a tag."""
+    quoted = collection.replace("\\", "\\\\").replace("'", "\\'")
+    return f"tracking.group='{quoted}'", f"++tracking.tags.run_id={run_id}"
+
+
+def execute(launcher: Launcher, main_script: Path, planned: Planned, run_dir: Path,
+            labels: Sequence[str] = ()) -> dict:
     """Run main.py once through `launcher`, continuing a cut-off run from its checkpoint; return its
-    row for runs.csv (without run_id)."""
+    row for runs.csv (without run_id). `labels` are overrides a fresh run gets that name no configuration
+    (tracking_labels)."""
     if resumable(run_dir):
         command = [sys.executable, str(main_script), f"resume={run_dir}", *launcher.overrides]
     else:
@@ -207,7 +216,7 @@ def execute(launcher: Launcher, main_script: Path, planned: Planned, run_dir: Pa
             shutil.rmtree(run_dir)  # left by an invocation that failed or was killed before a checkpoint
         run_dir.mkdir(parents=True)
         command = [sys.executable, str(main_script), *planned.overrides, f"seed={planned.seed}",
-                   f"hydra.run.dir='{run_dir}'", *launcher.overrides]
+                   f"hydra.run.dir='{run_dir}'", *labels, *launcher.overrides]
     started = time.perf_counter()
     returncode = launcher.run(command, run_dir / "output.log", run_dir)
     return row_of(planned, run_dir, returncode, round(time.perf_counter() - started, 3))
@@ -386,7 +395,8 @@ def run_collection(collection: Collection, main_script: Path, planned: Sequence[
     def start(run_id: int, run: Planned) -> dict:
         collection.record(run_id, {"seed": run.seed, "overrides": " ".join(run.overrides), "status": "running",
                                    "config": run.config})
-        return execute(launcher, main_script, run, collection.run_dir(run_id))
+        return execute(launcher, main_script, run, collection.run_dir(run_id),
+                       tracking_labels(collection.path.name, run_id))
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         pending: dict[Future, tuple[int, Planned, float]] = {}

@@ -26,12 +26,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fedsim.archive import ArchiveWriter, check_disk, expected_bytes, select_layers
-from fedsim.build import Experiment, build
+from fedsim.build import Experiment, build, inner_strategy
 from fedsim.callbacks import (
     Callback, ClientFailures, ClientsCsv, DetectionCsv, FinalModel, MemoryProbe, Progress, RoundsCsv, RunSummary,
     WeightArchive, WeightScrutiny,
 )
 from fedsim.checks import fit_clients_per_round
+from fedsim.config import flatten
 from fedsim.checkpoint import Checkpoint, Checkpointer, output_key, restore_strategy
 from fedsim.data import Loader, load_test, offline_unless_hub_reachable, prepare_data
 from fedsim.errors import ConfigError, first_line
@@ -40,6 +41,7 @@ from fedsim.liveness import HEARTBEAT_S
 from fedsim.memory import return_freed_buffers_to_os
 from fedsim.models import get_weights, layer_names, set_weights
 from fedsim.outputs import write_json
+from fedsim.privacy import PrivacyBudget
 from fedsim.record import LATE, ClientFailure, ClientUpdate, RoundRecord
 from fedsim.train import evaluate
 from fedsim.transport import transport_of
@@ -130,6 +132,8 @@ class RunInfo:
             "model": cfg.model.name if "model" in cfg else None,
             "strategy": cfg.strategy.get("_target_") if "strategy" in cfg else None,
             "transport": transport_of(cfg),
+            "privacy": cfg.privacy.mode if "privacy" in cfg else "none",
+            "tracking": cfg.tracking.get("_target_", "").rsplit(".", 1)[-1] if "tracking" in cfg else None,
             "versions": _versions(), "git_commit": git_commit(),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
             **alive,
@@ -193,7 +197,7 @@ class Session:
         check_space(cfg, run_dir, self.names, get_weights(self.model))
         self.checkpoint = Checkpoint.load(run_dir, self.names) if cfg.get("resume") is not None else None
         if self.checkpoint is not None:
-            restore_strategy(self.strategy, self.checkpoint.strategy_tensors, self.checkpoint.strategy_layout)
+            restore_strategy(inner_strategy(self.strategy), self.checkpoint.strategy_tensors, self.checkpoint.strategy_layout)
         self.testloader: Loader | None = None
         self.callbacks: list[Callback] = []
         self.slow = experiment.faults.slow_devices(int(cfg.seed), int(cfg.num_clients))
@@ -224,7 +228,7 @@ class Session:
         """Start every output, after the checkpoint's round when resuming; the checkpoint writer comes last."""
         outputs = standard_outputs(self.experiment, self.run_dir, self.names, self.info.progress) + \
             self.experiment.callbacks
-        self.callbacks = outputs + [Checkpointer(self.run_dir, self.strategy, outputs)]
+        self.callbacks = outputs + [Checkpointer(self.run_dir, inner_strategy(self.strategy), outputs)]
         saved = self.checkpoint.outputs if self.checkpoint is not None else {}
         for index, callback in enumerate(self.callbacks):
             callback.on_run_start(saved.get(output_key(index, callback)) if self.checkpoint is not None else None)
@@ -263,6 +267,11 @@ class Session:
             return float(self.experiment.faults.round_timeout_s)
         return max((u.sim_time_s for u in on_time), default=0.0)
 
+    def reseed(self, server_round: int) -> None:
+        """NumPy's global generator from (seed, round), before the strategy aggregates: what it draws there
+        (Flower's DP noise) is the same in a resumed run."""
+        np.random.seed([int(self.cfg.seed) % 2**32, server_round])
+
     def evaluate(self, weights: list[np.ndarray]) -> tuple[float, float]:
         """Central evaluation: (loss, accuracy) of `weights` on the server's test split."""
         set_weights(self.model, weights)
@@ -297,11 +306,16 @@ def standard_outputs(experiment: Experiment, run_dir: Path, names: list[str],
         writer = partial(ArchiveWriter, run_dir, names, list(cfg.archive.layers), cfg.archive.dtype,
                          cfg.archive.max_pending)
         outputs.append(WeightArchive(writer, clients=cfg.archive.mode == "all"))
-    outputs += [MemoryProbe(), RoundsCsv(run_dir / "rounds.csv"), Progress(cfg.num_rounds), RunSummary(publish),
+    outputs.append(MemoryProbe())
+    if experiment.privacy.enabled:
+        outputs.append(PrivacyBudget(experiment.privacy, experiment.strategy, int(cfg.num_clients),
+                                     fit_clients_per_round(cfg)))
+    outputs += [RoundsCsv(run_dir / "rounds.csv"), Progress(cfg.num_rounds), RunSummary(publish),
                 ClientFailures(float(cfg.faults.max_failure_rate))]
     if cfg.scrutiny:
         outputs.append(DetectionCsv(run_dir / "detection.csv", run_dir / "clients.csv"))
-    return outputs + [FinalModel(run_dir / "model.safetensors")]
+    experiment.tracker.bind(run_dir, flatten(cfg))
+    return outputs + [FinalModel(run_dir / "model.safetensors"), experiment.tracker]
 
 
 def check_space(cfg: DictConfig, run_dir: Path, names: list[str], weights: list[np.ndarray]) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Iterable
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
+from fedsim.build import inner_strategy
 from fedsim.errors import RunFailed
 from fedsim.messages import record_views, to_record, viewed
 from fedsim.participation import EVALUATE, TRAIN, Participants
@@ -52,7 +53,8 @@ def run_rounds(grid: Grid, session: Session, slots: int | None = None) -> None:
         updates, late = session.clock(server_round, updates)
         failures += late
         on_time = {u.client_id for u in updates}
-        check_enough(server_round, updates, failures, int(getattr(strategy, "min_train_nodes", 1)))
+        check_enough(server_round, updates, failures, int(getattr(inner_strategy(strategy), "min_train_nodes", 1)))
+        session.reseed(server_round)  # Flower's DP noise draws from NumPy's global generator
         aggregated, _ = strategy.aggregate_train(server_round, [r for p, r in trained.items() if p in on_time])
         start, arrays = arrays, aggregated if aggregated is not None else arrays
 

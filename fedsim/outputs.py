@@ -18,7 +18,7 @@ CHECKPOINT = "checkpoint.safetensors"  # fedsim.checkpoint: what a run resumes f
 ROUNDS_COLUMNS = [
     "round", "central_loss", "central_accuracy", "fed_loss", "fed_accuracy", "train_loss",
     "num_fit_clients", "num_failures", "round_time_s", "driver_rss_mb", "driver_shared_mb",
-    "num_dropped", "num_late", "sim_round_time_s",
+    "num_dropped", "num_late", "sim_round_time_s", "epsilon",
 ]
 CLIENTS_COLUMNS = [
     "round", "client_id", "num_examples", "train_loss", "fit_time_s", "is_malicious", "attack",
