@@ -183,10 +183,11 @@ class MLflow(Tracker):
     def _open(self) -> None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-        for name in ("mlflow", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
         from mlflow.entities import Param, RunTag
         from mlflow.tracking import MlflowClient
+
+        for name in ("mlflow", "alembic"):  # after the import, which sets mlflow's level
+            logging.getLogger(name).setLevel(logging.WARNING)
 
         uri, artifacts = self.store()
         self.client = MlflowClient(tracking_uri=uri)
