@@ -223,9 +223,12 @@ class Crash(Callback):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedadam", "fedavgm"])  # stateless, moments, momentum
-def test_a_resumed_run_equals_an_uninterrupted_one(generated_imdb, tmp_path, strategy):
-    overrides = [f"data.path={generated_imdb}", *SMALL, "num_rounds=3", "archive.mode=all", f"strategy={strategy}"]
+# stateless, moments, momentum; and FedAdam inside Flower's adaptive DP wrapper (noise, a moving clipping norm)
+@pytest.mark.parametrize("choice", ["strategy=fedavg", "strategy=fedadam", "strategy=fedavgm",
+                                    "strategy=fedadam privacy=server_adaptive privacy.initial_clipping_norm=0.05"],
+                         ids=["fedavg", "fedadam", "fedavgm", "fedadam-dp"])
+def test_a_resumed_run_equals_an_uninterrupted_one(generated_imdb, tmp_path, choice):
+    overrides = [f"data.path={generated_imdb}", *SMALL, "num_rounds=3", "archive.mode=all", *choice.split()]
     run_locally(make_cfg(*overrides), tmp_path / "whole")
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
