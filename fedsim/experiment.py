@@ -133,7 +133,6 @@ class RunInfo:
             "strategy": cfg.strategy.get("_target_") if "strategy" in cfg else None,
             "transport": transport_of(cfg),
             "privacy": cfg.privacy.mode if "privacy" in cfg else "none",
-            "tracking": cfg.tracking.get("_target_", "").rsplit(".", 1)[-1] if "tracking" in cfg else None,
             "versions": _versions(), "git_commit": git_commit(),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
             **alive,

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -36,7 +37,8 @@ def flat_params(params: Mapping[str, Any]) -> dict[str, str]:
 
 
 class Tracker(Callback):
-    """A tracker run mirroring one fedsim run. Subclasses fill in `_open`, `_log_round` and `_close`.
+    """A tracker run mirroring one fedsim run. Subclasses fill in `_open`, `_log_round`, `_log_model`,
+    `_log_info` and `_close`; every call but `_close`'s goes through `_guard`.
 
     `group`: the collection (or multirun) the run belongs to; `tags` (run_id among them) label it.
     A resumed run continues its tracker run where the tool can (`state` holds its id).
@@ -88,11 +90,17 @@ class Tracker(Callback):
         self._guard(self._log_model)
 
     def close(self) -> None:
-        """run.json's final fields (written before outputs close), then the tracker run's end."""
-        info_path = self.run_dir / "run.json" if self.run_dir is not None else None
-        info = json.loads(info_path.read_text()) if info_path is not None and info_path.exists() else {}
-        self._guard(lambda: self._log_info(info))
-        self._close(str(info.get("status", "failed")))
+        """run.json's final fields (its status is final before outputs close), then the tracker run's end."""
+        status = "failed"
+
+        def final_fields() -> None:
+            nonlocal status
+            info = json.loads((self.run_dir / "run.json").read_text())
+            status = str(info.get("status", status))
+            self._log_info(info)
+
+        self._guard(final_fields)
+        self._close(status)
 
     def _open(self) -> None: ...
 
@@ -114,6 +122,12 @@ class NoTracking(Tracker):
     """tracking=none: CSVs and run.json only."""
 
     name = "none"
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        """Nothing to log."""
+
+    def close(self) -> None:
+        """Nothing to end."""
 
 
 class TensorBoard(Tracker):
@@ -208,7 +222,7 @@ class MLflow(Tracker):
     def _log_round(self, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
-        now = _millis()
+        now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
 
     def _log_model(self) -> None:
@@ -225,12 +239,6 @@ class MLflow(Tracker):
         if self.client is not None and self.run_id is not None:
             ended = {"completed": "FINISHED", "degraded": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
             self._guard(lambda: self.client.set_terminated(self.run_id, status=ended))
-
-
-def _millis() -> int:
-    import time
-
-    return int(time.time() * 1000)
 
 
 class WandB(Tracker):
