@@ -29,7 +29,7 @@ def run_dir_for(run_config: Mapping[str, Any], now: datetime | None = None) -> P
     """
     now = now or datetime.now()
     root = Path(str(run_config.get(RESULTS_KEY) or "results")).expanduser().absolute()
-    overrides = sorted(o for o in overrides_of(run_config) if not o.startswith("data.path="))
+    overrides = sorted(o for o in overrides_of(run_config) if not o.startswith(("data.path=", "tracking.uri=")))
     return root / "runs" / now.strftime("%Y-%m-%d") / f"{now.strftime('%H-%M-%S-%f')}_{','.join(overrides)}"
 
 
