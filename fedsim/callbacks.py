@@ -24,6 +24,7 @@ from fedsim.detection import DETECTION_COLUMNS, detection_rows, mean_auc
 from fedsim.errors import RunFailed
 from fedsim.memory import memory_mb
 from fedsim.outputs import CLIENTS_COLUMNS, ROUNDS_COLUMNS, CsvLog, format_duration, write_csv
+from fedsim.privacy import Privacy, epsilon
 from fedsim.record import FAILED, RoundRecord
 from fedsim.scrutiny import CLIENT_STAT_COLUMNS, LAYER_COLUMNS, round_statistics
 
@@ -298,3 +299,33 @@ class FinalModel(Callback):
     def on_run_end(self, summary: dict[str, Any]) -> None:
         if self.model:
             save_file(self.model, str(self.path))
+
+
+class PrivacyBudget(Callback):
+    """rounds.csv's `epsilon` after every round, and run.json's epsilon and delta; it also carries an
+    adaptive wrapper's clipping norm across a resume."""
+
+    def __init__(self, privacy: Privacy, wrapper: Any, num_clients: int, clients_per_round: int) -> None:
+        self.privacy, self.wrapper = privacy, wrapper
+        self.num_clients, self.clients_per_round = num_clients, clients_per_round
+        self.releases = 0
+        self.epsilon = 0.0
+
+    def on_run_start(self, saved: dict[str, Any] | None) -> None:
+        if saved:
+            self.releases, self.epsilon = int(saved["releases"]), float(saved["epsilon"])
+            self.wrapper.clipping_norm = float(saved["clipping_norm"])
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        if record.clients:  # the round released a noisy average
+            self.releases += 1
+            self.epsilon = epsilon(self.privacy.noise_multiplier, self.clients_per_round, self.num_clients,
+                                   self.releases, self.privacy.delta, self.privacy.sampling)
+        record.metrics["epsilon"] = self.epsilon
+
+    def state(self) -> dict[str, Any]:
+        return {"releases": self.releases, "epsilon": self.epsilon,
+                "clipping_norm": float(self.wrapper.clipping_norm)}
+
+    def on_run_end(self, summary: dict[str, Any]) -> None:
+        summary.update(epsilon=self.epsilon, delta=self.privacy.delta, privacy_releases=self.releases)

@@ -28,8 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from fedsim.archive import ArchiveWriter, check_disk, expected_bytes, select_layers
 from fedsim.build import Experiment, build, inner_strategy
 from fedsim.callbacks import (
-    Callback, ClientFailures, ClientsCsv, DetectionCsv, FinalModel, MemoryProbe, Progress, RoundsCsv, RunSummary,
-    WeightArchive, WeightScrutiny,
+    Callback, ClientFailures, ClientsCsv, DetectionCsv, FinalModel, MemoryProbe, PrivacyBudget, Progress, RoundsCsv,
+    RunSummary, WeightArchive, WeightScrutiny,
 )
 from fedsim.checks import fit_clients_per_round
 from fedsim.config import flatten
@@ -41,7 +41,6 @@ from fedsim.liveness import HEARTBEAT_S
 from fedsim.memory import return_freed_buffers_to_os
 from fedsim.models import get_weights, layer_names, set_weights
 from fedsim.outputs import write_json
-from fedsim.privacy import PrivacyBudget
 from fedsim.record import LATE, ClientFailure, ClientUpdate, RoundRecord
 from fedsim.train import evaluate
 from fedsim.transport import transport_of

@@ -2,8 +2,9 @@
 
 Flower clips each client's update (on the server, or in the client with its mod) to `clipping_norm`,
 averages the clipped updates with equal weights, and adds Gaussian noise of standard deviation
-noise_multiplier × clipping_norm / clients per round to the average. `PrivacyBudget` turns that into
-ε after every round with dp-accounting's RDP accountant (README, "Differential privacy").
+noise_multiplier × clipping_norm / clients per round to the average. `epsilon` turns that into ε with
+dp-accounting's RDP accountant; fedsim.callbacks.PrivacyBudget reports it every round (README,
+"Differential privacy"). Light to import: every ClientApp process loads it.
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ from flwr.serverapp.strategy import (
     FedTrimmedAvg, Krum, MultiKrum, Strategy,
 )
 
-from fedsim.callbacks import Callback
 from fedsim.config import config_from
 from fedsim.errors import ConfigError, first_line
-from fedsim.record import RoundRecord
 
 MODES = ("none", "server_fixed", "server_adaptive", "client_fixed", "client_adaptive")
 SAMPLING = ("without_replacement", "none")
@@ -155,36 +154,6 @@ def epsilon(noise_multiplier: float, sample_size: int, population: int, releases
         event = dp_event.GaussianDpEvent(noise_multiplier)
     accountant.compose(event, releases)
     return float(accountant.get_epsilon(delta))
-
-
-class PrivacyBudget(Callback):
-    """rounds.csv's `epsilon` after every round, and run.json's epsilon and delta; it also carries an
-    adaptive wrapper's clipping norm across a resume."""
-
-    def __init__(self, privacy: Privacy, wrapper: Strategy, num_clients: int, clients_per_round: int) -> None:
-        self.privacy, self.wrapper = privacy, wrapper
-        self.num_clients, self.clients_per_round = num_clients, clients_per_round
-        self.releases = 0
-        self.epsilon = 0.0
-
-    def on_run_start(self, saved: dict[str, Any] | None) -> None:
-        if saved:
-            self.releases, self.epsilon = int(saved["releases"]), float(saved["epsilon"])
-            self.wrapper.clipping_norm = float(saved["clipping_norm"])
-
-    def on_round_end(self, record: RoundRecord) -> None:
-        if record.clients:  # the round released a noisy average
-            self.releases += 1
-            self.epsilon = epsilon(self.privacy.noise_multiplier, self.clients_per_round, self.num_clients,
-                                   self.releases, self.privacy.delta, self.privacy.sampling)
-        record.metrics["epsilon"] = self.epsilon
-
-    def state(self) -> dict[str, Any]:
-        return {"releases": self.releases, "epsilon": self.epsilon,
-                "clipping_norm": float(self.wrapper.clipping_norm)}
-
-    def on_run_end(self, summary: dict[str, Any]) -> None:
-        summary.update(epsilon=self.epsilon, delta=self.privacy.delta, privacy_releases=self.releases)
 
 
 def privacy_mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:

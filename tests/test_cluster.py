@@ -278,15 +278,16 @@ def test_a_node_without_the_data_gets_it_from_the_object_store(cluster, tmp_path
 def _collect(root: Path, dashboard: str, imdb_dir: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "run_and_collect.py", "--root", str(root), "--address", dashboard, "--jobs", "2", "--name",
-         "c", "--seeds", "0", "1", "2", "--", f"data.path={imdb_dir}",
+         "c", "--seeds", "0", "1", "--", f"data.path={imdb_dir}",
          *[o for o in RUN if not o.startswith("num_rounds")], "num_rounds=1"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.mark.slow
 def test_a_collection_on_the_cluster_survives_kill_9_of_its_collector(cluster, imdb_dir, tmp_path):
-    """3 seeds as Ray jobs, 2 at once; the collector killed with -9 after its first completed run (one run
-    cut off, one not started), then the same command: every run exactly once, every file, unique run ids."""
+    """2 seeds as Ray jobs at once; the collector killed with -9 after its first completed run, the other cut
+    off, then the same command: every run exactly once, every file, unique run ids. (Jobs not yet started
+    are covered by the Ctrl-C test above.)"""
     _, dashboard = cluster
     collector = _collect(tmp_path, dashboard, imdb_dir)
     ledger = tmp_path / "c" / "runs.csv"
@@ -303,17 +304,17 @@ def test_a_collection_on_the_cluster_survives_kill_9_of_its_collector(cluster, i
     assert not left, left
 
     output, _ = _collect(tmp_path, dashboard, imdb_dir).communicate(timeout=600)
-    assert "3 runs planned" in output and "0 failed" in output, output[-3000:]
+    assert "2 runs planned" in output and "0 failed" in output, output[-3000:]
     runs = pd.read_csv(ledger)
-    assert sorted(runs.run_id) == [0, 1, 2] and (runs.status == "completed").all()
-    assert not runs.duplicated(["config", "seed"]).any() and len(runs) == 3
+    assert sorted(runs.run_id) == [0, 1] and (runs.status == "completed").all()
+    assert not runs.duplicated(["config", "seed"]).any() and len(runs) == 2
     for run_id in runs.run_id:
         run_dir = tmp_path / "c" / "runs" / f"run_{run_id:04d}"
         assert all((run_dir / name).exists() for name in ("run.json", "config.yaml", "rounds.csv", "clients.csv"))
         assert "  address: auto\n" in (run_dir / "config.yaml").read_text()  # attached to the cluster
     rounds = pd.read_csv(tmp_path / "c" / "rounds.csv")
-    assert len(rounds) == 3 * 2 and not rounds.duplicated(["run_id", "round"]).any()
+    assert len(rounds) == 2 * 2 and not rounds.duplicated(["run_id", "round"]).any()
     clients = pd.read_csv(tmp_path / "c" / "clients.csv")
-    assert clients.node.notna().all() and set(clients.run_id) == {0, 1, 2}
+    assert clients.node.notna().all() and set(clients.run_id) == {0, 1}
     assert (tmp_path / "c" / "summary.csv").exists() and (tmp_path / "c" / "accuracy.png").exists()
     assert not _processes_mentioning(str(tmp_path))

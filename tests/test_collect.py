@@ -137,9 +137,9 @@ def test_concurrent_writers_of_one_json_file_never_collide(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_collection(imdb_dir, tmp_path_factory) -> tuple[Path, str]:
-    """2 seeds x (fedavg, fedmedian, a strategy that does not exist), uninterrupted."""
+    """2 seeds x (fedavg, a strategy that does not exist), uninterrupted."""
     root = tmp_path_factory.mktemp("collections")
-    proc = collect(root, "--runs", "2", "--name", "tiny", "--sweep", "strategy=fedavg,fedmedian,nosuch",
+    proc = collect(root, "--runs", "2", "--name", "tiny", "--sweep", "strategy=fedavg,nosuch",
                    "--", *tiny(imdb_dir))
     output, _ = proc.communicate(timeout=900)
     assert proc.returncode == 1, output[-3000:]  # a failed configuration makes the exit code non-zero
@@ -151,9 +151,9 @@ def test_collection_writes_every_file_with_row_counts(tiny_collection):
     path, output = tiny_collection
     runs = pd.read_csv(path / "runs.csv")
     assert list(runs.columns) == RUNS_COLUMNS
-    assert runs.run_id.tolist() == list(range(6))
+    assert runs.run_id.tolist() == list(range(4))
     done = runs[runs.status == "completed"]
-    assert len(done) == 4 and done.final_central_accuracy.between(0, 1).all()
+    assert len(done) == 2 and done.final_central_accuracy.between(0, 1).all()
     failed = runs[runs.status == "failed"]
     assert failed.overrides.str.endswith("strategy=nosuch").all() and len(failed) == 2
     assert failed.error.str.startswith("strategy: no option 'nosuch'; allowed:").all()
@@ -161,17 +161,17 @@ def test_collection_writes_every_file_with_row_counts(tiny_collection):
     rounds, clients, layers = (pd.read_csv(path / name) for name in ("rounds.csv", "clients.csv", "layers.csv"))
     for table in (rounds, clients, layers):
         assert table.columns[0] == "run_id" and set(table.run_id) == set(done.run_id)
-    assert len(rounds) == 4 * 2 and not rounds.duplicated(["run_id", "round"]).any()
-    assert len(clients) == 4 * 2 and len(layers) == 4 * 3
+    assert len(rounds) == 2 * 2 and not rounds.duplicated(["run_id", "round"]).any()
+    assert len(clients) == 2 * 2 and len(layers) == 2 * 3
     final = rounds[rounds["round"] == 1].set_index("run_id").central_accuracy
     assert final.to_dict() == pytest.approx(done.set_index("run_id").final_central_accuracy.to_dict())
 
     summary = pd.read_csv(path / "summary.csv").set_index("config")
-    assert summary.n_runs.tolist() == [2, 2, 0] and summary.n_failed.tolist() == [0, 0, 2]
-    assert (summary.ci95_low.iloc[:2] <= summary["mean"].iloc[:2]).all()
+    assert summary.n_runs.tolist() == [2, 0] and summary.n_failed.tolist() == [0, 2]
+    assert summary.ci95_low.iloc[0] <= summary["mean"].iloc[0]
     assert (path / "accuracy.png").stat().st_size > 10_000
     progress = [line for line in output.splitlines() if line.startswith("[")]
-    assert sum(line.startswith(("[1/4]", "[2/4]", "[3/4]", "[4/4]")) for line in progress) == 4
+    assert sum(line.startswith(("[1/2]", "[2/2]")) for line in progress) == 2
     assert all("seed=" in line and "ETA" in line for line in progress if not line.startswith("[skip]"))
 
 
@@ -179,10 +179,10 @@ def test_collection_writes_every_file_with_row_counts(tiny_collection):
 def test_same_command_again_reruns_only_the_failed_runs(tiny_collection, imdb_dir):
     path, _ = tiny_collection
     before = pd.read_csv(path / "runs.csv")
-    proc = collect(path.parent, "--runs", "2", "--name", "tiny", "--sweep", "strategy=fedavg,fedmedian,nosuch",
+    proc = collect(path.parent, "--runs", "2", "--name", "tiny", "--sweep", "strategy=fedavg,nosuch",
                    "--", *tiny(imdb_dir))
     output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 1 and "4 already completed, 2 to run" in output, output[-2000:]
+    assert proc.returncode == 1 and "2 already completed, 2 to run" in output, output[-2000:]
     pd.testing.assert_frame_equal(pd.read_csv(path / "runs.csv"), before)
 
 
@@ -258,8 +258,8 @@ def test_results_loader_and_example_notebook(tiny_collection):
 
     path, _ = tiny_collection
     collection = load(path)
-    assert isinstance(collection, CollectionResults) and len(collection.runs) == 6
-    assert set(collection.with_config("rounds").config) == set(collection.summary.config[:2])
+    assert isinstance(collection, CollectionResults) and len(collection.runs) == 4
+    assert set(collection.with_config("rounds").config) == set(collection.summary.config[:1])
     run = load(path / collection.runs.run_dir.dropna().iloc[0])
     assert isinstance(run, RunResults) and run.info["status"] == "completed" and run.config["num_clients"] == 2
 
