@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_main
+from conftest import ROOT, make_cfg
 from fedsim.archive import Archive
 from fedsim.scrutiny import LAYER_COLUMNS, main as scrutiny_main
+from test_server_app import run_locally
 
 
 pytestmark = pytest.mark.slow
@@ -20,11 +23,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def archived_run(imdb_dir, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("archived")
-    result = run_main(run_dir, f"data.path={imdb_dir}", "num_clients=3", "num_rounds=2", "data.train_size=600",
-                      "data.test_size=100", "archive.mode=all")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "GB expected" in result.stdout
+    """The loop in-process on a LocalGrid (main.py's own path is the session's `small_run`)."""
+    run_dir, printed = tmp_path_factory.mktemp("archived"), io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        run_locally(make_cfg(f"data.path={imdb_dir}", "num_clients=3", "num_rounds=2", "data.train_size=600",
+                             "data.test_size=100", "archive.mode=all"), run_dir)
+    assert "GB expected" in printed.getvalue()
     return run_dir
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ROOT, make_cfg, run_main
+from conftest import ROOT, SMALL, make_cfg, run_main
 from fedsim.checks import validate
 from fedsim.cluster import NodeResources, actor_pool_limit, check_fits, max_actors
 from fedsim.cluster_jobs import share
@@ -211,21 +211,21 @@ def cluster():
 
 
 @pytest.mark.slow
-def test_a_run_on_two_nodes_uses_both_and_equals_the_same_run_on_a_private_instance(cluster, imdb_dir, tmp_path):
+def test_a_run_on_two_nodes_uses_both_and_equals_the_same_run_on_a_private_instance(cluster, imdb_dir, small_run,
+                                                                                     tmp_path):
+    """The session's reference run (`small_run`, a private Ray instance) again, attached to the cluster."""
     address, _ = cluster
-    attached = run_main(tmp_path / "cluster", f"data.path={imdb_dir}", f"ray.address={address}", *RUN)
+    attached = run_main(tmp_path / "cluster", f"data.path={imdb_dir}", f"ray.address={address}", *SMALL)
     assert attached.returncode == 0, attached.stderr[-3000:]
-    private = run_main(tmp_path / "private", f"data.path={imdb_dir}", *RUN)
-    assert private.returncode == 0, private.stderr[-3000:]
 
     clients = pd.read_csv(tmp_path / "cluster" / "clients.csv")
     assert clients.node.nunique() == 2 and clients.node.notna().all()  # each node's id: both served clients
-    reference = pd.read_csv(tmp_path / "private" / "clients.csv")
+    reference = pd.read_csv(small_run / "clients.csv")
     assert reference.node.nunique() == 1
     pd.testing.assert_frame_equal(clients[CLIENT_COLUMNS], reference[CLIENT_COLUMNS])
     metrics = ["central_loss", "central_accuracy", "fed_loss", "fed_accuracy", "train_loss", "num_fit_clients"]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cluster" / "rounds.csv")[metrics],
-                                  pd.read_csv(tmp_path / "private" / "rounds.csv")[metrics])
+                                  pd.read_csv(small_run / "rounds.csv")[metrics])
 
 
 @pytest.mark.slow

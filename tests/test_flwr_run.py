@@ -13,13 +13,12 @@ import urllib.request
 import pandas as pd
 import pytest
 
-from conftest import METRICS, ROOT, run_main
+from conftest import METRICS, ROOT, SMALL
 from fedsim.federation import flower_command, free_port
 from fedsim.processes import group_alive
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["num_clients=3", "num_rounds=2", "data.train_size=600", "data.test_size=200", "archive.mode=all"]
 
 
 @pytest.fixture
@@ -68,7 +67,8 @@ def raylets() -> set[int]:
     return {int(pid) for pid in out.split()}
 
 
-def test_flwr_run_writes_main_pys_run_directory_with_the_same_numbers(superlink, imdb_dir, tmp_path):
+def test_flwr_run_writes_main_pys_run_directory_with_the_same_numbers(superlink, imdb_dir, small_run, tmp_path):
+    """`flwr run` of the session's reference run (`small_run`, made by main.py): the same files and numbers."""
     overrides = [f"data.path={imdb_dir}", *SMALL]
     before = raylets()
     result = subprocess.run(
@@ -82,8 +82,7 @@ def test_flwr_run_writes_main_pys_run_directory_with_the_same_numbers(superlink,
     [run_dir] = (tmp_path / "results" / "runs").glob("*/*")
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
 
-    main = tmp_path / "main"
-    assert run_main(main, *overrides).returncode == 0
+    main = small_run
     files = {p.relative_to(run_dir) for p in run_dir.rglob("*") if p.is_file()}
     assert files == {p.relative_to(main) for p in main.rglob("*") if p.is_file()
                      if ".hydra" not in p.parts and p.name != "main.log"}  # Hydra's own files aside
