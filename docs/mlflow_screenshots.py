@@ -4,20 +4,21 @@
 
 Starts `mlflow ui` on a free local port over the SQLite store, drives headless Chromium with Playwright
 (FEDSIM_CHROMIUM names the browser, default /usr/bin/chromium: Debian's `chromium` package), and stops the
-server's whole process group afterwards.
+server and every process below it afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
-import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from fedsim.federation import free_port
+from fedsim.processes import Processes
 
 # Chromium on a machine without a network: no background fetches, no sandbox (root), no GPU.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -28,35 +29,18 @@ COLUMNS = ["Dataset", "Source", "Models", "central_accuracy", "fed_accuracy", "e
            "privacy.noise_multiplier"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_ui(store: Path, port: int) -> subprocess.Popen:
-    """`mlflow ui` in its own session, so that stopping it stops its workers too; returns once it answers."""
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{store}",
-                               "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def start_ui(processes: Processes, store: Path, port: int, log: Path) -> None:
+    """`mlflow ui` in its own session (stopped with its workers by `processes`); returns once it answers."""
+    processes.start("mlflow-ui", [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{store}",
+                                  "--host", "127.0.0.1", "--port", str(port)], log=log, env=os.environ)
     deadline = time.time() + 180
     while time.time() < deadline:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return server
+            return
         except OSError:
             time.sleep(0.5)
-    stop(server)
-    raise RuntimeError("mlflow ui did not answer within 180 s")
-
-
-def stop(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
+    raise RuntimeError(f"mlflow ui did not answer within 180 s (see {log})")
 
 
 def shoot(base: str, experiment_id: str, metric: str, out: Path) -> None:
@@ -105,12 +89,12 @@ def main() -> None:
     client = MlflowClient(tracking_uri=f"sqlite:///{store}")
     experiment = client.get_experiment_by_name(args.experiment)
     args.out.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    server = start_ui(store, port)
+    port, processes = free_port("127.0.0.1"), Processes()
     try:
+        start_ui(processes, store, port, Path(tempfile.gettempdir()) / "fedsim-mlflow-ui.log")
         shoot(f"http://127.0.0.1:{port}", experiment.experiment_id, args.metric, args.out)
     finally:
-        stop(server)
+        processes.stop_all()
     print(f"wrote mlflow-experiments.png, mlflow-runs.png and mlflow-metrics.png in {args.out}")
 
 

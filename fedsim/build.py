@@ -63,13 +63,6 @@ def build(cfg: DictConfig, *, client_fn: ClientFn = client_fn, callbacks: Sequen
                       client_fn=client_fn, callbacks=list(callbacks))
 
 
-def inner_strategy(strategy: Strategy) -> Strategy:
-    """The aggregating strategy inside any wrapper (Flower's DP wrappers keep it as `.strategy`)."""
-    while isinstance(getattr(strategy, "strategy", None), Strategy):
-        strategy = strategy.strategy
-    return strategy
-
-
 def _instantiate(cfg: DictConfig, key: str) -> Any:
     """A config group's object; its constructor's own refusal becomes a one-line ConfigError."""
     try:

@@ -308,24 +308,24 @@ class PrivacyBudget(Callback):
     def __init__(self, privacy: Privacy, wrapper: Any, num_clients: int, clients_per_round: int) -> None:
         self.privacy, self.wrapper = privacy, wrapper
         self.num_clients, self.clients_per_round = num_clients, clients_per_round
-        self.releases = 0
-        self.epsilon = 0.0
+        self.releases = 0  # noisy averages so far
+
+    @property
+    def epsilon(self) -> float:
+        return epsilon(self.privacy.noise_multiplier, self.clients_per_round, self.num_clients, self.releases,
+                       self.privacy.delta, self.privacy.sampling)
 
     def on_run_start(self, saved: dict[str, Any] | None) -> None:
         if saved:
-            self.releases, self.epsilon = int(saved["releases"]), float(saved["epsilon"])
+            self.releases = int(saved["releases"])
             self.wrapper.clipping_norm = float(saved["clipping_norm"])
 
     def on_round_end(self, record: RoundRecord) -> None:
-        if record.clients:  # the round released a noisy average
-            self.releases += 1
-            self.epsilon = epsilon(self.privacy.noise_multiplier, self.clients_per_round, self.num_clients,
-                                   self.releases, self.privacy.delta, self.privacy.sampling)
+        self.releases += bool(record.clients)  # a round with updates released a noisy average
         record.metrics["epsilon"] = self.epsilon
 
     def state(self) -> dict[str, Any]:
-        return {"releases": self.releases, "epsilon": self.epsilon,
-                "clipping_norm": float(self.wrapper.clipping_norm)}
+        return {"releases": self.releases, "clipping_norm": float(self.wrapper.clipping_norm)}
 
     def on_run_end(self, summary: dict[str, Any]) -> None:
         summary.update(epsilon=self.epsilon, delta=self.privacy.delta, privacy_releases=self.releases)

@@ -17,11 +17,13 @@ from typing import Any, Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
+from flwr.serverapp.strategy import Strategy
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from fedsim.callbacks import Callback
 from fedsim.outputs import CHECKPOINT
+from fedsim.privacy import inner_strategy
 from fedsim.record import RoundRecord
 
 FORMAT = 1
@@ -48,10 +50,11 @@ def _from_items(kind: str, items: dict[str, np.ndarray]) -> Any:
     return list(items.values()) if kind == "list" else items
 
 
-def strategy_state(strategy: object) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
-    """The strategy's array-valued attributes as flat tensors, and how to rebuild each attribute."""
+def strategy_state(strategy: Strategy) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """The aggregating strategy's array-valued attributes (inside a DP wrapper, whose own state is
+    fedsim.callbacks.PrivacyBudget's) as flat tensors, and how to rebuild each attribute."""
     tensors, layout = {}, {}
-    for attr, value in vars(strategy).items():
+    for attr, value in vars(inner_strategy(strategy)).items():
         held = _as_items(value)
         if held is None:
             continue
@@ -61,9 +64,9 @@ def strategy_state(strategy: object) -> tuple[dict[str, np.ndarray], dict[str, d
     return tensors, layout
 
 
-def restore_strategy(strategy: object, tensors: dict[str, np.ndarray], layout: dict[str, dict]) -> None:
+def restore_strategy(strategy: Strategy, tensors: dict[str, np.ndarray], layout: dict[str, dict]) -> None:
     for attr, spec in layout.items():
-        setattr(strategy, attr, _from_items(spec["kind"], {key: tensors[f"strategy/{attr}/{key}"]
+        setattr(inner_strategy(strategy), attr, _from_items(spec["kind"], {key: tensors[f"strategy/{attr}/{key}"]
                                                            for key in spec["keys"]}))
 
 
@@ -114,7 +117,7 @@ def output_key(index: int, callback: Callback) -> str:
 class Checkpointer(Callback):
     """Writes checkpoint.safetensors after every round; the last output, so it sees the others' state."""
 
-    def __init__(self, run_dir: Path, strategy: object, outputs: Sequence[Callback]) -> None:
+    def __init__(self, run_dir: Path, strategy: Strategy, outputs: Sequence[Callback]) -> None:
         self.run_dir = Path(run_dir)
         self.strategy = strategy
         self.outputs = list(outputs)

@@ -12,8 +12,7 @@ from omegaconf import DictConfig
 
 from fedsim.attacks import num_malicious
 from fedsim.errors import ConfigError
-from fedsim.privacy import MODES as PRIVACY_MODES
-from fedsim.privacy import SAMPLING
+from fedsim.privacy import MODES as PRIVACY_MODES, SAMPLING
 from fedsim.transport import TRANSPORTS
 
 ADDRESS = re.compile(r"^(auto|[\w.-]+:\d+)$")  # ray.address, when set

@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fedsim.archive import ArchiveWriter, check_disk, expected_bytes, select_layers
-from fedsim.build import Experiment, build, inner_strategy
+from fedsim.build import Experiment, build
 from fedsim.callbacks import (
     Callback, ClientFailures, ClientsCsv, DetectionCsv, FinalModel, MemoryProbe, PrivacyBudget, Progress, RoundsCsv,
     RunSummary, WeightArchive, WeightScrutiny,
@@ -195,7 +195,7 @@ class Session:
         check_space(cfg, run_dir, self.names, get_weights(self.model))
         self.checkpoint = Checkpoint.load(run_dir, self.names) if cfg.get("resume") is not None else None
         if self.checkpoint is not None:
-            restore_strategy(inner_strategy(self.strategy), self.checkpoint.strategy_tensors, self.checkpoint.strategy_layout)
+            restore_strategy(self.strategy, self.checkpoint.strategy_tensors, self.checkpoint.strategy_layout)
         self.testloader: Loader | None = None
         self.callbacks: list[Callback] = []
         self.slow = experiment.faults.slow_devices(int(cfg.seed), int(cfg.num_clients))
@@ -226,7 +226,7 @@ class Session:
         """Start every output, after the checkpoint's round when resuming; the checkpoint writer comes last."""
         outputs = standard_outputs(self.experiment, self.run_dir, self.names, self.info.progress) + \
             self.experiment.callbacks
-        self.callbacks = outputs + [Checkpointer(self.run_dir, inner_strategy(self.strategy), outputs)]
+        self.callbacks = outputs + [Checkpointer(self.run_dir, self.strategy, outputs)]
         saved = self.checkpoint.outputs if self.checkpoint is not None else {}
         for index, callback in enumerate(self.callbacks):
             callback.on_run_start(saved.get(output_key(index, callback)) if self.checkpoint is not None else None)

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Iterable
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
-from fedsim.build import inner_strategy
 from fedsim.errors import RunFailed
 from fedsim.messages import record_views, to_record, viewed
 from fedsim.participation import EVALUATE, TRAIN, Participants
+from fedsim.privacy import inner_strategy
 from fedsim.record import DROPPED, EVAL_FAILED, FAILED, LATE, ClientFailure, ClientUpdate, RoundRecord
 from fedsim.transport import VIEWS
 

@@ -9,8 +9,11 @@ dp-accounting's RDP accountant; fedsim.callbacks.PrivacyBudget reports it every 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from flwr.app import Context, Message
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
@@ -140,9 +143,20 @@ def epsilon(noise_multiplier: float, sample_size: int, population: int, releases
         return 0.0
     if noise_multiplier == 0:
         return math.inf
+    from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
+
+    orders, rdp = _one_release(noise_multiplier, sample_size, population, sampling)
+    return float(compute_epsilon(orders, releases * rdp, delta)[0])
+
+
+@functools.lru_cache(maxsize=8)
+def _one_release(noise_multiplier: float, sample_size: int, population: int,
+                 sampling: str) -> tuple[np.ndarray, np.ndarray]:
+    """The RDP orders and one release's RDP at each: releases compose by adding RDP, and the sampled
+    mechanism's RDP takes about half a second to compute, so a run computes it once, not every round."""
     from dp_accounting import dp_event
-    from dp_accounting.rdp import RdpAccountant
     from dp_accounting.privacy_accountant import NeighboringRelation
+    from dp_accounting.rdp import RdpAccountant
 
     if sampling == "without_replacement":
         accountant = RdpAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
@@ -151,21 +165,28 @@ def epsilon(noise_multiplier: float, sample_size: int, population: int, releases
     else:
         accountant = RdpAccountant(neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE)
         event = dp_event.GaussianDpEvent(noise_multiplier)
-    accountant.compose(event, releases)
-    return float(accountant.get_epsilon(delta))
+    accountant.compose(event)
+    return accountant.orders, accountant.rdp
+
+
+def inner_strategy(strategy: Strategy) -> Strategy:
+    """The aggregating strategy inside any wrapper (Flower's DP wrappers keep it as `.strategy`)."""
+    while isinstance(getattr(strategy, "strategy", None), Strategy):
+        strategy = strategy.strategy
+    return strategy
 
 
 def privacy_mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """A Flower mod: under DP, every training reply weighs 1 (`aggregation-weight`; an evaluation reply
     weighs its examples), and in the client_* modes Flower's clipping mod clips the update."""
     kind = message.metadata.message_type
-    privacy = config_from(context.run_config).get("privacy") if kind in ("train", "evaluate") else None
-    mode = privacy.mode if privacy is not None else "none"
-    if mode == "none":
+    settings = config_from(context.run_config).get("privacy") if kind in ("train", "evaluate") else None
+    privacy = Privacy(mode=settings.mode if settings is not None else "none")
+    if not privacy.enabled:
         return call_next(message, context)
     train = kind == "train"
-    if train and mode.startswith("client_"):
-        clip = adaptiveclipping_mod if mode.endswith("_adaptive") else fixedclipping_mod
+    if train and privacy.client_side:
+        clip = adaptiveclipping_mod if privacy.adaptive else fixedclipping_mod
         reply = clip(message, context, call_next)
     else:
         reply = call_next(message, context)
