@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from fedsim.collect import (
-    Collection, CollectionError, Launcher, LocalRuns, Planned, default_name, plan, run_collection, stop_runs,
+    Collection, CollectionError, Launcher, LocalRuns, Planned, check_plan, default_name, plan, run_collection,
+    stop_runs,
 )
 
 MAIN = Path(__file__).resolve().with_name("main.py")
@@ -55,6 +56,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
         planned = plan(args.overrides, args.sweep, args.seeds if args.seeds else list(range(args.runs)))
+        check_plan(planned)  # what main.py would refuse: refused here, before the collection exists
         collection = Collection(args.root / (args.name or default_name(args.overrides, args.sweep)))
     except CollectionError as exc:
         print(f"error: {exc}", file=sys.stderr)

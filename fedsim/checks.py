@@ -32,6 +32,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_rounds": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "seed": (_is_int, "an integer"),
     "scrutiny": (lambda v: isinstance(v, bool), "true or false"),
+    "overwrite": (lambda v: isinstance(v, bool), "true or false"),
+    "runtime.startup_timeout_s": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
+    "runtime.reply_timeout_s": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
     "log_level": (lambda v: v in logging.getLevelNamesMapping(), "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
     "data.train_size": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
     "data.test_size": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
@@ -160,10 +163,16 @@ MIN_CLIENTS: dict[type, tuple[Callable[[int], int], str]] = {
 
 def check_strategy(strategy: Strategy, cfg: DictConfig) -> None:
     """Refuse a strategy whose preconditions this configuration breaks."""
-    if cfg.strategy.get("min_available_nodes", 1) > cfg.num_clients:
-        raise ConfigError("strategy.min_available_nodes",
-                          f"{cfg.strategy.min_available_nodes} exceeds num_clients={cfg.num_clients}; allowed: "
-                          f"at most {cfg.num_clients}")
+    for key in ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes"):
+        # Flower's sampling waits, without end, until that many nodes are online: more than the federation has
+        # never are (fedsim's strategies see every node of the federation as online, fedsim.participation).
+        wanted = int(cfg.strategy.get(key) or 0)
+        if key == "min_evaluate_nodes" and not cfg.strategy.get("fraction_evaluate", 1.0):
+            continue  # no federated evaluation: Flower ignores it
+        if wanted > cfg.num_clients:
+            raise ConfigError(f"strategy.{key}", f"{wanted}, but the federation has num_clients={cfg.num_clients} "
+                              f"(Flower would wait forever for the nodes it lacks); allowed: at most "
+                              f"{cfg.num_clients}")
     n = fit_clients_per_round(cfg)
     for cls, (minimum, rule) in MIN_CLIENTS.items():
         if isinstance(strategy, cls):

@@ -29,6 +29,7 @@ from fedsim.collect import CollectionError, Planned
 from fedsim.config import compose
 from fedsim.errors import ConfigError
 from fedsim.liveness import effective_status
+from fedsim.processes import child_env
 from fedsim.tether import tag
 
 POLL_S = 0.5
@@ -106,7 +107,7 @@ class RayJobs:
         """Submit `command` as a job whose driver runs on this machine; wait for its end; its exit status."""
         entrypoint = shlex.join([sys.executable, "-m", "fedsim.tether", tag(), os.getcwd(), str(log_path), "--",
                                  *command])
-        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_KEPT)}
+        env = child_env({k: v for k, v in os.environ.items() if not k.startswith(ENV_KEPT)})
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         submission_id = self.client.submit_job(
             entrypoint=entrypoint, submission_id=f"fedsim-{run_dir.name}-{uuid.uuid4().hex[:8]}",

@@ -31,6 +31,8 @@ from scipy import stats
 
 from fedsim.liveness import FINISHED, effective_status
 from fedsim.outputs import CHECKPOINT, format_duration, write_csv
+from fedsim.processes import child_env
+from fedsim.rundir import in_use
 
 RUNS_COLUMNS = [
     "run_id", "seed", "overrides", "status", "error", "final_central_accuracy", "best_central_accuracy",
@@ -58,12 +60,19 @@ class Planned:
 
 
 def parse_sweep(text: str) -> tuple[str, list[str]]:
-    """`KEY=A,B,C` -> (KEY, [A, B, C])."""
-    key, sep, values = text.partition("=")
-    options = [v for v in values.split(",") if v]
-    if not sep or not key or not options:
+    """`KEY=A,B,C` -> (KEY, [A, B, C]), read by Hydra's override parser: list values and quoting mean what they
+    mean to main.py (`archive.layers=[embedding.*],[fc.*]` is two lists)."""
+    from fedsim.errors import ConfigError
+    from fedsim.overrides import parse, values
+
+    key, sep, rest = text.partition("=")
+    if not sep or not key or not rest:
         raise CollectionError(f"--sweep: got {text!r}; expected KEY=A,B,C")
-    return key, options
+    try:
+        [override] = parse([text])
+    except ConfigError as exc:
+        raise CollectionError(f"--sweep: {exc}") from None
+    return override.key_or_group, values(override)
 
 
 def configurations(overrides: Sequence[str], sweeps: Sequence[str]) -> list[tuple[str, ...]]:
@@ -88,29 +97,21 @@ def default_name(overrides: Sequence[str], sweeps: Sequence[str]) -> str:
     return name[:120] or "default"
 
 
-def check_configuration(conf_dir: Path, overrides: Sequence[str], seed: int) -> str | None:
-    """Compose and check a configuration with `fedsim.build.build`, as main.py would (no Ray, no data read);
-    the one-line error, or None."""
-    from hydra import compose, initialize_config_dir
-
+def check_plan(planned: Sequence[Planned]) -> None:
+    """Refuse, before anything is created, a configuration main.py would refuse at once: its overrides
+    (fedsim.overrides) and their values (fedsim.build), as main.py checks them. A CollectionError naming the
+    configuration; what only the data can tell (a partition too small) is found by the run, and recorded."""
     from fedsim.build import build
     from fedsim.errors import ConfigError
+    from fedsim.overrides import check
 
-    try:
-        with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
-            build(compose(config_name="config", overrides=[*overrides, f"seed={seed}"]))
-    except ConfigError as exc:
-        return str(exc)
-    except Exception as exc:  # Hydra's composition errors: missing options, bad override syntax, types
-        message = str(exc).split("\nConfig search path")[0]
-        lines = [line.strip() for line in message.splitlines() if line.strip()]
-        missing = re.search(r"Could not find '([^']+)/([^']+)'", lines[0]) if lines else None
-        if missing and "Available options" in message:
-            options = lines[lines.index(next(l for l in lines if l.startswith("Available options"))) + 1:]
-            return f"{missing[1]}: no option '{missing[2]}'; allowed: {', '.join(options)}"
-        hint = lines[1:2] if len(lines) > 1 and lines[1].startswith("To append") else []
-        return " ".join(lines[:1] + hint) or type(exc).__name__
-    return None
+    for config in dict.fromkeys(run.overrides for run in planned):
+        seed = next(run.seed for run in planned if run.overrides == config)
+        try:
+            build(check([*config, f"seed={seed}"]))
+        except ConfigError as exc:
+            where = f" (in {' '.join(config)})" if config else ""
+            raise CollectionError(f"{exc}{where}") from None
 
 
 def die_with_parent() -> None:
@@ -148,7 +149,8 @@ class LocalRuns:
     def run(self, command: list[str], log_path: Path, run_dir: Path) -> int:
         """Run `command` to its end, its output into `log_path`; its exit status (negative: killed by a signal)."""
         with open(log_path, "a") as log:
-            child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+            child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env(),
+                                     preexec_fn=die_with_parent)
         with self._lock:
             self._children.add(child)
             if _STOPPING.is_set():  # started just as the collection was asked to stop
@@ -300,11 +302,19 @@ class Collection:
     def __init__(self, path: Path) -> None:
         self.path = Path(path).resolve()
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.path / ".lock", "w")
+        self._lock_file = open(self.path / ".lock", "a+")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise CollectionError(f"{self.path}: another run_and_collect is using this collection") from None
+            self._lock_file.seek(0)
+            holder = self._lock_file.read().strip() or "unknown"
+            self._lock_file.close()
+            raise CollectionError(f"{self.path}: another run_and_collect is using this collection (pid {holder}); "
+                                  "allowed: another --name, or wait for it to end") from None
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(f"{os.getpid()}\n")
+        self._lock_file.flush()
         ledger = self.path / "runs.csv"
         self.runs = pd.read_csv(ledger, keep_default_na=False, na_values=[""]) if ledger.exists() \
             else pd.DataFrame(columns=RUNS_COLUMNS)
@@ -370,7 +380,6 @@ def run_collection(collection: Collection, main_script: Path, planned: Sequence[
     number of planned runs that are failed."""
     launcher = launcher or LocalRuns()
     _ACTIVE[:] = [launcher]
-    conf_dir = main_script.parent / "conf"
     work = collection.todo(planned, force)
     skipped = len(planned) - len(work)
     echo(f"collection {collection.path}: {len(planned)} runs planned, {skipped} already completed, "
@@ -382,13 +391,12 @@ def run_collection(collection: Collection, main_script: Path, planned: Sequence[
             collection.record(run_id, row_of(run, collection.run_dir(run_id), 0, None))
             echo(f"[done] run {run_id}  seed={run.seed}  {run.config}: finished as the last invocation stopped")
             continue
-        error = check_configuration(conf_dir, run.overrides, run.seed)
-        if error is None:
-            runnable.append((run_id, run))
+        owner = in_use(collection.run_dir(run_id))
+        if owner is not None:  # e.g. an earlier invocation's run, still recording itself interrupted
+            echo(f"[busy] run {run_id}  seed={run.seed}  {run.config}: its directory is in use by a live run "
+                 f"({owner}); left as it is: run the same command again once that run has ended")
             continue
-        collection.record(run_id, {"seed": run.seed, "overrides": " ".join(run.overrides), "status": "failed",
-                                   "error": error, "config": run.config})
-        echo(f"[skip] run {run_id}  seed={run.seed}  {run.config}: failed before starting: {error}")
+        runnable.append((run_id, run))
 
     started, durations = time.perf_counter(), []
 
@@ -426,7 +434,8 @@ def run_collection(collection: Collection, main_script: Path, planned: Sequence[
     if _STOPPING.is_set():
         raise KeyboardInterrupt
     ids = {(r.config, r.seed) for r in planned}
-    mine = collection.runs[[(c, int(s)) in ids for c, s in zip(collection.runs.config, collection.runs.seed)]]
+    mine = collection.runs[np.array([(c, int(s)) in ids for c, s in zip(collection.runs.config, collection.runs.seed)],
+                                    dtype=bool)]
     failed = int((mine.status == "failed").sum())
     echo(f"done in {format_duration(time.perf_counter() - started)}: {int((mine.status == 'completed').sum())} "
          f"completed, {int((mine.status == 'degraded').sum())} degraded, {failed} failed -> {collection.path}")

@@ -370,10 +370,10 @@ def run_experiment(cfg: DictConfig, run_dir: Path, federate: Callable[[Session],
         if cfg.get("resume") is None:
             RunInfo(run_dir, cfg).finish("failed", error=str(exc), error_type=type(exc).__name__)
         raise
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # first: what a resume reads
     info = RunInfo(run_dir, cfg)
     session: Session | None = None
     try:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         info.update(attack=experiment.attack.name, malicious_clients=experiment.malicious)
         quiet(cfg.log_level)
         return_freed_buffers_to_os()

@@ -8,14 +8,12 @@ flwr-run.log); `flwr run`'s stream (the ServerApp's output) is also relayed to s
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import socket
 import ssl
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from typing import Mapping, TextIO
@@ -23,7 +21,8 @@ from typing import Mapping, TextIO
 from fedsim.certs import LOCALHOST, make_all
 from fedsim.errors import ConfigError, RunFailed
 from fedsim.experiment import git_commit
-from fedsim.processes import Child, Processes
+from fedsim.processes import Child, Processes, child_env, command
+from fedsim.waits import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]  # the Flower app (pyproject.toml) that `flwr run` submits
 SERVER_FILES = ("ca.crt", "server.crt", "server.key")
@@ -31,12 +30,6 @@ JOINED = "SuperNode ID:"  # a SuperNode's log line once the SuperLink has accept
 # Flower's own log lines and CLI notices, relayed only at log_level INFO or DEBUG.
 FLOWER_CHATTER = re.compile(r"^(\x1b\[[0-9;]*m)?(DEBUG|INFO|WARNING)\s*(\x1b\[0m)?\s*:|^Flower App configuration "
                             r"warnings|^- Recommended property|^Using SuperLink:|^Successfully (started run|installed)")
-
-
-def flower_command(name: str) -> str:
-    """A Flower console script installed beside this Python (else the one on PATH)."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else shutil.which(name) or name
 
 
 def free_port(host: str) -> int:
@@ -139,8 +132,8 @@ class LocalFederation:
             f'[superlink]\ndefault = "fedsim"\n\n[superlink.fedsim]\naddress = {_toml_string(self.address)}\n'
             f'root-certificates = {_toml_string(str(certs / "ca.crt"))}\n')
         # The apps run in this environment: no `uv sync` of their dependencies at run time.
-        self.env = dict(os.environ, FLWR_HOME=str(home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-                        FEDSIM_GIT_COMMIT=git_commit() or "", FEDSIM_FEDERATION=str(self.work))
+        self.env = child_env(FLWR_HOME=str(home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+                             FEDSIM_GIT_COMMIT=git_commit() or "", FEDSIM_FEDERATION=str(self.work))
         self._start_superlink(certs)
         if self.node_auth:
             self._register(certs)
@@ -162,7 +155,7 @@ class LocalFederation:
         return certs
 
     def _start_superlink(self, certs: Path) -> None:
-        argv = [flower_command("flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
+        argv = [command("flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
                 "--ssl-certfile", str(certs / "server.crt"), "--ssl-keyfile", str(certs / "server.key"),
                 "--isolation", "subprocess", "--host", self.host, "--port", str(self.port),
                 "--database", str(self.work / "state.db"), "--disable-runtime-dependency-installation"]
@@ -170,28 +163,30 @@ class LocalFederation:
             argv.append("--enable-supernode-auth")
         superlink = self.processes.start("superlink", argv, log=self.logs / "superlink.log", env=self.env, cwd=self.cwd)
         context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
-        deadline = time.monotonic() + self.startup_timeout_s
-        while True:  # its health endpoint, over TLS with the CA the SuperNodes trust
+
+        def healthy() -> bool:  # its health endpoint, over TLS with the CA the SuperNodes trust
             try:
                 urllib.request.urlopen(f"https://{self.address}/health", timeout=1, context=context)
-                return
+                return True
             except OSError:
                 if not superlink.alive():
                     raise RunFailed(f"the SuperLink stopped at start: {_reason(superlink.log_tail())} "
                                     f"(see {superlink.log})") from None
-                if time.monotonic() > deadline:
-                    raise RunFailed(f"the SuperLink did not answer on {self.address} within "
-                                    f"{self.startup_timeout_s:.0f} s (see {superlink.log})") from None
-                time.sleep(0.3)
+                return False
+
+        wait_for(healthy, timeout_s=self.startup_timeout_s, what=f"the SuperLink to answer on {self.address}",
+                 key="runtime.startup_timeout_s", poll_s=0.3, hint=lambda: f"see {superlink.log}")
 
     def _register(self, certs: Path) -> None:
         """Flower's SuperNode registration: each node's public key, added through the Control API."""
-        registering = [self.processes.start(f"register node_{i}", [flower_command("flwr"), "supernode", "register",
+        registering = [self.processes.start(f"register node_{i}", [command("flwr"), "supernode", "register",
                                                                    str(certs / f"node_{i}.pub")],
                                             log=self.logs / "register.log", env=self.env, cwd=self.cwd)
                        for i in range(self.num_nodes)]
         for child in registering:
-            if child.process.wait(timeout=self.startup_timeout_s) != 0:
+            wait_for(lambda: not child.alive(), timeout_s=self.startup_timeout_s, what=f"{child.name} to register",
+                     key="runtime.startup_timeout_s", hint=lambda: f"see {child.log}")
+            if child.process.returncode != 0:
                 raise RunFailed(f"{child.name}: `flwr supernode register` failed: {_reason(child.log_tail())} "
                                 f"(see {child.log})")
 
@@ -199,7 +194,7 @@ class LocalFederation:
                         name: str | None = None) -> Child:
         """SuperNode `partition_id` (of num_nodes) trusting `root_certificates`, authenticating with `key`."""
         name = name or f"supernode_{partition_id}"
-        argv = [flower_command("flower-supernode"), "--root-certificates", str(root_certificates),
+        argv = [command("flower-supernode"), "--root-certificates", str(root_certificates),
                 "--superlink", self.address, "--node-config",
                 f"partition-id={partition_id} num-partitions={self.num_nodes}",
                 "--isolation", "subprocess", "--port", str(free_port("127.0.0.1")), "--max-retries", "3"]
@@ -210,8 +205,8 @@ class LocalFederation:
     def wait_joined(self, nodes: list[Child]) -> None:
         """Every SuperNode accepted by the SuperLink, or a one-line reason why one was not."""
         waiting = list(nodes)
-        deadline = time.monotonic() + self.startup_timeout_s
-        while waiting:
+
+        def joined() -> bool:
             for node in list(waiting):
                 lines = node.log_tail()
                 if any(JOINED in line for line in lines):
@@ -220,11 +215,11 @@ class LocalFederation:
                     reason = _reason(lines)
                     hint = next((f": {h}" for words, h in HINTS.items() if words in reason), "")
                     raise RunFailed(f"{node.name} was refused{hint}: {reason} (see {node.log})")
-            if waiting and time.monotonic() > deadline:
-                node = waiting[0]
-                raise RunFailed(f"{node.name} did not join within {self.startup_timeout_s:.0f} s: "
-                                f"{_reason(node.log_tail())} (see {node.log})")
-            time.sleep(0.2)
+            return not waiting
+
+        wait_for(joined, timeout_s=self.startup_timeout_s, what="every SuperNode to join the SuperLink",
+                 key="runtime.startup_timeout_s",
+                 hint=lambda: f"{waiting[0].name}: {_reason(waiting[0].log_tail())} (see {waiting[0].log})")
 
     def run(self, run_config: Mapping[str, str], out: TextIO = sys.stdout) -> int:
         """`flwr run` of fedsim's app with `run_config` (strings), its stream relayed to `out`; its exit code.
@@ -232,7 +227,7 @@ class LocalFederation:
         The relay stops at a ServerApp traceback (it stays in flwr-run.log): the run's one-line
         error is in run.json.
         """
-        argv = [flower_command("flwr"), "run", str(ROOT), "--stream"]
+        argv = [command("flwr"), "run", str(ROOT), "--stream"]
         for key, value in run_config.items():
             argv += ["--run-config", f"{key}={_toml_string(value)}"]
         log_path = self.logs / "flwr-run.log"

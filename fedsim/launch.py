@@ -17,7 +17,7 @@ from fedsim.client_app import make_client_app
 from fedsim.cluster import actor_pool_limit, address_of, attach, max_actors
 from fedsim.data import client_files, load_prepared
 from fedsim.experiment import Session
-from fedsim.interrupts import Interrupted, raise_on_signals
+from fedsim.interrupts import interrupted, raise_on_signals
 from fedsim.server_app import make_server_app
 from fedsim.shipping import ship
 
@@ -73,7 +73,7 @@ def simulate(session: Session) -> None:
     except SystemExit as exc:
         if exc.code != signal.SIGTERM:
             raise
-        raise Interrupted(signal.SIGTERM) from None  # ray.init's own SIGTERM handler is sys.exit(15)
+        raise interrupted(signal.SIGTERM) from None  # ray.init's own SIGTERM handler is sys.exit(15)
     finally:
         import ray
 

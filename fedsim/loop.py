@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
+from omegaconf import DictConfig
 
 from fedsim.errors import RunFailed
 from fedsim.messages import record_views, to_record, viewed
@@ -22,7 +23,13 @@ if TYPE_CHECKING:
     from fedsim.experiment import Session
     from fedsim.faults import Faults
 
-REPLY_TIMEOUT_S = 3600.0  # as Flower's Strategy.start: how long a round waits for its replies
+
+def timeouts(cfg: DictConfig) -> tuple[float, float]:
+    """(startup, reply) timeouts in seconds: how long the federation may take to answer first
+    (runtime.startup_timeout_s), and a round its replies (runtime.reply_timeout_s, 3600 as Flower's
+    Strategy.start); runs saved before the keys existed get the defaults."""
+    runtime = cfg.get("runtime") or {}
+    return float(runtime.get("startup_timeout_s", 120.0)), float(runtime.get("reply_timeout_s", 3600.0))
 
 
 def run_rounds(grid: Grid, session: Session, slots: int | None = None) -> None:
@@ -32,7 +39,8 @@ def run_rounds(grid: Grid, session: Session, slots: int | None = None) -> None:
     session starts after its checkpoint's round, from the checkpoint's weights.
     """
     cfg, strategy, faults = session.cfg, session.strategy, session.experiment.faults
-    participants = Participants.discover(grid, cfg.num_clients, cfg.seed, slots)
+    startup_s, reply_s = timeouts(cfg)
+    participants = Participants.discover(grid, cfg.num_clients, cfg.seed, slots, timeout=startup_s)
     federation = participants.view(grid)
     started = time.perf_counter()
     arrays = to_record(session.names, session.initial_weights())
@@ -44,12 +52,13 @@ def run_rounds(grid: Grid, session: Session, slots: int | None = None) -> None:
         # 1. Choose the round's clients and train (the simulated dropouts do not answer): configure_train ->
         #    send_and_receive -> aggregate_train over the replies that came in time.
         train_messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), federation))
-        trained, dropped = send(grid, participants, faults, cfg.seed, train_messages, server_round, TRAIN)
+        trained, dropped = send(grid, participants, faults, cfg.seed, train_messages, server_round, TRAIN, reply_s)
         trained = {p: for_aggregation(reply, session.transport) for p, reply in trained.items()}
         # The updates are read first: some of Flower's strategies empty the replies as they aggregate.
         updates = [client_update(p, reply, session) for p, reply in trained.items() if answered(reply)]
         failures = [session.missed(p, DROPPED) for p in dropped]
-        failures += [client_failure(p, reply, FAILED, session) for p, reply in trained.items() if not answered(reply)]
+        failures += [client_failure(p, reply, FAILED, session, reply_s) for p, reply in trained.items()
+                     if not answered(reply)]
         updates, late = session.clock(server_round, updates)
         failures += late
         on_time = {u.client_id for u in updates}
@@ -60,8 +69,8 @@ def run_rounds(grid: Grid, session: Session, slots: int | None = None) -> None:
 
         # 2. Federated evaluation of the new global model on the clients' validation splits.
         eval_messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), federation))
-        evaluated, _ = send(grid, participants, faults, cfg.seed, eval_messages, server_round, EVALUATE)
-        failures += [client_failure(p, reply, EVAL_FAILED, session) for p, reply in evaluated.items()
+        evaluated, _ = send(grid, participants, faults, cfg.seed, eval_messages, server_round, EVALUATE, reply_s)
+        failures += [client_failure(p, reply, EVAL_FAILED, session, reply_s) for p, reply in evaluated.items()
                      if not answered(reply)]
         fed = federated_metrics(strategy.aggregate_evaluate(server_round, with_examples(evaluated.values())))
 
@@ -77,12 +86,12 @@ def run_rounds(grid: Grid, session: Session, slots: int | None = None) -> None:
 
 
 def send(grid: Grid, participants: Participants, faults: Faults, seed: int, messages: list[Message],
-         server_round: int, purpose: int) -> tuple[dict[int, Message | None], list[int]]:
+         server_round: int, purpose: int, timeout_s: float) -> tuple[dict[int, Message | None], list[int]]:
     """The strategy's messages to the round's chosen partitions, less the simulated dropouts: their
-    replies by partition, and the partitions that dropped out."""
+    replies by partition (None: none within `timeout_s`), and the partitions that dropped out."""
     chosen = participants.pick(server_round, purpose, len(messages))
     dropped = faults.dropped(seed, server_round, chosen)
-    return participants.exchange(grid, messages, [p for p in chosen if p not in dropped], REPLY_TIMEOUT_S), dropped
+    return participants.exchange(grid, messages, [p for p in chosen if p not in dropped], timeout_s), dropped
 
 
 def for_aggregation(reply: Message | None, transport: str) -> Message | None:
@@ -112,8 +121,10 @@ def client_update(client_id: int, reply: Message, session: Session) -> ClientUpd
     )
 
 
-def client_failure(client_id: int, reply: Message | None, status: str, session: Session) -> ClientFailure:
-    error = f"no reply within {REPLY_TIMEOUT_S:.0f} s" if reply is None else str(reply.error.reason).strip()
+def client_failure(client_id: int, reply: Message | None, status: str, session: Session,
+                   timeout_s: float) -> ClientFailure:
+    error = f"no reply within {timeout_s:g} s (runtime.reply_timeout_s)" if reply is None \
+        else str(reply.error.reason).strip()
     return session.missed(client_id, status, error.splitlines()[-1] if error else "unknown error")
 
 

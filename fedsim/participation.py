@@ -66,9 +66,10 @@ class Participants:
         served = {int(r.content["node"]["partition-id"]): r.metadata.src_node_id for r in replies if not r.has_error()}
         sizes = {int(r.content["node"]["num-partitions"]) for r in replies if not r.has_error()}
         if sorted(served) != list(range(expected)) or sizes - {expected}:
-            raise ConfigError("num_clients", f"{num_clients}, but the federation's {len(nodes)} nodes serve partitions "
-                              f"{sorted(served)[:10]}{'...' if len(served) > 10 else ''} of {sorted(sizes)}; allowed: "
-                              "as many clients as nodes, each serving one partition 0..num_clients-1")
+            raise ConfigError("num_clients", f"{num_clients}, but after {timeout:g} s (runtime.startup_timeout_s) the "
+                              f"federation's {len(nodes)} nodes serve partitions {sorted(served)[:10]}"
+                              f"{'...' if len(served) > 10 else ''} of {sorted(sizes)}; allowed: as many clients as "
+                              "nodes, each serving one partition 0..num_clients-1")
         return cls(served, seed, num_clients)
 
     def view(self, grid: Grid) -> FederationView:

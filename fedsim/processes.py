@@ -6,13 +6,42 @@ in a session of their own, out of reach of the group."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
+
+
+def scripts_dir() -> str:
+    """The folder of this interpreter's console scripts (a venv's bin/): where pip put flwr, flower-superlink,
+    ray. Not resolved: a venv's python is a link to the base interpreter, whose folder lacks them."""
+    return str(Path(sys.executable).parent)
+
+
+def child_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """The environment of every process fedsim starts: `base` (this process's environment) and `extra`, with
+    this interpreter's scripts folder first on PATH. Flower's SuperLink and SuperNode start their SuperExec
+    and apps by name, so a run started as /path/to/venv/bin/python with the venv off PATH (cron, a job script,
+    an IDE) must find them there, not some other Flower or none."""
+    env = {**(os.environ if base is None else base), **extra}
+    rest = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != scripts_dir()]
+    env["PATH"] = os.pathsep.join([scripts_dir(), *rest])
+    return env
+
+
+def command(name: str) -> str:
+    """A console script by name, as a process fedsim starts finds it (child_env's PATH); FileNotFoundError
+    with one line when it is installed nowhere."""
+    found = shutil.which(name, path=child_env()["PATH"])
+    if found is None:
+        raise FileNotFoundError(f"{name}: no such command beside {sys.executable} or on PATH (install the project "
+                                "into this environment: pip install -e .)")
+    return found
 
 
 @dataclass
@@ -94,13 +123,13 @@ class Processes:
     def __init__(self) -> None:
         self.children: list[Child] = []
 
-    def start(self, name: str, argv: Sequence[str], *, log: Path, env: Mapping[str, str], cwd: Path | None = None,
-              pipe: bool = False) -> Child:
+    def start(self, name: str, argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None,
+              cwd: Path | None = None, pipe: bool = False) -> Child:
         """Start `argv` in a new session, its stdout and stderr to `log`, or with `pipe` to `process.stdout`
-        (text) for the caller to read (and log)."""
+        (text) for the caller to read (and log); `env` (default: this process's) as child_env makes it."""
         with open(log, "ab") as out:
             process = subprocess.Popen(list(argv), stdout=subprocess.PIPE if pipe else out, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env=dict(env), cwd=cwd, text=pipe,
+                                       stdin=subprocess.DEVNULL, env=child_env(env), cwd=cwd, text=pipe,
                                        start_new_session=True)
         child = Child(name, process, log)
         self.children.append(child)

@@ -31,6 +31,8 @@ class Simulation:
 
     name: str = "simulation"
     node_slots: int | str | None = "auto"  # read by fedsim.launch.node_slots
+    startup_timeout_s: float = 120.0  # these two: read by the round loop (fedsim.loop.timeouts)
+    reply_timeout_s: float = 3600.0
 
     def run(self, cfg: DictConfig, run_dir: Path) -> dict:
         return run_experiment(cfg, run_dir, federate=simulate)
@@ -50,6 +52,7 @@ class Deployment:
     certificates: str | None = None
     node_auth: bool = True
     startup_timeout_s: float = 60.0
+    reply_timeout_s: float = 3600.0
 
     def federation(self, cfg: DictConfig, run_dir: Path) -> LocalFederation:
         return LocalFederation(int(cfg.num_clients), run_dir / "logs", host=self.host, port=self.port,

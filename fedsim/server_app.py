@@ -19,6 +19,7 @@ from fedsim.config import RESULTS_KEY, RUN_DIR_KEY, config_from, overrides_of
 from fedsim.errors import ConfigError
 from fedsim.experiment import Session, run_experiment
 from fedsim.loop import run_rounds
+from fedsim.rundir import claim
 
 
 def run_dir_for(run_config: Mapping[str, Any], now: datetime | None = None) -> Path:
@@ -41,9 +42,10 @@ def run_from_run_config(grid: Grid, context: Context) -> dict:
     """
     given = str(context.run_config.get(RUN_DIR_KEY) or "")
     run_dir = Path(given) if given else run_dir_for(context.run_config)
-    if not given:
-        print(f"fedsim: run directory {run_dir}")
     try:
+        if not given:  # under main.py, main.py owns the directory
+            claim(run_dir)
+            print(f"fedsim: run directory {run_dir}")
         info = run_experiment(config_from(context.run_config), run_dir, federate=partial(run_rounds, grid),
                               run_config=context.run_config)
     except ConfigError as exc:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 from omegaconf import DictConfig
 
@@ -47,6 +49,39 @@ def generated_imdb(tmp_path_factory) -> Path:
 def imdb_dir(generated_imdb) -> Path:
     """The real IMDB copy where this checkout has one beside it, else the generated one."""
     return SHARED_IMDB if (SHARED_IMDB / "train.parquet").exists() else generated_imdb
+
+
+SESSION = "FEDSIM_TEST_SESSION"  # every process the tests start inherits it
+
+
+def started_by_this_session() -> list[psutil.Process]:
+    """Live processes (zombies aside) that carry this test session's mark: the tests started them, or what they
+    started did (Ray's raylet and workers, Flower's SuperLink, SuperNodes and apps, main.py)."""
+    mark, found = os.environ[SESSION], []
+    for process in psutil.process_iter():
+        try:
+            if process.pid != os.getpid() and process.status() != psutil.STATUS_ZOMBIE \
+                    and process.environ().get(SESSION) == mark:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_process_left():
+    """After the whole suite, no process any test started is left (each test stops what it starts)."""
+    os.environ[SESSION] = uuid.uuid4().hex
+    yield
+    _, left = psutil.wait_procs(started_by_this_session(), timeout=30)
+    names = []
+    for process in left:
+        try:
+            names.append(f"{process.pid} {' '.join(process.cmdline())[:120]}")
+            process.kill()
+        except psutil.NoSuchProcess:
+            continue
+    assert not names, f"processes outlived the test suite: {names}"
 
 
 @pytest.fixture(autouse=True, scope="session")

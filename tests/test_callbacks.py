@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 from safetensors.numpy import load_file
 
+import fedsim.callbacks
+import fedsim.record
 from fedsim.archive import Archive, ArchiveWriter
 from fedsim.callbacks import (
     ClientsCsv, DetectionCsv, FinalModel, MemoryProbe, Progress, RoundsCsv, RunSummary, WeightArchive, WeightScrutiny,
@@ -39,10 +41,11 @@ def make_round(server_round: int, num_clients: int = 4, malicious: tuple[int, ..
                                 "num_failures": 0})
 
 
-def test_memory_probe_adds_the_server_process_memory():
+def test_memory_probe_adds_the_server_process_memory(monkeypatch):
+    monkeypatch.setattr(fedsim.callbacks, "memory_mb", lambda: {"rss": 812.5, "shared": 96.25})
     record = make_round(1)
     MemoryProbe().on_round_end(record)
-    assert record.metrics["driver_rss_mb"] > 10 and 0 <= record.metrics["driver_shared_mb"] <= record.metrics["driver_rss_mb"]
+    assert (record.metrics["driver_rss_mb"], record.metrics["driver_shared_mb"]) == (812.5, 96.25)
 
 
 def test_weight_scrutiny_writes_layers_and_fills_each_update(tmp_path):
@@ -85,16 +88,17 @@ def test_clients_csv_has_one_row_per_update_with_ground_truth_and_statistics(tmp
     assert clients.num_examples.tolist() == [10, 11, 12, 13] and clients.train_loss.iloc[3] == pytest.approx(0.8)
 
 
-def test_rounds_csv_times_the_round_and_keeps_earlier_outputs_columns(tmp_path):
+def test_rounds_csv_times_the_round_and_keeps_earlier_outputs_columns(tmp_path, monkeypatch):
     output = RoundsCsv(tmp_path / "rounds.csv")
     record = make_round(1)
-    record.started -= 2.5  # the round began 2.5 s ago
+    record.started = 100.0
+    monkeypatch.setattr(fedsim.record.time, "perf_counter", lambda: 102.5)  # the round began 2.5 s ago
     record.metrics["driver_rss_mb"] = 123.0
     output.on_round_end(record)
     output.close()
     rounds = pd.read_csv(tmp_path / "rounds.csv")
     assert list(rounds.columns) == ROUNDS_COLUMNS and rounds["round"].tolist() == [1]
-    assert 2.5 <= rounds.round_time_s.iloc[0] < 10 and rounds.driver_rss_mb.iloc[0] == 123.0
+    assert rounds.round_time_s.iloc[0] == 2.5 and rounds.driver_rss_mb.iloc[0] == 123.0
     assert pd.isna(rounds.fed_accuracy.iloc[0])  # nobody set it: an empty cell, not a made-up value
 
 

@@ -231,10 +231,9 @@ def test_a_run_on_two_nodes_uses_both_and_equals_the_same_run_on_a_private_insta
 @pytest.mark.slow
 def test_clients_larger_than_any_node_are_refused_in_one_line_without_hanging(cluster, imdb_dir, tmp_path):
     address, _ = cluster
-    started = time.time()
     result = run_main(tmp_path / "big", f"data.path={imdb_dir}", f"ray.address={address}", "resources.num_cpus=2",
-                      *RUN)
-    assert result.returncode == 2 and time.time() - started < 120
+                      *RUN)  # run_main's own timeout fails a run that hangs
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: resources.num_cpus: 2 per client, but no node of the Ray cluster at {address} has that many "
         "(2 nodes, 2 CPUs and 0 GPUs in all; the largest has 1 CPUs and 0 GPUs), so Ray would wait forever to "

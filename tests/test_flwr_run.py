@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from conftest import METRICS, ROOT, SMALL
-from fedsim.federation import flower_command, free_port
+from fedsim.federation import free_port
+from fedsim.processes import command
 from fedsim.processes import group_alive
 
 pytestmark = pytest.mark.slow
@@ -34,7 +35,7 @@ def superlink(tmp_path):
     # A file database: Flower 1.41's in-memory SQLite shares one connection across threads, and a log
     # stream polling it beside the run failed with "cannot commit transaction - SQL statements in progress".
     process = subprocess.Popen(
-        [flower_command("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+        [command("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
          "--host", "127.0.0.1", "--port", str(port), "--fleet-api-address", f"127.0.0.1:{free_port('127.0.0.1')}",
          "--database", str(tmp_path / "state.db"), "--disable-runtime-dependency-installation"],
         cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -72,7 +73,7 @@ def test_flwr_run_writes_main_pys_run_directory_with_the_same_numbers(superlink,
     overrides = [f"data.path={imdb_dir}", *SMALL]
     before = raylets()
     result = subprocess.run(
-        [flower_command("flwr"), "run", ".", "--run-config", f'overrides="{" ".join(overrides)}"',
+        [command("flwr"), "run", ".", "--run-config", f'overrides="{" ".join(overrides)}"',
          "--run-config", f"results-dir='{tmp_path / 'results'}'",
          "--federation-config", "num-supernodes=3 client-resources-num-cpus=1", "--stream"],
         cwd=ROOT, env=superlink, capture_output=True, text=True, timeout=900)

@@ -38,10 +38,13 @@ def retained_mb(mode: str) -> float:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc only")
 def test_freed_buffers_return_to_the_os():
-    assert retained_mb("default") > 40  # glibc's default: the freed 80 MB stay in the heap
+    """fedsim's setting gives the 80 MB back, whatever glibc's default would have kept on this machine."""
     assert retained_mb("fixed") < 10
 
 
-def test_memory_mb_reports_resident_and_shared():
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc only")
+def test_memory_mb_reads_this_processs_status():
     memory = memory_mb()
-    assert memory["rss"] > 10 and 0 <= memory["shared"] <= memory["rss"]
+    status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+    rss_mb, shared_mb = (int(status[key].split()[0]) / 1024 for key in ("VmRSS", "RssShmem"))
+    assert memory["rss"] == pytest.approx(rss_mb, abs=5) and memory["shared"] == pytest.approx(shared_mb, abs=5)

@@ -186,7 +186,8 @@ def test_flwr_run_path_reports_bad_input_in_run_json(tmp_path):
 
 def test_a_federation_of_the_wrong_size_is_refused(generated_imdb):
     grid = LocalGrid(fedsim.client_app.app, 3)
-    with pytest.raises(ConfigError, match=r"^num_clients: 4, but the federation's 3 nodes"):
+    with pytest.raises(ConfigError, match=r"^num_clients: 4, but after 0.1 s \(runtime.startup_timeout_s\) the "
+                                          r"federation's 3 nodes"):
         Participants.discover(grid, 4, seed=0, timeout=0.1)
     assert len(Participants.discover(grid, 3, seed=0).node_of) == 3
 
