@@ -8,10 +8,15 @@ import signal
 import sys
 from pathlib import Path
 
-from fedsim.collect import (
-    Collection, CollectionError, Launcher, LocalRuns, Planned, check_plan, default_name, plan, run_collection,
-    stop_runs,
+from fedsim.collections.ledger import Collection
+from fedsim.collections.plan import (
+    CollectionError,
+    Planned,
+    check_plan,
+    default_name,
+    plan,
 )
+from fedsim.collections.runner import Launcher, LocalRuns, run_collection, stop_runs
 
 MAIN = Path(__file__).resolve().with_name("main.py")
 
@@ -44,7 +49,7 @@ def launcher_for(args: argparse.Namespace, planned: list[Planned], collection: C
     """Child processes here, or Ray jobs on the cluster at --address; and how many runs go at once."""
     if args.address is None:
         return LocalRuns(), args.jobs or 1
-    from fedsim.cluster_jobs import RayJobs
+    from fedsim.collections.ray_jobs import RayJobs
 
     launcher = RayJobs(args.address, collection.path)
     jobs = launcher.plan(planned, args.jobs)

@@ -27,7 +27,8 @@ IMDB = os.environ.get("IMDB_PATH", str(ROOT.parent / "shared" / "imdb"))
 
 def compose(overrides: Sequence[str]):
     """The run's config exactly as `python main.py <overrides>` would see it."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=[f"data.path={IMDB}", *overrides])
@@ -194,7 +195,7 @@ def _init_worker(settings, threads: int) -> None:
     """One model and the data per worker process, built once (as a client actor does)."""
     import torch
 
-    from fedsim.client import actor_model, configure_process
+    from fedsim.client.client import actor_model, configure_process
 
     configure_process(threads, "WARNING")
     _worker["settings"] = settings
@@ -207,10 +208,10 @@ def _fit(task: tuple[int, int, str, str]) -> tuple[int, str, int, float]:
     import torch
     from hydra.utils import instantiate
 
-    from fedsim.client import step_seed
-    from fedsim.data import load_data
-    from fedsim.models import get_weights, set_weights
-    from fedsim.train import train
+    from fedsim.client.client import step_seed
+    from fedsim.data.loader import load_data
+    from fedsim.model.train import train
+    from fedsim.model.weights import get_weights, set_weights
 
     partition_id, server_round, weights, out = task
     settings, model = _worker["settings"], _worker["model"]
@@ -227,9 +228,9 @@ def _fit(task: tuple[int, int, str, str]) -> tuple[int, str, int, float]:
 
 
 def _evaluate(task: tuple[int, str]) -> tuple[int, float, int]:
-    from fedsim.data import load_data
-    from fedsim.models import set_weights
-    from fedsim.train import evaluate
+    from fedsim.data.loader import load_data
+    from fedsim.model.train import evaluate
+    from fedsim.model.weights import set_weights
 
     partition_id, weights = task
     settings, model = _worker["settings"], _worker["model"]
@@ -263,11 +264,12 @@ def run_limit(overrides: Sequence[str], processes: int | None = None, threads: i
     import torch
     from hydra.utils import instantiate
 
-    from fedsim.checks import fit_clients_per_round
-    from fedsim.client import ClientSettings
-    from fedsim.data import load_test, prepare_data
-    from fedsim.models import get_weights, set_weights
-    from fedsim.train import evaluate
+    from fedsim.client.client import ClientSettings
+    from fedsim.config.validate import fit_clients_per_round
+    from fedsim.data.loader import load_test
+    from fedsim.data.prepare import prepare_data
+    from fedsim.model.train import evaluate
+    from fedsim.model.weights import get_weights, set_weights
 
     cfg = compose(overrides)
     start = time.perf_counter()

@@ -10,12 +10,13 @@ Prints ||w - w_global|| of the embedding after the epoch, as a share of FedAvg's
 from __future__ import annotations
 
 import torch
+from common import compose, machine, table
 from hydra.utils import instantiate
 from torch.nn import functional as F
 
-from common import compose, machine, table
-from fedsim.data import load_data, prepare_data
-from fedsim.train import train
+from fedsim.data.loader import load_data
+from fedsim.data.prepare import prepare_data
+from fedsim.model.train import train
 
 MUS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 OPTIMIZERS = {"adam": (torch.optim.Adam, 0.01), "sgd": (torch.optim.SGD, 1.0)}

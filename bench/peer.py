@@ -6,7 +6,7 @@ disk, as Flower's quickstart-huggingface example does in `client_fn`/`load_data`
     python bench/peer.py -- num_clients=8          # overrides for both runs
 
 Both runs go through the same Flower simulation, server, strategy and training loop; only the
-client's per-message setup differs (the peer's `client_fn` is passed in through fedsim.build). Reports seconds per round and the speedup.
+client's per-message setup differs (the peer's `client_fn` is passed in through fedsim.run.experiment.build). Reports seconds per round and the speedup.
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ def peer_client_fn(featurizer: dict, imdb_path: str, train_size: int | None):
         import torch
         from hydra.utils import instantiate
 
-        from fedsim.client import settings_for, step_seed
-        from fedsim.data import Loader, partition_rows, select_rows, train_val_split
-        from fedsim.models import get_weights, set_weights
-        from fedsim.train import evaluate, train
+        from fedsim.client.client import settings_for, step_seed
+        from fedsim.data.imdb import select_rows
+        from fedsim.data.loader import Loader
+        from fedsim.data.partition import partition_rows, train_val_split
+        from fedsim.model.train import evaluate, train
+        from fedsim.model.weights import get_weights, set_weights
 
         settings = settings_for(context.run_config)
         partition_id = int(context.node_config["partition-id"])
@@ -77,11 +79,11 @@ def peer_client_fn(featurizer: dict, imdb_path: str, train_size: int | None):
 
 
 def child(mode: str, overrides: list[str]) -> None:
-    """Run one experiment in this process, with our clients or the peer's (passed through fedsim.build)."""
+    """Run one experiment in this process, with our clients or the peer's (passed through fedsim.run.experiment.build)."""
     from omegaconf import OmegaConf
 
-    from fedsim.experiment import run_experiment
-    from fedsim.launch import simulate
+    from fedsim.run.runner import run_experiment
+    from fedsim.runtimes.simulation import simulate
 
     run_dir = Path(next(o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")))
     cfg = compose([o for o in overrides if not o.startswith("hydra.")])

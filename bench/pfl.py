@@ -85,11 +85,13 @@ def export(overrides: list[str], out: Path) -> dict:
     from omegaconf import OmegaConf
     from safetensors.numpy import save_file
 
-    from fedsim.checks import evaluate_clients_per_round, fit_clients_per_round
-    from fedsim.client import step_seed
-    from fedsim.data import load_features, partition_rows, prepare_data, train_val_split
-    from fedsim.experiment import load_model
-    from fedsim.participation import EVALUATE, TRAIN, choose
+    from fedsim.client.client import step_seed
+    from fedsim.config.validate import evaluate_clients_per_round, fit_clients_per_round
+    from fedsim.data.cache import load_features
+    from fedsim.data.partition import partition_rows, train_val_split
+    from fedsim.data.prepare import prepare_data
+    from fedsim.run.experiment import load_model
+    from fedsim.server.participation import EVALUATE, TRAIN, choose
 
     cfg = compose(overrides)
     prepared = prepare_data(cfg)

@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from common import add_ratios, machine, run_harness, run_limit, table
 
 # num_clients -> (data.train_size, strategy.fraction_train): 80% of each partition trains

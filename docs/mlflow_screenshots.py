@@ -17,8 +17,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from fedsim.federation import free_port
-from fedsim.processes import Processes
+from fedsim.runtimes.federation import free_port
+from fedsim.system.processes import Processes
 
 # Chromium on a machine without a network: no background fetches, no sandbox (root), no GPU.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

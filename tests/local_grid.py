@@ -12,7 +12,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsim.messages import PARTITION
+from fedsim.model.records import PARTITION
 
 CLIENT_APP_RAISED = 1  # as Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 

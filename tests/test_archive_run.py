@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import ROOT, make_cfg
-from fedsim.archive import Archive
-from fedsim.scrutiny import LAYER_COLUMNS, main as scrutiny_main
 from test_server_app import run_locally
 
+from fedsim.outputs.archive import Archive
+from fedsim.outputs.columns import LAYER_COLUMNS
+from fedsim.outputs.layer_stats import main as scrutiny_main
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +77,7 @@ def test_offline_statistics_agree_with_online(archived_run, tmp_path):
 
 def test_cli_module_runs(archived_run, tmp_path):
     out = tmp_path / "new" / "folder"  # a folder that does not exist yet is made
-    result = subprocess.run([sys.executable, "-m", "fedsim.scrutiny", str(archived_run), "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "fedsim.outputs.layer_stats", str(archived_run), "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "layers_offline.csv" in result.stdout
     assert (out / "layers_offline.csv").exists() and (out / "clients_offline.csv").exists()

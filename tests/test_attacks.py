@@ -9,15 +9,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hydra.utils import instantiate
-
 from conftest import make_cfg
-from fedsim.attacks import LabelPoisoning, malicious_clients, malicious_of, num_malicious
-from fedsim.client import ClientSettings, IMDBClient, MaliciousClient, build_client
-from fedsim.data import prepare_data
-from fedsim.detection import detection_rows
-from fedsim.models import get_weights
+from hydra.utils import instantiate
 from test_server_app import run_locally
+
+from fedsim.client.attacks import (
+    LabelPoisoning,
+    malicious_clients,
+    malicious_of,
+    num_malicious,
+)
+from fedsim.client.client import (
+    ClientSettings,
+    IMDBClient,
+    MaliciousClient,
+    build_client,
+)
+from fedsim.data.prepare import prepare_data
+from fedsim.model.weights import get_weights
+from fedsim.outputs.detection import detection_rows
 
 
 def test_malicious_clients_are_round_ratio_times_n_and_depend_only_on_the_seed():

@@ -7,15 +7,18 @@ import pandas as pd
 import pytest
 from safetensors.numpy import load_file
 
-import fedsim.callbacks
-import fedsim.record
-from fedsim.archive import Archive, ArchiveWriter
-from fedsim.callbacks import (
-    ClientsCsv, DetectionCsv, FinalModel, MemoryProbe, Progress, RoundsCsv, RunSummary, WeightArchive, WeightScrutiny,
-)
-from fedsim.outputs import CLIENTS_COLUMNS, ROUNDS_COLUMNS
-from fedsim.record import ClientUpdate, RoundRecord
-from fedsim.scrutiny import LAYER_COLUMNS, round_statistics
+import fedsim.outputs.memory
+import fedsim.server.record
+from fedsim.outputs.archive import Archive, ArchiveWriter, WeightArchive
+from fedsim.outputs.columns import CLIENTS_COLUMNS, LAYER_COLUMNS, ROUNDS_COLUMNS
+from fedsim.outputs.csv_logs import ClientsCsv, RoundsCsv
+from fedsim.outputs.detection import DetectionCsv
+from fedsim.outputs.final_model import FinalModel
+from fedsim.outputs.layer_stats import WeightScrutiny, round_statistics
+from fedsim.outputs.memory import MemoryProbe
+from fedsim.outputs.progress import Progress
+from fedsim.outputs.summary import RunSummary
+from fedsim.server.record import ClientUpdate, RoundRecord
 
 NAMES = ["emb.weight", "fc.bias"]
 
@@ -42,7 +45,7 @@ def make_round(server_round: int, num_clients: int = 4, malicious: tuple[int, ..
 
 
 def test_memory_probe_adds_the_server_process_memory(monkeypatch):
-    monkeypatch.setattr(fedsim.callbacks, "memory_mb", lambda: {"rss": 812.5, "shared": 96.25})
+    monkeypatch.setattr(fedsim.outputs.memory, "memory_mb", lambda: {"rss": 812.5, "shared": 96.25})
     record = make_round(1)
     MemoryProbe().on_round_end(record)
     assert (record.metrics["driver_rss_mb"], record.metrics["driver_shared_mb"]) == (812.5, 96.25)
@@ -92,7 +95,7 @@ def test_rounds_csv_times_the_round_and_keeps_earlier_outputs_columns(tmp_path, 
     output = RoundsCsv(tmp_path / "rounds.csv")
     record = make_round(1)
     record.started = 100.0
-    monkeypatch.setattr(fedsim.record.time, "perf_counter", lambda: 102.5)  # the round began 2.5 s ago
+    monkeypatch.setattr(fedsim.server.record.time, "perf_counter", lambda: 102.5)  # the round began 2.5 s ago
     record.metrics["driver_rss_mb"] = 123.0
     output.on_round_end(record)
     output.close()

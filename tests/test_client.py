@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import make_cfg
 from flwr.app import Context, RecordDict
 from hydra.utils import instantiate
 
-from conftest import make_cfg
-from fedsim.client import ClientSettings, IMDBClient, client_fn, settings_for
-from fedsim.config import flatten
-from fedsim.data import load_data, prepare_data
-from fedsim.models import get_weights
+from fedsim.client.client import ClientSettings, IMDBClient, client_fn, settings_for
+from fedsim.config.compose import flatten
+from fedsim.data.loader import load_data
+from fedsim.data.prepare import prepare_data
+from fedsim.model.weights import get_weights
 
 
 def _client(cfg, partition_id: int = 0) -> IMDBClient:

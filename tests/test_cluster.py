@@ -15,15 +15,22 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT, SMALL, make_cfg, run_main
-from fedsim.checks import validate
-from fedsim.cluster import NodeResources, actor_pool_limit, check_fits, max_actors
-from fedsim.cluster_jobs import share
-from fedsim.collect import Collection, Planned, run_collection
-from fedsim.errors import ConfigError
-from fedsim.outputs import write_json
-from fedsim.tether import started_at
+
+from fedsim.collections.ledger import Collection
+from fedsim.collections.plan import Planned
+from fedsim.collections.ray_jobs import share
+from fedsim.collections.runner import run_collection
+from fedsim.collections.watchdog import started_at
+from fedsim.config.validate import validate
+from fedsim.runtimes.cluster import (
+    NodeResources,
+    actor_pool_limit,
+    check_fits,
+    max_actors,
+)
+from fedsim.system.errors import ConfigError
+from fedsim.system.files import write_json
 
 RUN = ["num_clients=4", "num_rounds=2", "data.train_size=1500", "data.test_size=500", "scrutiny=false"]
 CLIENT_COLUMNS = ["round", "client_id", "num_examples", "train_loss", "is_malicious", "status"]
@@ -100,7 +107,7 @@ def test_tether_stops_the_run_when_the_collector_dies(tmp_path):
     run = ("import signal, sys, time, pathlib\n"
            f"signal.signal(signal.SIGTERM, lambda *_: (pathlib.Path({str(marker)!r}).write_text('x'), sys.exit(143)))\n"
            "print('started', flush=True)\ntime.sleep(120)")
-    tether = subprocess.Popen([sys.executable, "-m", "fedsim.tether", tag, str(tmp_path), str(tmp_path / "log"), "--",
+    tether = subprocess.Popen([sys.executable, "-m", "fedsim.collections.watchdog", tag, str(tmp_path), str(tmp_path / "log"), "--",
                                sys.executable, "-c", run], cwd=ROOT)
     deadline = time.time() + 30
     while "started" not in ((tmp_path / "log").read_text() if (tmp_path / "log").exists() else ""):
@@ -111,7 +118,7 @@ def test_tether_stops_the_run_when_the_collector_dies(tmp_path):
     collector.wait()
     assert tether.wait(timeout=10) == 143 and marker.exists()
 
-    gone = subprocess.run([sys.executable, "-m", "fedsim.tether", tag, str(tmp_path), str(tmp_path / "log2"), "--",
+    gone = subprocess.run([sys.executable, "-m", "fedsim.collections.watchdog", tag, str(tmp_path), str(tmp_path / "log2"), "--",
                            sys.executable, "-c", "print('ran')"], cwd=ROOT, timeout=30)
     assert gone.returncode == 143 and not (tmp_path / "log2").exists()  # a dead collector's run never starts
 
@@ -142,7 +149,7 @@ def test_a_run_that_finished_as_its_collector_was_killed_is_recorded_not_rerun(t
 def test_stopping_a_cluster_collection_interrupts_its_runs_here_and_stops_unstarted_jobs(tmp_path):
     """Ctrl-C on the collector: a started run's main.py (on this machine) gets SIGINT, as a local run does; a job
     whose run has not written its run.json yet is stopped through Ray's Jobs API."""
-    from fedsim.cluster_jobs import RayJobs
+    from fedsim.collections.ray_jobs import RayJobs
 
     class Client:
         stopped: list[str] = []
@@ -246,7 +253,7 @@ def test_a_node_without_the_data_gets_it_from_the_object_store(cluster, tmp_path
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from fedsim.shipping import ship
+    from fedsim.runtimes.shipping import ship
 
     files = [tmp_path / "cache" / "train.safetensors", tmp_path / "cache" / "prepared.json"]
     files[0].parent.mkdir()

@@ -11,15 +11,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, make_cfg
-from fedsim.build import build
-from fedsim.cli import check_command_line
-from fedsim.collect import CollectionError, check_plan, plan
-from fedsim.errors import ConfigError
-from fedsim.processes import child_env, command, scripts_dir
-from fedsim.rundir import LOCK, claim, in_use, release
-from fedsim.waits import TimedOut, wait_for
+
+from fedsim.collections.plan import CollectionError, check_plan, plan
+from fedsim.run.command import check_command_line
+from fedsim.run.directory import LOCK, claim, in_use, release
+from fedsim.run.experiment import build
+from fedsim.system.errors import ConfigError
+from fedsim.system.processes import child_env, command, scripts_dir
+from fedsim.system.waits import TimedOut, wait_for
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -74,7 +74,7 @@ def test_a_collection_refuses_what_main_py_would_before_it_exists():
 
 def hold(run_dir: Path) -> subprocess.Popen:
     """Another process that owns `run_dir` until it is killed."""
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from fedsim.rundir import claim; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from fedsim.run.directory import claim; "
                                f"claim({str(run_dir)!r}); print('held', flush=True); time.sleep(300)"],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -135,7 +135,8 @@ def test_a_run_refused_for_bad_input_leaves_nothing_that_blocks_the_next(tmp_pat
 
 
 def test_a_collection_leaves_a_run_directory_a_live_run_owns_alone(tmp_path, imdb_dir):
-    from fedsim.collect import Collection, run_collection
+    from fedsim.collections.ledger import Collection
+    from fedsim.collections.runner import run_collection
 
     collection = Collection(tmp_path / "c")
     holder = hold(collection.run_dir(0))
@@ -177,9 +178,9 @@ def test_a_round_without_replies_ends_at_the_reply_timeout(monkeypatch):
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
 
-    import fedsim.participation
-    from fedsim.loop import client_failure, timeouts
-    from fedsim.participation import Participants
+    import fedsim.server.participation
+    from fedsim.server.loop import client_failure, timeouts
+    from fedsim.server.participation import Participants
 
     class Mute:  # a grid whose nodes stay online and never answer
         def push_messages(self, messages):
@@ -192,7 +193,7 @@ def test_a_round_without_replies_ends_at_the_reply_timeout(monkeypatch):
             return [11, 22]
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
-    monkeypatch.setattr(fedsim.participation, "POLL_S", 0.01)
+    monkeypatch.setattr(fedsim.server.participation, "POLL_S", 0.01)
     assert timeouts(make_cfg("runtime.reply_timeout_s=0.3", "runtime.startup_timeout_s=7")) == (7.0, 0.3)
     messages = [Message(RecordDict(), dst_node_id=0, message_type=MessageType.TRAIN) for _ in range(2)]
     replies = Participants({0: 11, 1: 22}, seed=0).exchange(Mute(), messages, [0, 1], timeout=0.3)

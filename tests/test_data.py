@@ -6,11 +6,13 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import make_cfg, make_reviews
-from fedsim.data import (PreparedData, load_data, load_test, partition_rows, prepare_data, read_imdb,
-                         train_val_split)
-from fedsim.errors import ConfigError
+
+from fedsim.data.imdb import read_imdb
+from fedsim.data.loader import load_data, load_test
+from fedsim.data.partition import partition_rows, train_val_split
+from fedsim.data.prepare import PreparedData, prepare_data
+from fedsim.system.errors import ConfigError
 
 
 def _prepared(generated_imdb, *overrides: str) -> PreparedData:

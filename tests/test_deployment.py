@@ -16,26 +16,30 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT, SMALL, make_cfg, make_reviews
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+from cryptography.hazmat.primitives.serialization import (
+    load_ssh_private_key,
+    load_ssh_public_key,
+)
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
-
-import fedsim.participation
-from conftest import ROOT, SMALL, make_cfg, make_reviews
 from helpers.gates import gated_env, waiting
-from fedsim.certs import make_all, make_node_key
-from fedsim.client import client_fn
-from fedsim.config import flatten
-from fedsim.errors import ConfigError, RunFailed
-from fedsim.federation import LocalFederation, check_certificates
-from fedsim.participation import Participants
-from fedsim.processes import Processes, alive, descendants
-from fedsim.runtimes import Deployment
-from fedsim.waits import wait_for
 from test_main_cli import start_main, wait_for_round
+
+import fedsim.server.participation
+from fedsim.client.client import client_fn
+from fedsim.config.compose import flatten
+from fedsim.runtimes.certs import make_all, make_node_key
+from fedsim.runtimes.deployment import Deployment
+from fedsim.runtimes.federation import LocalFederation, check_certificates
+from fedsim.server.participation import Participants
+from fedsim.system.errors import ConfigError, RunFailed
+from fedsim.system.processes import Processes, alive, descendants
+from fedsim.system.waits import wait_for
+
 
 def federation_processes() -> list[int]:
     """Processes of any federation main.py started: they all inherit FEDSIM_FEDERATION."""
@@ -122,7 +126,7 @@ class SilentGrid:
 
 
 def test_a_node_that_dies_holding_a_message_becomes_an_error_reply_not_a_hang(monkeypatch):
-    monkeypatch.setattr(fedsim.participation, "ONLINE_CHECK_S", 0.0)
+    monkeypatch.setattr(fedsim.server.participation, "ONLINE_CHECK_S", 0.0)
     participants = Participants({0: 11, 1: 22, 2: 33}, seed=0)
     grid = SilentGrid([11, 22, 33], lost=33)
     messages = [Message(RecordDict(), dst_node_id=0, message_type=MessageType.TRAIN) for _ in range(3)]

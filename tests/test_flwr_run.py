@@ -12,11 +12,10 @@ import urllib.request
 
 import pandas as pd
 import pytest
-
 from conftest import METRICS, ROOT, SMALL
-from fedsim.federation import free_port
-from fedsim.processes import command
-from fedsim.processes import group_alive
+
+from fedsim.runtimes.federation import free_port
+from fedsim.system.processes import command, group_alive
 
 pytestmark = pytest.mark.slow
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import make_cfg as _cfg
 
-from fedsim.checks import validate
-from fedsim.client import ClientSettings
-from fedsim.errors import ConfigError
-from fedsim.launch import backend_config
+from fedsim.client.client import ClientSettings
+from fedsim.config.validate import validate
+from fedsim.runtimes.simulation import backend_config
+from fedsim.system.errors import ConfigError
 
 
 def test_fractional_gpu_share_reaches_flowers_ray_backend():
@@ -18,14 +18,14 @@ def test_fractional_gpu_share_reaches_flowers_ray_backend():
 
 
 def test_gpu_share_without_a_gpu_is_refused_before_ray_starts(monkeypatch):
-    monkeypatch.setattr("fedsim.checks._gpu_count", lambda: 0)
+    monkeypatch.setattr("fedsim.config.validate._gpu_count", lambda: 0)
     with pytest.raises(ConfigError, match=r"^resources.num_gpus: got 0.5, but no CUDA GPUs are visible"):
         validate(_cfg("resources.num_gpus=0.5"))
     validate(_cfg("resources.num_gpus=0"))
 
 
 def test_gpu_share_with_a_gpu_is_accepted_up_to_the_machines_gpus(monkeypatch):
-    monkeypatch.setattr("fedsim.checks._gpu_count", lambda: 1)
+    monkeypatch.setattr("fedsim.config.validate._gpu_count", lambda: 1)
     validate(_cfg("resources.num_gpus=0.5"))
     validate(_cfg("resources.num_gpus=1"))
     with pytest.raises(ConfigError, match=r"^resources.num_gpus: got 2, but 1 CUDA GPU is visible"):

@@ -11,17 +11,17 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 from helpers.gates import gated_env, waiting
-from fedsim.waits import wait_for
 from test_main_cli import assert_group_ends, group_alive
+
+from fedsim.system.waits import wait_for
 
 # After a signal, a thread logs through Flower's logger and dies with a traceback, as Flower's worker threads
 # do when Ray's actors are stopped under them; the main thread then leaves with its one line.
 DYING_THREADS = """
 import logging, os, signal, sys, threading
-from fedsim.interrupts import Interrupted, leave, raise_on_signals
+from fedsim.system.signals import Interrupted, leave, raise_on_signals
 raise_on_signals(sys.argv[1])
 print("before the signal", flush=True)
 go = threading.Event()

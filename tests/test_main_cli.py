@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import ROOT, SMALL, make_cfg, make_reviews, run_main
 from safetensors.numpy import load_file
 
-from conftest import ROOT, SMALL, make_cfg, make_reviews, run_main
-from fedsim.errors import ConfigError
-from fedsim.experiment import run_experiment
-from fedsim.outputs import CLIENTS_COLUMNS, ROUNDS_COLUMNS
-from fedsim.results import load
-
+from fedsim.outputs.columns import CLIENTS_COLUMNS, ROUNDS_COLUMNS
+from fedsim.results.loading import load
+from fedsim.run.runner import run_experiment
+from fedsim.system.errors import ConfigError
 
 
 @pytest.mark.slow

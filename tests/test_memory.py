@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from fedsim.memory import memory_mb
+from fedsim.system.memory import memory_mb
 
 # Frees a 16 MB buffer (glibc then raises its mmap threshold), allocates 20 x 4 MB buffers with a
 # small allocation pinned after each, frees the big ones and prints how much private memory stayed.
 SCRIPT = """
 import sys
 import numpy as np
-from fedsim.memory import return_freed_buffers_to_os
+from fedsim.system.memory import return_freed_buffers_to_os
 def anon_mb():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("RssAnon")) / 1024

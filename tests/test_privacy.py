@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_cfg
 from dp_accounting import dp_event
 from dp_accounting.privacy_accountant import NeighboringRelation
 from dp_accounting.rdp import RdpAccountant
-
-from conftest import make_cfg
-from fedsim.archive import Archive
-from fedsim.build import build
-from fedsim.errors import ConfigError
-from fedsim.privacy import epsilon
 from test_server_app import run_locally
+
+from fedsim.outputs.archive import Archive
+from fedsim.privacy.accounting import epsilon
+from fedsim.run.experiment import build
+from fedsim.system.errors import ConfigError
 
 SMALL = ["num_clients=4", "data.train_size=400", "data.test_size=100", "archive.mode=all"]
 
@@ -104,7 +104,7 @@ def test_adaptive_clipping_moves_the_norm_and_counts_epsilon(generated_imdb, tmp
     assert rounds.epsilon[1] > 0 and rounds.epsilon[2] > rounds.epsilon[1]
     clients = pd.read_csv(tmp_path / "clients.csv")
     # every update was clipped at round 1's norm (0.01), so round 2's is larger (0.01 * exp(0.2 * 0.5)): Flower's
-    # own update would have shrunk it (fedsim.privacy._NormFollowsQuantile)
+    # own update would have shrunk it (fedsim.privacy.dp._NormFollowsQuantile)
     assert clients[clients["round"] == 1].update_norm.max() == pytest.approx(0.01, rel=1e-4)
     assert clients[clients["round"] == 2].update_norm.max() > 0.0105
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsim.archive import Archive, ArchiveWriter, check_disk, expected_bytes
-from fedsim.errors import ConfigError
-from fedsim.scrutiny import coordinate_median, exact_quantiles, layer_statistics, round_statistics
+from fedsim.outputs.archive import Archive, ArchiveWriter, check_disk, expected_bytes
+from fedsim.outputs.layer_stats import (
+    coordinate_median,
+    layer_statistics,
+    round_statistics,
+)
+from fedsim.outputs.quantiles import exact_quantiles
+from fedsim.system.errors import ConfigError
 
 
 def test_layer_statistics_match_numpy_with_a_planted_outlier():
@@ -35,7 +40,7 @@ def test_layer_statistics_match_numpy_with_a_planted_outlier():
     np.array([1.0, np.nan, 2.0]),  # NaN: NumPy's own answer
 ])
 def test_exact_quantiles_match_numpy(values, monkeypatch):
-    monkeypatch.setattr("fedsim.scrutiny.RADIX_MIN", 0)  # the bucket path even for these small arrays
+    monkeypatch.setattr("fedsim.outputs.quantiles.RADIX_MIN", 0)  # the bucket path even for these small arrays
     values = np.asarray(values, dtype=np.float32)
     qs = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0]
     np.testing.assert_allclose(exact_quantiles(values, qs), np.quantile(values, qs), rtol=1e-6, equal_nan=True)
@@ -49,7 +54,7 @@ def test_coordinate_median_matches_numpy(k):
 
 
 def test_layer_statistics_over_several_blocks(monkeypatch):
-    monkeypatch.setattr("fedsim.scrutiny.BLOCK", 7)
+    monkeypatch.setattr("fedsim.outputs.layer_stats.BLOCK", 7)
     stack = np.random.default_rng(8).standard_normal((12, 100)).astype(np.float32) * 3 + 1
     stack[0, 55] = 40.0
     stats = layer_statistics(stack)
@@ -72,7 +77,7 @@ def test_no_outliers_where_clients_agree():
 
 @pytest.mark.parametrize("block", [2, 1 << 14])
 def test_update_statistics_match_numpy(monkeypatch, block):
-    monkeypatch.setattr("fedsim.scrutiny.BLOCK", block)
+    monkeypatch.setattr("fedsim.outputs.layer_stats.BLOCK", block)
     rng = np.random.default_rng(1)
     start = [rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)]
     clients = [[w + rng.standard_normal(w.shape).astype(np.float32) * (i + 1) for w in start] for i in range(5)]
@@ -127,7 +132,8 @@ def test_disk_check_refuses_a_run_that_would_not_fit(tmp_path, monkeypatch):
 
 def test_disk_check_counts_the_final_model_and_the_checkpoint_without_an_archive(tmp_path, monkeypatch):
     from conftest import make_cfg
-    from fedsim.experiment import check_space
+
+    from fedsim.run.experiment import check_space
 
     weights = [np.zeros((1000, 100), np.float32)]  # 400 kB: the model; the checkpoint up to 4x, twice while replaced
     for free, refused in ((9 * 400_000 - 1, True), (9 * 400_000, False)):

@@ -8,23 +8,23 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import make_cfg
 from flwr.app import Context, RecordDict
 from hydra.utils import instantiate
-
-import fedsim.client_app
-import fedsim.server_app
-from conftest import make_cfg
-from fedsim.callbacks import Callback
-from fedsim.client import client_fn
-from fedsim.client_app import make_client_app
-from fedsim.errors import ConfigError, RunFailed
-from fedsim.experiment import run_experiment
-from fedsim.faults import Faults
-from fedsim.outputs import CLIENTS_COLUMNS, ROUNDS_COLUMNS
-from fedsim.participation import Participants, choose
-from fedsim.resume import resumed_config
-from fedsim.server_app import make_server_app
 from local_grid import LocalGrid
+
+import fedsim.client.app
+import fedsim.server.app
+from fedsim.client.app import make_client_app
+from fedsim.client.client import client_fn
+from fedsim.config.resume import resumed_config
+from fedsim.outputs.base import Callback
+from fedsim.outputs.columns import CLIENTS_COLUMNS, ROUNDS_COLUMNS
+from fedsim.run.runner import run_experiment
+from fedsim.server.app import make_server_app
+from fedsim.server.faults import Faults
+from fedsim.server.participation import Participants, choose
+from fedsim.system.errors import ConfigError, RunFailed
 
 SMALL = ["num_clients=4", "num_rounds=2", "data.train_size=400", "data.test_size=100"]
 METRICS = ["central_loss", "central_accuracy", "fed_loss", "fed_accuracy", "train_loss", "num_fit_clients",
@@ -165,8 +165,8 @@ def test_flwr_run_path_composes_the_run_config_and_gives_main_pys_numbers(genera
     run_locally(make_cfg(*overrides), tmp_path / "main")
 
     run_config = {"overrides": " ".join(overrides), "results-dir": str(tmp_path / "results")}
-    grid = LocalGrid(fedsim.client_app.app, 4, run_config=run_config, seed=5)  # Flower's contexts under `flwr run`
-    fedsim.server_app.app(grid, server_context(run_config))
+    grid = LocalGrid(fedsim.client.app.app, 4, run_config=run_config, seed=5)  # Flower's contexts under `flwr run`
+    fedsim.server.app.app(grid, server_context(run_config))
     [run_dir] = (tmp_path / "results" / "runs").glob("*/*")
     assert run_dir.name.split("_", 1)[1] == "archive.mode=none,data.test_size=100,data.train_size=400,num_clients=4,num_rounds=2"
     assert {p.name for p in run_dir.iterdir()} >= {"rounds.csv", "clients.csv", "layers.csv", "run.json",
@@ -179,13 +179,13 @@ def test_flwr_run_path_composes_the_run_config_and_gives_main_pys_numbers(genera
 def test_flwr_run_path_reports_bad_input_in_run_json(tmp_path):
     run_config = {"overrides": "num_rounds=0", "results-dir": str(tmp_path)}
     with pytest.raises(ConfigError, match="num_rounds"):
-        fedsim.server_app.app(LocalGrid(fedsim.client_app.app, 2, run_config=run_config), server_context(run_config))
+        fedsim.server.app.app(LocalGrid(fedsim.client.app.app, 2, run_config=run_config), server_context(run_config))
     [run_json] = tmp_path.glob("runs/*/*/run.json")
     assert json.loads(run_json.read_text())["status"] == "failed"
 
 
 def test_a_federation_of_the_wrong_size_is_refused(generated_imdb):
-    grid = LocalGrid(fedsim.client_app.app, 3)
+    grid = LocalGrid(fedsim.client.app.app, 3)
     with pytest.raises(ConfigError, match=r"^num_clients: 4, but after 0.1 s \(runtime.startup_timeout_s\) the "
                                           r"federation's 3 nodes"):
         Participants.discover(grid, 4, seed=0, timeout=0.1)

@@ -8,15 +8,15 @@ from pathlib import Path
 import flwr.serverapp.strategy as flwr_strategies
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-
 from conftest import ROOT, make_cfg
-from fedsim.build import build
-from fedsim.checks import validate
-from fedsim.client_app import make_client_app
-from fedsim.errors import ConfigError
-from fedsim.messages import record_views, to_record
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from local_grid import LocalGrid
+
+from fedsim.client.app import make_client_app
+from fedsim.config.validate import validate
+from fedsim.model.records import record_views, to_record
+from fedsim.run.experiment import build
+from fedsim.system.errors import ConfigError
 
 STRATEGIES = sorted(p.stem for p in (ROOT / "conf" / "strategy").glob("*.yaml"))
 EXPECTED = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedadam": "FedAdam", "fedyogi": "FedYogi",

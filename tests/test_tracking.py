@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
-
 from conftest import make_cfg
-from fedsim.collect import Planned, execute, tracking_labels
-from fedsim.config import flatten
-from fedsim.tracking import group_multirun, scalars
+from omegaconf import OmegaConf
 from test_server_app import run_locally
+
+from fedsim.collections.plan import Planned
+from fedsim.collections.runner import execute, tracking_labels
+from fedsim.config.compose import flatten
+from fedsim.outputs.tracking.base import group_multirun, scalars
 
 SMALL = ["num_clients=3", "num_rounds=2", "data.train_size=300", "data.test_size=100", "archive.mode=none"]
 

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_cfg
-from fedsim.callbacks import Callback
-from fedsim.messages import to_record, viewed
-from fedsim.transport import TRANSPORTS, VIEWS, encode, to_float32
 from test_server_app import run_locally
+
+from fedsim.model.records import to_record, viewed
+from fedsim.model.transport import TRANSPORTS, VIEWS, encode, to_float32
+from fedsim.outputs.base import Callback
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

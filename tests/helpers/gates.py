@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from fedsim.models import BagOfNgrams
+from fedsim.model.nets import BagOfNgrams
 
 
 def ticket(gate: Path) -> int:

@@ -1,0 +1,147 @@
+"""Malicious clients: which ones, and what they do.
+
+An attack is built from the `attack` config group with `hydra.utils.instantiate`. Data poisoning
+changes the labels a malicious client trains on (its data path); model poisoning transforms the
+weights it returns (a wrapper around the honest client). With attack=none nothing here runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+NUM_CLASSES = 2
+
+
+_SELECT, _LABELS, _WEIGHTS = 0xA7, 0x1A, 0x3E  # separate random streams per purpose
+
+
+def num_malicious(node_ratio: float, num_clients: int) -> int:
+    """round(node_ratio x num_clients), halves rounded up (0.25 x 10 -> 3)."""
+    return min(num_clients, int(math.floor(node_ratio * num_clients + 0.5 + 1e-9)))
+
+
+def malicious_clients(node_ratio: float, num_clients: int, seed: int) -> list[int]:
+    """The malicious partition ids: drawn from the seed alone, fixed for the whole run."""
+    count = num_malicious(node_ratio, num_clients)
+    chosen = np.random.default_rng([seed, _SELECT]).choice(num_clients, size=count, replace=False)
+    return sorted(int(c) for c in chosen)
+
+
+def malicious_of(attack: "Attack", num_clients: int, seed: int) -> list[int]:
+    """The run's malicious partition ids: none unless the attack poisons data or the model."""
+    if not (attack.poisons_data or attack.poisons_model):
+        return []
+    return malicious_clients(attack.node_ratio, num_clients, seed)
+
+
+@dataclass(frozen=True)
+class Attack:
+    """No attack: the base every attack extends. `name` is what clients.csv and layers.csv record."""
+
+    name: str = "none"
+    node_ratio: float = 0.0
+    data_ratio: float = 0.0
+
+    poisons_data = False
+    poisons_model = False
+    trains = True  # False: returns its weights without local training
+
+    def poison_labels(self, labels: np.ndarray, rows: np.ndarray, seed: int, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(labels with some of `rows` replaced, the replaced rows); labels index the whole feature table."""
+        return labels, rows[:0]
+
+    def poison_update(self, weights: list[np.ndarray], start: list[np.ndarray], seed: int, server_round: int,
+                      partition_id: int) -> list[np.ndarray]:
+        """What a malicious client returns instead of `weights`, trained from the global `start`."""
+        return weights
+
+    def rng(self, seed: int, stream: int, *keys: int) -> np.random.Generator:
+        return np.random.default_rng([seed, stream, *keys])
+
+
+@dataclass(frozen=True)
+class LabelPoisoning(Attack):
+    """Replaces the labels of exactly round(data_ratio x n) of the client's training samples.
+
+    mode "flip": each chosen label becomes the other class, so every one of them changes.
+    mode "random": each chosen label is drawn uniformly from the classes (the study's "random"),
+    so with two classes about half of them keep their true value.
+    """
+
+    mode: str = "flip"
+    poisons_data = True
+
+    def poison_labels(self, labels: np.ndarray, rows: np.ndarray, seed: int, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = self.rng(seed, _LABELS, partition_id)
+        count = int(math.floor(self.data_ratio * len(rows) + 0.5 + 1e-9))
+        chosen = np.sort(rng.choice(rows, size=min(count, len(rows)), replace=False))
+        poisoned = labels.copy()
+        if self.mode == "flip":
+            poisoned[chosen] = NUM_CLASSES - 1 - labels[chosen]
+        else:
+            poisoned[chosen] = rng.integers(0, NUM_CLASSES, size=len(chosen))
+        return poisoned, chosen
+
+
+def _floats(arrays: list[np.ndarray]) -> list[bool]:
+    return [np.issubdtype(a.dtype, np.floating) for a in arrays]
+
+
+@dataclass(frozen=True)
+class RandomWeights(Attack):
+    """Returns random weights instead of training: each tensor drawn from N(0, (scale * s)^2), s the
+    global tensor's std (its |mean| where the tensor is constant, else 1e-2). scale = 1: the same
+    shapes and scale as the model's own weights."""
+
+    scale: float = 1.0
+    poisons_model = True
+    trains = False
+
+    def poison_update(self, weights: list[np.ndarray], start: list[np.ndarray], seed: int, server_round: int,
+                      partition_id: int) -> list[np.ndarray]:
+        rng = self.rng(seed, _WEIGHTS, server_round, partition_id)
+        out = []
+        for w, s, is_float in zip(weights, start, _floats(start)):
+            if not is_float or not s.size:
+                out.append(w)
+                continue
+            spread = float(np.std(s)) or float(np.abs(np.mean(s))) or 1e-2
+            out.append(rng.normal(0.0, self.scale * spread, size=s.shape).astype(s.dtype))
+        return out
+
+
+@dataclass(frozen=True)
+class GaussianNoise(Attack):
+    """Adds N(0, std^2) noise to every element of its update (so to its weights)."""
+
+    std: float = 0.1
+    poisons_model = True
+
+    def poison_update(self, weights: list[np.ndarray], start: list[np.ndarray], seed: int, server_round: int,
+                      partition_id: int) -> list[np.ndarray]:
+        rng = self.rng(seed, _WEIGHTS, server_round, partition_id)
+        return [(w + rng.normal(0.0, self.std, size=w.shape)).astype(w.dtype) if f else w
+                for w, f in zip(weights, _floats(weights))]
+
+
+@dataclass(frozen=True)
+class Scaling(Attack):
+    """Multiplies its update by `scale` (model replacement): start + scale * (weights - start)."""
+
+    scale: float = 10.0
+    poisons_model = True
+
+    def poison_update(self, weights: list[np.ndarray], start: list[np.ndarray], seed: int, server_round: int,
+                      partition_id: int) -> list[np.ndarray]:
+        return [(s + self.scale * (w - s)).astype(w.dtype) if f else w
+                for w, s, f in zip(weights, start, _floats(weights))]
+
+
+@dataclass(frozen=True)
+class SignFlip(Scaling):
+    """Returns the negated update: start - (weights - start), i.e. scaling by -1."""
+
+    scale: float = -1.0

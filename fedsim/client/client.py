@@ -1,0 +1,197 @@
+"""The clients: `IMDBClient` trains and evaluates one partition with a model kept alive per worker
+process, and `client_fn(context)` gives the ClientApp the client of the context's partition.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from flwr.app import Context
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from fedsim.client.attacks import Attack, malicious_of
+from fedsim.config.compose import config_from, config_key
+from fedsim.data.loader import Loader, load_data, load_node_data
+from fedsim.data.prepare import PreparedData, load_prepared
+from fedsim.model.train import evaluate, train
+from fedsim.model.transport import transport_of
+from fedsim.model.weights import get_weights, set_weights
+
+Weights = list[np.ndarray]
+
+
+@dataclass(frozen=True, eq=False)
+class ClientSettings:
+    """Everything a client needs from the run's config, as typed values (one object per process and run)."""
+
+    prepared: PreparedData | None  # None on a node that does not share the server's cache (its own data-path)
+    net: DictConfig  # model.net, instantiated once per process
+    featurizer: DictConfig  # model.featurizer, for a node's own data
+    cache_dir: str
+    val_fraction: float
+    optimizer: DictConfig  # model.optimizer, a partial taking (params, lr)
+    local_epochs: int
+    batch_size: int
+    lr: float
+    num_threads: int
+    use_gpu: bool
+    seed: int
+    log_level: str
+    attack: DictConfig
+    transport: str = "float32"  # the precision updates travel in (fedsim.transport)
+    malicious: tuple[int, ...] = ()
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig, prepared: PreparedData | None = None) -> ClientSettings:
+        """The settings of a run's clients; the prepared data as the server recorded it, unless given."""
+        attack = instantiate(cfg.attack)
+        return cls(
+            prepared=prepared or load_prepared(cfg, missing_ok=True),
+            net=cfg.model.net,
+            featurizer=cfg.model.featurizer,
+            cache_dir=str(cfg.data.cache_dir),
+            val_fraction=float(cfg.data.val_fraction),
+            optimizer=cfg.model.optimizer,
+            local_epochs=int(cfg.client.local_epochs),
+            batch_size=int(cfg.client.batch_size),
+            lr=float(cfg.client.lr),
+            num_threads=max(1, int(cfg.resources.num_cpus)),
+            use_gpu=cfg.resources.num_gpus > 0,
+            seed=int(cfg.seed),
+            log_level=str(cfg.log_level),
+            attack=cfg.attack,
+            transport=transport_of(cfg),
+            malicious=tuple(malicious_of(attack, int(cfg.num_clients), int(cfg.seed))),
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda" if self.use_gpu and torch.cuda.is_available() else "cpu")
+
+
+def step_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """A seed per (run seed, round, client), so local training is reproducible in any order."""
+    return int(np.random.SeedSequence([seed, server_round, partition_id]).generate_state(1)[0])
+
+
+@functools.lru_cache(maxsize=1)
+def actor_model(settings: ClientSettings) -> nn.Module:
+    """One model per worker process, built once and reused by every client and round it serves."""
+    return instantiate(settings.net).to(settings.device)
+
+
+@functools.lru_cache(maxsize=1)
+def actor_attack(settings: ClientSettings) -> Attack:
+    """The run's attack, built once per worker process."""
+    return instantiate(settings.attack)
+
+
+@functools.lru_cache(maxsize=1)
+def configure_process(num_threads: int, log_level: str) -> None:
+    """Per-process setup, once: torch threads and quiet loggers."""
+    torch.set_num_threads(num_threads)
+    for name in ("flwr", "ray", "transformers", "datasets"):
+        logging.getLogger(name).setLevel(log_level)
+
+
+class IMDBClient:
+    """Trains the global model on one IMDB partition and evaluates it on the local validation split."""
+
+    def __init__(self, partition_id: int, model: nn.Module, trainloader: Loader, valloader: Loader,
+                 settings: ClientSettings) -> None:
+        self.partition_id = partition_id
+        self.model = model
+        self.trainloader = trainloader
+        self.valloader = valloader
+        self.settings = settings
+
+    def fit(self, weights: Weights, config: Mapping[str, Any]) -> tuple[Weights, int, dict[str, float]]:
+        """Local training from `weights`: (new weights, training examples, {train-loss, fit-time})."""
+        start = time.perf_counter()
+        set_weights(self.model, weights)
+        seed = step_seed(self.settings.seed, int(config.get("server-round", 0)), self.partition_id)
+        torch.manual_seed(seed)
+        self.trainloader.reseed(seed)
+        optimizer = instantiate(self.settings.optimizer)(self.model.parameters(), lr=self.settings.lr)
+        loss = train(self.model, self.trainloader, self.settings.local_epochs, optimizer, self.settings.device,
+                     proximal_mu=float(config.get("proximal-mu", 0.0)))
+        metrics = {"train-loss": loss, "fit-time": time.perf_counter() - start}
+        return get_weights(self.model), self.trainloader.num_examples, metrics
+
+    def evaluate(self, weights: Weights, config: Mapping[str, Any]) -> tuple[float, int, dict[str, float]]:
+        """(loss, validation examples, {accuracy}) of `weights` on the local validation split."""
+        set_weights(self.model, weights)
+        loss, accuracy = evaluate(self.model, self.valloader, self.settings.device)
+        return loss, self.valloader.num_examples, {"accuracy": accuracy}
+
+
+class MaliciousClient(IMDBClient):
+    """An honest client whose reply the attack transforms (model poisoning).
+
+    Data poisoning happens before, in `build_client`, on the labels its trainloader serves.
+    """
+
+    def __init__(self, attack: Attack, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.attack = attack
+
+    def fit(self, weights: Weights, config: Mapping[str, Any]) -> tuple[Weights, int, dict[str, float]]:
+        start = time.perf_counter()
+        if self.attack.trains:
+            trained, num_examples, metrics = super().fit(weights, config)
+        else:  # replies without training; reports no training loss
+            trained, num_examples, metrics = weights, self.trainloader.num_examples, {"train-loss": float("nan")}
+        poisoned = self.attack.poison_update(trained, weights, self.settings.seed, int(config.get("server-round", 0)),
+                                             self.partition_id)
+        return poisoned, num_examples, {**metrics, "fit-time": time.perf_counter() - start}
+
+
+def build_client(settings: ClientSettings, partition_id: int, data_path: str | None = None) -> IMDBClient:
+    """The client for one partition (or, given `data_path`, for a node's own data): honest, or malicious
+    with poisoned labels and/or a poisoned update."""
+    configure_process(settings.num_threads, settings.log_level)
+    model = actor_model(settings)
+    if data_path:
+        trainloader, valloader = load_node_data(data_path, settings.featurizer, settings.cache_dir, settings.seed,
+                                                settings.val_fraction, partition_id, settings.batch_size)
+    elif settings.prepared is None:
+        raise FileNotFoundError("no prepared data for this run on this node: the server prepares it in a cache "
+                                "its nodes share, or a node names its own with --node-config data-path=DIR")
+    else:
+        trainloader, valloader = load_data(settings.prepared, partition_id, settings.batch_size)
+    if partition_id not in settings.malicious:
+        return IMDBClient(partition_id, model, trainloader, valloader, settings)
+    attack = actor_attack(settings)
+    if attack.poisons_data:
+        trainloader.labels, _ = attack.poison_labels(trainloader.labels, trainloader.rows, settings.seed, partition_id)
+    return MaliciousClient(attack, partition_id, model, trainloader, valloader, settings)
+
+
+_SETTINGS: dict[str, ClientSettings] = {}
+
+
+def settings_for(run_config: Mapping[str, Any]) -> ClientSettings:
+    """The clients' settings for a run config, built once per worker process."""
+    key = config_key(run_config)
+    if key not in _SETTINGS:
+        _SETTINGS.clear()  # a process serves one run at a time
+        _SETTINGS[key] = ClientSettings.from_cfg(config_from(run_config))
+    return _SETTINGS[key]
+
+
+def client_fn(context: Context) -> IMDBClient:
+    """The client of the partition in `context.node_config`, for the run in `context.run_config`; a node
+    started with `--node-config "data-path=DIR"` trains and evaluates on its own data in DIR instead."""
+    return build_client(settings_for(context.run_config), int(context.node_config["partition-id"]),
+                        context.node_config.get("data-path"))
+
+
+ClientFn = Callable[[Context], IMDBClient]

@@ -1,0 +1,160 @@
+"""Collections: one experiment repeated over seeds and configurations, each run in its own process,
+gathered into tidy CSVs that survive a kill at any moment.
+
+A collection directory holds runs.csv (the ledger: one row per run_id), runs/run_NNNN/ (each run's
+own directory, written by main.py), the concatenated rounds/clients/layers CSVs, summary.csv and
+accuracy.png. Every file is replaced atomically, so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from fedsim.collections.plan import CollectionError, Planned
+from fedsim.collections.summary import plot_accuracy, summarize
+from fedsim.outputs.checkpointer import CHECKPOINT
+from fedsim.run.info import FINISHED, effective_status
+from fedsim.system.files import write_csv
+
+RUNS_COLUMNS = [
+    "run_id", "seed", "overrides", "status", "error", "final_central_accuracy", "best_central_accuracy",
+    "wall_time_s", "run_dir", "config",
+]
+
+
+COLLECTED = ("rounds.csv", "clients.csv", "layers.csv", "detection.csv")
+
+
+def _error_from(run_dir: Path, returncode: int) -> str:
+    """The last line of a failed run's error: run.json's, else the log's, else the exit status."""
+    info_path = run_dir / "run.json"
+    if info_path.exists():
+        error = json.loads(info_path.read_text()).get("error")
+        if error:
+            return error
+    log = run_dir / "output.log"
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines()] if log.exists() else []
+    lines = [line for line in lines if line and "HYDRA_FULL_ERROR" not in line]
+    errors = [line for line in lines if line.startswith("error:")]
+    if errors:
+        return errors[-1].removeprefix("error:").strip()
+    if returncode < 0:
+        return f"killed by signal {signal.Signals(-returncode).name}"
+    return lines[-1] if lines else f"exit status {returncode}"
+
+
+def resumable(run_dir: Path) -> bool:
+    """A run cut off (interrupted, or killed so that its run.json still says running) after a checkpoint."""
+    info_path = run_dir / "run.json"
+    if not (run_dir / CHECKPOINT).exists() or not info_path.exists():
+        return False
+    return effective_status(json.loads(info_path.read_text())) in ("interrupted", "dead")
+
+
+def row_of(planned: Planned, run_dir: Path, returncode: int, wall_time_s: float | None) -> dict:
+    """A run's row for runs.csv (without run_id), from its run.json and main.py's exit status."""
+    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    reported = info.get("status")
+    status = reported if (returncode == 0 and reported in FINISHED) or reported == "interrupted" else "failed"
+    return {
+        "seed": planned.seed,
+        "overrides": " ".join(planned.overrides),
+        "status": status,
+        "error": None if status in FINISHED else _error_from(run_dir, returncode),
+        "final_central_accuracy": info.get("final_central_accuracy"),
+        "best_central_accuracy": info.get("best_central_accuracy"),
+        "wall_time_s": info.get("wall_time_s") or wall_time_s,
+        "config": planned.config,
+    }
+
+
+def finished_unrecorded(run_dir: Path) -> bool:
+    """Whether a run the ledger has as running (its invocation was killed) finished all the same."""
+    info_path = run_dir / "run.json"
+    return info_path.exists() and effective_status(json.loads(info_path.read_text())) in FINISHED
+
+
+class Collection:
+    """A collection directory, held by one invocation at a time (a lock file) and updated atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path).resolve()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            holder = self._lock_file.read().strip() or "unknown"
+            self._lock_file.close()
+            raise CollectionError(f"{self.path}: another run_and_collect is using this collection (pid {holder}); "
+                                  "allowed: another --name, or wait for it to end") from None
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(f"{os.getpid()}\n")
+        self._lock_file.flush()
+        ledger = self.path / "runs.csv"
+        self.runs = pd.read_csv(ledger, keep_default_na=False, na_values=[""]) if ledger.exists() \
+            else pd.DataFrame(columns=RUNS_COLUMNS)
+        self._mutex = threading.Lock()
+
+    def run_dir(self, run_id: int) -> Path:
+        return self.path / "runs" / f"run_{run_id:04d}"
+
+    def todo(self, planned: Iterable[Planned], force: bool) -> list[tuple[int, Planned]]:
+        """(run_id, run) for every planned run not yet completed; new runs get fresh ids."""
+        known = {(str(r.config), int(r.seed)): (int(r.run_id), r.status) for r in self.runs.itertuples()}
+        next_id = int(self.runs.run_id.max()) + 1 if len(self.runs) else 0
+        work = []
+        for run in planned:
+            run_id, status = known.get((run.config, run.seed), (None, None))
+            if run_id is None:
+                run_id, next_id = next_id, next_id + 1
+            if status not in FINISHED or force:
+                work.append((run_id, run))
+        return work
+
+    def record(self, run_id: int, row: dict) -> None:
+        """Put a run's row into runs.csv (replacing its earlier one) and rewrite the collected tables."""
+        with self._mutex:
+            run_dir = self.run_dir(run_id)
+            row = {"run_id": run_id, **row, "run_dir": str(run_dir.relative_to(self.path)) if run_dir.exists() else None}
+            new = pd.DataFrame([row], columns=RUNS_COLUMNS)
+            others = self.runs[self.runs.run_id != run_id]
+            runs = pd.concat([others, new], ignore_index=True) if len(others) else new
+            self.runs = runs.sort_values("run_id", kind="stable").reset_index(drop=True)
+            write_csv(self.path / "runs.csv", self.runs)
+            if row["status"] != "running":
+                self.rebuild()
+
+    def rebuild(self) -> None:
+        """Rewrite the collected tables, summary.csv and accuracy.png from the completed runs."""
+        completed = self.runs[self.runs.status.isin(FINISHED)]
+        for name in COLLECTED:
+            frames = [self._read(run_id, name) for run_id in completed.run_id]
+            frames = [f for f in frames if f is not None]
+            if frames:
+                write_csv(self.path / name, pd.concat(frames, ignore_index=True))
+        write_csv(self.path / "summary.csv", summarize(self.runs))
+        rounds = self.path / "rounds.csv"
+        if len(completed) and rounds.exists():
+            plot_accuracy(pd.read_csv(rounds), completed, self.path / "accuracy.png")
+
+    def _read(self, run_id: int, name: str) -> pd.DataFrame | None:
+        path = self.run_dir(int(run_id)) / name
+        if not path.exists():
+            return None
+        frame = pd.read_csv(path)
+        frame.insert(0, "run_id", int(run_id))
+        return frame
+
+    def close(self) -> None:
+        self._lock_file.close()

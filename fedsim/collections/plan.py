@@ -1,0 +1,83 @@
+"""What a collection runs: the cross product of its sweeps with its seeds, each configuration checked as
+main.py checks it before anything is created.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+DEFAULT_CONFIG = "defaults"
+
+
+class CollectionError(Exception):
+    """Bad command-line input for a collection, reported as one line before anything runs."""
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One run to have: a configuration (Hydra overrides, without the seed) and a seed."""
+
+    overrides: tuple[str, ...]
+    seed: int
+
+    @property
+    def config(self) -> str:
+        return " ".join(self.overrides) or DEFAULT_CONFIG
+
+
+def parse_sweep(text: str) -> tuple[str, list[str]]:
+    """`KEY=A,B,C` -> (KEY, [A, B, C]), read by Hydra's override parser: list values and quoting mean what they
+    mean to main.py (`archive.layers=[embedding.*],[fc.*]` is two lists)."""
+    from fedsim.config.overrides import parse, values
+    from fedsim.system.errors import ConfigError
+
+    key, sep, rest = text.partition("=")
+    if not sep or not key or not rest:
+        raise CollectionError(f"--sweep: got {text!r}; expected KEY=A,B,C")
+    try:
+        [override] = parse([text])
+    except ConfigError as exc:
+        raise CollectionError(f"--sweep: {exc}") from None
+    return override.key_or_group, values(override)
+
+
+def configurations(overrides: Sequence[str], sweeps: Sequence[str]) -> list[tuple[str, ...]]:
+    """The cross product of the sweeps, each with the shared overrides in front."""
+    for override in overrides:
+        if override.split("=", 1)[0].lstrip("+~") == "seed":
+            raise CollectionError(f"seed: given as an override ({override}); choose seeds with --runs or --seeds")
+    axes = [[f"{key}={value}" for value in values] for key, values in map(parse_sweep, sweeps)]
+    return [tuple(overrides) + combo for combo in itertools.product(*axes)]
+
+
+def plan(overrides: Sequence[str], sweeps: Sequence[str], seeds: Sequence[int]) -> list[Planned]:
+    """Seeds outermost, so an unfinished collection already compares every configuration."""
+    if len(set(seeds)) != len(seeds):
+        raise CollectionError(f"--seeds: {list(seeds)} repeats a seed")
+    return [Planned(config, seed) for seed in seeds for config in configurations(overrides, sweeps)]
+
+
+def default_name(overrides: Sequence[str], sweeps: Sequence[str]) -> str:
+    """A folder name from the overrides and sweeps, e.g. `num_rounds=3_strategy=fedavg,fedmedian`."""
+    name = re.sub(r"[^A-Za-z0-9._=,+-]+", "-", "_".join([*overrides, *sweeps])).strip("-_.")
+    return name[:120] or "default"
+
+
+def check_plan(planned: Sequence[Planned]) -> None:
+    """Refuse, before anything is created, a configuration main.py would refuse at once: its overrides
+    (fedsim.config.overrides) and their values (fedsim.run.experiment), as main.py checks them. A CollectionError naming the
+    configuration; what only the data can tell (a partition too small) is found by the run, and recorded."""
+    from fedsim.config.overrides import check
+    from fedsim.run.experiment import build
+    from fedsim.system.errors import ConfigError
+
+    for config in dict.fromkeys(run.overrides for run in planned):
+        seed = next(run.seed for run in planned if run.overrides == config)
+        try:
+            build(check([*config, f"seed={seed}"]))
+        except ConfigError as exc:
+            where = f" (in {' '.join(config)})" if config else ""
+            raise CollectionError(f"{exc}{where}") from None

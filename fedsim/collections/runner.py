@@ -1,0 +1,179 @@
+"""Running a collection: what is missing, `--jobs` at a time, each run its own main.py process (or a Ray job),
+recorded in the ledger as it ends; Ctrl-C stops the runs, which record themselves interrupted.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from fedsim.collections.ledger import Collection, finished_unrecorded, resumable, row_of
+from fedsim.collections.plan import Planned
+from fedsim.run.directory import in_use
+from fedsim.run.info import FINISHED
+from fedsim.system.eta import format_duration
+from fedsim.system.processes import child_env
+
+
+def die_with_parent() -> None:
+    """Runs in the child before exec: if run_and_collect is killed (even with -9), its run stops too."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class LocalRuns:
+    """Each run a child process of this one that dies with it, even when this one is killed with -9."""
+
+    overrides: tuple[str, ...] = ()  # added to every fresh run's command (none: a private Ray instance)
+
+    def __init__(self) -> None:
+        self._children: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+
+    def run(self, command: list[str], log_path: Path, run_dir: Path) -> int:
+        """Run `command` to its end, its output into `log_path`; its exit status (negative: killed by a signal)."""
+        with open(log_path, "a") as log:
+            child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env(),
+                                     preexec_fn=die_with_parent)
+        with self._lock:
+            self._children.add(child)
+            if _STOPPING.is_set():  # started just as the collection was asked to stop
+                child.send_signal(signal.SIGINT)
+        try:
+            return child.wait()
+        finally:
+            with self._lock:
+                self._children.discard(child)
+
+    def stop(self) -> None:
+        """Ask every running main.py to stop: each records itself `interrupted` and exits within seconds."""
+        with self._lock:
+            for child in self._children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGINT)
+
+
+class Launcher(Protocol):
+    """Where a collection's runs execute: LocalRuns, or fedsim.collections.ray_jobs.RayJobs on a Ray cluster."""
+
+    overrides: tuple[str, ...]
+
+    def run(self, command: list[str], log_path: Path, run_dir: Path) -> int: ...
+
+    def stop(self) -> None: ...
+
+
+_STOPPING = threading.Event()
+
+
+_ACTIVE: list[Launcher] = []  # the launcher of the collection running in this process
+
+
+def stop_runs(signum: int, frame: object) -> None:
+    """Ctrl-C or SIGTERM: ask every running main.py to stop (each records itself `interrupted` and exits
+    within seconds) and start no more."""
+    _STOPPING.set()
+    for launcher in _ACTIVE:
+        launcher.stop()
+
+
+def tracking_labels(collection: str, run_id: int) -> tuple[str, ...]:
+    """A fresh run's place in its collection for any tracker: the collection's name as the group (an MLflow
+    experiment, a W&B group), and its run_id as a tag."""
+    quoted = collection.replace("\\", "\\\\").replace("'", "\\'")
+    return f"tracking.group='{quoted}'", f"++tracking.tags.run_id={run_id}"
+
+
+def execute(launcher: Launcher, main_script: Path, planned: Planned, run_dir: Path,
+            labels: Sequence[str] = ()) -> dict:
+    """Run main.py once through `launcher`, continuing a cut-off run from its checkpoint; return its
+    row for runs.csv (without run_id). `labels` are overrides a fresh run gets that name no configuration
+    (tracking_labels)."""
+    if resumable(run_dir):
+        command = [sys.executable, str(main_script), f"resume={run_dir}", *launcher.overrides]
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # left by an invocation that failed or was killed before a checkpoint
+        run_dir.mkdir(parents=True)
+        command = [sys.executable, str(main_script), *planned.overrides, f"seed={planned.seed}",
+                   f"hydra.run.dir='{run_dir}'", *labels, *launcher.overrides]
+    started = time.perf_counter()
+    returncode = launcher.run(command, run_dir / "output.log", run_dir)
+    return row_of(planned, run_dir, returncode, round(time.perf_counter() - started, 3))
+
+
+def run_collection(collection: Collection, main_script: Path, planned: Sequence[Planned], force: bool = False,
+                   jobs: int = 1, echo: Callable[[str], None] = print, launcher: Launcher | None = None) -> int:
+    """Run what is missing, `jobs` at a time, as child processes or through another `launcher`; return the
+    number of planned runs that are failed."""
+    launcher = launcher or LocalRuns()
+    _ACTIVE[:] = [launcher]
+    work = collection.todo(planned, force)
+    skipped = len(planned) - len(work)
+    echo(f"collection {collection.path}: {len(planned)} runs planned, {skipped} already completed, "
+         f"{len(work)} to run")
+    runnable = []
+    recorded = dict(zip(collection.runs.run_id.astype(int), collection.runs.status))
+    for run_id, run in work:
+        if not force and recorded.get(run_id) == "running" and finished_unrecorded(collection.run_dir(run_id)):
+            collection.record(run_id, row_of(run, collection.run_dir(run_id), 0, None))
+            echo(f"[done] run {run_id}  seed={run.seed}  {run.config}: finished as the last invocation stopped")
+            continue
+        owner = in_use(collection.run_dir(run_id))
+        if owner is not None:  # e.g. an earlier invocation's run, still recording itself interrupted
+            echo(f"[busy] run {run_id}  seed={run.seed}  {run.config}: its directory is in use by a live run "
+                 f"({owner}); left as it is: run the same command again once that run has ended")
+            continue
+        runnable.append((run_id, run))
+
+    started, durations = time.perf_counter(), []
+
+    def start(run_id: int, run: Planned) -> dict:
+        collection.record(run_id, {"seed": run.seed, "overrides": " ".join(run.overrides), "status": "running",
+                                   "config": run.config})
+        return execute(launcher, main_script, run, collection.run_dir(run_id),
+                       tracking_labels(collection.path.name, run_id))
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        pending: dict[Future, tuple[int, Planned, float]] = {}
+        queue = list(runnable)
+        done_count = 0
+        while queue or pending:
+            if _STOPPING.is_set():
+                queue.clear()
+            while queue and len(pending) < max(1, jobs):
+                run_id, run = queue.pop(0)
+                pending[pool.submit(start, run_id, run)] = (run_id, run, time.perf_counter())
+            finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in finished:
+                run_id, run, began = pending.pop(future)
+                row = future.result()
+                collection.record(run_id, row)
+                durations.append(time.perf_counter() - began)
+                done_count += 1
+                left = len(runnable) - done_count
+                eta = np.mean(durations) * left / max(1, jobs)
+                outcome = (f"acc {row['final_central_accuracy']:.4f}"
+                           + (" (degraded: some client calls failed)" if row["status"] == "degraded" else "")
+                           if row["status"] in FINISHED else f"FAILED: {row['error']}")
+                echo(f"[{done_count}/{len(runnable)}] run {run_id}  seed={run.seed}  {run.config}  {outcome}  "
+                     f"{format_duration(durations[-1])}  ETA {format_duration(eta) if left else '-'}")
+    collection.rebuild()  # the pool is done; this also updates a collection written by an older fedsim
+    if _STOPPING.is_set():
+        raise KeyboardInterrupt
+    ids = {(r.config, r.seed) for r in planned}
+    mine = collection.runs[np.array([(c, int(s)) in ids for c, s in zip(collection.runs.config, collection.runs.seed)],
+                                    dtype=bool)]
+    failed = int((mine.status == "failed").sum())
+    echo(f"done in {format_duration(time.perf_counter() - started)}: {int((mine.status == 'completed').sum())} "
+         f"completed, {int((mine.status == 'degraded').sum())} degraded, {failed} failed -> {collection.path}")
+    return failed

@@ -1,0 +1,196 @@
+"""The config's checks, all in one place, run before any data is read or any Ray worker starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any, Callable
+
+from flwr.serverapp.strategy import Bulyan, MultiKrum, Strategy
+from omegaconf import DictConfig
+
+from fedsim.client.attacks import num_malicious
+from fedsim.model.transport import TRANSPORTS
+from fedsim.privacy.dp import MODES as PRIVACY_MODES
+from fedsim.privacy.dp import SAMPLING
+from fedsim.system.errors import ConfigError
+
+ADDRESS = re.compile(r"^(auto|[\w.-]+:\d+)$")  # ray.address, when set
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# key -> (test, what is allowed); a None value is allowed only where the test accepts it.
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "num_clients": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "num_rounds": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "seed": (_is_int, "an integer"),
+    "scrutiny": (lambda v: isinstance(v, bool), "true or false"),
+    "overwrite": (lambda v: isinstance(v, bool), "true or false"),
+    "runtime.startup_timeout_s": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
+    "runtime.reply_timeout_s": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
+    "log_level": (lambda v: v in logging.getLevelNamesMapping(), "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    "data.train_size": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+    "data.test_size": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+    "data.val_fraction": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "data.max_length": (lambda v: _is_int(v) and v >= 8, "an integer >= 8"),
+    "client.local_epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "client.batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "client.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "resources.num_cpus": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "resources.num_gpus": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "strategy.fraction_train": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "strategy.fraction_evaluate": (lambda v: _is_number(v) and 0 <= v <= 1,
+                                   "a number in [0, 1] (0 skips federated evaluation)"),
+    "strategy.min_train_nodes": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "strategy.min_evaluate_nodes": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "strategy.num_malicious_nodes": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "strategy.num_nodes_to_select": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "strategy.proximal_mu": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "transport": (lambda v: v in TRANSPORTS, "float32, float16 or bfloat16"),
+    "ray.address": (lambda v: v is None or (isinstance(v, str) and ADDRESS.match(v) is not None),
+                    "null (a private Ray instance), auto, or HOST:PORT of a running Ray cluster's head"),
+    "ray.max_actors": (lambda v: v == "auto" or (_is_int(v) and v >= 1), "auto or an integer >= 1"),
+    "runtime.node_slots": (lambda v: v is None or v == "auto" or (_is_int(v) and v >= 1),
+                           "auto, null (one simulated node per client) or an integer >= 1"),
+    "archive.mode": (lambda v: v in ("all", "global", "none"), "all, global or none"),
+    "archive.dtype": (lambda v: v in ("float32", "float16", "bfloat16"), "float32, float16 or bfloat16"),
+    "archive.layers": (lambda v: len(v) > 0 and all(isinstance(p, str) for p in v), "a list of glob patterns"),
+    "archive.max_pending": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "partition.alpha": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "partition.classes_per_client": (lambda v: v in (1, 2), "1 or 2 (IMDB has two labels)"),
+    "attack.node_ratio": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "attack.data_ratio": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "attack.mode": (lambda v: v in ("flip", "random"), "flip or random"),
+    "attack.std": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "attack.scale": (_is_number, "a number"),
+    "faults.dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "faults.stragglers": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "faults.slowdown": (lambda v: _is_number(v) and v >= 1, "a number >= 1"),
+    "faults.delay_mean_s": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "faults.examples_per_s": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "faults.round_timeout_s": (lambda v: v is None or (_is_number(v) and v > 0), "null or a number > 0"),
+    "faults.max_failure_rate": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "privacy.mode": (lambda v: v in PRIVACY_MODES, ", ".join(PRIVACY_MODES)),
+    "privacy.noise_multiplier": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (0: clipping without noise)"),
+    "privacy.clipping_norm": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "privacy.delta": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
+    "privacy.sampling": (lambda v: v in SAMPLING, ", ".join(SAMPLING)),
+    "privacy.initial_clipping_norm": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "privacy.target_clipped_quantile": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "privacy.clip_norm_lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "privacy.clipped_count_stddev": (lambda v: v is None or (_is_number(v) and v > 0), "null or a number > 0"),
+    "tracking.tags": (lambda v: isinstance(v, DictConfig), "a mapping of tag names to values"),
+}
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _select(cfg: DictConfig, key: str) -> tuple[bool, Any]:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first key whose value cannot work."""
+    for key, (test, allowed) in RULES.items():
+        present, value = _select(cfg, key)
+        if present and not test(value):
+            raise ConfigError(key, f"got {value!r}; allowed: {allowed}")
+    attached = cfg.ray.address is not None
+    if attached and cfg.runtime.name != "simulation":
+        raise ConfigError("ray.address", f"got {cfg.ray.address!r} with runtime={cfg.runtime.name}, whose clients "
+                          "are SuperNodes, not Ray actors; allowed: null, or runtime=simulation")
+    if not attached:  # a cluster's nodes are checked once attached (fedsim.cluster.attach)
+        check_local_resources(cfg)
+    if cfg.data.val_fraction == 0 and cfg.strategy.get("fraction_evaluate"):
+        raise ConfigError("data.val_fraction", f"0 leaves every client nothing to evaluate, but "
+                          f"strategy.fraction_evaluate={cfg.strategy.fraction_evaluate}; allowed: a number in "
+                          "(0, 1), or strategy.fraction_evaluate=0")
+    if cfg.attack.name == "none" and cfg.attack.node_ratio:
+        raise ConfigError("attack.node_ratio", f"got {cfg.attack.node_ratio} with attack=none; allowed: 0, or pick an "
+                          "attack (random_labels, label_flip, random_weights, gaussian_noise, sign_flip, scaling, ...)")
+
+
+def check_local_resources(cfg: DictConfig) -> None:
+    """Per-client resources this machine can host (a private Ray instance)."""
+    if cfg.resources.num_gpus > _gpu_count():
+        gpus = _gpu_count()
+        raise ConfigError("resources.num_gpus", f"got {cfg.resources.num_gpus}, but {gpus or 'no'} CUDA GPU"
+                          f"{'' if gpus == 1 else 's'} {'is' if gpus == 1 else 'are'} visible here (Ray would wait "
+                          f"forever to place a client); allowed: at most {gpus} on this machine")
+    if cfg.resources.num_cpus > (os.cpu_count() or 1):
+        raise ConfigError("resources.num_cpus", f"{cfg.resources.num_cpus} per client, but this machine has "
+                          f"{os.cpu_count()} CPUs (Ray would wait forever to place a client); allowed: at most "
+                          f"{os.cpu_count()}")
+
+
+def fit_clients_per_round(cfg: DictConfig) -> int:
+    """How many clients train per round: Flower's own formula in FedAvg.configure_train."""
+    sampled = int(cfg.num_clients * cfg.strategy.get("fraction_train", 1.0))
+    return min(cfg.num_clients, max(sampled, int(cfg.strategy.get("min_train_nodes", 1))))
+
+
+def evaluate_clients_per_round(cfg: DictConfig) -> int:
+    """How many clients evaluate per round: Flower's own formula in FedAvg.configure_evaluate."""
+    fraction = cfg.strategy.get("fraction_evaluate", 1.0)
+    if fraction == 0:
+        return 0
+    return min(cfg.num_clients, max(int(cfg.num_clients * fraction), int(cfg.strategy.get("min_evaluate_nodes", 1))))
+
+
+# Minimum clients per round each robust aggregator needs for f tolerated malicious clients
+# (Bulyan first, as it is no MultiKrum; Krum is a MultiKrum that selects one).
+MIN_CLIENTS: dict[type, tuple[Callable[[int], int], str]] = {
+    Bulyan: (lambda f: 4 * f + 3, "n >= 4f + 3"),
+    MultiKrum: (lambda f: 2 * f + 3, "n > 2f + 2"),
+}
+
+
+def check_strategy(strategy: Strategy, cfg: DictConfig) -> None:
+    """Refuse a strategy whose preconditions this configuration breaks."""
+    for key in ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes"):
+        # Flower's sampling waits, without end, until that many nodes are online: more than the federation has
+        # never are (fedsim's strategies see every node of the federation as online, fedsim.participation).
+        wanted = int(cfg.strategy.get(key) or 0)
+        if key == "min_evaluate_nodes" and not cfg.strategy.get("fraction_evaluate", 1.0):
+            continue  # no federated evaluation: Flower ignores it
+        if wanted > cfg.num_clients:
+            raise ConfigError(f"strategy.{key}", f"{wanted}, but the federation has num_clients={cfg.num_clients} "
+                              f"(Flower would wait forever for the nodes it lacks); allowed: at most "
+                              f"{cfg.num_clients}")
+    n = fit_clients_per_round(cfg)
+    for cls, (minimum, rule) in MIN_CLIENTS.items():
+        if isinstance(strategy, cls):
+            f = int(strategy.num_malicious_nodes)
+            actual = num_malicious(float(cfg.attack.node_ratio), cfg.num_clients)
+            if f < actual:
+                print(f"note: {type(strategy).__name__} assumes f={f} malicious clients; the attack has {actual}")
+            if n < minimum(f):
+                raise ConfigError(
+                    "strategy.num_malicious_nodes",
+                    f"{type(strategy).__name__} with f={f} needs {rule}, i.e. at least {minimum(f)} clients "
+                    f"per round, but {n} train per round; allowed: raise num_clients or strategy.fraction_train, "
+                    "or lower f",
+                )
+            selected = getattr(strategy, "num_nodes_to_select", 1)
+            if isinstance(strategy, MultiKrum) and selected > n:
+                raise ConfigError("strategy.num_nodes_to_select", f"{selected}, but {n} clients train per round; "
+                                  f"allowed: 1..{n}")
+            return

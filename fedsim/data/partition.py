@@ -1,0 +1,96 @@
+"""Which rows each client holds: flwr-datasets' partitioners, run once by the driver into a small cached
+table that clients only read, and each client's split into local train and validation rows.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from hydra.utils import instantiate
+from safetensors.numpy import load_file
+
+from fedsim.data.cache import is_intact, save_cached
+from fedsim.data.features import cache_key
+from fedsim.system.errors import ConfigError, first_line
+
+if TYPE_CHECKING:
+    from fedsim.data.prepare import PreparedData
+
+
+def check_partitions(prepared: PreparedData, fraction_evaluate: float) -> None:
+    """Refuse partitions that leave a client nothing to train on, or (when clients evaluate) nothing to evaluate."""
+    sizes = np.diff(_partition_arrays(prepared.partition_file)["indptr"])
+    for client_id, size in enumerate(sizes):
+        _, val_rows = train_val_split(np.arange(size), prepared.val_fraction, prepared.seed, client_id)
+        if size < 1 or (fraction_evaluate > 0 and len(val_rows) == 0) or size - len(val_rows) < 1:
+            raise ConfigError("data.val_fraction", f"client {client_id} holds {size} rows, {len(val_rows)} of them "
+                              f"for validation at data.val_fraction={prepared.val_fraction}: nothing left to "
+                              f"{'train on' if size - len(val_rows) < 1 else 'evaluate'}; allowed: partitions "
+                              "of at least 2 rows (more data.train_size, fewer num_clients, another partition)")
+
+
+def pathological_partitioner(num_partitions: int, classes_per_client: int, class_assignment_mode: str = "random",
+                             seed: int = 0):
+    """flwr-datasets' PathologicalPartitioner under the SPEC's key name `partition.classes_per_client`."""
+    from flwr_datasets.partitioner import PathologicalPartitioner
+
+    return PathologicalPartitioner(num_partitions=num_partitions, partition_by="label",
+                                   num_classes_per_partition=classes_per_client,
+                                   class_assignment_mode=class_assignment_mode, seed=seed)
+
+
+def partition_table(partitioner_cfg: dict, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """flwr-datasets' partitioner over the (seed-shuffled) training rows, as CSR (rows, indptr)."""
+    from datasets import Dataset
+
+    order = np.random.default_rng(seed).permutation(len(labels))
+    partitioner = instantiate(partitioner_cfg, _convert_="all")
+    partitioner.dataset = Dataset.from_dict({"row": order, "label": labels[order]})
+    parts = [np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64)
+             for i in range(partitioner.num_partitions)]
+    indptr = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum([len(p) for p in parts], out=indptr[1:])
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64), indptr
+
+
+def partition_cached(partitioner_cfg: dict, labels: np.ndarray, seed: int, cache_dir: str) -> str:
+    """Partition once, in the driver, into a small safetensors file that client actors only read.
+
+    Actors then never import `datasets`, and 1000 clients cost one partitioning, not one per actor.
+    """
+    settings = {"partitioner": partitioner_cfg, "seed": seed, "version": 1}
+    directory = Path(os.path.expanduser(cache_dir))
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"partition-{cache_key([], labels, settings)}.safetensors"
+    if not is_intact(path):
+        try:
+            rows, indptr = partition_table(partitioner_cfg, labels, seed)
+        except ValueError as exc:  # flwr-datasets' own message, e.g. a Dirichlet split it cannot make
+            raise ConfigError("partition", f"{first_line(exc)} (try fewer clients, more rows, or a larger "
+                              "partition.alpha)") from None
+        save_cached(path, {"rows": rows, "indptr": indptr})
+    return str(path)
+
+
+@functools.lru_cache(maxsize=2)
+def _partition_arrays(path: str) -> dict[str, np.ndarray]:
+    return load_file(path)
+
+
+def partition_rows(prepared: PreparedData, partition_id: int) -> np.ndarray:
+    """Training-file rows held by one client."""
+    table = _partition_arrays(prepared.partition_file)
+    return table["rows"][table["indptr"][partition_id] : table["indptr"][partition_id + 1]]
+
+
+def train_val_split(rows: np.ndarray, val_fraction: float, seed: int, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split a client's rows into local train and validation parts, reproducibly per client."""
+    shuffled = np.random.default_rng([seed, partition_id]).permutation(rows)
+    num_val = int(round(len(rows) * val_fraction))
+    if len(rows) > 1:
+        num_val = min(max(num_val, 1 if val_fraction > 0 else 0), len(rows) - 1)
+    return shuffled[num_val:], shuffled[:num_val]

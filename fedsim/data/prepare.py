@@ -1,0 +1,96 @@
+"""The server's data step, before any client runs: read the dataset, select rows, featurize each split
+into the cache, partition, and record where it all is in a small manifest keyed by the data settings.
+Clients find that manifest from the run's config (`load_prepared`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fedsim.data.cache import _check_file, featurize_cached
+from fedsim.data.features import cache_key
+from fedsim.data.imdb import check_split, read_imdb, select_rows
+from fedsim.data.partition import check_partitions, partition_cached
+from fedsim.system.errors import ConfigError
+from fedsim.system.files import write_json
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """What clients and the server need to find the cached data: plain, picklable values."""
+
+    train_file: str
+    test_file: str
+    kind: str
+    num_train: int
+    num_test: int
+    partition_file: str  # every client's training rows, computed once by the driver
+    seed: int
+    val_fraction: float
+
+
+def prepare_data(cfg: DictConfig) -> PreparedData:
+    """Read, subset and featurize both splits into the cache (driver side, before Ray starts)."""
+    splits = read_imdb(str(cfg.data.path))
+    for name, split in splits.items():
+        check_split(split, name, str(cfg.data.path))
+    train_rows = select_rows(len(splits["train"].labels), cfg.data.train_size, cfg.seed)
+    # The test subset is fixed across seeds so that runs with different seeds stay comparable.
+    test_rows = select_rows(len(splits["test"].labels), cfg.data.test_size, 0)
+    if cfg.num_clients > len(train_rows):
+        raise ConfigError(
+            "num_clients", f"{cfg.num_clients} clients for {len(train_rows)} training rows; use at most {len(train_rows)}"
+        )
+    featurizer = instantiate(cfg.model.featurizer)
+    train_file = featurize_cached(splits["train"], train_rows, featurizer, cfg.data.cache_dir)
+    partitioner = OmegaConf.to_container(cfg.partition, resolve=True)
+    prepared = PreparedData(
+        train_file=train_file,
+        test_file=featurize_cached(splits["test"], test_rows, featurizer, cfg.data.cache_dir),
+        kind=featurizer.kind,
+        num_train=len(train_rows),
+        num_test=len(test_rows),
+        partition_file=partition_cached(partitioner, splits["train"].labels[train_rows], int(cfg.seed),
+                                        cfg.data.cache_dir),
+        seed=int(cfg.seed),
+        val_fraction=float(cfg.data.val_fraction),
+    )
+    check_partitions(prepared, float(cfg.strategy.get("fraction_evaluate", 0)))
+    write_json(manifest_path(cfg), asdict(prepared))
+    return prepared
+
+
+def manifest_path(cfg: DictConfig) -> Path:
+    """Where `prepare_data` records the prepared files for this config's data settings."""
+    settings = {
+        "data": {key: cfg.data[key] for key in ("path", "train_size", "test_size", "val_fraction")},
+        "seed": cfg.seed,
+        "featurizer": OmegaConf.to_container(cfg.model.featurizer, resolve=True),
+        "partition": OmegaConf.to_container(cfg.partition, resolve=True),
+    }
+    return Path(os.path.expanduser(cfg.data.cache_dir)) / f"prepared-{cache_key([], np.zeros(0), settings)}.json"
+
+
+def client_files(cfg: DictConfig, prepared: PreparedData) -> list[Path]:
+    """The cache files a client process reads (the manifest, the training features, the partition table,
+    each with its check file): what a node that shares no filesystem with the server is sent."""
+    data = [Path(prepared.train_file), Path(prepared.partition_file)]
+    return [manifest_path(cfg), *data, *map(_check_file, data)]
+
+
+def load_prepared(cfg: DictConfig, missing_ok: bool = False) -> PreparedData | None:
+    """The prepared data of this config, as the server recorded it before the first round (None if there
+    is none and `missing_ok`: a node that brings its own data)."""
+    path = manifest_path(cfg)
+    if not path.exists():
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"{path}: no prepared data for this config; the server prepares it before any round")
+    return PreparedData(**json.loads(path.read_text()))

@@ -1,0 +1,1 @@
+"""The classifiers, their weights as NumPy lists and in Flower's records, and the training loops."""

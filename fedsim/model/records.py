@@ -1,0 +1,81 @@
+"""Weights in Flower's messages: ArrayRecords made from named arrays, and read back without copying.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import io
+import math
+from typing import Sequence
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+from numpy.lib import format as npy
+
+NUMPY_STYPE = "numpy.ndarray"
+
+
+PARTITION = "partition"  # a message's record naming the partition it is for (pooled simulation nodes)
+
+
+def tensor_view(tensor: bytes) -> np.ndarray:
+    """A read-only array over one tensor in Flower's wire format (`np.save` bytes), no copy.
+
+    `Array.numpy()` copies every tensor; with 50 bow clients a round that is 850 MB more in the
+    server, on top of the messages themselves.
+    """
+    stream = io.BytesIO(tensor)
+    version = npy.read_magic(stream)
+    read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(stream)
+    if dtype.hasobject:
+        raise ValueError("object arrays are not weights")
+    flat = np.frombuffer(tensor, dtype=dtype, count=math.prod(shape), offset=stream.tell())
+    return flat.reshape(shape, order="F" if fortran_order else "C")
+
+
+def record_views(record: ArrayRecord) -> list[np.ndarray]:
+    """Every array of an ArrayRecord as a read-only view, in the record's (state_dict) order."""
+    views = []
+    for name, array in record.items():
+        if array.stype != NUMPY_STYPE:
+            raise ValueError(f"{name}: arrays of type {array.stype!r} are not weights")
+        views.append(tensor_view(array.data))
+    return views
+
+
+class ArrayView(Array):
+    """An Array whose `numpy()` is a read-only view of its bytes, not a copy. Flower's strategies decode
+    every reply with `numpy()` as they aggregate (50 bow replies: 850 MB of copies a round); they only
+    read the replies, and write into arrays of their own."""
+
+    def numpy(self) -> np.ndarray:
+        return tensor_view(self.data)
+
+
+def viewed(record: ArrayRecord, view: type[ArrayView] = ArrayView) -> ArrayRecord:
+    """The record with its arrays as ArrayViews (sharing their bytes). Set one by one: ArrayRecord's
+    constructor would turn them back into plain Arrays."""
+    views = ArrayRecord()
+    for name, a in record.items():
+        views[name] = view(a.dtype, tuple(a.shape), a.stype, a.data)
+    return views
+
+
+def to_record(names: Sequence[str], weights: Sequence[np.ndarray]) -> ArrayRecord:
+    """An ArrayRecord of named arrays, in the given order."""
+    return ArrayRecord({name: Array(np.asarray(w)) for name, w in zip(names, weights)})
+
+
+def _array(dtype: str, shape: tuple[int, ...], stype: str, data: np.ndarray) -> Array:
+    return Array(dtype, shape, stype, data.tobytes())
+
+
+def _reduce_array(array: Array):
+    """Pickle an Array's bytes as a NumPy view, which pickle protocol 5 hands out of band: Ray then
+    moves a 17 MB update into its object store with one copy instead of writing it through the
+    pickle stream (3-5x faster per message with ray.put). Older protocols keep it in band."""
+    return _array, (array.dtype, tuple(array.shape), array.stype, np.frombuffer(array.data, dtype=np.uint8))
+
+
+copyreg.pickle(Array, _reduce_array)  # every process that handles fedsim's messages imports this module

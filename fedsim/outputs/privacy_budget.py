@@ -1,0 +1,41 @@
+"""rounds.csv's epsilon and run.json's privacy budget.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedsim.outputs.base import Callback
+from fedsim.privacy.accounting import epsilon
+from fedsim.privacy.dp import Privacy
+from fedsim.server.record import RoundRecord
+
+
+class PrivacyBudget(Callback):
+    """rounds.csv's `epsilon` after every round, and run.json's epsilon and delta; it also carries an
+    adaptive wrapper's clipping norm across a resume."""
+
+    def __init__(self, privacy: Privacy, wrapper: Any, num_clients: int, clients_per_round: int) -> None:
+        self.privacy, self.wrapper = privacy, wrapper
+        self.num_clients, self.clients_per_round = num_clients, clients_per_round
+        self.releases = 0  # noisy averages so far
+
+    @property
+    def epsilon(self) -> float:
+        return epsilon(self.privacy.noise_multiplier, self.clients_per_round, self.num_clients, self.releases,
+                       self.privacy.delta, self.privacy.sampling)
+
+    def on_run_start(self, saved: dict[str, Any] | None) -> None:
+        if saved:
+            self.releases = int(saved["releases"])
+            self.wrapper.clipping_norm = float(saved["clipping_norm"])
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        self.releases += bool(record.clients)  # a round with updates released a noisy average
+        record.metrics["epsilon"] = self.epsilon
+
+    def state(self) -> dict[str, Any]:
+        return {"releases": self.releases, "clipping_norm": float(self.wrapper.clipping_norm)}
+
+    def on_run_end(self, summary: dict[str, Any]) -> None:
+        summary.update(epsilon=self.epsilon, delta=self.privacy.delta, privacy_releases=self.releases)

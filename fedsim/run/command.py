@@ -1,0 +1,85 @@
+"""`python main.py`'s command: its checks before anything starts, and the one line each way of ending prints.
+
+Bad input is `error: KEY: ... allowed: ...` and exit 2, before Hydra writes into the run directory
+or any worker starts; a failure inside a run is one `error:` line and exit 1 (its traceback in
+main.log, run.json `failed`); a signal is one `interrupted ...` line and exit 128 + the signal.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from fedsim.config.overrides import check
+from fedsim.config.resume import resumed_config
+from fedsim.outputs.tracking.base import group_multirun
+from fedsim.run.directory import claim
+from fedsim.runtimes import runtime_of
+from fedsim.system.errors import ConfigError, first_line
+from fedsim.system.signals import Interrupted, leave, raise_on_signals
+
+HYDRA_WRITES = (".hydra", "main.log")  # what Hydra has put in the run directory before the run begins
+
+
+def check_command_line(argv: Sequence[str]) -> None:
+    """main.py's overrides, read by Hydra's own argument parser and checked whole (fedsim.config.overrides)."""
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(list(argv))
+    if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion or args.config_name \
+            or args.config_path or args.config_dir or args.experimental_rerun:
+        return  # Hydra's own commands, or another config than conf/config.yaml
+    check(args.overrides)
+
+
+@contextmanager
+def refusals() -> Iterator[None]:
+    """Around everything main.py does: bad input and a signal before the run began, each as one line."""
+    raise_on_signals()
+    try:
+        yield
+    except ConfigError as exc:
+        leave(2, f"error: {exc}")
+    except Interrupted as exc:
+        leave(exc.exit_code, f"{exc} before the run began; nothing was written: run the same command again")
+
+
+def interrupted_line(exc: Interrupted, run_dir: Path) -> str:
+    if (run_dir / "config.yaml").exists() and (run_dir / "run.json").exists():
+        return f"{exc}; resume with: python main.py resume={run_dir}"
+    return f"{exc} before the run began; nothing to resume: run the same command again"
+
+
+def run_command(cfg: DictConfig) -> float | None:
+    """One run of main.py, into Hydra's output directory; the final central accuracy."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        raise_on_signals(run_dir / "main.log")
+        claim(run_dir, resume=cfg.get("resume") is not None, overwrite=bool(cfg.get("overwrite", False)),
+              keep=HYDRA_WRITES)
+        cfg = resumed_config(cfg, hydra_cfg.overrides.task)
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # `-m`: the sweep's runs are one group in a tracker
+            group_multirun(cfg, hydra_cfg.sweep.dir, hydra_cfg.job.num)
+        info = runtime_of(cfg).run(cfg, run_dir)
+    except ConfigError as exc:
+        leave(2, f"error: {exc}")
+    except Interrupted as exc:
+        leave(exc.exit_code, interrupted_line(exc, run_dir))
+    except Exception as exc:  # recorded in run.json; the traceback goes to main.log, one line here
+        with open(run_dir / "main.log", "a") as log:
+            traceback.print_exc(file=log)
+        leave(1, f"error: {first_line(exc)} (run.json and main.log in {run_dir})")
+    failures = f" (degraded: {info['client_failures']} client calls failed, see clients.csv)" \
+        if info["status"] == "degraded" else ""
+    print(f"done{failures}: final central_accuracy {info['final_central_accuracy']:.4f} in "
+          f"{info['wall_time_s']:.0f}s -> {run_dir}")
+    sys.stdout.flush()
+    return info["final_central_accuracy"]

@@ -1,0 +1,142 @@
+"""run.json: says truthfully whether a run is running, completed, degraded, failed or interrupted, with a
+heartbeat that tells a live run from one killed with -9.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from omegaconf import DictConfig
+
+from fedsim.model.transport import transport_of
+from fedsim.system.files import write_json
+from fedsim.system.processes import pid_alive
+
+
+def _versions() -> dict[str, str]:
+    """Installed versions, read from package metadata (importing transformers alone takes seconds)."""
+    from importlib.metadata import version
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            **{name: version(name) for name in ("flwr", "ray", "transformers")}}
+
+
+def git_commit() -> str | None:
+    """The commit of this checkout; a process running from a copy of the app without git (Flower's
+    installed app bundle) gets it from FEDSIM_GIT_COMMIT, set by the process that built the bundle."""
+    if os.environ.get("FEDSIM_GIT_COMMIT"):
+        return os.environ["FEDSIM_GIT_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except OSError:
+        return None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RunInfo:
+    """run.json: says truthfully whether the run is running, completed, degraded (completed, but some
+    client calls failed), failed or interrupted.
+
+    A resumed run keeps its run.json: the first start, and wall_time_s summed over invocations.
+    """
+
+    def __init__(self, run_dir: Path, cfg: DictConfig) -> None:
+        self.path = run_dir / "run.json"
+        self.started = time.time()
+        self.earlier_wall_s = 0.0
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        alive = {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat_at": self.started}
+        if cfg.get("resume") is not None and self.path.exists():
+            self.data = json.loads(self.path.read_text())
+            self.earlier_wall_s = float(self.data.get("wall_time_s") or 0.0)
+            self.data.update(status="running", finished_at=None, num_rounds=cfg.num_rounds, **alive)
+            self.data.setdefault("resumed", []).append({"at": _now(), "from_round": None})
+        else:
+            self.data = self._fresh(cfg, alive)
+        write_json(self.path, self.data)
+        threading.Thread(target=self._beat, name="run.json-heartbeat", daemon=True).start()
+
+    def _beat(self) -> None:
+        """Refresh heartbeat_at while the run lives (effective_status tells a killed run by it)."""
+        while not self._stopped.wait(HEARTBEAT_S):
+            with self._lock:
+                if self._stopped.is_set():
+                    return
+                self.data["heartbeat_at"] = time.time()
+                write_json(self.path, self.data)
+
+    def _fresh(self, cfg: DictConfig, alive: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "status": "running", "runtime": cfg.runtime.name,
+            "seed": cfg.seed, "started_at": _now(), "finished_at": None,
+            "wall_time_s": None, "num_clients": cfg.num_clients, "num_rounds": cfg.num_rounds,
+            "model": cfg.model.name, "strategy": cfg.strategy._target_,
+            "transport": transport_of(cfg),
+            "privacy": cfg.privacy.mode,
+            "versions": _versions(), "git_commit": git_commit(),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
+            **alive,
+        }
+
+    def update(self, **fields: Any) -> None:
+        with self._lock:
+            self.data.update(fields)
+            write_json(self.path, self.data)
+
+    def _wall_s(self) -> float:
+        return round(self.earlier_wall_s + time.time() - self.started, 3)
+
+    def resumed_from(self, server_round: int) -> None:
+        """The checkpoint's round this invocation continues after."""
+        with self._lock:
+            self.data["resumed"][-1]["from_round"] = server_round
+            write_json(self.path, self.data)
+
+    def progress(self, summary: dict[str, Any]) -> None:
+        """The metrics so far and the wall time to date, after every round."""
+        self.update(**summary, wall_time_s=self._wall_s())
+
+    def finish(self, status: str, **fields: Any) -> None:
+        with self._lock:
+            self._stopped.set()
+            self.data.update(status=status, finished_at=_now(), heartbeat_at=time.time(), wall_time_s=self._wall_s(),
+                             **fields)
+            write_json(self.path, self.data)
+
+
+HEARTBEAT_S = 10.0
+
+
+FINISHED = ("completed", "degraded")  # ran every round; degraded: some client calls failed
+
+
+STALE_AFTER_S = 6 * HEARTBEAT_S
+
+
+def effective_status(info: Mapping[str, Any], now: float | None = None) -> str:
+    """run.json's status, with `dead` for a `running` run whose process is gone."""
+    status = str(info.get("status"))
+    if status != "running":
+        return status
+    heartbeat = info.get("heartbeat_at")
+    if info.get("host") == socket.gethostname() and info.get("pid") is not None:
+        return "running" if pid_alive(int(info["pid"])) else "dead"
+    if heartbeat is None:
+        return "running"  # written by an older fedsim: nothing to tell
+    return "running" if (now or time.time()) - float(heartbeat) < STALE_AFTER_S else "dead"

@@ -1,0 +1,90 @@
+"""One federated run, as numbered steps: check, model, data, federate, finish; run.json says how it ended.
+
+`federate` is the only part that differs between runtimes: main.py simulates (fedsim.runtimes.simulation),
+and `flwr run` hands the ServerApp a Grid to run the rounds on (fedsim.server.app).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from fedsim.data.prepare import prepare_data
+from fedsim.run.experiment import build, load_model
+from fedsim.run.info import RunInfo, _now
+from fedsim.run.session import Session, quiet
+from fedsim.system.errors import ConfigError, first_line
+from fedsim.system.files import write_json
+from fedsim.system.memory import return_freed_buffers_to_os
+from fedsim.system.signals import Interrupted
+
+
+def preflight(cfg: DictConfig) -> None:
+    """What a run checks before its first round, for a runtime whose server starts in another process:
+    the config, the model and the data (featurized into the cache the server then reads). ConfigError on bad input."""
+    build(cfg)
+    load_model(cfg)
+    prepare_data(cfg)
+
+
+def record_stopped(run_dir: Path, cfg: DictConfig, exc: BaseException) -> None:
+    """run.json of a run whose server ran in another process and did not finish: interrupted (a signal) or
+    failed, unless the server itself recorded the failure or finished."""
+    path = run_dir / "run.json"
+    status = "interrupted" if isinstance(exc, Interrupted) else "failed"
+    if not path.exists():
+        RunInfo(run_dir, cfg).finish(status, error=first_line(exc), error_type=type(exc).__name__)
+        return
+    data = json.loads(path.read_text())
+    if data["status"] == "running" or (status == "interrupted" and data["status"] == "failed"):
+        data.update(status=status, finished_at=_now(), error=first_line(exc), error_type=type(exc).__name__)
+        write_json(path, data)
+
+
+def run_experiment(cfg: DictConfig, run_dir: Path, federate: Callable[[Session], None], **parts: Any) -> dict:
+    """Run one experiment into `run_dir`; return run.json's content. Raises ConfigError on bad input.
+
+    `parts` go to `build` (a client factory, extra outputs).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # 1. Check the whole config (a refused resume leaves the stopped run untouched), then save it resolved.
+    try:
+        experiment = build(cfg, **parts)
+    except ConfigError as exc:
+        if cfg.get("resume") is None:
+            RunInfo(run_dir, cfg).finish("failed", error=str(exc), error_type=type(exc).__name__)
+        raise
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # first: what a resume reads
+    info = RunInfo(run_dir, cfg)
+    session: Session | None = None
+    try:
+        info.update(attack=experiment.attack.name, malicious_clients=experiment.malicious)
+        quiet(cfg.log_level)
+        return_freed_buffers_to_os()
+
+        # 2. The seeded initial model; the archive's size checked against the free disk.
+        session = Session(experiment, run_dir, info)
+        if session.checkpoint is not None:
+            info.resumed_from(session.checkpoint.server_round)
+
+        # 3. Read, subset and featurize IMDB once (cached on disk for later runs).
+        session.prepare()
+
+        # 4. Open the outputs and federate.
+        session.open_outputs()
+        federate(session)
+
+        # 5. Close the books: final model, detection baseline, archive flushed.
+        summary = session.finish()
+        info.finish("degraded" if summary.get("client_failures") else "completed", **summary)
+        return info.data
+    except BaseException as exc:  # run.json already has the metrics of every round that ended (RunSummary)
+        info.finish("interrupted" if isinstance(exc, Interrupted) else "failed", error=first_line(exc),
+                    error_type=type(exc).__name__)
+        raise
+    finally:
+        if session is not None:
+            session.close()

@@ -1,0 +1,120 @@
+"""Where a simulation's clients run on Ray (`ray.address`, `ray.max_actors`): a private instance, or a
+running cluster the driver attaches to; how many client actors a run may hold; which node ran a client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from omegaconf import DictConfig
+
+import fedsim
+from fedsim.config.validate import evaluate_clients_per_round, fit_clients_per_round
+from fedsim.system.errors import ConfigError
+
+
+def address_of(cfg: DictConfig) -> str | None:
+    """The cluster a run attaches to, or None for a private Ray instance."""
+    return cfg.ray.address
+
+
+@dataclass(frozen=True)
+class NodeResources:
+    """One alive Ray node's total CPUs and GPUs."""
+
+    cpus: float
+    gpus: float
+
+    def slots(self, num_cpus: float, num_gpus: float) -> int:
+        """Client actors of these per-client resources that fit this node (Flower's own per-node rule)."""
+        fit = int(self.cpus / num_cpus)
+        return min(fit, int(self.gpus / num_gpus)) if num_gpus > 0 else fit
+
+
+def cluster_nodes() -> list[NodeResources]:
+    """The alive nodes of the Ray cluster this process is connected to."""
+    import ray
+
+    return [NodeResources(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+            for n in ray.nodes() if n.get("Alive") and n.get("Resources")]
+
+
+def check_fits(nodes: Sequence[NodeResources], num_cpus: float, num_gpus: float, where: str) -> int:
+    """The client slots of the cluster; ConfigError when no node can host one client (Ray would wait forever)."""
+    slots = sum(node.slots(num_cpus, num_gpus) for node in nodes)
+    if slots:
+        return slots
+    largest_cpus = max((n.cpus for n in nodes), default=0)
+    largest_gpus = max((n.gpus for n in nodes), default=0)
+    key, asked, largest = ("resources.num_gpus", num_gpus, largest_gpus) if num_gpus > largest_gpus else \
+        ("resources.num_cpus", num_cpus, largest_cpus)
+    raise ConfigError(key, f"{asked:g} per client, but no node of {where} has that many ({len(nodes)} nodes, "
+                      f"{sum(n.cpus for n in nodes):g} CPUs and {sum(n.gpus for n in nodes):g} GPUs in all; the "
+                      f"largest has {largest_cpus:g} CPUs and {largest_gpus:g} GPUs), so Ray would wait forever "
+                      f"to place a client; allowed: at most {largest:g}")
+
+
+def attach(cfg: DictConfig) -> int:
+    """Connect this process to the cluster at `ray.address` and return its client slots; ConfigError when the
+    per-client resources fit no node. Ray refuses num_cpus/num_gpus when attaching: the cluster has its own.
+
+    fedsim's own code travels with the run (Ray's `py_modules`), so a node needs only its dependencies."""
+    import ray
+
+    address = address_of(cfg)
+    verbose = logging.getLevelNamesMapping()[cfg.log_level] <= logging.INFO
+    try:
+        if address != "auto":  # ray.init retries an unreachable address for minutes
+            host, port = address.rsplit(":", 1)
+            socket.create_connection((host, int(port)), timeout=5).close()
+        ray.init(address=address, logging_level=cfg.log_level, log_to_driver=verbose,
+                 runtime_env={"py_modules": [str(Path(fedsim.__file__).parent)]})
+    except OSError as exc:  # ConnectionError included
+        raise ConfigError("ray.address", f"no Ray cluster at {address!r} ({str(exc).splitlines()[0]}); allowed: "
+                          "the address of a running cluster's head (HOST:PORT, as `ray start --head` prints "
+                          "it), auto, or null for a private instance") from None
+    try:
+        return check_fits(cluster_nodes(), float(cfg.resources.num_cpus), float(cfg.resources.num_gpus),
+                          f"the Ray cluster at {address}")
+    except ConfigError:
+        ray.shutdown()
+        raise
+
+
+def max_actors(cfg: DictConfig) -> int:
+    """The most client actors a run holds: `ray.max_actors`, or with `auto` as many as a round sends messages
+    at once; Flower's pool also stops at what the cluster (or machine) fits."""
+    limit = cfg.ray.max_actors
+    if limit == "auto":
+        return max(1, fit_clients_per_round(cfg), evaluate_clients_per_round(cfg))
+    return int(limit)
+
+
+@contextlib.contextmanager
+def actor_pool_limit(limit: int) -> Iterator[None]:
+    """Flower sizes its actor pool to every client slot of the whole cluster and holds it for the run. Capped,
+    concurrent runs on one cluster hold disjoint actors (uncapped, each waits on actors the other holds),
+    and a run on a large cluster starts no more actors than it sends messages at once. Flower 1.41 has no
+    setting for this, so the one function its pool calls is wrapped for the run."""
+    from flwr.simulation.ray_transport import ray_actor
+
+    sized = ray_actor.pool_size_from_resources
+    ray_actor.pool_size_from_resources = lambda resources: min(limit, sized(resources))
+    try:
+        yield
+    finally:
+        ray_actor.pool_size_from_resources = sized
+
+
+def node_name() -> str:
+    """The Ray node running this process (its node id), or the host outside Ray (Flower's deployment runtime)."""
+    ray: Any = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()
+    return socket.gethostname()

@@ -1,0 +1,257 @@
+"""A real Flower federation on this machine: a SuperLink with TLS and SuperNode authentication, one
+SuperNode per partition, and `flwr run` of fedsim's app against it; every process stopped at the end.
+
+Each process logs to its own file in the run's `logs/` folder (superlink.log, supernode_I.log,
+flwr-run.log); `flwr run`'s stream (the ServerApp's output) is also relayed to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import ssl
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Mapping, TextIO
+
+from fedsim.run.info import git_commit
+from fedsim.runtimes.certs import LOCALHOST, make_all
+from fedsim.system.errors import ConfigError, RunFailed
+from fedsim.system.processes import Child, Processes, child_env, command
+from fedsim.system.waits import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]  # the Flower app (pyproject.toml) that `flwr run` submits
+
+
+SERVER_FILES = ("ca.crt", "server.crt", "server.key")
+
+
+JOINED = "SuperNode ID:"  # a SuperNode's log line once the SuperLink has accepted it
+
+
+# Flower's own log lines and CLI notices, relayed only at log_level INFO or DEBUG.
+FLOWER_CHATTER = re.compile(r"^(\x1b\[[0-9;]*m)?(DEBUG|INFO|WARNING)\s*(\x1b\[0m)?\s*:|^Flower App configuration "
+                            r"warnings|^- Recommended property|^Using SuperLink:|^Successfully (started run|installed)")
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def check_port(host: str, port: int) -> None:
+    """One line for a SuperLink port that another process holds, before anything starts."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError("runtime.port", f"{host}:{port} is already in use ({exc.strerror}); allowed: a free "
+                              "port, or runtime.port=null to take any free one") from None
+
+
+def check_certificates(folder: Path, num_nodes: int, node_auth: bool) -> None:
+    missing = [name for name in SERVER_FILES if not (folder / name).is_file()]
+    if node_auth:
+        missing += [f"node_{i}" for i in range(num_nodes) if not (folder / f"node_{i}").is_file()]
+    if missing:
+        raise ConfigError("runtime.certificates", f"{folder} lacks {', '.join(missing[:4])}"
+                          f"{'...' if len(missing) > 4 else ''}; allowed: a folder made by `python -m fedsim.runtimes.certs "
+                          f"DIR --nodes {num_nodes}`, or null to make certificates for this run")
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value)  # a TOML basic string is a JSON string for these values
+
+
+HINTS = {  # Flower's words for a refusal, and what they mean here
+    "CERTIFICATE_VERIFY_FAILED": "the node's CA (--root-certificates) does not trust the SuperLink's certificate",
+    "Failed to activate SuperNode": "the SuperLink does not know the node's public key (register it with "
+                                    "`flwr supernode register NODE.pub`)",
+}
+
+
+def _reason(lines: list[str]) -> str:
+    """The line of a log that says why a process stopped: the last error or exception line."""
+    for line in reversed(lines):
+        text = re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
+        if re.search(r"error|refused|denied|fail|certificate|unauthori[sz]ed|exception", text, re.IGNORECASE):
+            return text
+    return next((line.strip() for line in reversed(lines) if line.strip()), "no output")
+
+
+class LocalFederation:
+    """SuperLink (TLS, node authentication) and `num_nodes` SuperNodes on `host`, as a context manager.
+
+    Certificates come from `certificates` (a folder made by `python -m fedsim.runtimes.certs`) or are made
+    for this federation alone in a temporary folder, removed with it.
+    """
+
+    def __init__(self, num_nodes: int, logs: Path, *, host: str = "127.0.0.1", port: int | None = None,
+                 certificates: str | None = None, node_auth: bool = True, startup_timeout_s: float = 60.0,
+                 verbose: bool = False, cwd: Path | None = None) -> None:
+        self.num_nodes, self.logs, self.host = num_nodes, logs, host
+        self.port = port
+        self.certificates = Path(certificates).expanduser().resolve() if certificates else None
+        self.node_auth, self.startup_timeout_s, self.verbose = node_auth, startup_timeout_s, verbose
+        self.cwd = cwd or Path.cwd()
+        self.processes = Processes()
+        self.work: Path | None = None
+        self.env: dict[str, str] = {}
+        self.supernodes: list[Child] = []
+
+    def check(self) -> None:
+        """The settings that can be checked before anything starts (ConfigError, one line)."""
+        if self.port is not None:
+            check_port(self.host, self.port)
+        if self.certificates is not None:
+            check_certificates(self.certificates, self.num_nodes, self.node_auth)
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def __enter__(self) -> LocalFederation:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.check()
+        self.port = self.port or free_port(self.host)
+        self.work = Path(tempfile.mkdtemp(prefix="fedsim-federation-"))
+        self.logs.mkdir(parents=True, exist_ok=True)
+        certs = self._certificates()
+        home = self.work / "flwr-home"
+        home.mkdir()
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "fedsim"\n\n[superlink.fedsim]\naddress = {_toml_string(self.address)}\n'
+            f'root-certificates = {_toml_string(str(certs / "ca.crt"))}\n')
+        # The apps run in this environment: no `uv sync` of their dependencies at run time.
+        self.env = child_env(FLWR_HOME=str(home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+                             FEDSIM_GIT_COMMIT=git_commit() or "", FEDSIM_FEDERATION=str(self.work))
+        self._start_superlink(certs)
+        if self.node_auth:
+            self._register(certs)
+        self.supernodes = [self.start_supernode(i, certs / "ca.crt", certs / f"node_{i}" if self.node_auth else None)
+                           for i in range(self.num_nodes)]
+        self.wait_joined(self.supernodes)
+        self.write_pids()
+
+    def write_pids(self) -> None:
+        """logs/processes.json: each process's pid (its process group's id too), to watch or stop by hand."""
+        (self.logs / "processes.json").write_text(json.dumps(
+            {c.name: c.pid for c in self.processes.children if c.alive()}, indent=1) + "\n")
+
+    def _certificates(self) -> Path:
+        if self.certificates is not None:
+            return self.certificates
+        certs = self.work / "certs"
+        make_all(certs, hosts=(self.host, *LOCALHOST), num_nodes=self.num_nodes if self.node_auth else 0)
+        return certs
+
+    def _start_superlink(self, certs: Path) -> None:
+        argv = [command("flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
+                "--ssl-certfile", str(certs / "server.crt"), "--ssl-keyfile", str(certs / "server.key"),
+                "--isolation", "subprocess", "--host", self.host, "--port", str(self.port),
+                "--database", str(self.work / "state.db"), "--disable-runtime-dependency-installation"]
+        if self.node_auth:
+            argv.append("--enable-supernode-auth")
+        superlink = self.processes.start("superlink", argv, log=self.logs / "superlink.log", env=self.env, cwd=self.cwd)
+        context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+
+        def healthy() -> bool:  # its health endpoint, over TLS with the CA the SuperNodes trust
+            try:
+                urllib.request.urlopen(f"https://{self.address}/health", timeout=1, context=context)
+                return True
+            except OSError:
+                if not superlink.alive():
+                    raise RunFailed(f"the SuperLink stopped at start: {_reason(superlink.log_tail())} "
+                                    f"(see {superlink.log})") from None
+                return False
+
+        wait_for(healthy, timeout_s=self.startup_timeout_s, what=f"the SuperLink to answer on {self.address}",
+                 key="runtime.startup_timeout_s", poll_s=0.3, hint=lambda: f"see {superlink.log}")
+
+    def _register(self, certs: Path) -> None:
+        """Flower's SuperNode registration: each node's public key, added through the Control API."""
+        registering = [self.processes.start(f"register node_{i}", [command("flwr"), "supernode", "register",
+                                                                   str(certs / f"node_{i}.pub")],
+                                            log=self.logs / "register.log", env=self.env, cwd=self.cwd)
+                       for i in range(self.num_nodes)]
+        for child in registering:
+            wait_for(lambda: not child.alive(), timeout_s=self.startup_timeout_s, what=f"{child.name} to register",
+                     key="runtime.startup_timeout_s", hint=lambda: f"see {child.log}")
+            if child.process.returncode != 0:
+                raise RunFailed(f"{child.name}: `flwr supernode register` failed: {_reason(child.log_tail())} "
+                                f"(see {child.log})")
+
+    def start_supernode(self, partition_id: int, root_certificates: Path, key: Path | None,
+                        name: str | None = None) -> Child:
+        """SuperNode `partition_id` (of num_nodes) trusting `root_certificates`, authenticating with `key`."""
+        name = name or f"supernode_{partition_id}"
+        argv = [command("flower-supernode"), "--root-certificates", str(root_certificates),
+                "--superlink", self.address, "--node-config",
+                f"partition-id={partition_id} num-partitions={self.num_nodes}",
+                "--isolation", "subprocess", "--port", str(free_port("127.0.0.1")), "--max-retries", "3"]
+        if key is not None:
+            argv += ["--auth-supernode-private-key", str(key)]
+        return self.processes.start(name, argv, log=self.logs / f"{name}.log", env=self.env, cwd=self.cwd)
+
+    def wait_joined(self, nodes: list[Child]) -> None:
+        """Every SuperNode accepted by the SuperLink, or a one-line reason why one was not."""
+        waiting = list(nodes)
+
+        def joined() -> bool:
+            for node in list(waiting):
+                lines = node.log_tail()
+                if any(JOINED in line for line in lines):
+                    waiting.remove(node)
+                elif not node.alive():
+                    reason = _reason(lines)
+                    hint = next((f": {h}" for words, h in HINTS.items() if words in reason), "")
+                    raise RunFailed(f"{node.name} was refused{hint}: {reason} (see {node.log})")
+            return not waiting
+
+        wait_for(joined, timeout_s=self.startup_timeout_s, what="every SuperNode to join the SuperLink",
+                 key="runtime.startup_timeout_s",
+                 hint=lambda: f"{waiting[0].name}: {_reason(waiting[0].log_tail())} (see {waiting[0].log})")
+
+    def run(self, run_config: Mapping[str, str], out: TextIO = sys.stdout) -> int:
+        """`flwr run` of fedsim's app with `run_config` (strings), its stream relayed to `out`; its exit code.
+
+        The relay stops at a ServerApp traceback (it stays in flwr-run.log): the run's one-line
+        error is in run.json.
+        """
+        argv = [command("flwr"), "run", str(ROOT), "--stream"]
+        for key, value in run_config.items():
+            argv += ["--run-config", f"{key}={_toml_string(value)}"]
+        log_path = self.logs / "flwr-run.log"
+        process = self.processes.start("flwr run", argv, log=log_path, env=self.env, cwd=ROOT, pipe=True).process
+        self.write_pids()
+        hiding = False
+        with open(log_path, "a") as log:
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                hiding = hiding or "ServerApp raised an exception" in line
+                if not hiding and (self.verbose or not FLOWER_CHATTER.match(line)):
+                    out.write(line)
+                    out.flush()
+        return process.wait()
+
+    def stop(self) -> None:
+        """Stop every process this federation started (newest first), then remove its temporary folder."""
+        self.processes.stop_all()
+        if self.work is not None:
+            shutil.rmtree(self.work, ignore_errors=True)

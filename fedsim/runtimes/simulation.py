@@ -1,0 +1,108 @@
+"""Flower's simulation from Python: `run_simulation`, kept behind this one function.
+
+Flower 1.41 still has no other Python entry into simulation (`flwr run` is the CLI's), and its
+`run_simulation` gives the apps no run config; `simulate` hands the ClientApp the resolved
+config itself (see fedsim.client.app) and the ServerApp the session it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from omegaconf import DictConfig
+
+from fedsim.client.app import make_client_app
+from fedsim.config.validate import evaluate_clients_per_round, fit_clients_per_round
+from fedsim.data.prepare import client_files, load_prepared
+from fedsim.run.runner import run_experiment
+from fedsim.run.session import Session
+from fedsim.runtimes.cluster import actor_pool_limit, address_of, attach, max_actors
+from fedsim.runtimes.shipping import ship
+from fedsim.server.app import make_server_app
+from fedsim.system.signals import raise_on_signals
+
+
+@dataclass
+class Simulation:
+    """Flower's Ray-backed simulation, driven from this process."""
+
+    name: str = "simulation"
+    node_slots: int | str | None = "auto"  # read by fedsim.runtimes.simulation.node_slots
+    startup_timeout_s: float = 120.0  # these two: read by the round loop (fedsim.server.loop.timeouts)
+    reply_timeout_s: float = 3600.0
+
+    def run(self, cfg: DictConfig, run_dir: Path) -> dict:
+        return run_experiment(cfg, run_dir, federate=simulate)
+
+
+def backend_config(cfg: DictConfig) -> dict:
+    """Flower's Ray backend settings: each client actor's CPU and (fractional) GPU share, and a private Ray
+    instance (`address="local"`: plain `ray.init()` would join a cluster already running on this machine).
+    An attached run has connected before (fedsim.cluster.attach), so Flower uses that connection."""
+    verbose = logging.getLevelNamesMapping()[cfg.log_level] <= logging.INFO
+    return {
+        "client_resources": {"num_cpus": float(cfg.resources.num_cpus), "num_gpus": float(cfg.resources.num_gpus)},
+        "init_args": {"address": "local", "logging_level": cfg.log_level, "log_to_driver": verbose,
+                      "include_dashboard": False},
+    }
+
+
+def node_slots(cfg: DictConfig) -> int | None:
+    """How many simulated SuperNodes serve the clients (`runtime.node_slots`), or None for one per client.
+
+    Flower's simulation engine polls its message store for every node every 0.1 s, scanning every
+    stored message, so 1,000 idle nodes cost more than the 50 that work. `auto`: as many as a round
+    sends messages at once (training or evaluation).
+    """
+    slots = cfg.runtime.node_slots
+    if slots == "auto":
+        slots = max(fit_clients_per_round(cfg), evaluate_clients_per_round(cfg))
+    return None if slots is None or int(slots) >= cfg.num_clients else int(slots)
+
+
+@contextlib.contextmanager
+def signals_kept() -> Iterator[None]:
+    """ray.init replaces the SIGTERM handler with its own `sys.exit(15)`, which unwinds Flower's engine (and
+    kills its actors, whose worker threads then print errors) before fedsim hears of the signal. For the
+    run, Ray's call that installs it does nothing, so SIGTERM stays fedsim's (fedsim.system.signals)."""
+    from ray._private import utils
+
+    installs = utils.set_sigterm_handler
+    utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler = installs
+
+
+def simulate(session: Session) -> None:
+    """Run the session's rounds in Flower's Ray-backed simulation: one SuperNode per client, or a pool; on a
+    private Ray instance, or on the cluster at `ray.address` with the clients' data shipped to its nodes."""
+    from flwr.simulation import run_simulation
+
+    cfg, experiment = session.cfg, session.experiment
+    slots = node_slots(cfg)
+    session.info.update(simulated_nodes=slots or int(cfg.num_clients))
+    raise_on_signals()
+    mods = []
+    try:
+        if address_of(cfg) is not None:
+            session.info.update(ray_address=address_of(cfg), cluster_client_slots=attach(cfg))
+            mods.append(ship(client_files(cfg, load_prepared(cfg))).mod)
+        with actor_pool_limit(max_actors(cfg)), signals_kept():
+            run_simulation(
+                server_app=make_server_app(session, slots),
+                client_app=make_client_app(experiment.client_fn, experiment.run_config, mods),
+                num_supernodes=slots or cfg.num_clients,
+                backend_name="ray",
+                backend_config=backend_config(cfg),
+                verbose_logging=cfg.log_level == "DEBUG",
+            )
+    finally:
+        import ray
+
+        ray.shutdown()  # Flower's backend shuts Ray down too, unless the run stopped before it was built

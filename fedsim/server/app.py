@@ -1,0 +1,76 @@
+"""fedsim's Flower ServerApp: a whole run in `main`, the rounds in fedsim.server.loop.
+
+`app` is what `flwr run` loads (pyproject.toml's [tool.flwr.app.components]): it composes the
+config from the run config's `overrides`, writes the run under `results-dir`, and runs the same
+steps as `python main.py`. main.py builds the same app around the session it has prepared.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, Mapping
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedsim.config.compose import RESULTS_KEY, RUN_DIR_KEY, config_from, overrides_of
+from fedsim.run.directory import claim
+from fedsim.run.runner import run_experiment
+from fedsim.run.session import Session
+from fedsim.server.loop import run_rounds
+from fedsim.system.errors import ConfigError
+
+
+def run_dir_for(run_config: Mapping[str, Any], now: datetime | None = None) -> Path:
+    """results-dir/runs/DATE/TIME_OVERRIDES, the layout of main.py's run directories.
+
+    A relative results-dir is taken from the working directory of the process running the
+    ServerApp (for Flower's local SuperLink: where it was started).
+    """
+    now = now or datetime.now()
+    root = Path(str(run_config.get(RESULTS_KEY) or "results")).expanduser().absolute()
+    overrides = sorted(o for o in overrides_of(run_config) if not o.startswith(("data.path=", "tracking.uri=")))
+    return root / "runs" / now.strftime("%Y-%m-%d") / f"{now.strftime('%H-%M-%S-%f')}_{','.join(overrides)}"
+
+
+def run_from_run_config(grid: Grid, context: Context) -> dict:
+    """`flwr run`: the run config's overrides composed as main.py would, then the run's steps on `grid`.
+
+    Under `python main.py runtime=deployment` (`run-dir` set), main.py names the directory and
+    reports how the run ended; here only the run's own output is printed.
+    """
+    given = str(context.run_config.get(RUN_DIR_KEY) or "")
+    run_dir = Path(given) if given else run_dir_for(context.run_config)
+    try:
+        if not given:  # under main.py, main.py owns the directory
+            claim(run_dir)
+            print(f"fedsim: run directory {run_dir}")
+        info = run_experiment(config_from(context.run_config), run_dir, federate=partial(run_rounds, grid),
+                              run_config=context.run_config)
+    except ConfigError as exc:
+        print(f"error: {exc}")
+        raise
+    if not given:
+        print(f"done: final central_accuracy {info['final_central_accuracy']:.4f} in {info['wall_time_s']:.0f}s "
+              f"-> {run_dir}")
+    return info
+
+
+def make_server_app(session: Session | None = None, slots: int | None = None) -> ServerApp:
+    """The ServerApp; given a session (main.py's), it only runs that session's rounds, on a pool of
+    `slots` simulated nodes if given."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        if session is not None:
+            run_rounds(grid, session, slots)
+        else:
+            run_from_run_config(grid, context)
+
+    return app
+
+
+app = make_server_app()

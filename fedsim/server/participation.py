@@ -1,0 +1,150 @@
+"""Who takes part in a round, chosen by partition from (seed, round), never from Flower's node ids.
+
+Flower gives nodes random ids in every run, and its strategies sample node ids, so the same seed
+used to pick different clients from run to run. Here the server first asks every node which
+partition it serves; each round the strategy still decides how many nodes it wants (its
+fraction and minimum, in Flower's own formula) and what to send them, and fedsim decides which
+partitions receive those messages.
+
+A simulation may also run fewer SuperNodes than clients (`runtime.node_slots`): a pool of slots,
+each message naming the partition it is for (the `partition` record, read by the ClientApp).
+Nothing about a client lives in its node, so the results are those of one node per client.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable, Sequence
+
+import numpy as np
+from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
+
+from fedsim.model.records import PARTITION
+from fedsim.system.errors import ConfigError
+
+TRAIN, EVALUATE = 0x7A, 0xE7  # separate random streams per purpose
+
+
+POLL_S = 0.1  # how often the server pulls replies (Flower's in-memory grid's interval; its HTTP grid waits 3 s)
+
+
+ONLINE_CHECK_S = 5.0  # how often it asks which nodes are still online, while replies are missing
+
+
+def choose(seed: int, server_round: int, purpose: int, count: int, num_clients: int) -> list[int]:
+    """`count` distinct partition ids for this round and purpose, in increasing order."""
+    chosen = np.random.default_rng([seed, server_round, purpose]).choice(num_clients, size=count, replace=False)
+    return sorted(int(c) for c in chosen)
+
+
+class Participants:
+    """The federation's nodes, and the run's seed that picks partitions among them.
+
+    One node per partition (`node_of`: partition -> node), or a pool of slots (`node_of`: slot ->
+    node) that serve whichever partition a message names.
+    """
+
+    def __init__(self, node_of: dict[int, int], seed: int, num_clients: int | None = None) -> None:
+        self.node_of = node_of
+        self.seed = seed
+        self.num_clients = len(node_of) if num_clients is None else num_clients
+
+    @property
+    def pooled(self) -> bool:
+        return len(self.node_of) < self.num_clients
+
+    @classmethod
+    def discover(cls, grid: Grid, num_clients: int, seed: int, slots: int | None = None,
+                 timeout: float = 120.0) -> Participants:
+        """Ask every node which partition (or slot) it serves; refuse a federation that does not serve
+        exactly num_clients partitions (or `slots` slots)."""
+        expected = slots or num_clients
+        deadline = time.monotonic() + timeout
+        while len(nodes := list(grid.get_node_ids())) < expected and time.monotonic() < deadline:
+            time.sleep(0.05)  # the simulation registers its nodes while the server starts
+        replies = grid.send_and_receive(
+            [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes],
+            timeout=timeout)
+        served = {int(r.content["node"]["partition-id"]): r.metadata.src_node_id for r in replies if not r.has_error()}
+        sizes = {int(r.content["node"]["num-partitions"]) for r in replies if not r.has_error()}
+        if sorted(served) != list(range(expected)) or sizes - {expected}:
+            raise ConfigError("num_clients", f"{num_clients}, but after {timeout:g} s (runtime.startup_timeout_s) the "
+                              f"federation's {len(nodes)} nodes serve partitions {sorted(served)[:10]}"
+                              f"{'...' if len(served) > 10 else ''} of {sorted(sizes)}; allowed: as many clients as "
+                              "nodes, each serving one partition 0..num_clients-1")
+        return cls(served, seed, num_clients)
+
+    def view(self, grid: Grid) -> FederationView:
+        """The grid as the strategies see it (see FederationView)."""
+        return FederationView(grid, list(range(self.num_clients)) if self.pooled else list(self.node_of.values()))
+
+    def pick(self, server_round: int, purpose: int, count: int) -> list[int]:
+        """The round's `count` partitions for this purpose, in increasing order."""
+        return choose(self.seed, server_round, purpose, count, self.num_clients) if count else []
+
+    def exchange(self, grid: Grid, messages: Sequence[Message], partitions: Sequence[int],
+                 timeout: float) -> dict[int, Message | None]:
+        """Send the strategy's messages to `partitions`: {partition: its reply (an error too), or None if
+        none came}, in partition order: aggregation then sums in a fixed order, so reruns match bit for bit."""
+        if not partitions:
+            return {}
+        sent = self.address(messages[:len(partitions)], partitions)
+        waiting = {mid: (m, p) for mid, m, p in zip(grid.push_messages(sent), sent, partitions) if mid}
+        replies: dict[int, Message] = {}
+        deadline = time.monotonic() + timeout
+        next_check = time.monotonic() + ONLINE_CHECK_S
+        while waiting and time.monotonic() < deadline:
+            # By the message answered, not the sender: the SuperLink itself answers for some lost nodes.
+            for reply in grid.pull_messages(list(waiting)):
+                replies[waiting.pop(reply.metadata.reply_to_message_id)[1]] = reply
+            if waiting and time.monotonic() > next_check:
+                replies.update(self.offline(grid, waiting))
+                next_check = time.monotonic() + ONLINE_CHECK_S
+            if waiting:
+                time.sleep(POLL_S)
+        return {p: replies.get(p) for p in partitions}
+
+    def offline(self, grid: Grid, waiting: dict[str, tuple[Message, int]]) -> dict[int, Message]:
+        """Error replies for the awaited messages whose node the SuperLink no longer counts online (a node
+        that died holding a message never answers it); they are removed from `waiting`."""
+        online = set(grid.get_node_ids())
+        lost = {mid: sent for mid, sent in waiting.items() if sent[0].metadata.dst_node_id not in online}
+        for mid in lost:
+            del waiting[mid]
+        return {partition: Message(Error(code=ErrorCode.NODE_UNAVAILABLE,
+                                          reason=f"node {message.metadata.dst_node_id} is offline: it missed its "
+                                                 "heartbeats, no reply"),
+                                   reply_to=message)
+                for message, partition in lost.values()}
+
+    def address(self, messages: Iterable[Message], partitions: Sequence[int]) -> list[Message]:
+        """The strategy's messages, one each, sent to the chosen partitions' nodes instead of its own sample;
+        in a pool, the i-th message goes to slot i (modulo the pool) and names its partition."""
+        messages = list(messages)
+        if len(messages) != len(partitions):
+            raise ValueError(f"{len(messages)} messages for {len(partitions)} partitions")
+        if not self.pooled:
+            return [Message(m.content, dst_node_id=self.node_of[p], message_type=m.metadata.message_type)
+                    for m, p in zip(messages, partitions)]
+        return [Message(RecordDict({**m.content, PARTITION: ConfigRecord({"partition-id": p,
+                                                                          "num-partitions": self.num_clients})}),
+                        dst_node_id=self.node_of[i % len(self.node_of)], message_type=m.metadata.message_type)
+                for i, (m, p) in enumerate(zip(messages, partitions))]
+
+
+class FederationView:
+    """A grid whose nodes are the whole federation, online or not: Flower's strategies size their sample
+    by it and wait until that many nodes are online, so a node lost for good would stall every later
+    round. fedsim addresses their messages itself (`Participants.address`) and records a lost node's
+    messages as failures."""
+
+    def __init__(self, grid: Grid, node_ids: list[int]) -> None:
+        self._grid, self._node_ids = grid, node_ids
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._node_ids)
+
+    def __getattr__(self, name: str):
+        return getattr(self._grid, name)

@@ -1,0 +1,71 @@
+"""What one round produced, as the round loop hands it to every output (fedsim.outputs).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class ClientUpdate:
+    """One client's training reply in a round."""
+
+    client_id: int  # the partition id
+    num_examples: int
+    train_loss: float | None
+    fit_time_s: float | None
+    weights: list[np.ndarray]  # read-only views on the reply, in state_dict order
+    is_malicious: bool = False
+    attack: str = "none"
+    stats: dict[str, float] = field(default_factory=dict)  # update statistics, filled by weight scrutiny
+    sim_time_s: float | None = None  # simulated training time, when faults use the simulated clock
+    node: str | None = None  # the Ray node (simulation) or host (deployment) that trained
+
+
+FAILED, EVAL_FAILED, DROPPED, LATE = "failed", "eval_failed", "dropped", "late"
+
+
+@dataclass
+class ClientFailure:
+    """A client call in a round that brought no usable reply.
+
+    `status`: failed (training raised or never replied), eval_failed (evaluation did), or the
+    simulated faults (fedsim.faults): dropped (did not answer) or late (past the round timeout).
+    """
+
+    client_id: int
+    status: str
+    error: str | None = None  # the error's last line
+    is_malicious: bool = False
+    attack: str = "none"
+    sim_time_s: float | None = None  # a late client's simulated time
+
+    @property
+    def is_error(self) -> bool:
+        """A real failure, not a simulated fault."""
+        return self.status in (FAILED, EVAL_FAILED)
+
+
+@dataclass
+class RoundRecord:
+    """One round: the weights it started from and ended with, the clients' updates, and rounds.csv's row.
+
+    Round 0 is the initial model: no clients and no start weights. Outputs may add to `metrics`
+    and to each update's `stats`; they run in order, so an output sees what earlier ones added.
+    """
+
+    server_round: int
+    names: list[str]
+    start_weights: list[np.ndarray] | None
+    global_weights: list[np.ndarray]
+    clients: list[ClientUpdate]
+    metrics: dict[str, Any]
+    started: float = field(default_factory=time.perf_counter)  # perf_counter() at the round's start
+    failures: list[ClientFailure] = field(default_factory=list)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started

@@ -1,0 +1,1 @@
+"""What every package leans on: errors, atomic files, processes, waits with deadlines, signals, memory."""

@@ -1,0 +1,178 @@
+"""Child processes that are always stopped: each starts in its own session (so a terminal's Ctrl-C
+reaches only the parent, which stops them in order), and is stopped with its process group and
+every process it spawned: Flower's SuperLink starts its SuperExec (and through it the ServerApp)
+in a session of their own, out of reach of the group.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+
+def scripts_dir() -> str:
+    """The folder of this interpreter's console scripts (a venv's bin/): where pip put flwr, flower-superlink,
+    ray. Not resolved: a venv's python is a link to the base interpreter, whose folder lacks them."""
+    return str(Path(sys.executable).parent)
+
+
+def child_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """The environment of every process fedsim starts: `base` (this process's environment) and `extra`, with
+    this interpreter's scripts folder first on PATH. Flower's SuperLink and SuperNode start their SuperExec
+    and apps by name, so a run started as /path/to/venv/bin/python with the venv off PATH (cron, a job script,
+    an IDE) must find them there, not some other Flower or none."""
+    env = {**(os.environ if base is None else base), **extra}
+    rest = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != scripts_dir()]
+    env["PATH"] = os.pathsep.join([scripts_dir(), *rest])
+    return env
+
+
+def command(name: str) -> str:
+    """A console script by name, as a process fedsim starts finds it (child_env's PATH); FileNotFoundError
+    with one line when it is installed nowhere."""
+    found = shutil.which(name, path=child_env()["PATH"])
+    if found is None:
+        raise FileNotFoundError(f"{name}: no such command beside {sys.executable} or on PATH (install the project "
+                                "into this environment: pip install -e .)")
+    return found
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 200) -> list[str]:
+        if not self.log.exists():
+            return []
+        return self.log.read_text(errors="replace").splitlines()[-lines:]
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group `pgid` is left."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (macOS): ask the kernel
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc; none where there is no /proc)."""
+    children: dict[int, list[int]] = defaultdict(list)
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                children[int(f.read().rsplit(")", 1)[1].split()[1])].append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        for child in children[todo.pop()]:
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _send(kill, target: int, sig: int) -> None:
+    try:
+        kill(target, sig)
+    except ProcessLookupError:
+        pass
+
+
+class Processes:
+    """The processes one command started, stopped together (newest first) by `stop_all`."""
+
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+
+    def start(self, name: str, argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None,
+              cwd: Path | None = None, pipe: bool = False) -> Child:
+        """Start `argv` in a new session, its stdout and stderr to `log`, or with `pipe` to `process.stdout`
+        (text) for the caller to read (and log); `env` (default: this process's) as child_env makes it."""
+        with open(log, "ab") as out:
+            process = subprocess.Popen(list(argv), stdout=subprocess.PIPE if pipe else out, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, env=child_env(env), cwd=cwd, text=pipe,
+                                       start_new_session=True)
+        child = Child(name, process, log)
+        self.children.append(child)
+        return child
+
+    def stop(self, child: Child, grace_s: float = 10.0) -> None:
+        """SIGTERM to the child's group and to every process below it, SIGKILL to what is left after `grace_s`."""
+        tree = {child.pid, *descendants(child.pid)}
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+            tree |= set(descendants(child.pid))
+            _send(os.killpg, child.pid, sig)
+            for pid in tree - {child.pid}:
+                _send(os.kill, pid, sig)
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
+                child.process.poll()  # reap the leader, so that a finished group reads as gone
+                if not self._running(child, tree):
+                    return
+                time.sleep(0.1)
+
+    @staticmethod
+    def _running(child: Child, tree: set[int]) -> bool:
+        leader = child.process.returncode is None and group_alive(child.pid)
+        return leader or any(alive(p) for p in tree - {child.pid})
+
+    def stop_all(self) -> None:
+        for child in reversed(self.children):
+            self.stop(child)
+
+    def left(self) -> list[int]:
+        """Processes this command started (or they spawned) that still run."""
+        pids = {c.pid for c in self.children if c.process.poll() is None}
+        for child in self.children:
+            pids |= {p for p in descendants(child.pid) if alive(p)}
+        return sorted(pids)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process of that pid
+        return True
+    return True
