@@ -22,18 +22,27 @@ MAIN = Path(__file__).resolve().with_name("main.py")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
-    own = argv[:argv.index("--")] if "--" in argv else argv
+    overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].rstrip(":"))
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--runs", type=int, default=1, help="run seeds 0..RUNS-1 (default 1)")
     seeds.add_argument("--seeds", type=int, nargs="+", help="run exactly these seeds")
-    parser.add_argument("--sweep", action="append", default=[], metavar="KEY=A,B,C",
-                        help="cross these values with the seeds (repeatable: the sweeps are crossed too)")
+    parser.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=A,B,C",
+        help="cross these values with the seeds (repeatable: the sweeps are crossed too)",
+    )
     parser.add_argument("--name", help="collection name (default: derived from the overrides and sweeps)")
     parser.add_argument("--root", type=Path, default=Path("results/collections"), help="where collections live")
-    parser.add_argument("--jobs", type=int, help="runs at once, each its own process (default 1; with --address, "
-                        "as many as the cluster's client slots fit)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help="runs at once, each its own process (default 1; with --address, "
+        "as many as the cluster's client slots fit)",
+    )
     parser.add_argument("--address", help="a Ray cluster's dashboard (http://HEAD:8265): each run a Ray job on it")
     parser.add_argument("--force", action="store_true", help="rerun completed runs too")
     args = parser.parse_args(own)
@@ -77,8 +86,11 @@ def main(argv: list[str]) -> int:
     try:
         failed = run_collection(collection, MAIN, planned, force=args.force, jobs=jobs, launcher=launcher)
     except KeyboardInterrupt:
-        print(f"interrupted: the running runs were stopped and recorded; the same command resumes them "
-              f"-> {collection.path}", file=sys.stderr)
+        print(
+            f"interrupted: the running runs were stopped and recorded; the same command resumes them "
+            f"-> {collection.path}",
+            file=sys.stderr,
+        )
         return 130
     finally:
         collection.close()

@@ -14,8 +14,11 @@ from pathlib import Path
 from common import add_ratios, machine, run_harness, table
 
 BASE = ["model=bow", "num_clients=10", "num_rounds=3"]
-MODES = {"none": ["archive.mode=none"], "all float32": ["archive.mode=all", "archive.dtype=float32"],
-         "all float16": ["archive.mode=all", "archive.dtype=float16"]}
+MODES = {
+    "none": ["archive.mode=none"],
+    "all float32": ["archive.mode=all", "archive.dtype=float32"],
+    "all float16": ["archive.mode=all", "archive.dtype=float16"],
+}
 
 
 def main() -> None:
@@ -28,8 +31,11 @@ def main() -> None:
         for i, (name, overrides) in enumerate(MODES.items()):
             run_dir = Path(tmp) / str(i)
             run = run_harness(BASE + overrides + args.extra, run_dir)
-            size = sum(f.stat().st_size for f in (run_dir / "weights").rglob("*") if f.is_file()) \
-                if (run_dir / "weights").exists() else 0
+            size = (
+                sum(f.stat().st_size for f in (run_dir / "weights").rglob("*") if f.is_file())
+                if (run_dir / "weights").exists()
+                else 0
+            )
             rows.append({"archive": name, "wall s": run.wall_s, "rounds s": run.rounds_s, "archive GB": size / 1e9})
             print(table(rows[-1:]), flush=True)
     add_ratios(rows, {"wall vs none": "wall s", "rounds vs none": "rounds s"})

@@ -13,9 +13,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,13 +39,17 @@ def machine() -> str:
 
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
     gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return f"{os.cpu_count()} cores ({cpu}), {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB{gpu}"
+    memory_gib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {memory_gib:.0f} GiB{gpu}"
 
 
 # ----------------------------------------------------------------------------- memory sampling
+
 
 def _status_kb(pid: int, key: str) -> int:
     try:
@@ -135,6 +139,7 @@ class MemorySampler:
 
 # ----------------------------------------------------------------------------- the harness
 
+
 @dataclass
 class HarnessRun:
     wall_s: float  # the whole `python main.py` process: imports, Ray start, data, every round
@@ -153,8 +158,9 @@ class HarnessRun:
         return float(self.run["final_central_accuracy"])
 
 
-def run_harness(overrides: Sequence[str], run_dir: Path, script: Sequence[str] = ("main.py",),
-                sample_memory: bool = False) -> HarnessRun:
+def run_harness(
+    overrides: Sequence[str], run_dir: Path, script: Sequence[str] = ("main.py",), sample_memory: bool = False
+) -> HarnessRun:
     """`python main.py <overrides>` as a user runs it, optionally sampled for memory; raises if it failed."""
     command = [sys.executable, *script, f"data.path={IMDB}", *overrides, f"hydra.run.dir={run_dir}"]
     start = time.perf_counter()
@@ -165,8 +171,13 @@ def run_harness(overrides: Sequence[str], run_dir: Path, script: Sequence[str] =
     memory = sampler.stop() if sampler else MemoryPeaks()
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {process.returncode}:\n{output[-3000:]}")
-    return HarnessRun(wall, pd.read_csv(run_dir / "rounds.csv"), pd.read_csv(run_dir / "clients.csv"),
-                      json.loads((run_dir / "run.json").read_text()), memory)
+    return HarnessRun(
+        wall,
+        pd.read_csv(run_dir / "rounds.csv"),
+        pd.read_csv(run_dir / "clients.csv"),
+        json.loads((run_dir / "run.json").read_text()),
+        memory,
+    )
 
 
 # ----------------------------------------------------------------------------- the compute limit
@@ -286,12 +297,16 @@ def run_limit(overrides: Sequence[str], processes: int | None = None, threads: i
     weights = get_weights(model)
     rng = random.Random(cfg.seed)
     per_round = fit_clients_per_round(cfg)
-    num_eval = max(int(cfg.num_clients * cfg.strategy.get("fraction_evaluate", 1.0)),
-                   int(cfg.strategy.get("min_evaluate_nodes", 1)))
+    num_eval = max(
+        int(cfg.num_clients * cfg.strategy.get("fraction_evaluate", 1.0)),
+        int(cfg.strategy.get("min_evaluate_nodes", 1)),
+    )
     round_s, fit_s, accuracy, train_examples = [], [], float("nan"), 0
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    with tempfile.TemporaryDirectory(dir=shm) as tmp, \
-            mp.get_context("spawn").Pool(processes, _init_worker, (settings, threads)) as pool:
+    with (
+        tempfile.TemporaryDirectory(dir=shm) as tmp,
+        mp.get_context("spawn").Pool(processes, _init_worker, (settings, threads)) as pool,
+    ):
         shared = _put(weights, f"{tmp}/global.safetensors")
         pool.map(_evaluate, [(i, shared) for i in range(processes)])  # warm: every worker has built its model
         set_weights(model, weights)
@@ -299,14 +314,14 @@ def run_limit(overrides: Sequence[str], processes: int | None = None, threads: i
         for server_round in range(1, cfg.num_rounds + 1):
             t0 = time.perf_counter()
             chosen = sorted(rng.sample(range(cfg.num_clients), per_round))
-            results = pool.map(_fit, [(i, server_round, shared, f"{tmp}/client_{i}.safetensors") for i in chosen],
-                               chunksize=1)
+            results = pool.map(
+                _fit, [(i, server_round, shared, f"{tmp}/client_{i}.safetensors") for i in chosen], chunksize=1
+            )
             total = sum(n for _, _, n, _ in results)
             train_examples = total
             fit_s.append(sum(t for _, _, _, t in results))
             client_weights = [(_get(path), n) for _, path, n, _ in results]
-            weights = [sum(w[k].astype(np.float64) * n for w, n in client_weights) / total
-                       for k in range(len(weights))]
+            weights = [sum(w[k].astype(np.float64) * n for w, n in client_weights) / total for k in range(len(weights))]
             weights = [w.astype(np.float32) for w in weights]
             del client_weights
             shared = _put(weights, f"{tmp}/global.safetensors")
@@ -329,5 +344,7 @@ def table(rows: list[dict]) -> str:
     """A Markdown table, for pasting into bench/README.md."""
     frame = pd.DataFrame(rows)
     head = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
-    return head + "\n".join("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row) + " |"
-                            for row in frame.itertuples(index=False))
+    return head + "\n".join(
+        "| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row) + " |"
+        for row in frame.itertuples(index=False)
+    )

@@ -57,9 +57,13 @@ def main() -> None:
     for name in OPTIMIZERS:
         fedavg = drift(cfg, loader, name, 0.0, coupled=False)
         for coupled in (True, False):
-            rows.append({"optimizer": f"{name} (lr {OPTIMIZERS[name][1]})",
-                         "proximal term": "in the loss (old)" if coupled else "own step (now)",
-                         **{f"mu={mu:g}": drift(cfg, loader, name, mu, coupled) / fedavg for mu in MUS}})
+            rows.append(
+                {
+                    "optimizer": f"{name} (lr {OPTIMIZERS[name][1]})",
+                    "proximal term": "in the loss (old)" if coupled else "own step (now)",
+                    **{f"mu={mu:g}": drift(cfg, loader, name, mu, coupled) / fedavg for mu in MUS},
+                }
+            )
         print(table(rows[-2:]), flush=True)
     print(table(rows))
 

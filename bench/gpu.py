@@ -26,18 +26,30 @@ def main() -> None:
     print(f"machine: {machine()}", flush=True)
     overrides = BASE + args.extra
     limit = run_limit([*overrides, "resources.num_gpus=1"])
-    rows = [{"run": "plain loop, 1 process", "round s": limit.round_s[-1],
-             "train samples/s": limit.train_examples / limit.round_s[-1], "wall s": limit.wall_s,
-             "final acc": limit.final_accuracy}]
+    rows = [
+        {
+            "run": "plain loop, 1 process",
+            "round s": limit.round_s[-1],
+            "train samples/s": limit.train_examples / limit.round_s[-1],
+            "wall s": limit.wall_s,
+            "final acc": limit.final_accuracy,
+        }
+    ]
     print(table(rows), flush=True)
     with tempfile.TemporaryDirectory(prefix="fedsim-gpu-") as tmp:
         for gpus in args.gpus:
             run = run_harness([*overrides, f"resources.num_gpus={gpus}"], Path(tmp) / str(gpus))
             last = run.rounds.iloc[-1]
             examples = run.clients.loc[run.clients["round"] == last["round"], "num_examples"].sum()
-            rows.append({"run": f"harness, num_gpus={gpus}", "round s": float(last["round_time_s"]),
-                         "train samples/s": examples / float(last["round_time_s"]), "wall s": run.wall_s,
-                         "final acc": run.final_accuracy})
+            rows.append(
+                {
+                    "run": f"harness, num_gpus={gpus}",
+                    "round s": float(last["round_time_s"]),
+                    "train samples/s": examples / float(last["round_time_s"]),
+                    "wall s": run.wall_s,
+                    "final acc": run.final_accuracy,
+                }
+            )
             print(table(rows[-1:]), flush=True)
     for row in rows:
         row["vs plain loop"] = row["train samples/s"] / rows[0]["train samples/s"]

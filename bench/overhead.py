@@ -5,9 +5,9 @@ same local training and evaluation (same partitions, model, batch sizes, threads
     python bench/overhead.py --only bow -- num_rounds=5
 
 The limit runs in both thread layouts (a single-thread worker per core, or one worker with a thread
-per core) and the faster one counts. Ratio = harness / limit over rounds 1..R, over rounds 2..R (steady state: the harness's round 1
-also starts its client actors), and over the whole process (with start-up: imports, Ray,
-actors; the limit's worker processes). Run it on an otherwise idle machine.
+per core) and the faster one counts. Ratio = harness / limit over rounds 1..R, over rounds 2..R
+(steady state: the harness's round 1 also starts its client actors), and over the whole process
+(with start-up: imports, Ray, actors; the limit's worker processes). Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -21,8 +21,14 @@ from common import LimitRun, machine, run_harness, run_limit, table
 
 CASES = {
     "bow": ["model=bow", "num_clients=10", "num_rounds=3"],
-    "minilm": ["model=minilm", "num_clients=4", "num_rounds=2", "data.train_size=400", "data.test_size=200",
-               "data.max_length=64"],
+    "minilm": [
+        "model=minilm",
+        "num_clients=4",
+        "num_rounds=2",
+        "data.train_size=400",
+        "data.test_size=200",
+        "data.max_length=64",
+    ],
 }
 
 

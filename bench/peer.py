@@ -6,7 +6,8 @@ disk, as Flower's quickstart-huggingface example does in `client_fn`/`load_data`
     python bench/peer.py -- num_clients=8          # overrides for both runs
 
 Both runs go through the same Flower simulation, server, strategy and training loop; only the
-client's per-message setup differs (the peer's `client_fn` is passed in through fedsim.run.experiment.build). Reports seconds per round and the speedup.
+client's per-message setup differs (the peer's `client_fn` is passed in through
+fedsim.run.experiment.build). Reports seconds per round and the speedup.
 """
 
 from __future__ import annotations
@@ -18,8 +19,14 @@ from pathlib import Path
 
 from common import compose, machine, run_harness, table
 
-CONFIG = ["model=minilm", "num_clients=4", "num_rounds=2", "data.train_size=400", "data.test_size=200",
-          "data.max_length=64"]
+CONFIG = [
+    "model=minilm",
+    "num_clients=4",
+    "num_rounds=2",
+    "data.train_size=400",
+    "data.test_size=200",
+    "data.max_length=64",
+]
 
 
 def peer_client_fn(featurizer: dict, imdb_path: str, train_size: int | None):
@@ -47,15 +54,22 @@ def peer_client_fn(featurizer: dict, imdb_path: str, train_size: int | None):
                 torch.set_num_threads(settings.num_threads)
                 raw = load_dataset("parquet", data_files={"train": f"{imdb_path}/train.parquet"})["train"]
                 chosen = select_rows(len(raw), train_size, settings.seed)
-                train_rows, val_rows = train_val_split(partition_rows(settings.prepared, partition_id),
-                                                       settings.prepared.val_fraction, settings.seed, partition_id)
+                train_rows, val_rows = train_val_split(
+                    partition_rows(settings.prepared, partition_id),
+                    settings.prepared.val_fraction,
+                    settings.seed,
+                    partition_id,
+                )
                 mine = np.concatenate([train_rows, val_rows])
                 part = raw.select(chosen[mine].tolist())
                 features = instantiate(featurizer)(part["text"], np.asarray(part["label"]))
                 model = instantiate(settings.net).to(settings.device)
                 ntrain = len(train_rows)
-                return (model, Loader(features, np.arange(ntrain), settings.batch_size, shuffle=True),
-                        Loader(features, np.arange(ntrain, len(mine)), 4 * settings.batch_size, shuffle=False))
+                return (
+                    model,
+                    Loader(features, np.arange(ntrain), settings.batch_size, shuffle=True),
+                    Loader(features, np.arange(ntrain, len(mine)), 4 * settings.batch_size, shuffle=False),
+                )
 
             def fit(self, weights, config):
                 model, trainloader, _ = self._setup()
@@ -79,7 +93,7 @@ def peer_client_fn(featurizer: dict, imdb_path: str, train_size: int | None):
 
 
 def child(mode: str, overrides: list[str]) -> None:
-    """Run one experiment in this process, with our clients or the peer's (passed through fedsim.run.experiment.build)."""
+    """Run one experiment in this process, with our clients or the peer's (given to fedsim.run.experiment.build)."""
     from omegaconf import OmegaConf
 
     from fedsim.run.runner import run_experiment
@@ -89,8 +103,9 @@ def child(mode: str, overrides: list[str]) -> None:
     cfg = compose([o for o in overrides if not o.startswith("hydra.")])
     parts = {}
     if mode == "peer":
-        parts["client_fn"] = peer_client_fn(OmegaConf.to_container(cfg.model.featurizer, resolve=True),
-                                            str(cfg.data.path), cfg.data.train_size)
+        parts["client_fn"] = peer_client_fn(
+            OmegaConf.to_container(cfg.model.featurizer, resolve=True), str(cfg.data.path), cfg.data.train_size
+        )
     run_experiment(cfg, run_dir, federate=simulate, **parts)
 
 
@@ -101,19 +116,27 @@ def main() -> None:
     overrides = CONFIG + args.extra
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory(prefix="fedsim-peer-") as tmp:
-        runs = {mode: run_harness(overrides, Path(tmp) / mode, script=(__file__, "--child", mode))
-                for mode in ("ours", "peer")}
+        runs = {
+            mode: run_harness(overrides, Path(tmp) / mode, script=(__file__, "--child", mode))
+            for mode in ("ours", "peer")
+        }
     per_round = {mode: run.rounds_s / (len(run.rounds) - 1) for mode, run in runs.items()}
-    print(table([{
-        "config": " ".join(overrides),
-        "ours s/round": per_round["ours"],
-        "peer s/round": per_round["peer"],
-        "speedup per round": per_round["peer"] / per_round["ours"],
-        "ours wall s": runs["ours"].wall_s,
-        "peer wall s": runs["peer"].wall_s,
-        "acc ours": runs["ours"].final_accuracy,
-        "acc peer": runs["peer"].final_accuracy,
-    }]))
+    print(
+        table(
+            [
+                {
+                    "config": " ".join(overrides),
+                    "ours s/round": per_round["ours"],
+                    "peer s/round": per_round["peer"],
+                    "speedup per round": per_round["peer"] / per_round["ours"],
+                    "ours wall s": runs["ours"].wall_s,
+                    "peer wall s": runs["peer"].wall_s,
+                    "acc ours": runs["ours"].final_accuracy,
+                    "acc peer": runs["peer"].final_accuracy,
+                }
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -37,17 +37,29 @@ FAST = ["scrutiny=false", "archive.mode=none"]
 CONFIGS = {
     "bow-10": ["model=bow", "num_clients=10", "num_rounds=5", *FAST],
     "bow-10-scrutiny": ["model=bow", "num_clients=10", "num_rounds=5", "archive.mode=none"],  # the default
-    "bow-1000": ["model=bow", "num_clients=1000", "num_rounds=5", "strategy.fraction_train=0.05",
-                 "strategy.fraction_evaluate=0.05", *FAST],
-    "minilm": ["model=minilm", "num_clients=4", "num_rounds=3", "data.train_size=400", "data.test_size=200",
-               "data.max_length=64", *FAST],
+    "bow-1000": [
+        "model=bow",
+        "num_clients=1000",
+        "num_rounds=5",
+        "strategy.fraction_train=0.05",
+        "strategy.fraction_evaluate=0.05",
+        *FAST,
+    ],
+    "minilm": [
+        "model=minilm",
+        "num_clients=4",
+        "num_rounds=3",
+        "data.train_size=400",
+        "data.test_size=200",
+        "data.max_length=64",
+        *FAST,
+    ],
 }
 
 
 def runs(python: str) -> bool:
     """Whether `python` is on PATH and starts (a pyenv shim of a version not installed does not)."""
-    return shutil.which(python) is not None and \
-        subprocess.run([python, "-c", ""], capture_output=True).returncode == 0
+    return shutil.which(python) is not None and subprocess.run([python, "-c", ""], capture_output=True).returncode == 0
 
 
 def pfl_python() -> Path:
@@ -58,7 +70,9 @@ def pfl_python() -> Path:
     # 3.11 first: torch's CPU build on this project's machines is a file for Python 3.11.
     base = next((p for p in ("python3.11", "python3.12", "python3.10") if runs(p)), None)
     if base is None:
-        sys.exit("error: pfl needs Python 3.10-3.12 beside this one; allowed: python3.11, python3.12 or python3.10 on PATH")
+        sys.exit(
+            "error: pfl needs Python 3.10-3.12 beside this one; allowed: python3.11, python3.12 or python3.10 on PATH"
+        )
     subprocess.run([base, "-m", "venv", str(VENV)], check=True)
     subprocess.run([python, "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
     subprocess.run([python, "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)], check=True)
@@ -67,14 +81,16 @@ def pfl_python() -> Path:
 
 # ----------------------------------------------------------------------------- the export
 
+
 def subset(features, rows: np.ndarray) -> dict[str, np.ndarray]:
     """Some rows of a fedsim feature table, as arrays of the same layout."""
     if hasattr(features, "indptr"):
         starts, ends = features.indptr[rows], features.indptr[rows + 1]
         indptr = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(ends - starts, out=indptr[1:])
-        indices = np.concatenate([features.indices[s:e] for s, e in zip(starts, ends)]) if len(rows) else \
-            features.indices[:0]
+        indices = (
+            np.concatenate([features.indices[s:e] for s, e in zip(starts, ends)]) if len(rows) else features.indices[:0]
+        )
         return {"indptr": indptr, "indices": indices, "labels": features.labels[rows]}
     return {"input_ids": features.input_ids[rows], "lengths": features.lengths[rows], "labels": features.labels[rows]}
 
@@ -126,13 +142,19 @@ def export(overrides: list[str], out: Path) -> dict:
     net = OmegaConf.to_container(cfg.model.net, resolve=True)
     optimizer = OmegaConf.to_container(cfg.model.optimizer, resolve=True)
     meta = {
-        "kind": prepared.kind, "num_clients": n, "num_rounds": int(cfg.num_rounds), "seeds": seeds,
+        "kind": prepared.kind,
+        "num_clients": n,
+        "num_rounds": int(cfg.num_rounds),
+        "seeds": seeds,
         "train": {str(r): train[r] for r in rounds},
         "evaluate": {str(r): choose(seed, r, EVALUATE, num_eval, n) for r in rounds},
         "net": {"class": net.pop("_target_").rsplit(".", 1)[1], "kwargs": net},
-        "optimizer": {"class": optimizer.pop("_target_").rsplit(".", 1)[1],
-                      "kwargs": {k: v for k, v in optimizer.items() if not k.startswith("_")}},
-        "lr": float(cfg.client.lr), "batch_size": int(cfg.client.batch_size),
+        "optimizer": {
+            "class": optimizer.pop("_target_").rsplit(".", 1)[1],
+            "kwargs": {k: v for k, v in optimizer.items() if not k.startswith("_")},
+        },
+        "lr": float(cfg.client.lr),
+        "batch_size": int(cfg.client.batch_size),
         "local_epochs": int(cfg.client.local_epochs),
         "threads": max(1, os.cpu_count() or 1),
     }
@@ -142,13 +164,18 @@ def export(overrides: list[str], out: Path) -> dict:
 
 # ----------------------------------------------------------------------------- the two runs
 
+
 def run_pfl(python: Path, export_dir: Path, workers: int = 1) -> dict:
     """pfl_peer/run.py on an export (as `workers` pfl workers): per-round stamps, accuracy, wall time
     and peak memory."""
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}"] if workers > 1 else []
     launched = time.time()
-    process = subprocess.Popen([str(python), *launcher, str(ROOT / "bench" / "pfl_peer" / "run.py"), str(export_dir)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [str(python), *launcher, str(ROOT / "bench" / "pfl_peer" / "run.py"), str(export_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     sampler = MemorySampler(process.pid)
     out, err = process.communicate()
     wall = time.time() - launched
@@ -157,8 +184,14 @@ def run_pfl(python: Path, export_dir: Path, workers: int = 1) -> dict:
         raise RuntimeError(f"pfl_peer/run.py exited {process.returncode}:\n{err[-3000:]}")
     rounds = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     times = [r["time"] for r in rounds]
-    return {"round_s": list(np.diff(times)), "round1_end_s": times[1] - launched, "wall_s": wall,
-            "accuracy": rounds[-1]["central_accuracy"], "pss_mb": memory.tree_pss, "rss_mb": memory.driver_rss}
+    return {
+        "round_s": list(np.diff(times)),
+        "round1_end_s": times[1] - launched,
+        "wall_s": wall,
+        "accuracy": rounds[-1]["central_accuracy"],
+        "pss_mb": memory.tree_pss,
+        "rss_mb": memory.driver_rss,
+    }
 
 
 def first_round_watch(run_dir: Path, launched: float) -> dict:
@@ -181,13 +214,19 @@ def run_fedsim(overrides: list[str], run_dir: Path) -> dict:
     harness = run_harness(overrides, run_dir, sample_memory=True)
     seen["stop"] = True
     rounds = harness.rounds[harness.rounds["round"] > 0]
-    return {"round_s": list(rounds["round_time_s"]), "round1_end_s": seen.get("round1_end_s", float("nan")),
-            "wall_s": harness.wall_s, "accuracy": harness.final_accuracy, "pss_mb": harness.memory.tree_pss,
-            "rss_mb": harness.memory.driver_rss}
+    return {
+        "round_s": list(rounds["round_time_s"]),
+        "round1_end_s": seen.get("round1_end_s", float("nan")),
+        "wall_s": harness.wall_s,
+        "accuracy": harness.final_accuracy,
+        "pss_mb": harness.memory.tree_pss,
+        "rss_mb": harness.memory.driver_rss,
+    }
 
 
-def compare(name: str, overrides: list[str], pairs: int, python: Path, work: Path,
-            workers: int = 1) -> tuple[dict, list[dict]]:
+def compare(
+    name: str, overrides: list[str], pairs: int, python: Path, work: Path, workers: int = 1
+) -> tuple[dict, list[dict]]:
     export_dir = work / f"{name}-export"
     export_dir.mkdir()
     export(overrides, export_dir)
@@ -196,13 +235,17 @@ def compare(name: str, overrides: list[str], pairs: int, python: Path, work: Pat
         fedsim = run_fedsim(overrides, work / f"{name}-{pair}")
         pfl = run_pfl(python, export_dir, workers)
         runs.append({"pair": pair, "fedsim": fedsim, "pfl": pfl})
-        print(f"{name} pair {pair}: fedsim {median(fedsim['round_s'][1:]):.2f} s/round, acc {fedsim['accuracy']:.5f}; "
-              f"pfl {median(pfl['round_s'][1:]):.2f} s/round, acc {pfl['accuracy']:.5f}", flush=True)
+        print(
+            f"{name} pair {pair}: fedsim {median(fedsim['round_s'][1:]):.2f} s/round, acc {fedsim['accuracy']:.5f}; "
+            f"pfl {median(pfl['round_s'][1:]):.2f} s/round, acc {pfl['accuracy']:.5f}",
+            flush=True,
+        )
     return summary(name, overrides, runs), runs
 
 
 def summary(name: str, overrides: list[str], runs: list[dict]) -> dict:
     """Medians over the pairs; ratios are fedsim / pfl, per pair, then the median (range)."""
+
     def steady(run: dict) -> float:
         return float(np.mean(run["round_s"][1:]))
 
@@ -218,13 +261,20 @@ def summary(name: str, overrides: list[str], runs: list[dict]) -> dict:
 
     accuracies = {(r["fedsim"]["accuracy"], r["pfl"]["accuracy"]) for r in runs}
     return {
-        "config": name, "overrides": " ".join(overrides), "pairs": len(runs),
-        "fedsim s/round": med("fedsim", steady), "pfl s/round": med("pfl", steady), "ratio": cell(steady),
+        "config": name,
+        "overrides": " ".join(overrides),
+        "pairs": len(runs),
+        "fedsim s/round": med("fedsim", steady),
+        "pfl s/round": med("pfl", steady),
+        "ratio": cell(steady),
         "round 1 end s, fedsim": med("fedsim", lambda r: r["round1_end_s"]),
-        "round 1 end s, pfl": med("pfl", lambda r: r["round1_end_s"]), "round 1 ratio": cell(lambda r: r["round1_end_s"]),
-        "wall s, fedsim": med("fedsim", lambda r: r["wall_s"]), "wall s, pfl": med("pfl", lambda r: r["wall_s"]),
+        "round 1 end s, pfl": med("pfl", lambda r: r["round1_end_s"]),
+        "round 1 ratio": cell(lambda r: r["round1_end_s"]),
+        "wall s, fedsim": med("fedsim", lambda r: r["wall_s"]),
+        "wall s, pfl": med("pfl", lambda r: r["wall_s"]),
         "wall ratio": cell(lambda r: r["wall_s"]),
-        "peak PSS MB, fedsim": med("fedsim", lambda r: r["pss_mb"]), "peak PSS MB, pfl": med("pfl", lambda r: r["pss_mb"]),
+        "peak PSS MB, fedsim": med("fedsim", lambda r: r["pss_mb"]),
+        "peak PSS MB, pfl": med("pfl", lambda r: r["pss_mb"]),
         "PSS ratio": cell(lambda r: r["pss_mb"]),
         "driver peak RSS MB, fedsim": med("fedsim", lambda r: r["rss_mb"]),
         "driver peak RSS MB, pfl": med("pfl", lambda r: r["rss_mb"]),
@@ -237,8 +287,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--pairs", type=int, default=2, help="fedsim/pfl pairs per config, alternating")
-    parser.add_argument("--pfl-workers", type=int, default=1,
-                        help="pfl worker processes (torch.distributed, gloo), each with cores / N threads")
+    parser.add_argument(
+        "--pfl-workers",
+        type=int,
+        default=1,
+        help="pfl worker processes (torch.distributed, gloo), each with cores / N threads",
+    )
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     parser.add_argument("extra", nargs="*", help="overrides added to every config (after --)")
     args = parser.parse_args()

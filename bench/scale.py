@@ -23,9 +23,16 @@ SHAPES = {10: (1250, 1.0), 100: (2500, 0.5), 1000: (25000, 0.05)}
 
 def measure(num_clients: int, extra: list[str], work: Path) -> dict:
     train_size, fraction = SHAPES[num_clients]
-    overrides = ["model=bow", f"num_clients={num_clients}", "num_rounds=3", f"data.train_size={train_size}",
-                 "data.test_size=2000", f"strategy.fraction_train={fraction}", f"strategy.fraction_evaluate={fraction}",
-                 *extra]
+    overrides = [
+        "model=bow",
+        f"num_clients={num_clients}",
+        "num_rounds=3",
+        f"data.train_size={train_size}",
+        "data.test_size=2000",
+        f"strategy.fraction_train={fraction}",
+        f"strategy.fraction_evaluate={fraction}",
+        *extra,
+    ]
     harness = run_harness(overrides, work / str(num_clients), sample_memory=True)
     limit = run_limit(overrides)
     # Steady state: rounds 2..R (round 1 of the harness also starts the client actors).

@@ -21,18 +21,49 @@ from fedsim.runtimes.federation import free_port
 from fedsim.system.processes import Processes
 
 # Chromium on a machine without a network: no background fetches, no sandbox (root), no GPU.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
-COLUMNS = ["Dataset", "Source", "Models", "central_accuracy", "fed_accuracy", "epsilon", "run_id", "seed",
-           "privacy.noise_multiplier"]
+COLUMNS = [
+    "Dataset",
+    "Source",
+    "Models",
+    "central_accuracy",
+    "fed_accuracy",
+    "epsilon",
+    "run_id",
+    "seed",
+    "privacy.noise_multiplier",
+]
 
 
 def start_ui(processes: Processes, store: Path, port: int, log: Path) -> None:
     """`mlflow ui` in its own session (stopped with its workers by `processes`); returns once it answers."""
-    processes.start("mlflow-ui", [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{store}",
-                                  "--host", "127.0.0.1", "--port", str(port)], log=log, env=os.environ)
+    processes.start(
+        "mlflow-ui",
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            f"sqlite:///{store}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        log=log,
+        env=os.environ,
+    )
     deadline = time.time() + 180
     while time.time() < deadline:
         try:
@@ -47,8 +78,9 @@ def shoot(base: str, experiment_id: str, metric: str, out: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=os.environ.get("FEDSIM_CHROMIUM", "/usr/bin/chromium"),
-                                             args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=os.environ.get("FEDSIM_CHROMIUM", "/usr/bin/chromium"), args=CHROMIUM_ARGS
+        )
         page = browser.new_page(viewport={"width": 1600, "height": 560})
         page.goto(f"{base}/#/experiments/{experiment_id}/runs")
         page.get_by_text("run_0000").first.wait_for(timeout=60_000)

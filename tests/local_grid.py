@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Iterable
+from collections.abc import Iterable
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -31,8 +31,13 @@ class LocalGrid(Grid):
         self.client_app = client_app
         rng = random.Random(seed)
         self.contexts = {
-            rng.getrandbits(63): Context(run_id=1, node_id=0, state=RecordDict(), run_config=dict(run_config or {}),
-                                         node_config={"partition-id": p, "num-partitions": num_nodes})
+            rng.getrandbits(63): Context(
+                run_id=1,
+                node_id=0,
+                state=RecordDict(),
+                run_config=dict(run_config or {}),
+                node_config={"partition-id": p, "num-partitions": num_nodes},
+            )
             for p in range(num_nodes)
         }
         self.rng = rng
@@ -64,7 +69,8 @@ class LocalGrid(Grid):
                 self.replies[message.metadata.message_id] = self.client_app(message, context)
             except Exception as exc:  # as Flower's simulation: a failing ClientApp becomes an error reply
                 self.replies[message.metadata.message_id] = Message(
-                    Error(code=CLIENT_APP_RAISED, reason=f"{type(exc).__name__}: {exc}"), reply_to=message)
+                    Error(code=CLIENT_APP_RAISED, reason=f"{type(exc).__name__}: {exc}"), reply_to=message
+                )
             ids.append(message.metadata.message_id)
         return ids
 

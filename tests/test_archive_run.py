@@ -26,8 +26,17 @@ def archived_run(imdb_dir, tmp_path_factory) -> Path:
     """The loop in-process on a LocalGrid (main.py's own path is the session's `small_run`)."""
     run_dir, printed = tmp_path_factory.mktemp("archived"), io.StringIO()
     with contextlib.redirect_stdout(printed):
-        run_locally(make_cfg(f"data.path={imdb_dir}", "num_clients=3", "num_rounds=2", "data.train_size=600",
-                             "data.test_size=100", "archive.mode=all"), run_dir)
+        run_locally(
+            make_cfg(
+                f"data.path={imdb_dir}",
+                "num_clients=3",
+                "num_rounds=2",
+                "data.train_size=600",
+                "data.test_size=100",
+                "archive.mode=all",
+            ),
+            run_dir,
+        )
     assert "GB expected" in printed.getvalue()
     return run_dir
 
@@ -66,8 +75,18 @@ def test_offline_statistics_agree_with_online(archived_run, tmp_path):
     online_layers = pd.read_csv(archived_run / "layers.csv").sort_values(key, ignore_index=True)
     offline_layers = pd.read_csv(tmp_path / "layers_offline.csv").sort_values(key, ignore_index=True)
     assert online_layers[key].equals(offline_layers[key])
-    columns = ["mean_variance", "num_outliers", "weight_min", "weight_max", "weight_mean", "weight_median",
-               "weight_std", "weight_q25", "weight_q75", "first_weight"]
+    columns = [
+        "mean_variance",
+        "num_outliers",
+        "weight_min",
+        "weight_max",
+        "weight_mean",
+        "weight_median",
+        "weight_std",
+        "weight_q25",
+        "weight_q75",
+        "first_weight",
+    ]
     np.testing.assert_allclose(offline_layers[columns], online_layers[columns], rtol=1e-6, atol=1e-9)
     online = pd.read_csv(archived_run / "clients.csv")
     offline = pd.read_csv(tmp_path / "clients_offline.csv")
@@ -77,8 +96,13 @@ def test_offline_statistics_agree_with_online(archived_run, tmp_path):
 
 def test_cli_module_runs(archived_run, tmp_path):
     out = tmp_path / "new" / "folder"  # a folder that does not exist yet is made
-    result = subprocess.run([sys.executable, "-m", "fedsim.outputs.layer_stats", str(archived_run), "--out", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "fedsim.outputs.layer_stats", str(archived_run), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0 and "layers_offline.csv" in result.stdout
     assert (out / "layers_offline.csv").exists() and (out / "clients_offline.csv").exists()
 
@@ -86,12 +110,25 @@ def test_cli_module_runs(archived_run, tmp_path):
 def test_run_is_refused_when_the_disk_is_too_small(imdb_dir, tmp_path):
     # 40 rounds of 3 clients at float32 need about 2 GB; cap the free space the check sees at 1 MB.
     result = subprocess.run(
-        [sys.executable, "-c",
-         "import shutil, sys, runpy; from collections import namedtuple; "
-         "shutil.disk_usage = lambda p: namedtuple('U', 'total used free')(1, 0, 1_000_000); "
-         "sys.argv = sys.argv[1:]; runpy.run_path('main.py', run_name='__main__')",
-         "main.py", f"hydra.run.dir={tmp_path}", f"data.path={imdb_dir}", "num_clients=3", "num_rounds=40",
-         "data.train_size=300", "data.test_size=50", "archive.mode=all"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-c",
+            "import shutil, sys, runpy; from collections import namedtuple; "
+            "shutil.disk_usage = lambda p: namedtuple('U', 'total used free')(1, 0, 1_000_000); "
+            "sys.argv = sys.argv[1:]; runpy.run_path('main.py', run_name='__main__')",
+            "main.py",
+            f"hydra.run.dir={tmp_path}",
+            f"data.path={imdb_dir}",
+            "num_clients=3",
+            "num_rounds=40",
+            "data.train_size=300",
+            "data.test_size=50",
+            "archive.mode=all",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and "error: archive.mode" in result.stderr and "GB free" in result.stderr
     assert not (tmp_path / "rounds.csv").exists()

@@ -38,10 +38,16 @@ def test_malicious_clients_are_round_ratio_times_n_and_depend_only_on_the_seed()
     assert len({tuple(malicious_clients(0.3, 10, seed=s)) for s in range(20)}) > 5
 
 
-@pytest.mark.parametrize("preset, node_ratio, data_ratio", [
-    ("random_10pct", 0.1, 0.1), ("random_15pct", 0.15, 0.15), ("random_20pct", 0.2, 0.2),
-    ("random_30pct", 0.3, 0.3), ("custom", 0.25, 0.1),
-])
+@pytest.mark.parametrize(
+    "preset, node_ratio, data_ratio",
+    [
+        ("random_10pct", 0.1, 0.1),
+        ("random_15pct", 0.15, 0.15),
+        ("random_20pct", 0.2, 0.2),
+        ("random_30pct", 0.3, 0.3),
+        ("custom", 0.25, 0.1),
+    ],
+)
 def test_presets_of_the_study(preset, node_ratio, data_ratio):
     attack = instantiate(make_cfg(f"attack={preset}").attack)
     assert isinstance(attack, LabelPoisoning) and attack.mode == "random" and attack.name == preset
@@ -61,8 +67,9 @@ def test_clients_know_the_malicious_partitions_from_the_config_alone(generated_i
 
 @pytest.mark.parametrize("attack, data_ratio", [("label_flip", 0.5), ("random_labels", 0.4), ("label_flip", 1.0)])
 def test_label_poisoning_changes_exactly_data_ratio_of_a_malicious_clients_labels(generated_imdb, attack, data_ratio):
-    cfg = make_cfg(f"data.path={generated_imdb}", "num_clients=3", f"attack={attack}",
-                   f"attack.data_ratio={data_ratio}")
+    cfg = make_cfg(
+        f"data.path={generated_imdb}", "num_clients=3", f"attack={attack}", f"attack.data_ratio={data_ratio}"
+    )
     settings = _settings(cfg, malicious=(1,))
     truth = build_client(_settings(cfg, malicious=()), 1).trainloader.labels.copy()
     honest = [build_client(settings, p) for p in (0, 2)]
@@ -122,18 +129,42 @@ def test_random_weights_match_shapes_and_scale_but_not_training(generated_imdb):
 
 
 def test_detection_scores_each_round_with_both_classes():
-    rows = [{"round": r, "client_id": c, "is_malicious": c < 2, "norm_zscore": 3.0 if c < 2 else 0.1 * c,
-             "cosine_to_mean": -0.5 if c < 2 else 0.8, "distance_to_median": 10.0 if c < 2 else 1.0}
-            for r in (1, 2) for c in range(6)]
-    rows += [{"round": 3, "client_id": c, "is_malicious": False, "norm_zscore": 0.0, "cosine_to_mean": 1.0,
-              "distance_to_median": 1.0} for c in range(6)]  # no malicious client: no row
+    rows = [
+        {
+            "round": r,
+            "client_id": c,
+            "is_malicious": c < 2,
+            "norm_zscore": 3.0 if c < 2 else 0.1 * c,
+            "cosine_to_mean": -0.5 if c < 2 else 0.8,
+            "distance_to_median": 10.0 if c < 2 else 1.0,
+        }
+        for r in (1, 2)
+        for c in range(6)
+    ]
+    rows += [
+        {
+            "round": 3,
+            "client_id": c,
+            "is_malicious": False,
+            "norm_zscore": 0.0,
+            "cosine_to_mean": 1.0,
+            "distance_to_median": 1.0,
+        }
+        for c in range(6)
+    ]  # no malicious client: no row
     table = pd.DataFrame(detection_rows(rows))
     assert sorted(table["round"].unique()) == [1, 2] and len(table) == 6
     assert (table.auc == 1.0).all() and (table.precision == 1.0).all() and (table.recall == 1.0).all()
 
 
-SMALL = ["num_clients=10", "num_rounds=3", "data.train_size=5000", "data.test_size=1000", "client.local_epochs=2",
-         "client.lr=0.05"]
+SMALL = [
+    "num_clients=10",
+    "num_rounds=3",
+    "data.train_size=5000",
+    "data.test_size=1000",
+    "client.local_epochs=2",
+    "client.lr=0.05",
+]
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +174,12 @@ def attacked_runs(imdb_dir, tmp_path_factory) -> dict[str, Path]:
     runs = {}
     for strategy in ("fedavg", "fedmedian"):
         run_dir = tmp_path_factory.mktemp(strategy)
-        run_locally(make_cfg(f"data.path={imdb_dir}", *SMALL, "attack=random_weights", "attack.scale=10",
-                             f"strategy={strategy}"), run_dir)
+        run_locally(
+            make_cfg(
+                f"data.path={imdb_dir}", *SMALL, "attack=random_weights", "attack.scale=10", f"strategy={strategy}"
+            ),
+            run_dir,
+        )
         runs[strategy] = run_dir
     return runs
 

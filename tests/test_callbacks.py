@@ -31,17 +31,36 @@ def make_round(server_round: int, num_clients: int = 4, malicious: tuple[int, ..
     """A round whose malicious clients return far-off weights; round 0 has no clients."""
     rng = np.random.default_rng([seed, server_round])
     start = weights(rng)
-    clients = [] if server_round == 0 else [
-        ClientUpdate(client_id=c, num_examples=10 + c, train_loss=0.5 + c / 10, fit_time_s=0.1 * c,
-                     weights=[s + 0.01 * w + (5.0 if c in malicious else 0.0) for s, w in zip(start, weights(rng))],
-                     is_malicious=c in malicious, attack="sign_flip" if c in malicious else "none")
-        for c in range(num_clients)
-    ]
-    return RoundRecord(server_round=server_round, names=NAMES, start_weights=start if clients else None,
-                       global_weights=weights(rng), clients=clients,
-                       metrics={"round": server_round, "central_loss": 0.7 - server_round / 10,
-                                "central_accuracy": 0.5 + server_round / 10, "num_fit_clients": len(clients),
-                                "num_failures": 0})
+    clients = (
+        []
+        if server_round == 0
+        else [
+            ClientUpdate(
+                client_id=c,
+                num_examples=10 + c,
+                train_loss=0.5 + c / 10,
+                fit_time_s=0.1 * c,
+                weights=[s + 0.01 * w + (5.0 if c in malicious else 0.0) for s, w in zip(start, weights(rng))],
+                is_malicious=c in malicious,
+                attack="sign_flip" if c in malicious else "none",
+            )
+            for c in range(num_clients)
+        ]
+    )
+    return RoundRecord(
+        server_round=server_round,
+        names=NAMES,
+        start_weights=start if clients else None,
+        global_weights=weights(rng),
+        clients=clients,
+        metrics={
+            "round": server_round,
+            "central_loss": 0.7 - server_round / 10,
+            "central_accuracy": 0.5 + server_round / 10,
+            "num_fit_clients": len(clients),
+            "num_failures": 0,
+        },
+    )
 
 
 def test_memory_probe_adds_the_server_process_memory(monkeypatch):
@@ -60,9 +79,12 @@ def test_weight_scrutiny_writes_layers_and_fills_each_update(tmp_path):
     layers = pd.read_csv(tmp_path / "layers.csv")
     assert list(layers.columns) == LAYER_COLUMNS and len(layers) == 2 * len(NAMES)  # round 0 has no clients
     assert set(layers.attack) == {"sign_flip"} and set(layers.malicious_node_ratio) == {0.25}
-    expected_layers, expected_updates = round_statistics(NAMES, records[2].start_weights,
-                                                         [u.weights for u in records[2].clients])
-    assert layers[layers["round"] == 2].mean_variance.tolist() == pytest.approx([r["mean_variance"] for r in expected_layers])
+    expected_layers, expected_updates = round_statistics(
+        NAMES, records[2].start_weights, [u.weights for u in records[2].clients]
+    )
+    assert layers[layers["round"] == 2].mean_variance.tolist() == pytest.approx(
+        [r["mean_variance"] for r in expected_layers]
+    )
     assert [u.stats for u in records[2].clients] == expected_updates
     assert max(records[2].clients, key=lambda u: u.stats["update_norm"]).client_id == 2
 
@@ -140,8 +162,13 @@ def test_run_summary_gives_run_json_its_final_metrics():
         record.metrics["fed_accuracy"] = 0.6
         summary_output.on_round_end(record)
     summary_output.on_run_end(summary)
-    assert summary == {"final_central_accuracy": pytest.approx(0.7), "best_central_accuracy": pytest.approx(0.7),
-                       "final_central_loss": pytest.approx(0.5), "final_fed_accuracy": 0.6, "rounds_completed": 2}
+    assert summary == {
+        "final_central_accuracy": pytest.approx(0.7),
+        "best_central_accuracy": pytest.approx(0.7),
+        "final_central_loss": pytest.approx(0.5),
+        "final_fed_accuracy": 0.6,
+        "rounds_completed": 2,
+    }
 
 
 def test_detection_csv_scores_rounds_with_both_classes_from_clients_csv(tmp_path):
@@ -194,7 +221,7 @@ def run_outputs(make_outputs, records, stop_after: int | None = None) -> dict:
         outputs = make_outputs()
         for output, state in zip(outputs, saved):
             output.on_run_start(state)
-        for record in records[stop_after + 1:]:
+        for record in records[stop_after + 1 :]:
             for output in outputs:
                 output.on_round_end(record)
     summary: dict = {}
@@ -208,10 +235,15 @@ def test_resumed_outputs_equal_an_uninterrupted_runs(tmp_path):
     records = [make_round(r, malicious=(1,)) for r in range(5)]
 
     def outputs(folder):
-        return lambda: [WeightScrutiny(folder / "layers.csv", "sign_flip", 0.25), ClientsCsv(folder / "clients.csv"),
-                        WeightArchive(lambda after: ArchiveWriter(folder, NAMES, ["*"], "float32", resume_after=after),
-                                      clients=True),
-                        RoundsCsv(folder / "rounds.csv"), RunSummary()]
+        return lambda: [
+            WeightScrutiny(folder / "layers.csv", "sign_flip", 0.25),
+            ClientsCsv(folder / "clients.csv"),
+            WeightArchive(
+                lambda after: ArchiveWriter(folder, NAMES, ["*"], "float32", resume_after=after), clients=True
+            ),
+            RoundsCsv(folder / "rounds.csv"),
+            RunSummary(),
+        ]
 
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     whole.mkdir(), cut.mkdir()

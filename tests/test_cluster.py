@@ -39,6 +39,7 @@ RAY_PROCESSES = ("raylet", "gcs_server", "dashboard", "ray::", "default_worker.p
 
 # --- without a cluster -----------------------------------------------------------------------------------------
 
+
 def test_client_slots_follow_flowers_per_node_rule_and_a_client_that_fits_nowhere_is_refused():
     nodes = [NodeResources(cpus=3, gpus=0), NodeResources(cpus=4, gpus=1)]
     assert check_fits(nodes, 2, 0, "here") == 1 + 2  # per node: 3 CPUs hold one 2-CPU client, not 1.5
@@ -63,8 +64,9 @@ def test_ray_keys_are_checked_and_an_attached_run_leaves_resources_to_the_cluste
 
 def test_a_run_holds_as_many_actors_as_a_round_sends_messages():
     assert max_actors(make_cfg("num_clients=10")) == 10
-    assert max_actors(make_cfg("num_clients=100", "strategy.fraction_train=0.05",
-                               "strategy.fraction_evaluate=0.1")) == 10
+    assert (
+        max_actors(make_cfg("num_clients=100", "strategy.fraction_train=0.05", "strategy.fraction_evaluate=0.1")) == 10
+    )
     assert max_actors(make_cfg("num_clients=10", "ray.max_actors=3")) == 3
 
 
@@ -93,9 +95,16 @@ def test_concurrent_runs_share_the_clusters_slots():
 def _sleeper() -> subprocess.Popen:
     """A process that SIGINT stops, even where this one was started with SIGINT ignored (a background job);
     returned once its handler is in place."""
-    process = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, "
-                                "signal.default_int_handler); print('ready', flush=True); time.sleep(120)"],
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGINT, "
+            "signal.default_int_handler); print('ready', flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert process.stdout.readline().strip() == "ready"
     return process
 
@@ -104,11 +113,26 @@ def test_tether_stops_the_run_when_the_collector_dies(tmp_path):
     collector = _sleeper()
     tag = f"{collector.pid}:{started_at(collector.pid)}"
     marker = tmp_path / "stopped"
-    run = ("import signal, sys, time, pathlib\n"
-           f"signal.signal(signal.SIGTERM, lambda *_: (pathlib.Path({str(marker)!r}).write_text('x'), sys.exit(143)))\n"
-           "print('started', flush=True)\ntime.sleep(120)")
-    tether = subprocess.Popen([sys.executable, "-m", "fedsim.collections.watchdog", tag, str(tmp_path), str(tmp_path / "log"), "--",
-                               sys.executable, "-c", run], cwd=ROOT)
+    run = (
+        "import signal, sys, time, pathlib\n"
+        f"signal.signal(signal.SIGTERM, lambda *_: (pathlib.Path({str(marker)!r}).write_text('x'), sys.exit(143)))\n"
+        "print('started', flush=True)\ntime.sleep(120)"
+    )
+    tether = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fedsim.collections.watchdog",
+            tag,
+            str(tmp_path),
+            str(tmp_path / "log"),
+            "--",
+            sys.executable,
+            "-c",
+            run,
+        ],
+        cwd=ROOT,
+    )
     deadline = time.time() + 30
     while "started" not in ((tmp_path / "log").read_text() if (tmp_path / "log").exists() else ""):
         assert time.time() < deadline and tether.poll() is None
@@ -118,8 +142,22 @@ def test_tether_stops_the_run_when_the_collector_dies(tmp_path):
     collector.wait()
     assert tether.wait(timeout=10) == 143 and marker.exists()
 
-    gone = subprocess.run([sys.executable, "-m", "fedsim.collections.watchdog", tag, str(tmp_path), str(tmp_path / "log2"), "--",
-                           sys.executable, "-c", "print('ran')"], cwd=ROOT, timeout=30)
+    gone = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedsim.collections.watchdog",
+            tag,
+            str(tmp_path),
+            str(tmp_path / "log2"),
+            "--",
+            sys.executable,
+            "-c",
+            "print('ran')",
+        ],
+        cwd=ROOT,
+        timeout=30,
+    )
     assert gone.returncode == 143 and not (tmp_path / "log2").exists()  # a dead collector's run never starts
 
 
@@ -160,8 +198,10 @@ def test_stopping_a_cluster_collection_interrupts_its_runs_here_and_stops_unstar
     run = _sleeper()
     started, waiting = tmp_path / "run_0000", tmp_path / "run_0001"
     started.mkdir()
-    write_json(started / "run.json", {"status": "running", "host": socket.gethostname(), "pid": run.pid,
-                                      "heartbeat_at": time.time()})
+    write_json(
+        started / "run.json",
+        {"status": "running", "host": socket.gethostname(), "pid": run.pid, "heartbeat_at": time.time()},
+    )
     jobs = RayJobs.__new__(RayJobs)  # its cluster connection stood in for by Client
     jobs.client, jobs._running, jobs._lock = Client(), {"a": started, "b": waiting}, threading.Lock()
     jobs.stop()
@@ -169,6 +209,7 @@ def test_stopping_a_cluster_collection_interrupts_its_runs_here_and_stops_unstar
 
 
 # --- a real two-node cluster ------------------------------------------------------------------------------------
+
 
 def _processes() -> dict[int, str]:
     """Every process's pid and command line."""
@@ -203,8 +244,15 @@ def cluster():
 
     before = _ray_processes()
     port = _free_port()
-    ray_cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port})
+    ray_cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": port,
+        },
+    )
     try:
         ray_cluster.add_node(num_cpus=1)
         ray_cluster.wait_for_nodes()
@@ -218,8 +266,9 @@ def cluster():
 
 
 @pytest.mark.slow
-def test_a_run_on_two_nodes_uses_both_and_equals_the_same_run_on_a_private_instance(cluster, imdb_dir, small_run,
-                                                                                     tmp_path):
+def test_a_run_on_two_nodes_uses_both_and_equals_the_same_run_on_a_private_instance(
+    cluster, imdb_dir, small_run, tmp_path
+):
     """The session's reference run (`small_run`, a private Ray instance) again, attached to the cluster."""
     address, _ = cluster
     attached = run_main(tmp_path / "cluster", f"data.path={imdb_dir}", f"ray.address={address}", *SMALL)
@@ -231,20 +280,23 @@ def test_a_run_on_two_nodes_uses_both_and_equals_the_same_run_on_a_private_insta
     assert reference.node.nunique() == 1
     pd.testing.assert_frame_equal(clients[CLIENT_COLUMNS], reference[CLIENT_COLUMNS])
     metrics = ["central_loss", "central_accuracy", "fed_loss", "fed_accuracy", "train_loss", "num_fit_clients"]
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cluster" / "rounds.csv")[metrics],
-                                  pd.read_csv(small_run / "rounds.csv")[metrics])
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "cluster" / "rounds.csv")[metrics], pd.read_csv(small_run / "rounds.csv")[metrics]
+    )
 
 
 @pytest.mark.slow
 def test_clients_larger_than_any_node_are_refused_in_one_line_without_hanging(cluster, imdb_dir, tmp_path):
     address, _ = cluster
-    result = run_main(tmp_path / "big", f"data.path={imdb_dir}", f"ray.address={address}", "resources.num_cpus=2",
-                      *RUN)  # run_main's own timeout fails a run that hangs
+    result = run_main(
+        tmp_path / "big", f"data.path={imdb_dir}", f"ray.address={address}", "resources.num_cpus=2", *RUN
+    )  # run_main's own timeout fails a run that hangs
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: resources.num_cpus: 2 per client, but no node of the Ray cluster at {address} has that many "
         "(2 nodes, 2 CPUs and 0 GPUs in all; the largest has 1 CPUs and 0 GPUs), so Ray would wait forever to "
-        "place a client; allowed: at most 1"]
+        "place a client; allowed: at most 1"
+    ]
 
 
 @pytest.mark.slow
@@ -271,11 +323,14 @@ def test_a_node_without_the_data_gets_it_from_the_object_store(cluster, tmp_path
         @ray.remote(num_cpus=1)
         def deliver() -> tuple[str, list[str]]:
             shipment.deliver()
-            return (ray.get_runtime_context().get_node_id(),
-                    [hashlib.sha256(Path(f.path).read_bytes()).hexdigest() for f in shipment.files])
+            return (
+                ray.get_runtime_context().get_node_id(),
+                [hashlib.sha256(Path(f.path).read_bytes()).hexdigest() for f in shipment.files],
+            )
 
-        node, delivered = ray.get(deliver.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(other, soft=False)).remote())
+        node, delivered = ray.get(
+            deliver.options(scheduling_strategy=NodeAffinitySchedulingStrategy(other, soft=False)).remote()
+        )
     finally:
         ray.shutdown()
     assert node == other and delivered == digests
@@ -283,10 +338,30 @@ def test_a_node_without_the_data_gets_it_from_the_object_store(cluster, tmp_path
 
 def _collect(root: Path, dashboard: str, imdb_dir: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "run_and_collect.py", "--root", str(root), "--address", dashboard, "--jobs", "2", "--name",
-         "c", "--seeds", "0", "1", "--", f"data.path={imdb_dir}",
-         *[o for o in RUN if not o.startswith("num_rounds")], "num_rounds=1"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "run_and_collect.py",
+            "--root",
+            str(root),
+            "--address",
+            dashboard,
+            "--jobs",
+            "2",
+            "--name",
+            "c",
+            "--seeds",
+            "0",
+            "1",
+            "--",
+            f"data.path={imdb_dir}",
+            *[o for o in RUN if not o.startswith("num_rounds")],
+            "num_rounds=1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""run_and_collect.py and fedsim.collections and fedsim.results: planning, ids, resume after kill -9, summary, notebook."""
+"""run_and_collect.py, fedsim.collections and fedsim.results: planning, ids, resume after kill -9, summary, notebook."""
 
 from __future__ import annotations
 
@@ -33,8 +33,14 @@ SWEEP = ["--sweep", "num_clients=2,300"]
 
 
 def collect(root: Path, *args: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "run_and_collect.py", "--root", str(root), *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, "run_and_collect.py", "--root", str(root), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
 
 
 def test_plan_crosses_sweeps_with_seeds_seed_outermost():
@@ -48,11 +54,14 @@ def test_plan_crosses_sweeps_with_seeds_seed_outermost():
     assert default_name([], []) == "default"
 
 
-@pytest.mark.parametrize("overrides, sweeps, seeds, message", [
-    (["seed=3"], [], [0], "seed: given as an override"),
-    ([], ["strategy"], [0], "--sweep: got 'strategy'"),
-    ([], [], [1, 1], "--seeds: [1, 1] repeats a seed"),
-])
+@pytest.mark.parametrize(
+    "overrides, sweeps, seeds, message",
+    [
+        (["seed=3"], [], [0], "seed: given as an override"),
+        ([], ["strategy"], [0], "--sweep: got 'strategy'"),
+        ([], [], [1, 1], "--seeds: [1, 1] repeats a seed"),
+    ],
+)
 def test_plan_rejects_bad_input(overrides, sweeps, seeds, message):
     with pytest.raises(CollectionError, match=message.replace("[", r"\[").replace("]", r"\]")):
         plan(overrides, sweeps, seeds)
@@ -77,10 +86,13 @@ def test_run_ids_are_kept_for_known_runs_and_fresh_for_new_ones(tmp_path):
 def test_summary_matches_a_scipy_reference():
     rng = np.random.default_rng(0)
     accuracy = rng.uniform(0.6, 0.9, 7)
-    runs = pd.DataFrame({
-        "config": ["a"] * 4 + ["b"] * 3, "status": ["completed"] * 3 + ["failed"] + ["completed"] * 3,
-        "final_central_accuracy": accuracy,
-    })
+    runs = pd.DataFrame(
+        {
+            "config": ["a"] * 4 + ["b"] * 3,
+            "status": ["completed"] * 3 + ["failed"] + ["completed"] * 3,
+            "final_central_accuracy": accuracy,
+        }
+    )
     summary = summarize(runs).set_index("config")
     assert list(summary.reset_index().columns) == SUMMARY_COLUMNS
     for config, values in (("a", accuracy[:3]), ("b", accuracy[4:])):
@@ -93,8 +105,13 @@ def test_summary_matches_a_scipy_reference():
 
 
 def test_degraded_runs_are_counted_and_left_out_of_the_statistics():
-    runs = pd.DataFrame({"config": ["a"] * 4, "status": ["completed", "completed", "degraded", "failed"],
-                         "final_central_accuracy": [0.8, 0.9, 0.1, None]})
+    runs = pd.DataFrame(
+        {
+            "config": ["a"] * 4,
+            "status": ["completed", "completed", "degraded", "failed"],
+            "final_central_accuracy": [0.8, 0.9, 0.1, None],
+        }
+    )
     row = summarize(runs).iloc[0]
     assert (row.n_runs, row.n_failed, row.n_degraded) == (2, 1, 1) and row["mean"] == pytest.approx(0.85)
 
@@ -103,8 +120,9 @@ def test_only_cut_off_runs_with_a_checkpoint_are_resumed(tmp_path):
     def run_dir(name: str, status: str, checkpoint: bool, pid: int | None = None) -> Path:
         d = tmp_path / name
         d.mkdir()
-        (d / "run.json").write_text(json.dumps({"status": status, "host": socket.gethostname(),
-                                                "pid": pid or os.getpid()}))
+        (d / "run.json").write_text(
+            json.dumps({"status": status, "host": socket.gethostname(), "pid": pid or os.getpid()})
+        )
         if checkpoint:
             (d / "checkpoint.safetensors").write_bytes(b"")
         return d
@@ -127,7 +145,9 @@ def test_concurrent_writers_of_one_json_file_never_collide(tmp_path):
     target = tmp_path / "prepared.json"
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda i: write_json(target, {"writer": i % 4}), range(400)))
-    assert json.loads(target.read_text())["writer"] in range(4) and [p.name for p in tmp_path.iterdir()] == [target.name]
+    assert json.loads(target.read_text())["writer"] in range(4) and [p.name for p in tmp_path.iterdir()] == [
+        target.name
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -227,8 +247,18 @@ def test_kill_9_then_resume_equals_an_uninterrupted_collection(tiny_collection, 
 
 @pytest.mark.slow
 def test_ctrl_c_stops_the_collection_and_the_same_command_resumes_the_run_from_its_checkpoint(imdb_dir, tmp_path):
-    args = ["--runs", "1", "--name", "long", "--", f"data.path={imdb_dir}", "num_clients=2", "num_rounds=8",
-            "data.train_size=400", "data.test_size=200"]
+    args = [
+        "--runs",
+        "1",
+        "--name",
+        "long",
+        "--",
+        f"data.path={imdb_dir}",
+        "num_clients=2",
+        "num_rounds=8",
+        "data.train_size=400",
+        "data.test_size=200",
+    ]
     proc = collect(tmp_path, *args, start_new_session=True)
     rounds = tmp_path / "long" / "runs" / "run_0000" / "rounds.csv"
     deadline = time.time() + 300
@@ -263,20 +293,34 @@ def test_results_loader_and_example_notebook(tiny_collection):
     notebook = nbformat.read(ROOT / "notebooks" / "explore_collection.ipynb", as_version=4)
     os.environ["FEDSIM_COLLECTION"] = str(path)
     try:
-        nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
-                                resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+        nbclient.NotebookClient(
+            notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+        ).execute()
     finally:
         del os.environ["FEDSIM_COLLECTION"]
-    images = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs
-              if "image/png" in o.get("data", {})]
+    images = [
+        o
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
+        if "image/png" in o.get("data", {})
+    ]
     assert len(images) == 3
 
 
 def test_config_columns_split_overrides_for_pivots():
     from fedsim.results.loading import config_columns
 
-    summary = pd.DataFrame({"config": ["num_rounds=3 attack=sign_flip strategy=krum", "num_rounds=3 attack=none "
-                                       "strategy=krum", "defaults"], "mean": [0.7, 0.8, 0.9]})
+    summary = pd.DataFrame(
+        {
+            "config": [
+                "num_rounds=3 attack=sign_flip strategy=krum",
+                "num_rounds=3 attack=none strategy=krum",
+                "defaults",
+            ],
+            "mean": [0.7, 0.8, 0.9],
+        }
+    )
     table = config_columns(summary)
     assert table.loc[0, ["num_rounds", "attack", "strategy"]].tolist() == ["3", "sign_flip", "krum"]
     assert table.iloc[:2].pivot(index="attack", columns="strategy", values="mean").loc["none", "krum"] == 0.8

@@ -22,42 +22,57 @@ from fedsim.system.processes import child_env, command, scripts_dir
 from fedsim.system.waits import TimedOut, wait_for
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["+foo=1"], "foo: not a fedsim key; allowed: a key of conf/"),
-    (["num_client=5"], "num_client: not a fedsim key; allowed: num_clients"),
-    (["+num_client=5"], "num_client: not a fedsim key; allowed: num_clients"),
-    (["+num_clients=5"], "num_clients: is a fedsim key already; allowed: num_clients=VALUE, without '+'"),
-    (["strategy=nosuch"], "strategy: no option 'nosuch'; allowed: bulyan, fedadagrad, fedadam, fedavg, "),
-    (["-m", "strategy=fedavg,nosuch"], "strategy: no option 'nosuch'; allowed: "),
-    (["strategy.proximal_mu=0.1"], "strategy.proximal_mu: not a key of the chosen strategy; allowed: strategy=fedprox"),
-    (["+strategy.eta=0.1"], "strategy.eta: not a key of the chosen strategy; allowed: strategy=fedadagrad or "),
-    (["+strategy.foo=0.1"], "strategy.foo: not a fedsim key; allowed: "),
-    (["-m", "strategy=fedavg,fedprox", "strategy.proximal_mu=0.1"], "strategy.proximal_mu: not a key of the chosen"),
-])
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["+foo=1"], "foo: not a fedsim key; allowed: a key of conf/"),
+        (["num_client=5"], "num_client: not a fedsim key; allowed: num_clients"),
+        (["+num_client=5"], "num_client: not a fedsim key; allowed: num_clients"),
+        (["+num_clients=5"], "num_clients: is a fedsim key already; allowed: num_clients=VALUE, without '+'"),
+        (["strategy=nosuch"], "strategy: no option 'nosuch'; allowed: bulyan, fedadagrad, fedadam, fedavg, "),
+        (["-m", "strategy=fedavg,nosuch"], "strategy: no option 'nosuch'; allowed: "),
+        (
+            ["strategy.proximal_mu=0.1"],
+            "strategy.proximal_mu: not a key of the chosen strategy; allowed: strategy=fedprox",
+        ),
+        (["+strategy.eta=0.1"], "strategy.eta: not a key of the chosen strategy; allowed: strategy=fedadagrad or "),
+        (["+strategy.foo=0.1"], "strategy.foo: not a fedsim key; allowed: "),
+        (
+            ["-m", "strategy=fedavg,fedprox", "strategy.proximal_mu=0.1"],
+            "strategy.proximal_mu: not a key of the chosen",
+        ),
+    ],
+)
 def test_overrides_outside_the_config_tree_are_one_line(argv, says):
     with pytest.raises(ConfigError) as refused:
         check_command_line(argv)
     assert str(refused.value).startswith(says) and "\n" not in str(refused.value), str(refused.value)
 
 
-@pytest.mark.parametrize("argv", [
-    ["num_clients=4", "strategy=fedprox", "strategy.proximal_mu=0.1"],
-    ["strategy=fedadam", "strategy.eta=0.01"],
-    ["archive.layers=[embedding.*,fc.*]"],
-    ["++tracking.tags.run_id=3", "tracking.group='a b'"],  # an open mapping: the user's own tag names
-    ["+model.optimizer.weight_decay=0.01"],  # a parameter of the object the node builds (torch.optim.Adam)
-    ["hydra.run.dir=/tmp/x", "hydra.job.chdir=false"],  # Hydra's own keys are Hydra's to check
-    ["-m", "seed=0,1", "strategy=fedavg,fedprox"],
-    ["--help"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["num_clients=4", "strategy=fedprox", "strategy.proximal_mu=0.1"],
+        ["strategy=fedadam", "strategy.eta=0.01"],
+        ["archive.layers=[embedding.*,fc.*]"],
+        ["++tracking.tags.run_id=3", "tracking.group='a b'"],  # an open mapping: the user's own tag names
+        ["+model.optimizer.weight_decay=0.01"],  # a parameter of the object the node builds (torch.optim.Adam)
+        ["hydra.run.dir=/tmp/x", "hydra.job.chdir=false"],  # Hydra's own keys are Hydra's to check
+        ["-m", "seed=0,1", "strategy=fedavg,fedprox"],
+        ["--help"],
+    ],
+)
 def test_overrides_main_py_runs_pass(argv):
     check_command_line(argv)
 
 
 def test_settings_flower_would_wait_on_forever_are_refused():
     for key in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
-        with pytest.raises(ConfigError, match=rf"^strategy.{key}: 5, but the federation has num_clients=3 .*"
-                                              r"wait forever.*; allowed: at most 3$"):
+        with pytest.raises(
+            ConfigError,
+            match=rf"^strategy.{key}: 5, but the federation has num_clients=3 .*"
+            r"wait forever.*; allowed: at most 3$",
+        ):
             build(make_cfg("num_clients=3", f"strategy.{key}=5"))
     build(make_cfg("num_clients=3", "strategy.fraction_evaluate=0", "strategy.min_evaluate_nodes=5"))  # not used
 
@@ -74,9 +89,17 @@ def test_a_collection_refuses_what_main_py_would_before_it_exists():
 
 def hold(run_dir: Path) -> subprocess.Popen:
     """Another process that owns `run_dir` until it is killed."""
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from fedsim.run.directory import claim; "
-                               f"claim({str(run_dir)!r}); print('held', flush=True); time.sleep(300)"],
-                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from fedsim.run.directory import claim; "
+            f"claim({str(run_dir)!r}); print('held', flush=True); time.sleep(300)",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     return holder
 
@@ -95,8 +118,11 @@ def test_a_directory_a_live_run_owns_is_refused_naming_its_pid(tmp_path):
     holder = hold(tmp_path / "run")
     try:
         assert in_use(tmp_path / "run") == f"pid {holder.pid}"
-        with pytest.raises(ConfigError, match=rf"^hydra.run.dir: .*run is in use by a live run \(pid {holder.pid}\); "
-                                              "allowed: another directory"):
+        with pytest.raises(
+            ConfigError,
+            match=rf"^hydra.run.dir: .*run is in use by a live run \(pid {holder.pid}\); "
+            "allowed: another directory",
+        ):
             claim(tmp_path / "run", overwrite=True)
     finally:
         holder.kill()
@@ -106,19 +132,32 @@ def test_a_directory_a_live_run_owns_is_refused_naming_its_pid(tmp_path):
     release(tmp_path / "run")
 
 
-@pytest.mark.parametrize("status, says", [
-    ("completed", "holds a run (completed, 3 rounds); allowed: another directory, overwrite=true to replace it, "
-                  "resume={run} num_rounds=MORE to continue it"),
-    ("interrupted", "holds a run (interrupted, 3 rounds); allowed: another directory, overwrite=true to replace it, "
-                    "resume={run} to continue it"),
-])
+@pytest.mark.parametrize(
+    "status, says",
+    [
+        (
+            "completed",
+            "holds a run (completed, 3 rounds); allowed: another directory, overwrite=true to replace it, "
+            "resume={run} num_rounds=MORE to continue it",
+        ),
+        (
+            "interrupted",
+            "holds a run (interrupted, 3 rounds); allowed: another directory, overwrite=true to replace it, "
+            "resume={run} to continue it",
+        ),
+    ],
+)
 def test_a_directory_holding_a_stopped_or_finished_run_is_refused_unless_overwritten(tmp_path, status, says):
     run = finished_run(tmp_path / "run", status)
     with pytest.raises(ConfigError) as refused:
         claim(run)
     assert str(refused.value) == f"hydra.run.dir: {run} {says.format(run=run)}"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.safetensors", "config.yaml", "rounds.csv",
-                                                      "run.json"]  # nothing touched
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoint.safetensors",
+        "config.yaml",
+        "rounds.csv",
+        "run.json",
+    ]  # nothing touched
     claim(run, resume=True)  # continuing it is its own run
     release(run)
     claim(run, overwrite=True, keep=("main.log",))
@@ -142,8 +181,9 @@ def test_a_collection_leaves_a_run_directory_a_live_run_owns_alone(tmp_path, imd
     holder = hold(collection.run_dir(0))
     try:
         lines: list[str] = []
-        failed = run_collection(collection, ROOT / "main.py", plan([f"data.path={imdb_dir}"], [], [0]),
-                                echo=lines.append)
+        failed = run_collection(
+            collection, ROOT / "main.py", plan([f"data.path={imdb_dir}"], [], [0]), echo=lines.append
+        )
         assert failed == 0 and any(line.startswith("[busy] run 0") and f"pid {holder.pid}" in line for line in lines)
         assert [p.name for p in collection.run_dir(0).iterdir()] == [LOCK]  # untouched
     finally:
@@ -153,10 +193,19 @@ def test_a_collection_leaves_a_run_directory_a_live_run_owns_alone(tmp_path, imd
 
 
 def test_a_wait_ends_at_its_deadline_naming_what_it_waited_for_and_its_key():
-    with pytest.raises(TimedOut, match=r"^gave up waiting for 3 nodes after 0.2 s \(runtime.startup_timeout_s sets "
-                                       r"how long\): 1 joined$"):
-        wait_for(lambda: False, timeout_s=0.2, what="3 nodes", key="runtime.startup_timeout_s", poll_s=0.05,
-                 hint=lambda: "1 joined")
+    with pytest.raises(
+        TimedOut,
+        match=r"^gave up waiting for 3 nodes after 0.2 s \(runtime.startup_timeout_s sets "
+        r"how long\): 1 joined$",
+    ):
+        wait_for(
+            lambda: False,
+            timeout_s=0.2,
+            what="3 nodes",
+            key="runtime.startup_timeout_s",
+            poll_s=0.05,
+            hint=lambda: "1 joined",
+        )
     ticks = iter(range(10))
     assert wait_for(lambda: next(ticks) == 3 and "ready", timeout_s=60, what="x", key="k", poll_s=0) == "ready"
 

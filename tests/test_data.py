@@ -35,8 +35,9 @@ def test_iid_partitions_cover_the_rows_once_with_equal_sizes(generated_imdb):
 
 def test_dirichlet_with_small_alpha_is_label_skewed(generated_imdb):
     labels = make_reviews(1200, 0).label.to_numpy()
-    skewed = _label_shares(_prepared(generated_imdb, "num_clients=6", "partition=dirichlet",
-                                     "partition.alpha=0.1"), labels, 6)
+    skewed = _label_shares(
+        _prepared(generated_imdb, "num_clients=6", "partition=dirichlet", "partition.alpha=0.1"), labels, 6
+    )
     iid = _label_shares(_prepared(generated_imdb, "num_clients=6"), labels, 6)
     assert np.std(skewed) > 0.25 > np.std(iid)
 
@@ -94,10 +95,13 @@ def test_reads_an_aclimdb_tree(tmp_path):
     assert splits["test"].labels.tolist() == [0, 1]
 
 
-@pytest.mark.parametrize("path, message", [
-    ("/nonexistent", "no such directory"),
-    ("./not/here", "no such directory"),
-])
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("/nonexistent", "no such directory"),
+        ("./not/here", "no such directory"),
+    ],
+)
 def test_bad_paths_name_the_key(path, message):
     with pytest.raises(ConfigError, match=message) as err:
         read_imdb(path)
@@ -118,8 +122,14 @@ def test_more_clients_than_rows_is_refused(generated_imdb):
 
 def test_a_partition_flwr_datasets_cannot_make_is_one_config_error(generated_imdb):
     with pytest.raises(ConfigError, match=r"^partition: .*partition.alpha"):
-        _prepared(generated_imdb, "num_clients=50", "data.train_size=60", "partition=dirichlet",
-                  "partition.alpha=0.01", "partition.min_partition_size=2")
+        _prepared(
+            generated_imdb,
+            "num_clients=50",
+            "data.train_size=60",
+            "partition=dirichlet",
+            "partition.alpha=0.01",
+            "partition.min_partition_size=2",
+        )
 
 
 def test_partition_is_cached_once_for_every_actor(generated_imdb):
@@ -134,8 +144,13 @@ def test_partition_is_cached_once_for_every_actor(generated_imdb):
 @pytest.mark.parametrize("damage", ["truncate", "flip a byte"])
 @pytest.mark.parametrize("which", ["train_file", "partition_file"])
 def test_a_damaged_cache_file_is_detected_named_and_rebuilt(generated_imdb, tmp_path, capsys, damage, which):
-    cfg = make_cfg(f"data.path={generated_imdb}", "num_clients=4", "data.train_size=300", "data.test_size=50",
-                   f"data.cache_dir={tmp_path}")
+    cfg = make_cfg(
+        f"data.path={generated_imdb}",
+        "num_clients=4",
+        "data.train_size=300",
+        "data.test_size=50",
+        f"data.cache_dir={tmp_path}",
+    )
     path = getattr(prepare_data(cfg), which)
     good = open(path, "rb").read()
     with open(path, "r+b") as f:

@@ -46,8 +46,11 @@ def federation_processes() -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
         try:
-            if entry.isdigit() and b"FEDSIM_FEDERATION=" in Path(f"/proc/{entry}/environ").read_bytes() \
-                    and alive(int(entry)):
+            if (
+                entry.isdigit()
+                and b"FEDSIM_FEDERATION=" in Path(f"/proc/{entry}/environ").read_bytes()
+                and alive(int(entry))
+            ):
                 found.append(int(entry))
         except OSError:
             continue
@@ -116,8 +119,11 @@ class SilentGrid:
         return [m.metadata.message_id for m in messages]
 
     def pull_messages(self, message_ids):
-        replies = [Message(RecordDict(), reply_to=m) for m in self.pending
-                   if m.metadata.dst_node_id != self.lost and m.metadata.message_id in message_ids]
+        replies = [
+            Message(RecordDict(), reply_to=m)
+            for m in self.pending
+            if m.metadata.dst_node_id != self.lost and m.metadata.message_id in message_ids
+        ]
         self.pending = [m for m in self.pending if m.metadata.dst_node_id == self.lost]
         return replies
 
@@ -132,17 +138,30 @@ def test_a_node_that_dies_holding_a_message_becomes_an_error_reply_not_a_hang(mo
     messages = [Message(RecordDict(), dst_node_id=0, message_type=MessageType.TRAIN) for _ in range(3)]
     replies = participants.exchange(grid, messages, [0, 1, 2], timeout=60)  # a timeout would give None, no error
     assert not replies[0].has_error() and not replies[1].has_error()
-    assert replies[2].error.code == ErrorCode.NODE_UNAVAILABLE and "node 33 is offline: it missed its heartbeats" in replies[2].error.reason
+    assert (
+        replies[2].error.code == ErrorCode.NODE_UNAVAILABLE
+        and "node 33 is offline: it missed its heartbeats" in replies[2].error.reason
+    )
 
 
 def test_a_node_with_its_own_data_path_trains_and_evaluates_on_it(imdb_dir, tmp_path):
     own = tmp_path / "node-data"
     own.mkdir()
     make_reviews(50, 7).to_parquet(own / "mine.parquet")
-    cfg = make_cfg(f"data.path={imdb_dir}", "num_clients=3", "data.train_size=300", "data.test_size=100",
-                   f"data.cache_dir={tmp_path / 'node-cache'}")  # nothing prepared here: the node's own cache only
-    context = Context(run_id=1, node_id=5, state=RecordDict(), run_config=flatten(cfg),
-                      node_config={"partition-id": 1, "num-partitions": 3, "data-path": str(own)})
+    cfg = make_cfg(
+        f"data.path={imdb_dir}",
+        "num_clients=3",
+        "data.train_size=300",
+        "data.test_size=100",
+        f"data.cache_dir={tmp_path / 'node-cache'}",
+    )  # nothing prepared here: the node's own cache only
+    context = Context(
+        run_id=1,
+        node_id=5,
+        state=RecordDict(),
+        run_config=flatten(cfg),
+        node_config={"partition-id": 1, "num-partitions": 3, "data-path": str(own)},
+    )
     client = client_fn(context)
     assert (client.trainloader.num_examples, client.valloader.num_examples) == (40, 10)
     weights = [p.detach().numpy().copy() for p in client.model.parameters()]
@@ -164,8 +183,9 @@ def no_federation_left():
 
 
 @pytest.mark.slow
-def test_deployment_stopped_mid_round_and_resumed_equals_the_simulation(small_run, imdb_dir, tmp_path,
-                                                                         no_federation_left):
+def test_deployment_stopped_mid_round_and_resumed_equals_the_simulation(
+    small_run, imdb_dir, tmp_path, no_federation_left
+):
     """TLS and node authentication on, 3 SuperNodes, 2 rounds, against main.py's simulation of the same config
     and seed (`small_run`). Ctrl-C lands while round 2 trains (a gate holds its clients); the same run resumed
     from its round-1 checkpoint then gives the simulation's numbers exactly: the clients compute the same thing
@@ -174,13 +194,25 @@ def test_deployment_stopped_mid_round_and_resumed_equals_the_simulation(small_ru
     beside the interpreter."""
     deployed, gate = tmp_path / "deployed", tmp_path / "gate"
     env = gated_env(gate, open_from=3, PATH="/usr/bin:/bin")  # round 1's 3 clients pass; round 2's are held
-    command = [sys.executable, "main.py", f"hydra.run.dir={deployed}", f"data.path={imdb_dir}", *SMALL,
-               "runtime=deployment", "model.optimizer._target_=helpers.gates.adam_after_gate"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    command = [
+        sys.executable,
+        "main.py",
+        f"hydra.run.dir={deployed}",
+        f"data.path={imdb_dir}",
+        *SMALL,
+        "runtime=deployment",
+        "model.optimizer._target_=helpers.gates.adam_after_gate",
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
-        wait_for(lambda: waiting(gate) or process.poll() is not None, timeout_s=600, what="round 2's training",
-                 key="the test")
+        wait_for(
+            lambda: waiting(gate) or process.poll() is not None,
+            timeout_s=600,
+            what="round 2's training",
+            key="the test",
+        )
         assert process.poll() is None, process.communicate()
         os.kill(process.pid, signal.SIGINT)
         out, err = process.communicate(timeout=120)
@@ -188,8 +220,9 @@ def test_deployment_stopped_mid_round_and_resumed_equals_the_simulation(small_ru
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     (gate / "open").touch()
-    assert process.returncode == 130 and err == f"interrupted by SIGINT; resume with: python main.py " \
-                                                 f"resume={deployed}\n", out[-3000:] + err[-3000:]
+    assert (
+        process.returncode == 130 and err == f"interrupted by SIGINT; resume with: python main.py resume={deployed}\n"
+    ), out[-3000:] + err[-3000:]
     assert "round   1/2" in out and "Starting logstream" not in out  # Flower's own log lines stay in its logs
     info = json.loads((deployed / "run.json").read_text())
     assert info["status"] == "interrupted" and info["rounds_completed"] == 1 and info["runtime"] == "deployment"
@@ -200,8 +233,14 @@ def test_deployment_stopped_mid_round_and_resumed_equals_the_simulation(small_ru
     assert set(pids) == {"superlink", "supernode_0", "supernode_1", "supernode_2", "flwr run"}
     assert not any(alive(pid) for pid in pids.values())
 
-    resumed = subprocess.run([sys.executable, "main.py", f"resume={deployed}"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(
+        [sys.executable, "main.py", f"resume={deployed}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "round   2/2" in resumed.stdout and "done: final central_accuracy" in resumed.stdout
     info = json.loads((deployed / "run.json").read_text())
@@ -218,8 +257,17 @@ def test_deployment_stopped_mid_round_and_resumed_equals_the_simulation(small_ru
 @pytest.mark.slow
 def test_a_supernode_killed_in_round_2_is_recorded_and_the_run_goes_on(imdb_dir, tmp_path, no_federation_left):
     run_dir = tmp_path / "run"
-    process = start_main(run_dir, f"data.path={imdb_dir}", "num_clients=2", "num_rounds=2", "data.train_size=400",
-                         "data.test_size=100", "scrutiny=false", "strategy.fraction_evaluate=0", "runtime=deployment")
+    process = start_main(
+        run_dir,
+        f"data.path={imdb_dir}",
+        "num_clients=2",
+        "num_rounds=2",
+        "data.train_size=400",
+        "data.test_size=100",
+        "scrutiny=false",
+        "strategy.fraction_evaluate=0",
+        "runtime=deployment",
+    )
     try:
         wait_for_round(process, 1)
         victim = json.loads((run_dir / "logs" / "processes.json").read_text())["supernode_1"]
@@ -253,8 +301,10 @@ def test_supernodes_with_an_untrusted_ca_or_an_unregistered_key_are_refused(tmp_
         wrong_ca = federation.start_supernode(0, other_ca / "ca.crt", certs / "node_0", name="wrong_ca")
         make_node_key(tmp_path, "stranger")  # a key the SuperLink was never told of
         unregistered = federation.start_supernode(0, certs / "ca.crt", tmp_path / "stranger", name="unregistered")
-        for node, hint, says in ((wrong_ca, "does not trust the SuperLink's certificate", "CERTIFICATE_VERIFY_FAILED"),
-                                 (unregistered, "does not know the node's public key", "Failed to activate SuperNode")):
+        for node, hint, says in (
+            (wrong_ca, "does not trust the SuperLink's certificate", "CERTIFICATE_VERIFY_FAILED"),
+            (unregistered, "does not know the node's public key", "Failed to activate SuperNode"),
+        ):
             with pytest.raises(RunFailed, match=rf"^{node.name} was refused: .*{hint}.*{says}"):
                 federation.wait_joined([node])
             assert says in node.log.read_text()

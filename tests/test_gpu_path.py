@@ -33,8 +33,21 @@ def test_gpu_share_with_a_gpu_is_accepted_up_to_the_machines_gpus(monkeypatch):
 
 
 def test_clients_use_cuda_only_when_asked_and_present():
-    settings = dict(prepared=None, net=None, featurizer=None, cache_dir="", val_fraction=0.2, optimizer=None,
-                    local_epochs=1, batch_size=2, lr=0.1, num_threads=1, seed=0, log_level="WARNING", attack=None)
+    settings = dict(
+        prepared=None,
+        net=None,
+        featurizer=None,
+        cache_dir="",
+        val_fraction=0.2,
+        optimizer=None,
+        local_epochs=1,
+        batch_size=2,
+        lr=0.1,
+        num_threads=1,
+        seed=0,
+        log_level="WARNING",
+        attack=None,
+    )
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert ClientSettings(use_gpu=True, **settings).device.type == expected
     assert ClientSettings(use_gpu=False, **settings).device.type == "cpu"

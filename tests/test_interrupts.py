@@ -44,8 +44,9 @@ except Interrupted as exc:
 
 def test_after_a_signal_what_threads_print_goes_to_main_log(tmp_path):
     log = tmp_path / "main.log"
-    done = subprocess.run([sys.executable, "-c", DYING_THREADS, str(log)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", DYING_THREADS, str(log)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 130
     assert done.stderr == "interrupted by SIGINT; resume with: ...\n" and done.stdout == "before the signal\n"
     logged = log.read_text()
@@ -57,21 +58,35 @@ SMALL_RUN = ["num_clients=2", "num_rounds=3", "data.train_size=400", "data.test_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where, hold, signum, group", [
-    ("start-up", "model.net._target_=helpers.gates.bow_after_gate", signal.SIGINT, True),
-    ("mid-training", "model.optimizer._target_=helpers.gates.adam_after_gate", signal.SIGINT, True),
-    ("mid-training", "model.optimizer._target_=helpers.gates.adam_after_gate", signal.SIGTERM, False),
-])
-def test_a_signal_anywhere_gives_one_line_a_resumable_run_and_no_process_left(where, hold, signum, group, imdb_dir,
-                                                                              tmp_path):
+@pytest.mark.parametrize(
+    "where, hold, signum, group",
+    [
+        ("start-up", "model.net._target_=helpers.gates.bow_after_gate", signal.SIGINT, True),
+        ("mid-training", "model.optimizer._target_=helpers.gates.adam_after_gate", signal.SIGINT, True),
+        ("mid-training", "model.optimizer._target_=helpers.gates.adam_after_gate", signal.SIGTERM, False),
+    ],
+)
+def test_a_signal_anywhere_gives_one_line_a_resumable_run_and_no_process_left(
+    where, hold, signum, group, imdb_dir, tmp_path
+):
     """Ctrl-C reaches main.py's whole process group (a terminal's); SIGTERM only main.py (a scheduler's)."""
     run_dir, gate = tmp_path / "run", tmp_path / "gate"
-    process = subprocess.Popen([sys.executable, "main.py", f"hydra.run.dir={run_dir}", f"data.path={imdb_dir}",
-                                *SMALL_RUN, hold], cwd=ROOT, env=gated_env(gate), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "main.py", f"hydra.run.dir={run_dir}", f"data.path={imdb_dir}", *SMALL_RUN, hold],
+        cwd=ROOT,
+        env=gated_env(gate),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        wait_for(lambda: waiting(gate) or process.poll() is not None, timeout_s=300, what=f"the run's {where}",
-                 key="the test")
+        wait_for(
+            lambda: waiting(gate) or process.poll() is not None,
+            timeout_s=300,
+            what=f"the run's {where}",
+            key="the test",
+        )
         assert process.poll() is None, process.communicate()
         (os.killpg if group else os.kill)(process.pid, signum)
         out, err = process.communicate(timeout=120)

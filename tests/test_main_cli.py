@@ -44,17 +44,20 @@ def test_run_writes_every_file_with_spec_columns(small_run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides, key", [
-    (["num_clients=0"], "num_clients"),
-    (["num_rounds=0"], "num_rounds"),
-    (["scrutiny=maybe"], "scrutiny"),
-    (["strategy.fraction_train=1.5"], "strategy.fraction_train"),
-    (["data.path=/nonexistent"], "data.path"),
-    (["strategy=bulyan", "num_clients=3"], "strategy.num_malicious_nodes"),
-    (["strategy=trimmed_mean", "strategy.beta=0.5"], "strategy"),
-    (["attack=none", "attack.node_ratio=0.3"], "attack.node_ratio"),
-    (["attack=label_flip", "attack.data_ratio=2"], "attack.data_ratio"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["num_clients=0"], "num_clients"),
+        (["num_rounds=0"], "num_rounds"),
+        (["scrutiny=maybe"], "scrutiny"),
+        (["strategy.fraction_train=1.5"], "strategy.fraction_train"),
+        (["data.path=/nonexistent"], "data.path"),
+        (["strategy=bulyan", "num_clients=3"], "strategy.num_malicious_nodes"),
+        (["strategy=trimmed_mean", "strategy.beta=0.5"], "strategy"),
+        (["attack=none", "attack.node_ratio=0.3"], "attack.node_ratio"),
+        (["attack=label_flip", "attack.data_ratio=2"], "attack.data_ratio"),
+    ],
+)
 def test_bad_input_is_one_clear_line_and_exit_2(overrides, key, imdb_dir, tmp_path):
     overrides = [f"data.path={imdb_dir}", *overrides] if "data.path" not in overrides[0] else overrides
     result = run_main(tmp_path, *overrides, "data.train_size=100", "data.test_size=10")
@@ -78,21 +81,44 @@ def defective_imdb(root: Path, defect: str) -> Path:
     return root
 
 
-@pytest.mark.parametrize("case, overrides, key, says", [
-    ("no validation rows", ["data.val_fraction=0"], "data.val_fraction", "nothing to evaluate"),
-    ("a partition too small to evaluate", ["num_clients=200"], "data.val_fraction",
-     "client 0 holds 1 rows, 0 of them for validation"),
-    ("labels outside the classes", ["DEFECT=labels"], "data.path", "labels [-1, 7] outside IMDB's classes"),
-    ("null and empty texts", ["DEFECT=texts"], "data.path", "3 of 200 train rows"),
-    ("a model directory that does not exist", ["model=hf", "model.name=/no/such/model"], "model.name",
-     "no such directory"),
-    ("more CPUs per client than the machine has", ["resources.num_cpus=4096"], "resources.num_cpus",
-     "Ray would wait forever"),
-    ("a Hub dataset with the Hub out of reach", ["data.path=stanfordnlp/imdb-not-cached"], "data.path",
-     "data.path=DIR or IMDB_PATH=DIR"),
-    ("a Hub model with the Hub out of reach", ["model=hf", "model.name=someone/not-cached"], "model.name",
-     "model.name=/path/to/checkpoint"),
-])
+@pytest.mark.parametrize(
+    "case, overrides, key, says",
+    [
+        ("no validation rows", ["data.val_fraction=0"], "data.val_fraction", "nothing to evaluate"),
+        (
+            "a partition too small to evaluate",
+            ["num_clients=200"],
+            "data.val_fraction",
+            "client 0 holds 1 rows, 0 of them for validation",
+        ),
+        ("labels outside the classes", ["DEFECT=labels"], "data.path", "labels [-1, 7] outside IMDB's classes"),
+        ("null and empty texts", ["DEFECT=texts"], "data.path", "3 of 200 train rows"),
+        (
+            "a model directory that does not exist",
+            ["model=hf", "model.name=/no/such/model"],
+            "model.name",
+            "no such directory",
+        ),
+        (
+            "more CPUs per client than the machine has",
+            ["resources.num_cpus=4096"],
+            "resources.num_cpus",
+            "Ray would wait forever",
+        ),
+        (
+            "a Hub dataset with the Hub out of reach",
+            ["data.path=stanfordnlp/imdb-not-cached"],
+            "data.path",
+            "data.path=DIR or IMDB_PATH=DIR",
+        ),
+        (
+            "a Hub model with the Hub out of reach",
+            ["model=hf", "model.name=someone/not-cached"],
+            "model.name",
+            "model.name=/path/to/checkpoint",
+        ),
+    ],
+)
 def test_bad_input_battery(case, overrides, key, says, tmp_path):
     """Each is a ConfigError (main.py's one line and exit 2, tested above) raised before the federation starts."""
     defect = next((o.split("=")[1] for o in overrides if o.startswith("DEFECT=")), None)
@@ -112,13 +138,25 @@ def test_bad_input_battery(case, overrides, key, says, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("override, line", [
-    ("+foo=1", "error: foo: not a fedsim key; allowed: a key of conf/ (README, Configuration), e.g. data, partition, "
-               "model, strategy, archive, attack, faults, runtime"),
-    ("num_client=5", "error: num_client: not a fedsim key; allowed: num_clients, client, client.lr (the nearest keys)"),
-    ("strategy=nosuch", "error: strategy: no option 'nosuch'; allowed: bulyan, fedadagrad, fedadam, fedavg, fedavgm, "
-                        "fedmedian, fedprox, fedyogi, krum, multikrum, trimmed_mean"),
-])
+@pytest.mark.parametrize(
+    "override, line",
+    [
+        (
+            "+foo=1",
+            "error: foo: not a fedsim key; allowed: a key of conf/ (README, Configuration), e.g. data, partition, "
+            "model, strategy, archive, attack, faults, runtime",
+        ),
+        (
+            "num_client=5",
+            "error: num_client: not a fedsim key; allowed: num_clients, client, client.lr (the nearest keys)",
+        ),
+        (
+            "strategy=nosuch",
+            "error: strategy: no option 'nosuch'; allowed: bulyan, fedadagrad, fedadam, fedavg, fedavgm, "
+            "fedmedian, fedprox, fedyogi, krum, multikrum, trimmed_mean",
+        ),
+    ],
+)
 def test_keys_and_options_outside_the_config_are_one_line_before_anything_is_written(override, line, tmp_path):
     result = run_main(tmp_path / "run", override)
     assert result.returncode == 2 and result.stderr == line + "\n" and result.stdout == ""
@@ -131,14 +169,21 @@ def test_a_run_into_a_finished_runs_directory_is_refused_and_touches_nothing(sma
     result = run_main(small_run, "num_rounds=1")
     assert result.returncode == 2 and result.stderr == (
         f"error: hydra.run.dir: {small_run} holds a run (completed, 2 rounds); allowed: another directory, "
-        f"overwrite=true to replace it, resume={small_run} num_rounds=MORE to continue it\n")
+        f"overwrite=true to replace it, resume={small_run} num_rounds=MORE to continue it\n"
+    )
     assert {p: p.stat().st_mtime_ns for p in small_run.rglob("*") if p.name != ".lock"} == before
 
 
 def start_main(run_dir: Path, *overrides: str) -> subprocess.Popen:
     """main.py in its own process group, so that the test can kill everything it started."""
-    return subprocess.Popen([sys.executable, "main.py", f"hydra.run.dir={run_dir}", *overrides], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "main.py", f"hydra.run.dir={run_dir}", *overrides],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def wait_for_round(process: subprocess.Popen, server_round: int) -> str:
@@ -165,8 +210,9 @@ def assert_group_ends(process: subprocess.Popen, within_s: float = 20) -> None:
 @pytest.mark.slow
 def test_ctrl_c_mid_run_stops_within_seconds_recorded_and_resumable(imdb_dir, tmp_path):
     run_dir = tmp_path / "run"
-    process = start_main(run_dir, f"data.path={imdb_dir}", "num_clients=2", "num_rounds=40", "data.train_size=400",
-                         "data.test_size=200")
+    process = start_main(
+        run_dir, f"data.path={imdb_dir}", "num_clients=2", "num_rounds=40", "data.train_size=400", "data.test_size=200"
+    )
     try:
         wait_for_round(process, 2)
         process.send_signal(signal.SIGINT)
@@ -194,8 +240,9 @@ def test_kill_9_mid_run_is_reported_dead_and_resumes_to_an_uninterrupted_runs_nu
         os.killpg(process.pid, signal.SIGKILL)  # then what it had started (Ray), by the test's own hand
     assert load(cut).info["status"] == "dead"
 
-    result = subprocess.run([sys.executable, "main.py", f"resume={cut}"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, "main.py", f"resume={cut}"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ("rounds.csv", "clients.csv", "layers.csv"):
         timing = ["round_time_s", "fit_time_s", "driver_rss_mb", "driver_shared_mb", "node"]  # node: its Ray instance's
@@ -208,8 +255,15 @@ def test_kill_9_mid_run_is_reported_dead_and_resumes_to_an_uninterrupted_runs_nu
 @pytest.mark.slow
 def test_every_client_failing_ends_the_process_with_their_error_in_one_line(imdb_dir, tmp_path):
     """A failure inside the engine (here every client's optimizer cannot be built) ends main.py at once."""
-    process = start_main(tmp_path, f"data.path={imdb_dir}", "num_clients=2", "num_rounds=3", "data.train_size=400",
-                         "data.test_size=200", "model.optimizer._target_=no_such_module.Optimizer")
+    process = start_main(
+        tmp_path,
+        f"data.path={imdb_dir}",
+        "num_clients=2",
+        "num_rounds=3",
+        "data.train_size=400",
+        "data.test_size=200",
+        "model.optimizer._target_=no_such_module.Optimizer",
+    )
     try:
         output, _ = process.communicate(timeout=300)
         assert_group_ends(process)

@@ -17,14 +17,19 @@ from fedsim.model.records import ArrayView, record_views, tensor_view, to_record
 
 def test_views_equal_flowers_own_decoding_without_copying():
     rng = np.random.default_rng(0)
-    arrays = [rng.standard_normal((300, 16)).astype(np.float32), np.arange(5, dtype=np.int64),
-              np.float32(2.5) * np.ones(()), np.asfortranarray(rng.standard_normal((3, 4))),
-              rng.standard_normal(7).astype(np.float16), np.zeros((0, 3), np.float32)]
+    arrays = [
+        rng.standard_normal((300, 16)).astype(np.float32),
+        np.arange(5, dtype=np.int64),
+        np.float32(2.5) * np.ones(()),
+        np.asfortranarray(rng.standard_normal((3, 4))),
+        rng.standard_normal(7).astype(np.float16),
+        np.zeros((0, 3), np.float32),
+    ]
     names = [f"layer{i}" for i in range(len(arrays))]
     record = to_record(names, arrays)
     assert list(record.keys()) == names  # state_dict order survives
     views = record_views(record)
-    for view, (name, array), original in zip(views, record.items(), arrays):
+    for view, array, original in zip(views, record.values(), arrays):
         reference = array.numpy()
         assert view.dtype == reference.dtype and view.shape == reference.shape
         np.testing.assert_array_equal(view, original)
@@ -60,16 +65,30 @@ def test_strategies_aggregate_array_views_to_the_bit(strategy):
     """Replies whose arrays decode as read-only views aggregate exactly as Flower's own copies do."""
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     rng = np.random.default_rng(0)
-    contents = [RecordDict({"arrays": to_record(["a", "b"], [rng.standard_normal((50, 4)).astype(np.float32),
-                                                             rng.standard_normal(3).astype(np.float32)]),
-                            "metrics": MetricRecord({"num-examples": n})}) for n in (3, 5, 7, 11)]
+    contents = [
+        RecordDict(
+            {
+                "arrays": to_record(
+                    ["a", "b"],
+                    [rng.standard_normal((50, 4)).astype(np.float32), rng.standard_normal(3).astype(np.float32)],
+                ),
+                "metrics": MetricRecord({"num-examples": n}),
+            }
+        )
+        for n in (3, 5, 7, 11)
+    ]
 
     def replies(view: bool) -> list[Message]:
         out = []
         for content in contents:
             arrays = viewed(content["arrays"]) if view else ArrayRecord(dict(content["arrays"].items()))
-            out.append(Message(RecordDict({"arrays": arrays, "metrics": content["metrics"]}), dst_node_id=2,
-                               message_type=MessageType.TRAIN))
+            out.append(
+                Message(
+                    RecordDict({"arrays": arrays, "metrics": content["metrics"]}),
+                    dst_node_id=2,
+                    message_type=MessageType.TRAIN,
+                )
+            )
         return out
 
     assert all(isinstance(a, ArrayView) for r in replies(view=True) for a in r.content["arrays"].values())

@@ -25,18 +25,33 @@ SMALL = ["num_clients=4", "data.train_size=400", "data.test_size=100", "archive.
 
 def flat_update(archive: Archive, rnd: int, client: int | None) -> np.ndarray:
     """Weights after round `rnd` (a client's, or the global with None) minus the global before it, as one vector."""
-    return np.concatenate([(archive.tensor(rnd, layer, client).astype(np.float64)
-                            - archive.tensor(rnd - 1, layer).astype(np.float64)).ravel()
-                           for layer in archive.layers()])
+    return np.concatenate(
+        [
+            (
+                archive.tensor(rnd, layer, client).astype(np.float64)
+                - archive.tensor(rnd - 1, layer).astype(np.float64)
+            ).ravel()
+            for layer in archive.layers()
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
 def server_fixed(generated_imdb, tmp_path_factory) -> Path:
     """Server-side clipping at C = 0.4 with noise z = 0.1; 2 of 4 clients per round, 2 rounds."""
     run_dir = tmp_path_factory.mktemp("server_fixed")
-    run_locally(make_cfg(f"data.path={generated_imdb}", *SMALL, "num_rounds=2", "strategy.fraction_train=0.5",
-                         "privacy=server_fixed", "privacy.clipping_norm=0.4", "privacy.noise_multiplier=0.1"),
-                run_dir)
+    run_locally(
+        make_cfg(
+            f"data.path={generated_imdb}",
+            *SMALL,
+            "num_rounds=2",
+            "strategy.fraction_train=0.5",
+            "privacy=server_fixed",
+            "privacy.clipping_norm=0.4",
+            "privacy.noise_multiplier=0.1",
+        ),
+        run_dir,
+    )
     return run_dir
 
 
@@ -44,8 +59,17 @@ def test_client_clipping_bounds_every_update(generated_imdb, tmp_path):
     """client_fixed: what each client sent (archived) lies within the clipping norm of the round's start,
     and clipping was active (unclipped updates are far larger)."""
     clipping_norm = 0.25
-    run_locally(make_cfg(f"data.path={generated_imdb}", *SMALL, "num_rounds=2", "privacy=client_fixed",
-                         f"privacy.clipping_norm={clipping_norm}", "privacy.noise_multiplier=0.01"), tmp_path)
+    run_locally(
+        make_cfg(
+            f"data.path={generated_imdb}",
+            *SMALL,
+            "num_rounds=2",
+            "privacy=client_fixed",
+            f"privacy.clipping_norm={clipping_norm}",
+            "privacy.noise_multiplier=0.01",
+        ),
+        tmp_path,
+    )
     archive, clients = Archive(tmp_path), pd.read_csv(tmp_path / "clients.csv")
     norms = [np.linalg.norm(flat_update(archive, rnd, c)) for rnd in (1, 2) for c in archive.clients(rnd)]
     assert len(norms) == 8
@@ -97,8 +121,17 @@ def test_epsilon_without_amplification_is_the_plain_gaussians():
 def test_adaptive_clipping_moves_the_norm_and_counts_epsilon(generated_imdb, tmp_path):
     """client_adaptive: the clients clip with Flower's adaptive mod and report whether they were clipped;
     the norm moves toward the target quantile from its start, and every round adds to ε."""
-    run_locally(make_cfg(f"data.path={generated_imdb}", *SMALL, "num_rounds=2", "archive.mode=none",
-                         "privacy=client_adaptive", "privacy.initial_clipping_norm=0.01"), tmp_path)
+    run_locally(
+        make_cfg(
+            f"data.path={generated_imdb}",
+            *SMALL,
+            "num_rounds=2",
+            "archive.mode=none",
+            "privacy=client_adaptive",
+            "privacy.initial_clipping_norm=0.01",
+        ),
+        tmp_path,
+    )
     assert json.loads((tmp_path / "run.json").read_text())["status"] == "completed"
     rounds = pd.read_csv(tmp_path / "rounds.csv")
     assert rounds.epsilon[1] > 0 and rounds.epsilon[2] > rounds.epsilon[1]
@@ -109,15 +142,18 @@ def test_adaptive_clipping_moves_the_norm_and_counts_epsilon(generated_imdb, tmp
     assert clients[clients["round"] == 2].update_norm.max() > 0.0105
 
 
-@pytest.mark.parametrize("overrides, key", [
-    (["privacy=server_fixed", "strategy=krum"], "privacy"),
-    (["privacy=server_adaptive", "strategy=fedmedian"], "privacy"),
-    (["privacy=client_fixed", "attack=sign_flip"], "privacy"),
-    (["privacy=client_adaptive", "transport=bfloat16"], "transport"),
-    (["privacy=server_adaptive", "privacy.noise_multiplier=2"], "privacy.noise_multiplier"),
-    (["privacy=server_fixed", "privacy.clipping_norm=0"], "privacy.clipping_norm"),
-    (["privacy=server_fixed", "privacy.sampling=poisson"], "privacy.sampling"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["privacy=server_fixed", "strategy=krum"], "privacy"),
+        (["privacy=server_adaptive", "strategy=fedmedian"], "privacy"),
+        (["privacy=client_fixed", "attack=sign_flip"], "privacy"),
+        (["privacy=client_adaptive", "transport=bfloat16"], "transport"),
+        (["privacy=server_adaptive", "privacy.noise_multiplier=2"], "privacy.noise_multiplier"),
+        (["privacy=server_fixed", "privacy.clipping_norm=0"], "privacy.clipping_norm"),
+        (["privacy=server_fixed", "privacy.sampling=poisson"], "privacy.sampling"),
+    ],
+)
 def test_combinations_that_cannot_work_are_refused_in_one_line(overrides, key):
     with pytest.raises(ConfigError) as refused:
         build(make_cfg(*overrides))
@@ -125,5 +161,7 @@ def test_combinations_that_cannot_work_are_refused_in_one_line(overrides, key):
 
 
 def test_server_side_dp_accepts_an_attack():
-    assert type(build(make_cfg("privacy=server_fixed", "attack=sign_flip")).strategy).__name__ == \
-        "DifferentialPrivacyServerSideFixedClipping"
+    assert (
+        type(build(make_cfg("privacy=server_fixed", "attack=sign_flip")).strategy).__name__
+        == "DifferentialPrivacyServerSideFixedClipping"
+    )

@@ -31,14 +31,17 @@ def test_layer_statistics_match_numpy_with_a_planted_outlier():
     assert stats["first_weight"] == pytest.approx(stack[:, 0].mean(), rel=1e-6)
 
 
-@pytest.mark.parametrize("values", [
-    np.random.default_rng(4).standard_normal((10, 3000)),  # one bucket holds several wanted ranks
-    np.random.default_rng(5).integers(-3, 3, 1001),  # ties across buckets
-    np.array([-0.0, 0.0, -1.0, 2.0, 2.0, 2.0]),  # signed zeros, repeats
-    -np.abs(np.random.default_rng(6).standard_normal(99)) * 1e-30,  # all negative, tiny
-    np.array([7.0]),
-    np.array([1.0, np.nan, 2.0]),  # NaN: NumPy's own answer
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.random.default_rng(4).standard_normal((10, 3000)),  # one bucket holds several wanted ranks
+        np.random.default_rng(5).integers(-3, 3, 1001),  # ties across buckets
+        np.array([-0.0, 0.0, -1.0, 2.0, 2.0, 2.0]),  # signed zeros, repeats
+        -np.abs(np.random.default_rng(6).standard_normal(99)) * 1e-30,  # all negative, tiny
+        np.array([7.0]),
+        np.array([1.0, np.nan, 2.0]),  # NaN: NumPy's own answer
+    ],
+)
 def test_exact_quantiles_match_numpy(values, monkeypatch):
     monkeypatch.setattr("fedsim.outputs.quantiles.RADIX_MIN", 0)  # the bucket path even for these small arrays
     values = np.asarray(values, dtype=np.float32)
@@ -99,8 +102,11 @@ def test_update_statistics_match_numpy(monkeypatch, block):
 def test_archive_round_trip(tmp_path, dtype, tolerance):
     rng = np.random.default_rng(2)
     names = ["layer.weight", "layer.bias", "steps"]
-    weights = [rng.standard_normal((8, 4)).astype(np.float32), rng.standard_normal(4).astype(np.float32),
-               np.array([3], dtype=np.int64)]
+    weights = [
+        rng.standard_normal((8, 4)).astype(np.float32),
+        rng.standard_normal(4).astype(np.float32),
+        np.array([3], dtype=np.int64),
+    ]
     writer = ArchiveWriter(tmp_path, names, ["*"], dtype)
     writer.put(0, weights)
     writer.put(1, weights, client_id=2)
@@ -129,7 +135,6 @@ def test_disk_check_refuses_a_run_that_would_not_fit(tmp_path, monkeypatch):
         check_disk(tmp_path, needed)
 
 
-
 def test_disk_check_counts_the_final_model_and_the_checkpoint_without_an_archive(tmp_path, monkeypatch):
     from conftest import make_cfg
 
@@ -137,7 +142,7 @@ def test_disk_check_counts_the_final_model_and_the_checkpoint_without_an_archive
 
     weights = [np.zeros((1000, 100), np.float32)]  # 400 kB: the model; the checkpoint up to 4x, twice while replaced
     for free, refused in ((9 * 400_000 - 1, True), (9 * 400_000, False)):
-        monkeypatch.setattr("shutil.disk_usage", lambda path: type("Usage", (), {"free": free})())
+        monkeypatch.setattr("shutil.disk_usage", lambda path, free=free: type("Usage", (), {"free": free})())
         if refused:
             with pytest.raises(ConfigError, match="checkpoint, final model"):
                 check_space(make_cfg("archive.mode=none"), tmp_path, ["w"], weights)

@@ -27,8 +27,15 @@ from fedsim.server.participation import Participants, choose
 from fedsim.system.errors import ConfigError, RunFailed
 
 SMALL = ["num_clients=4", "num_rounds=2", "data.train_size=400", "data.test_size=100"]
-METRICS = ["central_loss", "central_accuracy", "fed_loss", "fed_accuracy", "train_loss", "num_fit_clients",
-           "num_failures"]
+METRICS = [
+    "central_loss",
+    "central_accuracy",
+    "fed_loss",
+    "fed_accuracy",
+    "train_loss",
+    "num_fit_clients",
+    "num_failures",
+]
 
 
 def server_context(run_config: dict | None = None) -> Context:
@@ -42,8 +49,11 @@ def run_locally(cfg, run_dir: Path, node_seed: int = 0, slots: int | None = None
 
     def federate(session) -> None:
         experiment = session.experiment
-        grids.append(LocalGrid(make_client_app(experiment.client_fn, experiment.run_config),
-                               slots or cfg.num_clients, seed=node_seed))
+        grids.append(
+            LocalGrid(
+                make_client_app(experiment.client_fn, experiment.run_config), slots or cfg.num_clients, seed=node_seed
+            )
+        )
         make_server_app(session, slots)(grids[0], server_context())
 
     run_experiment(cfg, run_dir, federate, **parts)
@@ -85,9 +95,16 @@ def test_scrutiny_off_skips_the_statistics_and_changes_no_metric(generated_imdb,
 
 
 def test_partial_participation_is_chosen_from_seed_and_round_not_node_ids(generated_imdb, tmp_path):
-    overrides = [f"data.path={generated_imdb}", "num_clients=6", "num_rounds=3", "data.train_size=600",
-                 "data.test_size=100", "strategy.fraction_train=0.5", "strategy.fraction_evaluate=0.5",
-                 "archive.mode=none"]
+    overrides = [
+        f"data.path={generated_imdb}",
+        "num_clients=6",
+        "num_rounds=3",
+        "data.train_size=600",
+        "data.test_size=100",
+        "strategy.fraction_train=0.5",
+        "strategy.fraction_evaluate=0.5",
+        "archive.mode=none",
+    ]
     first = run_locally(make_cfg(*overrides), tmp_path / "a", node_seed=1)
     second = run_locally(make_cfg(*overrides), tmp_path / "b", node_seed=2)
     assert set(first.contexts).isdisjoint(second.contexts)  # Flower's node ids differ from run to run
@@ -99,34 +116,43 @@ def test_partial_participation_is_chosen_from_seed_and_round_not_node_ids(genera
         assert a[a["round"] == r].client_id.tolist() == choose(0, r, 0x7A, 3, 6)
     evaluated = [p for kind, p in first.sent if kind == "evaluate"]
     assert evaluated == [p for r in (1, 2, 3) for p in choose(0, r, 0xE7, 3, 6)]
-    pd.testing.assert_frame_equal(read(tmp_path / "a", "rounds.csv")[METRICS],
-                                  read(tmp_path / "b", "rounds.csv")[METRICS], check_exact=True)
+    pd.testing.assert_frame_equal(
+        read(tmp_path / "a", "rounds.csv")[METRICS], read(tmp_path / "b", "rounds.csv")[METRICS], check_exact=True
+    )
     pd.testing.assert_frame_equal(a.drop(columns="fit_time_s"), b.drop(columns="fit_time_s"), check_exact=True)
     # A pool of 2 simulated nodes (runtime.node_slots), each message naming its partition: the same
     # clients do the same work, to the bit, though a node serves several partitions in a round.
     pooled = run_locally(make_cfg(*overrides), tmp_path / "pooled", slots=2)
     assert len(pooled.contexts) == 2 and [p for kind, p in pooled.sent if kind == "evaluate"] == evaluated
-    pd.testing.assert_frame_equal(read(tmp_path / "a", "rounds.csv")[METRICS],
-                                  read(tmp_path / "pooled", "rounds.csv")[METRICS], check_exact=True)
-    pd.testing.assert_frame_equal(a.drop(columns="fit_time_s"),
-                                  read(tmp_path / "pooled", "clients.csv").drop(columns="fit_time_s"), check_exact=True)
+    pd.testing.assert_frame_equal(
+        read(tmp_path / "a", "rounds.csv")[METRICS], read(tmp_path / "pooled", "rounds.csv")[METRICS], check_exact=True
+    )
+    pd.testing.assert_frame_equal(
+        a.drop(columns="fit_time_s"),
+        read(tmp_path / "pooled", "clients.csv").drop(columns="fit_time_s"),
+        check_exact=True,
+    )
 
 
-def test_a_failing_client_is_recorded_counted_printed_once_and_the_run_is_degraded(generated_imdb, tmp_path,
-                                                                                   capsys):
+def test_a_failing_client_is_recorded_counted_printed_once_and_the_run_is_degraded(generated_imdb, tmp_path, capsys):
     def flaky_client_fn(context: Context):
         if int(context.node_config["partition-id"]) == 1:
             raise RuntimeError("disk on fire")
         return client_fn(context)
 
-    run_locally(make_cfg(f"data.path={generated_imdb}", *SMALL, "archive.mode=none"), tmp_path,
-                client_fn=flaky_client_fn)
+    run_locally(
+        make_cfg(f"data.path={generated_imdb}", *SMALL, "archive.mode=none"), tmp_path, client_fn=flaky_client_fn
+    )
     rounds, clients = read(tmp_path, "rounds.csv"), read(tmp_path, "clients.csv")
     # Client 1 fails to train and to evaluate in both rounds; the other three carry each round.
     assert rounds.num_failures.tolist() == [0, 2, 2] and rounds.num_fit_clients.tolist() == [0, 3, 3]
     failed = clients[clients.status != "ok"]
     assert failed[["round", "client_id", "status"]].values.tolist() == [
-        [1, 1, "failed"], [1, 1, "eval_failed"], [2, 1, "failed"], [2, 1, "eval_failed"]]
+        [1, 1, "failed"],
+        [1, 1, "eval_failed"],
+        [2, 1, "failed"],
+        [2, 1, "eval_failed"],
+    ]
     assert set(failed.error) == {"RuntimeError: disk on fire"} and failed.num_examples.isna().all()
     assert (clients[clients.status == "ok"].client_id != 1).all() and len(clients) == 2 * 3 + 4
     assert rounds.fed_accuracy.iloc[1:].notna().all()  # from the three clients that evaluated
@@ -140,8 +166,9 @@ def test_every_client_failing_fails_the_run_with_their_error(generated_imdb, tmp
         raise ValueError("label 7 is not a class")
 
     with pytest.raises(RunFailed, match="round 1: 4 of 4 clients failed.*ValueError: label 7 is not a class"):
-        run_locally(make_cfg(f"data.path={generated_imdb}", *SMALL, "archive.mode=none"), tmp_path,
-                    client_fn=broken_client_fn)
+        run_locally(
+            make_cfg(f"data.path={generated_imdb}", *SMALL, "archive.mode=none"), tmp_path, client_fn=broken_client_fn
+        )
     info = json.loads((tmp_path / "run.json").read_text())
     assert info["status"] == "failed" and "label 7 is not a class" in info["error"]
     assert info["rounds_completed"] == 0 and info["final_central_accuracy"] is not None  # round 0 is kept
@@ -153,10 +180,16 @@ def test_a_failure_rate_above_the_threshold_fails_the_run(generated_imdb, tmp_pa
             raise RuntimeError("out of memory")
         return client_fn(context)
 
-    with pytest.raises(RunFailed, match=r"2 of 4 client training calls failed \(50%\), more than "
-                                        r"faults.max_failure_rate=0.4"):
-        run_locally(make_cfg(f"data.path={generated_imdb}", *SMALL, "archive.mode=none",
-                             "faults.max_failure_rate=0.4"), tmp_path, client_fn=flaky_client_fn)
+    with pytest.raises(
+        RunFailed,
+        match=r"2 of 4 client training calls failed \(50%\), more than "
+        r"faults.max_failure_rate=0.4",
+    ):
+        run_locally(
+            make_cfg(f"data.path={generated_imdb}", *SMALL, "archive.mode=none", "faults.max_failure_rate=0.4"),
+            tmp_path,
+            client_fn=flaky_client_fn,
+        )
     assert read(tmp_path, "rounds.csv")["round"].tolist() == [0, 1]  # the round that crossed it is recorded
 
 
@@ -168,12 +201,22 @@ def test_flwr_run_path_composes_the_run_config_and_gives_main_pys_numbers(genera
     grid = LocalGrid(fedsim.client.app.app, 4, run_config=run_config, seed=5)  # Flower's contexts under `flwr run`
     fedsim.server.app.app(grid, server_context(run_config))
     [run_dir] = (tmp_path / "results" / "runs").glob("*/*")
-    assert run_dir.name.split("_", 1)[1] == "archive.mode=none,data.test_size=100,data.train_size=400,num_clients=4,num_rounds=2"
-    assert {p.name for p in run_dir.iterdir()} >= {"rounds.csv", "clients.csv", "layers.csv", "run.json",
-                                                  "config.yaml", "model.safetensors"}
+    assert (
+        run_dir.name.split("_", 1)[1]
+        == "archive.mode=none,data.test_size=100,data.train_size=400,num_clients=4,num_rounds=2"
+    )
+    assert {p.name for p in run_dir.iterdir()} >= {
+        "rounds.csv",
+        "clients.csv",
+        "layers.csv",
+        "run.json",
+        "config.yaml",
+        "model.safetensors",
+    }
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
-    pd.testing.assert_frame_equal(read(tmp_path / "main", "rounds.csv")[METRICS], read(run_dir, "rounds.csv")[METRICS],
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(
+        read(tmp_path / "main", "rounds.csv")[METRICS], read(run_dir, "rounds.csv")[METRICS], check_exact=True
+    )
 
 
 def test_flwr_run_path_reports_bad_input_in_run_json(tmp_path):
@@ -186,18 +229,33 @@ def test_flwr_run_path_reports_bad_input_in_run_json(tmp_path):
 
 def test_a_federation_of_the_wrong_size_is_refused(generated_imdb):
     grid = LocalGrid(fedsim.client.app.app, 3)
-    with pytest.raises(ConfigError, match=r"^num_clients: 4, but after 0.1 s \(runtime.startup_timeout_s\) the "
-                                          r"federation's 3 nodes"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^num_clients: 4, but after 0.1 s \(runtime.startup_timeout_s\) the "
+        r"federation's 3 nodes",
+    ):
         Participants.discover(grid, 4, seed=0, timeout=0.1)
     assert len(Participants.discover(grid, 3, seed=0).node_of) == 3
 
 
-@pytest.mark.parametrize("strategy", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "strategy").glob("*.yaml")))
+@pytest.mark.parametrize(
+    "strategy", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "strategy").glob("*.yaml"))
+)
 def test_every_strategy_runs_a_round_through_every_output(generated_imdb, tmp_path, strategy):
     """Each strategy config through the loop with scrutiny and the full archive (some of Flower's strategies
     empty the replies they aggregate; the round's outputs must still see every update)."""
-    run_locally(make_cfg(f"data.path={generated_imdb}", f"strategy={strategy}", "num_clients=7", "num_rounds=1",
-                         "data.train_size=350", "data.test_size=50", "archive.mode=all"), tmp_path)
+    run_locally(
+        make_cfg(
+            f"data.path={generated_imdb}",
+            f"strategy={strategy}",
+            "num_clients=7",
+            "num_rounds=1",
+            "data.train_size=350",
+            "data.test_size=50",
+            "archive.mode=all",
+        ),
+        tmp_path,
+    )
     clients = read(tmp_path, "clients.csv")
     assert len(clients) == 7 and clients.update_norm.notna().all()
     assert len(read(tmp_path, "layers.csv")) == 3 and read(tmp_path, "rounds.csv").num_fit_clients.tolist() == [0, 7]
@@ -225,9 +283,16 @@ class Crash(Callback):
 
 
 # stateless, moments, momentum; and FedAdam inside Flower's adaptive DP wrapper (noise, a moving clipping norm)
-@pytest.mark.parametrize("choice", ["strategy=fedavg", "strategy=fedadam", "strategy=fedavgm",
-                                    "strategy=fedadam privacy=server_adaptive privacy.initial_clipping_norm=0.05"],
-                         ids=["fedavg", "fedadam", "fedavgm", "fedadam-dp"])
+@pytest.mark.parametrize(
+    "choice",
+    [
+        "strategy=fedavg",
+        "strategy=fedadam",
+        "strategy=fedavgm",
+        "strategy=fedadam privacy=server_adaptive privacy.initial_clipping_norm=0.05",
+    ],
+    ids=["fedavg", "fedadam", "fedavgm", "fedadam-dp"],
+)
 def test_a_resumed_run_equals_an_uninterrupted_one(generated_imdb, tmp_path, choice):
     overrides = [f"data.path={generated_imdb}", *SMALL, "num_rounds=3", "archive.mode=all", *choice.split()]
     run_locally(make_cfg(*overrides), tmp_path / "whole")
@@ -261,9 +326,18 @@ def test_resume_refuses_other_keys_and_a_completed_run(generated_imdb, tmp_path)
 
 
 def test_dropout_and_stragglers_come_from_the_seed_and_are_recorded(generated_imdb, tmp_path):
-    overrides = [f"data.path={generated_imdb}", *SMALL, "num_rounds=3", "archive.mode=none", "faults=stragglers",
-                 "faults.dropout=0.3", "faults.stragglers=0.5", "faults.round_timeout_s=0.15",
-                 "faults.examples_per_s=2000", "faults.max_failure_rate=1"]
+    overrides = [
+        f"data.path={generated_imdb}",
+        *SMALL,
+        "num_rounds=3",
+        "archive.mode=none",
+        "faults=stragglers",
+        "faults.dropout=0.3",
+        "faults.stragglers=0.5",
+        "faults.round_timeout_s=0.15",
+        "faults.examples_per_s=2000",
+        "faults.max_failure_rate=1",
+    ]
     for name in ("a", "b"):
         run_locally(make_cfg(*overrides), tmp_path / name, node_seed=ord(name))
     a, b = read(tmp_path / "a", "clients.csv"), read(tmp_path / "b", "clients.csv")

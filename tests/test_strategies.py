@@ -19,9 +19,19 @@ from fedsim.run.experiment import build
 from fedsim.system.errors import ConfigError
 
 STRATEGIES = sorted(p.stem for p in (ROOT / "conf" / "strategy").glob("*.yaml"))
-EXPECTED = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedadam": "FedAdam", "fedyogi": "FedYogi",
-            "fedadagrad": "FedAdagrad", "fedavgm": "FedAvgM", "fedmedian": "FedMedian",
-            "trimmed_mean": "FedTrimmedAvg", "krum": "Krum", "multikrum": "MultiKrum", "bulyan": "Bulyan"}
+EXPECTED = {
+    "fedavg": "FedAvg",
+    "fedprox": "FedProx",
+    "fedadam": "FedAdam",
+    "fedyogi": "FedYogi",
+    "fedadagrad": "FedAdagrad",
+    "fedavgm": "FedAvgM",
+    "fedmedian": "FedMedian",
+    "trimmed_mean": "FedTrimmedAvg",
+    "krum": "Krum",
+    "multikrum": "MultiKrum",
+    "bulyan": "Bulyan",
+}
 
 
 def test_every_spec_strategy_has_a_config():
@@ -36,8 +46,14 @@ def test_strategy_config_builds_flowers_class(name):
 
 
 def test_strategy_parameters_are_keys_under_flowers_names():
-    strategy = build(make_cfg("strategy=fedprox", "strategy.proximal_mu=0.5", "strategy.fraction_train=0.5",
-                              "strategy.fraction_evaluate=0")).strategy
+    strategy = build(
+        make_cfg(
+            "strategy=fedprox",
+            "strategy.proximal_mu=0.5",
+            "strategy.fraction_train=0.5",
+            "strategy.fraction_evaluate=0",
+        )
+    ).strategy
     assert (strategy.proximal_mu, strategy.fraction_train, strategy.fraction_evaluate) == (0.5, 0.5, 0.0)
     assert build(make_cfg("strategy=multikrum", "strategy.num_nodes_to_select=4")).strategy.num_nodes_to_select == 4
 
@@ -50,34 +66,49 @@ def test_krum_and_bulyan_take_f_from_the_attack():
     assert make_cfg("strategy=bulyan", "attack=random_weights", "num_clients=20").strategy.num_malicious_nodes == 4
 
 
-@pytest.mark.parametrize("overrides, key, needed", [
-    (["strategy=krum", "num_clients=4", "attack=sign_flip"], "strategy.num_malicious_nodes", "at least 5"),
-    (["strategy=multikrum", "num_clients=10", "strategy.num_malicious_nodes=4"], "strategy.num_malicious_nodes",
-     "at least 11"),
-    (["strategy=bulyan", "num_clients=6"], "strategy.num_malicious_nodes", "at least 7"),
-    (["strategy=bulyan", "num_clients=20", "strategy.fraction_train=0.3"], "strategy.num_malicious_nodes",
-     "6 train per round"),
-    (["strategy=multikrum", "num_clients=10", "strategy.fraction_train=0.4", "strategy.num_nodes_to_select=5"],
-     "strategy.num_nodes_to_select", "allowed: 1..4"),
-    (["strategy=trimmed_mean", "strategy.beta=0.6"], "strategy", "must be in the range [0, 0.5)"),
-    (["strategy.min_available_nodes=11"], "strategy.min_available_nodes", "at most 10"),
-])
+@pytest.mark.parametrize(
+    "overrides, key, needed",
+    [
+        (["strategy=krum", "num_clients=4", "attack=sign_flip"], "strategy.num_malicious_nodes", "at least 5"),
+        (
+            ["strategy=multikrum", "num_clients=10", "strategy.num_malicious_nodes=4"],
+            "strategy.num_malicious_nodes",
+            "at least 11",
+        ),
+        (["strategy=bulyan", "num_clients=6"], "strategy.num_malicious_nodes", "at least 7"),
+        (
+            ["strategy=bulyan", "num_clients=20", "strategy.fraction_train=0.3"],
+            "strategy.num_malicious_nodes",
+            "6 train per round",
+        ),
+        (
+            ["strategy=multikrum", "num_clients=10", "strategy.fraction_train=0.4", "strategy.num_nodes_to_select=5"],
+            "strategy.num_nodes_to_select",
+            "allowed: 1..4",
+        ),
+        (["strategy=trimmed_mean", "strategy.beta=0.6"], "strategy", "must be in the range [0, 0.5)"),
+        (["strategy.min_available_nodes=11"], "strategy.min_available_nodes", "at most 10"),
+    ],
+)
 def test_build_refuses_impossible_strategies(overrides, key, needed):
     with pytest.raises(ConfigError, match=needed.replace("[", r"\[").replace(")", r"\)")) as err:
         build(make_cfg(*overrides))
     assert err.value.key == key
 
 
-@pytest.mark.parametrize("override, key", [
-    ("num_clients=0", "num_clients"),
-    ("num_rounds=0", "num_rounds"),
-    ("strategy.fraction_train=0", "strategy.fraction_train"),
-    ("strategy.fraction_evaluate=1.5", "strategy.fraction_evaluate"),
-    ("strategy.min_train_nodes=0", "strategy.min_train_nodes"),
-    ("data.val_fraction=1", "data.val_fraction"),
-    ("client.lr=-1", "client.lr"),
-    ("log_level=LOUD", "log_level"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("num_clients=0", "num_clients"),
+        ("num_rounds=0", "num_rounds"),
+        ("strategy.fraction_train=0", "strategy.fraction_train"),
+        ("strategy.fraction_evaluate=1.5", "strategy.fraction_evaluate"),
+        ("strategy.min_train_nodes=0", "strategy.min_train_nodes"),
+        ("data.val_fraction=1", "data.val_fraction"),
+        ("client.lr=-1", "client.lr"),
+        ("log_level=LOUD", "log_level"),
+    ],
+)
 def test_validation_names_the_key(override, key):
     with pytest.raises(ConfigError, match="allowed") as err:
         validate(make_cfg(override))
@@ -98,10 +129,18 @@ def test_every_strategy_aggregates_a_round(name):
     grid = LocalGrid(make_client_app(), 11)
     messages = list(strategy.configure_train(1, to_record(names, start), ConfigRecord(), grid))
     assert len(messages) == 11 and all(m.metadata.message_type == "train" for m in messages)
-    replies = [Message(RecordDict({"arrays": to_record(names, [rng.normal(1.0, 0.1, w.shape).astype(np.float32)
-                                                               for w in start]),
-                                   "metrics": MetricRecord({"num-examples": 10, "train-loss": 0.5})}), reply_to=m)
-               for m in messages]
+    replies = [
+        Message(
+            RecordDict(
+                {
+                    "arrays": to_record(names, [rng.normal(1.0, 0.1, w.shape).astype(np.float32) for w in start]),
+                    "metrics": MetricRecord({"num-examples": 10, "train-loss": 0.5}),
+                }
+            ),
+            reply_to=m,
+        )
+        for m in messages
+    ]
     aggregated, _ = strategy.aggregate_train(1, replies)
     assert isinstance(aggregated, ArrayRecord) and list(aggregated.keys()) == names
     assert all(a.shape == w.shape and np.isfinite(a).all() for a, w in zip(record_views(aggregated), start))

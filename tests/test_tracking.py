@@ -55,8 +55,14 @@ def test_mlflow_store_equals_rounds_csv_params_and_group(generated_imdb, tmp_pat
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     runs = {}
     for run_id in (0, 1):
-        cfg = make_cfg(f"data.path={generated_imdb}", *SMALL, f"seed={run_id}", "tracking=mlflow",
-                       f"tracking.uri={uri}", *tracking_labels("tiny-collection", run_id))
+        cfg = make_cfg(
+            f"data.path={generated_imdb}",
+            *SMALL,
+            f"seed={run_id}",
+            "tracking=mlflow",
+            f"tracking.uri={uri}",
+            *tracking_labels("tiny-collection", run_id),
+        )
         runs[run_id] = (tmp_path / f"run_{run_id}", cfg)
         run_locally(cfg, runs[run_id][0])
     client = MlflowClient(tracking_uri=uri)
@@ -66,8 +72,9 @@ def test_mlflow_store_equals_rounds_csv_params_and_group(generated_imdb, tmp_pat
     for run in found:
         run_dir, cfg = runs[int(run.data.tags["run_id"])]
         assert run.info.status == "FINISHED" and run.info.run_name == run_dir.name
-        assert run.data.params == {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v)
-                                   for k, v in flatten(cfg).items()}
+        assert run.data.params == {
+            k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in flatten(cfg).items()
+        }
         for key, by_round in rounds_metrics(run_dir).items():
             history = client.get_metric_history(run.info.run_id, key)
             assert {m.step: m.value for m in history} == by_round
@@ -87,8 +94,10 @@ def test_unreachable_tracking_server_warns_once_and_costs_nothing(generated_imdb
     assert len(warnings) == 1 and "mlflow failed" in warnings[0], warnings
     run_locally(make_cfg(f"data.path={generated_imdb}", *SMALL), tmp_path / "plain")
     columns = ["round", "central_loss", "central_accuracy", "fed_loss", "fed_accuracy", "train_loss"]
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "tracked" / "rounds.csv")[columns],
-                                  pd.read_csv(tmp_path / "plain" / "rounds.csv")[columns])
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "tracked" / "rounds.csv")[columns],
+        pd.read_csv(tmp_path / "plain" / "rounds.csv")[columns],
+    )
     assert json.loads((tmp_path / "tracked" / "run.json").read_text())["status"] == "completed"
 
 
@@ -103,10 +112,10 @@ def wandb_records(path: Path) -> list:
         if block - pos % block < 7:  # the rest of a block too short for a header is padding
             pos += block - pos % block
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0:
             break
-        chunk += data[pos + 7:pos + 7 + length]
+        chunk += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # a full record, or the last chunk of one
             record = wandb_internal_pb2.Record()
@@ -119,18 +128,25 @@ def wandb_records(path: Path) -> list:
 def test_wandb_offline_run_holds_the_history(generated_imdb, tmp_path):
     cfg = make_cfg(f"data.path={generated_imdb}", *SMALL, "tracking=wandb", *tracking_labels("tiny", 4))
     run_locally(cfg, tmp_path)
-    run_file, = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
     records = wandb_records(run_file)
-    run, = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert run.run_group == "tiny" and list(run.tags) == ["run_id=4"] and run.display_name == tmp_path.name
-    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
-               for r in records if r.WhichOneof("record_type") == "history"]
+    history = [
+        {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
     for key, by_round in rounds_metrics(tmp_path).items():
         assert {h["_step"]: h[key] for h in history if key in h} == pytest.approx(by_round, rel=1e-12)
-    summary = {i.key or "/".join(i.nested_key): i.value_json for r in records
-               if r.WhichOneof("record_type") == "summary" for i in r.summary.update}
+    summary = {
+        i.key or "/".join(i.nested_key): i.value_json
+        for r in records
+        if r.WhichOneof("record_type") == "summary"
+        for i in r.summary.update
+    }
     assert json.loads(summary["run.status"]) == "completed"
-    artifact, = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+    (artifact,) = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
     assert artifact.type == "model" and [f.path for f in artifact.manifest.contents] == ["model.safetensors"]
 
 
@@ -146,8 +162,9 @@ def test_collection_and_multirun_labels(tmp_path):
             commands.append(command)
             return 0
 
-    execute(Recorder(), Path("main.py"), Planned(("num_rounds=2",), 3), tmp_path / "run_0007",
-            tracking_labels("sweep,a", 7))
+    execute(
+        Recorder(), Path("main.py"), Planned(("num_rounds=2",), 3), tmp_path / "run_0007", tracking_labels("sweep,a", 7)
+    )
     assert commands[0][-2:] == ["tracking.group='sweep,a'", "++tracking.tags.run_id=7"]
     cfg = make_cfg("tracking=mlflow")
     group_multirun(cfg, "results/multiruns/2026-12-01/13-00-00-000001", 2)

@@ -68,7 +68,7 @@ class OrderedRows(Dataset):
             torch.manual_seed(self.seed)
         batch_size = batch_size or len(self.order)
         for start in range(0, len(self.order), batch_size):
-            yield self.rows.batch(self.order[start:start + batch_size], self.rows.labels)
+            yield self.rows.batch(self.order[start : start + batch_size], self.rows.labels)
 
 
 class Classifier(torch.nn.Module):
@@ -87,8 +87,10 @@ class Classifier(torch.nn.Module):
     @torch.no_grad()
     def metrics(self, labels, **inputs):
         logits = self.net(**inputs).float()
-        return {"loss": Weighted(F.cross_entropy(logits, labels, reduction="sum").item(), len(labels)),
-                "accuracy": Weighted((logits.argmax(dim=1) == labels).sum().item(), len(labels))}
+        return {
+            "loss": Weighted(F.cross_entropy(logits, labels, reduction="sum").item(), len(labels)),
+            "accuracy": Weighted((logits.argmax(dim=1) == labels).sum().item(), len(labels)),
+        }
 
 
 class EveryRound(TrainingProcessCallback):
@@ -98,14 +100,22 @@ class EveryRound(TrainingProcessCallback):
         self.test, self.params, self.rank = test, NNEvalHyperParams(local_batch_size=batch_size), rank
 
     def _evaluate(self, model, server_round: int) -> None:
-        metrics = ops.all_reduce_metrics(model.evaluate(self.test, lambda n: StringMetricName(f"central {n}"),
-                                                        self.params))
+        metrics = ops.all_reduce_metrics(
+            model.evaluate(self.test, lambda n: StringMetricName(f"central {n}"), self.params)
+        )
         if self.rank:
             return
-        print(json.dumps({"round": server_round, "time": time.time(),
-                          "central_loss": metrics[StringMetricName("central loss")].overall_value,
-                          "central_accuracy": metrics[StringMetricName("central accuracy")].overall_value}),
-              flush=True)
+        print(
+            json.dumps(
+                {
+                    "round": server_round,
+                    "time": time.time(),
+                    "central_loss": metrics[StringMetricName("central loss")].overall_value,
+                    "central_accuracy": metrics[StringMetricName("central accuracy")].overall_value,
+                }
+            ),
+            flush=True,
+        )
 
     def on_train_begin(self, *, model) -> Metrics:
         self._evaluate(model, 0)
@@ -140,7 +150,10 @@ def main(export: Path) -> None:
     features = fedsim_module("features").FEATURE_TYPES[meta["kind"]]
     clients = load_file(str(export / "clients.safetensors"))
     orders = load_file(str(export / "orders.safetensors"))
-    split = lambda prefix: {k.split("/")[-1]: v for k, v in clients.items() if k.startswith(prefix + "/")}
+
+    def split(prefix: str) -> dict:
+        return {k.split("/")[-1]: v for k, v in clients.items() if k.startswith(prefix + "/")}
+
     train = {p: features(**split(f"c{p}/train")) for p in range(meta["num_clients"])}
     val = {p: features(**split(f"c{p}/val")) for p in range(meta["num_clients"])}
     test_rows = features(**load_file(str(export / "test.safetensors")))
@@ -160,24 +173,34 @@ def main(export: Path) -> None:
     backend = SimulatedBackend(
         training_data=FederatedDataset(train_user, schedule_sampler(train_ids)),
         val_data=FederatedDataset(val_user, schedule_sampler(val_ids)),
-        postprocessors=[WeightByDatapoints()])
+        postprocessors=[WeightByDatapoints()],
+    )
 
     net = getattr(fedsim_module("models"), meta["net"]["class"])(**meta["net"]["kwargs"])
     net.load_state_dict({k: torch.from_numpy(v) for k, v in load_file(str(export / "init.safetensors")).items()})
     module = Classifier(net)
     optimizer = getattr(torch.optim, meta["optimizer"]["class"])
-    model = PyTorchModel(module, local_optimizer_create=partial(optimizer, **meta["optimizer"]["kwargs"]),
-                         central_optimizer=torch.optim.SGD(module.parameters(), lr=1.0))
+    model = PyTorchModel(
+        module,
+        local_optimizer_create=partial(optimizer, **meta["optimizer"]["kwargs"]),
+        central_optimizer=torch.optim.SGD(module.parameters(), lr=1.0),
+    )
     test = OrderedRows(test_rows, np.arange(len(test_rows.labels))[rank::world], "test")
     FedAvg().run(
-        algorithm_params=NNAlgorithmParams(central_num_iterations=rounds, evaluation_frequency=1,
-                                           train_cohort_size=len(meta["train"]["1"]),
-                                           val_cohort_size=len(meta["evaluate"]["1"])),
-        backend=backend, model=model,
-        model_train_params=NNTrainHyperParams(local_learning_rate=meta["lr"], local_num_epochs=meta["local_epochs"],
-                                              local_batch_size=meta["batch_size"]),
+        algorithm_params=NNAlgorithmParams(
+            central_num_iterations=rounds,
+            evaluation_frequency=1,
+            train_cohort_size=len(meta["train"]["1"]),
+            val_cohort_size=len(meta["evaluate"]["1"]),
+        ),
+        backend=backend,
+        model=model,
+        model_train_params=NNTrainHyperParams(
+            local_learning_rate=meta["lr"], local_num_epochs=meta["local_epochs"], local_batch_size=meta["batch_size"]
+        ),
         model_eval_params=NNEvalHyperParams(local_batch_size=4 * meta["batch_size"]),
-        callbacks=[EveryRound(test, 4 * meta["batch_size"], rank)])
+        callbacks=[EveryRound(test, 4 * meta["batch_size"], rank)],
+    )
 
 
 if __name__ == "__main__":

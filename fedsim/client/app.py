@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import traceback
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -31,9 +32,16 @@ def with_run_config(run_config: Mapping[str, Any]):
     """
 
     def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        return call_next(message, Context(run_id=context.run_id, node_id=context.node_id,
-                                           node_config=context.node_config, state=context.state,
-                                           run_config=dict(run_config)))
+        return call_next(
+            message,
+            Context(
+                run_id=context.run_id,
+                node_id=context.node_id,
+                node_config=context.node_config,
+                state=context.state,
+                run_config=dict(run_config),
+            ),
+        )
 
     return mod
 
@@ -46,8 +54,16 @@ def partition_from_message(message: Message, context: Context, call_next: Client
         return call_next(message, context)
     node_config = {**context.node_config, **{k: int(v) for k, v in message.content[PARTITION].items()}}
     del message.content[PARTITION]
-    return call_next(message, Context(run_id=context.run_id, node_id=context.node_id, node_config=node_config,
-                                      state=context.state, run_config=context.run_config))
+    return call_next(
+        message,
+        Context(
+            run_id=context.run_id,
+            node_id=context.node_id,
+            node_config=node_config,
+            state=context.state,
+            run_config=context.run_config,
+        ),
+    )
 
 
 def error_line(exc: BaseException) -> str:
@@ -64,20 +80,26 @@ def replies_errors(handler: Callable[[Message, Context], Message]) -> Callable[[
         try:
             return handler(message, context)
         except Exception as exc:
-            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=error_line(exc)),
-                           reply_to=message)
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=error_line(exc)), reply_to=message)
 
     return guarded
 
 
-def make_client_app(client_fn: ClientFn = client_fn, run_config: Mapping[str, Any] | None = None,
-                    mods: Sequence[Mod] = ()) -> ClientApp:
+def make_client_app(
+    client_fn: ClientFn = client_fn, run_config: Mapping[str, Any] | None = None, mods: Sequence[Mod] = ()
+) -> ClientApp:
     """The ClientApp: which partition a node serves (query), local training, local evaluation.
 
     `mods` run first (fedsim.shipping's delivery of the data to a cluster's nodes); the privacy mod runs
     last, nearest the handlers, so it clips what the client trained."""
-    app = ClientApp(mods=[*mods, *([with_run_config(run_config)] if run_config is not None else []),
-                          partition_from_message, privacy_mod])
+    app = ClientApp(
+        mods=[
+            *mods,
+            *([with_run_config(run_config)] if run_config is not None else []),
+            partition_from_message,
+            privacy_mod,
+        ]
+    )
 
     @app.query()
     def describe(message: Message, context: Context) -> Message:
@@ -91,18 +113,27 @@ def make_client_app(client_fn: ClientFn = client_fn, run_config: Mapping[str, An
         arrays = message.content["arrays"]
         weights, num_examples, metrics = client_fn(context).fit(record_views(arrays), message.content["config"])
         weights = encode(weights, settings_for(context.run_config).transport)
-        return Message(RecordDict({"arrays": to_record(list(arrays.keys()), weights),
-                                   "metrics": MetricRecord({"num-examples": num_examples, **metrics}),
-                                   "client": ConfigRecord({"node": node_name()})}),
-                       reply_to=message)
+        return Message(
+            RecordDict(
+                {
+                    "arrays": to_record(list(arrays.keys()), weights),
+                    "metrics": MetricRecord({"num-examples": num_examples, **metrics}),
+                    "client": ConfigRecord({"node": node_name()}),
+                }
+            ),
+            reply_to=message,
+        )
 
     @app.evaluate()
     @replies_errors
     def evaluate(message: Message, context: Context) -> Message:
-        loss, num_examples, metrics = client_fn(context).evaluate(record_views(message.content["arrays"]),
-                                                                  message.content["config"])
-        return Message(RecordDict({"metrics": MetricRecord({"num-examples": num_examples, "loss": loss, **metrics})}),
-                       reply_to=message)
+        loss, num_examples, metrics = client_fn(context).evaluate(
+            record_views(message.content["arrays"]), message.content["config"]
+        )
+        return Message(
+            RecordDict({"metrics": MetricRecord({"num-examples": num_examples, "loss": loss, **metrics})}),
+            reply_to=message,
+        )
 
     return app
 

@@ -30,7 +30,7 @@ def malicious_clients(node_ratio: float, num_clients: int, seed: int) -> list[in
     return sorted(int(c) for c in chosen)
 
 
-def malicious_of(attack: "Attack", num_clients: int, seed: int) -> list[int]:
+def malicious_of(attack: Attack, num_clients: int, seed: int) -> list[int]:
     """The run's malicious partition ids: none unless the attack poisons data or the model."""
     if not (attack.poisons_data or attack.poisons_model):
         return []
@@ -49,12 +49,15 @@ class Attack:
     poisons_model = False
     trains = True  # False: returns its weights without local training
 
-    def poison_labels(self, labels: np.ndarray, rows: np.ndarray, seed: int, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
+    def poison_labels(
+        self, labels: np.ndarray, rows: np.ndarray, seed: int, partition_id: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(labels with some of `rows` replaced, the replaced rows); labels index the whole feature table."""
         return labels, rows[:0]
 
-    def poison_update(self, weights: list[np.ndarray], start: list[np.ndarray], seed: int, server_round: int,
-                      partition_id: int) -> list[np.ndarray]:
+    def poison_update(
+        self, weights: list[np.ndarray], start: list[np.ndarray], seed: int, server_round: int, partition_id: int
+    ) -> list[np.ndarray]:
         """What a malicious client returns instead of `weights`, trained from the global `start`."""
         return weights
 
@@ -74,7 +77,9 @@ class LabelPoisoning(Attack):
     mode: str = "flip"
     poisons_data = True
 
-    def poison_labels(self, labels: np.ndarray, rows: np.ndarray, seed: int, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
+    def poison_labels(
+        self, labels: np.ndarray, rows: np.ndarray, seed: int, partition_id: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         rng = self.rng(seed, _LABELS, partition_id)
         count = int(math.floor(self.data_ratio * len(rows) + 0.5 + 1e-9))
         chosen = np.sort(rng.choice(rows, size=min(count, len(rows)), replace=False))
@@ -100,8 +105,9 @@ class RandomWeights(Attack):
     poisons_model = True
     trains = False
 
-    def poison_update(self, weights: list[np.ndarray], start: list[np.ndarray], seed: int, server_round: int,
-                      partition_id: int) -> list[np.ndarray]:
+    def poison_update(
+        self, weights: list[np.ndarray], start: list[np.ndarray], seed: int, server_round: int, partition_id: int
+    ) -> list[np.ndarray]:
         rng = self.rng(seed, _WEIGHTS, server_round, partition_id)
         out = []
         for w, s, is_float in zip(weights, start, _floats(start)):
@@ -120,11 +126,14 @@ class GaussianNoise(Attack):
     std: float = 0.1
     poisons_model = True
 
-    def poison_update(self, weights: list[np.ndarray], start: list[np.ndarray], seed: int, server_round: int,
-                      partition_id: int) -> list[np.ndarray]:
+    def poison_update(
+        self, weights: list[np.ndarray], start: list[np.ndarray], seed: int, server_round: int, partition_id: int
+    ) -> list[np.ndarray]:
         rng = self.rng(seed, _WEIGHTS, server_round, partition_id)
-        return [(w + rng.normal(0.0, self.std, size=w.shape)).astype(w.dtype) if f else w
-                for w, f in zip(weights, _floats(weights))]
+        return [
+            (w + rng.normal(0.0, self.std, size=w.shape)).astype(w.dtype) if f else w
+            for w, f in zip(weights, _floats(weights))
+        ]
 
 
 @dataclass(frozen=True)
@@ -134,10 +143,12 @@ class Scaling(Attack):
     scale: float = 10.0
     poisons_model = True
 
-    def poison_update(self, weights: list[np.ndarray], start: list[np.ndarray], seed: int, server_round: int,
-                      partition_id: int) -> list[np.ndarray]:
-        return [(s + self.scale * (w - s)).astype(w.dtype) if f else w
-                for w, s, f in zip(weights, start, _floats(weights))]
+    def poison_update(
+        self, weights: list[np.ndarray], start: list[np.ndarray], seed: int, server_round: int, partition_id: int
+    ) -> list[np.ndarray]:
+        return [
+            (s + self.scale * (w - s)).astype(w.dtype) if f else w for w, s, f in zip(weights, start, _floats(weights))
+        ]
 
 
 @dataclass(frozen=True)

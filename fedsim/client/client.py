@@ -7,8 +7,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,8 +106,9 @@ def configure_process(num_threads: int, log_level: str) -> None:
 class IMDBClient:
     """Trains the global model on one IMDB partition and evaluates it on the local validation split."""
 
-    def __init__(self, partition_id: int, model: nn.Module, trainloader: Loader, valloader: Loader,
-                 settings: ClientSettings) -> None:
+    def __init__(
+        self, partition_id: int, model: nn.Module, trainloader: Loader, valloader: Loader, settings: ClientSettings
+    ) -> None:
         self.partition_id = partition_id
         self.model = model
         self.trainloader = trainloader
@@ -121,8 +123,14 @@ class IMDBClient:
         torch.manual_seed(seed)
         self.trainloader.reseed(seed)
         optimizer = instantiate(self.settings.optimizer)(self.model.parameters(), lr=self.settings.lr)
-        loss = train(self.model, self.trainloader, self.settings.local_epochs, optimizer, self.settings.device,
-                     proximal_mu=float(config.get("proximal-mu", 0.0)))
+        loss = train(
+            self.model,
+            self.trainloader,
+            self.settings.local_epochs,
+            optimizer,
+            self.settings.device,
+            proximal_mu=float(config.get("proximal-mu", 0.0)),
+        )
         metrics = {"train-loss": loss, "fit-time": time.perf_counter() - start}
         return get_weights(self.model), self.trainloader.num_examples, metrics
 
@@ -149,8 +157,9 @@ class MaliciousClient(IMDBClient):
             trained, num_examples, metrics = super().fit(weights, config)
         else:  # replies without training; reports no training loss
             trained, num_examples, metrics = weights, self.trainloader.num_examples, {"train-loss": float("nan")}
-        poisoned = self.attack.poison_update(trained, weights, self.settings.seed, int(config.get("server-round", 0)),
-                                             self.partition_id)
+        poisoned = self.attack.poison_update(
+            trained, weights, self.settings.seed, int(config.get("server-round", 0)), self.partition_id
+        )
         return poisoned, num_examples, {**metrics, "fit-time": time.perf_counter() - start}
 
 
@@ -160,11 +169,20 @@ def build_client(settings: ClientSettings, partition_id: int, data_path: str | N
     configure_process(settings.num_threads, settings.log_level)
     model = actor_model(settings)
     if data_path:
-        trainloader, valloader = load_node_data(data_path, settings.featurizer, settings.cache_dir, settings.seed,
-                                                settings.val_fraction, partition_id, settings.batch_size)
+        trainloader, valloader = load_node_data(
+            data_path,
+            settings.featurizer,
+            settings.cache_dir,
+            settings.seed,
+            settings.val_fraction,
+            partition_id,
+            settings.batch_size,
+        )
     elif settings.prepared is None:
-        raise FileNotFoundError("no prepared data for this run on this node: the server prepares it in a cache "
-                                "its nodes share, or a node names its own with --node-config data-path=DIR")
+        raise FileNotFoundError(
+            "no prepared data for this run on this node: the server prepares it in a cache "
+            "its nodes share, or a node names its own with --node-config data-path=DIR"
+        )
     else:
         trainloader, valloader = load_data(settings.prepared, partition_id, settings.batch_size)
     if partition_id not in settings.malicious:
@@ -190,8 +208,9 @@ def settings_for(run_config: Mapping[str, Any]) -> ClientSettings:
 def client_fn(context: Context) -> IMDBClient:
     """The client of the partition in `context.node_config`, for the run in `context.run_config`; a node
     started with `--node-config "data-path=DIR"` trains and evaluates on its own data in DIR instead."""
-    return build_client(settings_for(context.run_config), int(context.node_config["partition-id"]),
-                        context.node_config.get("data-path"))
+    return build_client(
+        settings_for(context.run_config), int(context.node_config["partition-id"]), context.node_config.get("data-path")
+    )
 
 
 ClientFn = Callable[[Context], IMDBClient]

@@ -13,8 +13,8 @@ import json
 import os
 import signal
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 
@@ -25,8 +25,16 @@ from fedsim.run.info import FINISHED, effective_status
 from fedsim.system.files import write_csv
 
 RUNS_COLUMNS = [
-    "run_id", "seed", "overrides", "status", "error", "final_central_accuracy", "best_central_accuracy",
-    "wall_time_s", "run_dir", "config",
+    "run_id",
+    "seed",
+    "overrides",
+    "status",
+    "error",
+    "final_central_accuracy",
+    "best_central_accuracy",
+    "wall_time_s",
+    "run_dir",
+    "config",
 ]
 
 
@@ -95,15 +103,20 @@ class Collection:
             self._lock_file.seek(0)
             holder = self._lock_file.read().strip() or "unknown"
             self._lock_file.close()
-            raise CollectionError(f"{self.path}: another run_and_collect is using this collection (pid {holder}); "
-                                  "allowed: another --name, or wait for it to end") from None
+            raise CollectionError(
+                f"{self.path}: another run_and_collect is using this collection (pid {holder}); "
+                "allowed: another --name, or wait for it to end"
+            ) from None
         self._lock_file.seek(0)
         self._lock_file.truncate()
         self._lock_file.write(f"{os.getpid()}\n")
         self._lock_file.flush()
         ledger = self.path / "runs.csv"
-        self.runs = pd.read_csv(ledger, keep_default_na=False, na_values=[""]) if ledger.exists() \
+        self.runs = (
+            pd.read_csv(ledger, keep_default_na=False, na_values=[""])
+            if ledger.exists()
             else pd.DataFrame(columns=RUNS_COLUMNS)
+        )
         self._mutex = threading.Lock()
 
     def run_dir(self, run_id: int) -> Path:
@@ -126,7 +139,11 @@ class Collection:
         """Put a run's row into runs.csv (replacing its earlier one) and rewrite the collected tables."""
         with self._mutex:
             run_dir = self.run_dir(run_id)
-            row = {"run_id": run_id, **row, "run_dir": str(run_dir.relative_to(self.path)) if run_dir.exists() else None}
+            row = {
+                "run_id": run_id,
+                **row,
+                "run_dir": str(run_dir.relative_to(self.path)) if run_dir.exists() else None,
+            }
             new = pd.DataFrame([row], columns=RUNS_COLUMNS)
             others = self.runs[self.runs.run_id != run_id]
             runs = pd.concat([others, new], ignore_index=True) if len(others) else new

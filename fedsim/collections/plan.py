@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 DEFAULT_CONFIG = "defaults"
 
@@ -68,8 +68,8 @@ def default_name(overrides: Sequence[str], sweeps: Sequence[str]) -> str:
 
 def check_plan(planned: Sequence[Planned]) -> None:
     """Refuse, before anything is created, a configuration main.py would refuse at once: its overrides
-    (fedsim.config.overrides) and their values (fedsim.run.experiment), as main.py checks them. A CollectionError naming the
-    configuration; what only the data can tell (a partition too small) is found by the run, and recorded."""
+    (fedsim.config.overrides) and their values (fedsim.run.experiment), as main.py checks them. A CollectionError
+    naming the configuration; what only the data can tell (a partition too small) is found by the run, and recorded."""
     from fedsim.config.overrides import check
     from fedsim.run.experiment import build
     from fedsim.system.errors import ConfigError

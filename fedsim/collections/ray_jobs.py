@@ -18,8 +18,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from omegaconf import DictConfig
 
@@ -54,8 +54,10 @@ class RayJobs:
         try:
             self.client = JobSubmissionClient(address)
         except (ConnectionError, ValueError) as exc:
-            raise CollectionError(f"--address: no Ray dashboard at {address!r} ({str(exc).splitlines()[0]}); "
-                                  "allowed: the cluster's dashboard URL, e.g. http://HEAD:8265") from None
+            raise CollectionError(
+                f"--address: no Ray dashboard at {address!r} ({str(exc).splitlines()[0]}); "
+                "allowed: the cluster's dashboard URL, e.g. http://HEAD:8265"
+            ) from None
         self.address, self.collection = address, str(collection)
         self.ip = get_node_ip_address()
         self.nodes = self._nodes()
@@ -70,11 +72,14 @@ class RayJobs:
 
         alive = [n for n in list_nodes(address=self.address, detail=True) if n.state == "ALIVE"]
         if not any(n.node_ip == self.ip for n in alive):
-            raise CollectionError(f"--address: this machine ({self.ip}) is no node of the cluster at {self.address} "
-                                  f"(nodes: {', '.join(sorted({n.node_ip for n in alive}))}); allowed: run "
-                                  "run_and_collect.py on one of its nodes, e.g. the head")
-        return [NodeResources(float(n.resources_total.get("CPU", 0)), float(n.resources_total.get("GPU", 0)))
-                for n in alive]
+            raise CollectionError(
+                f"--address: this machine ({self.ip}) is no node of the cluster at {self.address} "
+                f"(nodes: {', '.join(sorted({n.node_ip for n in alive}))}); allowed: run "
+                "run_and_collect.py on one of its nodes, e.g. the head"
+            )
+        return [
+            NodeResources(float(n.resources_total.get("CPU", 0)), float(n.resources_total.get("GPU", 0))) for n in alive
+        ]
 
     def plan(self, planned: Sequence[Planned], jobs: int | None) -> int:
         """How many runs go at once (`jobs`, or as many as the cluster fits), each capped at its share of the
@@ -87,9 +92,11 @@ class RayJobs:
         except ConfigError as exc:
             raise CollectionError(str(exc)) from None
         if jobs is not None and jobs > slots:
-            raise CollectionError(f"--jobs: {jobs} runs at once need a client slot each, and the cluster at "
-                                  f"{self.address} has {slots} for {num_cpus:g} CPUs and {num_gpus:g} GPUs per "
-                                  f"client; allowed: at most {slots}")
+            raise CollectionError(
+                f"--jobs: {jobs} runs at once need a client slot each, and the cluster at "
+                f"{self.address} has {slots} for {num_cpus:g} CPUs and {num_gpus:g} GPUs per "
+                f"client; allowed: at most {slots}"
+            )
         jobs, actors = share(slots, max(max_actors(c) for c in configs), jobs)
         self.overrides = ("ray.address=auto", f"ray.max_actors={actors}")
         return jobs
@@ -99,9 +106,12 @@ class RayJobs:
         from ray.job_submission import JobStatus
 
         def leftovers() -> list[str]:
-            return [j.submission_id for j in self.client.list_jobs()
-                    if (j.metadata or {}).get("fedsim_collection") == self.collection
-                    and j.status in (JobStatus.PENDING, JobStatus.RUNNING)]
+            return [
+                j.submission_id
+                for j in self.client.list_jobs()
+                if (j.metadata or {}).get("fedsim_collection") == self.collection
+                and j.status in (JobStatus.PENDING, JobStatus.RUNNING)
+            ]
 
         deadline = time.monotonic() + LEFTOVER_WAIT_S
         while leftovers() and time.monotonic() < deadline:
@@ -111,14 +121,18 @@ class RayJobs:
 
     def run(self, command: list[str], log_path: Path, run_dir: Path) -> int:
         """Submit `command` as a job whose driver runs on this machine; wait for its end; its exit status."""
-        entrypoint = shlex.join([sys.executable, "-m", "fedsim.collections.watchdog", tag(), os.getcwd(), str(log_path), "--",
-                                 *command])
+        entrypoint = shlex.join(
+            [sys.executable, "-m", "fedsim.collections.watchdog", tag(), os.getcwd(), str(log_path), "--", *command]
+        )
         env = child_env({k: v for k, v in os.environ.items() if not k.startswith(ENV_KEPT)})
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         submission_id = self.client.submit_job(
-            entrypoint=entrypoint, submission_id=f"fedsim-{run_dir.name}-{uuid.uuid4().hex[:8]}",
+            entrypoint=entrypoint,
+            submission_id=f"fedsim-{run_dir.name}-{uuid.uuid4().hex[:8]}",
             metadata={"fedsim_collection": self.collection, "run_dir": str(run_dir)},
-            entrypoint_resources={f"node:{self.ip}": 0.001}, runtime_env={"env_vars": env})
+            entrypoint_resources={f"node:{self.ip}": 0.001},
+            runtime_env={"env_vars": env},
+        )
         with self._lock:
             self._running[submission_id] = run_dir
         try:

@@ -11,9 +11,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -42,8 +43,9 @@ class LocalRuns:
     def run(self, command: list[str], log_path: Path, run_dir: Path) -> int:
         """Run `command` to its end, its output into `log_path`; its exit status (negative: killed by a signal)."""
         with open(log_path, "a") as log:
-            child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env(),
-                                     preexec_fn=die_with_parent)
+            child = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=child_env(), preexec_fn=die_with_parent
+            )
         with self._lock:
             self._children.add(child)
             if _STOPPING.is_set():  # started just as the collection was asked to stop
@@ -93,8 +95,7 @@ def tracking_labels(collection: str, run_id: int) -> tuple[str, ...]:
     return f"tracking.group='{quoted}'", f"++tracking.tags.run_id={run_id}"
 
 
-def execute(launcher: Launcher, main_script: Path, planned: Planned, run_dir: Path,
-            labels: Sequence[str] = ()) -> dict:
+def execute(launcher: Launcher, main_script: Path, planned: Planned, run_dir: Path, labels: Sequence[str] = ()) -> dict:
     """Run main.py once through `launcher`, continuing a cut-off run from its checkpoint; return its
     row for runs.csv (without run_id). `labels` are overrides a fresh run gets that name no configuration
     (tracking_labels)."""
@@ -104,23 +105,36 @@ def execute(launcher: Launcher, main_script: Path, planned: Planned, run_dir: Pa
         if run_dir.exists():
             shutil.rmtree(run_dir)  # left by an invocation that failed or was killed before a checkpoint
         run_dir.mkdir(parents=True)
-        command = [sys.executable, str(main_script), *planned.overrides, f"seed={planned.seed}",
-                   f"hydra.run.dir='{run_dir}'", *labels, *launcher.overrides]
+        command = [
+            sys.executable,
+            str(main_script),
+            *planned.overrides,
+            f"seed={planned.seed}",
+            f"hydra.run.dir='{run_dir}'",
+            *labels,
+            *launcher.overrides,
+        ]
     started = time.perf_counter()
     returncode = launcher.run(command, run_dir / "output.log", run_dir)
     return row_of(planned, run_dir, returncode, round(time.perf_counter() - started, 3))
 
 
-def run_collection(collection: Collection, main_script: Path, planned: Sequence[Planned], force: bool = False,
-                   jobs: int = 1, echo: Callable[[str], None] = print, launcher: Launcher | None = None) -> int:
+def run_collection(
+    collection: Collection,
+    main_script: Path,
+    planned: Sequence[Planned],
+    force: bool = False,
+    jobs: int = 1,
+    echo: Callable[[str], None] = print,
+    launcher: Launcher | None = None,
+) -> int:
     """Run what is missing, `jobs` at a time, as child processes or through another `launcher`; return the
     number of planned runs that are failed."""
     launcher = launcher or LocalRuns()
     _ACTIVE[:] = [launcher]
     work = collection.todo(planned, force)
     skipped = len(planned) - len(work)
-    echo(f"collection {collection.path}: {len(planned)} runs planned, {skipped} already completed, "
-         f"{len(work)} to run")
+    echo(f"collection {collection.path}: {len(planned)} runs planned, {skipped} already completed, {len(work)} to run")
     runnable = []
     recorded = dict(zip(collection.runs.run_id.astype(int), collection.runs.status))
     for run_id, run in work:
@@ -130,18 +144,22 @@ def run_collection(collection: Collection, main_script: Path, planned: Sequence[
             continue
         owner = in_use(collection.run_dir(run_id))
         if owner is not None:  # e.g. an earlier invocation's run, still recording itself interrupted
-            echo(f"[busy] run {run_id}  seed={run.seed}  {run.config}: its directory is in use by a live run "
-                 f"({owner}); left as it is: run the same command again once that run has ended")
+            echo(
+                f"[busy] run {run_id}  seed={run.seed}  {run.config}: its directory is in use by a live run "
+                f"({owner}); left as it is: run the same command again once that run has ended"
+            )
             continue
         runnable.append((run_id, run))
 
     started, durations = time.perf_counter(), []
 
     def start(run_id: int, run: Planned) -> dict:
-        collection.record(run_id, {"seed": run.seed, "overrides": " ".join(run.overrides), "status": "running",
-                                   "config": run.config})
-        return execute(launcher, main_script, run, collection.run_dir(run_id),
-                       tracking_labels(collection.path.name, run_id))
+        collection.record(
+            run_id, {"seed": run.seed, "overrides": " ".join(run.overrides), "status": "running", "config": run.config}
+        )
+        return execute(
+            launcher, main_script, run, collection.run_dir(run_id), tracking_labels(collection.path.name, run_id)
+        )
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         pending: dict[Future, tuple[int, Planned, float]] = {}
@@ -162,18 +180,26 @@ def run_collection(collection: Collection, main_script: Path, planned: Sequence[
                 done_count += 1
                 left = len(runnable) - done_count
                 eta = np.mean(durations) * left / max(1, jobs)
-                outcome = (f"acc {row['final_central_accuracy']:.4f}"
-                           + (" (degraded: some client calls failed)" if row["status"] == "degraded" else "")
-                           if row["status"] in FINISHED else f"FAILED: {row['error']}")
-                echo(f"[{done_count}/{len(runnable)}] run {run_id}  seed={run.seed}  {run.config}  {outcome}  "
-                     f"{format_duration(durations[-1])}  ETA {format_duration(eta) if left else '-'}")
+                outcome = (
+                    f"acc {row['final_central_accuracy']:.4f}"
+                    + (" (degraded: some client calls failed)" if row["status"] == "degraded" else "")
+                    if row["status"] in FINISHED
+                    else f"FAILED: {row['error']}"
+                )
+                echo(
+                    f"[{done_count}/{len(runnable)}] run {run_id}  seed={run.seed}  {run.config}  {outcome}  "
+                    f"{format_duration(durations[-1])}  ETA {format_duration(eta) if left else '-'}"
+                )
     collection.rebuild()  # the pool is done; this also updates a collection written by an older fedsim
     if _STOPPING.is_set():
         raise KeyboardInterrupt
     ids = {(r.config, r.seed) for r in planned}
-    mine = collection.runs[np.array([(c, int(s)) in ids for c, s in zip(collection.runs.config, collection.runs.seed)],
-                                    dtype=bool)]
+    mine = collection.runs[
+        np.array([(c, int(s)) in ids for c, s in zip(collection.runs.config, collection.runs.seed)], dtype=bool)
+    ]
     failed = int((mine.status == "failed").sum())
-    echo(f"done in {format_duration(time.perf_counter() - started)}: {int((mine.status == 'completed').sum())} "
-         f"completed, {int((mine.status == 'degraded').sum())} degraded, {failed} failed -> {collection.path}")
+    echo(
+        f"done in {format_duration(time.perf_counter() - started)}: {int((mine.status == 'completed').sum())} "
+        f"completed, {int((mine.status == 'degraded').sum())} degraded, {failed} failed -> {collection.path}"
+    )
     return failed

@@ -1,5 +1,4 @@
-"""summary.csv and accuracy.png: per configuration, the mean with a Student-t 95% interval.
-"""
+"""summary.csv and accuracy.png: per configuration, the mean with a Student-t 95% interval."""
 
 from __future__ import annotations
 
@@ -26,9 +25,18 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         mean = done.mean() if n else np.nan
         std = done.std(ddof=1) if n > 1 else np.nan
         half = stats.t.ppf(0.975, n - 1) * std / np.sqrt(n) if n > 1 else np.nan
-        rows.append({"config": config, "n_runs": n, "n_failed": int((group.status == "failed").sum()),
-                     "n_degraded": int((group.status == "degraded").sum()),
-                     "mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half})
+        rows.append(
+            {
+                "config": config,
+                "n_runs": n,
+                "n_failed": int((group.status == "failed").sum()),
+                "n_degraded": int((group.status == "degraded").sum()),
+                "mean": mean,
+                "std": std,
+                "ci95_low": mean - half,
+                "ci95_high": mean + half,
+            }
+        )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -46,7 +54,7 @@ def plot_accuracy(rounds: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
         per_round = group.groupby("round")["central_accuracy"]
         mean, std, n = per_round.mean(), per_round.std(ddof=1), per_round.count()
         half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * std / np.sqrt(n)
-        line, = ax.plot(mean.index, mean.values, marker="o", markersize=3, label=f"{config} (n={n.max()})")
+        (line,) = ax.plot(mean.index, mean.values, marker="o", markersize=3, label=f"{config} (n={n.max()})")
         ax.fill_between(mean.index, mean - half, mean + half, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")

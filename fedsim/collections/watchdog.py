@@ -1,5 +1,5 @@
-"""`python -m fedsim.collections.watchdog PID:CREATED CWD LOG -- COMMAND...`: run COMMAND in CWD, its output into LOG, while process
-PID lives.
+"""`python -m fedsim.collections.watchdog PID:CREATED CWD LOG -- COMMAND...`: run COMMAND in CWD, its output into
+LOG, while process PID lives.
 
 A collection's run submitted as a Ray job is no child of run_and_collect, so the kernel cannot stop it when
 the collector dies. This wrapper, the job's entrypoint on the collector's machine, does: once the collector
@@ -42,7 +42,7 @@ def tag() -> str:
 def main(argv: list[str]) -> int:
     pid, started = argv[0].split(":")
     cwd, log = argv[1], argv[2]
-    command = argv[argv.index("--") + 1:]
+    command = argv[argv.index("--") + 1 :]
     if not alive(int(pid), int(started)):
         return 128 + signal.SIGTERM  # the collector is gone already: nothing to run for
     os.chdir(cwd)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import difflib
 import inspect
 import itertools
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
@@ -39,8 +40,11 @@ def parse(overrides: Sequence[str]) -> list[Override]:
             parsed.extend(parser.parse_overrides([text]))
         except HydraException as exc:
             key = text.split("=", 1)[0].lstrip("+~") or text
-            raise ConfigError(key, f"cannot read {text!r} ({first_line(exc)}); allowed: KEY=VALUE, +KEY=VALUE, "
-                              "~KEY, as Hydra's override grammar has them") from None
+            raise ConfigError(
+                key,
+                f"cannot read {text!r} ({first_line(exc)}); allowed: KEY=VALUE, +KEY=VALUE, "
+                "~KEY, as Hydra's override grammar has them",
+            ) from None
     return parsed
 
 
@@ -62,8 +66,7 @@ def _compose(overrides: Sequence[str]) -> tuple[DictConfig, dict[str, list[str]]
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
-        groups = {group: loader.get_group_options(group) for group in loader.list_groups("")
-                  if group != "hydra"}
+        groups = {group: loader.get_group_options(group) for group in loader.list_groups("") if group != "hydra"}
         try:
             cfg = compose(config_name="config", overrides=list(overrides))
         except (HydraException, OmegaConfBaseException) as exc:
@@ -120,17 +123,20 @@ def not_a_key(key: str, cfg: DictConfig, groups: dict[str, list[str]], near: Seq
     """`KEY: not a fedsim key; allowed: ...`, naming the nearest keys, or the group options that have it."""
     group = key.split(".", 1)[0]
     if group in groups and "." in key:
-        having = [option for option in groups[group]
-                  if _select(_compose([f"{group}={option}"])[0], key) is not _ABSENT]
+        having = [option for option in groups[group] if _select(_compose([f"{group}={option}"])[0], key) is not _ABSENT]
         if having:
-            return ConfigError(key, f"not a key of the chosen {group}; allowed: "
-                               f"{' or '.join(f'{group}={o}' for o in having)}, which {'have' if len(having) > 1 else 'has'} it")
+            return ConfigError(
+                key,
+                f"not a key of the chosen {group}; allowed: "
+                f"{' or '.join(f'{group}={o}' for o in having)}, which {'have' if len(having) > 1 else 'has'} it",
+            )
     candidates = dict.fromkeys(k for k in [*keys(cfg), *groups, *near] if not k.endswith("_target_"))
     nearest = difflib.get_close_matches(key, list(candidates), n=4, cutoff=0.6)
     if not nearest:
         top = [str(k) for k in cfg.keys()]
-        return ConfigError(key, f"not a fedsim key; allowed: a key of conf/ (README, Configuration), e.g. "
-                           f"{', '.join(top[:8])}")
+        return ConfigError(
+            key, f"not a fedsim key; allowed: a key of conf/ (README, Configuration), e.g. {', '.join(top[:8])}"
+        )
     return ConfigError(key, f"not a fedsim key; allowed: {', '.join(nearest)} (the nearest keys)")
 
 
@@ -176,8 +182,11 @@ def check(overrides: Sequence[str]) -> DictConfig | None:
     mine = [o for o in parsed if not is_hydras(o)]
     _, groups = _compose([])
     check_groups(mine, groups)
-    choices = [[f"{o.key_or_group}={v}" for v in values(o)] for o in mine
-               if o.key_or_group in groups and o.type != OverrideType.DEL]
+    choices = [
+        [f"{o.key_or_group}={v}" for v in values(o)]
+        for o in mine
+        if o.key_or_group in groups and o.type != OverrideType.DEL
+    ]
     for combination in itertools.product(*choices):
         base, _ = _compose(list(combination))
         check_keys(mine, base, groups)

@@ -1,5 +1,4 @@
-"""The OmegaConf resolvers conf/ uses (`${fedsim.num_malicious:...}`), registered when fedsim is imported.
-"""
+"""The OmegaConf resolvers conf/ uses (`${fedsim.num_malicious:...}`), registered when fedsim is imported."""
 
 from __future__ import annotations
 
@@ -34,7 +33,11 @@ def _resume_or(resume: str | None, fresh: str, resumed: str | None = None) -> st
 
 def register() -> None:
     """Make the resolvers known to OmegaConf (once per process; fedsim/__init__.py calls it)."""
-    for name, resolver in (("fedsim.minilm_path", _minilm_path), ("fedsim.num_malicious", _num_malicious),
-                           ("fedsim.bulyan_f", _bulyan_f), ("fedsim.resume_or", _resume_or)):
+    for name, resolver in (
+        ("fedsim.minilm_path", _minilm_path),
+        ("fedsim.num_malicious", _num_malicious),
+        ("fedsim.bulyan_f", _bulyan_f),
+        ("fedsim.resume_or", _resume_or),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

@@ -1,16 +1,15 @@
-"""`python main.py resume=RUN_DIR`: the stopped run's own config, checked before anything is touched.
-"""
+"""`python main.py resume=RUN_DIR`: the stopped run's own config, checked before anything is touched."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fedsim.run.info import effective_status
 from fedsim.config.compose import compose
+from fedsim.run.info import effective_status
 from fedsim.system.errors import ConfigError
 
 # What a resume may change: how long, how verbose, and where the clients run (a Ray cluster, its share of
@@ -20,8 +19,10 @@ CHANGEABLE = ("num_rounds", "log_level", "ray.address", "ray.max_actors")
 
 # Where each object a saved config builds lives now, for runs saved before fedsim's packages (issue 26).
 MOVED = {
-    "fedsim.attacks.": "fedsim.client.attacks.", "fedsim.faults.": "fedsim.server.faults.",
-    "fedsim.models.": "fedsim.model.nets.", "fedsim.features.": "fedsim.data.features.",
+    "fedsim.attacks.": "fedsim.client.attacks.",
+    "fedsim.faults.": "fedsim.server.faults.",
+    "fedsim.models.": "fedsim.model.nets.",
+    "fedsim.features.": "fedsim.data.features.",
     "fedsim.data.pathological_partitioner": "fedsim.data.partition.pathological_partitioner",
     "fedsim.privacy.Privacy": "fedsim.privacy.dp.Privacy",
     "fedsim.runtimes.Simulation": "fedsim.runtimes.simulation.Simulation",
@@ -63,7 +64,7 @@ def _rename_targets(node: DictConfig) -> None:
             target = str(node[key])
             for old, new in MOVED.items():
                 if target.startswith(old) and not target.startswith(new):
-                    node[key] = new + target[len(old):] if old.endswith(".") else new
+                    node[key] = new + target[len(old) :] if old.endswith(".") else new
                     break
 
 
@@ -79,17 +80,22 @@ def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     run_dir = Path(str(cfg.resume)).expanduser().resolve()
     saved_path, info_path = run_dir / "config.yaml", run_dir / "run.json"
     if not saved_path.exists() or not info_path.exists():
-        raise ConfigError("resume", f"{run_dir} has no config.yaml and run.json; allowed: a run directory "
-                          "written by main.py")
+        raise ConfigError(
+            "resume", f"{run_dir} has no config.yaml and run.json; allowed: a run directory written by main.py"
+        )
     others = sorted({_key(o) for o in overrides} - {"resume", *CHANGEABLE})
     if others:
-        raise ConfigError("resume", f"cannot change {', '.join(others)} of a run; allowed with resume: "
-                          f"{', '.join(CHANGEABLE)}")
+        raise ConfigError(
+            "resume", f"cannot change {', '.join(others)} of a run; allowed with resume: {', '.join(CHANGEABLE)}"
+        )
     info = json.loads(info_path.read_text())
     status = effective_status(info)
     if status == "running":
-        raise ConfigError("resume", f"{run_dir} is still running (pid {info.get('pid')} on {info.get('host')}); "
-                          "allowed: a stopped, failed, interrupted or killed run")
+        raise ConfigError(
+            "resume",
+            f"{run_dir} is still running (pid {info.get('pid')} on {info.get('host')}); "
+            "allowed: a stopped, failed, interrupted or killed run",
+        )
     saved = upgrade(OmegaConf.load(saved_path))
     given = {_key(o) for o in overrides}
     with open_dict(saved):
@@ -99,9 +105,12 @@ def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
                 OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
     done = int(info.get("rounds_completed") or 0)
     if status == "completed" and done >= saved.num_rounds:
-        raise ConfigError("resume", f"{run_dir} completed all {done} rounds; allowed: a stopped run, or "
-                          f"num_rounds above {done} to continue it")
+        raise ConfigError(
+            "resume",
+            f"{run_dir} completed all {done} rounds; allowed: a stopped run, or num_rounds above {done} to continue it",
+        )
     if saved.num_rounds < done:
-        raise ConfigError("num_rounds", f"{saved.num_rounds}, but {run_dir} has completed {done} rounds; "
-                          f"allowed: at least {done}")
+        raise ConfigError(
+            "num_rounds", f"{saved.num_rounds}, but {run_dir} has completed {done} rounds; allowed: at least {done}"
+        )
     return saved

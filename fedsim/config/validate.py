@@ -1,12 +1,12 @@
-"""The config's checks, all in one place, run before any data is read or any Ray worker starts.
-"""
+"""The config's checks, all in one place, run before any data is read or any Ray worker starts."""
 
 from __future__ import annotations
 
 import logging
 import os
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flwr.serverapp.strategy import Bulyan, MultiKrum, Strategy
 from omegaconf import DictConfig
@@ -48,19 +48,25 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "resources.num_cpus": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "resources.num_gpus": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "strategy.fraction_train": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "strategy.fraction_evaluate": (lambda v: _is_number(v) and 0 <= v <= 1,
-                                   "a number in [0, 1] (0 skips federated evaluation)"),
+    "strategy.fraction_evaluate": (
+        lambda v: _is_number(v) and 0 <= v <= 1,
+        "a number in [0, 1] (0 skips federated evaluation)",
+    ),
     "strategy.min_train_nodes": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "strategy.min_evaluate_nodes": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "strategy.num_malicious_nodes": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "strategy.num_nodes_to_select": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "strategy.proximal_mu": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "transport": (lambda v: v in TRANSPORTS, "float32, float16 or bfloat16"),
-    "ray.address": (lambda v: v is None or (isinstance(v, str) and ADDRESS.match(v) is not None),
-                    "null (a private Ray instance), auto, or HOST:PORT of a running Ray cluster's head"),
+    "ray.address": (
+        lambda v: v is None or (isinstance(v, str) and ADDRESS.match(v) is not None),
+        "null (a private Ray instance), auto, or HOST:PORT of a running Ray cluster's head",
+    ),
     "ray.max_actors": (lambda v: v == "auto" or (_is_int(v) and v >= 1), "auto or an integer >= 1"),
-    "runtime.node_slots": (lambda v: v is None or v == "auto" or (_is_int(v) and v >= 1),
-                           "auto, null (one simulated node per client) or an integer >= 1"),
+    "runtime.node_slots": (
+        lambda v: v is None or v == "auto" or (_is_int(v) and v >= 1),
+        "auto, null (one simulated node per client) or an integer >= 1",
+    ),
     "archive.mode": (lambda v: v in ("all", "global", "none"), "all, global or none"),
     "archive.dtype": (lambda v: v in ("float32", "float16", "bfloat16"), "float32, float16 or bfloat16"),
     "archive.layers": (lambda v: len(v) > 0 and all(isinstance(p, str) for p in v), "a list of glob patterns"),
@@ -115,30 +121,45 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(key, f"got {value!r}; allowed: {allowed}")
     attached = cfg.ray.address is not None
     if attached and cfg.runtime.name != "simulation":
-        raise ConfigError("ray.address", f"got {cfg.ray.address!r} with runtime={cfg.runtime.name}, whose clients "
-                          "are SuperNodes, not Ray actors; allowed: null, or runtime=simulation")
+        raise ConfigError(
+            "ray.address",
+            f"got {cfg.ray.address!r} with runtime={cfg.runtime.name}, whose clients "
+            "are SuperNodes, not Ray actors; allowed: null, or runtime=simulation",
+        )
     if not attached:  # a cluster's nodes are checked once attached (fedsim.cluster.attach)
         check_local_resources(cfg)
     if cfg.data.val_fraction == 0 and cfg.strategy.get("fraction_evaluate"):
-        raise ConfigError("data.val_fraction", f"0 leaves every client nothing to evaluate, but "
-                          f"strategy.fraction_evaluate={cfg.strategy.fraction_evaluate}; allowed: a number in "
-                          "(0, 1), or strategy.fraction_evaluate=0")
+        raise ConfigError(
+            "data.val_fraction",
+            f"0 leaves every client nothing to evaluate, but "
+            f"strategy.fraction_evaluate={cfg.strategy.fraction_evaluate}; allowed: a number in "
+            "(0, 1), or strategy.fraction_evaluate=0",
+        )
     if cfg.attack.name == "none" and cfg.attack.node_ratio:
-        raise ConfigError("attack.node_ratio", f"got {cfg.attack.node_ratio} with attack=none; allowed: 0, or pick an "
-                          "attack (random_labels, label_flip, random_weights, gaussian_noise, sign_flip, scaling, ...)")
+        raise ConfigError(
+            "attack.node_ratio",
+            f"got {cfg.attack.node_ratio} with attack=none; allowed: 0, or pick an "
+            "attack (random_labels, label_flip, random_weights, gaussian_noise, sign_flip, scaling, ...)",
+        )
 
 
 def check_local_resources(cfg: DictConfig) -> None:
     """Per-client resources this machine can host (a private Ray instance)."""
     if cfg.resources.num_gpus > _gpu_count():
         gpus = _gpu_count()
-        raise ConfigError("resources.num_gpus", f"got {cfg.resources.num_gpus}, but {gpus or 'no'} CUDA GPU"
-                          f"{'' if gpus == 1 else 's'} {'is' if gpus == 1 else 'are'} visible here (Ray would wait "
-                          f"forever to place a client); allowed: at most {gpus} on this machine")
+        raise ConfigError(
+            "resources.num_gpus",
+            f"got {cfg.resources.num_gpus}, but {gpus or 'no'} CUDA GPU"
+            f"{'' if gpus == 1 else 's'} {'is' if gpus == 1 else 'are'} visible here (Ray would wait "
+            f"forever to place a client); allowed: at most {gpus} on this machine",
+        )
     if cfg.resources.num_cpus > (os.cpu_count() or 1):
-        raise ConfigError("resources.num_cpus", f"{cfg.resources.num_cpus} per client, but this machine has "
-                          f"{os.cpu_count()} CPUs (Ray would wait forever to place a client); allowed: at most "
-                          f"{os.cpu_count()}")
+        raise ConfigError(
+            "resources.num_cpus",
+            f"{cfg.resources.num_cpus} per client, but this machine has "
+            f"{os.cpu_count()} CPUs (Ray would wait forever to place a client); allowed: at most "
+            f"{os.cpu_count()}",
+        )
 
 
 def fit_clients_per_round(cfg: DictConfig) -> int:
@@ -172,9 +193,12 @@ def check_strategy(strategy: Strategy, cfg: DictConfig) -> None:
         if key == "min_evaluate_nodes" and not cfg.strategy.get("fraction_evaluate", 1.0):
             continue  # no federated evaluation: Flower ignores it
         if wanted > cfg.num_clients:
-            raise ConfigError(f"strategy.{key}", f"{wanted}, but the federation has num_clients={cfg.num_clients} "
-                              f"(Flower would wait forever for the nodes it lacks); allowed: at most "
-                              f"{cfg.num_clients}")
+            raise ConfigError(
+                f"strategy.{key}",
+                f"{wanted}, but the federation has num_clients={cfg.num_clients} "
+                f"(Flower would wait forever for the nodes it lacks); allowed: at most "
+                f"{cfg.num_clients}",
+            )
     n = fit_clients_per_round(cfg)
     for cls, (minimum, rule) in MIN_CLIENTS.items():
         if isinstance(strategy, cls):
@@ -191,6 +215,7 @@ def check_strategy(strategy: Strategy, cfg: DictConfig) -> None:
                 )
             selected = getattr(strategy, "num_nodes_to_select", 1)
             if isinstance(strategy, MultiKrum) and selected > n:
-                raise ConfigError("strategy.num_nodes_to_select", f"{selected}, but {n} clients train per round; "
-                                  f"allowed: 1..{n}")
+                raise ConfigError(
+                    "strategy.num_nodes_to_select", f"{selected}, but {n} clients train per round; allowed: 1..{n}"
+                )
             return

@@ -38,9 +38,7 @@ def read_imdb(path: str) -> dict[str, Split]:
         for root in (local, local / "aclImdb"):
             if (root / "train" / "pos").is_dir():
                 return _read_aclimdb(root)
-        raise ConfigError(
-            "data.path", f"{path} holds neither Parquet files (train/test) nor an aclImdb/ tree"
-        )
+        raise ConfigError("data.path", f"{path} holds neither Parquet files (train/test) nor an aclImdb/ tree")
     if local.exists() or path.startswith((".", "/", "~")) or not HUB_ID.match(path):
         raise ConfigError(
             "data.path",
@@ -53,9 +51,7 @@ def read_imdb(path: str) -> dict[str, Split]:
 def _check_columns(columns: list[str], where: str) -> None:
     missing = {"text", "label"} - set(columns)
     if missing:
-        raise ConfigError(
-            "data.path", f"{where} lacks column(s) {sorted(missing)}; expected 'text' and 'label'"
-        )
+        raise ConfigError("data.path", f"{where} lacks column(s) {sorted(missing)}; expected 'text' and 'label'")
 
 
 def _read_parquet_dir(root: Path) -> dict[str, Split]:
@@ -122,16 +118,21 @@ def _read_hub(dataset_id: str) -> dict[str, Split]:
     try:
         dataset = load_dataset(dataset_id)
     except Exception as exc:  # the Hub's errors vary by cause (offline, missing, gated)
-        raise ConfigError("data.path", f"could not load '{dataset_id}' from the Hugging Face Hub ({first_line(exc)}); "
-                          "allowed: a reachable Hub id, or a local copy given as data.path=DIR or IMDB_PATH=DIR "
-                          "(Parquet train/test files or an aclImdb/ tree)") from None
+        raise ConfigError(
+            "data.path",
+            f"could not load '{dataset_id}' from the Hugging Face Hub ({first_line(exc)}); "
+            "allowed: a reachable Hub id, or a local copy given as data.path=DIR or IMDB_PATH=DIR "
+            "(Parquet train/test files or an aclImdb/ tree)",
+        ) from None
     splits = {}
     for split in ("train", "test"):
         if split not in dataset:
             raise ConfigError("data.path", f"Hub dataset '{dataset_id}' has no '{split}' split")
         _check_columns(dataset[split].column_names, f"Hub dataset '{dataset_id}'")
-        splits[split] = Split(list(dataset[split]["text"]),
-                              _labels(np.asarray(dataset[split]["label"], dtype=object), f"Hub dataset '{dataset_id}'"))
+        splits[split] = Split(
+            list(dataset[split]["text"]),
+            _labels(np.asarray(dataset[split]["label"], dtype=object), f"Hub dataset '{dataset_id}'"),
+        )
     return splits
 
 
@@ -142,13 +143,19 @@ def check_split(split: Split, name: str, source: str) -> None:
     """
     bad_text = sum(not isinstance(t, str) or not t.strip() for t in split.texts)
     if bad_text:
-        raise ConfigError("data.path", f"{bad_text} of {len(split.texts)} {name} rows in {source} have no text "
-                          "(null, empty or not a string); allowed: a non-empty string in every row")
+        raise ConfigError(
+            "data.path",
+            f"{bad_text} of {len(split.texts)} {name} rows in {source} have no text "
+            "(null, empty or not a string); allowed: a non-empty string in every row",
+        )
     labels, counts = np.unique(split.labels, return_counts=True)
     unknown = {int(label): int(count) for label, count in zip(labels, counts) if label not in CLASSES}
     if unknown:
-        raise ConfigError("data.path", f"{sum(unknown.values())} {name} rows in {source} have labels "
-                          f"{sorted(unknown)[:5]} outside IMDB's classes; allowed: {list(CLASSES)}")
+        raise ConfigError(
+            "data.path",
+            f"{sum(unknown.values())} {name} rows in {source} have labels "
+            f"{sorted(unknown)[:5]} outside IMDB's classes; allowed: {list(CLASSES)}",
+        )
 
 
 def select_rows(num_rows: int, cap: int | None, seed: int) -> np.ndarray:

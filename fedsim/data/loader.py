@@ -59,16 +59,25 @@ def load_data(prepared: PreparedData, partition_id: int, batch_size: int) -> tup
     return trainloader, valloader
 
 
-def load_node_data(path: str, featurizer_cfg: DictConfig, cache_dir: str, seed: int, val_fraction: float,
-                   partition_id: int, batch_size: int) -> tuple[Loader, Loader]:
+def load_node_data(
+    path: str,
+    featurizer_cfg: DictConfig,
+    cache_dir: str,
+    seed: int,
+    val_fraction: float,
+    partition_id: int,
+    batch_size: int,
+) -> tuple[Loader, Loader]:
     """A SuperNode's own data (`--node-config data-path=DIR`): every row of the Parquet files in DIR (IMDB's
     text and label columns), split into local train and validation as a partition is, featurized once into
     the node's own cache."""
     features = _node_features(path, OmegaConf.to_yaml(featurizer_cfg, resolve=True), cache_dir)
     rows = np.arange(len(features.labels))
     train_rows, val_rows = train_val_split(rows, val_fraction, seed, partition_id)
-    return (Loader(features, train_rows, batch_size, shuffle=True, seed=seed),
-            Loader(features, val_rows, 4 * batch_size, shuffle=False))
+    return (
+        Loader(features, train_rows, batch_size, shuffle=True, seed=seed),
+        Loader(features, val_rows, 4 * batch_size, shuffle=False),
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,8 +85,11 @@ def _node_features(path: str, featurizer_yaml: str, cache_dir: str) -> Features:
     """A node's own rows, read, checked and featurized (through the cache) once per process."""
     files = sorted(glob.glob(str(Path(os.path.expanduser(path)) / "**" / "*.parquet"), recursive=True))
     if not files:
-        raise ConfigError("data-path", f"{path} holds no Parquet file on this node; allowed: a directory of "
-                          "Parquet files with 'text' and 'label' columns")
+        raise ConfigError(
+            "data-path",
+            f"{path} holds no Parquet file on this node; allowed: a directory of "
+            "Parquet files with 'text' and 'label' columns",
+        )
     split = _read_parquet_files(files, path)
     check_split(split, "node", path)
     featurizer = instantiate(OmegaConf.create(featurizer_yaml))

@@ -27,20 +27,28 @@ def check_partitions(prepared: PreparedData, fraction_evaluate: float) -> None:
     for client_id, size in enumerate(sizes):
         _, val_rows = train_val_split(np.arange(size), prepared.val_fraction, prepared.seed, client_id)
         if size < 1 or (fraction_evaluate > 0 and len(val_rows) == 0) or size - len(val_rows) < 1:
-            raise ConfigError("data.val_fraction", f"client {client_id} holds {size} rows, {len(val_rows)} of them "
-                              f"for validation at data.val_fraction={prepared.val_fraction}: nothing left to "
-                              f"{'train on' if size - len(val_rows) < 1 else 'evaluate'}; allowed: partitions "
-                              "of at least 2 rows (more data.train_size, fewer num_clients, another partition)")
+            raise ConfigError(
+                "data.val_fraction",
+                f"client {client_id} holds {size} rows, {len(val_rows)} of them "
+                f"for validation at data.val_fraction={prepared.val_fraction}: nothing left to "
+                f"{'train on' if size - len(val_rows) < 1 else 'evaluate'}; allowed: partitions "
+                "of at least 2 rows (more data.train_size, fewer num_clients, another partition)",
+            )
 
 
-def pathological_partitioner(num_partitions: int, classes_per_client: int, class_assignment_mode: str = "random",
-                             seed: int = 0):
+def pathological_partitioner(
+    num_partitions: int, classes_per_client: int, class_assignment_mode: str = "random", seed: int = 0
+):
     """flwr-datasets' PathologicalPartitioner under the SPEC's key name `partition.classes_per_client`."""
     from flwr_datasets.partitioner import PathologicalPartitioner
 
-    return PathologicalPartitioner(num_partitions=num_partitions, partition_by="label",
-                                   num_classes_per_partition=classes_per_client,
-                                   class_assignment_mode=class_assignment_mode, seed=seed)
+    return PathologicalPartitioner(
+        num_partitions=num_partitions,
+        partition_by="label",
+        num_classes_per_partition=classes_per_client,
+        class_assignment_mode=class_assignment_mode,
+        seed=seed,
+    )
 
 
 def partition_table(partitioner_cfg: dict, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -50,8 +58,9 @@ def partition_table(partitioner_cfg: dict, labels: np.ndarray, seed: int) -> tup
     order = np.random.default_rng(seed).permutation(len(labels))
     partitioner = instantiate(partitioner_cfg, _convert_="all")
     partitioner.dataset = Dataset.from_dict({"row": order, "label": labels[order]})
-    parts = [np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64)
-             for i in range(partitioner.num_partitions)]
+    parts = [
+        np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64) for i in range(partitioner.num_partitions)
+    ]
     indptr = np.zeros(len(parts) + 1, dtype=np.int64)
     np.cumsum([len(p) for p in parts], out=indptr[1:])
     return np.concatenate(parts) if parts else np.zeros(0, np.int64), indptr
@@ -70,8 +79,9 @@ def partition_cached(partitioner_cfg: dict, labels: np.ndarray, seed: int, cache
         try:
             rows, indptr = partition_table(partitioner_cfg, labels, seed)
         except ValueError as exc:  # flwr-datasets' own message, e.g. a Dirichlet split it cannot make
-            raise ConfigError("partition", f"{first_line(exc)} (try fewer clients, more rows, or a larger "
-                              "partition.alpha)") from None
+            raise ConfigError(
+                "partition", f"{first_line(exc)} (try fewer clients, more rows, or a larger partition.alpha)"
+            ) from None
         save_cached(path, {"rows": rows, "indptr": indptr})
     return str(path)
 
@@ -87,7 +97,9 @@ def partition_rows(prepared: PreparedData, partition_id: int) -> np.ndarray:
     return table["rows"][table["indptr"][partition_id] : table["indptr"][partition_id + 1]]
 
 
-def train_val_split(rows: np.ndarray, val_fraction: float, seed: int, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
+def train_val_split(
+    rows: np.ndarray, val_fraction: float, seed: int, partition_id: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Split a client's rows into local train and validation parts, reproducibly per client."""
     shuffled = np.random.default_rng([seed, partition_id]).permutation(rows)
     num_val = int(round(len(rows) * val_fraction))

@@ -46,7 +46,8 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
     test_rows = select_rows(len(splits["test"].labels), cfg.data.test_size, 0)
     if cfg.num_clients > len(train_rows):
         raise ConfigError(
-            "num_clients", f"{cfg.num_clients} clients for {len(train_rows)} training rows; use at most {len(train_rows)}"
+            "num_clients",
+            f"{cfg.num_clients} clients for {len(train_rows)} training rows; use at most {len(train_rows)}",
         )
     featurizer = instantiate(cfg.model.featurizer)
     train_file = featurize_cached(splits["train"], train_rows, featurizer, cfg.data.cache_dir)
@@ -57,8 +58,9 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
         kind=featurizer.kind,
         num_train=len(train_rows),
         num_test=len(test_rows),
-        partition_file=partition_cached(partitioner, splits["train"].labels[train_rows], int(cfg.seed),
-                                        cfg.data.cache_dir),
+        partition_file=partition_cached(
+            partitioner, splits["train"].labels[train_rows], int(cfg.seed), cfg.data.cache_dir
+        ),
         seed=int(cfg.seed),
         val_fraction=float(cfg.data.val_fraction),
     )

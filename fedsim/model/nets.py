@@ -1,5 +1,4 @@
-"""The classifiers, all called as `model(**inputs) -> logits`.
-"""
+"""The classifiers, all called as `model(**inputs) -> logits`."""
 
 from __future__ import annotations
 

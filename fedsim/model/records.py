@@ -1,12 +1,11 @@
-"""Weights in Flower's messages: ArrayRecords made from named arrays, and read back without copying.
-"""
+"""Weights in Flower's messages: ArrayRecords made from named arrays, and read back without copying."""
 
 from __future__ import annotations
 
 import copyreg
 import io
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord

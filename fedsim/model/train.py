@@ -1,9 +1,8 @@
-"""Local training and evaluation loops shared by clients and the server's central evaluation.
-"""
+"""Local training and evaluation loops shared by clients and the server's central evaluation."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -39,8 +38,9 @@ def train(
     as mu -> 0.
     """
     model.train()
-    anchors = [[p.detach().clone() for p in group["params"]] for group in optimizer.param_groups] \
-        if proximal_mu > 0 else None
+    anchors = (
+        [[p.detach().clone() for p in group["params"]] for group in optimizer.param_groups] if proximal_mu > 0 else None
+    )
     total, count = 0.0, 0
     for _ in range(epochs):
         for batch in loader:

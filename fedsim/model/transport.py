@@ -6,7 +6,7 @@ recorded in run.json.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -29,8 +29,12 @@ def encode(weights: Sequence[np.ndarray], transport: str) -> list[np.ndarray]:
         return list(weights)
     if transport == "float16":
         return [w.astype(np.float16) if w.dtype == np.float32 else w for w in weights]
-    return [torch.from_numpy(np.ascontiguousarray(w)).to(torch.bfloat16).view(torch.uint16).numpy()
-            if w.dtype == np.float32 else w for w in weights]
+    return [
+        torch.from_numpy(np.ascontiguousarray(w)).to(torch.bfloat16).view(torch.uint16).numpy()
+        if w.dtype == np.float32
+        else w
+        for w in weights
+    ]
 
 
 def to_float32(array: np.ndarray, transport: str) -> np.ndarray:

@@ -1,5 +1,4 @@
-"""A model's weights as NumPy lists in state_dict order, and their names.
-"""
+"""A model's weights as NumPy lists in state_dict order, and their names."""
 
 from __future__ import annotations
 

@@ -13,8 +13,9 @@ import os
 import queue
 import shutil
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,13 +37,21 @@ def select_layers(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
     return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
-def expected_bytes(weights: Sequence[np.ndarray], names: Sequence[str], kept: Sequence[str], dtype: str,
-                   mode: str, num_rounds: int, clients_per_round: int) -> int:
+def expected_bytes(
+    weights: Sequence[np.ndarray],
+    names: Sequence[str],
+    kept: Sequence[str],
+    dtype: str,
+    mode: str,
+    num_rounds: int,
+    clients_per_round: int,
+) -> int:
     """Bytes the archive will take: kept layers x stored precision x files."""
     itemsize = 4 if dtype == "float32" else 2
     per_file = sum(
         w.size * (itemsize if np.issubdtype(w.dtype, np.floating) else w.itemsize)
-        for n, w in zip(names, weights) if n in kept
+        for n, w in zip(names, weights)
+        if n in kept
     )
     files = {"none": 0, "global": num_rounds + 1, "all": num_rounds * (clients_per_round + 1) + 1}[mode]
     return per_file * files
@@ -67,8 +76,15 @@ class ArchiveWriter:
     waits for every file, fsyncs files and folders, and re-raises any error of the writer.
     """
 
-    def __init__(self, run_dir: Path, names: Sequence[str], layers: Sequence[str], dtype: str,
-                 max_pending: int = 2, resume_after: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        names: Sequence[str],
+        layers: Sequence[str],
+        dtype: str,
+        max_pending: int = 2,
+        resume_after: tuple[int, int] | None = None,
+    ) -> None:
         """`resume_after`: (round, manifest offset) of a checkpoint; the rounds after it are removed."""
         self.run_dir = Path(run_dir)
         self.names = list(names)
@@ -111,10 +127,17 @@ class ArchiveWriter:
         save_file({n: self._convert(w) for n, w in zip(self.names, weights) if n in self.kept}, str(path))
         with open(path, "rb") as f:
             os.fsync(f.fileno())
-        self.manifest.write([{
-            "round": server_round, "kind": "global" if client_id is None else "client",
-            "client_id": client_id, "path": str(path.relative_to(self.run_dir)), "num_bytes": path.stat().st_size,
-        }])
+        self.manifest.write(
+            [
+                {
+                    "round": server_round,
+                    "kind": "global" if client_id is None else "client",
+                    "client_id": client_id,
+                    "path": str(path.relative_to(self.run_dir)),
+                    "num_bytes": path.stat().st_size,
+                }
+            ]
+        )
 
     def _work(self) -> None:
         while True:
@@ -186,8 +209,9 @@ class Archive:
         with safe_open(str(self.path(server_round, client_id)), "pt") as f:
             return _as_numpy(f.get_tensor(layer))
 
-    def iter_tensors(self, server_round: int, client_id: int | None = None,
-                     layers: Sequence[str] | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    def iter_tensors(
+        self, server_round: int, client_id: int | None = None, layers: Sequence[str] | None = None
+    ) -> Iterator[tuple[str, np.ndarray]]:
         """(layer, array) pairs of one model, read one at a time."""
         with safe_open(str(self.path(server_round, client_id)), "pt") as f:
             for name in layers or list(f.keys()):

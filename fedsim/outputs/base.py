@@ -35,5 +35,3 @@ class Callback:
 
     def close(self) -> None:
         """Release files and threads; called whether the run completed or failed."""
-
-

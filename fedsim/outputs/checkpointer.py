@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
@@ -68,8 +69,11 @@ def strategy_state(strategy: Strategy) -> tuple[dict[str, np.ndarray], dict[str,
 
 def restore_strategy(strategy: Strategy, tensors: dict[str, np.ndarray], layout: dict[str, dict]) -> None:
     for attr, spec in layout.items():
-        setattr(inner_strategy(strategy), attr, _from_items(spec["kind"], {key: tensors[f"strategy/{attr}/{key}"]
-                                                           for key in spec["keys"]}))
+        setattr(
+            inner_strategy(strategy),
+            attr,
+            _from_items(spec["kind"], {key: tensors[f"strategy/{attr}/{key}"] for key in spec["keys"]}),
+        )
 
 
 @dataclass
@@ -90,15 +94,18 @@ class Checkpoint:
         with safe_open(str(path), "np") as f:
             meta = json.loads(f.metadata()["fedsim"])
             tensors = {key: f.get_tensor(key) for key in f.keys()}
-        return cls(server_round=meta["round"], weights=[tensors[f"model/{n}"] for n in names],
-                   strategy_tensors={k: v for k, v in tensors.items() if k.startswith("strategy/")},
-                   strategy_layout=meta["strategy"], outputs=meta["outputs"])
+        return cls(
+            server_round=meta["round"],
+            weights=[tensors[f"model/{n}"] for n in names],
+            strategy_tensors={k: v for k, v in tensors.items() if k.startswith("strategy/")},
+            strategy_layout=meta["strategy"],
+            outputs=meta["outputs"],
+        )
 
     def save(self, run_dir: Path, names: Sequence[str]) -> None:
         path = Path(run_dir) / CHECKPOINT
         tmp = path.with_name(f".{CHECKPOINT}.tmp")
-        meta = {"format": FORMAT, "round": self.server_round, "strategy": self.strategy_layout,
-                "outputs": self.outputs}
+        meta = {"format": FORMAT, "round": self.server_round, "strategy": self.strategy_layout, "outputs": self.outputs}
         tensors = {f"model/{n}": np.ascontiguousarray(w) for n, w in zip(names, self.weights)}
         save_file({**tensors, **self.strategy_tensors}, str(tmp), metadata={"fedsim": json.dumps(meta)})
         with open(tmp, "rb") as f:
@@ -127,7 +134,9 @@ class Checkpointer(Callback):
     def on_round_end(self, record: RoundRecord) -> None:
         tensors, layout = strategy_state(self.strategy)
         Checkpoint(
-            server_round=record.server_round, weights=record.global_weights, strategy_tensors=tensors,
+            server_round=record.server_round,
+            weights=record.global_weights,
+            strategy_tensors=tensors,
             strategy_layout=layout,
             outputs={output_key(i, c): c.state() for i, c in enumerate(self.outputs)},
         ).save(self.run_dir, record.names)

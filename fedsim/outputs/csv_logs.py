@@ -1,13 +1,13 @@
-"""rounds.csv and clients.csv: CSVs appended and fsync'ed row by row, resumable at the end of any round.
-"""
+"""rounds.csv and clients.csv: CSVs appended and fsync'ed row by row, resumable at the end of any round."""
 
 from __future__ import annotations
 
 import csv
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from fedsim.outputs.base import Callback
 from fedsim.outputs.columns import CLIENT_STAT_COLUMNS, CLIENTS_COLUMNS, ROUNDS_COLUMNS
@@ -100,9 +100,18 @@ def client_rows(record: RoundRecord) -> list[dict[str, Any]]:
         }
         for update in record.clients
     ]
-    failures = [{"round": record.server_round, "client_id": f.client_id, "is_malicious": f.is_malicious,
-                 "attack": f.attack, "status": f.status, "error": f.error, "sim_time_s": f.sim_time_s}
-                for f in record.failures]
+    failures = [
+        {
+            "round": record.server_round,
+            "client_id": f.client_id,
+            "is_malicious": f.is_malicious,
+            "attack": f.attack,
+            "status": f.status,
+            "error": f.error,
+            "sim_time_s": f.sim_time_s,
+        }
+        for f in record.failures
+    ]
     return sorted(updates, key=lambda r: r["client_id"]) + sorted(failures, key=lambda r: r["client_id"])
 
 

@@ -12,8 +12,9 @@ clients whose score exceeds its stated threshold:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,12 +55,19 @@ def detection_rows(client_rows: Sequence[dict]) -> list[dict]:
             scores = np.nan_to_num(score(rows), nan=0.0)
             flagged = scores > threshold
             hits = int((flagged & truth).sum())
-            out.append({
-                "detector": name, "round": server_round, "auc": float(roc_auc_score(truth, scores)),
-                "precision": hits / flagged.sum() if flagged.any() else float("nan"),
-                "recall": hits / truth.sum(), "threshold": threshold, "num_flagged": int(flagged.sum()),
-                "num_malicious": int(truth.sum()), "num_clients": len(rows),
-            })
+            out.append(
+                {
+                    "detector": name,
+                    "round": server_round,
+                    "auc": float(roc_auc_score(truth, scores)),
+                    "precision": hits / flagged.sum() if flagged.any() else float("nan"),
+                    "recall": hits / truth.sum(),
+                    "threshold": threshold,
+                    "num_flagged": int(flagged.sum()),
+                    "num_malicious": int(truth.sum()),
+                    "num_clients": len(rows),
+                }
+            )
     return out
 
 

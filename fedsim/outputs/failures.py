@@ -1,9 +1,9 @@
-"""Failed client calls: printed once per distinct error, counted, and a run stopped when too many fail.
-"""
+"""Failed client calls: printed once per distinct error, counted, and a run stopped when too many fail."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fedsim.outputs.base import Callback
 from fedsim.server.record import FAILED, RoundRecord
@@ -34,13 +34,17 @@ class ClientFailures(Callback):
             if failure.error not in self.seen:
                 self.seen.append(failure.error)
                 phase = "train" if failure.status == FAILED else "evaluate"
-                self.echo(f"warning: client {failure.client_id} failed to {phase} in round "
-                          f"{record.server_round}: {failure.error} (each distinct error is printed once; "
-                          "clients.csv has every failed call)")
+                self.echo(
+                    f"warning: client {failure.client_id} failed to {phase} in round "
+                    f"{record.server_round}: {failure.error} (each distinct error is printed once; "
+                    "clients.csv has every failed call)"
+                )
         calls, failed = self.counts["train_calls"], self.counts["train_failed"]
         if calls and failed / calls > self.max_rate:
-            raise RunFailed(f"{failed} of {calls} client training calls failed ({failed / calls:.0%}), more than "
-                            f"faults.max_failure_rate={self.max_rate:g}; first error: {self.seen[0]}")
+            raise RunFailed(
+                f"{failed} of {calls} client training calls failed ({failed / calls:.0%}), more than "
+                f"faults.max_failure_rate={self.max_rate:g}; first error: {self.seen[0]}"
+            )
 
     def state(self) -> dict[str, Any]:
         return {"counts": dict(self.counts), "seen": list(self.seen)}

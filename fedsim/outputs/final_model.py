@@ -1,5 +1,4 @@
-"""model.safetensors: the last global model.
-"""
+"""model.safetensors: the last global model."""
 
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,8 +53,14 @@ class LayerStatistics:
         self.k = num_clients
         self.means = np.empty(num_elements)
 
-    def scan(self, clients: Sequence[np.ndarray], lo: int, hi: int, updates: UpdateStatistics | None = None,
-             start_weights: np.ndarray | None = None) -> tuple[float, int, np.ndarray | None, float, float]:
+    def scan(
+        self,
+        clients: Sequence[np.ndarray],
+        lo: int,
+        hi: int,
+        updates: UpdateStatistics | None = None,
+        start_weights: np.ndarray | None = None,
+    ) -> tuple[float, int, np.ndarray | None, float, float]:
         """Elements lo..hi of every client's flat layer, a cache-sized block at a time (never the
         whole layer stacked): (sum of variances, outliers, bucket counts, min, max); feeds `updates`."""
         variance_sum, outliers, low, high = 0.0, 0, np.inf, -np.inf
@@ -116,8 +122,9 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def layer_pass(clients: Sequence[np.ndarray] | np.ndarray,
-               start_weights: np.ndarray | None = None) -> tuple[dict, UpdateStatistics | None]:
+def layer_pass(
+    clients: Sequence[np.ndarray] | np.ndarray, start_weights: np.ndarray | None = None
+) -> tuple[dict, UpdateStatistics | None]:
     """One layer's statistics from each client's flat copy of it (a list, or the rows of a
     stack), and its update statistics when `start_weights` (flat) is given.
 
@@ -149,8 +156,9 @@ def coordinate_median(stack: np.ndarray) -> np.ndarray:
         median = np.empty(stack.shape[1], dtype=stack.dtype)
         for start in range(0, stack.shape[1], 1024):
             ordered = np.sort(stack[:, start : start + 1024].T, axis=1)
-            median[start : start + 1024] = ordered[:, k // 2] if k % 2 else \
-                (ordered[:, k // 2 - 1] + ordered[:, k // 2]) / 2
+            median[start : start + 1024] = (
+                ordered[:, k // 2] if k % 2 else (ordered[:, k // 2 - 1] + ordered[:, k // 2]) / 2
+            )
         return median
     ordered = stack.copy()
     for phase in range(k):
@@ -193,14 +201,14 @@ class UpdateStatistics:
         self.sq_dist_median += np.einsum("ij,ij->i", deviation, deviation)
 
     @staticmethod
-    def merge(parts: Sequence["UpdateStatistics"]) -> "UpdateStatistics":
+    def merge(parts: Sequence[UpdateStatistics]) -> UpdateStatistics:
         """Sum of statistics over disjoint elements, in the given order."""
         total = UpdateStatistics(parts[0].k)
         for part in parts:
             total.add(part)
         return total
 
-    def add(self, other: "UpdateStatistics") -> None:
+    def add(self, other: UpdateStatistics) -> None:
         """Add the statistics of other elements (another layer or range)."""
         self.sq_norm += other.sq_norm
         self.dot_others += other.dot_others
@@ -214,14 +222,19 @@ class UpdateStatistics:
         spread = norms.std()
         zscores = (norms - norms.mean()) / spread if spread > 0 else np.zeros(self.k)
         return [
-            {"update_norm": float(n), "cosine_to_mean": float(c) if self.k > 1 else float("nan"),
-             "distance_to_median": float(d), "norm_zscore": float(z)}
+            {
+                "update_norm": float(n),
+                "cosine_to_mean": float(c) if self.k > 1 else float("nan"),
+                "distance_to_median": float(d),
+                "norm_zscore": float(z),
+            }
             for n, c, d, z in zip(norms, cosine, np.sqrt(self.sq_dist_median), zscores)
         ]
 
 
-def round_statistics(names: Sequence[str], global_weights: Sequence[np.ndarray],
-                     client_weights: Sequence[Sequence[np.ndarray]]) -> tuple[list[dict], list[dict]]:
+def round_statistics(
+    names: Sequence[str], global_weights: Sequence[np.ndarray], client_weights: Sequence[Sequence[np.ndarray]]
+) -> tuple[list[dict], list[dict]]:
     """(layer rows, client rows) of one round; client rows follow the order of `client_weights`.
 
     One layer at a time, in blocks of elements gathered from every client's array, so the float64
@@ -233,8 +246,9 @@ def round_statistics(names: Sequence[str], global_weights: Sequence[np.ndarray],
         return _round_statistics(names, global_weights, client_weights)
 
 
-def _round_statistics(names: Sequence[str], global_weights: Sequence[np.ndarray],
-                      client_weights: Sequence[Sequence[np.ndarray]]) -> tuple[list[dict], list[dict]]:
+def _round_statistics(
+    names: Sequence[str], global_weights: Sequence[np.ndarray], client_weights: Sequence[Sequence[np.ndarray]]
+) -> tuple[list[dict], list[dict]]:
     updates = UpdateStatistics(len(client_weights))
     layer_rows = []
     for index, name in enumerate(names):
@@ -263,8 +277,9 @@ def recompute(run_dir: Path) -> tuple[list[dict], list[dict]]:
             raise SystemExit(f"error: {run_dir} has no client weights for round {rnd}; it needs archive.mode=all")
         names = archive.layers()
         start = archive.load(rnd - 1)
-        layers, stats = round_statistics(names, [start[n] for n in names],
-                                         [[archive.load(rnd, c)[n] for n in names] for c in clients])
+        layers, stats = round_statistics(
+            names, [start[n] for n in names], [[archive.load(rnd, c)[n] for n in names] for c in clients]
+        )
         layer_rows += [{"round": rnd, **row} for row in layers]
         client_rows += [{"round": rnd, "client_id": c, **s} for c, s in zip(clients, stats)]
     return layer_rows, client_rows
@@ -281,7 +296,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(layers).to_csv(out / "layers_offline.csv", index=False)
     pd.DataFrame(clients).to_csv(out / "clients_offline.csv", index=False)
-    print(f"wrote {out / 'layers_offline.csv'} ({len(layers)} rows) and {out / 'clients_offline.csv'} ({len(clients)} rows)")
+    print(
+        f"wrote {out / 'layers_offline.csv'} ({len(layers)} rows) and {out / 'clients_offline.csv'} "
+        f"({len(clients)} rows)"
+    )
 
 
 if __name__ == "__main__":
@@ -302,8 +320,9 @@ class WeightScrutiny(CsvOutput):
     def on_round_end(self, record: RoundRecord) -> None:
         if not self.enabled or not record.clients or record.start_weights is None:
             return
-        layer_rows, update_rows = round_statistics(record.names, record.start_weights,
-                                                   [update.weights for update in record.clients])
+        layer_rows, update_rows = round_statistics(
+            record.names, record.start_weights, [update.weights for update in record.clients]
+        )
         self.log.write([{"round": record.server_round, **row, **self.ground_truth} for row in layer_rows])
         for update, stats in zip(record.clients, update_rows):
             update.stats.update(stats)

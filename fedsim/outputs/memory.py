@@ -1,5 +1,4 @@
-"""rounds.csv's driver memory columns.
-"""
+"""rounds.csv's driver memory columns."""
 
 from __future__ import annotations
 

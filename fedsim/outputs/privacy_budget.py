@@ -1,5 +1,4 @@
-"""rounds.csv's epsilon and run.json's privacy budget.
-"""
+"""rounds.csv's epsilon and run.json's privacy budget."""
 
 from __future__ import annotations
 
@@ -22,8 +21,14 @@ class PrivacyBudget(Callback):
 
     @property
     def epsilon(self) -> float:
-        return epsilon(self.privacy.noise_multiplier, self.clients_per_round, self.num_clients, self.releases,
-                       self.privacy.delta, self.privacy.sampling)
+        return epsilon(
+            self.privacy.noise_multiplier,
+            self.clients_per_round,
+            self.num_clients,
+            self.releases,
+            self.privacy.delta,
+            self.privacy.sampling,
+        )
 
     def on_run_start(self, saved: dict[str, Any] | None) -> None:
         if saved:

@@ -1,10 +1,9 @@
-"""One line per round on stdout, with an ETA.
-"""
+"""One line per round on stdout, with an ETA."""
 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from fedsim.outputs.base import Callback
 from fedsim.server.record import RoundRecord
@@ -30,6 +29,8 @@ class Progress(Callback):
             value = row.get(key)
             return "  -   " if value is None else f"{value:.4f}"
 
-        self.echo(f"round {done:>3}/{self.num_rounds}  central_acc {fmt('central_accuracy')}  "
-                  f"fed_acc {fmt('fed_accuracy')}  train_loss {fmt('train_loss')}  "
-                  f"{row.get('round_time_s', record.elapsed()):.1f}s  ETA {format_duration(eta) if done else '-'}")
+        self.echo(
+            f"round {done:>3}/{self.num_rounds}  central_acc {fmt('central_accuracy')}  "
+            f"fed_acc {fmt('fed_accuracy')}  train_loss {fmt('train_loss')}  "
+            f"{row.get('round_time_s', record.elapsed()):.1f}s  ETA {format_duration(eta) if done else '-'}"
+        )

@@ -1,10 +1,9 @@
-"""Exact quantiles of large float32 arrays by counting their bit patterns in buckets (no full sort).
-"""
+"""Exact quantiles of large float32 arrays by counting their bit patterns in buckets (no full sort)."""
 
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -27,16 +26,19 @@ def bucket_counts(values: np.ndarray) -> np.ndarray:
     return np.bincount(_high_bits(np.ascontiguousarray(values, dtype=np.float32)).ravel(), minlength=1 << 16)
 
 
-def exact_quantiles(values: np.ndarray | Sequence[np.ndarray], qs: Sequence[float],
-                    counts: np.ndarray | None = None) -> list[float]:
+def exact_quantiles(
+    values: np.ndarray | Sequence[np.ndarray], qs: Sequence[float], counts: np.ndarray | None = None
+) -> list[float]:
     """np.quantile over all of `values` (an array, or several arrays taken together), exactly.
 
     Sorting or partitioning tens of millions of values costs about a second per round; instead
     the values are counted by their top 16 bits (`counts`, if the caller has them already), and
     only the few buckets that hold the wanted ranks are gathered and sorted (a radix select).
     """
-    parts = [np.ascontiguousarray(v, dtype=np.float32).ravel()
-             for v in (values if isinstance(values, (list, tuple)) else [values])]
+    parts = [
+        np.ascontiguousarray(v, dtype=np.float32).ravel()
+        for v in (values if isinstance(values, (list, tuple)) else [values])
+    ]
     n = sum(p.size for p in parts)
     if n < RADIX_MIN or not all(np.isfinite(p.min() + p.max()) for p in parts if p.size):
         return [float(v) for v in np.quantile(np.concatenate(parts), qs)]  # small, NaN or inf: NumPy's way

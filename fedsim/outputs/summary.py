@@ -1,9 +1,9 @@
-"""run.json's metrics, current after every round.
-"""
+"""run.json's metrics, current after every round."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fedsim.outputs.base import Callback
 from fedsim.server.record import RoundRecord
@@ -18,9 +18,13 @@ class RunSummary(Callback):
 
     def __init__(self, publish: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.publish = publish
-        self.summary: dict[str, Any] = {"final_central_accuracy": None, "best_central_accuracy": None,
-                                        "final_central_loss": None, "final_fed_accuracy": None,
-                                        "rounds_completed": 0}
+        self.summary: dict[str, Any] = {
+            "final_central_accuracy": None,
+            "best_central_accuracy": None,
+            "final_central_loss": None,
+            "final_fed_accuracy": None,
+            "rounds_completed": 0,
+        }
 
     def on_run_start(self, saved: dict[str, Any] | None) -> None:
         self.summary.update(saved or {})
@@ -29,10 +33,14 @@ class RunSummary(Callback):
         row = record.metrics
         accuracy, best = row.get("central_accuracy"), self.summary["best_central_accuracy"]
         if accuracy is not None:
-            self.summary.update(final_central_accuracy=accuracy,
-                                best_central_accuracy=accuracy if best is None else max(best, accuracy))
-        self.summary.update(final_central_loss=row.get("central_loss"), final_fed_accuracy=row.get("fed_accuracy"),
-                            rounds_completed=record.server_round)
+            self.summary.update(
+                final_central_accuracy=accuracy, best_central_accuracy=accuracy if best is None else max(best, accuracy)
+            )
+        self.summary.update(
+            final_central_loss=row.get("central_loss"),
+            final_fed_accuracy=row.get("fed_accuracy"),
+            rounds_completed=record.server_round,
+        )
         if self.publish is not None:
             self.publish(dict(self.summary))
 

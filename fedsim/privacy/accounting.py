@@ -10,8 +10,14 @@ import math
 import numpy as np
 
 
-def epsilon(noise_multiplier: float, sample_size: int, population: int, releases: int, delta: float,
-            sampling: str = "without_replacement") -> float:
+def epsilon(
+    noise_multiplier: float,
+    sample_size: int,
+    population: int,
+    releases: int,
+    delta: float,
+    sampling: str = "without_replacement",
+) -> float:
     """ε after `releases` noisy averages with dp-accounting's RDP accountant.
 
     without_replacement: replace-one neighbours, whose sensitivity is twice the clipping norm, so the
@@ -28,8 +34,9 @@ def epsilon(noise_multiplier: float, sample_size: int, population: int, releases
 
 
 @functools.lru_cache(maxsize=8)
-def _one_release(noise_multiplier: float, sample_size: int, population: int,
-                 sampling: str) -> tuple[np.ndarray, np.ndarray]:
+def _one_release(
+    noise_multiplier: float, sample_size: int, population: int, sampling: str
+) -> tuple[np.ndarray, np.ndarray]:
     """The RDP orders and one release's RDP at each: releases compose by adding RDP, and the sampled
     mechanism's RDP takes about half a second to compute, so a run computes it once, not every round."""
     from dp_accounting import dp_event
@@ -38,8 +45,9 @@ def _one_release(noise_multiplier: float, sample_size: int, population: int,
 
     if sampling == "without_replacement":
         accountant = RdpAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
-        event = dp_event.SampledWithoutReplacementDpEvent(population, sample_size,
-                                                          dp_event.GaussianDpEvent(noise_multiplier / 2))
+        event = dp_event.SampledWithoutReplacementDpEvent(
+            population, sample_size, dp_event.GaussianDpEvent(noise_multiplier / 2)
+        )
     else:
         accountant = RdpAccountant(neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE)
         event = dp_event.GaussianDpEvent(noise_multiplier)

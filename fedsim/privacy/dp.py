@@ -81,17 +81,26 @@ class Privacy:
         if not self.enabled:
             return
         if isinstance(strategy, ROBUST):
-            raise ConfigError("privacy", f"{self.mode} with strategy {type(strategy).__name__}: Flower's DP noise "
-                              "is calibrated to the mean of clipped updates, which a robust aggregator does not "
-                              "release; allowed: an averaging strategy (fedavg, fedprox, fedadam, fedyogi, "
-                              "fedadagrad, fedavgm), or privacy=none")
+            raise ConfigError(
+                "privacy",
+                f"{self.mode} with strategy {type(strategy).__name__}: Flower's DP noise "
+                "is calibrated to the mean of clipped updates, which a robust aggregator does not "
+                "release; allowed: an averaging strategy (fedavg, fedprox, fedadam, fedyogi, "
+                "fedadagrad, fedavgm), or privacy=none",
+            )
         if self.client_side and attack != "none":
-            raise ConfigError("privacy", f"{self.mode} with attack={attack}: client-side clipping runs in each "
-                              "client, and a malicious client would not clip; allowed: privacy=server_fixed or "
-                              "server_adaptive with an attack, or attack=none")
+            raise ConfigError(
+                "privacy",
+                f"{self.mode} with attack={attack}: client-side clipping runs in each "
+                "client, and a malicious client would not clip; allowed: privacy=server_fixed or "
+                "server_adaptive with an attack, or attack=none",
+            )
         if self.client_side and transport != "float32":
-            raise ConfigError("transport", f"{transport} with privacy={self.mode}: Flower's clipping mod replaces "
-                              "the client's update with float32 arrays; allowed: float32, or a server_* mode")
+            raise ConfigError(
+                "transport",
+                f"{transport} with privacy={self.mode}: Flower's clipping mod replaces "
+                "the client's update with float32 arrays; allowed: float32, or a server_* mode",
+            )
 
     def wrap(self, strategy: Strategy, num_sampled_clients: int) -> Strategy:
         """`strategy` inside Flower's DP wrapper for this mode, averaging with equal weights; as is for none.
@@ -103,21 +112,32 @@ class Privacy:
             return self._wrapper(strategy, num_sampled_clients)
         except ValueError as exc:
             stddev = self.clipped_count_stddev or num_sampled_clients / 20
-            raise ConfigError("privacy.noise_multiplier", f"Flower's {self.mode} wrapper refused "
-                              f"{self.noise_multiplier} with {num_sampled_clients} clients per round ({first_line(exc)}); "
-                              f"allowed: below 2 x privacy.clipped_count_stddev = {2 * stddev:g} (null: clients per "
-                              "round / 20), or a larger clipped_count_stddev") from None
+            raise ConfigError(
+                "privacy.noise_multiplier",
+                f"Flower's {self.mode} wrapper refused "
+                f"{self.noise_multiplier} with {num_sampled_clients} clients per round ({first_line(exc)}); "
+                f"allowed: below 2 x privacy.clipped_count_stddev = {2 * stddev:g} (null: clients per "
+                "round / 20), or a larger clipped_count_stddev",
+            ) from None
 
     def _wrapper(self, strategy: Strategy, num_sampled_clients: int) -> Strategy:
         if self.adaptive:
-            wrapper = {"server_adaptive": ServerSideAdaptiveClipping,
-                       "client_adaptive": ClientSideAdaptiveClipping}[self.mode]
-            return wrapper(strategy, self.noise_multiplier, num_sampled_clients,
-                           initial_clipping_norm=self.initial_clipping_norm,
-                           target_clipped_quantile=self.target_clipped_quantile, clip_norm_lr=self.clip_norm_lr,
-                           clipped_count_stddev=self.clipped_count_stddev)
-        wrapper = {"server_fixed": DifferentialPrivacyServerSideFixedClipping,
-                   "client_fixed": DifferentialPrivacyClientSideFixedClipping}[self.mode]
+            wrapper = {"server_adaptive": ServerSideAdaptiveClipping, "client_adaptive": ClientSideAdaptiveClipping}[
+                self.mode
+            ]
+            return wrapper(
+                strategy,
+                self.noise_multiplier,
+                num_sampled_clients,
+                initial_clipping_norm=self.initial_clipping_norm,
+                target_clipped_quantile=self.target_clipped_quantile,
+                clip_norm_lr=self.clip_norm_lr,
+                clipped_count_stddev=self.clipped_count_stddev,
+            )
+        wrapper = {
+            "server_fixed": DifferentialPrivacyServerSideFixedClipping,
+            "client_fixed": DifferentialPrivacyClientSideFixedClipping,
+        }[self.mode]
         return wrapper(strategy, self.noise_multiplier, self.clipping_norm, num_sampled_clients)
 
 

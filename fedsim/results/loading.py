@@ -1,8 +1,8 @@
 """Load a run or a collection into pandas DataFrames, for notebooks:
 
-    from fedsim.results import load
-    c = load("results/collections/NAME")   # c.runs, c.rounds, c.clients, c.layers, c.detection, c.summary
-    r = load("results/runs/2026-11-22/...")  # r.info, r.config, r.rounds, r.clients, r.layers, r.detection
+from fedsim.results import load
+c = load("results/collections/NAME")   # c.runs, c.rounds, c.clients, c.layers, c.detection, c.summary
+r = load("results/runs/2026-11-22/...")  # r.info, r.config, r.rounds, r.clients, r.layers, r.detection
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ class CollectionResults:
 
 
 def config_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    """`frame` plus one column per override key in its `config` ("attack=x strategy=y" -> attack, strategy),
-    so summaries pivot by any swept key: `config_columns(c.summary).pivot(index="attack", columns="strategy", values="mean")`."""
+    """`frame` plus one column per override key in its `config` ("attack=x strategy=y" -> attack, strategy), so
+    summaries pivot by any swept key:
+    `config_columns(c.summary).pivot(index="attack", columns="strategy", values="mean")`."""
     pairs = frame["config"].map(lambda c: dict(p.split("=", 1) for p in str(c).split() if "=" in p))
     return frame.join(pd.DataFrame(pairs.tolist(), index=frame.index))
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -33,8 +33,17 @@ def check_command_line(argv: Sequence[str]) -> None:
     from hydra._internal.utils import get_args_parser
 
     args = get_args_parser().parse_args(list(argv))
-    if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion or args.config_name \
-            or args.config_path or args.config_dir or args.experimental_rerun:
+    if (
+        args.help
+        or args.hydra_help
+        or args.cfg
+        or args.info
+        or args.shell_completion
+        or args.config_name
+        or args.config_path
+        or args.config_dir
+        or args.experimental_rerun
+    ):
         return  # Hydra's own commands, or another config than conf/config.yaml
     check(args.overrides)
 
@@ -63,8 +72,12 @@ def run_command(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         raise_on_signals(run_dir / "main.log")
-        claim(run_dir, resume=cfg.get("resume") is not None, overwrite=bool(cfg.get("overwrite", False)),
-              keep=HYDRA_WRITES)
+        claim(
+            run_dir,
+            resume=cfg.get("resume") is not None,
+            overwrite=bool(cfg.get("overwrite", False)),
+            keep=HYDRA_WRITES,
+        )
         cfg = resumed_config(cfg, hydra_cfg.overrides.task)
         if hydra_cfg.mode == RunMode.MULTIRUN:  # `-m`: the sweep's runs are one group in a tracker
             group_multirun(cfg, hydra_cfg.sweep.dir, hydra_cfg.job.num)
@@ -77,9 +90,14 @@ def run_command(cfg: DictConfig) -> float | None:
         with open(run_dir / "main.log", "a") as log:
             traceback.print_exc(file=log)
         leave(1, f"error: {first_line(exc)} (run.json and main.log in {run_dir})")
-    failures = f" (degraded: {info['client_failures']} client calls failed, see clients.csv)" \
-        if info["status"] == "degraded" else ""
-    print(f"done{failures}: final central_accuracy {info['final_central_accuracy']:.4f} in "
-          f"{info['wall_time_s']:.0f}s -> {run_dir}")
+    failures = (
+        f" (degraded: {info['client_failures']} client calls failed, see clients.csv)"
+        if info["status"] == "degraded"
+        else ""
+    )
+    print(
+        f"done{failures}: final central_accuracy {info['final_central_accuracy']:.4f} in "
+        f"{info['wall_time_s']:.0f}s -> {run_dir}"
+    )
     sys.stdout.flush()
     return info["final_central_accuracy"]

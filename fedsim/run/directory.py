@@ -16,8 +16,9 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -86,8 +87,11 @@ def claim(run_dir: Path, *, resume: bool = False, overwrite: bool = False, keep:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(KEY, f"{run_dir} is in use by a live run (pid {owner_of(run_dir)}); allowed: another "
-                              "directory, or wait for that run to end") from None
+            raise ConfigError(
+                KEY,
+                f"{run_dir} is in use by a live run (pid {owner_of(run_dir)}); allowed: another "
+                "directory, or wait for that run to end",
+            ) from None
         check(run_dir, resume, overwrite, locked=True)  # again, now that no other run can start here
         if overwrite and not resume and _info(run_dir) is not None:
             clear(run_dir, keep)
@@ -106,8 +110,9 @@ def check(run_dir: Path, resume: bool, overwrite: bool, locked: bool = False) ->
     `locked`: this process holds the directory's lock already (only run.json can name another owner)."""
     owner = in_use(run_dir, probe_lock=not locked)
     if owner is not None:
-        raise ConfigError(KEY, f"{run_dir} is in use by a live run ({owner}); allowed: another directory, or wait "
-                          "for that run to end")
+        raise ConfigError(
+            KEY, f"{run_dir} is in use by a live run ({owner}); allowed: another directory, or wait for that run to end"
+        )
     info = _info(run_dir)
     if info is not None and (run_dir / "config.yaml").exists() and not resume and not overwrite:
         raise refused(run_dir, info)
@@ -118,8 +123,11 @@ def refused(run_dir: Path, info: dict[str, Any]) -> ConfigError:
     status, done = effective_status(info), int(info.get("rounds_completed") or 0)
     ways = ["another directory", "overwrite=true to replace it"]
     if (run_dir / "config.yaml").exists() and (run_dir / CHECKPOINT).exists():
-        ways.append(f"resume={run_dir} num_rounds=MORE to continue it" if status in FINISHED
-                    else f"resume={run_dir} to continue it")
+        ways.append(
+            f"resume={run_dir} num_rounds=MORE to continue it"
+            if status in FINISHED
+            else f"resume={run_dir} to continue it"
+        )
     return ConfigError(KEY, f"{run_dir} holds a run ({status}, {done} rounds); allowed: {', '.join(ways)}")
 
 
@@ -147,8 +155,11 @@ class RunDirectoryGuard(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            claim(Path(config.hydra.run.dir), resume=config.get("resume") is not None,
-                  overwrite=bool(config.get("overwrite", False)))
+            claim(
+                Path(config.hydra.run.dir),
+                resume=config.get("resume") is not None,
+                overwrite=bool(config.get("overwrite", False)),
+            )
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)

@@ -7,9 +7,10 @@ scripts pass their own parts (a client factory, extra outputs) through it.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,8 +49,13 @@ class Experiment:
     callbacks: list[Callback] = field(default_factory=list)  # outputs added to the standard ones
 
 
-def build(cfg: DictConfig, *, client_fn: ClientFn = client_fn, callbacks: Sequence[Callback] = (),
-          run_config: Mapping[str, Any] | None = None) -> Experiment:
+def build(
+    cfg: DictConfig,
+    *,
+    client_fn: ClientFn = client_fn,
+    callbacks: Sequence[Callback] = (),
+    run_config: Mapping[str, Any] | None = None,
+) -> Experiment:
     """Check the whole config and build the strategy and the attack; raise ConfigError on the first problem.
 
     `run_config` is the run config the clients get; by default the resolved config itself.
@@ -62,11 +68,18 @@ def build(cfg: DictConfig, *, client_fn: ClientFn = client_fn, callbacks: Sequen
     privacy = _instantiate(cfg, "privacy")
     privacy.check(strategy, attack.name, transport_of(cfg))
     tracker = _instantiate(cfg, "tracking")
-    return Experiment(cfg=cfg, strategy=privacy.wrap(strategy, fit_clients_per_round(cfg)), attack=attack,
-                      malicious=malicious_of(attack, int(cfg.num_clients), int(cfg.seed)), faults=faults,
-                      privacy=privacy, tracker=tracker,
-                      run_config=dict(run_config) if run_config is not None else flatten(cfg),
-                      client_fn=client_fn, callbacks=list(callbacks))
+    return Experiment(
+        cfg=cfg,
+        strategy=privacy.wrap(strategy, fit_clients_per_round(cfg)),
+        attack=attack,
+        malicious=malicious_of(attack, int(cfg.num_clients), int(cfg.seed)),
+        faults=faults,
+        privacy=privacy,
+        tracker=tracker,
+        run_config=dict(run_config) if run_config is not None else flatten(cfg),
+        client_fn=client_fn,
+        callbacks=list(callbacks),
+    )
 
 
 def _instantiate(cfg: DictConfig, key: str) -> Any:
@@ -74,8 +87,9 @@ def _instantiate(cfg: DictConfig, key: str) -> Any:
     try:
         return instantiate(cfg[key])
     except InstantiationException as exc:
-        raise ConfigError(key, f"{cfg[key].get('_target_')} refused its settings: "
-                          f"{first_line(exc.__cause__ or exc)}") from None
+        raise ConfigError(
+            key, f"{cfg[key].get('_target_')} refused its settings: {first_line(exc.__cause__ or exc)}"
+        ) from None
 
 
 def load_model(cfg: DictConfig) -> torch.nn.Module:
@@ -87,10 +101,16 @@ def load_model(cfg: DictConfig) -> torch.nn.Module:
     try:
         return instantiate(cfg.model.net)
     except Exception as exc:
-        where = "no such directory" if missing and str(name).startswith(("/", ".", "~")) else \
-            first_line(exc.__cause__ or exc)
-        raise ConfigError("model.name", f"cannot load {name!r}: {where}; allowed: a local model directory "
-                          "(model.name=/path/to/checkpoint), or a Hub id that is cached or reachable") from None
+        where = (
+            "no such directory"
+            if missing and str(name).startswith(("/", ".", "~"))
+            else first_line(exc.__cause__ or exc)
+        )
+        raise ConfigError(
+            "model.name",
+            f"cannot load {name!r}: {where}; allowed: a local model directory "
+            "(model.name=/path/to/checkpoint), or a Hub id that is cached or reachable",
+        ) from None
 
 
 def check_space(cfg: DictConfig, run_dir: Path, names: list[str], weights: list[np.ndarray]) -> None:
@@ -102,11 +122,15 @@ def check_space(cfg: DictConfig, run_dir: Path, names: list[str], weights: list[
     if cfg.archive.mode != "none":
         kept = select_layers(names, list(cfg.archive.layers))
         if not kept:
-            raise ConfigError("archive.layers", f"{list(cfg.archive.layers)} match no layer; layers are e.g. "
-                              f"{names[:3]}")
-        archive = expected_bytes(weights, names, kept, cfg.archive.dtype, cfg.archive.mode, cfg.num_rounds,
-                                 fit_clients_per_round(cfg))
-        print(f"archive: mode={cfg.archive.mode} dtype={cfg.archive.dtype}, {len(kept)}/{len(names)} layers, "
-              f"about {archive / 1e9:.2f} GB expected")
+            raise ConfigError(
+                "archive.layers", f"{list(cfg.archive.layers)} match no layer; layers are e.g. {names[:3]}"
+            )
+        archive = expected_bytes(
+            weights, names, kept, cfg.archive.dtype, cfg.archive.mode, cfg.num_rounds, fit_clients_per_round(cfg)
+        )
+        print(
+            f"archive: mode={cfg.archive.mode} dtype={cfg.archive.dtype}, {len(kept)}/{len(names)} layers, "
+            f"about {archive / 1e9:.2f} GB expected"
+        )
         needed += archive
     check_disk(run_dir, needed)

@@ -11,9 +11,10 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -27,8 +28,11 @@ def _versions() -> dict[str, str]:
     """Installed versions, read from package metadata (importing transformers alone takes seconds)."""
     from importlib.metadata import version
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            **{name: version(name) for name in ("flwr", "ray", "transformers")}}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        **{name: version(name) for name in ("flwr", "ray", "transformers")},
+    }
 
 
 def git_commit() -> str | None:
@@ -37,8 +41,9 @@ def git_commit() -> str | None:
     if os.environ.get("FEDSIM_GIT_COMMIT"):
         return os.environ["FEDSIM_GIT_COMMIT"]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or None
     except OSError:
         return None
@@ -83,13 +88,20 @@ class RunInfo:
 
     def _fresh(self, cfg: DictConfig, alive: dict[str, Any]) -> dict[str, Any]:
         return {
-            "status": "running", "runtime": cfg.runtime.name,
-            "seed": cfg.seed, "started_at": _now(), "finished_at": None,
-            "wall_time_s": None, "num_clients": cfg.num_clients, "num_rounds": cfg.num_rounds,
-            "model": cfg.model.name, "strategy": cfg.strategy._target_,
+            "status": "running",
+            "runtime": cfg.runtime.name,
+            "seed": cfg.seed,
+            "started_at": _now(),
+            "finished_at": None,
+            "wall_time_s": None,
+            "num_clients": cfg.num_clients,
+            "num_rounds": cfg.num_rounds,
+            "model": cfg.model.name,
+            "strategy": cfg.strategy._target_,
             "transport": transport_of(cfg),
             "privacy": cfg.privacy.mode,
-            "versions": _versions(), "git_commit": git_commit(),
+            "versions": _versions(),
+            "git_commit": git_commit(),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
             **alive,
         }
@@ -115,8 +127,9 @@ class RunInfo:
     def finish(self, status: str, **fields: Any) -> None:
         with self._lock:
             self._stopped.set()
-            self.data.update(status=status, finished_at=_now(), heartbeat_at=time.time(), wall_time_s=self._wall_s(),
-                             **fields)
+            self.data.update(
+                status=status, finished_at=_now(), heartbeat_at=time.time(), wall_time_s=self._wall_s(), **fields
+            )
             write_json(self.path, self.data)
 
 

@@ -7,8 +7,9 @@ and `flwr run` hands the ServerApp a Grid to run the rounds on (fedsim.server.ap
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -82,8 +83,11 @@ def run_experiment(cfg: DictConfig, run_dir: Path, federate: Callable[[Session],
         info.finish("degraded" if summary.get("client_failures") else "completed", **summary)
         return info.data
     except BaseException as exc:  # run.json already has the metrics of every round that ended (RunSummary)
-        info.finish("interrupted" if isinstance(exc, Interrupted) else "failed", error=first_line(exc),
-                    error_type=type(exc).__name__)
+        info.finish(
+            "interrupted" if isinstance(exc, Interrupted) else "failed",
+            error=first_line(exc),
+            error_type=type(exc).__name__,
+        )
         raise
     finally:
         if session is not None:

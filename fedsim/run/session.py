@@ -1,14 +1,14 @@
-"""A run in progress on the server: its model, test split, clock of simulated faults, and outputs.
-"""
+"""A run in progress on the server: its model, test split, clock of simulated faults, and outputs."""
 
 from __future__ import annotations
 
 import logging
 import os
 import random
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,8 +107,9 @@ class Session:
 
     def open_outputs(self) -> None:
         """Start every output, after the checkpoint's round when resuming; the checkpoint writer comes last."""
-        outputs = standard_outputs(self.experiment, self.run_dir, self.names, self.info.progress) + \
-            self.experiment.callbacks
+        outputs = (
+            standard_outputs(self.experiment, self.run_dir, self.names, self.info.progress) + self.experiment.callbacks
+        )
         self.callbacks = outputs + [Checkpointer(self.run_dir, self.strategy, outputs)]
         saved = self.checkpoint.outputs if self.checkpoint is not None else {}
         for index, callback in enumerate(self.callbacks):
@@ -118,12 +119,19 @@ class Session:
         """The weights the first round starts from: the seeded model's, or the checkpoint's."""
         return self.checkpoint.weights if self.checkpoint is not None else get_weights(self.model)
 
-    def missed(self, client_id: int, status: str, error: str | None = None,
-               sim_time_s: float | None = None) -> ClientFailure:
+    def missed(
+        self, client_id: int, status: str, error: str | None = None, sim_time_s: float | None = None
+    ) -> ClientFailure:
         """A client call that brought no usable reply, with the client's ground truth."""
         malicious = client_id in self.malicious
-        return ClientFailure(client_id=client_id, status=status, error=error, is_malicious=malicious,
-                             attack=self.attack_name if malicious else "none", sim_time_s=sim_time_s)
+        return ClientFailure(
+            client_id=client_id,
+            status=status,
+            error=error,
+            is_malicious=malicious,
+            attack=self.attack_name if malicious else "none",
+            sim_time_s=sim_time_s,
+        )
 
     def clock(self, server_round: int, updates: list[ClientUpdate]) -> tuple[list[ClientUpdate], list[ClientFailure]]:
         """The updates on time by the simulated clock, and the late ones (fedsim.faults)."""
@@ -132,8 +140,14 @@ class Session:
             return updates, []
         on_time, late = [], []
         for update in updates:
-            update.sim_time_s = faults.sim_time(self.cfg.seed, server_round, update.client_id, update.num_examples,
-                                                int(self.cfg.client.local_epochs), update.client_id in self.slow)
+            update.sim_time_s = faults.sim_time(
+                self.cfg.seed,
+                server_round,
+                update.client_id,
+                update.num_examples,
+                int(self.cfg.client.local_epochs),
+                update.client_id in self.slow,
+            )
             if faults.late(update.sim_time_s):
                 late.append(self.missed(update.client_id, LATE, sim_time_s=update.sim_time_s))
             else:
@@ -174,8 +188,9 @@ class Session:
             callback.close()
 
 
-def standard_outputs(experiment: Experiment, run_dir: Path, names: list[str],
-                     publish: Callable[[dict[str, Any]], None] | None = None) -> list[Callback]:
+def standard_outputs(
+    experiment: Experiment, run_dir: Path, names: list[str], publish: Callable[[dict[str, Any]], None] | None = None
+) -> list[Callback]:
     """Every run's outputs, in the order they see each round (see fedsim.outputs); `publish` gets
     run.json's metrics after every round."""
     cfg, attack = experiment.cfg, experiment.attack
@@ -184,15 +199,21 @@ def standard_outputs(experiment: Experiment, run_dir: Path, names: list[str],
         ClientsCsv(run_dir / "clients.csv"),
     ]
     if cfg.archive.mode != "none":
-        writer = partial(ArchiveWriter, run_dir, names, list(cfg.archive.layers), cfg.archive.dtype,
-                         cfg.archive.max_pending)
+        writer = partial(
+            ArchiveWriter, run_dir, names, list(cfg.archive.layers), cfg.archive.dtype, cfg.archive.max_pending
+        )
         outputs.append(WeightArchive(writer, clients=cfg.archive.mode == "all"))
     outputs.append(MemoryProbe())
     if experiment.privacy.enabled:
-        outputs.append(PrivacyBudget(experiment.privacy, experiment.strategy, int(cfg.num_clients),
-                                     fit_clients_per_round(cfg)))
-    outputs += [RoundsCsv(run_dir / "rounds.csv"), Progress(cfg.num_rounds), RunSummary(publish),
-                ClientFailures(float(cfg.faults.max_failure_rate))]
+        outputs.append(
+            PrivacyBudget(experiment.privacy, experiment.strategy, int(cfg.num_clients), fit_clients_per_round(cfg))
+        )
+    outputs += [
+        RoundsCsv(run_dir / "rounds.csv"),
+        Progress(cfg.num_rounds),
+        RunSummary(publish),
+        ClientFailures(float(cfg.faults.max_failure_rate)),
+    ]
     if cfg.scrutiny:
         outputs.append(DetectionCsv(run_dir / "detection.csv", run_dir / "clients.csv"))
     experiment.tracker.bind(run_dir, flatten(cfg))

@@ -12,8 +12,8 @@ import argparse
 import datetime as dt
 import ipaddress
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -35,8 +35,9 @@ def _write(path: Path, data: bytes, private: bool = False) -> Path:
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _san(host: str) -> x509.GeneralName:
@@ -51,36 +52,58 @@ def make_ca(out: Path, name: str = "fedsim CA") -> tuple[x509.Certificate, ec.El
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False),
-                           critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     _write(out / "ca.crt", cert.public_bytes(serialization.Encoding.PEM))
     _write(out / "ca.key", _pem_key(key), private=True)
     return cert, key
 
 
-def make_server_cert(out: Path, ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
-                     hosts: Sequence[str] = LOCALHOST) -> Path:
+def make_server_cert(
+    out: Path, ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], hosts: Sequence[str] = LOCALHOST
+) -> Path:
     """server.crt/server.key for the SuperLink, signed by `ca`, valid for every name and address in `hosts`."""
     ca_cert, ca_key = ca
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=VALID_DAYS))
-            .add_extension(x509.SubjectAlternativeName([_san(h) for h in dict.fromkeys(hosts)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+        .add_extension(x509.SubjectAlternativeName([_san(h) for h in dict.fromkeys(hosts)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     _write(out / "server.key", _pem_key(key), private=True)
     return _write(out / "server.crt", cert.public_bytes(serialization.Encoding.PEM))
 
@@ -88,10 +111,17 @@ def make_server_cert(out: Path, ca: tuple[x509.Certificate, ec.EllipticCurvePriv
 def make_node_key(out: Path, name: str) -> Path:
     """A SuperNode's key pair: `name` (OpenSSH private key) and `name.pub`, the public key to register."""
     key = ec.generate_private_key(ec.SECP256R1())
-    _write(out / name, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                         serialization.NoEncryption()), private=True)
-    return _write(out / f"{name}.pub", key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                                      serialization.PublicFormat.OpenSSH) + b"\n")
+    _write(
+        out / name,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        ),
+        private=True,
+    )
+    return _write(
+        out / f"{name}.pub",
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n",
+    )
 
 
 def make_all(out: Path, hosts: Sequence[str] = LOCALHOST, num_nodes: int = 0) -> None:
@@ -104,9 +134,13 @@ def make_all(out: Path, hosts: Sequence[str] = LOCALHOST, num_nodes: int = 0) ->
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fedsim.runtimes.certs", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder for the certificates and keys")
-    parser.add_argument("--host", action="append", dest="hosts", metavar="NAME_OR_IP",
-                        help="a name or address the SuperNodes use to reach the SuperLink (repeat; "
-                             "default: localhost, 127.0.0.1, ::1)")
+    parser.add_argument(
+        "--host",
+        action="append",
+        dest="hosts",
+        metavar="NAME_OR_IP",
+        help="a name or address the SuperNodes use to reach the SuperLink (repeat; default: localhost, 127.0.0.1, ::1)",
+    )
     parser.add_argument("--nodes", type=int, default=0, help="SuperNode key pairs to make (node_0, node_0.pub, ...)")
     args = parser.parse_args(argv)
     make_all(args.out, args.hosts or LOCALHOST, args.nodes)

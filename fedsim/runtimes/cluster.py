@@ -8,9 +8,10 @@ import contextlib
 import logging
 import socket
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -41,8 +42,11 @@ def cluster_nodes() -> list[NodeResources]:
     """The alive nodes of the Ray cluster this process is connected to."""
     import ray
 
-    return [NodeResources(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
-            for n in ray.nodes() if n.get("Alive") and n.get("Resources")]
+    return [
+        NodeResources(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+        for n in ray.nodes()
+        if n.get("Alive") and n.get("Resources")
+    ]
 
 
 def check_fits(nodes: Sequence[NodeResources], num_cpus: float, num_gpus: float, where: str) -> int:
@@ -52,12 +56,18 @@ def check_fits(nodes: Sequence[NodeResources], num_cpus: float, num_gpus: float,
         return slots
     largest_cpus = max((n.cpus for n in nodes), default=0)
     largest_gpus = max((n.gpus for n in nodes), default=0)
-    key, asked, largest = ("resources.num_gpus", num_gpus, largest_gpus) if num_gpus > largest_gpus else \
-        ("resources.num_cpus", num_cpus, largest_cpus)
-    raise ConfigError(key, f"{asked:g} per client, but no node of {where} has that many ({len(nodes)} nodes, "
-                      f"{sum(n.cpus for n in nodes):g} CPUs and {sum(n.gpus for n in nodes):g} GPUs in all; the "
-                      f"largest has {largest_cpus:g} CPUs and {largest_gpus:g} GPUs), so Ray would wait forever "
-                      f"to place a client; allowed: at most {largest:g}")
+    key, asked, largest = (
+        ("resources.num_gpus", num_gpus, largest_gpus)
+        if num_gpus > largest_gpus
+        else ("resources.num_cpus", num_cpus, largest_cpus)
+    )
+    raise ConfigError(
+        key,
+        f"{asked:g} per client, but no node of {where} has that many ({len(nodes)} nodes, "
+        f"{sum(n.cpus for n in nodes):g} CPUs and {sum(n.gpus for n in nodes):g} GPUs in all; the "
+        f"largest has {largest_cpus:g} CPUs and {largest_gpus:g} GPUs), so Ray would wait forever "
+        f"to place a client; allowed: at most {largest:g}",
+    )
 
 
 def attach(cfg: DictConfig) -> int:
@@ -73,15 +83,26 @@ def attach(cfg: DictConfig) -> int:
         if address != "auto":  # ray.init retries an unreachable address for minutes
             host, port = address.rsplit(":", 1)
             socket.create_connection((host, int(port)), timeout=5).close()
-        ray.init(address=address, logging_level=cfg.log_level, log_to_driver=verbose,
-                 runtime_env={"py_modules": [str(Path(fedsim.__file__).parent)]})
+        ray.init(
+            address=address,
+            logging_level=cfg.log_level,
+            log_to_driver=verbose,
+            runtime_env={"py_modules": [str(Path(fedsim.__file__).parent)]},
+        )
     except OSError as exc:  # ConnectionError included
-        raise ConfigError("ray.address", f"no Ray cluster at {address!r} ({str(exc).splitlines()[0]}); allowed: "
-                          "the address of a running cluster's head (HOST:PORT, as `ray start --head` prints "
-                          "it), auto, or null for a private instance") from None
+        raise ConfigError(
+            "ray.address",
+            f"no Ray cluster at {address!r} ({str(exc).splitlines()[0]}); allowed: "
+            "the address of a running cluster's head (HOST:PORT, as `ray start --head` prints "
+            "it), auto, or null for a private instance",
+        ) from None
     try:
-        return check_fits(cluster_nodes(), float(cfg.resources.num_cpus), float(cfg.resources.num_gpus),
-                          f"the Ray cluster at {address}")
+        return check_fits(
+            cluster_nodes(),
+            float(cfg.resources.num_cpus),
+            float(cfg.resources.num_gpus),
+            f"the Ray cluster at {address}",
+        )
     except ConfigError:
         ray.shutdown()
         raise

@@ -36,10 +36,16 @@ class Deployment:
     reply_timeout_s: float = 3600.0
 
     def federation(self, cfg: DictConfig, run_dir: Path) -> LocalFederation:
-        return LocalFederation(int(cfg.num_clients), run_dir / "logs", host=self.host, port=self.port,
-                               certificates=self.certificates, node_auth=self.node_auth,
-                               startup_timeout_s=self.startup_timeout_s,
-                               verbose=logging.getLevelNamesMapping()[cfg.log_level] <= logging.INFO)
+        return LocalFederation(
+            int(cfg.num_clients),
+            run_dir / "logs",
+            host=self.host,
+            port=self.port,
+            certificates=self.certificates,
+            node_auth=self.node_auth,
+            startup_timeout_s=self.startup_timeout_s,
+            verbose=logging.getLevelNamesMapping()[cfg.log_level] <= logging.INFO,
+        )
 
     def run(self, cfg: DictConfig, run_dir: Path) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -60,8 +66,11 @@ class Deployment:
             path = run_dir / "run.json"
             info = json.loads(path.read_text()) if path.exists() else {"status": None}
             if info["status"] not in FINISHED:
-                raise RunFailed(info.get("error") or f"`flwr run` ended with exit code {code} before the run began "
-                                f"(see {run_dir / 'logs' / 'flwr-run.log'})")
+                raise RunFailed(
+                    info.get("error")
+                    or f"`flwr run` ended with exit code {code} before the run began "
+                    f"(see {run_dir / 'logs' / 'flwr-run.log'})"
+                )
         except BaseException as exc:
             record_stopped(run_dir, cfg, exc)
             raise

@@ -15,8 +15,9 @@ import ssl
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, TextIO
+from typing import TextIO
 
 from fedsim.run.info import git_commit
 from fedsim.runtimes.certs import LOCALHOST, make_all
@@ -34,8 +35,10 @@ JOINED = "SuperNode ID:"  # a SuperNode's log line once the SuperLink has accept
 
 
 # Flower's own log lines and CLI notices, relayed only at log_level INFO or DEBUG.
-FLOWER_CHATTER = re.compile(r"^(\x1b\[[0-9;]*m)?(DEBUG|INFO|WARNING)\s*(\x1b\[0m)?\s*:|^Flower App configuration "
-                            r"warnings|^- Recommended property|^Using SuperLink:|^Successfully (started run|installed)")
+FLOWER_CHATTER = re.compile(
+    r"^(\x1b\[[0-9;]*m)?(DEBUG|INFO|WARNING)\s*(\x1b\[0m)?\s*:|^Flower App configuration "
+    r"warnings|^- Recommended property|^Using SuperLink:|^Successfully (started run|installed)"
+)
 
 
 def free_port(host: str) -> int:
@@ -50,8 +53,11 @@ def check_port(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise ConfigError("runtime.port", f"{host}:{port} is already in use ({exc.strerror}); allowed: a free "
-                              "port, or runtime.port=null to take any free one") from None
+            raise ConfigError(
+                "runtime.port",
+                f"{host}:{port} is already in use ({exc.strerror}); allowed: a free "
+                "port, or runtime.port=null to take any free one",
+            ) from None
 
 
 def check_certificates(folder: Path, num_nodes: int, node_auth: bool) -> None:
@@ -59,9 +65,12 @@ def check_certificates(folder: Path, num_nodes: int, node_auth: bool) -> None:
     if node_auth:
         missing += [f"node_{i}" for i in range(num_nodes) if not (folder / f"node_{i}").is_file()]
     if missing:
-        raise ConfigError("runtime.certificates", f"{folder} lacks {', '.join(missing[:4])}"
-                          f"{'...' if len(missing) > 4 else ''}; allowed: a folder made by `python -m fedsim.runtimes.certs "
-                          f"DIR --nodes {num_nodes}`, or null to make certificates for this run")
+        raise ConfigError(
+            "runtime.certificates",
+            f"{folder} lacks {', '.join(missing[:4])}"
+            f"{'...' if len(missing) > 4 else ''}; allowed: a folder made by `python -m fedsim.runtimes.certs "
+            f"DIR --nodes {num_nodes}`, or null to make certificates for this run",
+        )
 
 
 def _toml_string(value: str) -> str:
@@ -71,7 +80,7 @@ def _toml_string(value: str) -> str:
 HINTS = {  # Flower's words for a refusal, and what they mean here
     "CERTIFICATE_VERIFY_FAILED": "the node's CA (--root-certificates) does not trust the SuperLink's certificate",
     "Failed to activate SuperNode": "the SuperLink does not know the node's public key (register it with "
-                                    "`flwr supernode register NODE.pub`)",
+    "`flwr supernode register NODE.pub`)",
 }
 
 
@@ -91,9 +100,19 @@ class LocalFederation:
     for this federation alone in a temporary folder, removed with it.
     """
 
-    def __init__(self, num_nodes: int, logs: Path, *, host: str = "127.0.0.1", port: int | None = None,
-                 certificates: str | None = None, node_auth: bool = True, startup_timeout_s: float = 60.0,
-                 verbose: bool = False, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        num_nodes: int,
+        logs: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        certificates: str | None = None,
+        node_auth: bool = True,
+        startup_timeout_s: float = 60.0,
+        verbose: bool = False,
+        cwd: Path | None = None,
+    ) -> None:
         self.num_nodes, self.logs, self.host = num_nodes, logs, host
         self.port = port
         self.certificates = Path(certificates).expanduser().resolve() if certificates else None
@@ -136,22 +155,30 @@ class LocalFederation:
         home.mkdir()
         (home / "config.toml").write_text(
             f'[superlink]\ndefault = "fedsim"\n\n[superlink.fedsim]\naddress = {_toml_string(self.address)}\n'
-            f'root-certificates = {_toml_string(str(certs / "ca.crt"))}\n')
+            f"root-certificates = {_toml_string(str(certs / 'ca.crt'))}\n"
+        )
         # The apps run in this environment: no `uv sync` of their dependencies at run time.
-        self.env = child_env(FLWR_HOME=str(home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-                             FEDSIM_GIT_COMMIT=git_commit() or "", FEDSIM_FEDERATION=str(self.work))
+        self.env = child_env(
+            FLWR_HOME=str(home),
+            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+            FEDSIM_GIT_COMMIT=git_commit() or "",
+            FEDSIM_FEDERATION=str(self.work),
+        )
         self._start_superlink(certs)
         if self.node_auth:
             self._register(certs)
-        self.supernodes = [self.start_supernode(i, certs / "ca.crt", certs / f"node_{i}" if self.node_auth else None)
-                           for i in range(self.num_nodes)]
+        self.supernodes = [
+            self.start_supernode(i, certs / "ca.crt", certs / f"node_{i}" if self.node_auth else None)
+            for i in range(self.num_nodes)
+        ]
         self.wait_joined(self.supernodes)
         self.write_pids()
 
     def write_pids(self) -> None:
         """logs/processes.json: each process's pid (its process group's id too), to watch or stop by hand."""
-        (self.logs / "processes.json").write_text(json.dumps(
-            {c.name: c.pid for c in self.processes.children if c.alive()}, indent=1) + "\n")
+        (self.logs / "processes.json").write_text(
+            json.dumps({c.name: c.pid for c in self.processes.children if c.alive()}, indent=1) + "\n"
+        )
 
     def _certificates(self) -> Path:
         if self.certificates is not None:
@@ -161,10 +188,24 @@ class LocalFederation:
         return certs
 
     def _start_superlink(self, certs: Path) -> None:
-        argv = [command("flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
-                "--ssl-certfile", str(certs / "server.crt"), "--ssl-keyfile", str(certs / "server.key"),
-                "--isolation", "subprocess", "--host", self.host, "--port", str(self.port),
-                "--database", str(self.work / "state.db"), "--disable-runtime-dependency-installation"]
+        argv = [
+            command("flower-superlink"),
+            "--ssl-ca-certfile",
+            str(certs / "ca.crt"),
+            "--ssl-certfile",
+            str(certs / "server.crt"),
+            "--ssl-keyfile",
+            str(certs / "server.key"),
+            "--isolation",
+            "subprocess",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--database",
+            str(self.work / "state.db"),
+            "--disable-runtime-dependency-installation",
+        ]
         if self.node_auth:
             argv.append("--enable-supernode-auth")
         superlink = self.processes.start("superlink", argv, log=self.logs / "superlink.log", env=self.env, cwd=self.cwd)
@@ -176,34 +217,65 @@ class LocalFederation:
                 return True
             except OSError:
                 if not superlink.alive():
-                    raise RunFailed(f"the SuperLink stopped at start: {_reason(superlink.log_tail())} "
-                                    f"(see {superlink.log})") from None
+                    raise RunFailed(
+                        f"the SuperLink stopped at start: {_reason(superlink.log_tail())} (see {superlink.log})"
+                    ) from None
                 return False
 
-        wait_for(healthy, timeout_s=self.startup_timeout_s, what=f"the SuperLink to answer on {self.address}",
-                 key="runtime.startup_timeout_s", poll_s=0.3, hint=lambda: f"see {superlink.log}")
+        wait_for(
+            healthy,
+            timeout_s=self.startup_timeout_s,
+            what=f"the SuperLink to answer on {self.address}",
+            key="runtime.startup_timeout_s",
+            poll_s=0.3,
+            hint=lambda: f"see {superlink.log}",
+        )
 
     def _register(self, certs: Path) -> None:
         """Flower's SuperNode registration: each node's public key, added through the Control API."""
-        registering = [self.processes.start(f"register node_{i}", [command("flwr"), "supernode", "register",
-                                                                   str(certs / f"node_{i}.pub")],
-                                            log=self.logs / "register.log", env=self.env, cwd=self.cwd)
-                       for i in range(self.num_nodes)]
+        registering = [
+            self.processes.start(
+                f"register node_{i}",
+                [command("flwr"), "supernode", "register", str(certs / f"node_{i}.pub")],
+                log=self.logs / "register.log",
+                env=self.env,
+                cwd=self.cwd,
+            )
+            for i in range(self.num_nodes)
+        ]
         for child in registering:
-            wait_for(lambda: not child.alive(), timeout_s=self.startup_timeout_s, what=f"{child.name} to register",
-                     key="runtime.startup_timeout_s", hint=lambda: f"see {child.log}")
+            wait_for(
+                lambda child=child: not child.alive(),
+                timeout_s=self.startup_timeout_s,
+                what=f"{child.name} to register",
+                key="runtime.startup_timeout_s",
+                hint=lambda child=child: f"see {child.log}",
+            )
             if child.process.returncode != 0:
-                raise RunFailed(f"{child.name}: `flwr supernode register` failed: {_reason(child.log_tail())} "
-                                f"(see {child.log})")
+                raise RunFailed(
+                    f"{child.name}: `flwr supernode register` failed: {_reason(child.log_tail())} (see {child.log})"
+                )
 
-    def start_supernode(self, partition_id: int, root_certificates: Path, key: Path | None,
-                        name: str | None = None) -> Child:
+    def start_supernode(
+        self, partition_id: int, root_certificates: Path, key: Path | None, name: str | None = None
+    ) -> Child:
         """SuperNode `partition_id` (of num_nodes) trusting `root_certificates`, authenticating with `key`."""
         name = name or f"supernode_{partition_id}"
-        argv = [command("flower-supernode"), "--root-certificates", str(root_certificates),
-                "--superlink", self.address, "--node-config",
-                f"partition-id={partition_id} num-partitions={self.num_nodes}",
-                "--isolation", "subprocess", "--port", str(free_port("127.0.0.1")), "--max-retries", "3"]
+        argv = [
+            command("flower-supernode"),
+            "--root-certificates",
+            str(root_certificates),
+            "--superlink",
+            self.address,
+            "--node-config",
+            f"partition-id={partition_id} num-partitions={self.num_nodes}",
+            "--isolation",
+            "subprocess",
+            "--port",
+            str(free_port("127.0.0.1")),
+            "--max-retries",
+            "3",
+        ]
         if key is not None:
             argv += ["--auth-supernode-private-key", str(key)]
         return self.processes.start(name, argv, log=self.logs / f"{name}.log", env=self.env, cwd=self.cwd)
@@ -223,9 +295,13 @@ class LocalFederation:
                     raise RunFailed(f"{node.name} was refused{hint}: {reason} (see {node.log})")
             return not waiting
 
-        wait_for(joined, timeout_s=self.startup_timeout_s, what="every SuperNode to join the SuperLink",
-                 key="runtime.startup_timeout_s",
-                 hint=lambda: f"{waiting[0].name}: {_reason(waiting[0].log_tail())} (see {waiting[0].log})")
+        wait_for(
+            joined,
+            timeout_s=self.startup_timeout_s,
+            what="every SuperNode to join the SuperLink",
+            key="runtime.startup_timeout_s",
+            hint=lambda: f"{waiting[0].name}: {_reason(waiting[0].log_tail())} (see {waiting[0].log})",
+        )
 
     def run(self, run_config: Mapping[str, str], out: TextIO = sys.stdout) -> int:
         """`flwr run` of fedsim's app with `run_config` (strings), its stream relayed to `out`; its exit code.

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from omegaconf import DictConfig
 
@@ -46,8 +46,12 @@ def backend_config(cfg: DictConfig) -> dict:
     verbose = logging.getLevelNamesMapping()[cfg.log_level] <= logging.INFO
     return {
         "client_resources": {"num_cpus": float(cfg.resources.num_cpus), "num_gpus": float(cfg.resources.num_gpus)},
-        "init_args": {"address": "local", "logging_level": cfg.log_level, "log_to_driver": verbose,
-                      "include_dashboard": False},
+        "init_args": {
+            "address": "local",
+            "logging_level": cfg.log_level,
+            "log_to_driver": verbose,
+            "include_dashboard": False,
+        },
     }
 
 

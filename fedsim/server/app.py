@@ -7,10 +7,11 @@ steps as `python main.py`. main.py builds the same app around the session it has
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -47,14 +48,17 @@ def run_from_run_config(grid: Grid, context: Context) -> dict:
         if not given:  # under main.py, main.py owns the directory
             claim(run_dir)
             print(f"fedsim: run directory {run_dir}")
-        info = run_experiment(config_from(context.run_config), run_dir, federate=partial(run_rounds, grid),
-                              run_config=context.run_config)
+        info = run_experiment(
+            config_from(context.run_config), run_dir, federate=partial(run_rounds, grid), run_config=context.run_config
+        )
     except ConfigError as exc:
         print(f"error: {exc}")
         raise
     if not given:
-        print(f"done: final central_accuracy {info['final_central_accuracy']:.4f} in {info['wall_time_s']:.0f}s "
-              f"-> {run_dir}")
+        print(
+            f"done: final central_accuracy {info['final_central_accuracy']:.4f} in {info['wall_time_s']:.0f}s "
+            f"-> {run_dir}"
+        )
     return info
 
 

@@ -10,8 +10,8 @@ aggregated without it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -40,20 +40,26 @@ class Faults:
         """The sampled partitions that do not answer this round."""
         if self.dropout <= 0:
             return []
-        return [p for p in partitions if np.random.default_rng([seed, server_round, p, DROPOUT]).random() < self.dropout]
+        return [
+            p for p in partitions if np.random.default_rng([seed, server_round, p, DROPOUT]).random() < self.dropout
+        ]
 
     def slow_devices(self, seed: int, num_clients: int) -> set[int]:
         count = int(round(self.stragglers * num_clients))
         return {int(c) for c in np.random.default_rng([seed, STRAGGLER]).choice(num_clients, size=count, replace=False)}
 
-    def sim_time(self, seed: int, server_round: int, client_id: int, num_examples: int, local_epochs: int,
-                 slow: bool) -> float:
+    def sim_time(
+        self, seed: int, server_round: int, client_id: int, num_examples: int, local_epochs: int, slow: bool
+    ) -> float:
         """The client's simulated training time in this round, in seconds."""
         work = num_examples * local_epochs / self.examples_per_s
         if not slow:
             return work
-        delay = np.random.default_rng([seed, server_round, client_id, DELAY]).exponential(self.delay_mean_s) \
-            if self.delay_mean_s > 0 else 0.0
+        delay = (
+            np.random.default_rng([seed, server_round, client_id, DELAY]).exponential(self.delay_mean_s)
+            if self.delay_mean_s > 0
+            else 0.0
+        )
         return work * self.slowdown + float(delay)
 
     def late(self, sim_time: float) -> bool:

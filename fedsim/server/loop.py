@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -65,8 +66,9 @@ def run_rounds(grid: Grid, session: Session, slots: int | None = None) -> None:
         # The updates are read first: some of Flower's strategies empty the replies as they aggregate.
         updates = [client_update(p, reply, session) for p, reply in trained.items() if answered(reply)]
         failures = [session.missed(p, DROPPED) for p in dropped]
-        failures += [client_failure(p, reply, FAILED, session, reply_s) for p, reply in trained.items()
-                     if not answered(reply)]
+        failures += [
+            client_failure(p, reply, FAILED, session, reply_s) for p, reply in trained.items() if not answered(reply)
+        ]
         updates, late = session.clock(server_round, updates)
         failures += late
         on_time = {u.client_id for u in updates}
@@ -78,23 +80,38 @@ def run_rounds(grid: Grid, session: Session, slots: int | None = None) -> None:
         # 2. Federated evaluation of the new global model on the clients' validation splits.
         eval_messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), federation))
         evaluated, _ = send(grid, participants, faults, cfg.seed, eval_messages, server_round, EVALUATE, reply_s)
-        failures += [client_failure(p, reply, EVAL_FAILED, session, reply_s) for p, reply in evaluated.items()
-                     if not answered(reply)]
+        failures += [
+            client_failure(p, reply, EVAL_FAILED, session, reply_s)
+            for p, reply in evaluated.items()
+            if not answered(reply)
+        ]
         fed = federated_metrics(strategy.aggregate_evaluate(server_round, with_examples(evaluated.values())))
 
         # 3. Central evaluation on the test split, then the round's outputs.
-        metrics = {**fed, "train_loss": train_loss(updates), "num_fit_clients": len(updates),
-                   "num_failures": sum(f.is_error for f in failures),
-                   "num_dropped": sum(f.status == DROPPED for f in failures),
-                   "num_late": sum(f.status == LATE for f in failures),
-                   "sim_round_time_s": session.sim_round_time(updates, late)}
+        metrics = {
+            **fed,
+            "train_loss": train_loss(updates),
+            "num_fit_clients": len(updates),
+            "num_failures": sum(f.is_error for f in failures),
+            "num_dropped": sum(f.status == DROPPED for f in failures),
+            "num_late": sum(f.status == LATE for f in failures),
+            "sim_round_time_s": session.sim_round_time(updates, late),
+        }
         record = central_round(session, server_round, arrays, start, updates, metrics, started)
         record.failures = failures
         session.end_round(record)
 
 
-def send(grid: Grid, participants: Participants, faults: Faults, seed: int, messages: list[Message],
-         server_round: int, purpose: int, timeout_s: float) -> tuple[dict[int, Message | None], list[int]]:
+def send(
+    grid: Grid,
+    participants: Participants,
+    faults: Faults,
+    seed: int,
+    messages: list[Message],
+    server_round: int,
+    purpose: int,
+    timeout_s: float,
+) -> tuple[dict[int, Message | None], list[int]]:
     """The strategy's messages to the round's chosen partitions, less the simulated dropouts: their
     replies by partition (None: none within `timeout_s`), and the partitions that dropped out."""
     chosen = participants.pick(server_round, purpose, len(messages))
@@ -129,23 +146,30 @@ def client_update(client_id: int, reply: Message, session: Session) -> ClientUpd
     )
 
 
-def client_failure(client_id: int, reply: Message | None, status: str, session: Session,
-                   timeout_s: float) -> ClientFailure:
-    error = f"no reply within {timeout_s:g} s (runtime.reply_timeout_s)" if reply is None \
+def client_failure(
+    client_id: int, reply: Message | None, status: str, session: Session, timeout_s: float
+) -> ClientFailure:
+    error = (
+        f"no reply within {timeout_s:g} s (runtime.reply_timeout_s)"
+        if reply is None
         else str(reply.error.reason).strip()
+    )
     return session.missed(client_id, status, error.splitlines()[-1] if error else "unknown error")
 
 
-def check_enough(server_round: int, updates: list[ClientUpdate], failures: list[ClientFailure],
-                 min_train_nodes: int) -> None:
+def check_enough(
+    server_round: int, updates: list[ClientUpdate], failures: list[ClientFailure], min_train_nodes: int
+) -> None:
     """Stop the run when fewer than min_train_nodes clients trained, with the clients' own error."""
     if len(updates) >= min_train_nodes:
         return
     errors = Counter(f.error for f in failures if f.is_error)
     error, count = errors.most_common(1)[0] if errors else ("dropped out or late (simulated faults)", 0)
-    raise RunFailed(f"round {server_round}: {len(failures)} of {len(updates) + len(failures)} clients failed to "
-                    f"train, fewer than strategy.min_train_nodes={min_train_nodes} answered; "
-                    f"{count} with: {error}")
+    raise RunFailed(
+        f"round {server_round}: {len(failures)} of {len(updates) + len(failures)} clients failed to "
+        f"train, fewer than strategy.min_train_nodes={min_train_nodes} answered; "
+        f"{count} with: {error}"
+    )
 
 
 def with_examples(replies: Iterable[Message | None]) -> list[Message]:
@@ -165,15 +189,31 @@ def train_loss(updates: list[ClientUpdate]) -> float | None:
     return sum(n * loss for n, loss in pairs) / total if total else None
 
 
-def central_round(session: Session, server_round: int, arrays: ArrayRecord, start: ArrayRecord | None,
-                  clients: list[ClientUpdate], metrics: dict, started: float) -> RoundRecord:
+def central_round(
+    session: Session,
+    server_round: int,
+    arrays: ArrayRecord,
+    start: ArrayRecord | None,
+    clients: list[ClientUpdate],
+    metrics: dict,
+    started: float,
+) -> RoundRecord:
     """The round's record, with the global model's central evaluation added to its metrics."""
     weights = record_views(arrays)
     central_loss, central_accuracy = session.evaluate(weights)
     return RoundRecord(
-        server_round=server_round, names=session.names,
-        start_weights=record_views(start) if start is not None else None, global_weights=weights, clients=clients,
-        metrics={"round": server_round, "central_loss": central_loss, "central_accuracy": central_accuracy,
-                 "num_fit_clients": 0, "num_failures": 0, **metrics},
+        server_round=server_round,
+        names=session.names,
+        start_weights=record_views(start) if start is not None else None,
+        global_weights=weights,
+        clients=clients,
+        metrics={
+            "round": server_round,
+            "central_loss": central_loss,
+            "central_accuracy": central_accuracy,
+            "num_fit_clients": 0,
+            "num_failures": 0,
+            **metrics,
+        },
         started=started,
     )

@@ -14,7 +14,7 @@ Nothing about a client lives in its node, so the results are those of one node p
 from __future__ import annotations
 
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
@@ -56,8 +56,9 @@ class Participants:
         return len(self.node_of) < self.num_clients
 
     @classmethod
-    def discover(cls, grid: Grid, num_clients: int, seed: int, slots: int | None = None,
-                 timeout: float = 120.0) -> Participants:
+    def discover(
+        cls, grid: Grid, num_clients: int, seed: int, slots: int | None = None, timeout: float = 120.0
+    ) -> Participants:
         """Ask every node which partition (or slot) it serves; refuse a federation that does not serve
         exactly num_clients partitions (or `slots` slots)."""
         expected = slots or num_clients
@@ -65,15 +66,18 @@ class Participants:
         while len(nodes := list(grid.get_node_ids())) < expected and time.monotonic() < deadline:
             time.sleep(0.05)  # the simulation registers its nodes while the server starts
         replies = grid.send_and_receive(
-            [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes],
-            timeout=timeout)
+            [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes], timeout=timeout
+        )
         served = {int(r.content["node"]["partition-id"]): r.metadata.src_node_id for r in replies if not r.has_error()}
         sizes = {int(r.content["node"]["num-partitions"]) for r in replies if not r.has_error()}
         if sorted(served) != list(range(expected)) or sizes - {expected}:
-            raise ConfigError("num_clients", f"{num_clients}, but after {timeout:g} s (runtime.startup_timeout_s) the "
-                              f"federation's {len(nodes)} nodes serve partitions {sorted(served)[:10]}"
-                              f"{'...' if len(served) > 10 else ''} of {sorted(sizes)}; allowed: as many clients as "
-                              "nodes, each serving one partition 0..num_clients-1")
+            raise ConfigError(
+                "num_clients",
+                f"{num_clients}, but after {timeout:g} s (runtime.startup_timeout_s) the "
+                f"federation's {len(nodes)} nodes serve partitions {sorted(served)[:10]}"
+                f"{'...' if len(served) > 10 else ''} of {sorted(sizes)}; allowed: as many clients as "
+                "nodes, each serving one partition 0..num_clients-1",
+            )
         return cls(served, seed, num_clients)
 
     def view(self, grid: Grid) -> FederationView:
@@ -84,13 +88,14 @@ class Participants:
         """The round's `count` partitions for this purpose, in increasing order."""
         return choose(self.seed, server_round, purpose, count, self.num_clients) if count else []
 
-    def exchange(self, grid: Grid, messages: Sequence[Message], partitions: Sequence[int],
-                 timeout: float) -> dict[int, Message | None]:
+    def exchange(
+        self, grid: Grid, messages: Sequence[Message], partitions: Sequence[int], timeout: float
+    ) -> dict[int, Message | None]:
         """Send the strategy's messages to `partitions`: {partition: its reply (an error too), or None if
         none came}, in partition order: aggregation then sums in a fixed order, so reruns match bit for bit."""
         if not partitions:
             return {}
-        sent = self.address(messages[:len(partitions)], partitions)
+        sent = self.address(messages[: len(partitions)], partitions)
         waiting = {mid: (m, p) for mid, m, p in zip(grid.push_messages(sent), sent, partitions) if mid}
         replies: dict[int, Message] = {}
         deadline = time.monotonic() + timeout
@@ -113,11 +118,16 @@ class Participants:
         lost = {mid: sent for mid, sent in waiting.items() if sent[0].metadata.dst_node_id not in online}
         for mid in lost:
             del waiting[mid]
-        return {partition: Message(Error(code=ErrorCode.NODE_UNAVAILABLE,
-                                          reason=f"node {message.metadata.dst_node_id} is offline: it missed its "
-                                                 "heartbeats, no reply"),
-                                   reply_to=message)
-                for message, partition in lost.values()}
+        return {
+            partition: Message(
+                Error(
+                    code=ErrorCode.NODE_UNAVAILABLE,
+                    reason=f"node {message.metadata.dst_node_id} is offline: it missed its heartbeats, no reply",
+                ),
+                reply_to=message,
+            )
+            for message, partition in lost.values()
+        }
 
     def address(self, messages: Iterable[Message], partitions: Sequence[int]) -> list[Message]:
         """The strategy's messages, one each, sent to the chosen partitions' nodes instead of its own sample;
@@ -126,12 +136,20 @@ class Participants:
         if len(messages) != len(partitions):
             raise ValueError(f"{len(messages)} messages for {len(partitions)} partitions")
         if not self.pooled:
-            return [Message(m.content, dst_node_id=self.node_of[p], message_type=m.metadata.message_type)
-                    for m, p in zip(messages, partitions)]
-        return [Message(RecordDict({**m.content, PARTITION: ConfigRecord({"partition-id": p,
-                                                                          "num-partitions": self.num_clients})}),
-                        dst_node_id=self.node_of[i % len(self.node_of)], message_type=m.metadata.message_type)
-                for i, (m, p) in enumerate(zip(messages, partitions))]
+            return [
+                Message(m.content, dst_node_id=self.node_of[p], message_type=m.metadata.message_type)
+                for m, p in zip(messages, partitions)
+            ]
+        return [
+            Message(
+                RecordDict(
+                    {**m.content, PARTITION: ConfigRecord({"partition-id": p, "num-partitions": self.num_clients})}
+                ),
+                dst_node_id=self.node_of[i % len(self.node_of)],
+                message_type=m.metadata.message_type,
+            )
+            for i, (m, p) in enumerate(zip(messages, partitions))
+        ]
 
 
 class FederationView:

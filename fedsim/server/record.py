@@ -1,5 +1,4 @@
-"""What one round produced, as the round loop hands it to every output (fedsim.outputs).
-"""
+"""What one round produced, as the round loop hands it to every output (fedsim.outputs)."""
 
 from __future__ import annotations
 

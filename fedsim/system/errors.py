@@ -1,5 +1,4 @@
-"""fedsim's errors: bad user input (it names the config key and what is allowed), and a run that cannot go on.
-"""
+"""fedsim's errors: bad user input (it names the config key and what is allowed), and a run that cannot go on."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Durations as people read them, and the one estimate of the time left.
-"""
+"""Durations as people read them, and the one estimate of the time left."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Files that survive a kill: replaced atomically, so a reader never sees half of one.
-"""
+"""Files that survive a kill: replaced atomically, so a reader never sees half of one."""
 
 from __future__ import annotations
 

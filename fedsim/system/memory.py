@@ -1,12 +1,11 @@
-"""Process memory: keep the driver's freed weight buffers going back to the OS, and measure it.
-"""
+"""Process memory: keep the driver's freed weight buffers going back to the OS, and measure it."""
 
 from __future__ import annotations
 
 import ctypes
 import resource
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 

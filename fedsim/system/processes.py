@@ -13,9 +13,9 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 
 def scripts_dir() -> str:
@@ -40,8 +40,10 @@ def command(name: str) -> str:
     with one line when it is installed nowhere."""
     found = shutil.which(name, path=child_env()["PATH"])
     if found is None:
-        raise FileNotFoundError(f"{name}: no such command beside {sys.executable} or on PATH (install the project "
-                                "into this environment: pip install -e .)")
+        raise FileNotFoundError(
+            f"{name}: no such command beside {sys.executable} or on PATH (install the project "
+            "into this environment: pip install -e .)"
+        )
     return found
 
 
@@ -124,14 +126,29 @@ class Processes:
     def __init__(self) -> None:
         self.children: list[Child] = []
 
-    def start(self, name: str, argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None,
-              cwd: Path | None = None, pipe: bool = False) -> Child:
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        pipe: bool = False,
+    ) -> Child:
         """Start `argv` in a new session, its stdout and stderr to `log`, or with `pipe` to `process.stdout`
         (text) for the caller to read (and log); `env` (default: this process's) as child_env makes it."""
         with open(log, "ab") as out:
-            process = subprocess.Popen(list(argv), stdout=subprocess.PIPE if pipe else out, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env=child_env(env), cwd=cwd, text=pipe,
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                list(argv),
+                stdout=subprocess.PIPE if pipe else out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=child_env(env),
+                cwd=cwd,
+                text=pipe,
+                start_new_session=True,
+            )
         child = Child(name, process, log)
         self.children.append(child)
         return child

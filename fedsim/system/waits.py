@@ -5,7 +5,8 @@ awaited and the key that sets how long. Nothing in fedsim waits without one.
 from __future__ import annotations
 
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from fedsim.system.errors import RunFailed
 
@@ -16,8 +17,15 @@ class TimedOut(RunFailed):
     """What a run waited for did not come within its deadline."""
 
 
-def wait_for(ready: Callable[[], T], *, timeout_s: float, what: str, key: str, poll_s: float = 0.2,
-             hint: Callable[[], str] | None = None) -> T:
+def wait_for(
+    ready: Callable[[], T],
+    *,
+    timeout_s: float,
+    what: str,
+    key: str,
+    poll_s: float = 0.2,
+    hint: Callable[[], str] | None = None,
+) -> T:
     """Call `ready` every `poll_s` seconds until it returns something truthy, and return that.
 
     After `timeout_s` seconds: TimedOut, `gave up waiting for WHAT after N s (KEY sets how long)`, with
@@ -30,6 +38,8 @@ def wait_for(ready: Callable[[], T], *, timeout_s: float, what: str, key: str, p
             return result
         if time.monotonic() >= deadline:
             detail = hint() if hint is not None else ""
-            raise TimedOut(f"gave up waiting for {what} after {timeout_s:g} s ({key} sets how long)"
-                           + (f": {detail}" if detail else ""))
+            raise TimedOut(
+                f"gave up waiting for {what} after {timeout_s:g} s ({key} sets how long)"
+                + (f": {detail}" if detail else "")
+            )
         time.sleep(poll_s)

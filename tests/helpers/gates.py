@@ -60,5 +60,10 @@ def gated_env(gate: Path, open_from: int = 0, **extra: str) -> dict[str, str]:
     gate.mkdir(parents=True, exist_ok=True)
     tests = str(Path(__file__).resolve().parents[1])
     path = os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "FEDSIM_TEST_GATE": str(gate), "FEDSIM_TEST_GATE_OPEN": str(open_from), "PYTHONPATH": path,
-            **extra}
+    return {
+        **os.environ,
+        "FEDSIM_TEST_GATE": str(gate),
+        "FEDSIM_TEST_GATE_OPEN": str(open_from),
+        "PYTHONPATH": path,
+        **extra,
+    }

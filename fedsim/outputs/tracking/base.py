@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
@@ -24,8 +25,11 @@ DEFAULT_GROUP = "fedsim"  # the MLflow experiment / W&B project of runs that bel
 
 def scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     """A rounds.csv row as a tracker's scalars: the numbers, without the round (it is the step)."""
-    return {k: float(v) for k, v in metrics.items()
-            if k != "round" and isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)}
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if k != "round" and isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+    }
 
 
 def flat_params(params: Mapping[str, Any]) -> dict[str, str]:
@@ -43,8 +47,9 @@ class Tracker(Callback):
 
     name = "tracker"
 
-    def __init__(self, group: str | None = None, tags: Mapping[str, Any] | None = None,
-                 echo: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, group: str | None = None, tags: Mapping[str, Any] | None = None, echo: Callable[[str], None] = print
+    ) -> None:
         self.group = str(group) if group else None
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.echo = echo
@@ -70,8 +75,10 @@ class Tracker(Callback):
             step()
         except Exception as exc:  # noqa: BLE001 - any tracker failure must leave the run alone
             self.failed = True
-            self.echo(f"warning: tracking: {self.name} failed ({type(exc).__name__}: {first_line(exc)}); "
-                      "it is off for the rest of this run, whose CSVs and run.json are unaffected")
+            self.echo(
+                f"warning: tracking: {self.name} failed ({type(exc).__name__}: {first_line(exc)}); "
+                "it is off for the rest of this run, whose CSVs and run.json are unaffected"
+            )
 
     def on_run_start(self, saved: dict[str, Any] | None) -> None:
         self.run_id = (saved or {}).get("run_id")

@@ -1,5 +1,4 @@
-"""MLflow: a SQLite store at results/mlflow.db by default, or a server at tracking.uri.
-"""
+"""MLflow: a SQLite store at results/mlflow.db by default, or a server at tracking.uri."""
 
 from __future__ import annotations
 
@@ -16,8 +15,8 @@ class MLflow(Tracker):
     """An MLflow run per fedsim run, in the experiment named by `group` (a collection's name, else `fedsim`).
 
     `uri` null: a SQLite store, results/mlflow.db; any SQLite store keeps its artifacts in mlartifacts/
-    beside it. Or any MLflow tracking URI (`http://host:5000`, `file:./mlruns`). A server that does not answer fails within
-    seconds: the client's retries are turned off.
+    beside it. Or any MLflow tracking URI (`http://host:5000`, `file:./mlruns`). A server that does not answer fails
+    within seconds: the client's retries are turned off.
     """
 
     name = "mlflow"
@@ -53,13 +52,16 @@ class MLflow(Tracker):
             return
         group = self.group or DEFAULT_GROUP
         experiment = self.client.get_experiment_by_name(group)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
-            group, artifact_location=artifacts and f"{artifacts}/{group}")
+        experiment_id = (
+            experiment.experiment_id
+            if experiment
+            else self.client.create_experiment(group, artifact_location=artifacts and f"{artifacts}/{group}")
+        )
         run = self.client.create_run(experiment_id, run_name=self.run_name, tags=self.tags)
         self.run_id = run.info.run_id
         params = [Param(k, v[:6000]) for k, v in self.params.items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters per batch
-            self.client.log_batch(self.run_id, params=params[start:start + 100])
+            self.client.log_batch(self.run_id, params=params[start : start + 100])
         self.client.log_batch(self.run_id, tags=[RunTag("run_dir", str(self.run_dir))])
 
     def _log_round(self, step: int, metrics: dict[str, float]) -> None:

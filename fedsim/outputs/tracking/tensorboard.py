@@ -1,9 +1,9 @@
-"""TensorBoard: event files in RUN/tensorboard.
-"""
+"""TensorBoard: event files in RUN/tensorboard."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from fedsim.outputs.tracking.base import DEFAULT_GROUP, Tracker, flat_params
 

@@ -1,5 +1,4 @@
-"""Weights & Biases: offline in RUN/wandb by default.
-"""
+"""Weights & Biases: offline in RUN/wandb by default."""
 
 from __future__ import annotations
 
@@ -26,8 +25,15 @@ class WandB(Tracker):
         import wandb
 
         self.run = wandb.init(
-            project=self.project, group=self.group, name=self.run_name, dir=str(self.run_dir), mode=self.mode,
-            config=self.params, tags=[f"{k}={v}" for k, v in self.tags.items()], id=self.run_id, resume="allow",
+            project=self.project,
+            group=self.group,
+            name=self.run_name,
+            dir=str(self.run_dir),
+            mode=self.mode,
+            config=self.params,
+            tags=[f"{k}={v}" for k, v in self.tags.items()],
+            id=self.run_id,
+            resume="allow",
             settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
         )
         self.run_id = self.run.id
