@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -51,33 +52,6 @@ def machine() -> str:
 # ----------------------------------------------------------------------------- memory sampling
 
 
-def _status_kb(pid: int, key: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(c) for c in f.read().split()]
-    except OSError:
-        return []
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 @dataclass
 class MemoryPeaks:
     """Peak resident memory (MB) seen while sampling a process tree every `interval` seconds."""
@@ -101,33 +75,41 @@ class MemorySampler:
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
-    def _tree(self) -> list[int]:
-        out, todo = [], [self.pid]
-        while todo:
-            pid = todo.pop()
-            out.append(pid)
-            todo += _children(pid)
-        return out
-
-    def _pss_kb(self, pid: int) -> int:
+    def _tree(self) -> list[psutil.Process]:
         try:
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                return next((int(line.split()[1]) for line in f if line.startswith("Pss:")), 0)
-        except OSError:
-            return 0
+            driver = psutil.Process(self.pid)
+            return [driver, *driver.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    @staticmethod
+    def _mb(process: psutil.Process, field: str) -> float:
+        """A process's memory figure in MB (rss, or pss: costly on large processes), 0 once it is gone."""
+        try:
+            info = process.memory_full_info() if field == "pss" else process.memory_info()
+            return getattr(info, field) / 2**20
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return 0.0
+
+    @staticmethod
+    def _is_worker(process: psutil.Process) -> bool:
+        try:
+            return " ".join(process.cmdline()).startswith("ray::")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return False
 
     def _loop(self) -> None:
         p, count = self.peaks, 0
         while not self._stop.is_set():
             count += 1
             tree = self._tree()
-            workers = [pid for pid in tree if _cmdline(pid).startswith("ray::")]
-            worker_rss = [_status_kb(pid, "VmRSS") / 1024 for pid in workers]
-            p.driver_rss = max(p.driver_rss, _status_kb(self.pid, "VmRSS") / 1024)
+            workers = [process for process in tree if self._is_worker(process)]
+            worker_rss = [self._mb(process, "rss") for process in workers]
+            p.driver_rss = max([p.driver_rss, *(self._mb(process, "rss") for process in tree[:1])])
             p.worker_rss_max = max([p.worker_rss_max, *worker_rss])
             p.workers_rss_sum = max(p.workers_rss_sum, sum(worker_rss))
             if count % 5 == 1:
-                p.tree_pss = max(p.tree_pss, sum(self._pss_kb(pid) for pid in tree) / 1024)
+                p.tree_pss = max(p.tree_pss, sum(self._mb(process, "pss") for process in tree))
             p.num_workers = max(p.num_workers, len(workers))
             self._stop.wait(self.interval)
 

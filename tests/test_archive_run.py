@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, make_cfg
-from test_server_app import run_locally
+from helpers.configs import make_cfg
+from helpers.runs import ROOT, run_locally
 
 from fedsim.outputs.archive import Archive
 from fedsim.outputs.columns import LAYER_COLUMNS

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_cfg
+from helpers.configs import ATTACKED, make_cfg
+from helpers.runs import run_locally
 from hydra.utils import instantiate
-from test_server_app import run_locally
 
 from fedsim.client.attacks import (
     LabelPoisoning,
@@ -157,16 +157,6 @@ def test_detection_scores_each_round_with_both_classes():
     assert (table.auc == 1.0).all() and (table.precision == 1.0).all() and (table.recall == 1.0).all()
 
 
-SMALL = [
-    "num_clients=10",
-    "num_rounds=3",
-    "data.train_size=5000",
-    "data.test_size=1000",
-    "client.local_epochs=2",
-    "client.lr=0.05",
-]
-
-
 @pytest.fixture(scope="module")
 def attacked_runs(imdb_dir, tmp_path_factory) -> dict[str, Path]:
     """random_weights at 30% of 10 clients, 10x the model's scale, under FedAvg and FedMedian (the
@@ -176,7 +166,7 @@ def attacked_runs(imdb_dir, tmp_path_factory) -> dict[str, Path]:
         run_dir = tmp_path_factory.mktemp(strategy)
         run_locally(
             make_cfg(
-                f"data.path={imdb_dir}", *SMALL, "attack=random_weights", "attack.scale=10", f"strategy={strategy}"
+                f"data.path={imdb_dir}", *ATTACKED, "attack=random_weights", "attack.scale=10", f"strategy={strategy}"
             ),
             run_dir,
         )
@@ -184,14 +174,12 @@ def attacked_runs(imdb_dir, tmp_path_factory) -> dict[str, Path]:
     return runs
 
 
-@pytest.mark.slow
 def test_random_weights_break_fedavg_but_not_fedmedian(attacked_runs):
     accuracy = {s: pd.read_csv(d / "rounds.csv").central_accuracy.iloc[-1] for s, d in attacked_runs.items()}
     assert accuracy["fedavg"] < 0.6 and accuracy["fedmedian"] > 0.75  # measured: 0.497 and 0.8 or more
     assert accuracy["fedmedian"] - accuracy["fedavg"] > 0.15
 
 
-@pytest.mark.slow
 def test_runs_record_ground_truth_and_detect_random_weights(attacked_runs):
     run_dir = attacked_runs["fedavg"]
     info = json.loads((run_dir / "run.json").read_text())

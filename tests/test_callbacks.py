@@ -156,15 +156,16 @@ def test_progress_prints_one_line_per_round_with_an_eta():
 
 
 def test_run_summary_gives_run_json_its_final_metrics():
+    """Accuracy peaks in round 1 and falls in round 2: best and final differ."""
     summary_output, summary = RunSummary(), {}
-    for server_round in range(3):
+    for server_round, accuracy in enumerate((0.5, 0.8, 0.7)):
         record = make_round(server_round)
-        record.metrics["fed_accuracy"] = 0.6
+        record.metrics.update(central_accuracy=accuracy, fed_accuracy=0.6)
         summary_output.on_round_end(record)
     summary_output.on_run_end(summary)
     assert summary == {
-        "final_central_accuracy": pytest.approx(0.7),
-        "best_central_accuracy": pytest.approx(0.7),
+        "final_central_accuracy": 0.7,
+        "best_central_accuracy": 0.8,
         "final_central_loss": pytest.approx(0.5),
         "final_fed_accuracy": 0.6,
         "rounds_completed": 2,

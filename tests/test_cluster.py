@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, SMALL, make_cfg, run_main
+from helpers.configs import SMALL, make_cfg
+from helpers.processes import mentioning, processes
+from helpers.runs import ROOT, run_main
 
 from fedsim.collections.ledger import Collection
 from fedsim.collections.plan import Planned
 from fedsim.collections.ray_jobs import share
 from fedsim.collections.runner import run_collection
-from fedsim.collections.watchdog import started_at
 from fedsim.config.validate import validate
 from fedsim.runtimes.cluster import (
     NodeResources,
@@ -31,6 +32,7 @@ from fedsim.runtimes.cluster import (
 )
 from fedsim.system.errors import ConfigError
 from fedsim.system.files import write_json
+from fedsim.system.processes import started_at
 
 RUN = ["num_clients=4", "num_rounds=2", "data.train_size=1500", "data.test_size=500", "scrutiny=false"]
 CLIENT_COLUMNS = ["round", "client_id", "num_examples", "train_loss", "is_malicious", "status"]
@@ -111,7 +113,7 @@ def _sleeper() -> subprocess.Popen:
 
 def test_tether_stops_the_run_when_the_collector_dies(tmp_path):
     collector = _sleeper()
-    tag = f"{collector.pid}:{started_at(collector.pid)}"
+    tag = f"{collector.pid}:{started_at(collector.pid)!r}"
     marker = tmp_path / "stopped"
     run = (
         "import signal, sys, time, pathlib\n"
@@ -211,24 +213,8 @@ def test_stopping_a_cluster_collection_interrupts_its_runs_here_and_stops_unstar
 # --- a real two-node cluster ------------------------------------------------------------------------------------
 
 
-def _processes() -> dict[int, str]:
-    """Every process's pid and command line."""
-    found = {}
-    for proc_dir in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (proc_dir / "cmdline").read_bytes()
-        except OSError:
-            continue
-        found[int(proc_dir.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
-    return found
-
-
 def _ray_processes() -> set[int]:
-    return {pid for pid, cmdline in _processes().items() if any(name in cmdline for name in RAY_PROCESSES)}
-
-
-def _processes_mentioning(text: str) -> list[str]:
-    return [cmdline for cmdline in _processes().values() if text in cmdline]
+    return {p.pid for p in processes(lambda p: any(name in " ".join(p.cmdline()) for name in RAY_PROCESSES))}
 
 
 def _free_port() -> int:
@@ -380,7 +366,7 @@ def test_a_collection_on_the_cluster_survives_kill_9_of_its_collector(cluster, i
     collector.wait()
     assert (pd.read_csv(ledger).status == "completed").sum() >= 1
     deadline = time.time() + 30  # its jobs stop with it: no process of the collection is left
-    while (left := _processes_mentioning(str(tmp_path))) and time.time() < deadline:
+    while (left := mentioning(str(tmp_path))) and time.time() < deadline:
         time.sleep(0.5)
     assert not left, left
 
@@ -398,4 +384,4 @@ def test_a_collection_on_the_cluster_survives_kill_9_of_its_collector(cluster, i
     clients = pd.read_csv(tmp_path / "c" / "clients.csv")
     assert clients.node.notna().all() and set(clients.run_id) == {0, 1}
     assert (tmp_path / "c" / "summary.csv").exists() and (tmp_path / "c" / "accuracy.png").exists()
-    assert not _processes_mentioning(str(tmp_path))
+    assert not mentioning(str(tmp_path))

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT
+from helpers.processes import mentioning
+from helpers.runs import ROOT
 from scipy import stats
 
 from fedsim.collections.ledger import RUNS_COLUMNS, Collection, resumable
@@ -203,18 +204,6 @@ def test_same_command_again_reruns_only_the_failed_runs(tiny_collection, imdb_di
     pd.testing.assert_frame_equal(after[completed], before[completed])
 
 
-def _processes_mentioning(text: str) -> list[str]:
-    found = []
-    for proc_dir in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            found.append(cmdline)
-    return found
-
-
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_collection(tiny_collection, imdb_dir, tmp_path):
     args = ["--runs", "2", "--name", "tiny", "--sweep", "num_clients=2", "--", *tiny(imdb_dir)]
@@ -228,7 +217,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_collection(tiny_collection, 
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(3)
-    assert not _processes_mentioning(str(tmp_path)), "the killed collector's run kept running"
+    assert not mentioning(str(tmp_path)), "the killed collector's run kept running"
     interrupted = pd.read_csv(ledger)
     assert (interrupted.status == "completed").sum() == 1
 

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_cfg
+from helpers.configs import make_cfg
+from helpers.runs import ROOT
 
 from fedsim.collections.plan import CollectionError, check_plan, plan
 from fedsim.run.command import check_command_line
@@ -222,13 +223,15 @@ def test_started_processes_find_this_interpreters_console_scripts_whatever_path_
 
 
 def test_a_round_without_replies_ends_at_the_reply_timeout(monkeypatch):
-    """No reply within runtime.reply_timeout_s: the client is recorded failed, naming the key, not waited for."""
+    """No reply within runtime.reply_timeout_s: the clients are recorded failed, naming the key, not waited for."""
     from flwr.app import Message, MessageType, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
 
     import fedsim.server.participation
-    from fedsim.server.loop import client_failure, timeouts
+    from fedsim.server.cohort import Cohort
+    from fedsim.server.faults import Faults
+    from fedsim.server.loop import timeouts
     from fedsim.server.participation import Participants
 
     class Mute:  # a grid whose nodes stay online and never answer
@@ -245,13 +248,9 @@ def test_a_round_without_replies_ends_at_the_reply_timeout(monkeypatch):
     monkeypatch.setattr(fedsim.server.participation, "POLL_S", 0.01)
     assert timeouts(make_cfg("runtime.reply_timeout_s=0.3", "runtime.startup_timeout_s=7")) == (7.0, 0.3)
     messages = [Message(RecordDict(), dst_node_id=0, message_type=MessageType.TRAIN) for _ in range(2)]
-    replies = Participants({0: 11, 1: 22}, seed=0).exchange(Mute(), messages, [0, 1], timeout=0.3)
-    assert replies == {0: None, 1: None}
-
-    class Session:
-        malicious, attack_name = [], "none"
-
-        def missed(self, client_id, status, error=None):
-            return error
-
-    assert client_failure(0, None, "failed", Session(), 0.3) == "no reply within 0.3 s (runtime.reply_timeout_s)"
+    cohort = Cohort(Mute(), Participants({0: 11, 1: 22}, seed=0), Faults(), seed=0, local_epochs=1, timeout_s=0.3)
+    trained = cohort.train(1, messages)
+    assert trained.replies == {} and trained.updates == []
+    assert [(f.client_id, f.status, f.error) for f in trained.failures] == [
+        (c, "failed", "no reply within 0.3 s (runtime.reply_timeout_s)") for c in (0, 1)
+    ]

@@ -6,8 +6,11 @@ import os
 
 import numpy as np
 import pytest
-from conftest import make_cfg, make_reviews
+from helpers.configs import make_cfg
+from helpers.data import make_reviews
 
+import fedsim.data.partition
+from fedsim.data.features import HashedNgrams
 from fedsim.data.imdb import read_imdb
 from fedsim.data.loader import load_data, load_test
 from fedsim.data.partition import partition_rows, train_val_split
@@ -76,11 +79,12 @@ def test_loaders_batch_the_partition(generated_imdb):
     assert load_test(prepared).num_examples == 100
 
 
-def test_featurized_splits_are_cached_by_content(generated_imdb):
+def test_featurized_splits_are_cached_by_content(generated_imdb, monkeypatch):
     first = _prepared(generated_imdb, "num_clients=2")
-    stamp = os.stat(first.train_file).st_mtime_ns
-    second = _prepared(generated_imdb, "num_clients=2", "seed=5")  # same rows, other seed: same cache
-    assert second.train_file == first.train_file and os.stat(second.train_file).st_mtime_ns == stamp
+    with monkeypatch.context() as patched:  # a cache hit featurizes nothing
+        patched.setattr(HashedNgrams, "__call__", lambda *a: pytest.fail("featurized again"))
+        second = _prepared(generated_imdb, "num_clients=2", "seed=5")  # same rows, other seed: same cache
+    assert second.train_file == first.train_file
     smaller = _prepared(generated_imdb, "num_clients=2", "data.train_size=100")
     assert smaller.train_file != first.train_file
 
@@ -132,10 +136,12 @@ def test_a_partition_flwr_datasets_cannot_make_is_one_config_error(generated_imd
         )
 
 
-def test_partition_is_cached_once_for_every_actor(generated_imdb):
+def test_partition_is_cached_once_for_every_actor(generated_imdb, monkeypatch):
     prepared = _prepared(generated_imdb, "num_clients=4", "seed=11")
     assert prepared.partition_file.endswith(".safetensors") and os.path.exists(prepared.partition_file)
-    again = _prepared(generated_imdb, "num_clients=4", "seed=11")
+    with monkeypatch.context() as patched:  # every later use reads the table; none partitions again
+        patched.setattr(fedsim.data.partition, "partition_table", lambda *a: pytest.fail("partitioned again"))
+        again = _prepared(generated_imdb, "num_clients=4", "seed=11")
     assert again.partition_file == prepared.partition_file
     rows = np.concatenate([partition_rows(prepared, i) for i in range(4)])
     assert sorted(rows.tolist()) == list(range(prepared.num_train))

@@ -11,12 +11,10 @@ import stat
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, SMALL, make_cfg, make_reviews
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import (
@@ -26,8 +24,11 @@ from cryptography.hazmat.primitives.serialization import (
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
+from helpers.configs import SMALL, make_cfg
+from helpers.data import make_reviews
 from helpers.gates import gated_env, waiting
-from test_main_cli import start_main, wait_for_round
+from helpers.processes import carrying
+from helpers.runs import ROOT, start_main, wait_for_round
 
 import fedsim.server.participation
 from fedsim.client.client import client_fn
@@ -43,18 +44,7 @@ from fedsim.system.waits import wait_for
 
 def federation_processes() -> list[int]:
     """Processes of any federation main.py started: they all inherit FEDSIM_FEDERATION."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            if (
-                entry.isdigit()
-                and b"FEDSIM_FEDERATION=" in Path(f"/proc/{entry}/environ").read_bytes()
-                and alive(int(entry))
-            ):
-                found.append(int(entry))
-        except OSError:
-            continue
-    return found
+    return [p.pid for p in carrying("FEDSIM_FEDERATION")]
 
 
 def test_certificates_chain_to_the_ca_with_every_host_as_san_and_private_keys_private(tmp_path):

@@ -12,7 +12,9 @@ import urllib.request
 
 import pandas as pd
 import pytest
-from conftest import METRICS, ROOT, SMALL
+from helpers.configs import METRICS, SMALL
+from helpers.processes import mentioning
+from helpers.runs import ROOT
 
 from fedsim.runtimes.federation import free_port
 from fedsim.system.processes import command, group_alive
@@ -82,8 +84,7 @@ def superlink(tmp_path):
 
 
 def raylets() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "raylet"], capture_output=True, text=True).stdout
-    return {int(pid) for pid in out.split()}
+    return {p.pid for p in mentioning("raylet")}
 
 
 def test_flwr_run_writes_main_pys_run_directory_with_the_same_numbers(superlink, imdb_dir, small_run, tmp_path):

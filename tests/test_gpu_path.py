@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_cfg as _cfg
+from helpers.configs import make_cfg as _cfg
 
 from fedsim.client.client import ClientSettings
 from fedsim.config.validate import validate

@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers.configs import QUICK
 from helpers.gates import gated_env, waiting
-from test_main_cli import assert_group_ends, group_alive
+from helpers.runs import ROOT, assert_group_ends
 
+from fedsim.system.processes import group_alive
 from fedsim.system.waits import wait_for
 
 # After a signal, a thread logs through Flower's logger and dies with a traceback, as Flower's worker threads
@@ -54,9 +55,6 @@ def test_after_a_signal_what_threads_print_goes_to_main_log(tmp_path):
     assert "after the signal" in logged
 
 
-SMALL_RUN = ["num_clients=2", "num_rounds=3", "data.train_size=400", "data.test_size=100"]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "where, hold, signum, group",
@@ -72,7 +70,7 @@ def test_a_signal_anywhere_gives_one_line_a_resumable_run_and_no_process_left(
     """Ctrl-C reaches main.py's whole process group (a terminal's); SIGTERM only main.py (a scheduler's)."""
     run_dir, gate = tmp_path / "run", tmp_path / "gate"
     process = subprocess.Popen(
-        [sys.executable, "main.py", f"hydra.run.dir={run_dir}", f"data.path={imdb_dir}", *SMALL_RUN, hold],
+        [sys.executable, "main.py", f"hydra.run.dir={run_dir}", f"data.path={imdb_dir}", *QUICK, hold],
         cwd=ROOT,
         env=gated_env(gate),
         stdout=subprocess.PIPE,

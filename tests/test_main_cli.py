@@ -7,18 +7,20 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, SMALL, make_cfg, make_reviews, run_main
+from helpers.configs import SMALL, make_cfg
+from helpers.data import make_reviews
+from helpers.runs import ROOT, assert_group_ends, run_main, start_main, wait_for_round
 from safetensors.numpy import load_file
 
 from fedsim.outputs.columns import CLIENTS_COLUMNS, ROUNDS_COLUMNS
 from fedsim.results.loading import load
 from fedsim.run.runner import run_experiment
 from fedsim.system.errors import ConfigError
+from fedsim.system.processes import group_alive
 
 
 @pytest.mark.slow
@@ -172,59 +174,6 @@ def test_a_run_into_a_finished_runs_directory_is_refused_and_touches_nothing(sma
         f"overwrite=true to replace it, resume={small_run} num_rounds=MORE to continue it\n"
     )
     assert {p: p.stat().st_mtime_ns for p in small_run.rglob("*") if p.name != ".lock"} == before
-
-
-def start_main(run_dir: Path, *overrides: str) -> subprocess.Popen:
-    """main.py in its own process group, so that the test can kill everything it started."""
-    return subprocess.Popen(
-        [sys.executable, "main.py", f"hydra.run.dir={run_dir}", *overrides],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def wait_for_round(process: subprocess.Popen, server_round: int) -> str:
-    seen = ""
-    for line in process.stdout:
-        seen += line
-        if line.startswith(f"round {server_round:>3}/"):
-            return seen
-    raise AssertionError(f"main.py ended before round {server_round}:\n{seen[-3000:]}")
-
-
-def group_alive(pgid: int) -> bool:
-    return subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True).returncode == 0
-
-
-def assert_group_ends(process: subprocess.Popen, within_s: float = 20) -> None:
-    """Every process main.py started (Ray, Flower) is gone soon after it exits."""
-    deadline = time.monotonic() + within_s
-    while group_alive(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not group_alive(process.pid), "Ray or Flower processes outlived main.py"
-
-
-@pytest.mark.slow
-def test_ctrl_c_mid_run_stops_within_seconds_recorded_and_resumable(imdb_dir, tmp_path):
-    run_dir = tmp_path / "run"
-    process = start_main(
-        run_dir, f"data.path={imdb_dir}", "num_clients=2", "num_rounds=40", "data.train_size=400", "data.test_size=200"
-    )
-    try:
-        wait_for_round(process, 2)
-        process.send_signal(signal.SIGINT)
-        rest, _ = process.communicate(timeout=60)
-        assert_group_ends(process)
-    finally:
-        if group_alive(process.pid):
-            os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 130
-    assert "Traceback" not in rest and rest.strip().splitlines()[-1].startswith("interrupted by SIGINT; resume with:")
-    info = json.loads((run_dir / "run.json").read_text())
-    assert info["status"] == "interrupted" and info["rounds_completed"] >= 2 and info["final_central_accuracy"]
 
 
 @pytest.mark.slow

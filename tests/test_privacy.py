@@ -9,18 +9,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_cfg
 from dp_accounting import dp_event
 from dp_accounting.privacy_accountant import NeighboringRelation
 from dp_accounting.rdp import RdpAccountant
-from test_server_app import run_locally
+from helpers.configs import QUICK, make_cfg
+from helpers.runs import run_locally
 
 from fedsim.outputs.archive import Archive
 from fedsim.privacy.accounting import epsilon
 from fedsim.run.experiment import build
 from fedsim.system.errors import ConfigError
 
-SMALL = ["num_clients=4", "data.train_size=400", "data.test_size=100", "archive.mode=all"]
+ARCHIVED = [*QUICK, "archive.mode=all"]  # every client's update kept: what the checks read
 
 
 def flat_update(archive: Archive, rnd: int, client: int | None) -> np.ndarray:
@@ -43,7 +43,7 @@ def server_fixed(generated_imdb, tmp_path_factory) -> Path:
     run_locally(
         make_cfg(
             f"data.path={generated_imdb}",
-            *SMALL,
+            *ARCHIVED,
             "num_rounds=2",
             "strategy.fraction_train=0.5",
             "privacy=server_fixed",
@@ -62,7 +62,7 @@ def test_client_clipping_bounds_every_update(generated_imdb, tmp_path):
     run_locally(
         make_cfg(
             f"data.path={generated_imdb}",
-            *SMALL,
+            *ARCHIVED,
             "num_rounds=2",
             "privacy=client_fixed",
             f"privacy.clipping_norm={clipping_norm}",
@@ -124,7 +124,7 @@ def test_adaptive_clipping_moves_the_norm_and_counts_epsilon(generated_imdb, tmp
     run_locally(
         make_cfg(
             f"data.path={generated_imdb}",
-            *SMALL,
+            *ARCHIVED,
             "num_rounds=2",
             "archive.mode=none",
             "privacy=client_adaptive",

@@ -8,25 +8,22 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import make_cfg
-from flwr.app import Context, RecordDict
+from flwr.app import Context
+from helpers.configs import QUICK, make_cfg
+from helpers.local_grid import LocalGrid
+from helpers.runs import run_locally, server_context
 from hydra.utils import instantiate
-from local_grid import LocalGrid
 
 import fedsim.client.app
 import fedsim.server.app
-from fedsim.client.app import make_client_app
 from fedsim.client.client import client_fn
 from fedsim.config.resume import resumed_config
 from fedsim.outputs.base import Callback
 from fedsim.outputs.columns import CLIENTS_COLUMNS, ROUNDS_COLUMNS
-from fedsim.run.runner import run_experiment
-from fedsim.server.app import make_server_app
 from fedsim.server.faults import Faults
 from fedsim.server.participation import Participants, choose
 from fedsim.system.errors import ConfigError, RunFailed
 
-SMALL = ["num_clients=4", "num_rounds=2", "data.train_size=400", "data.test_size=100"]
 METRICS = [
     "central_loss",
     "central_accuracy",
@@ -38,34 +35,12 @@ METRICS = [
 ]
 
 
-def server_context(run_config: dict | None = None) -> Context:
-    return Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config or {})
-
-
-def run_locally(cfg, run_dir: Path, node_seed: int = 0, slots: int | None = None, **parts) -> LocalGrid:
-    """main.py's steps with the rounds on a LocalGrid instead of Flower's simulation (one node per
-    client, or a pool of `slots` nodes); the grid used."""
-    grids: list[LocalGrid] = []
-
-    def federate(session) -> None:
-        experiment = session.experiment
-        grids.append(
-            LocalGrid(
-                make_client_app(experiment.client_fn, experiment.run_config), slots or cfg.num_clients, seed=node_seed
-            )
-        )
-        make_server_app(session, slots)(grids[0], server_context())
-
-    run_experiment(cfg, run_dir, federate, **parts)
-    return grids[0]
-
-
 def read(run_dir: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(run_dir / name)
 
 
 def test_two_rounds_write_every_output(generated_imdb, tmp_path):
-    grid = run_locally(make_cfg(f"data.path={generated_imdb}", *SMALL), tmp_path)
+    grid = run_locally(make_cfg(f"data.path={generated_imdb}", *QUICK), tmp_path)
     rounds, clients = read(tmp_path, "rounds.csv"), read(tmp_path, "clients.csv")
     assert list(rounds.columns) == ROUNDS_COLUMNS and rounds["round"].tolist() == [0, 1, 2]
     assert rounds.loc[0, ["fed_accuracy", "train_loss"]].isna().all() and rounds.loc[0, "num_fit_clients"] == 0
@@ -85,8 +60,8 @@ def test_two_rounds_write_every_output(generated_imdb, tmp_path):
 
 def test_scrutiny_off_skips_the_statistics_and_changes_no_metric(generated_imdb, tmp_path):
     on, off = tmp_path / "on", tmp_path / "off"
-    run_locally(make_cfg(f"data.path={generated_imdb}", *SMALL), on)
-    run_locally(make_cfg(f"data.path={generated_imdb}", *SMALL, "scrutiny=false"), off)
+    run_locally(make_cfg(f"data.path={generated_imdb}", *QUICK), on)
+    run_locally(make_cfg(f"data.path={generated_imdb}", *QUICK, "scrutiny=false"), off)
     pd.testing.assert_frame_equal(read(on, "rounds.csv")[METRICS], read(off, "rounds.csv")[METRICS], check_exact=True)
     clients = read(off, "clients.csv")
     assert len(clients) == 8 and clients["update_norm"].isna().all() and clients["train_loss"].notna().all()
@@ -141,7 +116,7 @@ def test_a_failing_client_is_recorded_counted_printed_once_and_the_run_is_degrad
         return client_fn(context)
 
     run_locally(
-        make_cfg(f"data.path={generated_imdb}", *SMALL, "archive.mode=none"), tmp_path, client_fn=flaky_client_fn
+        make_cfg(f"data.path={generated_imdb}", *QUICK, "archive.mode=none"), tmp_path, client_fn=flaky_client_fn
     )
     rounds, clients = read(tmp_path, "rounds.csv"), read(tmp_path, "clients.csv")
     # Client 1 fails to train and to evaluate in both rounds; the other three carry each round.
@@ -167,7 +142,7 @@ def test_every_client_failing_fails_the_run_with_their_error(generated_imdb, tmp
 
     with pytest.raises(RunFailed, match="round 1: 4 of 4 clients failed.*ValueError: label 7 is not a class"):
         run_locally(
-            make_cfg(f"data.path={generated_imdb}", *SMALL, "archive.mode=none"), tmp_path, client_fn=broken_client_fn
+            make_cfg(f"data.path={generated_imdb}", *QUICK, "archive.mode=none"), tmp_path, client_fn=broken_client_fn
         )
     info = json.loads((tmp_path / "run.json").read_text())
     assert info["status"] == "failed" and "label 7 is not a class" in info["error"]
@@ -186,7 +161,7 @@ def test_a_failure_rate_above_the_threshold_fails_the_run(generated_imdb, tmp_pa
         r"faults.max_failure_rate=0.4",
     ):
         run_locally(
-            make_cfg(f"data.path={generated_imdb}", *SMALL, "archive.mode=none", "faults.max_failure_rate=0.4"),
+            make_cfg(f"data.path={generated_imdb}", *QUICK, "archive.mode=none", "faults.max_failure_rate=0.4"),
             tmp_path,
             client_fn=flaky_client_fn,
         )
@@ -194,7 +169,7 @@ def test_a_failure_rate_above_the_threshold_fails_the_run(generated_imdb, tmp_pa
 
 
 def test_flwr_run_path_composes_the_run_config_and_gives_main_pys_numbers(generated_imdb, tmp_path):
-    overrides = [f"data.path={generated_imdb}", *SMALL, "archive.mode=none"]
+    overrides = [f"data.path={generated_imdb}", *QUICK, "archive.mode=none"]
     run_locally(make_cfg(*overrides), tmp_path / "main")
 
     run_config = {"overrides": " ".join(overrides), "results-dir": str(tmp_path / "results")}
@@ -264,7 +239,7 @@ def test_every_strategy_runs_a_round_through_every_output(generated_imdb, tmp_pa
 
 
 def test_fedprox_as_mu_goes_to_zero_is_fedavg(generated_imdb, tmp_path):
-    common = [f"data.path={generated_imdb}", *SMALL, "archive.mode=none"]
+    common = [f"data.path={generated_imdb}", *QUICK, "archive.mode=none"]
     run_locally(make_cfg(*common, "strategy=fedavg"), tmp_path / "fedavg")
     run_locally(make_cfg(*common, "strategy=fedprox", "strategy.proximal_mu=1e-9"), tmp_path / "fedprox")
     fedavg, fedprox = (read(tmp_path / name, "rounds.csv")[METRICS] for name in ("fedavg", "fedprox"))
@@ -294,7 +269,7 @@ class Crash(Callback):
     ids=["fedavg", "fedadam", "fedavgm", "fedadam-dp"],
 )
 def test_a_resumed_run_equals_an_uninterrupted_one(generated_imdb, tmp_path, choice):
-    overrides = [f"data.path={generated_imdb}", *SMALL, "num_rounds=3", "archive.mode=all", *choice.split()]
+    overrides = [f"data.path={generated_imdb}", *QUICK, "num_rounds=3", "archive.mode=all", *choice.split()]
     run_locally(make_cfg(*overrides), tmp_path / "whole")
     cut = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
@@ -314,7 +289,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(generated_imdb, tmp_path, cho
 
 
 def test_resume_refuses_other_keys_and_a_completed_run(generated_imdb, tmp_path):
-    run_locally(make_cfg(f"data.path={generated_imdb}", *SMALL, "archive.mode=none"), tmp_path)
+    run_locally(make_cfg(f"data.path={generated_imdb}", *QUICK, "archive.mode=none"), tmp_path)
     before = (tmp_path / "run.json").read_text()
     with pytest.raises(ConfigError, match="resume: cannot change seed of a run; allowed with resume: num_rounds"):
         resumed_config(make_cfg(f"resume={tmp_path}", "seed=3"), [f"resume={tmp_path}", "seed=3"])
@@ -328,7 +303,7 @@ def test_resume_refuses_other_keys_and_a_completed_run(generated_imdb, tmp_path)
 def test_dropout_and_stragglers_come_from_the_seed_and_are_recorded(generated_imdb, tmp_path):
     overrides = [
         f"data.path={generated_imdb}",
-        *SMALL,
+        *QUICK,
         "num_rounds=3",
         "archive.mode=none",
         "faults=stragglers",

@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_cfg
+from helpers.configs import QUICK, make_cfg
+from helpers.runs import run_locally
 from omegaconf import OmegaConf
-from test_server_app import run_locally
 
 from fedsim.collections.plan import Planned
 from fedsim.collections.runner import execute, tracking_labels
 from fedsim.config.compose import flatten
 from fedsim.outputs.tracking.base import group_multirun, scalars
 
-SMALL = ["num_clients=3", "num_rounds=2", "data.train_size=300", "data.test_size=100", "archive.mode=none"]
+UNARCHIVED = [*QUICK, "archive.mode=none"]
 
 
 def rounds_metrics(run_dir: Path) -> dict[str, dict[int, float]]:
@@ -35,7 +35,7 @@ def rounds_metrics(run_dir: Path) -> dict[str, dict[int, float]]:
 def test_tensorboard_events_equal_rounds_csv(generated_imdb, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_locally(make_cfg(f"data.path={generated_imdb}", *SMALL, "tracking=tensorboard"), tmp_path)
+    run_locally(make_cfg(f"data.path={generated_imdb}", *UNARCHIVED, "tracking=tensorboard"), tmp_path)
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     expected = rounds_metrics(tmp_path)
@@ -57,7 +57,7 @@ def test_mlflow_store_equals_rounds_csv_params_and_group(generated_imdb, tmp_pat
     for run_id in (0, 1):
         cfg = make_cfg(
             f"data.path={generated_imdb}",
-            *SMALL,
+            *UNARCHIVED,
             f"seed={run_id}",
             "tracking=mlflow",
             f"tracking.uri={uri}",
@@ -88,11 +88,13 @@ def test_unreachable_tracking_server_warns_once_and_costs_nothing(generated_imdb
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    cfg = make_cfg(f"data.path={generated_imdb}", *SMALL, "tracking=mlflow", f"tracking.uri=http://127.0.0.1:{port}")
+    cfg = make_cfg(
+        f"data.path={generated_imdb}", *UNARCHIVED, "tracking=mlflow", f"tracking.uri=http://127.0.0.1:{port}"
+    )
     run_locally(cfg, tmp_path / "tracked")
     warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: tracking")]
     assert len(warnings) == 1 and "mlflow failed" in warnings[0], warnings
-    run_locally(make_cfg(f"data.path={generated_imdb}", *SMALL), tmp_path / "plain")
+    run_locally(make_cfg(f"data.path={generated_imdb}", *UNARCHIVED), tmp_path / "plain")
     columns = ["round", "central_loss", "central_accuracy", "fed_loss", "fed_accuracy", "train_loss"]
     pd.testing.assert_frame_equal(
         pd.read_csv(tmp_path / "tracked" / "rounds.csv")[columns],
@@ -126,7 +128,7 @@ def wandb_records(path: Path) -> list:
 
 
 def test_wandb_offline_run_holds_the_history(generated_imdb, tmp_path):
-    cfg = make_cfg(f"data.path={generated_imdb}", *SMALL, "tracking=wandb", *tracking_labels("tiny", 4))
+    cfg = make_cfg(f"data.path={generated_imdb}", *UNARCHIVED, "tracking=wandb", *tracking_labels("tiny", 4))
     run_locally(cfg, tmp_path)
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
     records = wandb_records(run_file)
@@ -166,6 +168,12 @@ def test_collection_and_multirun_labels(tmp_path):
         Recorder(), Path("main.py"), Planned(("num_rounds=2",), 3), tmp_path / "run_0007", tracking_labels("sweep,a", 7)
     )
     assert commands[0][-2:] == ["tracking.group='sweep,a'", "++tracking.tags.run_id=7"]
+    cut = tmp_path / "run_0008"  # cut off after a checkpoint: it resumes, under the labels it started with
+    cut.mkdir()
+    (cut / "checkpoint.safetensors").write_bytes(b"")
+    (cut / "run.json").write_text('{"status": "interrupted"}')
+    execute(Recorder(), Path("main.py"), Planned(("num_rounds=2",), 3), cut, tracking_labels("sweep,a", 8))
+    assert commands[1][2:] == [f"resume={cut}"]
     cfg = make_cfg("tracking=mlflow")
     group_multirun(cfg, "results/multiruns/2026-12-01/13-00-00-000001", 2)
     assert cfg.tracking.group == "multirun 2026-12-01/13-00-00-000001"

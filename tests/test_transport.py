@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_cfg
-from test_server_app import run_locally
+from helpers.configs import make_cfg
+from helpers.runs import run_locally
 
 from fedsim.model.records import to_record, viewed
 from fedsim.model.transport import TRANSPORTS, VIEWS, encode, to_float32

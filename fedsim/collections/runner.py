@@ -22,7 +22,7 @@ from fedsim.collections.ledger import Collection, finished_unrecorded, resumable
 from fedsim.collections.plan import Planned
 from fedsim.run.directory import in_use
 from fedsim.run.info import FINISHED
-from fedsim.system.eta import format_duration
+from fedsim.system.eta import eta, format_duration
 from fedsim.system.processes import child_env
 
 
@@ -179,7 +179,6 @@ def run_collection(
                 durations.append(time.perf_counter() - began)
                 done_count += 1
                 left = len(runnable) - done_count
-                eta = np.mean(durations) * left / max(1, jobs)
                 outcome = (
                     f"acc {row['final_central_accuracy']:.4f}"
                     + (" (degraded: some client calls failed)" if row["status"] == "degraded" else "")
@@ -188,7 +187,7 @@ def run_collection(
                 )
                 echo(
                     f"[{done_count}/{len(runnable)}] run {run_id}  seed={run.seed}  {run.config}  {outcome}  "
-                    f"{format_duration(durations[-1])}  ETA {format_duration(eta) if left else '-'}"
+                    f"{format_duration(durations[-1])}  ETA {eta(sum(durations), len(durations), left, jobs)}"
                 )
     collection.rebuild()  # the pool is done; this also updates a collection written by an older fedsim
     if _STOPPING.is_set():

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from fedsim.system.files import replaced
+
 SUMMARY_COLUMNS = ["config", "n_runs", "n_failed", "n_degraded", "mean", "std", "ci95_low", "ci95_high"]
+
+
+def mean_interval(values: pd.Series | np.ndarray) -> tuple[float, float, float, float]:
+    """(mean, sample std, low, high): the mean with its Student-t 95% interval (scipy.stats.t.interval); std and
+    the interval are NaN for fewer than two values, everything for none."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return (float(values.mean()) if len(values) else np.nan), np.nan, np.nan, np.nan
+    mean, std = float(values.mean()), float(values.std(ddof=1))
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=std / np.sqrt(len(values)))
+    return mean, std, float(low), float(high)
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
@@ -21,20 +33,17 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for config, group in runs.groupby("config", sort=False):
         done = group.loc[group.status == "completed", "final_central_accuracy"].astype(float).dropna()
-        n = len(done)
-        mean = done.mean() if n else np.nan
-        std = done.std(ddof=1) if n > 1 else np.nan
-        half = stats.t.ppf(0.975, n - 1) * std / np.sqrt(n) if n > 1 else np.nan
+        mean, std, low, high = mean_interval(done)
         rows.append(
             {
                 "config": config,
-                "n_runs": n,
+                "n_runs": len(done),
                 "n_failed": int((group.status == "failed").sum()),
                 "n_degraded": int((group.status == "degraded").sum()),
                 "mean": mean,
                 "std": std,
-                "ci95_low": mean - half,
-                "ci95_high": mean + half,
+                "ci95_low": low,
+                "ci95_high": high,
             }
         )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
@@ -52,10 +61,14 @@ def plot_accuracy(rounds: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
     merged = rounds.merge(runs[["run_id", "config"]], on="run_id")
     for config, group in merged.groupby("config", sort=False):
         per_round = group.groupby("round")["central_accuracy"]
-        mean, std, n = per_round.mean(), per_round.std(ddof=1), per_round.count()
-        half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * std / np.sqrt(n)
-        (line,) = ax.plot(mean.index, mean.values, marker="o", markersize=3, label=f"{config} (n={n.max()})")
-        ax.fill_between(mean.index, mean - half, mean + half, color=line.get_color(), alpha=0.2, linewidth=0)
+        band = pd.DataFrame(
+            [mean_interval(values) for _, values in per_round],
+            index=list(per_round.groups),
+            columns=["mean", "std", "low", "high"],
+        )
+        label = f"{config} (n={per_round.count().max()})"
+        (line,) = ax.plot(band.index, band["mean"].values, marker="o", markersize=3, label=label)
+        ax.fill_between(band.index, band["low"], band["high"], color=line.get_color(), alpha=0.2, linewidth=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("central accuracy")
@@ -64,7 +77,6 @@ def plot_accuracy(rounds: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with replaced(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)

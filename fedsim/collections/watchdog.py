@@ -16,34 +16,26 @@ import sys
 import time
 
 from fedsim.collections.runner import die_with_parent
+from fedsim.system.processes import started_at
 
 POLL_S = 0.5
 
 
-def started_at(pid: int) -> int | None:
-    """When process `pid` started (clock ticks since boot, from /proc), or None if it is gone or a zombie."""
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else int(fields[19])
-
-
-def alive(pid: int, started: int) -> bool:
+def alive(pid: int, started: float) -> bool:
     """Whether process `pid`, started at `started` (not a later process given the same pid), still runs."""
     return started_at(pid) == started
 
 
 def tag() -> str:
     """This process as the tether's first argument: its pid and creation time."""
-    return f"{os.getpid()}:{started_at(os.getpid())}"
+    return f"{os.getpid()}:{started_at(os.getpid())!r}"
 
 
 def main(argv: list[str]) -> int:
     pid, started = argv[0].split(":")
     cwd, log = argv[1], argv[2]
     command = argv[argv.index("--") + 1 :]
-    if not alive(int(pid), int(started)):
+    if not alive(int(pid), float(started)):
         return 128 + signal.SIGTERM  # the collector is gone already: nothing to run for
     os.chdir(cwd)
     with open(log, "a") as out:
@@ -51,7 +43,7 @@ def main(argv: list[str]) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):  # Ray's stop_job signals the whole group: the run too
         signal.signal(signum, lambda *_: None)
     while child.poll() is None:
-        if not alive(int(pid), int(started)):
+        if not alive(int(pid), float(started)):
             child.send_signal(signal.SIGTERM)
             child.wait()
             break

@@ -15,7 +15,7 @@ from safetensors.numpy import load_file, save_file
 
 from fedsim.data.features import FEATURE_TYPES, Features, cache_key
 from fedsim.data.imdb import Split
-from fedsim.system.files import write_json
+from fedsim.system.files import replaced, write_json
 
 
 def sha256_of(path: Path) -> str:
@@ -32,10 +32,9 @@ def _check_file(path: Path) -> Path:
 
 def save_cached(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     """Write a cache file atomically, with its size and SHA-256 beside it for `is_intact`."""
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file(arrays, str(tmp), metadata=metadata)
-    write_json(_check_file(path), {"bytes": tmp.stat().st_size, "sha256": sha256_of(tmp)})
-    os.replace(tmp, path)
+    with replaced(path) as tmp:
+        save_file(arrays, str(tmp), metadata=metadata)
+        write_json(_check_file(path), {"bytes": tmp.stat().st_size, "sha256": sha256_of(tmp)})
 
 
 def is_intact(path: Path) -> bool:

@@ -9,7 +9,6 @@ Layout under a run directory:
 from __future__ import annotations
 
 import fnmatch
-import os
 import queue
 import shutil
 import threading
@@ -28,6 +27,7 @@ from fedsim.outputs.columns import MANIFEST_COLUMNS
 from fedsim.outputs.csv_logs import CsvLog
 from fedsim.server.record import RoundRecord
 from fedsim.system.errors import ConfigError
+from fedsim.system.files import fsync_folder, replaced
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -102,7 +102,6 @@ class ArchiveWriter:
                     shutil.rmtree(folder)
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
-        self._folders: set[Path] = set()
         self._closed = False
         self._thread = threading.Thread(target=self._work, name="archive-writer", daemon=True)
         self._thread.start()
@@ -121,12 +120,10 @@ class ArchiveWriter:
     def _write(self, server_round: int, weights: list[np.ndarray], client_id: int | None) -> None:
         folder = self.run_dir / "weights" / f"round_{server_round:03d}"
         folder.mkdir(exist_ok=True)
-        self._folders.add(folder)
         name = "global" if client_id is None else f"client_{client_id:03d}"
         path = folder / f"{name}.safetensors"
-        save_file({n: self._convert(w) for n, w in zip(self.names, weights) if n in self.kept}, str(path))
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
+        with replaced(path) as tmp:
+            save_file({n: self._convert(w) for n, w in zip(self.names, weights) if n in self.kept}, str(tmp))
         self.manifest.write(
             [
                 {
@@ -167,12 +164,7 @@ class ArchiveWriter:
         self._queue.put(None)
         self._thread.join()
         self.manifest.close()
-        for folder in self._folders | {self.run_dir / "weights"}:
-            fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        fsync_folder(self.run_dir / "weights")  # the round folders it made
         if self._error is not None:
             raise RuntimeError(f"archive writer failed: {self._error}") from self._error
 

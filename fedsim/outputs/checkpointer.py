@@ -10,7 +10,6 @@ and faults draw from (seed, round, ...) afresh. It is replaced atomically after 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from safetensors.numpy import save_file
 from fedsim.outputs.base import Callback
 from fedsim.privacy.dp import inner_strategy
 from fedsim.server.record import RoundRecord
+from fedsim.system.files import replaced
 
 CHECKPOINT = "checkpoint.safetensors"  # fedsim.checkpoint: what a run resumes from
 
@@ -104,18 +104,10 @@ class Checkpoint:
 
     def save(self, run_dir: Path, names: Sequence[str]) -> None:
         path = Path(run_dir) / CHECKPOINT
-        tmp = path.with_name(f".{CHECKPOINT}.tmp")
         meta = {"format": FORMAT, "round": self.server_round, "strategy": self.strategy_layout, "outputs": self.outputs}
         tensors = {f"model/{n}": np.ascontiguousarray(w) for n, w in zip(names, self.weights)}
-        save_file({**tensors, **self.strategy_tensors}, str(tmp), metadata={"fedsim": json.dumps(meta)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with replaced(path) as tmp:
+            save_file({**tensors, **self.strategy_tensors}, str(tmp), metadata={"fedsim": json.dumps(meta)})
 
 
 def output_key(index: int, callback: Callback) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from fedsim.outputs.base import Callback
 from fedsim.server.record import RoundRecord
-from fedsim.system.eta import format_duration
+from fedsim.system.eta import eta
 
 
 class Progress(Callback):
@@ -23,7 +23,7 @@ class Progress(Callback):
             self.first = (record.server_round - 1 if record.server_round else 0, record.started)
         done, row = record.server_round, record.metrics
         first_round, started = self.first
-        eta = (time.perf_counter() - started) / (done - first_round) * (self.num_rounds - done) if done else None
+        left = eta(time.perf_counter() - started, done - first_round, self.num_rounds - done) if done else "-"
 
         def fmt(key: str) -> str:
             value = row.get(key)
@@ -32,5 +32,5 @@ class Progress(Callback):
         self.echo(
             f"round {done:>3}/{self.num_rounds}  central_acc {fmt('central_accuracy')}  "
             f"fed_acc {fmt('fed_accuracy')}  train_loss {fmt('train_loss')}  "
-            f"{row.get('round_time_s', record.elapsed()):.1f}s  ETA {format_duration(eta) if done else '-'}"
+            f"{row.get('round_time_s', record.elapsed()):.1f}s  ETA {left}"
         )

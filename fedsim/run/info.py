@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from fedsim.model.transport import transport_of
 from fedsim.system.files import write_json
-from fedsim.system.processes import pid_alive
+from fedsim.system.processes import alive
 
 
 def _versions() -> dict[str, str]:
@@ -149,7 +149,7 @@ def effective_status(info: Mapping[str, Any], now: float | None = None) -> str:
         return status
     heartbeat = info.get("heartbeat_at")
     if info.get("host") == socket.gethostname() and info.get("pid") is not None:
-        return "running" if pid_alive(int(info["pid"])) else "dead"
+        return "running" if alive(int(info["pid"])) else "dead"
     if heartbeat is None:
         return "running"  # written by an older fedsim: nothing to tell
     return "running" if (now or time.time()) - float(heartbeat) < STALE_AFTER_S else "dead"

@@ -18,7 +18,6 @@ from fedsim.config.validate import fit_clients_per_round
 from fedsim.data.loader import Loader, load_test
 from fedsim.data.prepare import prepare_data
 from fedsim.model.train import evaluate
-from fedsim.model.transport import transport_of
 from fedsim.model.weights import get_weights, layer_names, set_weights
 from fedsim.outputs.archive import ArchiveWriter, WeightArchive
 from fedsim.outputs.base import Callback
@@ -39,7 +38,8 @@ from fedsim.outputs.progress import Progress
 from fedsim.outputs.summary import RunSummary
 from fedsim.run.experiment import Experiment, check_space, load_model
 from fedsim.run.info import RunInfo
-from fedsim.server.record import LATE, ClientFailure, ClientUpdate, RoundRecord
+from fedsim.server.loop import Start
+from fedsim.server.record import RoundRecord
 
 
 class _DropDeprecationNotice(logging.Filter):
@@ -81,25 +81,10 @@ class Session:
             restore_strategy(self.strategy, self.checkpoint.strategy_tensors, self.checkpoint.strategy_layout)
         self.testloader: Loader | None = None
         self.callbacks: list[Callback] = []
-        self.slow = experiment.faults.slow_devices(int(cfg.seed), int(cfg.num_clients))
-        self.transport = transport_of(cfg)
-
-    @property
-    def first_round(self) -> int:
-        """The first round this process runs: 0 (the initial model), or the one after the checkpoint's."""
-        return self.checkpoint.server_round + 1 if self.checkpoint is not None else 0
 
     @property
     def strategy(self):
         return self.experiment.strategy
-
-    @property
-    def malicious(self) -> list[int]:
-        return self.experiment.malicious
-
-    @property
-    def attack_name(self) -> str:
-        return self.experiment.attack.name
 
     def prepare(self) -> None:
         """Read, subset and featurize IMDB once (cached on disk), and load the server's test split."""
@@ -115,57 +100,11 @@ class Session:
         for index, callback in enumerate(self.callbacks):
             callback.on_run_start(saved.get(output_key(index, callback)) if self.checkpoint is not None else None)
 
-    def initial_weights(self) -> list[np.ndarray]:
-        """The weights the first round starts from: the seeded model's, or the checkpoint's."""
-        return self.checkpoint.weights if self.checkpoint is not None else get_weights(self.model)
-
-    def missed(
-        self, client_id: int, status: str, error: str | None = None, sim_time_s: float | None = None
-    ) -> ClientFailure:
-        """A client call that brought no usable reply, with the client's ground truth."""
-        malicious = client_id in self.malicious
-        return ClientFailure(
-            client_id=client_id,
-            status=status,
-            error=error,
-            is_malicious=malicious,
-            attack=self.attack_name if malicious else "none",
-            sim_time_s=sim_time_s,
-        )
-
-    def clock(self, server_round: int, updates: list[ClientUpdate]) -> tuple[list[ClientUpdate], list[ClientFailure]]:
-        """The updates on time by the simulated clock, and the late ones (fedsim.faults)."""
-        faults = self.experiment.faults
-        if not faults.clocked:
-            return updates, []
-        on_time, late = [], []
-        for update in updates:
-            update.sim_time_s = faults.sim_time(
-                self.cfg.seed,
-                server_round,
-                update.client_id,
-                update.num_examples,
-                int(self.cfg.client.local_epochs),
-                update.client_id in self.slow,
-            )
-            if faults.late(update.sim_time_s):
-                late.append(self.missed(update.client_id, LATE, sim_time_s=update.sim_time_s))
-            else:
-                on_time.append(update)
-        return on_time, late
-
-    def sim_round_time(self, on_time: list[ClientUpdate], late: list[ClientFailure]) -> float | None:
-        """The round's simulated duration: the slowest client on time, or the timeout if any was late."""
-        if not self.experiment.faults.clocked:
-            return None
-        if late:
-            return float(self.experiment.faults.round_timeout_s)
-        return max((u.sim_time_s for u in on_time), default=0.0)
-
-    def reseed(self, server_round: int) -> None:
-        """NumPy's global generator from (seed, round), before the strategy aggregates: what it draws there
-        (Flower's DP noise) is the same in a resumed run."""
-        np.random.seed([int(self.cfg.seed) % 2**32, server_round])
+    def start(self) -> Start:
+        """Where the rounds begin: round 0 from the seeded model, or after the checkpoint's round from its weights."""
+        if self.checkpoint is not None:
+            return Start(self.checkpoint.server_round + 1, self.checkpoint.weights, self.names)
+        return Start(0, get_weights(self.model), self.names)
 
     def evaluate(self, weights: list[np.ndarray]) -> tuple[float, float]:
         """Central evaluation: (loss, accuracy) of `weights` on the server's test split."""

@@ -8,7 +8,6 @@ cache find the files there and fetch nothing.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedsim.data.cache import sha256_of
+from fedsim.system.files import write_bytes
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,7 @@ class Shipment:
             path = Path(file.path)
             if not (path.exists() and path.stat().st_size == file.size and sha256_of(path) == file.sha256):
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                tmp.write_bytes(ray.get(file.ref))
-                os.replace(tmp, path)
+                write_bytes(path, ray.get(file.ref))
             _DELIVERED.add(file.path)
 
     def mod(self, message: Message, context: Context, call_next: ClientAppCallable) -> Message:

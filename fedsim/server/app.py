@@ -20,7 +20,7 @@ from fedsim.config.compose import RESULTS_KEY, RUN_DIR_KEY, config_from, overrid
 from fedsim.run.directory import claim
 from fedsim.run.runner import run_experiment
 from fedsim.run.session import Session
-from fedsim.server.loop import run_rounds
+from fedsim.server.loop import federate
 from fedsim.system.errors import ConfigError
 
 
@@ -49,7 +49,7 @@ def run_from_run_config(grid: Grid, context: Context) -> dict:
             claim(run_dir)
             print(f"fedsim: run directory {run_dir}")
         info = run_experiment(
-            config_from(context.run_config), run_dir, federate=partial(run_rounds, grid), run_config=context.run_config
+            config_from(context.run_config), run_dir, federate=partial(federate, grid), run_config=context.run_config
         )
     except ConfigError as exc:
         print(f"error: {exc}")
@@ -70,7 +70,7 @@ def make_server_app(session: Session | None = None, slots: int | None = None) ->
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         if session is not None:
-            run_rounds(grid, session, slots)
+            federate(grid, session, slots)
         else:
             run_from_run_config(grid, context)
 

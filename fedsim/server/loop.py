@@ -4,177 +4,158 @@ evaluating centrally, and handing each round to the outputs.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig
 
-from fedsim.model.records import record_views, to_record, viewed
-from fedsim.model.transport import VIEWS
+from fedsim.model.records import record_views, to_record
+from fedsim.model.transport import transport_of
 from fedsim.privacy.dp import inner_strategy
-from fedsim.server.participation import EVALUATE, TRAIN, Participants
-from fedsim.server.record import (
-    DROPPED,
-    EVAL_FAILED,
-    FAILED,
-    LATE,
-    ClientFailure,
-    ClientUpdate,
-    RoundRecord,
-)
+from fedsim.server.cohort import Cohort, GroundTruth, Trained
+from fedsim.server.participation import Participants
+from fedsim.server.record import DROPPED, LATE, ClientUpdate, RoundRecord
 from fedsim.system.errors import RunFailed
 
 if TYPE_CHECKING:
     from fedsim.run.session import Session
-    from fedsim.server.faults import Faults
 
 
 def timeouts(cfg: DictConfig) -> tuple[float, float]:
     """(startup, reply) timeouts in seconds: how long the federation may take to answer first
     (runtime.startup_timeout_s), and a round its replies (runtime.reply_timeout_s, 3600 as Flower's
-    Strategy.start); runs saved before the keys existed get the defaults."""
+    Strategy.start)."""
     return float(cfg.runtime.startup_timeout_s), float(cfg.runtime.reply_timeout_s)
 
 
-def run_rounds(grid: Grid, session: Session, slots: int | None = None) -> None:
-    """Find the nodes, evaluate the initial model (round 0), then train and evaluate round after round.
+@dataclass
+class Start:
+    """Where the rounds begin: round 0 (the initial model) for a fresh run, the round after its checkpoint's for a
+    resumed one, from these weights (in `names`' order)."""
 
-    `slots`: the federation is a pool of that many simulated nodes, not one node per client. A resumed
-    session starts after its checkpoint's round, from the checkpoint's weights.
+    first_round: int
+    weights: list[np.ndarray]
+    names: list[str]
+
+
+@dataclass
+class Result:
+    """What the rounds produced, as Flower's `Strategy.start` returns it: the final global model and each round's
+    metrics (rounds.csv's rows)."""
+
+    arrays: ArrayRecord
+    metrics: dict[int, dict] = field(default_factory=dict)
+
+
+def run_rounds(
+    strategy: Strategy,
+    cohort: Cohort,
+    start: Start,
+    num_rounds: int,
+    evaluate_fn: Callable[[list[np.ndarray]], tuple[float, float]],
+    outputs: Callable[[RoundRecord], None],
+    seed: int,
+) -> Result:
+    """Evaluate the initial model (round 0), then train, evaluate and record round after round.
+
+    The parts are explicit, as in Flower's `Strategy.start`: the strategy (how many clients, what they are sent,
+    how replies aggregate), the cohort (which clients answer and what they replied), the central evaluation,
+    and the round's outputs (every callback, fed one record).
     """
-    cfg, strategy, faults = session.cfg, session.strategy, session.experiment.faults
-    startup_s, reply_s = timeouts(cfg)
-    participants = Participants.discover(grid, cfg.num_clients, cfg.seed, slots, timeout=startup_s)
-    federation = participants.view(grid)
-    started = time.perf_counter()
-    arrays = to_record(session.names, session.initial_weights())
-    if session.first_round == 0:
-        session.end_round(central_round(session, 0, arrays, None, [], {}, started))
-
-    for server_round in range(max(1, session.first_round), cfg.num_rounds + 1):
-        started = time.perf_counter()
-        # 1. Choose the round's clients and train (the simulated dropouts do not answer): configure_train ->
-        #    send_and_receive -> aggregate_train over the replies that came in time.
-        train_messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), federation))
-        trained, dropped = send(grid, participants, faults, cfg.seed, train_messages, server_round, TRAIN, reply_s)
-        trained = {p: for_aggregation(reply, session.transport) for p, reply in trained.items()}
-        # The updates are read first: some of Flower's strategies empty the replies as they aggregate.
-        updates = [client_update(p, reply, session) for p, reply in trained.items() if answered(reply)]
-        failures = [session.missed(p, DROPPED) for p in dropped]
-        failures += [
-            client_failure(p, reply, FAILED, session, reply_s) for p, reply in trained.items() if not answered(reply)
-        ]
-        updates, late = session.clock(server_round, updates)
-        failures += late
-        on_time = {u.client_id for u in updates}
-        check_enough(server_round, updates, failures, int(getattr(inner_strategy(strategy), "min_train_nodes", 1)))
-        session.reseed(server_round)  # Flower's DP noise draws from NumPy's global generator
-        aggregated, _ = strategy.aggregate_train(server_round, [r for p, r in trained.items() if p in on_time])
-        start, arrays = arrays, aggregated if aggregated is not None else arrays
+    federation = cohort.participants.view(cohort.grid)
+    arrays = to_record(start.names, start.weights)
+    result = Result(arrays)
+    if start.first_round == 0:
+        record = central_round(start.names, evaluate_fn, 0, arrays, None, [], {}, time.perf_counter())
+        outputs(record)
+        result.metrics[0] = record.metrics
+    for server_round in range(max(1, start.first_round), num_rounds + 1):
+        began = time.perf_counter()
+        # 1. Train the round's clients, then aggregate the replies that came in time.
+        trained = cohort.train(
+            server_round, list(strategy.configure_train(server_round, arrays, ConfigRecord(), federation))
+        )
+        check_enough(server_round, trained, int(getattr(inner_strategy(strategy), "min_train_nodes", 1)))
+        np.random.seed([seed % 2**32, server_round])  # Flower's DP noise draws from NumPy's global generator
+        aggregated, _ = strategy.aggregate_train(server_round, list(trained.replies.values()))
+        previous, arrays = arrays, aggregated if aggregated is not None else arrays
 
         # 2. Federated evaluation of the new global model on the clients' validation splits.
-        eval_messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), federation))
-        evaluated, _ = send(grid, participants, faults, cfg.seed, eval_messages, server_round, EVALUATE, reply_s)
-        failures += [
-            client_failure(p, reply, EVAL_FAILED, session, reply_s)
-            for p, reply in evaluated.items()
-            if not answered(reply)
-        ]
-        fed = federated_metrics(strategy.aggregate_evaluate(server_round, with_examples(evaluated.values())))
+        evaluated, eval_failures = cohort.evaluate(
+            server_round, list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), federation))
+        )
+        fed = federated_metrics(strategy.aggregate_evaluate(server_round, with_examples(evaluated)))
 
         # 3. Central evaluation on the test split, then the round's outputs.
+        failures = trained.failures + eval_failures
         metrics = {
             **fed,
-            "train_loss": train_loss(updates),
-            "num_fit_clients": len(updates),
+            "train_loss": train_loss(trained.updates),
+            "num_fit_clients": len(trained.updates),
             "num_failures": sum(f.is_error for f in failures),
             "num_dropped": sum(f.status == DROPPED for f in failures),
             "num_late": sum(f.status == LATE for f in failures),
-            "sim_round_time_s": session.sim_round_time(updates, late),
+            "sim_round_time_s": cohort.sim_round_time(trained),
         }
-        record = central_round(session, server_round, arrays, start, updates, metrics, started)
+        record = central_round(
+            start.names, evaluate_fn, server_round, arrays, previous, trained.updates, metrics, began
+        )
         record.failures = failures
-        session.end_round(record)
+        outputs(record)
+        result.arrays, result.metrics[server_round] = arrays, record.metrics
+    return result
 
 
-def send(
-    grid: Grid,
-    participants: Participants,
-    faults: Faults,
-    seed: int,
-    messages: list[Message],
-    server_round: int,
-    purpose: int,
-    timeout_s: float,
-) -> tuple[dict[int, Message | None], list[int]]:
-    """The strategy's messages to the round's chosen partitions, less the simulated dropouts: their
-    replies by partition (None: none within `timeout_s`), and the partitions that dropped out."""
-    chosen = participants.pick(server_round, purpose, len(messages))
-    dropped = faults.dropped(seed, server_round, chosen)
-    return participants.exchange(grid, messages, [p for p in chosen if p not in dropped], timeout_s), dropped
-
-
-def for_aggregation(reply: Message | None, transport: str) -> Message | None:
-    """A training reply as the strategy aggregates it: arrays that decode without a copy, read as float32
-    where the update travelled in float16/bfloat16, so the strategy aggregates in float32."""
-    if answered(reply):
-        reply.content["arrays"] = viewed(reply.content["arrays"], VIEWS[transport])
-    return reply
-
-
-def answered(reply: Message | None) -> bool:
-    return reply is not None and not reply.has_error()
-
-
-def client_update(client_id: int, reply: Message, session: Session) -> ClientUpdate:
-    metrics = reply.content["metrics"]
-    loss = float(metrics["train-loss"])
-    return ClientUpdate(
-        client_id=client_id,
-        num_examples=int(metrics["num-examples"]),
-        train_loss=None if math.isnan(loss) else loss,
-        fit_time_s=float(metrics["fit-time"]),
-        weights=[array.numpy() for array in reply.content["arrays"].values()],  # for_aggregation's float32 views
-        is_malicious=client_id in session.malicious,
-        attack=session.attack_name if client_id in session.malicious else "none",
-        node=str(reply.content["client"]["node"]) if "client" in reply.content else None,
+def federate(grid: Grid, session: Session, slots: int | None = None) -> Result:
+    """The session's rounds on `grid`: its nodes found (a pool of `slots` simulated nodes, or one node per
+    client), then `run_rounds` with the session's parts."""
+    cfg = session.cfg
+    startup_s, reply_s = timeouts(cfg)
+    participants = Participants.discover(grid, cfg.num_clients, cfg.seed, slots, timeout=startup_s)
+    experiment = session.experiment
+    cohort = Cohort(
+        grid,
+        participants,
+        experiment.faults,
+        int(cfg.seed),
+        int(cfg.client.local_epochs),
+        GroundTruth(frozenset(experiment.malicious), experiment.attack.name),
+        transport_of(cfg),
+        reply_s,
+    )
+    return run_rounds(
+        session.strategy,
+        cohort,
+        session.start(),
+        int(cfg.num_rounds),
+        session.evaluate,
+        session.end_round,
+        int(cfg.seed),
     )
 
 
-def client_failure(
-    client_id: int, reply: Message | None, status: str, session: Session, timeout_s: float
-) -> ClientFailure:
-    error = (
-        f"no reply within {timeout_s:g} s (runtime.reply_timeout_s)"
-        if reply is None
-        else str(reply.error.reason).strip()
-    )
-    return session.missed(client_id, status, error.splitlines()[-1] if error else "unknown error")
-
-
-def check_enough(
-    server_round: int, updates: list[ClientUpdate], failures: list[ClientFailure], min_train_nodes: int
-) -> None:
+def check_enough(server_round: int, trained: Trained, min_train_nodes: int) -> None:
     """Stop the run when fewer than min_train_nodes clients trained, with the clients' own error."""
-    if len(updates) >= min_train_nodes:
+    if len(trained.updates) >= min_train_nodes:
         return
-    errors = Counter(f.error for f in failures if f.is_error)
+    errors = Counter(f.error for f in trained.failures if f.is_error)
     error, count = errors.most_common(1)[0] if errors else ("dropped out or late (simulated faults)", 0)
     raise RunFailed(
-        f"round {server_round}: {len(failures)} of {len(updates) + len(failures)} clients failed to "
-        f"train, fewer than strategy.min_train_nodes={min_train_nodes} answered; "
-        f"{count} with: {error}"
+        f"round {server_round}: {len(trained.failures)} of {len(trained.updates) + len(trained.failures)} clients "
+        f"failed to train, fewer than strategy.min_train_nodes={min_train_nodes} answered; {count} with: {error}"
     )
 
 
-def with_examples(replies: Iterable[Message | None]) -> list[Message]:
+def with_examples(replies: Iterable[Message]) -> list[Message]:
     """Replies that evaluated at least one example (weighted means need a positive total)."""
-    return [r for r in replies if answered(r) and r.content["metrics"]["num-examples"] > 0]
+    return [r for r in replies if r.content["metrics"]["num-examples"] > 0]
 
 
 def federated_metrics(aggregated: MetricRecord | None) -> dict[str, float | None]:
@@ -190,7 +171,8 @@ def train_loss(updates: list[ClientUpdate]) -> float | None:
 
 
 def central_round(
-    session: Session,
+    names: list[str],
+    evaluate_fn: Callable[[list[np.ndarray]], tuple[float, float]],
     server_round: int,
     arrays: ArrayRecord,
     start: ArrayRecord | None,
@@ -200,10 +182,10 @@ def central_round(
 ) -> RoundRecord:
     """The round's record, with the global model's central evaluation added to its metrics."""
     weights = record_views(arrays)
-    central_loss, central_accuracy = session.evaluate(weights)
+    central_loss, central_accuracy = evaluate_fn(weights)
     return RoundRecord(
         server_round=server_round,
-        names=session.names,
+        names=names,
         start_weights=record_views(start) if start is not None else None,
         global_weights=weights,
         clients=clients,

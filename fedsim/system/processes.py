@@ -12,10 +12,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 
 def scripts_dir() -> str:
@@ -67,50 +68,40 @@ class Child:
 
 
 def group_alive(pgid: int) -> bool:
-    """Whether any process of group `pgid` is left."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether any process of group `pgid` is left (zombies, dead but not yet reaped, do not count)."""
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return False
 
 
 def alive(pid: int) -> bool:
     """Whether process `pid` runs (a zombie, dead but not yet reaped, does not)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except OSError:  # no /proc (macOS): ask the kernel
-        try:
-            os.kill(pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
+
+
+def started_at(pid: int) -> float | None:
+    """When process `pid` started, or None if it is gone or a zombie: with its pid, it names one process, not
+    a later one given the same pid."""
+    try:
+        process = psutil.Process(pid)
+        return None if process.status() == psutil.STATUS_ZOMBIE else process.create_time()
+    except psutil.NoSuchProcess:
+        return None
 
 
 def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (from /proc; none where there is no /proc)."""
-    children: dict[int, list[int]] = defaultdict(list)
+    """Every process below `pid`, however detached (a new session keeps its parent)."""
     try:
-        entries = [e for e in os.listdir("/proc") if e.isdigit()]
-    except OSError:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
         return []
-    for entry in entries:
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                children[int(f.read().rsplit(")", 1)[1].split()[1])].append(int(entry))
-        except (OSError, IndexError, ValueError):
-            continue
-    found, todo = [], [pid]
-    while todo:
-        for child in children[todo.pop()]:
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def _send(kill, target: int, sig: int) -> None:
@@ -183,13 +174,3 @@ class Processes:
         for child in self.children:
             pids |= {p for p in descendants(child.pid) if alive(p)}
         return sorted(pids)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process of that pid
-        return True
-    return True

@@ -1,0 +1,86 @@
+"""Running fedsim as a test needs it: main.py as a process (its output, its rounds), or the loop in-process on a
+LocalGrid (no Ray, no SuperLink)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from flwr.app import Context, RecordDict
+
+from fedsim.client.app import make_client_app
+from fedsim.run.runner import run_experiment
+from fedsim.server.app import make_server_app
+from fedsim.system.processes import group_alive
+from fedsim.system.waits import wait_for
+from helpers.local_grid import LocalGrid
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_main(run_dir: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python main.py hydra.run.dir=RUN_DIR OVERRIDES` to its end."""
+    return subprocess.run(
+        [sys.executable, "main.py", f"hydra.run.dir={run_dir}", *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+
+
+def start_main(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    """main.py in its own process group, so that the test can kill everything it started."""
+    return subprocess.Popen(
+        [sys.executable, "main.py", f"hydra.run.dir={run_dir}", *overrides],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for_round(process: subprocess.Popen, server_round: int) -> str:
+    """main.py's output up to its line for `server_round`."""
+    seen = ""
+    for line in process.stdout:
+        seen += line
+        if line.startswith(f"round {server_round:>3}/"):
+            return seen
+    raise AssertionError(f"main.py ended before round {server_round}:\n{seen[-3000:]}")
+
+
+def assert_group_ends(process: subprocess.Popen) -> None:
+    """Every process main.py started (Ray, Flower) is gone soon after it exits."""
+    wait_for(
+        lambda: not group_alive(process.pid),
+        timeout_s=30,
+        what="main.py's processes to end",
+        key="the test",
+        poll_s=0.5,
+    )
+
+
+def server_context(run_config: dict | None = None) -> Context:
+    return Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config or {})
+
+
+def run_locally(cfg, run_dir: Path, node_seed: int = 0, slots: int | None = None, **parts) -> LocalGrid:
+    """main.py's steps with the rounds on a LocalGrid instead of Flower's simulation (one node per client, or a
+    pool of `slots` nodes); the grid used."""
+    grids: list[LocalGrid] = []
+
+    def federate(session) -> None:
+        experiment = session.experiment
+        grids.append(
+            LocalGrid(
+                make_client_app(experiment.client_fn, experiment.run_config), slots or cfg.num_clients, seed=node_seed
+            )
+        )
+        make_server_app(session, slots)(grids[0], server_context())
+
+    run_experiment(cfg, run_dir, federate, **parts)
+    return grids[0]
