@@ -17,18 +17,11 @@ import os
 import tempfile
 from pathlib import Path
 
-from common import LimitRun, machine, run_harness, run_limit, table
+from common import MINILM, LimitRun, machine, run_harness, run_limit, table
 
 CASES = {
     "bow": ["model=bow", "num_clients=10", "num_rounds=3"],
-    "minilm": [
-        "model=minilm",
-        "num_clients=4",
-        "num_rounds=2",
-        "data.train_size=400",
-        "data.test_size=200",
-        "data.max_length=64",
-    ],
+    "minilm": MINILM,
 }
 
 

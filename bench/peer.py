@@ -17,16 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import compose, machine, run_harness, table
+from common import MINILM, compose, machine, run_harness, table
 
-CONFIG = [
-    "model=minilm",
-    "num_clients=4",
-    "num_rounds=2",
-    "data.train_size=400",
-    "data.test_size=200",
-    "data.max_length=64",
-]
+CONFIG = MINILM
 
 
 def peer_client_fn(featurizer: dict, imdb_path: str, train_size: int | None):

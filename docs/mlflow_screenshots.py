@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from fedsim.runtimes.federation import free_port
+from fedsim.runtimes.ports import free_port
 from fedsim.system.processes import Processes
 
 # Chromium on a machine without a network: no background fetches, no sandbox (root), no GPU.

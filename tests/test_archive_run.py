@@ -16,7 +16,7 @@ from helpers.runs import ROOT, run_locally
 
 from fedsim.outputs.archive import Archive
 from fedsim.outputs.columns import LAYER_COLUMNS
-from fedsim.outputs.layer_stats import main as scrutiny_main
+from fedsim.outputs.from_archive import main as scrutiny_main
 
 pytestmark = pytest.mark.slow
 
@@ -75,18 +75,7 @@ def test_offline_statistics_agree_with_online(archived_run, tmp_path):
     online_layers = pd.read_csv(archived_run / "layers.csv").sort_values(key, ignore_index=True)
     offline_layers = pd.read_csv(tmp_path / "layers_offline.csv").sort_values(key, ignore_index=True)
     assert online_layers[key].equals(offline_layers[key])
-    columns = [
-        "mean_variance",
-        "num_outliers",
-        "weight_min",
-        "weight_max",
-        "weight_mean",
-        "weight_median",
-        "weight_std",
-        "weight_q25",
-        "weight_q75",
-        "first_weight",
-    ]
+    columns = LAYER_COLUMNS[LAYER_COLUMNS.index("mean_variance") : LAYER_COLUMNS.index("attack")]
     np.testing.assert_allclose(offline_layers[columns], online_layers[columns], rtol=1e-6, atol=1e-9)
     online = pd.read_csv(archived_run / "clients.csv")
     offline = pd.read_csv(tmp_path / "clients_offline.csv")
@@ -97,7 +86,7 @@ def test_offline_statistics_agree_with_online(archived_run, tmp_path):
 def test_cli_module_runs(archived_run, tmp_path):
     out = tmp_path / "new" / "folder"  # a folder that does not exist yet is made
     result = subprocess.run(
-        [sys.executable, "-m", "fedsim.outputs.layer_stats", str(archived_run), "--out", str(out)],
+        [sys.executable, "-m", "fedsim.outputs.from_archive", str(archived_run), "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -134,25 +134,14 @@ def test_a_directory_a_live_run_owns_is_refused_naming_its_pid(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "status, says",
-    [
-        (
-            "completed",
-            "holds a run (completed, 3 rounds); allowed: another directory, overwrite=true to replace it, "
-            "resume={run} num_rounds=MORE to continue it",
-        ),
-        (
-            "interrupted",
-            "holds a run (interrupted, 3 rounds); allowed: another directory, overwrite=true to replace it, "
-            "resume={run} to continue it",
-        ),
-    ],
+    "status, continues", [("completed", "resume={run} num_rounds=MORE"), ("interrupted", "resume={run}")]
 )
-def test_a_directory_holding_a_stopped_or_finished_run_is_refused_unless_overwritten(tmp_path, status, says):
+def test_a_directory_holding_a_stopped_or_finished_run_is_refused_unless_overwritten(tmp_path, status, continues):
     run = finished_run(tmp_path / "run", status)
     with pytest.raises(ConfigError) as refused:
         claim(run)
-    assert str(refused.value) == f"hydra.run.dir: {run} {says.format(run=run)}"
+    allowed = f"another directory, overwrite=true to replace it, {continues.format(run=run)} to continue it"
+    assert str(refused.value) == f"hydra.run.dir: {run} holds a run ({status}, 3 rounds); allowed: {allowed}"
     assert sorted(p.name for p in run.iterdir()) == [
         "checkpoint.safetensors",
         "config.yaml",

@@ -28,14 +28,14 @@ from helpers.configs import SMALL, make_cfg
 from helpers.data import make_reviews
 from helpers.gates import gated_env, waiting
 from helpers.processes import carrying
-from helpers.runs import ROOT, start_main, wait_for_round
+from helpers.runs import ROOT, main_py, start_main, wait_for_round
 
 import fedsim.server.participation
 from fedsim.client.client import client_fn
 from fedsim.config.compose import flatten
-from fedsim.runtimes.certs import make_all, make_node_key
+from fedsim.runtimes.certs import check_certificates, make_all, make_node_key
 from fedsim.runtimes.deployment import Deployment
-from fedsim.runtimes.federation import LocalFederation, check_certificates
+from fedsim.runtimes.federation import LocalFederation
 from fedsim.server.participation import Participants
 from fedsim.system.errors import ConfigError, RunFailed
 from fedsim.system.processes import Processes, alive, descendants
@@ -223,14 +223,7 @@ def test_deployment_stopped_mid_round_and_resumed_equals_the_simulation(
     assert set(pids) == {"superlink", "supernode_0", "supernode_1", "supernode_2", "flwr run"}
     assert not any(alive(pid) for pid in pids.values())
 
-    resumed = subprocess.run(
-        [sys.executable, "main.py", f"resume={deployed}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    resumed = main_py(f"resume={deployed}", env=env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "round   2/2" in resumed.stdout and "done: final central_accuracy" in resumed.stdout
     info = json.loads((deployed / "run.json").read_text())

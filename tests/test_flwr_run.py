@@ -16,7 +16,7 @@ from helpers.configs import METRICS, SMALL
 from helpers.processes import mentioning
 from helpers.runs import ROOT
 
-from fedsim.runtimes.federation import free_port
+from fedsim.runtimes.ports import free_port
 from fedsim.system.processes import command, group_alive
 
 pytestmark = pytest.mark.slow

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from helpers.configs import SMALL, make_cfg
 from helpers.data import make_reviews
-from helpers.runs import ROOT, assert_group_ends, run_main, start_main, wait_for_round
+from helpers.runs import assert_group_ends, main_py, run_main, start_main, wait_for_round
 from safetensors.numpy import load_file
 
 from fedsim.outputs.columns import CLIENTS_COLUMNS, ROUNDS_COLUMNS
@@ -49,18 +47,19 @@ def test_run_writes_every_file_with_spec_columns(small_run):
 @pytest.mark.parametrize(
     "overrides, key",
     [
-        (["num_clients=0"], "num_clients"),
-        (["num_rounds=0"], "num_rounds"),
-        (["scrutiny=maybe"], "scrutiny"),
-        (["strategy.fraction_train=1.5"], "strategy.fraction_train"),
-        (["data.path=/nonexistent"], "data.path"),
-        (["strategy=bulyan", "num_clients=3"], "strategy.num_malicious_nodes"),
-        (["strategy=trimmed_mean", "strategy.beta=0.5"], "strategy"),
-        (["attack=none", "attack.node_ratio=0.3"], "attack.node_ratio"),
-        (["attack=label_flip", "attack.data_ratio=2"], "attack.data_ratio"),
+        ("num_clients=0", "num_clients"),
+        ("num_rounds=0", "num_rounds"),
+        ("scrutiny=maybe", "scrutiny"),
+        ("strategy.fraction_train=1.5", "strategy.fraction_train"),
+        ("data.path=/nonexistent", "data.path"),
+        ("strategy=bulyan num_clients=3", "strategy.num_malicious_nodes"),
+        ("strategy=trimmed_mean strategy.beta=0.5", "strategy"),
+        ("attack=none attack.node_ratio=0.3", "attack.node_ratio"),
+        ("attack=label_flip attack.data_ratio=2", "attack.data_ratio"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(overrides, key, imdb_dir, tmp_path):
+    overrides = overrides.split()
     overrides = [f"data.path={imdb_dir}", *overrides] if "data.path" not in overrides[0] else overrides
     result = run_main(tmp_path, *overrides, "data.train_size=100", "data.test_size=10")
     assert result.returncode == 2
@@ -189,9 +188,7 @@ def test_kill_9_mid_run_is_reported_dead_and_resumes_to_an_uninterrupted_runs_nu
         os.killpg(process.pid, signal.SIGKILL)  # then what it had started (Ray), by the test's own hand
     assert load(cut).info["status"] == "dead"
 
-    result = subprocess.run(
-        [sys.executable, "main.py", f"resume={cut}"], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
+    result = main_py(f"resume={cut}")
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ("rounds.csv", "clients.csv", "layers.csv"):
         timing = ["round_time_s", "fit_time_s", "driver_rss_mb", "driver_shared_mb", "node"]  # node: its Ray instance's

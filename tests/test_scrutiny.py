@@ -136,7 +136,7 @@ def test_disk_check_refuses_a_run_that_would_not_fit(tmp_path, monkeypatch):
 
 
 def test_disk_check_counts_the_final_model_and_the_checkpoint_without_an_archive(tmp_path, monkeypatch):
-    from conftest import make_cfg
+    from helpers.configs import make_cfg
 
     from fedsim.run.experiment import check_space
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from flwr.app import Context
+from helpers.configs import METRICS as CENTRAL_AND_FED
 from helpers.configs import QUICK, make_cfg
 from helpers.local_grid import LocalGrid
 from helpers.runs import run_locally, server_context
@@ -24,15 +25,7 @@ from fedsim.server.faults import Faults
 from fedsim.server.participation import Participants, choose
 from fedsim.system.errors import ConfigError, RunFailed
 
-METRICS = [
-    "central_loss",
-    "central_accuracy",
-    "fed_loss",
-    "fed_accuracy",
-    "train_loss",
-    "num_fit_clients",
-    "num_failures",
-]
+METRICS = [*CENTRAL_AND_FED, "num_fit_clients", "num_failures"]
 
 
 def read(run_dir: Path, name: str) -> pd.DataFrame:

@@ -58,7 +58,18 @@ class Attack:
     def poison_update(
         self, weights: list[np.ndarray], start: list[np.ndarray], seed: int, server_round: int, partition_id: int
     ) -> list[np.ndarray]:
-        """What a malicious client returns instead of `weights`, trained from the global `start`."""
+        """What a malicious client returns instead of `weights`, trained from the global `start`: each floating
+        tensor through `poison_tensor` (in order, drawing from one generator per client and round), every
+        other tensor (integer buffers) as it is."""
+        if not self.poisons_model:
+            return weights
+        rng = self.rng(seed, _WEIGHTS, server_round, partition_id)
+        return [
+            self.poison_tensor(w, s, rng) if is_float else w for w, s, is_float in zip(weights, start, _floats(weights))
+        ]
+
+    def poison_tensor(self, weights: np.ndarray, start: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One floating tensor of the update as a model-poisoning attack returns it."""
         return weights
 
     def rng(self, seed: int, stream: int, *keys: int) -> np.random.Generator:
@@ -105,18 +116,11 @@ class RandomWeights(Attack):
     poisons_model = True
     trains = False
 
-    def poison_update(
-        self, weights: list[np.ndarray], start: list[np.ndarray], seed: int, server_round: int, partition_id: int
-    ) -> list[np.ndarray]:
-        rng = self.rng(seed, _WEIGHTS, server_round, partition_id)
-        out = []
-        for w, s, is_float in zip(weights, start, _floats(start)):
-            if not is_float or not s.size:
-                out.append(w)
-                continue
-            spread = float(np.std(s)) or float(np.abs(np.mean(s))) or 1e-2
-            out.append(rng.normal(0.0, self.scale * spread, size=s.shape).astype(s.dtype))
-        return out
+    def poison_tensor(self, weights: np.ndarray, start: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if not start.size:
+            return weights
+        spread = float(np.std(start)) or float(np.abs(np.mean(start))) or 1e-2
+        return rng.normal(0.0, self.scale * spread, size=start.shape).astype(start.dtype)
 
 
 @dataclass(frozen=True)
@@ -126,14 +130,8 @@ class GaussianNoise(Attack):
     std: float = 0.1
     poisons_model = True
 
-    def poison_update(
-        self, weights: list[np.ndarray], start: list[np.ndarray], seed: int, server_round: int, partition_id: int
-    ) -> list[np.ndarray]:
-        rng = self.rng(seed, _WEIGHTS, server_round, partition_id)
-        return [
-            (w + rng.normal(0.0, self.std, size=w.shape)).astype(w.dtype) if f else w
-            for w, f in zip(weights, _floats(weights))
-        ]
+    def poison_tensor(self, weights: np.ndarray, start: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return (weights + rng.normal(0.0, self.std, size=weights.shape)).astype(weights.dtype)
 
 
 @dataclass(frozen=True)
@@ -143,12 +141,8 @@ class Scaling(Attack):
     scale: float = 10.0
     poisons_model = True
 
-    def poison_update(
-        self, weights: list[np.ndarray], start: list[np.ndarray], seed: int, server_round: int, partition_id: int
-    ) -> list[np.ndarray]:
-        return [
-            (s + self.scale * (w - s)).astype(w.dtype) if f else w for w, s, f in zip(weights, start, _floats(weights))
-        ]
+    def poison_tensor(self, weights: np.ndarray, start: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return (start + self.scale * (weights - start)).astype(weights.dtype)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedsim.system.errors import ConfigError
+
 LOCALHOST = ("localhost", "127.0.0.1", "::1")
 
 
@@ -129,6 +131,22 @@ def make_all(out: Path, hosts: Sequence[str] = LOCALHOST, num_nodes: int = 0) ->
     make_server_cert(out, make_ca(out), hosts)
     for i in range(num_nodes):
         make_node_key(out, f"node_{i}")
+
+
+SERVER_FILES = ("ca.crt", "server.crt", "server.key")  # what a SuperLink reads from a certificates folder
+
+
+def check_certificates(folder: Path, num_nodes: int, node_auth: bool) -> None:
+    missing = [name for name in SERVER_FILES if not (folder / name).is_file()]
+    if node_auth:
+        missing += [f"node_{i}" for i in range(num_nodes) if not (folder / f"node_{i}").is_file()]
+    if missing:
+        raise ConfigError(
+            "runtime.certificates",
+            f"{folder} lacks {', '.join(missing[:4])}"
+            f"{'...' if len(missing) > 4 else ''}; allowed: a folder made by `python -m fedsim.runtimes.certs "
+            f"DIR --nodes {num_nodes}`, or null to make certificates for this run",
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

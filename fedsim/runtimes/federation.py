@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import ssl
 import sys
 import tempfile
@@ -20,15 +19,13 @@ from pathlib import Path
 from typing import TextIO
 
 from fedsim.run.info import git_commit
-from fedsim.runtimes.certs import LOCALHOST, make_all
-from fedsim.system.errors import ConfigError, RunFailed
+from fedsim.runtimes.certs import LOCALHOST, check_certificates, make_all
+from fedsim.runtimes.ports import check_port, free_port
+from fedsim.system.errors import RunFailed
 from fedsim.system.processes import Child, Processes, child_env, command
 from fedsim.system.waits import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]  # the Flower app (pyproject.toml) that `flwr run` submits
-
-
-SERVER_FILES = ("ca.crt", "server.crt", "server.key")
 
 
 JOINED = "SuperNode ID:"  # a SuperNode's log line once the SuperLink has accepted it
@@ -39,38 +36,6 @@ FLOWER_CHATTER = re.compile(
     r"^(\x1b\[[0-9;]*m)?(DEBUG|INFO|WARNING)\s*(\x1b\[0m)?\s*:|^Flower App configuration "
     r"warnings|^- Recommended property|^Using SuperLink:|^Successfully (started run|installed)"
 )
-
-
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def check_port(host: str, port: int) -> None:
-    """One line for a SuperLink port that another process holds, before anything starts."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            raise ConfigError(
-                "runtime.port",
-                f"{host}:{port} is already in use ({exc.strerror}); allowed: a free "
-                "port, or runtime.port=null to take any free one",
-            ) from None
-
-
-def check_certificates(folder: Path, num_nodes: int, node_auth: bool) -> None:
-    missing = [name for name in SERVER_FILES if not (folder / name).is_file()]
-    if node_auth:
-        missing += [f"node_{i}" for i in range(num_nodes) if not (folder / f"node_{i}").is_file()]
-    if missing:
-        raise ConfigError(
-            "runtime.certificates",
-            f"{folder} lacks {', '.join(missing[:4])}"
-            f"{'...' if len(missing) > 4 else ''}; allowed: a folder made by `python -m fedsim.runtimes.certs "
-            f"DIR --nodes {num_nodes}`, or null to make certificates for this run",
-        )
 
 
 def _toml_string(value: str) -> str:

@@ -95,14 +95,7 @@ class Cohort:
     def missed(self, client_id: int, status: str, error: str | None = None, sim_time_s: float | None = None):
         """A client call that brought no usable reply, with the client's ground truth."""
         malicious, attack = self.truth.of(client_id)
-        return ClientFailure(
-            client_id=client_id,
-            status=status,
-            error=error,
-            is_malicious=malicious,
-            attack=attack,
-            sim_time_s=sim_time_s,
-        )
+        return ClientFailure(client_id, status, error, malicious, attack, sim_time_s)
 
     def sim_round_time(self, trained: Trained) -> float | None:
         """The round's simulated duration: the slowest client on time, or the timeout if any was late."""

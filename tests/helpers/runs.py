@@ -19,16 +19,15 @@ from helpers.local_grid import LocalGrid
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def main_py(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`python main.py ARGS` to its end, its output captured."""
+    return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)  # fmt: skip
+
+
 def run_main(run_dir: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python main.py hydra.run.dir=RUN_DIR OVERRIDES` to its end."""
-    return subprocess.run(
-        [sys.executable, "main.py", f"hydra.run.dir={run_dir}", *overrides],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    return main_py(f"hydra.run.dir={run_dir}", *overrides, env=env, timeout=600)
 
 
 def start_main(run_dir: Path, *overrides: str) -> subprocess.Popen:
