@@ -27,12 +27,10 @@ IMDB = os.environ.get("IMDB_PATH", str(ROOT.parent / "shared" / "imdb"))
 
 
 def compose(overrides: Sequence[str]):
-    """The run's config exactly as `python main.py <overrides>` would see it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    """The run's config exactly as `python main.py <overrides>` would see it, on the benchmark's IMDB."""
+    from fedsim.config.compose import compose as fedsim_compose
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=[f"data.path={IMDB}", *overrides])
+    return fedsim_compose([f"data.path={IMDB}", *overrides])
 
 
 # The transformer case the benchmarks share: MiniLM, 4 clients, 400 train / 200 test reviews, 64 tokens.

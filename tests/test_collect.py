@@ -18,7 +18,7 @@ from helpers.processes import mentioning
 from helpers.runs import ROOT
 from scipy import stats
 
-from fedsim.collections.ledger import RUNS_COLUMNS, Collection, resumable
+from fedsim.collections.ledger import RUNS_COLUMNS, Collection, resumable, row_of
 from fedsim.collections.plan import CollectionError, Planned, default_name, plan
 from fedsim.collections.summary import SUMMARY_COLUMNS, summarize
 from fedsim.results.loading import CollectionResults, RunResults, load
@@ -135,6 +135,19 @@ def test_only_cut_off_runs_with_a_checkpoint_are_resumed(tmp_path):
     assert not resumable(run_dir("alive", "running", True))  # this test's own process
     assert not resumable(run_dir("failed", "failed", True))
     assert not resumable(run_dir("early", "interrupted", False))
+
+
+def test_a_resume_refused_at_its_start_is_recorded_as_failed_with_its_own_error(tmp_path):
+    """The stopped run's run.json and log are an earlier invocation's; the row is this invocation's."""
+    info = {"status": "interrupted", "error": "interrupted by SIGINT", "host": socket.gethostname(), "pid": 1}
+    (tmp_path / "run.json").write_text(json.dumps(info))
+    (tmp_path / "output.log").write_text("round   1/8\nerror: an earlier invocation's error\n")
+    log_from, since = (tmp_path / "output.log").stat().st_size, time.time() + 1  # this invocation began after both
+    with open(tmp_path / "output.log", "a") as log:
+        log.write("error: resume: the run cannot continue\n")
+    row = row_of(Planned(("num_rounds=8",), 0), tmp_path, 2, 1.0, since, log_from)
+    assert (row["status"], row["error"]) == ("failed", "resume: the run cannot continue")
+    assert row_of(Planned(("num_rounds=8",), 0), tmp_path, 130, 1.0)["status"] == "interrupted"  # its own run.json
 
 
 def test_concurrent_writers_of_one_json_file_never_collide(tmp_path):

@@ -13,11 +13,14 @@ from helpers.configs import METRICS as CENTRAL_AND_FED
 from helpers.configs import QUICK, make_cfg
 from helpers.local_grid import LocalGrid
 from helpers.runs import run_locally, server_context
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
 import fedsim.client.app
 import fedsim.server.app
 from fedsim.client.client import client_fn
+from fedsim.config.compose import CONF_DIR
 from fedsim.config.resume import resumed_config
 from fedsim.outputs.base import Callback
 from fedsim.outputs.columns import CLIENTS_COLUMNS, ROUNDS_COLUMNS
@@ -289,7 +292,11 @@ def test_resume_refuses_other_keys_and_a_completed_run(generated_imdb, tmp_path)
     with pytest.raises(ConfigError, match="completed all 2 rounds"):
         resumed_config(make_cfg(f"resume={tmp_path}"), [f"resume={tmp_path}"])
     assert (tmp_path / "run.json").read_text() == before
-    extended = resumed_config(make_cfg(f"resume={tmp_path}", "num_rounds=3"), [f"resume={tmp_path}", "num_rounds=3"])
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):  # as inside main.py's @hydra.main
+        extended = resumed_config(
+            make_cfg(f"resume={tmp_path}", "num_rounds=3"), [f"resume={tmp_path}", "num_rounds=3"]
+        )
+        assert GlobalHydra.instance().is_initialized()  # main.py's Hydra left as it was
     assert extended.num_rounds == 3 and extended.seed == 0
 
 

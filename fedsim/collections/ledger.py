@@ -41,15 +41,11 @@ RUNS_COLUMNS = [
 COLLECTED = ("rounds.csv", "clients.csv", "layers.csv", "detection.csv")
 
 
-def _error_from(run_dir: Path, returncode: int) -> str:
+def _error_from(info: dict, log_text: str, returncode: int) -> str:
     """The last line of a failed run's error: run.json's, else the log's, else the exit status."""
-    info_path = run_dir / "run.json"
-    if info_path.exists():
-        error = json.loads(info_path.read_text()).get("error")
-        if error:
-            return error
-    log = run_dir / "output.log"
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines()] if log.exists() else []
+    if info.get("error"):
+        return info["error"]
+    lines = [line.strip() for line in log_text.splitlines()]
     lines = [line for line in lines if line and "HYDRA_FULL_ERROR" not in line]
     errors = [line for line in lines if line.startswith("error:")]
     if errors:
@@ -67,16 +63,27 @@ def resumable(run_dir: Path) -> bool:
     return effective_status(json.loads(info_path.read_text())) in ("interrupted", "dead")
 
 
-def row_of(planned: Planned, run_dir: Path, returncode: int, wall_time_s: float | None) -> dict:
-    """A run's row for runs.csv (without run_id), from its run.json and main.py's exit status."""
-    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+def row_of(
+    planned: Planned, run_dir: Path, returncode: int, wall_time_s: float | None, since: float = 0.0, log_from: int = 0
+) -> dict:
+    """A run's row for runs.csv (without run_id), from its run.json and main.py's exit status.
+
+    `since` (a time.time()) and `log_from` (an offset into output.log) mark where this invocation began:
+    a run.json older than `since` is an earlier invocation's (a resume refused before it started leaves
+    the stopped run's run.json as it was), and only the log this invocation wrote names its error.
+    """
+    info_path = run_dir / "run.json"
+    fresh = info_path.exists() and info_path.stat().st_mtime >= since
+    info = json.loads(info_path.read_text()) if fresh else {}
     reported = info.get("status")
     status = reported if (returncode == 0 and reported in FINISHED) or reported == "interrupted" else "failed"
+    log = run_dir / "output.log"
+    log_text = log.read_bytes()[log_from:].decode(errors="replace") if log.exists() else ""
     return {
         "seed": planned.seed,
         "overrides": " ".join(planned.overrides),
         "status": status,
-        "error": None if status in FINISHED else _error_from(run_dir, returncode),
+        "error": None if status in FINISHED else _error_from(info, log_text, returncode),
         "final_central_accuracy": info.get("final_central_accuracy"),
         "best_central_accuracy": info.get("best_central_accuracy"),
         "wall_time_s": info.get("wall_time_s") or wall_time_s,

@@ -114,9 +114,10 @@ def execute(launcher: Launcher, main_script: Path, planned: Planned, run_dir: Pa
             *labels,
             *launcher.overrides,
         ]
-    started = time.perf_counter()
-    returncode = launcher.run(command, run_dir / "output.log", run_dir)
-    return row_of(planned, run_dir, returncode, round(time.perf_counter() - started, 3))
+    log = run_dir / "output.log"
+    log_from, since, started = log.stat().st_size if log.exists() else 0, time.time(), time.perf_counter()
+    returncode = launcher.run(command, log, run_dir)
+    return row_of(planned, run_dir, returncode, round(time.perf_counter() - started, 3), since, log_from)
 
 
 def run_collection(

@@ -12,7 +12,8 @@ every process shares) and the run directory (`run-dir`).
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,37 @@ CONFIG_FILE_KEY = "config-file"
 RUN_DIR_KEY = "run-dir"
 
 
-def compose(overrides: Sequence[str]) -> DictConfig:
-    """The config `python main.py <overrides>` runs with (without Hydra's own node)."""
-    from hydra import compose as hydra_compose
+@contextmanager
+def _on_conf() -> Iterator[Any]:
+    """Hydra initialized on conf/ for the block, whatever it was before: inside `@hydra.main` (a resumed
+    run upgrading its saved config) Hydra is initialized already, and is left as it was."""
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    before = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            yield GlobalHydra.instance()
+    finally:
+        restore_gh_from_backup(before)
+
+
+def compose(overrides: Sequence[str]) -> DictConfig:
+    """The config `python main.py <overrides>` runs with (without Hydra's own node): the one place fedsim
+    composes conf/ (Hydra's own `@hydra.main` composes main.py's, from the same files)."""
+    from hydra import compose as hydra_compose
+
+    with _on_conf():
         return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def group_options() -> dict[str, list[str]]:
+    """Every config group of conf/ (Hydra's own aside) and its options, as Hydra lists them."""
+    with _on_conf() as hydra:
+        loader = hydra.config_loader()
+        return {group: loader.get_group_options(group) for group in loader.list_groups("") if group != "hydra"}
 
 
 def flatten(cfg: DictConfig) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fedsim.config.compose import CONF_DIR
+from fedsim.config.compose import compose, group_options
 from fedsim.system.errors import ConfigError, first_line
 
 OPEN = ("tracking.tags",)  # mappings whose keys are the user's own (a tracker's tags)
@@ -59,19 +59,12 @@ def values(override: Override) -> list[str]:
     return [override.get_value_element_as_str()]
 
 
-def _compose(overrides: Sequence[str]) -> tuple[DictConfig, dict[str, list[str]]]:
-    """The config for `overrides`, and every config group's options (Hydra's own listing of conf/)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        loader = GlobalHydra.instance().config_loader()
-        groups = {group: loader.get_group_options(group) for group in loader.list_groups("") if group != "hydra"}
-        try:
-            cfg = compose(config_name="config", overrides=list(overrides))
-        except (HydraException, OmegaConfBaseException) as exc:
-            raise ConfigError(_blamed(overrides, exc), first_line(exc)) from None
-    return cfg, groups
+def _compose(overrides: Sequence[str]) -> DictConfig:
+    """The config for `overrides`; Hydra's refusal as one ConfigError."""
+    try:
+        return compose(overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(_blamed(overrides, exc), first_line(exc)) from None
 
 
 def _blamed(overrides: Sequence[str], exc: BaseException) -> str:
@@ -123,7 +116,7 @@ def not_a_key(key: str, cfg: DictConfig, groups: dict[str, list[str]], near: Seq
     """`KEY: not a fedsim key; allowed: ...`, naming the nearest keys, or the group options that have it."""
     group = key.split(".", 1)[0]
     if group in groups and "." in key:
-        having = [option for option in groups[group] if _select(_compose([f"{group}={option}"])[0], key) is not _ABSENT]
+        having = [option for option in groups[group] if _select(_compose([f"{group}={option}"]), key) is not _ABSENT]
         if having:
             return ConfigError(
                 key,
@@ -180,7 +173,7 @@ def check(overrides: Sequence[str]) -> DictConfig | None:
     """
     parsed = parse(overrides)
     mine = [o for o in parsed if not is_hydras(o)]
-    _, groups = _compose([])
+    groups = group_options()
     check_groups(mine, groups)
     choices = [
         [f"{o.key_or_group}={v}" for v in values(o)]
@@ -188,9 +181,8 @@ def check(overrides: Sequence[str]) -> DictConfig | None:
         if o.key_or_group in groups and o.type != OverrideType.DEL
     ]
     for combination in itertools.product(*choices):
-        base, _ = _compose(list(combination))
+        base = _compose(list(combination))
         check_keys(mine, base, groups)
     if any(o.is_sweep_override() for o in parsed):
         return None
-    cfg, _ = _compose([o.input_line for o in mine])
-    return cfg
+    return _compose([o.input_line for o in mine])

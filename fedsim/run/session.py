@@ -130,8 +130,14 @@ class Session:
 def standard_outputs(
     experiment: Experiment, run_dir: Path, names: list[str], publish: Callable[[dict[str, Any]], None] | None = None
 ) -> list[Callback]:
-    """Every run's outputs, in the order they see each round (see fedsim.outputs); `publish` gets
-    run.json's metrics after every round."""
+    """Every run's outputs, in the order they see each round; `publish` gets run.json's metrics after every round.
+
+    The one place their order matters, and why: the layer statistics fill each update's columns before
+    clients.csv writes them; the memory probe and the privacy budget fill rounds.csv's columns before it is
+    written; Progress prints the row rounds.csv has just timed; detection.csv reads clients.csv at the end, and
+    the tracker logs run.json's final fields, so both come after the files they read. The checkpointer (added
+    by the session) comes after all of them, to save every output's state. No callback reads another.
+    """
     cfg, attack = experiment.cfg, experiment.attack
     outputs: list[Callback] = [
         WeightScrutiny(run_dir / "layers.csv", attack.name, float(attack.node_ratio), enabled=cfg.scrutiny),
