@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers.configs import SMALL, make_cfg
+from helpers.configs import SMALL, TIMING, make_cfg
 from helpers.data import make_reviews
 from helpers.runs import assert_group_ends, main_py, run_main, start_main, wait_for_round
 from safetensors.numpy import load_file
@@ -191,8 +191,7 @@ def test_kill_9_mid_run_is_reported_dead_and_resumes_to_an_uninterrupted_runs_nu
     result = main_py(f"resume={cut}")
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ("rounds.csv", "clients.csv", "layers.csv"):
-        timing = ["round_time_s", "fit_time_s", "driver_rss_mb", "driver_shared_mb", "node"]  # node: its Ray instance's
-        resumed, whole = (pd.read_csv(d / name).drop(columns=timing, errors="ignore") for d in (cut, small_run))
+        resumed, whole = (pd.read_csv(d / name).drop(columns=TIMING, errors="ignore") for d in (cut, small_run))
         pd.testing.assert_frame_equal(resumed, whole, check_exact=True)
     info = json.loads((cut / "run.json").read_text())
     assert info["status"] == "completed" and info["resumed"][0]["from_round"] >= 0  # the checkpoint before the kill

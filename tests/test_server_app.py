@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from flwr.app import Context
 from helpers.configs import METRICS as CENTRAL_AND_FED
-from helpers.configs import QUICK, make_cfg
+from helpers.configs import QUICK, TIMING, make_cfg
 from helpers.local_grid import LocalGrid
 from helpers.runs import run_locally, server_context
 from hydra import initialize_config_dir
@@ -91,18 +91,25 @@ def test_partial_participation_is_chosen_from_seed_and_round_not_node_ids(genera
         read(tmp_path / "a", "rounds.csv")[METRICS], read(tmp_path / "b", "rounds.csv")[METRICS], check_exact=True
     )
     pd.testing.assert_frame_equal(a.drop(columns="fit_time_s"), b.drop(columns="fit_time_s"), check_exact=True)
-    # A pool of 2 simulated nodes (runtime.node_slots), each message naming its partition: the same
-    # clients do the same work, to the bit, though a node serves several partitions in a round.
-    pooled = run_locally(make_cfg(*overrides), tmp_path / "pooled", slots=2)
-    assert len(pooled.contexts) == 2 and [p for kind, p in pooled.sent if kind == "evaluate"] == evaluated
-    pd.testing.assert_frame_equal(
-        read(tmp_path / "a", "rounds.csv")[METRICS], read(tmp_path / "pooled", "rounds.csv")[METRICS], check_exact=True
-    )
-    pd.testing.assert_frame_equal(
-        a.drop(columns="fit_time_s"),
-        read(tmp_path / "pooled", "clients.csv").drop(columns="fit_time_s"),
-        check_exact=True,
-    )
+    # A pool of 2 simulated nodes (runtime.node_slots), each message naming its partition, or each node sent one
+    # message a round carrying its share of the cohort (runtime.cohort_messages): the same clients do the same
+    # work, to the bit, though a node serves several partitions in a round.
+    single = run_locally(make_cfg(*overrides, "runtime.cohort_messages=false"), tmp_path / "pooled", slots=2)
+    carried = run_locally(make_cfg(*overrides), tmp_path / "carried", slots=2)
+    assert len(single.contexts) == len(carried.contexts) == 2
+    assert [p for kind, p in single.sent if kind == "evaluate"] == evaluated
+    assert sorted(p for kind, p in carried.sent if kind == "evaluate") == sorted(evaluated)
+    assert single.messages == [("query", 1)] * 2 + ([("train", 1)] * 3 + [("evaluate", 1)] * 3) * 3
+    assert carried.messages == [("query", 1)] * 2 + [("train", 2), ("train", 1), ("evaluate", 2), ("evaluate", 1)] * 3
+    for run in ("pooled", "carried"):
+        pd.testing.assert_frame_equal(
+            read(tmp_path / "a", "rounds.csv")[METRICS], read(tmp_path / run, "rounds.csv")[METRICS], check_exact=True
+        )
+        pd.testing.assert_frame_equal(
+            a.drop(columns="fit_time_s"),
+            read(tmp_path / run, "clients.csv").drop(columns="fit_time_s"),
+            check_exact=True,
+        )
 
 
 def test_a_failing_client_is_recorded_counted_printed_once_and_the_run_is_degraded(generated_imdb, tmp_path, capsys):
@@ -274,8 +281,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(generated_imdb, tmp_path, cho
 
     run_locally(resumed_config(make_cfg(f"resume={cut}"), [f"resume={cut}"]), cut, node_seed=7)
     for name in ("rounds.csv", "clients.csv", "layers.csv"):
-        timing = ["round_time_s", "fit_time_s", "driver_rss_mb", "driver_shared_mb"]
-        whole, resumed = (read(d, name).drop(columns=timing, errors="ignore") for d in (tmp_path / "whole", cut))
+        whole, resumed = (read(d, name).drop(columns=TIMING, errors="ignore") for d in (tmp_path / "whole", cut))
         pd.testing.assert_frame_equal(resumed, whole, check_exact=True)
     manifests = [read(d / "weights", "manifest.csv") for d in (tmp_path / "whole", cut)]
     pd.testing.assert_frame_equal(*(m.drop(columns="path") for m in manifests))

@@ -35,6 +35,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (_is_int, "an integer"),
     "scrutiny": (lambda v: isinstance(v, bool), "true or false"),
     "overwrite": (lambda v: isinstance(v, bool), "true or false"),
+    "sparse_updates": (lambda v: isinstance(v, bool), "true or false"),
+    "runtime.cohort_messages": (lambda v: isinstance(v, bool), "true or false"),
     "runtime.startup_timeout_s": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
     "runtime.reply_timeout_s": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
     "log_level": (lambda v: v in logging.getLevelNamesMapping(), "DEBUG, INFO, WARNING, ERROR or CRITICAL"),

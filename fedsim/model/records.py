@@ -61,6 +61,22 @@ def viewed(record: ArrayRecord, view: type[ArrayView] = ArrayView) -> ArrayRecor
     return views
 
 
+class Decoded(Sequence[np.ndarray]):
+    """A record's arrays as a sequence, each decoded (`Array.numpy()`) when it is read: a view for an ArrayView,
+    a rebuilt tensor for a sparse reply's (fedsim.model.sparse), held only while the reader holds it."""
+
+    def __init__(self, record: ArrayRecord) -> None:
+        self._arrays = list(record.values())
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [a.numpy() for a in self._arrays[index]]
+        return self._arrays[index].numpy()
+
+
 def to_record(names: Sequence[str], weights: Sequence[np.ndarray]) -> ArrayRecord:
     """An ArrayRecord of named arrays, in the given order."""
     return ArrayRecord({name: Array(np.asarray(w)) for name, w in zip(names, weights)})

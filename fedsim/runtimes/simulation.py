@@ -32,6 +32,7 @@ class Simulation:
 
     name: str = "simulation"
     node_slots: int | str | None = "auto"  # read by fedsim.runtimes.simulation.node_slots
+    cohort_messages: bool = True  # read by fedsim.server.loop.federate
     startup_timeout_s: float = 120.0  # these two: read by the round loop (fedsim.server.loop.timeouts)
     reply_timeout_s: float = 3600.0
 
@@ -55,17 +56,32 @@ def backend_config(cfg: DictConfig) -> dict:
     }
 
 
-def node_slots(cfg: DictConfig) -> int | None:
+def node_slots(cfg: DictConfig, actors: int) -> int | None:
     """How many simulated SuperNodes serve the clients (`runtime.node_slots`), or None for one per client.
 
     Flower's simulation engine polls its message store for every node every 0.1 s, scanning every
     stored message, so 1,000 idle nodes cost more than the 50 that work. `auto`: as many as a round
-    sends messages at once (training or evaluation).
+    sends messages at once (training or evaluation); with `runtime.cohort_messages`, no more than the
+    `actors` that run clients at once, each node's one message then carrying its share of the round.
     """
     slots = cfg.runtime.node_slots
     if slots == "auto":
         slots = max(fit_clients_per_round(cfg), evaluate_clients_per_round(cfg))
+        if cfg.runtime.get("cohort_messages", False):
+            slots = max(1, min(slots, actors))
     return None if slots is None or int(slots) >= cfg.num_clients else int(slots)
+
+
+def local_client_slots(cfg: DictConfig) -> int:
+    """How many clients this machine runs at once: Ray's CPU count over each client's CPUs (and GPUs)."""
+    import ray._private.utils as ray_utils
+
+    fit = int(ray_utils.get_num_cpus() // float(cfg.resources.num_cpus))
+    if cfg.resources.num_gpus > 0:
+        import torch
+
+        fit = min(fit, int(torch.cuda.device_count() // float(cfg.resources.num_gpus)))
+    return max(1, fit)
 
 
 @contextlib.contextmanager
@@ -89,14 +105,16 @@ def simulate(session: Session) -> None:
     from flwr.simulation import run_simulation
 
     cfg, experiment = session.cfg, session.experiment
-    slots = node_slots(cfg)
-    session.info.update(simulated_nodes=slots or int(cfg.num_clients))
     raise_on_signals()
     mods = []
     try:
+        actors = local_client_slots(cfg)
         if address_of(cfg) is not None:
-            session.info.update(ray_address=address_of(cfg), cluster_client_slots=attach(cfg))
+            actors = attach(cfg)
+            session.info.update(ray_address=address_of(cfg), cluster_client_slots=actors)
             mods.append(ship(client_files(cfg, load_prepared(cfg))).mod)
+        slots = node_slots(cfg, min(actors, max_actors(cfg)))
+        session.info.update(simulated_nodes=slots or int(cfg.num_clients))
         with actor_pool_limit(max_actors(cfg)), signals_kept():
             run_simulation(
                 server_app=make_server_app(session, slots),

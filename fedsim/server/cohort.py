@@ -14,10 +14,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from flwr.app import Message
+from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 
-from fedsim.model.records import viewed
+from fedsim.model.records import Decoded, viewed
+from fedsim.model.sparse import SPARSE, densified
 from fedsim.model.transport import VIEWS
 from fedsim.server.faults import Faults
 from fedsim.server.participation import EVALUATE, TRAIN, Participants
@@ -76,7 +77,8 @@ class Cohort:
 
     def train(self, server_round: int, messages: list[Message]) -> Trained:
         replies, dropped = self.exchange(server_round, TRAIN, messages)
-        answered = {p: self._for_aggregation(r) for p, r in replies.items() if ok(r)}
+        sent = messages[0].content["arrays"] if messages else None
+        answered = {p: self._for_aggregation(r, sent) for p, r in replies.items() if ok(r)}
         # The updates are read first: some of Flower's strategies empty the replies as they aggregate.
         updates = [self._update(p, r) for p, r in answered.items()]
         failures = [self.missed(p, DROPPED) for p in dropped]
@@ -105,10 +107,17 @@ class Cohort:
             return float(self.faults.round_timeout_s)
         return max((u.sim_time_s for u in trained.updates), default=0.0)
 
-    def _for_aggregation(self, reply: Message) -> Message:
+    def _for_aggregation(self, reply: Message, sent: ArrayRecord) -> Message:
         """A training reply as the strategy aggregates it: arrays that decode without a copy, read as float32
-        where the update travelled in float16/bfloat16, so the strategy aggregates in float32."""
-        reply.content["arrays"] = viewed(reply.content["arrays"], VIEWS[self.transport])
+        where the update travelled in float16/bfloat16, so the strategy aggregates in float32; a sparse
+        reply's tensors rebuilt from the `sent` model as they are read (fedsim.model.sparse)."""
+        content = reply.content
+        if SPARSE in content:
+            ids = content[SPARSE]
+            del content[SPARSE]
+            content["arrays"] = densified(content["arrays"], ids, sent, VIEWS[self.transport])
+        else:
+            content["arrays"] = viewed(content["arrays"], VIEWS[self.transport])
         return reply
 
     def _update(self, client_id: int, reply: Message) -> ClientUpdate:
@@ -120,7 +129,7 @@ class Cohort:
             num_examples=int(metrics["num-examples"]),
             train_loss=None if math.isnan(loss) else loss,
             fit_time_s=float(metrics["fit-time"]),
-            weights=[array.numpy() for array in reply.content["arrays"].values()],  # the float32 views
+            weights=Decoded(reply.content["arrays"]),  # float32, decoded as read
             is_malicious=malicious,
             attack=attack,
             node=str(reply.content["client"]["node"]) if "client" in reply.content else None,

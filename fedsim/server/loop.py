@@ -118,7 +118,8 @@ def federate(grid: Grid, session: Session, slots: int | None = None) -> Result:
     client), then `run_rounds` with the session's parts."""
     cfg = session.cfg
     startup_s, reply_s = timeouts(cfg)
-    participants = Participants.discover(grid, cfg.num_clients, cfg.seed, slots, timeout=startup_s)
+    carried = bool(cfg.runtime.get("cohort_messages", False))
+    participants = Participants.discover(grid, cfg.num_clients, cfg.seed, slots, timeout=startup_s, carried=carried)
     experiment = session.experiment
     cohort = Cohort(
         grid,

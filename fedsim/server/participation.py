@@ -7,8 +7,10 @@ fraction and minimum, in Flower's own formula) and what to send them, and fedsim
 partitions receive those messages.
 
 A simulation may also run fewer SuperNodes than clients (`runtime.node_slots`): a pool of slots,
-each message naming the partition it is for (the `partition` record, read by the ClientApp).
-Nothing about a client lives in its node, so the results are those of one node per client.
+each message naming the partition it is for (the `partition` record, read by the ClientApp), or,
+with `runtime.cohort_messages`, one message per slot and round carrying every partition the slot
+serves (fedsim.model.carried). Nothing about a client lives in its node, so the results are those of
+one node per client.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
+from fedsim.model.carried import COHORT, carry, same_content, unpack
 from fedsim.model.records import PARTITION
 from fedsim.system.errors import ConfigError
 
@@ -46,10 +49,13 @@ class Participants:
     node) that serve whichever partition a message names.
     """
 
-    def __init__(self, node_of: dict[int, int], seed: int, num_clients: int | None = None) -> None:
+    def __init__(
+        self, node_of: dict[int, int], seed: int, num_clients: int | None = None, carried: bool = False
+    ) -> None:
         self.node_of = node_of
         self.seed = seed
         self.num_clients = len(node_of) if num_clients is None else num_clients
+        self.carried = carried
 
     @property
     def pooled(self) -> bool:
@@ -57,10 +63,17 @@ class Participants:
 
     @classmethod
     def discover(
-        cls, grid: Grid, num_clients: int, seed: int, slots: int | None = None, timeout: float = 120.0
+        cls,
+        grid: Grid,
+        num_clients: int,
+        seed: int,
+        slots: int | None = None,
+        timeout: float = 120.0,
+        carried: bool = False,
     ) -> Participants:
         """Ask every node which partition (or slot) it serves; refuse a federation that does not serve
-        exactly num_clients partitions (or `slots` slots)."""
+        exactly num_clients partitions (or `slots` slots). `carried`: a pooled node gets one message a
+        round for all the partitions it serves."""
         expected = slots or num_clients
         deadline = time.monotonic() + timeout
         while len(nodes := list(grid.get_node_ids())) < expected and time.monotonic() < deadline:
@@ -78,7 +91,7 @@ class Participants:
                 f"{'...' if len(served) > 10 else ''} of {sorted(sizes)}; allowed: as many clients as "
                 "nodes, each serving one partition 0..num_clients-1",
             )
-        return cls(served, seed, num_clients)
+        return cls(served, seed, num_clients, carried)
 
     def view(self, grid: Grid) -> FederationView:
         """The grid as the strategies see it (see FederationView)."""
@@ -96,14 +109,14 @@ class Participants:
         if not partitions:
             return {}
         sent = self.address(messages[: len(partitions)], partitions)
-        waiting = {mid: (m, p) for mid, m, p in zip(grid.push_messages(sent), sent, partitions) if mid}
-        replies: dict[int, Message] = {}
+        waiting = {mid: s for mid, s in zip(grid.push_messages([m for m, _ in sent]), sent) if mid}
+        replies: dict[int, Message | None] = {}
         deadline = time.monotonic() + timeout
         next_check = time.monotonic() + ONLINE_CHECK_S
         while waiting and time.monotonic() < deadline:
             # By the message answered, not the sender: the SuperLink itself answers for some lost nodes.
             for reply in grid.pull_messages(list(waiting)):
-                replies[waiting.pop(reply.metadata.reply_to_message_id)[1]] = reply
+                replies.update(answers(reply, *waiting.pop(reply.metadata.reply_to_message_id)))
             if waiting and time.monotonic() > next_check:
                 replies.update(self.offline(grid, waiting))
                 next_check = time.monotonic() + ONLINE_CHECK_S
@@ -111,45 +124,63 @@ class Participants:
                 time.sleep(POLL_S)
         return {p: replies.get(p) for p in partitions}
 
-    def offline(self, grid: Grid, waiting: dict[str, tuple[Message, int]]) -> dict[int, Message]:
+    def offline(self, grid: Grid, waiting: dict[str, tuple[Message, list[int]]]) -> dict[int, Message | None]:
         """Error replies for the awaited messages whose node the SuperLink no longer counts online (a node
         that died holding a message never answers it); they are removed from `waiting`."""
         online = set(grid.get_node_ids())
         lost = {mid: sent for mid, sent in waiting.items() if sent[0].metadata.dst_node_id not in online}
-        for mid in lost:
+        lost_replies: dict[int, Message | None] = {}
+        for mid, (message, partitions) in lost.items():
             del waiting[mid]
-        return {
-            partition: Message(
-                Error(
-                    code=ErrorCode.NODE_UNAVAILABLE,
-                    reason=f"node {message.metadata.dst_node_id} is offline: it missed its heartbeats, no reply",
-                ),
-                reply_to=message,
+            error = Error(
+                code=ErrorCode.NODE_UNAVAILABLE,
+                reason=f"node {message.metadata.dst_node_id} is offline: it missed its heartbeats, no reply",
             )
-            for message, partition in lost.values()
-        }
+            lost_replies.update(answers(Message(error, reply_to=message), message, partitions))
+        return lost_replies
 
-    def address(self, messages: Iterable[Message], partitions: Sequence[int]) -> list[Message]:
-        """The strategy's messages, one each, sent to the chosen partitions' nodes instead of its own sample;
-        in a pool, the i-th message goes to slot i (modulo the pool) and names its partition."""
+    def address(self, messages: Iterable[Message], partitions: Sequence[int]) -> list[tuple[Message, list[int]]]:
+        """The strategy's messages sent to the chosen partitions' nodes instead of its own sample, each with
+        the partitions it is for. In a pool, the i-th partition goes to slot i (modulo the pool), its message
+        naming it; `carried`: each slot gets one message for all its partitions (fedsim.model.carried)."""
         messages = list(messages)
         if len(messages) != len(partitions):
             raise ValueError(f"{len(messages)} messages for {len(partitions)} partitions")
         if not self.pooled:
             return [
-                Message(m.content, dst_node_id=self.node_of[p], message_type=m.metadata.message_type)
+                (Message(m.content, dst_node_id=self.node_of[p], message_type=m.metadata.message_type), [p])
                 for m, p in zip(messages, partitions)
             ]
+        slots = len(self.node_of)
+        content = same_content(messages) if self.carried else None
+        if content is not None:
+            shares = [list(partitions[slot::slots]) for slot in range(min(slots, len(partitions)))]
+            kind = messages[0].metadata.message_type
+            return [
+                (
+                    Message(carry(content, share, self.num_clients), dst_node_id=self.node_of[slot], message_type=kind),
+                    share,
+                )
+                for slot, share in enumerate(shares)
+            ]
         return [
-            Message(
-                RecordDict(
-                    {**m.content, PARTITION: ConfigRecord({"partition-id": p, "num-partitions": self.num_clients})}
+            (
+                Message(
+                    RecordDict(
+                        {**m.content, PARTITION: ConfigRecord({"partition-id": p, "num-partitions": self.num_clients})}
+                    ),
+                    dst_node_id=self.node_of[i % slots],
+                    message_type=m.metadata.message_type,
                 ),
-                dst_node_id=self.node_of[i % len(self.node_of)],
-                message_type=m.metadata.message_type,
+                [p],
             )
             for i, (m, p) in enumerate(zip(messages, partitions))
         ]
+
+
+def answers(reply: Message | None, sent: Message, partitions: list[int]) -> dict[int, Message | None]:
+    """The reply to a sent message as each of its partitions' own (a carried message's, taken apart)."""
+    return unpack(reply, partitions) if COHORT in sent.content else {partitions[0]: reply}
 
 
 class FederationView:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ class ClientUpdate:
     num_examples: int
     train_loss: float | None
     fit_time_s: float | None
-    weights: list[np.ndarray]  # read-only views on the reply, in state_dict order
+    weights: Sequence[np.ndarray]  # in state_dict order, decoded from the reply as read (views, or rebuilt rows)
     is_malicious: bool = False
     attack: str = "none"
     stats: dict[str, float] = field(default_factory=dict)  # update statistics, filled by weight scrutiny

@@ -20,6 +20,8 @@ ATTACKED = [
     "client.local_epochs=2",
     "client.lr=0.05",
 ]
+# Columns that measure the machine (durations, memory, which Ray node): left out when runs are compared.
+TIMING = ["round_time_s", "fit_time_s", "driver_rss_mb", "driver_shared_mb", "node"]
 METRICS = ["central_loss", "central_accuracy", "fed_loss", "fed_accuracy", "train_loss"]
 
 

@@ -12,6 +12,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedsim.model.carried import COHORT
 from fedsim.model.records import PARTITION
 
 CLIENT_APP_RAISED = 1  # as Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION
@@ -21,8 +22,9 @@ class LocalGrid(Grid):
     """`num_nodes` nodes with random ids (as Flower gives them), node i serving partition i.
 
     Every node keeps its own Context across messages; replies come back shuffled, as a real
-    federation may return them. `sent` logs (message type, partition) of every message: the
-    partition the message names (pooled nodes), else its node's.
+    federation may return them. `sent` logs (message type, partition) of every client's call: the
+    partitions a message carries or names (pooled nodes), else its node's; `messages` logs each
+    message once.
     """
 
     def __init__(self, client_app: ClientApp, num_nodes: int, run_config: dict | None = None, seed: int = 0) -> None:
@@ -42,6 +44,7 @@ class LocalGrid(Grid):
         }
         self.rng = rng
         self.sent: list[tuple[str, int]] = []
+        self.messages: list[tuple[str, int]] = []  # (message type, how many partitions it carried)
         self.replies: dict[str, Message] = {}
 
     def set_run(self, run) -> None:
@@ -63,8 +66,14 @@ class LocalGrid(Grid):
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid4())
             context = self.contexts[message.metadata.dst_node_id]
-            named = message.content[PARTITION] if PARTITION in message.content else context.node_config
-            self.sent.append((message.metadata.message_type, int(named["partition-id"])))
+            kind = message.metadata.message_type
+            if COHORT in message.content:
+                partitions = [int(p) for p in message.content[COHORT]["partition-ids"]]
+            else:
+                named = message.content[PARTITION] if PARTITION in message.content else context.node_config
+                partitions = [int(named["partition-id"])]
+            self.sent += [(kind, p) for p in partitions]
+            self.messages.append((kind, len(partitions)))
             try:
                 self.replies[message.metadata.message_id] = self.client_app(message, context)
             except Exception as exc:  # as Flower's simulation: a failing ClientApp becomes an error reply

@@ -1,0 +1,77 @@
+"""Sparse updates: a reply carries only the rows of a tensor that training changed.
+
+A bow client with twenty reviews touches a few percent of its embedding's buckets; every row it never
+touched comes back bitwise unchanged (Adam's and the proximal step's update of a zero gradient is zero),
+so sending the whole 17 MB embedding back is mostly sending the server its own model. `sparsify` keeps
+the rows whose bytes differ from what the server sent (row ids and their new values); `densified` gives
+the server arrays whose `numpy()` rebuilds the client's dense tensor exactly, from the sent model and
+those rows, only when it is read, so the driver holds the sparse form until the aggregation reads it.
+
+Exactness needs no assumption about the optimizer: rows are compared on their bytes (a 0.0 that became
+-0.0 counts as changed), and a tensor whose changed rows would not save half its bytes stays dense
+(model-poisoning attacks, most transformer layers, 1-D tensors).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+from fedsim.model.records import ArrayView, tensor_view
+
+SPARSE = "sparse"  # a reply's record of row ids, one int64 array per tensor sent as rows
+
+
+def changed_rows(sent: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """The ids of the rows (along the first axis) whose bytes differ, in increasing order."""
+    rows = sent.shape[0]
+    before = np.ascontiguousarray(sent).view(np.uint8).reshape(rows, -1)
+    after = np.ascontiguousarray(new).view(np.uint8).reshape(rows, -1)
+    return np.flatnonzero((before != after).any(axis=1)).astype(np.int64)
+
+
+def sparsify(sent: ArrayRecord, reply: ArrayRecord) -> tuple[ArrayRecord, ArrayRecord]:
+    """(arrays, row ids) for a reply to `sent`: a tensor of two or more dimensions whose changed rows take
+    less than half its bytes travels as those rows (its ids in the second record); every other one as it
+    is. The arrays keep the reply's names and order."""
+    arrays, ids = ArrayRecord(), ArrayRecord()
+    for name, array in reply.items():
+        before = sent.get(name)
+        new = tensor_view(array.data)
+        if before is None or new.ndim < 2 or before.shape != array.shape or before.dtype != array.dtype:
+            arrays[name] = array
+            continue
+        rows = changed_rows(tensor_view(before.data), new)
+        row_bytes = new.nbytes // new.shape[0]
+        if rows.nbytes + rows.size * row_bytes >= new.nbytes // 2:
+            arrays[name] = array
+            continue
+        arrays[name] = Array(np.ascontiguousarray(new[rows]))
+        ids[name] = Array(rows)
+    return arrays, ids
+
+
+class RowsView(ArrayView):
+    """A client's tensor as the sent model with the rows it changed: `numpy()` rebuilds it (a new array,
+    the strategy's to read); `data` holds the rows as they travelled."""
+
+    def numpy(self) -> np.ndarray:
+        rows = super().numpy()
+        dense = self.__dict__["_base"].copy()
+        dense[self.__dict__["_ids"]] = rows
+        return dense
+
+
+def densified(arrays: ArrayRecord, ids: ArrayRecord, sent: ArrayRecord, view: type[ArrayView]) -> ArrayRecord:
+    """The reply's arrays as the strategy reads them: a sparse tensor as a RowsView over `sent`, every other
+    one as `view` (its bytes shared, no copy)."""
+    record = ArrayRecord()
+    for name, a in arrays.items():
+        if name not in ids:
+            record[name] = view(a.dtype, tuple(a.shape), a.stype, a.data)
+            continue
+        base = tensor_view(sent[name].data)
+        rebuilt = RowsView(a.dtype, tuple(base.shape), a.stype, a.data)
+        rebuilt.__dict__["_base"], rebuilt.__dict__["_ids"] = base, tensor_view(ids[name].data)
+        record[name] = rebuilt
+    return record
