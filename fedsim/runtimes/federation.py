@@ -38,6 +38,9 @@ FLOWER_CHATTER = re.compile(
 )
 
 
+TASK_POLL_S = 0.1  # a SuperExec's poll for the next message's ClientApp (fedsim.runtimes.supernode: the same wait)
+
+
 def _toml_string(value: str) -> str:
     return json.dumps(value)  # a TOML basic string is a JSON string for these values
 
@@ -128,6 +131,8 @@ class LocalFederation:
             FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
             FEDSIM_GIT_COMMIT=git_commit() or "",
             FEDSIM_FEDERATION=str(self.work),
+            # How often each SuperNode's SuperExec asks for a ClientApp to start (Flower's default: 1 s).
+            FLWR_SUPEREXEC_TASK_POLL_INTERVAL=str(TASK_POLL_S),
         )
         self._start_superlink(certs)
         if self.node_auth:
@@ -227,7 +232,9 @@ class LocalFederation:
         """SuperNode `partition_id` (of num_nodes) trusting `root_certificates`, authenticating with `key`."""
         name = name or f"supernode_{partition_id}"
         argv = [
-            command("flower-supernode"),
+            sys.executable,  # flower-supernode, its idle waits cut short (fedsim.runtimes.supernode)
+            "-m",
+            "fedsim.runtimes.supernode",
             "--root-certificates",
             str(root_certificates),
             "--superlink",
