@@ -1,5 +1,6 @@
-"""Shared by the bench scripts: run the harness as a user does, sample its memory, and run the
-compute limit (a plain PyTorch loop doing the same work without Flower or Ray).
+"""Shared by the bench scripts: run the harness as a user does, sample its memory and the CPU that
+other processes take meanwhile, and run the compute limit (a plain PyTorch loop doing the same work
+without Flower or Ray).
 """
 
 from __future__ import annotations
@@ -52,6 +53,90 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {memory_gib:.0f} GiB{gpu}"
 
 
+# ----------------------------------------------------------------------------- a measured run's processes
+
+RUN_MARK = "FEDSIM_BENCH_RUN"  # set to a fresh id in a measured process's environment: its children inherit it
+
+
+class RunProcesses:
+    """The processes of one measured run, told from the rest of the machine: the launched process (`pid`),
+    its descendants, and any process whose environment has RUN_MARK=`mark` (Ray's processes, which can be
+    reparented to init). A process's membership is decided once, by pid and start time."""
+
+    def __init__(self, pid: int, mark: str) -> None:
+        self.pid, self.mark = pid, mark
+        self._member: dict[tuple[int, float], bool] = {}
+        self._lock = threading.Lock()
+
+    def _marked(self, process: psutil.Process) -> bool:
+        try:
+            return process.environ().get(RUN_MARK) == self.mark
+        except psutil.Error:  # gone, a zombie, or another user's
+            return False
+
+    def split(self) -> tuple[list[psutil.Process], list[psutil.Process]]:
+        """(the run's processes, the launched one first; every other process but this script's), now."""
+        with self._lock:
+            mine, others, members = [], [], set()
+            processes = list(psutil.process_iter(["ppid", "create_time"]))
+            for process in sorted(processes, key=lambda p: p.info["create_time"] or 0.0):  # parents first
+                if process.pid == os.getpid():
+                    continue
+                key = (process.pid, process.info["create_time"] or 0.0)
+                if key not in self._member:
+                    self._member[key] = (
+                        process.pid == self.pid or process.info["ppid"] in members or self._marked(process)
+                    )
+                if self._member[key]:
+                    members.add(process.pid)
+                    mine.append(process)
+                else:
+                    others.append(process)
+            mine.sort(key=lambda p: p.pid != self.pid)
+            return mine, others
+
+
+class OtherLoad:
+    """CPU seconds (user + system) that processes outside a measured run (and outside this script) use
+    while it runs, from /proc every `interval` seconds: a run timed while something else competes for
+    the cores is slowed by an amount that has nothing to do with it. A process that starts and ends
+    between two samples is missed; one that ends between two samples loses that interval."""
+
+    def __init__(self, processes: RunProcesses, interval: float = 0.5) -> None:
+        self.processes, self.interval, self.cpu_s = processes, interval, 0.0
+        self._seen: dict[tuple[int, float], float] = {}
+        self._start = time.time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        for process in self.processes.split()[1]:
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            created = process.info["create_time"] or 0.0
+            key, used = (process.pid, created), times.user + times.system
+            # A process older than the run counts from its first sample; a newer one from its start.
+            before = self._seen.get(key, used if created < self._start else 0.0)
+            self.cpu_s += max(0.0, used - before)
+            self._seen[key] = used
+
+    def _loop(self) -> None:
+        while True:
+            self._sample()
+            if self._stop.wait(self.interval):
+                return
+
+    def stop(self) -> float:
+        """Stops sampling (after a last sample); the others' CPU seconds since the start."""
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        return self.cpu_s
+
+
 # ----------------------------------------------------------------------------- memory sampling
 
 
@@ -67,18 +152,21 @@ class MemoryPeaks:
 
 
 class MemorySampler:
-    """Samples the driver (`pid`) and its descendants: Ray workers are the processes named `ray::...`.
+    """Samples the driver (`pid`) and its descendants, or the processes of `processes` where given (those
+    carrying the run's mark too): Ray workers are the processes named `ray::...`.
 
     RSS every `interval` seconds; PSS (smaps_rollup, costly on large processes) every fifth sample.
     """
 
-    def __init__(self, pid: int, interval: float = 1.0) -> None:
-        self.pid, self.interval, self.peaks = pid, interval, MemoryPeaks()
+    def __init__(self, pid: int, interval: float = 1.0, processes: RunProcesses | None = None) -> None:
+        self.pid, self.interval, self.processes, self.peaks = pid, interval, processes, MemoryPeaks()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
     def _tree(self) -> list[psutil.Process]:
+        if self.processes is not None:
+            return self.processes.split()[0]
         try:
             driver = psutil.Process(self.pid)
             return [driver, *driver.children(recursive=True)]

@@ -1,6 +1,6 @@
-"""fedsim against pfl-research (Apple's `pfl`), side by side on identical inputs.
+"""fedsim against pfl-research (Apple's `pfl`), side by side on identical inputs, each timed as its users run it.
 
-    python bench/pfl.py                          # every config below, 2 pairs each
+    python bench/pfl.py                          # every config below, 3 pairs each
     python bench/pfl.py --configs bow-10 --pairs 3 [-- overrides for fedsim and the export]
 
 pfl 0.6 needs Python < 3.13 and dp-accounting < 0.6, which conflict with flwr[dp], so it runs in
@@ -8,15 +8,33 @@ its own venv (`bench/.venv-pfl`, made from bench/pfl_peer/requirements.txt on fi
 config the script exports, from fedsim's own cache: the seeded initial weights, every client's
 train and validation features, the clients of every round, each client's row order and torch
 seed. pfl_peer/run.py trains on exactly that (same model, Adam re-created per local round, batch
-size, epochs, FedAvg weighted by examples, central evaluation on the test split), so the two must
-reach the same accuracy, which is checked. Then it runs fedsim and pfl alternately, each measured
-from its launch, and prints Markdown tables: steady s/round (rounds 2..R), the end of round 1
-(start-up included), wall time, peak PSS of all processes and the driver's peak RSS, with ratios.
+size, epochs, FedAvg weighted by examples, central evaluation on the test split), so fedsim and pfl
+in both its layouts must reach the same final central accuracy, which is checked.
+
+How each side is timed, and why. fedsim runs as a user runs it, `python main.py <overrides>` in a
+subprocess; pfl runs pfl_peer/run.py in a subprocess, both in one process (a torch thread per core)
+and as N torch.distributed workers (`--pfl-workers`), and each pair compares fedsim with the faster
+pfl layout (by steady s/round): a peer in a layout slower than it allows flatters fedsim. Both
+sides get the same stamps, absolute `time.time()`: the launch, just before the process starts; each
+round's end, when fedsim's rounds.csv gets the round's row (polled every 0.05 s) or when pfl prints
+the round's line (its own stamp); the exit. Steady s/round is the mean gap between consecutive round
+ends from round 2 on; round 1 end is its stamp minus the launch (start-up included); wall is exit
+minus launch; peak PSS is that of all the run's processes (Ray's included), sampled every 5 s.
+
+Each pair runs fedsim, then pfl in one process, then pfl in N workers; pairs follow one another.
+While each run lasts, the CPU time of every process outside it (and outside this script) is sampled
+from /proc: a peer timed while something else takes cores is slowed by what has nothing to do with
+it, which flatters fedsim (or, the other way round, penalizes it). A pair in which any run saw more
+than `--max-other-load` cores of other load is dropped and run again, at most `--max-retries` extra
+times per config; a contended pair with no retries left is kept and marked. The printed Markdown
+table gives, per config, medians over the kept pairs and the per-pair ratios fedsim / pfl's faster
+layout as median (min-max).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -25,11 +43,14 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 
 import numpy as np
-from common import ROOT, MemorySampler, compose, machine, run_harness, table
+from common import IMDB, ROOT, RUN_MARK, MemoryPeaks, MemorySampler, OtherLoad, RunProcesses, compose, machine, table
 
 VENV = ROOT / "bench" / ".venv-pfl"
 REQUIREMENTS = ROOT / "bench" / "pfl_peer" / "requirements.txt"
@@ -54,6 +75,8 @@ CONFIGS = {
         "data.max_length=64",
         *FAST,
     ],
+    # conf/experiment/cross_device.yaml: 5,000 clients, 500 train per round, bow of 2^16 buckets, 100 rounds.
+    "cross-device": ["experiment=cross_device", *FAST],
 }
 
 
@@ -162,137 +185,214 @@ def export(overrides: list[str], out: Path) -> dict:
     return meta
 
 
-# ----------------------------------------------------------------------------- the two runs
+# ----------------------------------------------------------------------------- the runs
 
 
-def run_pfl(python: Path, export_dir: Path, workers: int = 1) -> dict:
-    """pfl_peer/run.py on an export (as `workers` pfl workers): per-round stamps, accuracy, wall time
-    and peak memory."""
-    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}"] if workers > 1 else []
-    launched = time.time()
-    process = subprocess.Popen(
-        [str(python), *launcher, str(ROOT / "bench" / "pfl_peer" / "run.py"), str(export_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    sampler = MemorySampler(process.pid)
-    out, err = process.communicate()
-    wall = time.time() - launched
-    memory = sampler.stop()
-    if process.returncode != 0:
-        raise RuntimeError(f"pfl_peer/run.py exited {process.returncode}:\n{err[-3000:]}")
-    rounds = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    times = [r["time"] for r in rounds]
-    return {
-        "round_s": list(np.diff(times)),
-        "round1_end_s": times[1] - launched,
-        "wall_s": wall,
-        "accuracy": rounds[-1]["central_accuracy"],
-        "pss_mb": memory.tree_pss,
-        "rss_mb": memory.driver_rss,
-    }
+@dataclass
+class Measured:
+    """One measured process, as absolute stamps (`time.time()`): its launch, each round's end, its exit."""
+
+    launched: float
+    exited: float
+    ends: dict[int, float]  # round -> stamp of its end
+    memory: MemoryPeaks
+    other_cpu_s: float  # CPU seconds that processes outside the run used while it ran
+    output: str  # its stdout
+
+    def figures(self, accuracy: float) -> dict:
+        """The run's figures, computed the same way for both sides from its stamps."""
+        stamps = [self.ends[r] for r in sorted(self.ends) if r > 0]
+        wall = self.exited - self.launched
+        return {
+            "round_end_s": [t - self.launched for t in stamps],
+            "steady_s": float(np.mean(np.diff(stamps))),  # rounds 2..R
+            "round1_end_s": stamps[0] - self.launched,
+            "wall_s": wall,
+            "accuracy": accuracy,
+            "pss_mb": self.memory.tree_pss,
+            "rss_mb": self.memory.driver_rss,
+            "other_load_cores": self.other_cpu_s / wall,
+        }
 
 
-def first_round_watch(run_dir: Path, launched: float) -> dict:
-    """A thread that notes when rounds.csv gets round 1's row, from the process launch."""
-    seen: dict = {}
+class RoundWatch:
+    """Stamps each round's end as the time its row appears in a fedsim run's rounds.csv (polled every 0.05 s)."""
 
-    def watch() -> None:
-        path = run_dir / "rounds.csv"
-        while "round1_end_s" not in seen and not seen.get("stop"):
-            if path.exists() and any(line.startswith("1,") for line in path.read_text().splitlines()):
-                seen["round1_end_s"] = time.time() - launched
-            time.sleep(0.05)
+    def __init__(self, path: Path) -> None:
+        self.path, self.ends = path, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
 
-    threading.Thread(target=watch, daemon=True).start()
-    return seen
+    def _loop(self) -> None:
+        offset, tail, column = 0, "", None
+        while True:
+            stopping = self._stop.is_set()
+            if self.path.exists():
+                with open(self.path, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+                now, offset = time.time(), offset + len(chunk)
+                lines = (tail + chunk.decode()).split("\n")
+                tail = lines.pop()  # an incomplete row, if any
+                for cells in csv.reader(lines):
+                    if column is None:
+                        column = cells.index("round")
+                    elif cells:
+                        self.ends.setdefault(int(cells[column]), now)
+            if stopping:
+                return
+            self._stop.wait(0.05)
+
+    def stop(self) -> dict[int, float]:
+        self._stop.set()
+        self._thread.join()
+        return self.ends
+
+
+def measure(command: list[str], log: Path, rounds_csv: Path | None = None) -> Measured:
+    """Runs `command` from the repository root as a process marked for RunProcesses (stdout to `log`.out,
+    stderr to `log`.err), with its memory, the others' CPU and, given `rounds_csv`, its rounds' ends."""
+    mark = uuid.uuid4().hex
+    env = {**os.environ, "IMDB_PATH": IMDB, RUN_MARK: mark}
+    watch = RoundWatch(rounds_csv) if rounds_csv is not None else None
+    out, err = log.with_suffix(".out"), log.with_suffix(".err")
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        launched = time.time()
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr)
+        processes = RunProcesses(process.pid, mark)
+        memory, others = MemorySampler(process.pid, processes=processes), OtherLoad(processes)
+        returncode = process.wait()
+        exited = time.time()
+    peaks, other_cpu_s = memory.stop(), others.stop()
+    ends = watch.stop() if watch is not None else {}
+    if returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {returncode}:\n{err.read_text()[-3000:]}")
+    return Measured(launched, exited, ends, peaks, other_cpu_s, out.read_text())
 
 
 def run_fedsim(overrides: list[str], run_dir: Path) -> dict:
-    seen = first_round_watch(run_dir, time.time())
-    harness = run_harness(overrides, run_dir, sample_memory=True)
-    seen["stop"] = True
-    rounds = harness.rounds[harness.rounds["round"] > 0]
+    """`python main.py <overrides>` as a user runs it; a round ends when rounds.csv gets its row."""
+    command = [sys.executable, "main.py", *overrides, f"hydra.run.dir={run_dir}"]
+    run = measure(command, run_dir, rounds_csv=run_dir / "rounds.csv")
+    return run.figures(float(json.loads((run_dir / "run.json").read_text())["final_central_accuracy"]))
+
+
+def run_pfl(python: Path, export_dir: Path, workers: int, log: Path) -> dict:
+    """pfl_peer/run.py on an export, in one process or as `workers` torch.distributed workers; a round ends
+    at the stamp of the line it prints for the round."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}"] if workers > 1 else []
+    run = measure([str(python), *launcher, str(ROOT / "bench" / "pfl_peer" / "run.py"), str(export_dir)], log)
+    rounds = [json.loads(line) for line in run.output.splitlines() if line.startswith("{")]
+    run.ends = {r["round"]: r["time"] for r in rounds}
+    return run.figures(rounds[-1]["central_accuracy"])
+
+
+def layout(workers: int) -> str:
+    return "1 process" if workers == 1 else f"{workers} workers"
+
+
+def run_pair(
+    name: str, overrides: list[str], python: Path, export_dir: Path, work: Path, attempt: int, args: argparse.Namespace
+) -> dict:
+    """fedsim, then pfl in one process, then pfl in `--pfl-workers` workers; the faster pfl layout counts."""
+    base = work / f"{name}-{attempt}"
+    base.mkdir()
+    fedsim = run_fedsim(overrides, base / "fedsim")
+    layouts = [1, args.pfl_workers] if args.pfl_workers > 1 else [1]
+    pfl = {layout(n): run_pfl(python, export_dir, n, base / f"pfl-{n}") for n in layouts}
+    for side, run in [("pfl " + k, v) for k, v in pfl.items()]:
+        if len(run["round_end_s"]) != len(fedsim["round_end_s"]):
+            raise RuntimeError(f"{side} ended {len(run['round_end_s'])} rounds, fedsim {len(fedsim['round_end_s'])}")
+    faster = min(pfl, key=lambda k: pfl[k]["steady_s"])
+    load = max(run["other_load_cores"] for run in [fedsim, *pfl.values()])
     return {
-        "round_s": list(rounds["round_time_s"]),
-        "round1_end_s": seen.get("round1_end_s", float("nan")),
-        "wall_s": harness.wall_s,
-        "accuracy": harness.final_accuracy,
-        "pss_mb": harness.memory.tree_pss,
-        "rss_mb": harness.memory.driver_rss,
+        "attempt": attempt,
+        "fedsim": fedsim,
+        "pfl": pfl,
+        "faster": faster,
+        "max_other_load_cores": load,
+        "contended": load > args.max_other_load,
     }
 
 
-def compare(
-    name: str, overrides: list[str], pairs: int, python: Path, work: Path, workers: int = 1
-) -> tuple[dict, list[dict]]:
+def compare(name: str, overrides: list[str], python: Path, work: Path, args: argparse.Namespace) -> tuple[dict, dict]:
+    """`--pairs` uncontended pairs (a contended one is run again, at most `--max-retries` times), summed up."""
     export_dir = work / f"{name}-export"
     export_dir.mkdir()
-    export(overrides, export_dir)
-    runs = []
-    for pair in range(pairs):
-        fedsim = run_fedsim(overrides, work / f"{name}-{pair}")
-        pfl = run_pfl(python, export_dir, workers)
-        runs.append({"pair": pair, "fedsim": fedsim, "pfl": pfl})
+    if export(overrides, export_dir)["num_rounds"] < 2:
+        sys.exit("error: steady s/round needs at least 2 rounds")
+    kept, dropped, retries = [], [], args.max_retries
+    while len(kept) < args.pairs:
+        pair = run_pair(name, overrides, python, export_dir, work, len(kept) + len(dropped) + 1, args)
+        drop = pair["contended"] and retries > 0
+        retries -= int(drop)
+        (dropped if drop else kept).append(pair)
+        runs = [("fedsim", pair["fedsim"]), *(("pfl " + k, v) for k, v in pair["pfl"].items())]
         print(
-            f"{name} pair {pair}: fedsim {median(fedsim['round_s'][1:]):.2f} s/round, acc {fedsim['accuracy']:.5f}; "
-            f"pfl {median(pfl['round_s'][1:]):.2f} s/round, acc {pfl['accuracy']:.5f}",
+            f"{name} attempt {pair['attempt']}: "
+            + "; ".join(
+                f"{side} {r['steady_s']:.2f} s/round, acc {r['accuracy']:.5f}, other load {r['other_load_cores']:.2f}"
+                for side, r in runs
+            )
+            + f"; faster pfl: {pair['faster']}"
+            + (" - contended, dropped" if drop else " - contended, no retries left, kept" if pair["contended"] else ""),
             flush=True,
         )
-    return summary(name, overrides, runs), runs
+    return summary(name, kept, dropped), {"overrides": overrides, "kept": kept, "dropped": dropped}
 
 
-def summary(name: str, overrides: list[str], runs: list[dict]) -> dict:
-    """Medians over the pairs; ratios are fedsim / pfl, per pair, then the median (range)."""
+def summary(name: str, kept: list[dict], dropped: list[dict]) -> dict:
+    """Medians over the kept pairs; ratios are fedsim / pfl's faster layout, per pair, then median (min-max)."""
 
-    def steady(run: dict) -> float:
-        return float(np.mean(run["round_s"][1:]))
+    def faster(pair: dict) -> dict:
+        return pair["pfl"][pair["faster"]]
 
-    def ratios(key) -> list[float]:
-        return [key(r["fedsim"]) / key(r["pfl"]) for r in runs]
+    def med(values) -> float:
+        return float(median(values))
 
-    def cell(key) -> str:
-        values = ratios(key)
+    def cell(key: str) -> str:
+        values = [pair["fedsim"][key] / faster(pair)[key] for pair in kept]
         return f"{median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
-    def med(side: str, key) -> float:
-        return median(key(r[side]) for r in runs)
-
-    accuracies = {(r["fedsim"]["accuracy"], r["pfl"]["accuracy"]) for r in runs}
+    layouts = list(kept[0]["pfl"])
+    named = Counter(pair["faster"] for pair in kept)
+    accuracies = {run["accuracy"] for pair in kept + dropped for run in [pair["fedsim"], *pair["pfl"].values()]}
+    contended = sum(pair["contended"] for pair in kept)
+    pss = [med(pair["fedsim"]["pss_mb"] for pair in kept)]
+    pss += [med(pair["pfl"][k]["pss_mb"] for pair in kept) for k in layouts]
     return {
         "config": name,
-        "overrides": " ".join(overrides),
-        "pairs": len(runs),
-        "fedsim s/round": med("fedsim", steady),
-        "pfl s/round": med("pfl", steady),
-        "ratio": cell(steady),
-        "round 1 end s, fedsim": med("fedsim", lambda r: r["round1_end_s"]),
-        "round 1 end s, pfl": med("pfl", lambda r: r["round1_end_s"]),
-        "round 1 ratio": cell(lambda r: r["round1_end_s"]),
-        "wall s, fedsim": med("fedsim", lambda r: r["wall_s"]),
-        "wall s, pfl": med("pfl", lambda r: r["wall_s"]),
-        "wall ratio": cell(lambda r: r["wall_s"]),
-        "peak PSS MB, fedsim": med("fedsim", lambda r: r["pss_mb"]),
-        "peak PSS MB, pfl": med("pfl", lambda r: r["pss_mb"]),
-        "PSS ratio": cell(lambda r: r["pss_mb"]),
-        "driver peak RSS MB, fedsim": med("fedsim", lambda r: r["rss_mb"]),
-        "driver peak RSS MB, pfl": med("pfl", lambda r: r["rss_mb"]),
-        "accuracy fedsim / pfl": "; ".join(f"{a:.5f} / {b:.5f}" for a, b in sorted(accuracies)),
-        "identical": all(a == b for a, b in accuracies),
+        "fedsim s/round": med(pair["fedsim"]["steady_s"] for pair in kept),
+        "pfl s/round (faster layout)": f"{med(faster(pair)['steady_s'] for pair in kept):.3g} ("
+        + ", ".join(f"{k}: {n} of {len(kept)}" if len(named) > 1 else k for k, n in named.most_common())
+        + ")",
+        "ratio": cell("steady_s"),
+        "round 1 end s, fedsim / pfl": f"{med(pair['fedsim']['round1_end_s'] for pair in kept):.3g} / "
+        f"{med(faster(pair)['round1_end_s'] for pair in kept):.3g}",
+        "round 1 ratio": cell("round1_end_s"),
+        "wall ratio": cell("wall_s"),
+        f"peak PSS MB, fedsim / {' / '.join('pfl ' + k for k in layouts)}": " / ".join(f"{v:.0f}" for v in pss),
+        "pairs kept / dropped": f"{len(kept)} / {len(dropped)}" + (f", {contended} contended" if contended else ""),
+        "max other load, cores": f"{max(pair['max_other_load_cores'] for pair in kept):.2f}",
+        "accuracy identical": f"yes ({accuracies.pop():.5f})" if len(accuracies) == 1 else "no",
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
-    parser.add_argument("--pairs", type=int, default=2, help="fedsim/pfl pairs per config, alternating")
+    parser.add_argument("--pairs", type=int, default=3, help="kept pairs per config (fedsim, pfl's layouts)")
     parser.add_argument(
         "--pfl-workers",
         type=int,
-        default=1,
-        help="pfl worker processes (torch.distributed, gloo), each with cores / N threads",
+        default=2,
+        help="pfl's second layout: N torch.distributed workers (gloo), each with cores / N threads (1: none)",
     )
+    parser.add_argument(
+        "--max-other-load", type=float, default=0.25, help="cores other processes may use during a run of a pair"
+    )
+    parser.add_argument("--max-retries", type=int, default=3, help="contended pairs run again per config, at most")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     parser.add_argument("extra", nargs="*", help="overrides added to every config (after --)")
     args = parser.parse_args()
@@ -301,13 +401,12 @@ def main() -> None:
     rows, every = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.configs:
-            row, runs = compare(name, CONFIGS[name] + args.extra, args.pairs, python, Path(tmp), args.pfl_workers)
+            row, every[name] = compare(name, CONFIGS[name] + args.extra, python, Path(tmp), args)
             rows.append(row)
-            every[name] = runs
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "runs": every}, indent=1))
+        args.json.write_text(json.dumps({"machine": machine(), "rows": rows, "configs": every}, indent=1))
     print(table(rows))
-    if not all(row["identical"] for row in rows):
+    if not all(row["accuracy identical"].startswith("yes") for row in rows):
         sys.exit("error: fedsim and pfl reached different accuracies (see the table)")
 
 

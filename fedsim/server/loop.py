@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -73,7 +74,8 @@ def run_rounds(
     arrays = to_record(start.names, start.weights)
     result = Result(arrays)
     if start.first_round == 0:
-        record = central_round(start.names, evaluate_fn, 0, arrays, None, [], {}, time.perf_counter())
+        began = time.perf_counter()
+        record = central_round(start.names, evaluate_fn(record_views(arrays)), 0, arrays, None, [], {}, began)
         outputs(record)
         result.metrics[0] = record.metrics
     for server_round in range(max(1, start.first_round), num_rounds + 1):
@@ -87,13 +89,17 @@ def run_rounds(
         aggregated, _ = strategy.aggregate_train(server_round, list(trained.replies.values()))
         previous, arrays = arrays, aggregated if aggregated is not None else arrays
 
-        # 2. Federated evaluation of the new global model on the clients' validation splits.
-        evaluated, eval_failures = cohort.evaluate(
-            server_round, list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), federation))
-        )
-        fed = federated_metrics(strategy.aggregate_evaluate(server_round, with_examples(evaluated)))
+        # 2. Federated evaluation of the new global model on the clients' validation splits, while the driver,
+        # idle until their replies come, evaluates it centrally on the test split (the same numbers either way).
+        with ThreadPoolExecutor(1, thread_name_prefix="central-evaluation") as central:
+            central_metrics = central.submit(evaluate_fn, record_views(arrays))
+            evaluated, eval_failures = cohort.evaluate(
+                server_round, list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), federation))
+            )
+            fed = federated_metrics(strategy.aggregate_evaluate(server_round, with_examples(evaluated)))
+            evaluation = central_metrics.result()
 
-        # 3. Central evaluation on the test split, then the round's outputs.
+        # 3. The round's outputs.
         failures = trained.failures + eval_failures
         metrics = {
             **fed,
@@ -104,9 +110,7 @@ def run_rounds(
             "num_late": sum(f.status == LATE for f in failures),
             "sim_round_time_s": cohort.sim_round_time(trained),
         }
-        record = central_round(
-            start.names, evaluate_fn, server_round, arrays, previous, trained.updates, metrics, began
-        )
+        record = central_round(start.names, evaluation, server_round, arrays, previous, trained.updates, metrics, began)
         record.failures = failures
         outputs(record)
         result.arrays, result.metrics[server_round] = arrays, record.metrics
@@ -173,7 +177,7 @@ def train_loss(updates: list[ClientUpdate]) -> float | None:
 
 def central_round(
     names: list[str],
-    evaluate_fn: Callable[[list[np.ndarray]], tuple[float, float]],
+    evaluation: tuple[float, float],
     server_round: int,
     arrays: ArrayRecord,
     start: ArrayRecord | None,
@@ -181,9 +185,9 @@ def central_round(
     metrics: dict,
     started: float,
 ) -> RoundRecord:
-    """The round's record, with the global model's central evaluation added to its metrics."""
+    """The round's record, with the global model's central evaluation (loss, accuracy) added to its metrics."""
     weights = record_views(arrays)
-    central_loss, central_accuracy = evaluate_fn(weights)
+    central_loss, central_accuracy = evaluation
     return RoundRecord(
         server_round=server_round,
         names=names,
