@@ -24,6 +24,7 @@ from fedsim.server.cohort import Cohort, GroundTruth, Trained
 from fedsim.server.participation import Participants
 from fedsim.server.record import DROPPED, LATE, ClientUpdate, RoundRecord
 from fedsim.system.errors import RunFailed
+from fedsim.system.memory import small_buffers_on_heap
 
 if TYPE_CHECKING:
     from fedsim.run.session import Session
@@ -34,6 +35,9 @@ def timeouts(cfg: DictConfig) -> tuple[float, float]:
     (runtime.startup_timeout_s), and a round its replies (runtime.reply_timeout_s, 3600 as Flower's
     Strategy.start)."""
     return float(cfg.runtime.startup_timeout_s), float(cfg.runtime.reply_timeout_s)
+
+
+AGGREGATION_HEAP_BYTES = 1 << 30  # buffers up to a large transformer's tensor, while Flower's strategy aggregates
 
 
 @dataclass
@@ -86,7 +90,8 @@ def run_rounds(
         )
         check_enough(server_round, trained, int(getattr(inner_strategy(strategy), "min_train_nodes", 1)))
         np.random.seed([seed % 2**32, server_round])  # Flower's DP noise draws from NumPy's global generator
-        aggregated, _ = strategy.aggregate_train(server_round, list(trained.replies.values()))
+        with small_buffers_on_heap(AGGREGATION_HEAP_BYTES):  # its per-reply temporaries reuse the heap
+            aggregated, _ = strategy.aggregate_train(server_round, list(trained.replies.values()))
         previous, arrays = arrays, aggregated if aggregated is not None else arrays
 
         # 2. Federated evaluation of the new global model on the clients' validation splits, while the driver,
