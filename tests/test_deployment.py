@@ -220,7 +220,8 @@ def test_deployment_stopped_mid_round_and_resumed_equals_the_simulation(
     assert "Uvicorn running on https://" in superlink  # TLS
     assert superlink.count("Created node_id=") == 3  # node authentication: every node's key registered first
     pids = json.loads((deployed / "logs" / "processes.json").read_text())
-    assert set(pids) == {"superlink", "supernode_0", "supernode_1", "supernode_2", "flwr run"}
+    nodes = {"supernode_0", "supernode_1", "supernode_2"}
+    assert set(pids) == {"superlink", "flwr run", *nodes, *(f"{node}_worker" for node in nodes)}  # a warm worker each
     assert not any(alive(pid) for pid in pids.values())
 
     resumed = main_py(f"resume={deployed}", env=env)

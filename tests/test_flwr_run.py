@@ -17,7 +17,7 @@ from helpers.processes import mentioning
 from helpers.runs import ROOT
 
 from fedsim.runtimes.ports import free_port
-from fedsim.system.processes import command, group_alive
+from fedsim.system.processes import child_env, command, group_alive
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,8 @@ def superlink(tmp_path):
         f'address = "127.0.0.1:{port}"\ninsecure = true\n'
     )
     # No runtime `uv sync` of the app's dependencies: the apps run in this environment.
-    env = dict(os.environ, FLWR_HOME=str(home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
+    # child_env: this interpreter's scripts first on PATH, where the SuperLink finds flower-superexec by name.
+    env = child_env(FLWR_HOME=str(home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
     log = open(tmp_path / "superlink.log", "w")
     # A file database: Flower 1.41's in-memory SQLite shares one connection across threads, and a log
     # stream polling it beside the run failed with "cannot commit transaction - SQL statements in progress".

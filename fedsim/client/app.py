@@ -8,30 +8,36 @@ builds the same handlers with `make_client_app`, handing in the run config that 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
-from fedsim.client.client import ClientFn, client_fn, settings_for
 from fedsim.client.mods import carried_cohort, partition_from_message, replies_errors, sparse_replies, with_run_config
+from fedsim.client.worker import forwarded_to_worker
 from fedsim.model.records import record_views, to_record
-from fedsim.model.transport import encode
 from fedsim.privacy.dp import privacy_mod
 from fedsim.runtimes.cluster import node_name
 
+if TYPE_CHECKING:
+    from fedsim.client.client import ClientFn
+
 
 def make_client_app(
-    client_fn: ClientFn = client_fn, run_config: Mapping[str, Any] | None = None, mods: Sequence[Mod] = ()
+    client_fn: ClientFn | None = None, run_config: Mapping[str, Any] | None = None, mods: Sequence[Mod] = ()
 ) -> ClientApp:
     """The ClientApp: which partition a node serves (query), local training, local evaluation.
 
-    `mods` run first (fedsim.shipping's delivery of the data to a cluster's nodes); a carried cohort is
+    `client_fn` defaults to fedsim.client.client's, imported when a message first needs it: a deployment's
+    ClientApp process whose node has a warm worker forwards every message (fedsim.client.worker, the
+    outermost mod) and never imports torch. `mods` run next (fedsim.shipping's delivery of the data to a
+    cluster's nodes); a carried cohort is
     taken apart before the rest (fedsim.client.mods), replies are sparsified after the privacy mod has
     clipped them, and the privacy mod runs last, nearest the handlers, so it clips what the client trained."""
     app = ClientApp(
         mods=[
+            forwarded_to_worker,
             *mods,
             *([with_run_config(run_config)] if run_config is not None else []),
             carried_cohort,
@@ -40,6 +46,13 @@ def make_client_app(
             privacy_mod,
         ]
     )
+
+    def client_of(context: Context):
+        if client_fn is not None:
+            return client_fn(context)
+        from fedsim.client.client import client_fn as default
+
+        return default(context)
 
     @app.query()
     def describe(message: Message, context: Context) -> Message:
@@ -50,8 +63,11 @@ def make_client_app(
     @app.train()
     @replies_errors
     def train(message: Message, context: Context) -> Message:
+        from fedsim.client.client import settings_for
+        from fedsim.model.transport import encode
+
         arrays = message.content["arrays"]
-        weights, num_examples, metrics = client_fn(context).fit(record_views(arrays), message.content["config"])
+        weights, num_examples, metrics = client_of(context).fit(record_views(arrays), message.content["config"])
         weights = encode(weights, settings_for(context.run_config).transport)
         return Message(
             RecordDict(
@@ -67,7 +83,7 @@ def make_client_app(
     @app.evaluate()
     @replies_errors
     def evaluate(message: Message, context: Context) -> Message:
-        loss, num_examples, metrics = client_fn(context).evaluate(
+        loss, num_examples, metrics = client_of(context).evaluate(
             record_views(message.content["arrays"]), message.content["config"]
         )
         return Message(

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from fedsim.model.records import ArrayView
@@ -29,6 +28,8 @@ def encode(weights: Sequence[np.ndarray], transport: str) -> list[np.ndarray]:
         return list(weights)
     if transport == "float16":
         return [w.astype(np.float16) if w.dtype == np.float32 else w for w in weights]
+    import torch  # NumPy has no bfloat16; imported here, so that importing TRANSPORTS brings no torch
+
     return [
         torch.from_numpy(np.ascontiguousarray(w)).to(torch.bfloat16).view(torch.uint16).numpy()
         if w.dtype == np.float32

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
+from fedsim.client.worker import READY, WORKER
 from fedsim.run.info import git_commit
 from fedsim.runtimes.certs import LOCALHOST, check_certificates, make_all
 from fedsim.runtimes.ports import check_port, free_port
@@ -89,6 +90,7 @@ class LocalFederation:
         self.processes = Processes()
         self.work: Path | None = None
         self.env: dict[str, str] = {}
+        self.workers: list[Child] = []
         self.supernodes: list[Child] = []
 
     def check(self) -> None:
@@ -142,6 +144,7 @@ class LocalFederation:
             for i in range(self.num_nodes)
         ]
         self.wait_joined(self.supernodes)
+        self.wait_workers()
         self.write_pids()
 
     def write_pids(self) -> None:
@@ -229,8 +232,19 @@ class LocalFederation:
     def start_supernode(
         self, partition_id: int, root_certificates: Path, key: Path | None, name: str | None = None
     ) -> Child:
-        """SuperNode `partition_id` (of num_nodes) trusting `root_certificates`, authenticating with `key`."""
+        """SuperNode `partition_id` (of num_nodes) trusting `root_certificates`, authenticating with `key`, and its
+        warm worker (fedsim.client.worker), which answers the node's messages in one long-lived process."""
         name = name or f"supernode_{partition_id}"
+        worker = self.work / f"{name}.sock"
+        self.workers.append(
+            self.processes.start(
+                f"{name}_worker",
+                [sys.executable, "-m", "fedsim.client.worker", str(worker)],
+                log=self.logs / f"{name}_worker.log",
+                env=self.env,
+                cwd=self.cwd,
+            )
+        )
         argv = [
             sys.executable,  # flower-supernode, its idle waits cut short (fedsim.runtimes.supernode)
             "-m",
@@ -240,7 +254,7 @@ class LocalFederation:
             "--superlink",
             self.address,
             "--node-config",
-            f"partition-id={partition_id} num-partitions={self.num_nodes}",
+            f"partition-id={partition_id} num-partitions={self.num_nodes} {WORKER}={_toml_string(str(worker))}",
             "--isolation",
             "subprocess",
             "--port",
@@ -251,6 +265,22 @@ class LocalFederation:
         if key is not None:
             argv += ["--auth-supernode-private-key", str(key)]
         return self.processes.start(name, argv, log=self.logs / f"{name}.log", env=self.env, cwd=self.cwd)
+
+    def wait_workers(self) -> None:
+        """Every warm worker listening on its socket, or the first one's reason for stopping."""
+
+        def ready() -> bool:
+            for worker in self.workers:
+                if not worker.alive():
+                    raise RunFailed(f"{worker.name} stopped at start: {_reason(worker.log_tail())} (see {worker.log})")
+            return all(any(READY in line for line in w.log_tail()) for w in self.workers)
+
+        wait_for(
+            ready,
+            timeout_s=self.startup_timeout_s,
+            what="every SuperNode's warm worker to start",
+            key="runtime.startup_timeout_s",
+        )
 
     def wait_joined(self, nodes: list[Child]) -> None:
         """Every SuperNode accepted by the SuperLink, or a one-line reason why one was not."""
