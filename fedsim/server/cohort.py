@@ -77,7 +77,7 @@ class Cohort:
 
     def train(self, server_round: int, messages: list[Message]) -> Trained:
         replies, dropped = self.exchange(server_round, TRAIN, messages)
-        sent = messages[0].content["arrays"] if messages else None
+        sent = messages[0].content["arrays"] if messages and "arrays" in messages[0].content else None
         answered = {p: self._for_aggregation(r, sent) for p, r in replies.items() if ok(r)}
         # The updates are read first: some of Flower's strategies empty the replies as they aggregate.
         updates = [self._update(p, r) for p, r in answered.items()]
