@@ -16,14 +16,15 @@ its own process, as before.
 from __future__ import annotations
 
 import os
-import pickle
 import socket
 import struct
 import sys
-from typing import Any
 
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.serde import context_from_proto, context_to_proto, message_from_proto, message_to_proto
+from flwr.proto.message_pb2 import Context as ProtoContext
+from flwr.proto.message_pb2 import Message as ProtoMessage
 
 WORKER = "worker"  # the node-config key naming the worker's socket
 
@@ -31,14 +32,24 @@ WORKER = "worker"  # the node-config key naming the worker's socket
 READY = "warm worker ready"  # what a worker prints once it listens
 
 
-def send(connection: socket.socket, obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    connection.sendall(struct.pack("!Q", len(data)) + data)
+OK = b"ok"
 
 
-def receive(connection: socket.socket) -> Any:
-    (size,) = struct.unpack("!Q", _exactly(connection, 8))
-    return pickle.loads(_exactly(connection, size))
+def send(connection: socket.socket, *frames: bytes) -> None:
+    """Length-prefixed frames: what crosses the socket is Flower's own protobuf encoding, never pickle."""
+    connection.sendall(b"".join(struct.pack("!Q", len(frame)) + frame for frame in frames))
+
+
+def receive(connection: socket.socket, count: int) -> list[bytes]:
+    return [_exactly(connection, struct.unpack("!Q", _exactly(connection, 8))[0]) for _ in range(count)]
+
+
+def encoded(message: Message, context: Context) -> tuple[bytes, bytes]:
+    return message_to_proto(message).SerializeToString(), context_to_proto(context).SerializeToString()
+
+
+def decoded(message: bytes, context: bytes) -> tuple[Message, Context]:
+    return message_from_proto(ProtoMessage.FromString(message)), context_from_proto(ProtoContext.FromString(context))
 
 
 def _exactly(connection: socket.socket, size: int) -> bytes:
@@ -60,14 +71,13 @@ def forwarded_to_worker(message: Message, context: Context, call_next: ClientApp
     node_config = {k: v for k, v in context.node_config.items() if k != WORKER}
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
         connection.connect(str(path))
-        send(
-            connection,
-            (message, Context(context.run_id, context.node_id, node_config, context.state, context.run_config)),
-        )
-        reply, state, error = receive(connection)
-    if error is not None:
-        raise RuntimeError(error)
-    context.state = state
+        forwarded = Context(context.run_id, context.node_id, node_config, context.state, context.run_config)
+        send(connection, *encoded(message, forwarded))
+        status, *answer = receive(connection, 3)
+    if status != OK:
+        raise RuntimeError(answer[0].decode())
+    reply, answered = decoded(*answer)
+    context.state = answered.state
     return reply
 
 
@@ -86,11 +96,12 @@ def serve(path: str) -> None:
         while True:
             connection, _ = server.accept()
             with connection:
-                message, context = receive(connection)
+                frames = receive(connection, 2)
                 try:
-                    send(connection, (app(message, context), context.state, None))
+                    message, context = decoded(*frames)
+                    send(connection, OK, *encoded(app(message, context), context))
                 except Exception as exc:  # as Flower would: the message's error, the worker goes on
-                    send(connection, (None, None, error_line(exc)))
+                    send(connection, b"error", error_line(exc).encode(), b"")
 
 
 if __name__ == "__main__":
