@@ -22,9 +22,10 @@ from fedsim.client.attacks import Attack, malicious_of
 from fedsim.config.compose import config_from, config_key
 from fedsim.data.loader import Loader, load_data, load_node_data
 from fedsim.data.prepare import PreparedData, load_prepared
+from fedsim.model.indexed_rows import trainable
 from fedsim.model.train import evaluate, train
 from fedsim.model.transport import transport_of
-from fedsim.model.weights import get_weights, set_weights
+from fedsim.model.weights import set_weights
 
 Weights = list[np.ndarray]
 
@@ -118,21 +119,22 @@ class IMDBClient:
     def fit(self, weights: Weights, config: Mapping[str, Any]) -> tuple[Weights, int, dict[str, float]]:
         """Local training from `weights`: (new weights, training examples, {train-loss, fit-time})."""
         start = time.perf_counter()
-        set_weights(self.model, weights)
         seed = step_seed(self.settings.seed, int(config.get("server-round", 0)), self.partition_id)
         torch.manual_seed(seed)
         self.trainloader.reseed(seed)
-        optimizer = instantiate(self.settings.optimizer)(self.model.parameters(), lr=self.settings.lr)
-        loss = train(
-            self.model,
-            self.trainloader,
-            self.settings.local_epochs,
-            optimizer,
-            self.settings.device,
-            proximal_mu=float(config.get("proximal-mu", 0.0)),
-        )
+        with trainable(self.model, weights, self.trainloader) as (batches, trained):
+            optimizer = instantiate(self.settings.optimizer)(self.model.parameters(), lr=self.settings.lr)
+            loss = train(
+                self.model,
+                batches,
+                self.settings.local_epochs,
+                optimizer,
+                self.settings.device,
+                proximal_mu=float(config.get("proximal-mu", 0.0)),
+            )
+            new_weights = trained()
         metrics = {"train-loss": loss, "fit-time": time.perf_counter() - start}
-        return get_weights(self.model), self.trainloader.num_examples, metrics
+        return new_weights, self.trainloader.num_examples, metrics
 
     def evaluate(self, weights: Weights, config: Mapping[str, Any]) -> tuple[float, int, dict[str, float]]:
         """(loss, validation examples, {accuracy}) of `weights` on the local validation split."""

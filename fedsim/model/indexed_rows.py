@@ -1,0 +1,88 @@
+"""Training only the embedding rows a client's data indexes: the bag-of-n-grams client's fast path.
+
+A bow client with twenty reviews indexes a few thousand of its embedding's 262,144 rows, yet training the
+whole model pays for all of them in every step: loading the global weights into the model, Adam's update
+and state over 4.2M weights, and copying them all out again. Every row the data never indexes gets a zero
+gradient in every step, and from a fresh optimizer Adam's update of a zero gradient is exactly zero, as is
+the proximal step of a row still equal to its anchor. So `trainable` trains a copy of just the indexed rows
+(the batches' ids renumbered into that copy) and writes them back into the global weights: bitwise the
+weights whole-model training gives, elementwise operation for elementwise operation
+(tests/test_indexed_rows.py compares them for FedAvg and FedProx, over epochs and batches).
+
+A model without an `nn.EmbeddingBag` named `embedding` (the transformers) trains whole, through the same
+context, so a client has one training path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedsim.data.loader import Loader
+from fedsim.model.weights import get_weights, set_weights
+
+Batch = dict[str, torch.Tensor]
+
+
+def indexed_rows(loader: Loader) -> np.ndarray:
+    """The embedding rows the loader's batches index, in increasing order."""
+    features = loader.features
+    rows = np.asarray(loader.rows)
+    spans = [features.indices[features.indptr[r] : features.indptr[r + 1]] for r in rows]
+    return np.unique(np.concatenate(spans)).astype(np.int64) if spans else np.zeros(0, np.int64)
+
+
+class Renumbered:
+    """A loader's batches with each embedding id replaced by its position among `rows` (which holds them all)."""
+
+    def __init__(self, loader: Iterable[Batch], rows: torch.Tensor) -> None:
+        self.loader = loader
+        self.rows = rows
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in self.loader:
+            yield {**batch, "input": torch.searchsorted(self.rows, batch["input"])}
+
+
+@contextlib.contextmanager
+def trainable(
+    model: nn.Module, weights: list[np.ndarray], loader: Loader
+) -> Iterator[tuple[Iterable[Batch], Callable[[], list[np.ndarray]]]]:
+    """The model loaded with `weights`, ready to train on (what it yields first), and a function giving its
+    weights once trained (in state_dict order, as `get_weights`).
+
+    For a bag of n-grams, the model's embedding is, inside the context, just the rows its data indexes (its
+    optimizer must be built inside), and the trained weights are `weights` with those rows replaced.
+    """
+    embedding = getattr(model, "embedding", None)
+    if not isinstance(embedding, nn.EmbeddingBag) or not hasattr(loader.features, "indptr"):
+        set_weights(model, weights)
+        yield loader, lambda: get_weights(model)
+        return
+    names = list(model.state_dict().keys())
+    position = names.index("embedding.weight")
+    rows = indexed_rows(loader)
+    whole = embedding.weight
+    device = whole.device
+    with torch.no_grad():
+        for name, param in model.state_dict().items():
+            if name != "embedding.weight":
+                param.copy_(torch.from_numpy(np.asarray(weights[names.index(name)])))
+    embedding.weight = nn.Parameter(torch.from_numpy(np.asarray(weights[position])[rows]).to(device, whole.dtype))
+    dtype = whole.detach().cpu()[:0].numpy().dtype  # a strategy's float64 model trains as the net's own dtype
+
+    def trained() -> list[np.ndarray]:
+        new = get_weights(model)
+        dense = np.array(weights[position], dtype=dtype, copy=True)
+        dense[rows] = new[position]
+        new[position] = dense
+        return new
+
+    try:
+        yield Renumbered(loader, torch.from_numpy(rows)), trained  # renumbered before the batch moves to device
+    finally:
+        embedding.weight = whole
