@@ -5,27 +5,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 from flwr.app import Context, RecordDict
+from helpers.clients import make_client
 from helpers.configs import make_cfg
-from hydra.utils import instantiate
 
-from fedsim.client.client import ClientSettings, IMDBClient, client_fn, settings_for
+from fedsim.client.client import client_fn, settings_for
 from fedsim.config.compose import flatten
-from fedsim.data.loader import load_data
 from fedsim.data.prepare import prepare_data
 from fedsim.model.weights import get_weights, set_weights
 
 
-def _client(cfg, partition_id: int = 0) -> IMDBClient:
-    prepare_data(cfg)
-    settings = ClientSettings.from_cfg(cfg)  # finds the prepared data from the config alone, as a worker does
-    torch.manual_seed(0)
-    model = instantiate(cfg.model.net)
-    trainloader, valloader = load_data(settings.prepared, partition_id, cfg.client.batch_size)
-    return IMDBClient(partition_id, model, trainloader, valloader, settings)
-
-
 def test_fit_trains_and_evaluate_reports_accuracy(generated_imdb):
-    client = _client(make_cfg(f"data.path={generated_imdb}", "num_clients=2", "client.local_epochs=3"))
+    client = make_client(make_cfg(f"data.path={generated_imdb}", "num_clients=2", "client.local_epochs=3"))
     start = get_weights(client.model)
     loss_before, n_val, _ = client.evaluate(start, {})
     weights, n_train, metrics = client.fit(start, {"server-round": 1})
@@ -37,7 +27,7 @@ def test_fit_trains_and_evaluate_reports_accuracy(generated_imdb):
 
 
 def test_fit_is_reproducible_for_a_round(generated_imdb):
-    client = _client(make_cfg(f"data.path={generated_imdb}", "num_clients=2"))
+    client = make_client(make_cfg(f"data.path={generated_imdb}", "num_clients=2"))
     start = get_weights(client.model)
     a, _, _ = client.fit(start, {"server-round": 2})
     b, _, _ = client.fit(start, {"server-round": 2})
@@ -47,7 +37,7 @@ def test_fit_is_reproducible_for_a_round(generated_imdb):
 
 
 def test_fedprox_term_keeps_weights_near_the_global_model(generated_imdb):
-    client = _client(
+    client = make_client(
         make_cfg(
             f"data.path={generated_imdb}",
             "num_clients=2",
@@ -75,7 +65,7 @@ def test_minilm_fits_and_evaluates(generated_imdb):
         "data.max_length=48",
         "client.batch_size=8",
     )
-    client = _client(cfg)
+    client = make_client(cfg)
     start = get_weights(client.model)
     assert sum(w.size for w in start) > 22_000_000
     weights, n_train, metrics = client.fit(start, {"server-round": 1})
@@ -116,7 +106,7 @@ def test_client_fn_reads_the_run_config_and_keeps_the_model_alive(generated_imdb
 def test_fedprox_with_adam_moves_clients_as_mu_says(generated_imdb):
     """FedProx's term is not rescaled by Adam: mu -> 0 is FedAvg's update, and the update shrinks smoothly
     with mu. (Through Adam, mu = 0.01 used to leave clients at a few percent of FedAvg's update.)"""
-    client = _client(make_cfg(f"data.path={generated_imdb}", "num_clients=2", "strategy=fedprox"))
+    client = make_client(make_cfg(f"data.path={generated_imdb}", "num_clients=2", "strategy=fedprox"))
     start = get_weights(client.model)
 
     def drift(mu: float) -> tuple[float, list[np.ndarray]]:

@@ -5,24 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.clients import make_client
 from helpers.configs import make_cfg
 from hydra.utils import instantiate
 
-from fedsim.client.client import ClientSettings, IMDBClient, step_seed
-from fedsim.data.loader import load_data
-from fedsim.data.prepare import prepare_data
+from fedsim.client.client import IMDBClient, step_seed
 from fedsim.model.indexed_rows import Renumbered, indexed_rows, trainable
 from fedsim.model.train import train
 from fedsim.model.weights import get_weights, set_weights
-
-
-def _client(cfg, partition_id: int) -> IMDBClient:
-    prepare_data(cfg)
-    settings = ClientSettings.from_cfg(cfg)
-    torch.manual_seed(0)
-    model = instantiate(cfg.model.net)
-    trainloader, valloader = load_data(settings.prepared, partition_id, cfg.client.batch_size)
-    return IMDBClient(partition_id, model, trainloader, valloader, settings)
 
 
 def _whole_model_fit(client: IMDBClient, weights: list[np.ndarray], server_round: int, mu: float) -> list[np.ndarray]:
@@ -47,7 +37,7 @@ def _whole_model_fit(client: IMDBClient, weights: list[np.ndarray], server_round
 )
 def test_training_indexed_rows_gives_the_whole_model_weights_bit_for_bit(generated_imdb, overrides, mu):
     cfg = make_cfg(f"data.path={generated_imdb}", "num_clients=8", "model.net.num_buckets=4096", *overrides)
-    client = _client(cfg, partition_id=3)
+    client = make_client(cfg, partition_id=3)
     rows = indexed_rows(client.trainloader)
     assert 0 < len(rows) < 4096  # the test means something: some rows are left out
     start = [w + np.random.default_rng(7).normal(0, 0.1, w.shape).astype(np.float32) for w in get_weights(client.model)]
@@ -64,7 +54,7 @@ def test_training_indexed_rows_gives_the_whole_model_weights_bit_for_bit(generat
 
 def test_renumbered_batches_index_the_same_rows(generated_imdb):
     cfg = make_cfg(f"data.path={generated_imdb}", "num_clients=8", "model.net.num_buckets=4096")
-    client = _client(cfg, partition_id=0)
+    client = make_client(cfg, partition_id=0)
     rows = indexed_rows(client.trainloader)
     assert np.all(np.diff(rows) > 0) and rows.dtype == np.int64
     client.trainloader.reseed(5)
@@ -77,7 +67,7 @@ def test_renumbered_batches_index_the_same_rows(generated_imdb):
 
 def test_the_model_keeps_its_whole_embedding_outside_the_context(generated_imdb):
     cfg = make_cfg(f"data.path={generated_imdb}", "num_clients=8", "model.net.num_buckets=4096")
-    client = _client(cfg, partition_id=0)
+    client = make_client(cfg, partition_id=0)
     whole = client.model.embedding.weight
     weights = get_weights(client.model)
     with pytest.raises(RuntimeError, match="stop"):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedsim.data.features import NgramFeatures
 from fedsim.data.loader import Loader
 from fedsim.model.weights import get_weights, set_weights
 
@@ -30,10 +31,9 @@ Batch = dict[str, torch.Tensor]
 
 def indexed_rows(loader: Loader) -> np.ndarray:
     """The embedding rows the loader's batches index, in increasing order."""
-    features = loader.features
-    rows = np.asarray(loader.rows)
-    spans = [features.indices[features.indptr[r] : features.indptr[r + 1]] for r in rows]
-    return np.unique(np.concatenate(spans)).astype(np.int64) if spans else np.zeros(0, np.int64)
+    if not len(loader.rows):
+        return np.zeros(0, np.int64)
+    return np.unique(loader.features.batch(loader.rows, loader.labels)["input"].numpy())
 
 
 class Renumbered:
@@ -59,7 +59,7 @@ def trainable(
     optimizer must be built inside), and the trained weights are `weights` with those rows replaced.
     """
     embedding = getattr(model, "embedding", None)
-    if not isinstance(embedding, nn.EmbeddingBag) or not hasattr(loader.features, "indptr"):
+    if not isinstance(embedding, nn.EmbeddingBag) or not isinstance(loader.features, NgramFeatures):
         set_weights(model, weights)
         yield loader, lambda: get_weights(model)
         return
@@ -67,17 +67,16 @@ def trainable(
     position = names.index("embedding.weight")
     rows = indexed_rows(loader)
     whole = embedding.weight
-    device = whole.device
     with torch.no_grad():
-        for name, param in model.state_dict().items():
+        for name, param, array in zip(names, model.state_dict().values(), weights):
             if name != "embedding.weight":
-                param.copy_(torch.from_numpy(np.asarray(weights[names.index(name)])))
-    embedding.weight = nn.Parameter(torch.from_numpy(np.asarray(weights[position])[rows]).to(device, whole.dtype))
-    dtype = whole.detach().cpu()[:0].numpy().dtype  # a strategy's float64 model trains as the net's own dtype
+                param.copy_(torch.from_numpy(np.asarray(array)))
+    # a strategy's float64 model trains, as load_state_dict would load it, in the net's own dtype
+    embedding.weight = nn.Parameter(torch.from_numpy(np.asarray(weights[position])[rows]).to(whole.device, whole.dtype))
 
     def trained() -> list[np.ndarray]:
         new = get_weights(model)
-        dense = np.array(weights[position], dtype=dtype, copy=True)
+        dense = np.array(weights[position], dtype=new[position].dtype, copy=True)
         dense[rows] = new[position]
         new[position] = dense
         return new
