@@ -61,9 +61,32 @@ def refusals() -> Iterator[None]:
 
 
 def interrupted_line(exc: Interrupted, run_dir: Path) -> str:
+    if not run_dir.exists():
+        return f"{exc}; its run directory {run_dir} is gone: nothing to resume"
     if (run_dir / "config.yaml").exists() and (run_dir / "run.json").exists():
         return f"{exc}; resume with: python main.py resume={run_dir}"
     return f"{exc} before the run began; nothing to resume: run the same command again"
+
+
+def interrupt_behind(exc: BaseException) -> Interrupted | None:
+    """The signal that `exc` was raised while handling, if any: a run stopped by a signal ends as interrupted
+    even when something failed on its way out (its archive's folder removed, say)."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, Interrupted):
+        seen = seen.__context__
+    return seen
+
+
+def log_traceback(log: Path) -> bool:
+    """Append the exception being handled to `log`; False if it cannot be written (its directory removed).
+    The handler that calls this must still end in `leave`: an exception escaping main.py would make the
+    interpreter wait, on its way out, for Flower's ServerApp thread, which may never end."""
+    try:
+        with open(log, "a") as out:
+            traceback.print_exc(file=out)
+    except OSError:
+        return False
+    return True
 
 
 def run_command(cfg: DictConfig) -> float | None:
@@ -87,8 +110,11 @@ def run_command(cfg: DictConfig) -> float | None:
     except Interrupted as exc:
         leave(exc.exit_code, interrupted_line(exc, run_dir))
     except Exception as exc:  # recorded in run.json; the traceback goes to main.log, one line here
-        with open(run_dir / "main.log", "a") as log:
-            traceback.print_exc(file=log)
+        logged = log_traceback(run_dir / "main.log")
+        if (signal := interrupt_behind(exc)) is not None:  # what failed as the run stopped for a signal
+            leave(signal.exit_code, interrupted_line(signal, run_dir))
+        if not logged:
+            leave(1, f"error: {first_line(exc)} (its run directory {run_dir} is gone)")
         leave(1, f"error: {first_line(exc)} (run.json and main.log in {run_dir})")
     failures = (
         f" (degraded: {info['client_failures']} client calls failed, see clients.csv)"

@@ -9,6 +9,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -84,7 +85,11 @@ class RunInfo:
                 if self._stopped.is_set():
                     return
                 self.data["heartbeat_at"] = time.time()
-                write_json(self.path, self.data)
+                try:
+                    write_json(self.path, self.data)
+                except OSError as exc:  # the run directory removed under the run: the run's own writes fail next
+                    print(f"warning: run.json's heartbeat stopped: {exc}", file=sys.stderr, flush=True)
+                    return
 
     def _fresh(self, cfg: DictConfig, alive: dict[str, Any]) -> dict[str, Any]:
         return {

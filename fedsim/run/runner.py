@@ -31,6 +31,16 @@ def preflight(cfg: DictConfig) -> None:
     prepare_data(cfg)
 
 
+def record_or_note(exc: BaseException, record: Callable[[BaseException], object]) -> None:
+    """Record in run.json how a run ended with `exc`. A record that cannot be written (the run directory
+    removed under the run) becomes a note on `exc`, never its replacement: the caller re-raises `exc`, so
+    the user still hears that the run was interrupted or why it failed."""
+    try:
+        record(exc)
+    except OSError as lost:
+        exc.add_note(f"run.json could not be written: {lost}")
+
+
 def record_stopped(run_dir: Path, cfg: DictConfig, exc: BaseException) -> None:
     """run.json of a run whose server ran in another process and did not finish: interrupted (a signal) or
     failed, unless the server itself recorded the failure or finished."""
@@ -83,10 +93,13 @@ def run_experiment(cfg: DictConfig, run_dir: Path, federate: Callable[[Session],
         info.finish("degraded" if summary.get("client_failures") else "completed", **summary)
         return info.data
     except BaseException as exc:  # run.json already has the metrics of every round that ended (RunSummary)
-        info.finish(
-            "interrupted" if isinstance(exc, Interrupted) else "failed",
-            error=first_line(exc),
-            error_type=type(exc).__name__,
+        record_or_note(
+            exc,
+            lambda stopped: info.finish(
+                "interrupted" if isinstance(stopped, Interrupted) else "failed",
+                error=first_line(stopped),
+                error_type=type(stopped).__name__,
+            ),
         )
         raise
     finally:

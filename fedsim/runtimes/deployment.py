@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedsim.config.compose import CONFIG_FILE_KEY, RUN_DIR_KEY
 from fedsim.run.info import FINISHED
-from fedsim.run.runner import preflight, record_stopped
+from fedsim.run.runner import preflight, record_or_note, record_stopped
 from fedsim.runtimes.federation import LocalFederation
 from fedsim.system.errors import ConfigError, RunFailed
 from fedsim.system.signals import raise_on_signals
@@ -55,7 +55,7 @@ class Deployment:
             federation.check()
         except ConfigError as exc:
             if cfg.get("resume") is None:
-                record_stopped(run_dir, cfg, exc)
+                record_or_note(exc, lambda stopped: record_stopped(run_dir, cfg, stopped))
             raise
         raise_on_signals()
         try:
@@ -72,6 +72,6 @@ class Deployment:
                     f"(see {run_dir / 'logs' / 'flwr-run.log'})"
                 )
         except BaseException as exc:
-            record_stopped(run_dir, cfg, exc)
+            record_or_note(exc, lambda stopped: record_stopped(run_dir, cfg, stopped))
             raise
         return info
