@@ -53,18 +53,17 @@ def test_carried_cohorts_and_sparse_replies_give_the_per_client_run_to_the_bit(g
 
 
 def test_sparse_replies_travel_when_few_rows_change(generated_imdb, tmp_path, monkeypatch):
-    """The bow embedding comes back as rows; the classifier layer dense (too small to gain)."""
-    import fedsim.client.mods as mods
+    """The bow embedding reaches the server as rows; the classifier layer dense (too small to gain)."""
+    import fedsim.server.cohort as cohort
 
     seen: list[tuple[str, ...]] = []
-    sparsified = mods.sparsify
+    rebuilt = cohort.densified
 
-    def spy(sent, reply):
-        arrays, ids = sparsified(sent, reply)
+    def spy(arrays, ids, sent, view):
         seen.append(tuple(ids.keys()))
-        return arrays, ids
+        return rebuilt(arrays, ids, sent, view)
 
-    monkeypatch.setattr(mods, "sparsify", spy)
+    monkeypatch.setattr(cohort, "densified", spy)
     run_locally(make_cfg(f"data.path={generated_imdb}", *QUICK, "archive.mode=none"), tmp_path)
     assert seen == [("embedding.weight",)] * 8
 

@@ -1,4 +1,5 @@
-"""A bow client trains only the embedding rows its data indexes: bitwise the weights whole-model training gives."""
+"""A bow client trains and evaluates only the embedding rows its data indexes: bitwise the weights and metrics
+of the whole model; its sparse reply, built from those rows alone, is the one the dense weights give."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from helpers.configs import make_cfg
 from hydra.utils import instantiate
 
 from fedsim.client.client import IMDBClient, step_seed
-from fedsim.model.indexed_rows import Renumbered, indexed_rows, trainable
-from fedsim.model.train import train
+from fedsim.model.indexed_rows import Renumbered, indexed_rows, loaded
+from fedsim.model.records import to_record
+from fedsim.model.sparse import SPARSE, sparse_update, sparsify
+from fedsim.model.train import evaluate, train
 from fedsim.model.weights import get_weights, set_weights
 
 
@@ -71,7 +74,97 @@ def test_the_model_keeps_its_whole_embedding_outside_the_context(generated_imdb)
     whole = client.model.embedding.weight
     weights = get_weights(client.model)
     with pytest.raises(RuntimeError, match="stop"):
-        with trainable(client.model, weights, client.trainloader) as _:
+        with loaded(client.model, weights, client.trainloader):
             assert client.model.embedding.weight.shape[0] == len(indexed_rows(client.trainloader))
             raise RuntimeError("stop")
     assert client.model.embedding.weight is whole
+
+
+def test_evaluating_indexed_rows_gives_the_whole_model_metrics_exactly(generated_imdb):
+    cfg = make_cfg(f"data.path={generated_imdb}", "num_clients=8", "model.net.num_buckets=4096")
+    client = make_client(cfg, partition_id=2)
+    weights = [
+        w + np.random.default_rng(3).normal(0, 0.5, w.shape).astype(np.float32) for w in get_weights(client.model)
+    ]
+    set_weights(client.model, weights)
+    expected = evaluate(client.model, client.valloader, client.settings.device)
+    set_weights(client.model, [np.zeros_like(w) for w in weights])  # evaluate must load the weights it is given
+    loss, examples, metrics = client.evaluate(weights, {})
+    assert (loss, metrics["accuracy"]) == expected and examples == client.valloader.num_examples > 0
+    assert 0 < len(indexed_rows(client.valloader)) < 4096
+
+
+@pytest.mark.parametrize(
+    "overrides, sent_dtype, expected",
+    [
+        ([], np.float32, "sparse"),
+        (["client.lr=0"], np.float32, "no row changed"),  # every row sent back as it came: zero rows
+        (["model.net.num_buckets=64"], np.float32, "dense"),  # nearly every row indexed: not worth rows
+        ([], np.float64, "dense"),  # FedAdam's float64 model: the reply's float32 is another dtype
+    ],
+)
+def test_a_sparse_reply_from_the_trained_rows_is_the_one_the_dense_weights_give(
+    generated_imdb, overrides, sent_dtype, expected
+):
+    cfg = make_cfg(f"data.path={generated_imdb}", "num_clients=8", "model.net.num_buckets=4096", *overrides)
+    client = make_client(cfg, partition_id=1)
+    names = list(client.model.state_dict().keys())
+    start = [w + np.random.default_rng(5).normal(0, 0.1, w.shape).astype(np.float32) for w in get_weights(client.model)]
+    sent = to_record(names, [w.astype(sent_dtype) for w in start])
+    trained, _, _ = client.local_update([w.astype(sent_dtype) for w in start], {"server-round": 1})
+    assert trained.rows is not None
+    arrays, ids = sparse_update(names, sent, trained)
+    dense_arrays, dense_ids = sparsify(sent, to_record(names, trained.dense()))
+    for got, want in ((arrays, dense_arrays), (ids, dense_ids)):
+        assert list(got.keys()) == list(want.keys())
+        assert all(
+            (got[k].dtype, got[k].shape, got[k].data) == (want[k].dtype, want[k].shape, want[k].data) for k in got
+        )
+    if expected == "sparse":
+        assert "embedding.weight" in ids and 0 < ids["embedding.weight"].shape[0] <= len(trained.rows)
+    elif expected == "no row changed":
+        assert ids["embedding.weight"].shape == (0,)
+    else:
+        assert "embedding.weight" not in ids
+
+
+def test_a_training_reply_is_sparse_from_the_handler_and_left_so_by_the_mods(generated_imdb, monkeypatch):
+    """The ClientApp's reply for a bow client: sparse (the handler built it), the same bytes as the dense reply
+    the mod would have sparsified; with sparse_updates off, dense."""
+    from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedsim.client.app import make_client_app
+    from fedsim.config.compose import flatten
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID  # the server's
+    resparsified = []
+    monkeypatch.setattr("fedsim.client.mods.sparsify", lambda *args: resparsified.append(args))
+    replies = {}
+    for sparse in (True, False):
+        cfg = make_cfg(
+            f"data.path={generated_imdb}", "num_clients=8", "model.net.num_buckets=4096", f"sparse_updates={sparse}"
+        )
+        client = make_client(cfg, partition_id=1)
+        names = list(client.model.state_dict().keys())
+        sent = to_record(names, get_weights(client.model))
+        message = Message(
+            RecordDict({"arrays": sent, "config": ConfigRecord({"server-round": 1})}),
+            dst_node_id=1,
+            message_type=MessageType.TRAIN,
+        )
+        message.metadata.__dict__["_message_id"] = f"m{sparse}"
+        context = Context(
+            run_id=1,
+            node_id=1,
+            node_config={"partition-id": 1, "num-partitions": 8},
+            state=RecordDict(),
+            run_config=flatten(cfg),
+        )
+        app = make_client_app(lambda _, made=client: made)
+        replies[sparse] = app(message, context).content
+    assert SPARSE in replies[True] and SPARSE not in replies[False] and not resparsified
+    arrays, ids = sparsify(sent, replies[False]["arrays"])
+    assert [a.data for a in replies[True]["arrays"].values()] == [a.data for a in arrays.values()]
+    assert [a.data for a in replies[True][SPARSE].values()] == [a.data for a in ids.values()]

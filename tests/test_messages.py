@@ -37,6 +37,30 @@ def test_views_equal_flowers_own_decoding_without_copying():
     assert np.shares_memory(views[0], np.frombuffer(record["layer0"].data, dtype=np.uint8))
 
 
+def test_records_hold_the_bytes_flower_writes():
+    """to_record writes np.save's bytes itself (one copy): the same bytes as Flower's `Array(ndarray)`, so a
+    reply, a checkpoint or an archived update is unchanged by the shortcut."""
+    rng = np.random.default_rng(1)
+    arrays = [
+        rng.standard_normal((300, 16)).astype(np.float32),
+        np.arange(5, dtype=np.int64),
+        np.float32(2.5) * np.ones(()),
+        np.asfortranarray(rng.standard_normal((3, 4))),
+        rng.standard_normal((2, 3, 4)).astype(np.float16)[:, ::2],  # neither C nor Fortran order
+        np.zeros((0, 3), np.float32),
+        np.array([True, False]),
+    ]
+    record = to_record([f"layer{i}" for i in range(len(arrays))], arrays)
+    for array, ours in zip(arrays, record.values()):
+        flowers = Array(np.asarray(array))
+        assert (ours.dtype, ours.shape, ours.stype, ours.data) == (
+            flowers.dtype,
+            flowers.shape,
+            flowers.stype,
+            flowers.data,
+        )
+
+
 def test_non_numpy_arrays_are_refused():
     record = ArrayRecord({"w": Array(dtype="float32", shape=(1,), stype="torch.raw", data=b"\0\0\0\0")})
     with pytest.raises(ValueError, match="are not weights"):

@@ -17,6 +17,7 @@ from flwr.clientapp.typing import Mod
 from fedsim.client.mods import carried_cohort, partition_from_message, replies_errors, sparse_replies, with_run_config
 from fedsim.client.worker import forwarded_to_worker
 from fedsim.model.records import record_views, to_record
+from fedsim.model.sparse import SPARSE, sparse_update
 from fedsim.privacy.dp import privacy_mod
 from fedsim.runtimes.cluster import node_name
 
@@ -34,7 +35,8 @@ def make_client_app(
     outermost mod) and never imports torch. `mods` run next (fedsim.shipping's delivery of the data to a
     cluster's nodes); a carried cohort is
     taken apart before the rest (fedsim.client.mods), replies are sparsified after the privacy mod has
-    clipped them, and the privacy mod runs last, nearest the handlers, so it clips what the client trained."""
+    clipped them, and the privacy mod runs last, nearest the handlers, so it clips what the client trained.
+    Where nothing clips, a bow client's reply is made sparse by `train` itself, from the rows it trained."""
     app = ClientApp(
         mods=[
             forwarded_to_worker,
@@ -66,19 +68,22 @@ def make_client_app(
         from fedsim.client.client import settings_for
         from fedsim.model.transport import encode
 
-        arrays = message.content["arrays"]
-        weights, num_examples, metrics = client_of(context).fit(record_views(arrays), message.content["config"])
-        weights = encode(weights, settings_for(context.run_config).transport)
-        return Message(
-            RecordDict(
-                {
-                    "arrays": to_record(list(arrays.keys()), weights),
-                    "metrics": MetricRecord({"num-examples": num_examples, **metrics}),
-                    "client": ConfigRecord({"node": node_name()}),
-                }
-            ),
-            reply_to=message,
+        arrays, settings = message.content["arrays"], settings_for(context.run_config)
+        names = list(arrays.keys())
+        trained, num_examples, metrics = client_of(context).local_update(
+            record_views(arrays), message.content["config"]
         )
+        content = {
+            "metrics": MetricRecord({"num-examples": num_examples, **metrics}),
+            "client": ConfigRecord({"node": node_name()}),
+        }
+        if settings.sparse_rows and trained.rows is not None:  # the sparse reply, from the trained rows alone
+            sparse, ids = sparse_update(names, arrays, trained)
+            return Message(
+                RecordDict({"arrays": sparse, **content, **({SPARSE: ids} if len(ids) else {})}), reply_to=message
+            )
+        weights = encode(trained.dense(), settings.transport)
+        return Message(RecordDict({"arrays": to_record(names, weights), **content}), reply_to=message)
 
     @app.evaluate()
     @replies_errors

@@ -22,10 +22,10 @@ from fedsim.client.attacks import Attack, malicious_of
 from fedsim.config.compose import config_from, config_key
 from fedsim.data.loader import Loader, load_data, load_node_data
 from fedsim.data.prepare import PreparedData, load_prepared
-from fedsim.model.indexed_rows import trainable
+from fedsim.model.indexed_rows import Trained, loaded
 from fedsim.model.train import evaluate, train
 from fedsim.model.transport import transport_of
-from fedsim.model.weights import set_weights
+from fedsim.privacy.dp import Privacy
 
 Weights = list[np.ndarray]
 
@@ -50,6 +50,7 @@ class ClientSettings:
     attack: DictConfig
     transport: str = "float32"  # the precision updates travel in (fedsim.transport)
     malicious: tuple[int, ...] = ()
+    sparse_rows: bool = False  # a reply may send just the trained rows it changed, built from them directly
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig, prepared: PreparedData | None = None) -> ClientSettings:
@@ -72,6 +73,10 @@ class ClientSettings:
             attack=cfg.attack,
             transport=transport_of(cfg),
             malicious=tuple(malicious_of(attack, int(cfg.num_clients), int(cfg.seed))),
+            # not when Flower's clipping mod has the reply next (it reads it dense), nor in 16 bits (never sparse)
+            sparse_rows=bool(cfg.sparse_updates)
+            and not Privacy(mode=str(cfg.privacy.mode)).client_side
+            and transport_of(cfg) == "float32",
         )
 
     @property
@@ -118,11 +123,17 @@ class IMDBClient:
 
     def fit(self, weights: Weights, config: Mapping[str, Any]) -> tuple[Weights, int, dict[str, float]]:
         """Local training from `weights`: (new weights, training examples, {train-loss, fit-time})."""
+        trained, num_examples, metrics = self.local_update(weights, config)
+        return trained.dense(), num_examples, metrics
+
+    def local_update(self, weights: Weights, config: Mapping[str, Any]) -> tuple[Trained, int, dict[str, float]]:
+        """`fit`, its weights as training left them: a bow client's embedding as just the rows its data
+        indexes, which is all a sparse reply sends (fedsim.model.indexed_rows)."""
         start = time.perf_counter()
         seed = step_seed(self.settings.seed, int(config.get("server-round", 0)), self.partition_id)
         torch.manual_seed(seed)
         self.trainloader.reseed(seed)
-        with trainable(self.model, weights, self.trainloader) as (batches, trained):
+        with loaded(self.model, weights, self.trainloader) as (batches, trained):
             optimizer = instantiate(self.settings.optimizer)(self.model.parameters(), lr=self.settings.lr)
             loss = train(
                 self.model,
@@ -132,14 +143,14 @@ class IMDBClient:
                 self.settings.device,
                 proximal_mu=float(config.get("proximal-mu", 0.0)),
             )
-            new_weights = trained()
+            update = trained()
         metrics = {"train-loss": loss, "fit-time": time.perf_counter() - start}
-        return new_weights, self.trainloader.num_examples, metrics
+        return update, self.trainloader.num_examples, metrics
 
     def evaluate(self, weights: Weights, config: Mapping[str, Any]) -> tuple[float, int, dict[str, float]]:
         """(loss, validation examples, {accuracy}) of `weights` on the local validation split."""
-        set_weights(self.model, weights)
-        loss, accuracy = evaluate(self.model, self.valloader, self.settings.device)
+        with loaded(self.model, weights, self.valloader) as (batches, _):
+            loss, accuracy = evaluate(self.model, batches, self.settings.device)
         return loss, self.valloader.num_examples, {"accuracy": accuracy}
 
 
@@ -153,16 +164,17 @@ class MaliciousClient(IMDBClient):
         super().__init__(*args, **kwargs)
         self.attack = attack
 
-    def fit(self, weights: Weights, config: Mapping[str, Any]) -> tuple[Weights, int, dict[str, float]]:
+    def local_update(self, weights: Weights, config: Mapping[str, Any]) -> tuple[Trained, int, dict[str, float]]:
         start = time.perf_counter()
         if self.attack.trains:
-            trained, num_examples, metrics = super().fit(weights, config)
+            trained, num_examples, metrics = super().local_update(weights, config)
+            honest = trained.dense()
         else:  # replies without training; reports no training loss
-            trained, num_examples, metrics = weights, self.trainloader.num_examples, {"train-loss": float("nan")}
+            honest, num_examples, metrics = list(weights), self.trainloader.num_examples, {"train-loss": float("nan")}
         poisoned = self.attack.poison_update(
-            trained, weights, self.settings.seed, int(config.get("server-round", 0)), self.partition_id
+            honest, weights, self.settings.seed, int(config.get("server-round", 0)), self.partition_id
         )
-        return poisoned, num_examples, {**metrics, "fit-time": time.perf_counter() - start}
+        return Trained(poisoned, weights), num_examples, {**metrics, "fit-time": time.perf_counter() - start}
 
 
 def build_client(settings: ClientSettings, partition_id: int, data_path: str | None = None) -> IMDBClient:

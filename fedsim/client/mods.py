@@ -78,6 +78,7 @@ def sparse_replies(message: Message, context: Context, call_next: ClientAppCalla
     if (
         message.metadata.message_type != MessageType.TRAIN
         or reply.has_error()
+        or SPARSE in reply.content  # sparse already, from the rows the client trained (fedsim.client.app)
         or not config_from(context.run_config).get("sparse_updates", False)
     ):
         return reply

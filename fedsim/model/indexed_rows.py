@@ -4,9 +4,9 @@ A bow client with twenty reviews indexes a few thousand of its embedding's 262,1
 whole model pays for all of them in every step: loading the global weights into the model, Adam's update
 and state over 4.2M weights, and copying them all out again. Every row the data never indexes gets a zero
 gradient in every step, and from a fresh optimizer Adam's update of a zero gradient is exactly zero, as is
-the proximal step of a row still equal to its anchor. So `trainable` trains a copy of just the indexed rows
-(the batches' ids renumbered into that copy) and writes them back into the global weights: bitwise the
-weights whole-model training gives, elementwise operation for elementwise operation
+the proximal step of a row still equal to its anchor. So `loaded` trains a copy of just the indexed rows
+(the batches' ids renumbered into that copy), and the rows written back over the global weights are bitwise
+the weights whole-model training gives, elementwise operation for elementwise operation
 (tests/test_indexed_rows.py compares them for FedAvg and FedProx, over epochs and batches).
 
 A model without an `nn.EmbeddingBag` named `embedding` (the transformers) trains whole, through the same
@@ -16,7 +16,8 @@ context, so a client has one training path.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -48,20 +49,44 @@ class Renumbered:
             yield {**batch, "input": torch.searchsorted(self.rows, batch["input"])}
 
 
-@contextlib.contextmanager
-def trainable(
-    model: nn.Module, weights: list[np.ndarray], loader: Loader
-) -> Iterator[tuple[Iterable[Batch], Callable[[], list[np.ndarray]]]]:
-    """The model loaded with `weights`, ready to train on (what it yields first), and a function giving its
-    weights once trained (in state_dict order, as `get_weights`).
+@dataclass(frozen=True)
+class Trained:
+    """A client's trained weights, in state_dict order, as training left them.
 
-    For a bag of n-grams, the model's embedding is, inside the context, just the rows its data indexes (its
-    optimizer must be built inside), and the trained weights are `weights` with those rows replaced.
+    For a bag of n-grams, `weights[position]` holds only the embedding rows the client's data indexes (`rows`,
+    increasing); every other row is still the sent model's, bitwise. A sparse reply needs just those rows
+    (fedsim.model.sparse.sparse_update), so they are never written into a dense copy unless one is asked for.
+    """
+
+    weights: list[np.ndarray]
+    sent: Sequence[np.ndarray]
+    position: int | None = None
+    rows: np.ndarray | None = None
+
+    def dense(self) -> list[np.ndarray]:
+        """Every tensor whole: the sent embedding with the indexed rows replaced."""
+        if self.position is None or self.rows is None:
+            return self.weights
+        values = self.weights[self.position]
+        dense = np.array(self.sent[self.position], dtype=values.dtype, copy=True)
+        dense[self.rows] = values
+        return [dense if i == self.position else w for i, w in enumerate(self.weights)]
+
+
+@contextlib.contextmanager
+def loaded(
+    model: nn.Module, weights: Sequence[np.ndarray], loader: Loader
+) -> Iterator[tuple[Iterable[Batch], Callable[[], Trained]]]:
+    """The model loaded with `weights` for the loader's batches: the batches to train or evaluate on, and a
+    function giving the model's weights once trained.
+
+    For a bag of n-grams, the model's embedding is, inside the context, just the rows the batches index (an
+    optimizer must be built inside), and the batches index that copy.
     """
     embedding = getattr(model, "embedding", None)
     if not isinstance(embedding, nn.EmbeddingBag) or not isinstance(loader.features, NgramFeatures):
-        set_weights(model, weights)
-        yield loader, lambda: get_weights(model)
+        set_weights(model, list(weights))
+        yield loader, lambda: Trained(get_weights(model), weights)
         return
     names = list(model.state_dict().keys())
     position = names.index("embedding.weight")
@@ -73,15 +98,7 @@ def trainable(
                 param.copy_(torch.from_numpy(np.asarray(array)))
     # a strategy's float64 model trains, as load_state_dict would load it, in the net's own dtype
     embedding.weight = nn.Parameter(torch.from_numpy(np.asarray(weights[position])[rows]).to(whole.device, whole.dtype))
-
-    def trained() -> list[np.ndarray]:
-        new = get_weights(model)
-        dense = np.array(weights[position], dtype=new[position].dtype, copy=True)
-        dense[rows] = new[position]
-        new[position] = dense
-        return new
-
-    try:
-        yield Renumbered(loader, torch.from_numpy(rows)), trained  # renumbered before the batch moves to device
+    try:  # renumbered before the batch moves to device
+        yield Renumbered(loader, torch.from_numpy(rows)), lambda: Trained(get_weights(model), weights, position, rows)
     finally:
         embedding.weight = whole

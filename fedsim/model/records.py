@@ -77,9 +77,25 @@ class Decoded(Sequence[np.ndarray]):
         return self._arrays[index].numpy()
 
 
+def to_array(array: np.ndarray) -> Array:
+    """`Array(array)`, the same bytes, with one copy of the data: Flower's `np.save` into a BytesIO copies a
+    17 MB embedding about four times (14 ms where one copy takes 1.5), once per client and round."""
+    array = np.asarray(array)
+    if not array.flags.c_contiguous or array.dtype.hasobject:
+        return Array(array)  # np.save's Fortran order, or its refusal of objects
+    header = io.BytesIO()
+    npy.write_array_header_1_0(header, npy.header_data_from_array_1_0(array))
+    return Array(
+        str(array.dtype), tuple(array.shape), NUMPY_STYPE, b"".join((header.getvalue(), array.reshape(-1).data))
+    )
+
+
 def to_record(names: Sequence[str], weights: Sequence[np.ndarray]) -> ArrayRecord:
     """An ArrayRecord of named arrays, in the given order."""
-    return ArrayRecord({name: Array(np.asarray(w)) for name, w in zip(names, weights)})
+    record = ArrayRecord()
+    for name, w in zip(names, weights):
+        record[name] = to_array(w)
+    return record
 
 
 def _array(dtype: str, shape: tuple[int, ...], stype: str, data: np.ndarray) -> Array:

@@ -14,10 +14,16 @@ Exactness needs no assumption about the optimizer: rows are compared on their by
 
 from __future__ import annotations
 
-import numpy as np
-from flwr.app import Array, ArrayRecord
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from fedsim.model.records import ArrayView, tensor_view
+import numpy as np
+from flwr.app import ArrayRecord
+
+from fedsim.model.records import ArrayView, tensor_view, to_array, to_record
+
+if TYPE_CHECKING:
+    from fedsim.model.indexed_rows import Trained
 
 SPARSE = "sparse"  # a reply's record of row ids, one int64 array per tensor sent as rows
 
@@ -49,17 +55,50 @@ def sparsify(sent: ArrayRecord, reply: ArrayRecord) -> tuple[ArrayRecord, ArrayR
     for name, array in reply.items():
         before = sent.get(name)
         new = tensor_view(array.data)
-        if before is None or new.ndim < 2 or before.shape != array.shape or before.dtype != array.dtype:
+        if before is None or not comparable(tensor_view(before.data), new.shape, new.dtype):
             arrays[name] = array
             continue
         rows = changed_rows(tensor_view(before.data), new)
-        row_bytes = new.nbytes // new.shape[0]
-        if rows.nbytes + rows.size * row_bytes >= new.nbytes // 2:
+        if not worth_it(rows, new):
             arrays[name] = array
             continue
-        arrays[name] = Array(np.ascontiguousarray(new[rows]))
-        ids[name] = Array(rows)
+        arrays[name] = to_array(np.ascontiguousarray(new[rows]))
+        ids[name] = to_array(rows)
     return arrays, ids
+
+
+def sparse_update(names: Sequence[str], sent: ArrayRecord, trained: Trained) -> tuple[ArrayRecord, ArrayRecord]:
+    """What `sparsify(sent, to_record(names, trained.dense()))` gives, without building the dense embedding:
+    its changed rows are sought only among the rows the client's data indexes, every other row being, by
+    construction, the sent one (fedsim.model.indexed_rows.Trained)."""
+    arrays, ids = ArrayRecord(), ArrayRecord()
+    for i, name in enumerate(names):
+        if i != trained.position or trained.rows is None:
+            one, one_ids = sparsify(sent, to_record([name], [trained.weights[i]]))
+            arrays[name] = one[name]
+            if name in one_ids:
+                ids[name] = one_ids[name]
+            continue
+        values, before = trained.weights[i], tensor_view(sent[name].data)
+        if comparable(before, (before.shape[0], *values.shape[1:]), values.dtype):
+            among = changed_rows(np.ascontiguousarray(before[trained.rows]), values)
+            rows = trained.rows[among].astype(np.int64)
+            if worth_it(rows, before):
+                arrays[name] = to_array(np.ascontiguousarray(values[among]))
+                ids[name] = to_array(rows)
+                continue
+        arrays[name] = to_array(trained.dense()[i])
+    return arrays, ids
+
+
+def comparable(sent: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    """Whether a tensor of this shape and dtype may travel as rows: two or more dimensions, as it was sent."""
+    return len(shape) >= 2 and sent.shape == shape and sent.dtype == dtype
+
+
+def worth_it(rows: np.ndarray, tensor: np.ndarray) -> bool:
+    """Whether the rows and their ids take less than half the tensor's bytes."""
+    return rows.nbytes + rows.size * (tensor.nbytes // tensor.shape[0]) < tensor.nbytes // 2
 
 
 class RowsView(ArrayView):

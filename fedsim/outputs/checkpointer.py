@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from fedsim.model.records import to_array
 from fedsim.outputs.base import Callback
 from fedsim.privacy.dp import inner_strategy
 from fedsim.server.record import RoundRecord
@@ -49,7 +50,7 @@ def _from_items(kind: str, items: dict[str, np.ndarray]) -> Any:
     if kind == "array":
         return items[""]
     if kind == "record":
-        return ArrayRecord({k: Array(v) for k, v in items.items()})
+        return ArrayRecord({k: to_array(v) for k, v in items.items()})
     return list(items.values()) if kind == "list" else items
 
 
