@@ -46,16 +46,29 @@ except Interrupted as exc:
 """
 
 
-def test_after_a_signal_what_threads_print_goes_to_main_log(tmp_path):
-    log = tmp_path / "main.log"
-    done = subprocess.run(
+def dying_threads(log: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "-c", DYING_THREADS, str(log)], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
+
+
+def test_after_a_signal_what_threads_print_goes_to_main_log(tmp_path):
+    log = tmp_path / "main.log"
+    done = dying_threads(log)
     assert done.returncode == 130
     assert done.stderr == "interrupted by SIGINT; resume with: ...\n" and done.stdout == "before the signal\n"
     logged = log.read_text()
     assert "processing a message by RayBackend" in logged and "RuntimeError: The actor died" in logged
     assert "after the signal" in logged
+
+
+def test_after_a_signal_with_the_run_directory_gone_the_terminal_still_gets_one_line(tmp_path):
+    """main.log cannot be opened (a sweep's clean-up removed the directory): what the threads print is lost,
+    not shown."""
+    done = dying_threads(tmp_path / "gone" / "main.log")
+    assert done.returncode == 130
+    assert done.stderr == "interrupted by SIGINT; resume with: ...\n" and done.stdout == "before the signal\n"
+    assert not (tmp_path / "gone").exists()
 
 
 ADAM_GATE = "model.optimizer._target_=helpers.gates.adam_after_gate"

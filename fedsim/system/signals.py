@@ -3,7 +3,8 @@
 Wherever the signal lands (start-up, between rounds, mid-training, mid-evaluation) the terminal gets
 exactly one line. Stopping a run kills Ray's actors under Flower's worker threads, which then log
 errors and tracebacks; so the moment the signal arrives, everything this process writes to stdout and
-stderr goes to the run's main.log instead, and the one line goes to the terminal (`leave`).
+stderr goes to the run's main.log instead (nowhere, if its directory was removed), and the one line goes
+to the terminal (`leave`).
 
 Flower's simulation runs the ServerApp in a thread that does not end until its round's replies
 arrive, so after the run is recorded the process leaves with `os._exit`, having flushed its output;
@@ -42,15 +43,19 @@ _TERMINAL: list[int] = []  # a copy of the original stderr, once output is diver
 
 def divert_output() -> None:
     """From now on, what this process writes to fd 1 and 2 (Flower's and Ray's logs of dying actors, the
-    tracebacks of threads) goes to the run's main.log; `leave` still writes to the terminal."""
+    tracebacks of threads) goes to the run's main.log, or nowhere if its directory was removed (the
+    terminal still gets only its one line); `leave` still writes to the terminal."""
     if not _LOG or _TERMINAL:
         return
     try:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
+    except OSError:
+        pass
+    try:
         log = os.open(_LOG[0], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError:
-        return
+        log = os.open(os.devnull, os.O_WRONLY)
     _TERMINAL.append(os.dup(2))
     for fd in (1, 2):
         os.dup2(log, fd)
