@@ -26,7 +26,8 @@ While each run lasts, the CPU time of every process outside it (and outside this
 from /proc: a peer timed while something else takes cores is slowed by what has nothing to do with
 it, which flatters fedsim (or, the other way round, penalizes it). A pair in which any run saw more
 than `--max-other-load` cores of other load is dropped and run again, at most `--max-retries` extra
-times per config; a contended pair with no retries left is kept and marked. The printed Markdown
+times per config; a contended pair with no retries left is kept and marked. A pair in which a run
+exited non-zero is run again too, out of the same retries, and counted as failed. The printed Markdown
 table gives, per config, medians over the kept pairs and the per-pair ratios fedsim / pfl's faster
 layout as median (min-max).
 """
@@ -250,6 +251,11 @@ class RoundWatch:
         return self.ends
 
 
+class RunFailed(RuntimeError):
+    """A run of a pair exited non-zero (pfl's two workers have aborted in torch's teardown after their last
+    round): the pair is run again, as a contended one is."""
+
+
 def measure(command: list[str], log: Path, rounds_csv: Path | None = None) -> Measured:
     """Runs `command` from the repository root as a process marked for RunProcesses (stdout to `log`.out,
     stderr to `log`.err), with its memory, the others' CPU and, given `rounds_csv`, its rounds' ends."""
@@ -267,7 +273,7 @@ def measure(command: list[str], log: Path, rounds_csv: Path | None = None) -> Me
     peaks, other_cpu_s = memory.stop(), others.stop()
     ends = watch.stop() if watch is not None else {}
     if returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {returncode}:\n{err.read_text()[-3000:]}")
+        raise RunFailed(f"{' '.join(command)} exited {returncode}:\n{err.read_text()[-3000:]}")
     return Measured(launched, exited, ends, peaks, other_cpu_s, out.read_text())
 
 
@@ -317,14 +323,24 @@ def run_pair(
 
 
 def compare(name: str, overrides: list[str], python: Path, work: Path, args: argparse.Namespace) -> tuple[dict, dict]:
-    """`--pairs` uncontended pairs (a contended one is run again, at most `--max-retries` times), summed up."""
+    """`--pairs` uncontended pairs (a contended or failed one is run again, at most `--max-retries` times),
+    summed up."""
     export_dir = work / f"{name}-export"
     export_dir.mkdir()
     if export(overrides, export_dir)["num_rounds"] < 2:
         sys.exit("error: steady s/round needs at least 2 rounds")
-    kept, dropped, retries = [], [], args.max_retries
+    kept, dropped, failed, retries = [], [], [], args.max_retries
     while len(kept) < args.pairs:
-        pair = run_pair(name, overrides, python, export_dir, work, len(kept) + len(dropped) + 1, args)
+        attempt = len(kept) + len(dropped) + len(failed) + 1
+        try:
+            pair = run_pair(name, overrides, python, export_dir, work, attempt, args)
+        except RunFailed as exc:
+            if retries == 0:
+                raise
+            retries -= 1
+            failed.append(str(exc))
+            print(f"{name} attempt {attempt}: {str(exc).splitlines()[0]} - failed, run again", flush=True)
+            continue
         drop = pair["contended"] and retries > 0
         retries -= int(drop)
         (dropped if drop else kept).append(pair)
@@ -339,10 +355,15 @@ def compare(name: str, overrides: list[str], python: Path, work: Path, args: arg
             + (" - contended, dropped" if drop else " - contended, no retries left, kept" if pair["contended"] else ""),
             flush=True,
         )
-    return summary(name, kept, dropped), {"overrides": overrides, "kept": kept, "dropped": dropped}
+    return summary(name, kept, dropped, len(failed)), {
+        "overrides": overrides,
+        "kept": kept,
+        "dropped": dropped,
+        "failed": failed,
+    }
 
 
-def summary(name: str, kept: list[dict], dropped: list[dict]) -> dict:
+def summary(name: str, kept: list[dict], dropped: list[dict], failed: int) -> dict:
     """Medians over the kept pairs; ratios are fedsim / pfl's faster layout, per pair, then median (min-max)."""
 
     def faster(pair: dict) -> dict:
@@ -373,7 +394,9 @@ def summary(name: str, kept: list[dict], dropped: list[dict]) -> dict:
         "round 1 ratio": cell("round1_end_s"),
         "wall ratio": cell("wall_s"),
         f"peak PSS MB, fedsim / {' / '.join('pfl ' + k for k in layouts)}": " / ".join(f"{v:.0f}" for v in pss),
-        "pairs kept / dropped": f"{len(kept)} / {len(dropped)}" + (f", {contended} contended" if contended else ""),
+        "pairs kept / dropped": f"{len(kept)} / {len(dropped)}"
+        + (f", {contended} contended" if contended else "")
+        + (f", {failed} failed and rerun" if failed else ""),
         "max other load, cores": f"{max(pair['max_other_load_cores'] for pair in kept):.2f}",
         "accuracy identical": f"yes ({accuracies.pop():.5f})" if len(accuracies) == 1 else "no",
     }
