@@ -41,7 +41,7 @@ def _whole_model_fit(client: IMDBClient, weights: list[np.ndarray], server_round
 def test_training_indexed_rows_gives_the_whole_model_weights_bit_for_bit(generated_imdb, overrides, mu):
     cfg = make_cfg(f"data.path={generated_imdb}", "num_clients=8", "model.net.num_buckets=4096", *overrides)
     client = make_client(cfg, partition_id=3)
-    rows = indexed_rows(client.trainloader)
+    rows = indexed_rows(client.trainloader, 4096)
     assert 0 < len(rows) < 4096  # the test means something: some rows are left out
     start = [w + np.random.default_rng(7).normal(0, 0.1, w.shape).astype(np.float32) for w in get_weights(client.model)]
     as_float64 = [w.astype(np.float64) for w in start]  # what FedAdam's server sends
@@ -58,12 +58,13 @@ def test_training_indexed_rows_gives_the_whole_model_weights_bit_for_bit(generat
 def test_renumbered_batches_index_the_same_rows(generated_imdb):
     cfg = make_cfg(f"data.path={generated_imdb}", "num_clients=8", "model.net.num_buckets=4096")
     client = make_client(cfg, partition_id=0)
-    rows = indexed_rows(client.trainloader)
+    rows = indexed_rows(client.trainloader, 4096)
     assert np.all(np.diff(rows) > 0) and rows.dtype == np.int64
     client.trainloader.reseed(5)
     original = list(client.trainloader)
+    assert np.array_equal(rows, np.unique(torch.cat([batch["input"] for batch in original]).numpy()))
     client.trainloader.reseed(5)
-    for before, after in zip(original, Renumbered(client.trainloader, torch.from_numpy(rows))):
+    for before, after in zip(original, Renumbered(client.trainloader, rows, 4096)):
         assert torch.equal(torch.from_numpy(rows)[after["input"]], before["input"])
         assert torch.equal(after["offsets"], before["offsets"]) and torch.equal(after["labels"], before["labels"])
 
@@ -75,7 +76,7 @@ def test_the_model_keeps_its_whole_embedding_outside_the_context(generated_imdb)
     weights = get_weights(client.model)
     with pytest.raises(RuntimeError, match="stop"):
         with loaded(client.model, weights, client.trainloader):
-            assert client.model.embedding.weight.shape[0] == len(indexed_rows(client.trainloader))
+            assert client.model.embedding.weight.shape[0] == len(indexed_rows(client.trainloader, 4096))
             raise RuntimeError("stop")
     assert client.model.embedding.weight is whole
 
@@ -91,7 +92,7 @@ def test_evaluating_indexed_rows_gives_the_whole_model_metrics_exactly(generated
     set_weights(client.model, [np.zeros_like(w) for w in weights])  # evaluate must load the weights it is given
     loss, examples, metrics = client.evaluate(weights, {})
     assert (loss, metrics["accuracy"]) == expected and examples == client.valloader.num_examples > 0
-    assert 0 < len(indexed_rows(client.valloader)) < 4096
+    assert 0 < len(indexed_rows(client.valloader, 4096)) < 4096
 
 
 @pytest.mark.parametrize(

@@ -30,23 +30,30 @@ from fedsim.model.weights import get_weights, set_weights
 Batch = dict[str, torch.Tensor]
 
 
-def indexed_rows(loader: Loader) -> np.ndarray:
-    """The embedding rows the loader's batches index, in increasing order."""
+def indexed_rows(loader: Loader, num_rows: int) -> np.ndarray:
+    """The rows of a `num_rows`-row embedding that the loader's batches index, in increasing order: marked in
+    a mask, linear in the ids (sorting them, as `np.unique` does, took a sixth of a client's training time)."""
     if not len(loader.rows):
         return np.zeros(0, np.int64)
-    return np.unique(loader.features.batch(loader.rows, loader.labels)["input"].numpy())
+    indexed = np.zeros(num_rows, bool)
+    indexed[loader.features.batch(loader.rows, loader.labels)["input"].numpy()] = True
+    return np.flatnonzero(indexed)
 
 
 class Renumbered:
-    """A loader's batches with each embedding id replaced by its position among `rows` (which holds them all)."""
+    """A loader's batches with each embedding id replaced by its position among `rows` (which holds them all),
+    read from a table of every id's position: a lookup per id, where a binary search took a tenth of a
+    client's training time."""
 
-    def __init__(self, loader: Iterable[Batch], rows: torch.Tensor) -> None:
+    def __init__(self, loader: Iterable[Batch], rows: np.ndarray, num_rows: int) -> None:
         self.loader = loader
-        self.rows = rows
+        position = np.zeros(num_rows, np.int64)
+        position[rows] = np.arange(len(rows))
+        self.position = torch.from_numpy(position)
 
     def __iter__(self) -> Iterator[Batch]:
         for batch in self.loader:
-            yield {**batch, "input": torch.searchsorted(self.rows, batch["input"])}
+            yield {**batch, "input": self.position[batch["input"]]}
 
 
 @dataclass(frozen=True)
@@ -90,8 +97,8 @@ def loaded(
         return
     names = list(model.state_dict().keys())
     position = names.index("embedding.weight")
-    rows = indexed_rows(loader)
     whole = embedding.weight
+    rows = indexed_rows(loader, whole.shape[0])
     with torch.no_grad():
         for name, param, array in zip(names, model.state_dict().values(), weights):
             if name != "embedding.weight":
@@ -99,6 +106,6 @@ def loaded(
     # a strategy's float64 model trains, as load_state_dict would load it, in the net's own dtype
     embedding.weight = nn.Parameter(torch.from_numpy(np.asarray(weights[position])[rows]).to(whole.device, whole.dtype))
     try:  # renumbered before the batch moves to device
-        yield Renumbered(loader, torch.from_numpy(rows)), lambda: Trained(get_weights(model), weights, position, rows)
+        yield Renumbered(loader, rows, whole.shape[0]), lambda: Trained(get_weights(model), weights, position, rows)
     finally:
         embedding.weight = whole
