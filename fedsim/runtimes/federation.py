@@ -162,7 +162,9 @@ class LocalFederation:
 
     def _start_superlink(self, certs: Path) -> None:
         argv = [
-            command("flower-superlink"),
+            sys.executable,  # flower-superlink, its SuperExec fedsim's (fedsim.runtimes.superlink)
+            "-m",
+            "fedsim.runtimes.superlink",
             "--ssl-ca-certfile",
             str(certs / "ca.crt"),
             "--ssl-certfile",

@@ -1,0 +1,154 @@
+"""Flower's SuperExec with its app processes forked from a warm one: `python -m fedsim.runtimes.superexec ARGS`
+takes flower-superexec's arguments. fedsim's SuperLink and SuperNodes (fedsim.runtimes.superlink and
+fedsim.runtimes.supernode) start it in place of `flower-superexec`.
+
+Flower 1.42 starts a new `flwr-clientapp` process for every message a SuperNode gets (there is no
+long-lived ClientApp: flwrlabs/flower#3670). Most of such a process's CPU went to importing Flower
+(its SuperNode CLI, object store, SQL and Alembic modules) before it pulled the message: about 1 s of
+the 1.4 s each process used, six processes a round for three nodes. This SuperExec keeps one warm
+process (the fork server) that has imported `flwr-clientapp` and `flwr-serverapp` once, and starts
+each app as a fork of it: the same command-line arguments and entry point, a process of its own that
+pulls its task, installs the FAB, loads the app from it and exits, as Flower's own does. Nothing else
+in the SuperExec changes (its polling, its tokens, the other task types).
+
+The fork server reads one JSON list of arguments per line on its stdin and forks a child for each;
+it is single-threaded, so a fork copies no lock another thread held. It ends when its stdin closes,
+that is when the SuperExec ends; the apps watch the SuperExec's pid (`--parent-pid`) as before, and
+they are the SuperExec's descendants, stopped with it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import IO, Any
+
+from fedsim.runtimes.supernode import IDLE_S
+
+ENTRIES = {  # the console scripts the fork server starts, and their functions
+    "flwr-clientapp": "flwr.supernode.cli:flwr_clientapp",
+    "flwr-serverapp": "flwr.superlink.cli:flwr_serverapp",
+}
+
+
+def serve(entries: Mapping[str, Callable[[], Any]], requests: IO[str]) -> None:
+    """The fork server: for each line of `requests` (a JSON list, the child's sys.argv), a fork that runs
+    `entries[argv[0]]`, until `requests` ends."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped as they exit
+    for line in requests:
+        argv = json.loads(line)
+        if os.fork() == 0:
+            os._exit(_child(entries[argv[0]], argv))
+
+
+def _child(main: Callable[[], Any], argv: list[str]) -> int:
+    """Run `main` as a process started with `argv` would, and its exit code."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)  # the server's requests are not the child's stdin
+    os.close(devnull)
+    sys.stdin = open(0, closefd=False)
+    sys.argv = argv
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
+def short_pulls() -> None:
+    """An app's retries for a message's parts start at IDLE_S, not Flower's 1 s.
+
+    A SuperNode stores a message, which is what makes its SuperExec start the ClientApp, before it has
+    pulled the message's parts from the SuperLink; the ClientApp asks for them, finds them missing and
+    backs off 1 s, then 2 s (Flower's PULL_INITIAL_BACKOFF, doubling): 73% of a ClientApp process's life
+    on localhost. The ServerApp waits the same way for a reply whose parts the SuperNode is still
+    pushing. The retries still double, up to Flower's cap and time limit."""
+    from flwr.superlink.grid import http_grid
+    from flwr.supernode.runtime import run_clientapp
+
+    run_clientapp.pull_and_inflate_object_from_tree = partial(
+        run_clientapp.pull_and_inflate_object_from_tree, initial_backoff=IDLE_S
+    )
+    http_grid.pull_objects = partial(http_grid.pull_objects, initial_backoff=IDLE_S)
+
+
+def fork_server() -> None:
+    """`python -m fedsim.runtimes.superexec --fork-server`: import every entry, then serve stdin."""
+    short_pulls()
+    entries = {}
+    for command, entry in ENTRIES.items():
+        module, _, name = entry.partition(":")
+        entries[command] = getattr(importlib.import_module(module), name)
+    serve(entries, sys.stdin)
+
+
+class ForkServer:
+    """The fork server as a child of this process; `popen` starts an app in ENTRIES as its fork and any other
+    command as subprocess.Popen does."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fedsim.runtimes.superexec", "--fork-server"], stdin=subprocess.PIPE, text=True
+        )
+
+    def popen(self, args: list[str], **kwargs: Any) -> subprocess.Popen | None:
+        if args[0] not in ENTRIES:
+            return subprocess.Popen(args, **kwargs)
+        assert self.process.stdin is not None
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.write(json.dumps(args) + "\n")
+                self.process.stdin.flush()
+                return None  # Flower's SubprocessExecutor does not keep what Popen returns
+            except BrokenPipeError:
+                pass
+        # The fork server died (its reason is above in the same log): this app starts as Flower's would.
+        print(f"fedsim: the fork server exited {self.process.wait()}; {args[0]} starts cold", file=sys.stderr)
+        return subprocess.Popen(args, **kwargs)
+
+
+class SubprocessWith:
+    """The `subprocess` module as one Flower module sees it, with `popen` for its Popen."""
+
+    def __init__(self, popen: Callable[..., Any]) -> None:
+        self.Popen = popen
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+
+def start_superexec(command: list[str], **kwargs: Any) -> subprocess.Popen:
+    """subprocess.Popen as Flower's SuperLink and SuperNode call it, with this module for flower-superexec."""
+    if command[0] == "flower-superexec":
+        command = [sys.executable, "-m", "fedsim.runtimes.superexec", *command[1:]]
+    return subprocess.Popen(command, **kwargs)
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--fork-server"]:
+        fork_server()
+        return
+    from flwr.supercore.cli import flower_superexec
+    from flwr.supercore.superexec.executor import subprocess_executor
+
+    subprocess_executor.subprocess = SubprocessWith(ForkServer().popen)
+    sys.argv[0] = "flower-superexec"
+    flower_superexec()
+
+
+if __name__ == "__main__":
+    main()

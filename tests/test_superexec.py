@@ -1,0 +1,71 @@
+"""fedsim's SuperExec: each ClientApp and ServerApp a fork of one warm process, with the arguments Flower gave."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from helpers.runs import ROOT
+
+from fedsim.runtimes.superexec import ENTRIES, ForkServer, SubprocessWith, start_superexec
+from fedsim.system.processes import child_env
+from fedsim.system.waits import wait_for
+
+SERVE_RECORD = (
+    "import sys; from fedsim.runtimes.superexec import serve; from helpers.forks import record; "
+    "serve({'record': record}, sys.stdin)"
+)
+
+
+def test_each_request_runs_in_a_fork_of_the_server_which_ends_with_its_input(tmp_path):
+    env = {**os.environ, "FORK_RECORDS": str(tmp_path), "PYTHONPATH": f"{ROOT / 'tests'}:{ROOT}"}
+    server = subprocess.Popen([sys.executable, "-c", SERVE_RECORD], stdin=subprocess.PIPE, text=True, env=env)
+    try:
+        server.stdin.write(json.dumps(["record", "0", "first"]) + "\n" + json.dumps(["record", "3", "second"]) + "\n")
+        server.stdin.flush()
+        wait_for(lambda: len(list(tmp_path.glob("*.json"))) == 2, timeout_s=60, what="two forks", key="the test")
+        assert server.poll() is None  # a child's exit, with any code, is not the server's
+        server.stdin.close()
+        assert server.wait(timeout=30) == 0
+    finally:
+        server.kill()
+    records = sorted((json.loads(p.read_text()) for p in tmp_path.glob("*.json")), key=lambda r: r["argv"][1])
+    assert [r["argv"] for r in records] == [["record", "0", "first"], ["record", "3", "second"]]
+    assert [r["ppid"] for r in records] == [server.pid, server.pid]
+    assert len({r["pid"] for r in records}) == 2
+
+
+def test_flowers_apps_start_as_forks_with_their_arguments_and_cold_once_the_server_is_gone(capfd):
+    server = ForkServer()
+    try:
+        assert server.popen(["flwr-clientapp", "--help"]) is None  # forked: nothing for Flower to keep
+        seen = []
+
+        def printed_help() -> bool:
+            seen.append(capfd.readouterr().out)
+            return "usage: flwr-clientapp" in "".join(seen)
+
+        wait_for(printed_help, timeout_s=60, what="the fork's help", key="the test")
+        server.process.kill()
+        server.process.wait()
+        cold = server.popen(["flwr-serverapp", "--help"], stdout=subprocess.PIPE, text=True, env=child_env())
+        assert "usage: flwr-serverapp" in cold.communicate(timeout=60)[0]
+        assert "starts cold" in capfd.readouterr().err
+    finally:
+        server.process.kill()
+        server.process.wait()
+    assert set(ENTRIES) == {"flwr-clientapp", "flwr-serverapp"}
+
+
+def test_only_flowers_superexec_is_replaced_and_other_commands_start_as_given():
+    echo = SubprocessWith(start_superexec).Popen(["echo", "flower-superexec"], stdout=subprocess.PIPE, text=True)
+    assert echo.communicate(timeout=30)[0] == "flower-superexec\n"
+    superexec = start_superexec(["flower-superexec", "--help"], stdout=subprocess.PIPE, text=True)
+    help_text = superexec.communicate(timeout=60)[0]
+    assert "usage: flower-superexec" in help_text and superexec.args[:3] == [
+        sys.executable,
+        "-m",
+        "fedsim.runtimes.superexec",
+    ]
