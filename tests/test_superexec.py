@@ -21,20 +21,33 @@ SERVE_RECORD = (
 
 def test_each_request_runs_in_a_fork_of_the_server_which_ends_with_its_input(tmp_path):
     env = {**os.environ, "FORK_RECORDS": str(tmp_path), "PYTHONPATH": f"{ROOT / 'tests'}:{ROOT}"}
-    server = subprocess.Popen([sys.executable, "-c", SERVE_RECORD], stdin=subprocess.PIPE, text=True, env=env)
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVE_RECORD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
-        server.stdin.write(json.dumps(["record", "0", "first"]) + "\n" + json.dumps(["record", "3", "second"]) + "\n")
+        for argv, quiet in (
+            (["record", "0", "first"], False),
+            (["record", "3", "second"], False),
+            (["record", "0", "third"], True),
+        ):
+            server.stdin.write(json.dumps({"argv": argv, "quiet": quiet}) + "\n")
         server.stdin.flush()
-        wait_for(lambda: len(list(tmp_path.glob("*.json"))) == 2, timeout_s=60, what="two forks", key="the test")
+        wait_for(lambda: len(list(tmp_path.glob("*.json"))) == 3, timeout_s=60, what="three forks", key="the test")
         assert server.poll() is None  # a child's exit, with any code, is not the server's
         server.stdin.close()
         assert server.wait(timeout=30) == 0
+        printed = server.stdout.read()
     finally:
         server.kill()
-    records = sorted((json.loads(p.read_text()) for p in tmp_path.glob("*.json")), key=lambda r: r["argv"][1])
-    assert [r["argv"] for r in records] == [["record", "0", "first"], ["record", "3", "second"]]
-    assert [r["ppid"] for r in records] == [server.pid, server.pid]
-    assert len({r["pid"] for r in records}) == 2
+    records = sorted((json.loads(p.read_text()) for p in tmp_path.glob("*.json")), key=lambda r: r["argv"][2])
+    assert [r["argv"] for r in records] == [
+        ["record", "0", "first"],
+        ["record", "3", "second"],
+        ["record", "0", "third"],
+    ]
+    assert [r["ppid"] for r in records] == [server.pid] * 3
+    assert len({r["pid"] for r in records}) == 3
+    assert sorted(printed.splitlines()) == ["recorded first", "recorded second"]  # the quiet one printed nowhere
 
 
 def test_flowers_apps_start_as_forks_with_their_arguments_and_cold_once_the_server_is_gone(capfd):

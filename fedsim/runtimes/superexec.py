@@ -11,7 +11,8 @@ each app as a fork of it: the same command-line arguments and entry point, a pro
 pulls its task, installs the FAB, loads the app from it and exits, as Flower's own does. Nothing else
 in the SuperExec changes (its polling, its tokens, the other task types).
 
-The fork server reads one JSON list of arguments per line on its stdin and forks a child for each;
+The fork server reads one request per line on its stdin (JSON: the arguments, and whether the output
+goes to /dev/null, as Flower asks for the ServerApp's) and forks a child for each;
 it is single-threaded, so a fork copies no lock another thread held. It ends when its stdin closes,
 that is when the SuperExec ends; the apps watch the SuperExec's pid (`--parent-pid`) as before, and
 they are the SuperExec's descendants, stopped with it.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -39,23 +41,26 @@ ENTRIES = {  # the console scripts the fork server starts, and their functions
 
 
 def serve(entries: Mapping[str, Callable[[], Any]], requests: IO[str]) -> None:
-    """The fork server: for each line of `requests` (a JSON list, the child's sys.argv), a fork that runs
-    `entries[argv[0]]`, until `requests` ends."""
+    """The fork server: for each line of `requests` ({"argv": the child's sys.argv, "quiet": bool}), a fork
+    that runs `entries[argv[0]]`, until `requests` ends."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped as they exit
     for line in requests:
-        argv = json.loads(line)
+        request = json.loads(line)
         if os.fork() == 0:
-            os._exit(_child(entries[argv[0]], argv))
+            os._exit(_child(entries[request["argv"][0]], request["argv"], request["quiet"]))
 
 
-def _child(main: Callable[[], Any], argv: list[str]) -> int:
-    """Run `main` as a process started with `argv` would, and its exit code."""
+def _child(main: Callable[[], Any], argv: list[str], quiet: bool) -> int:
+    """Run `main` as a process started with `argv` would (its output to /dev/null if `quiet`), and its exit
+    code."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)  # the server's requests are not the child's stdin
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2) if quiet else (0,):  # the server's requests are not the child's stdin
+        os.dup2(devnull, fd)
     os.close(devnull)
     sys.stdin = open(0, closefd=False)
     sys.argv = argv
+    random.seed()  # a fresh process's own state (Flower jitters its retries with it), not the server's copy
     try:
         main()
         code = 0
@@ -111,7 +116,9 @@ class ForkServer:
         assert self.process.stdin is not None
         if self.process.poll() is None:
             try:
-                self.process.stdin.write(json.dumps(args) + "\n")
+                # Flower's SuperExec asks for the ServerApp's output to go nowhere (it streams its logs).
+                quiet = kwargs.get("stdout") == subprocess.DEVNULL
+                self.process.stdin.write(json.dumps({"argv": args, "quiet": quiet}) + "\n")
                 self.process.stdin.flush()
                 return None  # Flower's SubprocessExecutor does not keep what Popen returns
             except BrokenPipeError:

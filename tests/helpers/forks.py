@@ -9,7 +9,9 @@ from pathlib import Path
 
 
 def record() -> None:
-    """Writes this process's argv, pid and parent's pid to $FORK_RECORDS/<pid>.json, then exits with argv[1]."""
+    """Writes this process's argv, pid and parent's pid to $FORK_RECORDS/<pid>.json and says so on stdout, then
+    exits with argv[1]."""
     out = Path(os.environ["FORK_RECORDS"]) / f"{os.getpid()}.json"
     out.write_text(json.dumps({"argv": sys.argv, "pid": os.getpid(), "ppid": os.getppid()}))
+    print(f"recorded {sys.argv[2]}", flush=True)
     sys.exit(int(sys.argv[1]))
