@@ -178,7 +178,7 @@ class LocalFederation:
             "--port",
             str(self.port),
             # No --database: the state in memory. The federation lives for one run, and SQLite's state
-            # (a query or write for every poll of every node) made a localhost round 1.4-2 s longer.
+            # (a query or write for every poll of every node) made every localhost round longer.
             "--disable-runtime-dependency-installation",
         ]
         if self.node_auth:

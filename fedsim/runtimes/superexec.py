@@ -4,18 +4,18 @@ fedsim.runtimes.supernode) start it in place of `flower-superexec`.
 
 Flower 1.42 starts a new `flwr-clientapp` process for every message a SuperNode gets (there is no
 long-lived ClientApp: flwrlabs/flower#3670). Most of such a process's CPU went to importing Flower
-(its SuperNode CLI, object store, SQL and Alembic modules) before it pulled the message: about 1 s of
-the 1.4 s each process used, six processes a round for three nodes. This SuperExec keeps one warm
-process (the fork server) that has imported `flwr-clientapp` and `flwr-serverapp` once, and starts
-each app as a fork of it: the same command-line arguments and entry point, a process of its own that
-pulls its task, installs the FAB, loads the app from it and exits, as Flower's own does. Nothing else
-in the SuperExec changes (its polling, its tokens, the other task types).
+(its SuperNode CLI, object store, SQL and Alembic modules) before it pulled the message, two processes
+a round for every node (docs/benchmarks/measured.md, "Deployment's cost per message"). This SuperExec
+keeps one warm process (the fork server) that has imported `flwr-clientapp` and `flwr-serverapp` once,
+and starts each app as a fork of it: the same command-line arguments and entry point, a process of its
+own that pulls its task, installs the FAB, loads the app from it and exits, as Flower's own does.
+Nothing else in the SuperExec changes (its polling, its tokens, the other task types).
 
 The fork server reads one request per line on its stdin (JSON: the arguments, and whether the output
-goes to /dev/null, as Flower asks for the ServerApp's) and forks a child for each;
-it is single-threaded, so a fork copies no lock another thread held. It ends when its stdin closes,
-that is when the SuperExec ends; the apps watch the SuperExec's pid (`--parent-pid`) as before, and
-they are the SuperExec's descendants, stopped with it.
+goes to /dev/null, as Flower asks for the ServerApp's) and forks a child for each; it is
+single-threaded, so a fork copies no lock another thread held. It ends when its stdin closes, that is
+when the SuperExec ends; the apps watch the SuperExec's pid (`--parent-pid`) as before, and they are
+the SuperExec's descendants, stopped with it.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def short_pulls() -> None:
 
     A SuperNode stores a message, which is what makes its SuperExec start the ClientApp, before it has
     pulled the message's parts from the SuperLink; the ClientApp asks for them, finds them missing and
-    backs off 1 s, then 2 s (Flower's PULL_INITIAL_BACKOFF, doubling): 73% of a ClientApp process's life
+    backs off 1 s, then 2 s (Flower's PULL_INITIAL_BACKOFF, doubling): most of a ClientApp process's life
     on localhost. The ServerApp waits the same way for a reply whose parts the SuperNode is still
     pushing. The retries still double, up to Flower's cap and time limit."""
     from flwr.superlink.grid import http_grid
