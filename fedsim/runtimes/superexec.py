@@ -34,6 +34,7 @@ from typing import IO, Any
 
 from fedsim.runtimes.supernode import IDLE_S
 
+MODULE = "fedsim.runtimes.superexec"  # how `python -m` starts this SuperExec and its fork server
 ENTRIES = {  # the console scripts the fork server starts, and their functions
     "flwr-clientapp": "flwr.supernode.cli:flwr_clientapp",
     "flwr-serverapp": "flwr.superlink.cli:flwr_serverapp",
@@ -75,20 +76,23 @@ def _child(main: Callable[[], Any], argv: list[str], quiet: bool) -> int:
 
 
 def short_pulls() -> None:
-    """An app's retries for a message's parts start at IDLE_S, not Flower's 1 s.
+    """Retries for a message's parts start at IDLE_S, not Flower's 1 s, in every Flower process fedsim starts.
 
     A SuperNode stores a message, which is what makes its SuperExec start the ClientApp, before it has
     pulled the message's parts from the SuperLink; the ClientApp asks for them, finds them missing and
     backs off 1 s, then 2 s (Flower's PULL_INITIAL_BACKOFF, doubling): most of a ClientApp process's life
-    on localhost. The ServerApp waits the same way for a reply whose parts the SuperNode is still
-    pushing. The retries still double, up to Flower's cap and time limit."""
+    on localhost. The SuperNode (pulling from the SuperLink) and the ServerApp (a reply whose parts the
+    SuperNode is still pushing) wait the same way. The retries still double, up to Flower's cap and time
+    limit."""
     from flwr.superlink.grid import http_grid
+    from flwr.supernode import start_client_internal
     from flwr.supernode.runtime import run_clientapp
 
     run_clientapp.pull_and_inflate_object_from_tree = partial(
         run_clientapp.pull_and_inflate_object_from_tree, initial_backoff=IDLE_S
     )
     http_grid.pull_objects = partial(http_grid.pull_objects, initial_backoff=IDLE_S)
+    start_client_internal.pull_objects = partial(start_client_internal.pull_objects, initial_backoff=IDLE_S)
 
 
 def fork_server() -> None:
@@ -107,7 +111,7 @@ class ForkServer:
 
     def __init__(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fedsim.runtimes.superexec", "--fork-server"], stdin=subprocess.PIPE, text=True
+            [sys.executable, "-m", MODULE, "--fork-server"], stdin=subprocess.PIPE, text=True
         )
 
     def popen(self, args: list[str], **kwargs: Any) -> subprocess.Popen | None:
@@ -141,7 +145,7 @@ class SubprocessWith:
 def start_superexec(command: list[str], **kwargs: Any) -> subprocess.Popen:
     """subprocess.Popen as Flower's SuperLink and SuperNode call it, with this module for flower-superexec."""
     if command[0] == "flower-superexec":
-        command = [sys.executable, "-m", "fedsim.runtimes.superexec", *command[1:]]
+        command = [sys.executable, "-m", MODULE, *command[1:]]
     return subprocess.Popen(command, **kwargs)
 
 

@@ -7,16 +7,15 @@ its time in those sleeps. Flower has no setting for them, so this launcher gives
 `time` whose sleeps last at most IDLE_S. Each poll is one request to the SuperLink: with IDLE_S = 0.1
 a node asks ten times a second while idle, cheap on one machine and for the few nodes fedsim starts.
 
-The node's own retries for a message's parts start at IDLE_S too (Flower's: 1 s, doubling), and the
-SuperExec it starts is fedsim.runtimes.superexec's (Flower's, each ClientApp process forked from a warm
-one) rather than `flower-superexec`, with the same arguments.
+The node's own retries for a message's parts start at IDLE_S too (fedsim.runtimes.superexec.short_pulls),
+and the SuperExec it starts is fedsim.runtimes.superexec's (Flower's, each ClientApp process forked from
+a warm one) rather than `flower-superexec`, with the same arguments.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from functools import partial
 from typing import Any
 
 IDLE_S = 0.1
@@ -37,10 +36,10 @@ def main() -> None:
     from flwr.supernode import start_client_internal
     from flwr.supernode.cli import flower_supernode
 
-    from fedsim.runtimes.superexec import SubprocessWith, start_superexec
+    from fedsim.runtimes.superexec import SubprocessWith, short_pulls, start_superexec
 
     start_client_internal.time = ShortSleeps()
-    start_client_internal.pull_objects = partial(start_client_internal.pull_objects, initial_backoff=IDLE_S)
+    short_pulls()
     start_client_internal.subprocess = SubprocessWith(start_superexec)
     sys.argv[0] = "flower-supernode"
     flower_supernode()
