@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_ssh_public_key,
 )
 from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.cli.build import build_fab_from_disk
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 from helpers.configs import SMALL, make_cfg
@@ -35,7 +36,7 @@ from fedsim.client.client import client_fn
 from fedsim.config.compose import flatten
 from fedsim.runtimes.certs import check_certificates, make_all, make_node_key
 from fedsim.runtimes.deployment import Deployment
-from fedsim.runtimes.federation import LocalFederation
+from fedsim.runtimes.federation import LocalFederation, federation_env, staged_app
 from fedsim.server.participation import Participants
 from fedsim.system.errors import ConfigError, RunFailed
 from fedsim.system.processes import Processes, alive, descendants
@@ -292,3 +293,26 @@ def test_supernodes_with_an_untrusted_ca_or_an_unregistered_key_are_refused(tmp_
             with pytest.raises(RunFailed, match=rf"^{node.name} was refused: .*{hint}.*{says}"):
                 federation.wait_joined([node])
             assert says in node.log.read_text()
+
+
+def test_flwr_run_is_handed_a_copy_of_the_app_that_builds_the_same_fab(tmp_path):
+    """What `flwr run` walks holds only what the FAB draws on, and Flower builds the same FAB from it, byte for
+    byte, as from the checkout (its virtual environment and run outputs included)."""
+    staged = staged_app(ROOT, tmp_path / "app")
+    assert sorted(p.name for p in staged.iterdir()) == [".gitignore", "conf", "fedsim", "pyproject.toml"]
+    assert build_fab_from_disk(staged) == build_fab_from_disk(ROOT)
+
+
+@pytest.mark.parametrize("include", [None, '["**/*.py"]', '["src/*.py"]'])
+def test_an_app_whose_patterns_name_no_folders_of_it_is_handed_over_whole(tmp_path, include):
+    (tmp_path / "pyproject.toml").write_text(
+        "[tool.flwr.app]\npublisher = 'x'\n" + (f"fab-include = {include}\n" if include else "")
+    )
+    assert staged_app(tmp_path, tmp_path / "staged") == tmp_path and not (tmp_path / "staged").exists()
+
+
+def test_the_federation_turns_flowers_usage_events_off_unless_the_environment_turns_them_on(tmp_path, monkeypatch):
+    monkeypatch.delenv("FLWR_TELEMETRY_ENABLED", raising=False)
+    assert federation_env(tmp_path, tmp_path)["FLWR_TELEMETRY_ENABLED"] == "0"
+    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "1")
+    assert federation_env(tmp_path, tmp_path)["FLWR_TELEMETRY_ENABLED"] == "1"

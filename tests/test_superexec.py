@@ -7,9 +7,20 @@ import os
 import subprocess
 import sys
 
+from flwr.cli.build import build_fab_from_disk
+from flwr.cli.config_utils import load
+from flwr.cli.install import install_from_fab
 from helpers.runs import ROOT
 
-from fedsim.runtimes.superexec import ENTRIES, ForkServer, SubprocessWith, start_superexec
+from fedsim.runtimes.federation import staged_app
+from fedsim.runtimes.superexec import (
+    CLIENT_APP,
+    ENTRIES,
+    ForkServer,
+    SubprocessWith,
+    installed_once,
+    start_superexec,
+)
 from fedsim.system.processes import child_env
 from fedsim.system.waits import wait_for
 
@@ -82,3 +93,30 @@ def test_only_flowers_superexec_is_replaced_and_other_commands_start_as_given():
         "-m",
         "fedsim.runtimes.superexec",
     ]
+
+
+def test_a_fab_is_installed_once_where_flower_installs_it_and_then_found_there(tmp_path, monkeypatch):
+    """The first app process installs the FAB with Flower's own function (into a private folder, renamed into
+    place); later ones find the folder Flower would have named and install nothing."""
+    fab = build_fab_from_disk(staged_app(ROOT, tmp_path / "app"))
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "home"))
+    calls = []
+
+    def flowers(*args):
+        calls.append(args)
+        return install_from_fab(*args)
+
+    install = installed_once(flowers)
+    first = install(fab, None, True)
+    assert install(fab, None, True) == first and len(calls) == 1
+    own = install_from_fab(fab, tmp_path / "flower", True)  # Flower's install, elsewhere
+    assert first.name == own.name and first.parent == tmp_path / "home" / own.parent.name
+    assert sorted(p.relative_to(first) for p in first.rglob("*")) == sorted(p.relative_to(own) for p in own.rglob("*"))
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no private folder left behind
+    other = tmp_path / "elsewhere"
+    assert install(fab, other, True) == other / own.parent.name / own.name and len(calls) == 2  # as Flower's
+
+
+def test_the_fork_server_imports_the_clientapp_the_fab_names():
+    components = load(ROOT / "pyproject.toml")["tool"]["flwr"]["app"]["components"]
+    assert components["clientapp"].partition(":")[0] == CLIENT_APP

@@ -7,14 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 from helpers.runs import ROOT
 
 from fedsim.client.app import make_client_app
-from fedsim.client.worker import READY, WORKER, forwarded_to_worker
+from fedsim.client.worker import READY, WORKER, decoded, encoded, forwarded_to_worker
 from fedsim.system.waits import wait_for
 
 
@@ -72,3 +73,37 @@ def test_a_message_that_fails_in_the_worker_fails_alone(worker):
         forwarded_to_worker(unknown, context(1, worker), lambda m, c: pytest.fail("answered in process"))
     reply = forwarded_to_worker(query(), context(3, worker), lambda m, c: pytest.fail("answered in process"))
     assert reply.content["node"]["partition-id"] == 3  # the worker went on
+
+
+def test_a_message_crosses_to_the_worker_with_its_arrays_as_their_own_bytes():
+    """The frames hold each array's bytes as the message held them (no protobuf copy), and the message and
+    context rebuilt from them are the ones sent: metadata, every record, every array's bytes, the state."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    arrays = ArrayRecord({"w": Array(np.arange(12, dtype=np.float32).reshape(3, 4)), "ids": Array(np.arange(5))})
+    content = RecordDict(
+        {"arrays": arrays, "config": ConfigRecord({"lr": 0.1}), "metrics": MetricRecord({"n": 3}), "no": ArrayRecord()}
+    )
+    message = Message(content, dst_node_id=7, message_type=MessageType.TRAIN)
+    sent = context(1, None)
+    frames = encoded(message, sent)
+    assert frames[2] is arrays["w"].data and frames[3] is arrays["ids"].data
+    got, got_context = decoded([bytes(f) for f in frames])
+    assert got.metadata == message.metadata
+    assert list(got.content.keys()) == ["arrays", "config", "metrics", "no"]
+    for key in ("arrays", "no"):
+        assert {k: (a.dtype, a.shape, a.stype, a.data) for k, a in got.content[key].items()} == {
+            k: (a.dtype, a.shape, a.stype, a.data) for k, a in content[key].items()
+        }
+    assert dict(got.content["config"]) == {"lr": 0.1} and dict(got.content["metrics"]) == {"n": 3}
+    assert np.array_equal(got.content["arrays"]["w"].numpy(), arrays["w"].numpy())
+    assert got_context.node_config == sent.node_config and dict(got_context.state["kept"]) == {"n": 1}
+    assert message.content["arrays"]["w"].data == arrays["w"].data  # the message sent is left whole
+
+
+def test_an_error_reply_crosses_to_the_worker_without_content():
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason="boom"), reply_to=query())
+    got, _ = decoded(encoded(reply, context(0, None)))
+    assert got.has_error() and not got.has_content()
+    assert (got.error.code, got.error.reason) == (ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "boom")
+    assert got.metadata == reply.metadata

@@ -8,6 +8,7 @@ flwr-run.log); `flwr run`'s stream (the ServerApp's output) is also relayed to s
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import ssl
@@ -40,6 +41,47 @@ FLOWER_CHATTER = re.compile(
 
 
 TASK_POLL_S = 0.1  # a SuperExec's poll for the next message's ClientApp (fedsim.runtimes.supernode: the same wait)
+
+
+def staged_app(root: Path, into: Path) -> Path:
+    """A copy of the Flower app at `root` in the new folder `into`, holding the top-level folders its FAB
+    draws on (pyproject.toml's `fab-include` patterns) with its pyproject.toml and .gitignore: `root` itself
+    where the patterns do not name such folders.
+
+    `flwr run DIR` lists and resolves every file under DIR before it applies the app's patterns (Flower
+    1.42's collect_files), a virtual environment inside the checkout included: seconds of every
+    deployment run's start. The FAB Flower builds from the copy is the same, byte for byte (its files, and
+    their fixed dates)."""
+    from flwr.cli.build import get_user_fab_patterns
+    from flwr.cli.config_utils import load
+
+    include, _ = get_user_fab_patterns(load(root / "pyproject.toml") or {})
+    tops = {pattern.split("/", 1)[0] for pattern in include or []}
+    if not tops or any(set(top) & set("*?[]!") or not (root / top).is_dir() for top in tops):
+        return root
+    into.mkdir()
+    for name in ("pyproject.toml", ".gitignore"):  # Flower's filter reads .gitignore too
+        if (root / name).is_file():
+            shutil.copy2(root / name, into / name)
+    for top in sorted(tops):
+        shutil.copytree(root / top, into / top, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    return into
+
+
+def federation_env(home: Path, work: Path) -> dict[str, str]:
+    """The environment of the federation's processes: Flower's home in `home`, `work` the federation's folder."""
+    # The apps run in this environment: no `uv sync` of their dependencies at run time.
+    return child_env(
+        FLWR_HOME=str(home),
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        FEDSIM_GIT_COMMIT=git_commit() or "",
+        FEDSIM_FEDERATION=str(work),
+        # How often each SuperNode's SuperExec asks for a ClientApp to start (Flower's default: 1 s).
+        FLWR_SUPEREXEC_TASK_POLL_INTERVAL=str(TASK_POLL_S),
+        # Flower's usage events: one HTTPS request from every process it starts, a ClientApp for every
+        # message; off unless this environment turns them on.
+        FLWR_TELEMETRY_ENABLED=os.environ.get("FLWR_TELEMETRY_ENABLED", "0"),
+    )
 
 
 def _toml_string(value: str) -> str:
@@ -89,6 +131,7 @@ class LocalFederation:
         self.cwd = cwd or Path.cwd()
         self.processes = Processes()
         self.work: Path | None = None
+        self.app = ROOT  # what `flwr run` submits: a copy of ROOT with what the FAB holds, once started
         self.env: dict[str, str] = {}
         self.workers: list[Child] = []
         self.supernodes: list[Child] = []
@@ -120,6 +163,7 @@ class LocalFederation:
         self.port = self.port or free_port(self.host)
         self.work = Path(tempfile.mkdtemp(prefix="fedsim-federation-"))
         self.logs.mkdir(parents=True, exist_ok=True)
+        self.app = staged_app(ROOT, self.work / "app")
         certs = self._certificates()
         home = self.work / "flwr-home"
         home.mkdir()
@@ -127,15 +171,7 @@ class LocalFederation:
             f'[superlink]\ndefault = "fedsim"\n\n[superlink.fedsim]\naddress = {_toml_string(self.address)}\n'
             f"root-certificates = {_toml_string(str(certs / 'ca.crt'))}\n"
         )
-        # The apps run in this environment: no `uv sync` of their dependencies at run time.
-        self.env = child_env(
-            FLWR_HOME=str(home),
-            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-            FEDSIM_GIT_COMMIT=git_commit() or "",
-            FEDSIM_FEDERATION=str(self.work),
-            # How often each SuperNode's SuperExec asks for a ClientApp to start (Flower's default: 1 s).
-            FLWR_SUPEREXEC_TASK_POLL_INTERVAL=str(TASK_POLL_S),
-        )
+        self.env = federation_env(home, self.work)
         self._start_superlink(certs)
         if self.node_auth:
             self._register(certs)
@@ -313,7 +349,7 @@ class LocalFederation:
         The relay stops at a ServerApp traceback (it stays in flwr-run.log): the run's one-line
         error is in run.json.
         """
-        argv = [command("flwr"), "run", str(ROOT), "--stream"]
+        argv = [command("flwr"), "run", str(self.app), "--stream"]
         for key, value in run_config.items():
             argv += ["--run-config", f"{key}={_toml_string(value)}"]
         log_path = self.logs / "flwr-run.log"

@@ -4,10 +4,11 @@ flower-supernode's arguments.
 Flower 1.42's SuperNode sleeps 3 s after every poll that brought no message, and 0.5 s while it waits
 for its ClientApp's reply; a localhost round of two messages per client (train, evaluate) spent most of
 its time in those sleeps. Flower has no setting for them, so this launcher gives the SuperNode's loop a
-`time` whose sleeps last at most IDLE_S. Each poll is one request to the SuperLink: with IDLE_S = 0.1
-a node asks ten times a second while idle, cheap on one machine and for the few nodes fedsim starts.
+`time` whose sleeps are short: at most IDLE_S between polls of the SuperLink, and LOCAL_S between looks
+at its own state for the reply. Each poll is one request to the SuperLink: with IDLE_S = 0.1 a node asks
+ten times a second while idle, cheap on one machine and for the few nodes fedsim starts.
 
-The node's own retries for a message's parts start at IDLE_S too (fedsim.runtimes.superexec.short_pulls),
+The node's own retries for a message's parts come every IDLE_S too (fedsim.runtimes.superexec.short_pulls),
 and the SuperExec it starts is fedsim.runtimes.superexec's (Flower's, each ClientApp process forked from
 a warm one) rather than `flower-superexec`, with the same arguments.
 """
@@ -19,17 +20,20 @@ import time
 from typing import Any
 
 IDLE_S = 0.1
+LOCAL_S = 0.01
 
 
 class ShortSleeps:
-    """The `time` module as the SuperNode's loop sees it: every sleep at most IDLE_S."""
+    """The `time` module as the SuperNode's loop sees it: a sleep between polls of the SuperLink (Flower's 3 s,
+    each poll a request) lasts at most IDLE_S; one between looks at the node's own state for its ClientApp's
+    reply (Flower's 0.5 s, a read in memory) at most LOCAL_S."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
 
     @staticmethod
     def sleep(seconds: float) -> None:
-        time.sleep(min(seconds, IDLE_S))
+        time.sleep(min(seconds, IDLE_S if seconds >= 1 else LOCAL_S))
 
 
 def main() -> None:
