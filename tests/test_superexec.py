@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from flwr.cli.build import build_fab_from_disk
 from flwr.cli.config_utils import load
@@ -19,8 +20,10 @@ from fedsim.runtimes.superexec import (
     ForkServer,
     SubprocessWith,
     installed_once,
+    short_pulls,
     start_superexec,
 )
+from fedsim.runtimes.supernode import IDLE_S, LOCAL_S, ShortSleeps
 from fedsim.system.processes import child_env
 from fedsim.system.waits import wait_for
 
@@ -120,3 +123,28 @@ def test_a_fab_is_installed_once_where_flower_installs_it_and_then_found_there(t
 def test_the_fork_server_imports_the_clientapp_the_fab_names():
     components = load(ROOT / "pyproject.toml")["tool"]["flwr"]["app"]["components"]
     assert components["clientapp"].partition(":")[0] == CLIENT_APP
+
+
+def test_a_supernode_polls_the_superlink_every_idle_s_and_looks_for_its_reply_every_local_s(monkeypatch):
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    for seconds in (3, 0.5, 0.005):
+        ShortSleeps.sleep(seconds)
+    assert slept == [IDLE_S, LOCAL_S, 0.005]
+
+
+def test_every_pull_of_a_messages_parts_retries_every_idle_s(monkeypatch):
+    from flwr.superlink.grid import http_grid
+    from flwr.supernode import start_client_internal
+    from flwr.supernode.runtime import run_clientapp
+
+    pulls = [
+        (run_clientapp, "pull_and_inflate_object_from_tree"),
+        (http_grid, "pull_objects"),
+        (start_client_internal, "pull_objects"),
+    ]
+    for module, name in pulls:
+        monkeypatch.setattr(module, name, getattr(module, name))  # Flower's own again after the test
+    short_pulls()
+    for module, name in pulls:
+        assert getattr(module, name).keywords == {"initial_backoff": IDLE_S, "backoff_cap": IDLE_S}

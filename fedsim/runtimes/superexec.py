@@ -8,8 +8,10 @@ long-lived ClientApp: flwrlabs/flower#3670). Most of such a process's CPU went t
 a round for every node (docs/benchmarks/measured.md, "Deployment's cost per message"). This SuperExec
 keeps one warm process (the fork server) that has imported `flwr-clientapp` and `flwr-serverapp` once,
 and starts each app as a fork of it: the same command-line arguments and entry point, a process of its
-own that pulls its task, installs the FAB, loads the app from it and exits, as Flower's own does.
-Nothing else in the SuperExec changes (its polling, its tokens, the other task types).
+own that pulls its task, installs the FAB, loads the app from it and exits, as Flower's own does. The
+server has imported fedsim's ClientApp too, and its children find the FAB installed by the first of them
+(`installed_once`) where Flower extracts and checks it again in every process. Nothing else in the
+SuperExec changes (its polling, its tokens, the other task types).
 
 The fork server reads one request per line on its stdin (JSON: the arguments, and whether the output
 goes to /dev/null, as Flower asks for the ServerApp's) and forks a child for each; it is
@@ -80,14 +82,15 @@ def _child(main: Callable[[], Any], argv: list[str], quiet: bool) -> int:
 
 
 def short_pulls() -> None:
-    """Retries for a message's parts start at IDLE_S, not Flower's 1 s, in every Flower process fedsim starts.
+    """Retries for a message's parts come every IDLE_S, not after Flower's 1 s, 2 s, 4 s ..., in every Flower
+    process fedsim starts.
 
     A SuperNode stores a message, which is what makes its SuperExec start the ClientApp, before it has
     pulled the message's parts from the SuperLink; the ClientApp asks for them, finds them missing and
     backs off 1 s, then 2 s (Flower's PULL_INITIAL_BACKOFF, doubling): most of a ClientApp process's life
     on localhost. The SuperNode (pulling from the SuperLink) and the ServerApp (a reply whose parts the
-    SuperNode is still pushing) wait the same way. The retries still double, up to Flower's cap and time
-    limit."""
+    SuperNode is still pushing) wait the same way. Flower's time limit stays; each retry is one request
+    to a process on this machine."""
     from flwr.superlink.grid import http_grid
     from flwr.supernode import start_client_internal
     from flwr.supernode.runtime import run_clientapp
@@ -106,10 +109,10 @@ def installed_once(install: Callable[..., Path]) -> Callable[..., Path]:
     checking the FAB once per FLWR_HOME instead of once per process.
 
     Flower extracts the whole FAB into a temporary folder and checks every file's hash, then finds the app
-    already installed and keeps the installed copy: a tenth of a second of CPU in every ClientApp process
-    here. This finds the installed folder from the FAB's hash and its pyproject.toml, as Flower names it;
-    the first process to need it installs it with Flower's own function into a private folder and renames
-    that into place, so that no process ever loads a half-copied app."""
+    already installed and keeps the installed copy, in every ClientApp process. This finds the installed
+    folder from the FAB's hash and its pyproject.toml, as Flower names it; the first process to need it
+    installs it with Flower's own function into a private folder and renames that into place, so that no
+    process ever loads a half-copied app."""
 
     def install_from_fab(fab_file: Any, install_dir: Path | None = None, skip_prompt: bool = False) -> Path:
         if not isinstance(fab_file, bytes) or install_dir is not None or not skip_prompt:

@@ -3,8 +3,8 @@ flower-superlink's arguments.
 
 With `--isolation subprocess` the SuperLink starts a SuperExec that starts each run's ServerApp; this
 launcher makes it fedsim.runtimes.superexec's (Flower's, its ServerApp forked from a warm process that
-waits for a reply's parts IDLE_S at first, not 1 s) rather than `flower-superexec`, with the same
-arguments.
+retries for a reply's parts every IDLE_S, not after 1 s, 2 s ...) rather than `flower-superexec`, with
+the same arguments.
 """
 
 from __future__ import annotations
