@@ -5,7 +5,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from fedsim.run.command import check_command_line, refusals, run_command
+from fedsim.cli.command import check_command_line, refusals, run_command
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

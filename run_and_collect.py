@@ -58,7 +58,7 @@ def launcher_for(args: argparse.Namespace, planned: list[Planned], collection: C
     """Child processes here, or Ray jobs on the cluster at --address; and how many runs go at once."""
     if args.address is None:
         return LocalRuns(), args.jobs or 1
-    from fedsim.collections.ray_jobs import RayJobs
+    from fedsim.collections.ray_jobs import RayJobs  # Ray only for a collection on a cluster (--address)
 
     launcher = RayJobs(args.address, collection.path)
     jobs = launcher.plan(planned, args.jobs)

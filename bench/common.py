@@ -260,8 +260,8 @@ _worker: dict = {}
 
 def _put(weights: list[np.ndarray], path: str) -> str:
     """Weights travel between the loop's processes as files in shared memory: a Pool pipe moves
-    large pickles slowly (with one worker, ten 17 MB tasks take 4x their compute), which would
-    make the limit no limit."""
+    large pickles slowly (with one worker, moving the tasks took longer than computing them:
+    bench/README.md), which would make the limit no limit."""
     from safetensors.numpy import save_file
 
     save_file({str(i): np.ascontiguousarray(w) for i, w in enumerate(weights)}, path)

@@ -48,7 +48,7 @@ def peer_client_fn(featurizer: dict, imdb_path: str, train_size: int | None):
                 raw = load_dataset("parquet", data_files={"train": f"{imdb_path}/train.parquet"})["train"]
                 chosen = select_rows(len(raw), train_size, settings.seed)
                 train_rows, val_rows = train_val_split(
-                    partition_rows(settings.prepared, partition_id),
+                    partition_rows(settings.prepared.partition_file, partition_id),
                     settings.prepared.val_fraction,
                     settings.seed,
                     partition_id,

@@ -139,7 +139,9 @@ def export(overrides: list[str], out: Path) -> dict:
     n, seed = int(cfg.num_clients), int(cfg.seed)
     clients, local = {}, {}
     for p in range(n):
-        train_rows, val_rows = train_val_split(partition_rows(prepared, p), prepared.val_fraction, prepared.seed, p)
+        train_rows, val_rows = train_val_split(
+            partition_rows(prepared.partition_file, p), prepared.val_fraction, prepared.seed, p
+        )
         local[p] = train_rows
         for name, rows in (("train", train_rows), ("val", val_rows)):
             clients.update({f"c{p}/{name}/{k}": np.ascontiguousarray(v) for k, v in subset(features, rows).items()})

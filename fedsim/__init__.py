@@ -8,7 +8,7 @@ import warnings
 
 from fedsim.config.resolvers import register
 
-# Weights arrive as read-only views of Flower's messages (fedsim.model.records); torch only reads them
+# Weights arrive as read-only views of Flower's messages (fedsim.messages.records); torch only reads them
 # (load_state_dict, the archive's conversion), so its warning about non-writable arrays is noise.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 register()

@@ -17,7 +17,6 @@ from fedsim.client.attacks import (
     LabelPoisoning,
     malicious_clients,
     malicious_of,
-    num_malicious,
 )
 from fedsim.client.client import (
     ClientSettings,
@@ -25,6 +24,7 @@ from fedsim.client.client import (
     MaliciousClient,
     build_client,
 )
+from fedsim.config.validate import num_malicious
 from fedsim.data.prepare import prepare_data
 from fedsim.model.weights import get_weights
 from fedsim.outputs.detection import detection_rows

@@ -210,6 +210,91 @@ def test_stopping_a_cluster_collection_interrupts_its_runs_here_and_stops_unstar
     assert run.wait(timeout=10) == -signal.SIGINT and jobs.client.stopped == ["b"]
 
 
+class JobsOf:
+    """Ray's Jobs API as a resumed collection sees it: `states` of each job, read one per listing (the last
+    ever after); job `other` belongs to another collection."""
+
+    def __init__(self, states: dict[str, list[str]]) -> None:
+        self.states, self.listings, self.stopped = states, 0, []
+
+    def status(self, submission_id: str) -> str:
+        states = self.states[submission_id]
+        return states[min(self.listings, len(states)) - 1]
+
+    def list_jobs(self):
+        from types import SimpleNamespace
+
+        from ray.job_submission import JobStatus
+
+        self.listings += 1
+        return [
+            SimpleNamespace(
+                submission_id=sid,
+                status=JobStatus(self.status(sid)),
+                metadata={"fedsim_collection": "/c" if sid != "other" else "/elsewhere"},
+            )
+            for sid in self.states
+        ]
+
+    def stop_job(self, submission_id: str) -> None:
+        self.stopped.append(submission_id)
+
+
+def test_a_resumed_cluster_collection_waits_out_an_earlier_invocations_jobs_then_stops_what_is_left(monkeypatch):
+    """Jobs of this collection still PENDING or RUNNING: awaited LEFTOVER_WAIT_S; what still runs then is stopped."""
+    import fedsim.collections.ray_jobs
+    from fedsim.collections.ray_jobs import RayJobs
+
+    monkeypatch.setattr(fedsim.collections.ray_jobs, "POLL_S", 0)
+    jobs = RayJobs.__new__(RayJobs)
+    jobs.collection = "/c"
+    jobs.client = JobsOf({"a": ["RUNNING", "RUNNING", "STOPPED"], "b": ["PENDING", "SUCCEEDED"], "other": ["RUNNING"]})
+    jobs.stop_leftovers()
+    assert jobs.client.stopped == [] and jobs.client.listings == 4  # 3 until none ran, 1 to stop what was left
+
+    monkeypatch.setattr(fedsim.collections.ray_jobs, "LEFTOVER_WAIT_S", 0)
+    jobs.client = JobsOf({"a": ["RUNNING"], "b": ["SUCCEEDED"], "other": ["RUNNING"]})
+    jobs.stop_leftovers()
+    assert jobs.client.stopped == ["a"] and jobs.client.listings == 2  # asked once at the deadline, not waited for
+
+
+def test_a_cluster_run_is_awaited_until_its_job_ends_and_gives_its_exit_status(monkeypatch, tmp_path):
+    import fedsim.collections.ray_jobs
+    from fedsim.collections.ray_jobs import RayJobs
+
+    class Client:
+        def __init__(self, states: list[str], code: int | None) -> None:
+            self.states, self.code, self.reads = states, code, 0
+
+        def submit_job(self, **job) -> str:
+            return job["submission_id"]
+
+        def get_job_info(self, submission_id: str):
+            from types import SimpleNamespace
+
+            from ray.job_submission import JobStatus
+
+            self.reads += 1
+            status = JobStatus(self.states[min(self.reads, len(self.states)) - 1])
+            return SimpleNamespace(status=status, driver_exit_code=self.code if status.is_terminal() else None)
+
+        def get_job_logs(self, submission_id: str) -> str:
+            return "no entrypoint\n"
+
+    monkeypatch.setattr(fedsim.collections.ray_jobs, "POLL_S", 0)
+    jobs = RayJobs.__new__(RayJobs)
+    jobs.collection, jobs.ip, jobs._running, jobs._lock = "/c", "127.0.0.1", {}, threading.Lock()
+    jobs.client = Client(["PENDING", "RUNNING", "RUNNING", "SUCCEEDED"], 0)
+    log = tmp_path / "run.log"
+    log.write_text("")
+    assert jobs.run(["main.py"], log, tmp_path / "run_0000") == 0 and jobs.client.reads == 4 and jobs._running == {}
+    jobs.client = Client(["PENDING", "FAILED"], 3)
+    assert jobs.run(["main.py"], log, tmp_path / "run_0001") == 3
+    jobs.client = Client(["PENDING", "STOPPED"], None)  # stopped before its entrypoint ran: Ray's log is kept
+    assert jobs.run(["main.py"], tmp_path / "never.log", tmp_path / "run_0002") == -signal.SIGTERM
+    assert (tmp_path / "never.log").read_text() == "no entrypoint\n"
+
+
 # --- a real two-node cluster ------------------------------------------------------------------------------------
 
 

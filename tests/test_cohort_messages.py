@@ -14,9 +14,9 @@ from flwr.supercore.task_identity import TaskIdentity
 from helpers.configs import QUICK, TIMING, make_cfg
 from helpers.runs import run_locally
 
-from fedsim.model.carried import carry, pack, same_content, split, unpack
-from fedsim.model.records import ArrayView, Decoded, to_record
-from fedsim.model.sparse import densified, sparsify
+from fedsim.messages.carried import carry, pack, same_content, split, unpack
+from fedsim.messages.records import ArrayView, Decoded, to_record
+from fedsim.messages.sparse import densified, sparsify
 from fedsim.runtimes.simulation import node_slots
 
 CSVS = ("rounds.csv", "clients.csv", "layers.csv")
@@ -54,16 +54,16 @@ def test_carried_cohorts_and_sparse_replies_give_the_per_client_run_to_the_bit(g
 
 def test_sparse_replies_travel_when_few_rows_change(generated_imdb, tmp_path, monkeypatch):
     """The bow embedding reaches the server as rows; the classifier layer dense (too small to gain)."""
-    import fedsim.server.cohort as cohort
+    import fedsim.messages.sparse as sparse
 
     seen: list[tuple[str, ...]] = []
-    rebuilt = cohort.densified
+    rebuilt = sparse.densified
 
     def spy(arrays, ids, sent, view):
         seen.append(tuple(ids.keys()))
         return rebuilt(arrays, ids, sent, view)
 
-    monkeypatch.setattr(cohort, "densified", spy)
+    monkeypatch.setattr(sparse, "densified", spy)
     run_locally(make_cfg(f"data.path={generated_imdb}", *QUICK, "archive.mode=none"), tmp_path)
     assert seen == [("embedding.weight",)] * 8
 

@@ -14,8 +14,8 @@ import pytest
 from helpers.configs import make_cfg
 from helpers.runs import ROOT
 
+from fedsim.cli.command import check_command_line
 from fedsim.collections.plan import CollectionError, check_plan, plan
-from fedsim.run.command import check_command_line
 from fedsim.run.directory import LOCK, claim, in_use, release
 from fedsim.run.experiment import build
 from fedsim.system.errors import ConfigError
@@ -218,9 +218,9 @@ def test_a_round_without_replies_ends_at_the_reply_timeout(monkeypatch):
     from flwr.supercore.task_identity import TaskIdentity
 
     import fedsim.server.participation
+    from fedsim.run.server_app import timeouts
     from fedsim.server.cohort import Cohort
     from fedsim.server.faults import Faults
-    from fedsim.server.loop import timeouts
     from fedsim.server.participation import Participants
 
     class Mute:  # a grid whose nodes stay online and never answer

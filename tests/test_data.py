@@ -23,12 +23,12 @@ def _prepared(generated_imdb, *overrides: str) -> PreparedData:
 
 
 def _label_shares(prepared: PreparedData, labels: np.ndarray, n: int) -> list[float]:
-    return [labels[partition_rows(prepared, i)].mean() for i in range(n)]
+    return [labels[partition_rows(prepared.partition_file, i)].mean() for i in range(n)]
 
 
 def test_iid_partitions_cover_the_rows_once_with_equal_sizes(generated_imdb):
     prepared = _prepared(generated_imdb, "num_clients=7")
-    parts = [partition_rows(prepared, i) for i in range(7)]
+    parts = [partition_rows(prepared.partition_file, i) for i in range(7)]
     sizes = [len(p) for p in parts]
     assert max(sizes) - min(sizes) <= 1
     assert sorted(np.concatenate(parts).tolist()) == list(range(1200))
@@ -48,19 +48,19 @@ def test_dirichlet_with_small_alpha_is_label_skewed(generated_imdb):
 def test_pathological_gives_each_client_one_class(generated_imdb):
     prepared = _prepared(generated_imdb, "num_clients=4", "partition=pathological")
     labels = make_reviews(1200, 0).label.to_numpy()
-    assert all(len(np.unique(labels[partition_rows(prepared, i)])) == 1 for i in range(4))
+    assert all(len(np.unique(labels[partition_rows(prepared.partition_file, i)])) == 1 for i in range(4))
 
 
 def test_size_skew_gives_growing_partitions(generated_imdb):
     prepared = _prepared(generated_imdb, "num_clients=4", "partition=size_skew")
-    sizes = [len(partition_rows(prepared, i)) for i in range(4)]
+    sizes = [len(partition_rows(prepared.partition_file, i)) for i in range(4)]
     assert sizes == sorted(sizes) and sizes[-1] >= 3 * sizes[0]
 
 
 def test_partitions_are_stable_for_a_seed_and_change_with_it(generated_imdb):
-    a = partition_rows(_prepared(generated_imdb, "num_clients=5", "partition=dirichlet", "seed=3"), 2)
-    b = partition_rows(_prepared(generated_imdb, "num_clients=5", "partition=dirichlet", "seed=3"), 2)
-    c = partition_rows(_prepared(generated_imdb, "num_clients=5", "partition=dirichlet", "seed=4"), 2)
+    a = partition_rows(_prepared(generated_imdb, "num_clients=5", "partition=dirichlet", "seed=3").partition_file, 2)
+    b = partition_rows(_prepared(generated_imdb, "num_clients=5", "partition=dirichlet", "seed=3").partition_file, 2)
+    c = partition_rows(_prepared(generated_imdb, "num_clients=5", "partition=dirichlet", "seed=4").partition_file, 2)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
@@ -143,7 +143,7 @@ def test_partition_is_cached_once_for_every_actor(generated_imdb, monkeypatch):
         patched.setattr(fedsim.data.partition, "partition_table", lambda *a: pytest.fail("partitioned again"))
         again = _prepared(generated_imdb, "num_clients=4", "seed=11")
     assert again.partition_file == prepared.partition_file
-    rows = np.concatenate([partition_rows(prepared, i) for i in range(4)])
+    rows = np.concatenate([partition_rows(prepared.partition_file, i) for i in range(4)])
     assert sorted(rows.tolist()) == list(range(prepared.num_train))
 
 

@@ -36,7 +36,9 @@ from fedsim.client.client import client_fn
 from fedsim.config.compose import flatten
 from fedsim.runtimes.certs import check_certificates, make_all, make_node_key
 from fedsim.runtimes.deployment import Deployment
-from fedsim.runtimes.federation import LocalFederation, federation_env, staged_app
+from fedsim.runtimes.environment import federation_env
+from fedsim.runtimes.federation import LocalFederation
+from fedsim.runtimes.staging import staged_app
 from fedsim.server.participation import Participants
 from fedsim.system.errors import ConfigError, RunFailed
 from fedsim.system.processes import Processes, alive, descendants

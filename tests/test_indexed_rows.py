@@ -11,9 +11,9 @@ from helpers.configs import make_cfg
 from hydra.utils import instantiate
 
 from fedsim.client.client import IMDBClient, step_seed
+from fedsim.messages.records import to_record
+from fedsim.messages.sparse import SPARSE, sparse_update, sparsify
 from fedsim.model.indexed_rows import Renumbered, indexed_rows, loaded
-from fedsim.model.records import to_record
-from fedsim.model.sparse import SPARSE, sparse_update, sparsify
 from fedsim.model.train import evaluate, train
 from fedsim.model.weights import get_weights, set_weights
 
@@ -138,10 +138,18 @@ def test_a_training_reply_is_sparse_from_the_handler_and_left_so_by_the_mods(gen
 
     from fedsim.client.app import make_client_app
     from fedsim.config.compose import flatten
+    from fedsim.messages.sparse import sparse_replies
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID  # the server's
-    resparsified = []
-    monkeypatch.setattr("fedsim.client.mods.sparsify", lambda *args: resparsified.append(args))
+    passed_through = []
+
+    def watched(message, context, call_next):  # the mod, noting whether it handed on the handler's own reply
+        handled = []
+        reply = sparse_replies(message, context, lambda m, c: handled.append(call_next(m, c)) or handled[-1])
+        passed_through.append(reply is handled[0])
+        return reply
+
+    monkeypatch.setattr("fedsim.client.app.sparse_replies", watched)
     replies = {}
     for sparse in (True, False):
         cfg = make_cfg(
@@ -165,7 +173,7 @@ def test_a_training_reply_is_sparse_from_the_handler_and_left_so_by_the_mods(gen
         )
         app = make_client_app(lambda _, made=client: made)
         replies[sparse] = app(message, context).content
-    assert SPARSE in replies[True] and SPARSE not in replies[False] and not resparsified
+    assert SPARSE in replies[True] and SPARSE not in replies[False] and passed_through == [True, True]
     arrays, ids = sparsify(sent, replies[False]["arrays"])
     assert [a.data for a in replies[True]["arrays"].values()] == [a.data for a in arrays.values()]
     assert [a.data for a in replies[True][SPARSE].values()] == [a.data for a in ids.values()]

@@ -12,7 +12,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp.strategy import FedAvg, FedMedian, MultiKrum
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsim.model.records import ArrayView, record_views, tensor_view, to_record, viewed
+from fedsim.messages.records import ArrayView, record_views, tensor_view, to_record, viewed
 
 
 def test_views_equal_flowers_own_decoding_without_copying():

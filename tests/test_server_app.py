@@ -18,7 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
 import fedsim.client.app
-import fedsim.server.app
+import fedsim.run.server_app
 from fedsim.client.client import client_fn
 from fedsim.config.compose import CONF_DIR
 from fedsim.config.resume import resumed_config
@@ -177,7 +177,7 @@ def test_flwr_run_path_composes_the_run_config_and_gives_main_pys_numbers(genera
 
     run_config = {"overrides": " ".join(overrides), "results-dir": str(tmp_path / "results")}
     grid = LocalGrid(fedsim.client.app.app, 4, run_config=run_config, seed=5)  # Flower's contexts under `flwr run`
-    fedsim.server.app.app(grid, server_context(run_config))
+    fedsim.run.server_app.app(grid, server_context(run_config))
     [run_dir] = (tmp_path / "results" / "runs").glob("*/*")
     assert (
         run_dir.name.split("_", 1)[1]
@@ -200,7 +200,9 @@ def test_flwr_run_path_composes_the_run_config_and_gives_main_pys_numbers(genera
 def test_flwr_run_path_reports_bad_input_in_run_json(tmp_path):
     run_config = {"overrides": "num_rounds=0", "results-dir": str(tmp_path)}
     with pytest.raises(ConfigError, match="num_rounds"):
-        fedsim.server.app.app(LocalGrid(fedsim.client.app.app, 2, run_config=run_config), server_context(run_config))
+        fedsim.run.server_app.app(
+            LocalGrid(fedsim.client.app.app, 2, run_config=run_config), server_context(run_config)
+        )
     [run_json] = tmp_path.glob("runs/*/*/run.json")
     assert json.loads(run_json.read_text())["status"] == "failed"
 

@@ -13,7 +13,7 @@ from helpers.runs import ROOT
 
 from fedsim.client.app import make_client_app
 from fedsim.config.validate import validate
-from fedsim.model.records import record_views, to_record
+from fedsim.messages.records import record_views, to_record
 from fedsim.run.experiment import build
 from fedsim.system.errors import ConfigError
 

@@ -17,13 +17,14 @@ from fedsim.runtimes.federation import staged_app
 from fedsim.runtimes.superexec import (
     CLIENT_APP,
     ENTRIES,
+    IDLE_S,
     ForkServer,
     SubprocessWith,
     installed_once,
     short_pulls,
     start_superexec,
 )
-from fedsim.runtimes.supernode import IDLE_S, LOCAL_S, ShortSleeps
+from fedsim.runtimes.supernode import LOCAL_S, ShortSleeps
 from fedsim.system.processes import child_env
 from fedsim.system.waits import wait_for
 

@@ -8,8 +8,9 @@ import torch
 from helpers.configs import make_cfg
 from helpers.runs import run_locally
 
-from fedsim.model.records import to_record, viewed
-from fedsim.model.transport import TRANSPORTS, VIEWS, encode, to_float32
+from fedsim.config.validate import TRANSPORTS
+from fedsim.messages.records import to_record, viewed
+from fedsim.messages.transport import VIEWS, encode, to_float32
 from fedsim.outputs.base import Callback
 
 

@@ -15,7 +15,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from helpers.runs import ROOT
 
 from fedsim.client.app import make_client_app
-from fedsim.client.worker import READY, WORKER, decoded, encoded, forwarded_to_worker
+from fedsim.client.wire import READY, WORKER, decoded, encoded, forwarded_to_worker
 from fedsim.system.waits import wait_for
 
 

@@ -11,7 +11,7 @@ __all__ = ["IMDBClient", "client_fn"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from fedsim.client import client
+        from fedsim.client import client  # torch on first use: a ClientApp that forwards to its worker never loads it
 
         return getattr(client, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,17 +12,42 @@ from typing import TYPE_CHECKING, Any
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.clientapp.typing import Mod
+from flwr.clientapp.typing import ClientAppCallable, Mod
 
-from fedsim.client.mods import carried_cohort, partition_from_message, replies_errors, sparse_replies, with_run_config
-from fedsim.client.worker import forwarded_to_worker
-from fedsim.model.records import record_views, to_record
-from fedsim.model.sparse import SPARSE, sparse_update
+from fedsim.client.wire import forwarded_to_worker
+from fedsim.messages.addressed import partition_from_message
+from fedsim.messages.carried import carried_cohort
+from fedsim.messages.errors import replies_errors
+from fedsim.messages.records import record_views, to_record
+from fedsim.messages.sparse import SPARSE, sparse_replies, sparse_update
+from fedsim.messages.transport import encode
 from fedsim.privacy.dp import privacy_mod
-from fedsim.runtimes.cluster import node_name
+from fedsim.system.processes import node_name
 
 if TYPE_CHECKING:
     from fedsim.client.client import ClientFn
+
+
+def with_run_config(run_config: Mapping[str, Any]) -> Mod:
+    """A Flower mod that shows the handlers `run_config` as the context's run config.
+
+    The handlers' context keeps its node config and state; the stored context is left as Flower
+    made it (Flower refuses a changed run config).
+    """
+
+    def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        return call_next(
+            message,
+            Context(
+                run_id=context.run_id,
+                node_id=context.node_id,
+                node_config=context.node_config,
+                state=context.state,
+                run_config=dict(run_config),
+            ),
+        )
+
+    return mod
 
 
 def make_client_app(
@@ -31,11 +56,11 @@ def make_client_app(
     """The ClientApp: which partition a node serves (query), local training, local evaluation.
 
     `client_fn` defaults to fedsim.client.client's, imported when a message first needs it: a deployment's
-    ClientApp process whose node has a warm worker forwards every message (fedsim.client.worker, the
-    outermost mod) and never imports torch. `mods` run next (fedsim.shipping's delivery of the data to a
-    cluster's nodes); a carried cohort is
-    taken apart before the rest (fedsim.client.mods), replies are sparsified after the privacy mod has
-    clipped them, and the privacy mod runs last, nearest the handlers, so it clips what the client trained.
+    ClientApp process whose node has a warm worker forwards every message (fedsim.client.wire, the
+    outermost mod) and never imports torch. `mods` run next (fedsim.runtimes.shipping's delivery of the data
+    to a cluster's nodes); a carried cohort is taken apart before the rest (fedsim.messages.carried),
+    replies are sparsified after the privacy mod has clipped them, and the privacy mod runs last, nearest
+    the handlers, so it clips what the client trained.
     Where nothing clips, a bow client's reply is made sparse by `train` itself, from the rows it trained."""
     app = ClientApp(
         mods=[
@@ -52,7 +77,7 @@ def make_client_app(
     def client_of(context: Context):
         if client_fn is not None:
             return client_fn(context)
-        from fedsim.client.client import client_fn as default
+        from fedsim.client.client import client_fn as default  # torch: only where a message is answered here
 
         return default(context)
 
@@ -65,8 +90,7 @@ def make_client_app(
     @app.train()
     @replies_errors
     def train(message: Message, context: Context) -> Message:
-        from fedsim.client.client import settings_for
-        from fedsim.model.transport import encode
+        from fedsim.client.client import settings_for  # torch: only where a message is answered here
 
         arrays, settings = message.content["arrays"], settings_for(context.run_config)
         names = list(arrays.keys())

@@ -12,15 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedsim.config.validate import num_malicious
+
 NUM_CLASSES = 2
 
 
 _SELECT, _LABELS, _WEIGHTS = 0xA7, 0x1A, 0x3E  # separate random streams per purpose
-
-
-def num_malicious(node_ratio: float, num_clients: int) -> int:
-    """round(node_ratio x num_clients), halves rounded up (0.25 x 10 -> 3)."""
-    return min(num_clients, int(math.floor(node_ratio * num_clients + 0.5 + 1e-9)))
 
 
 def malicious_clients(node_ratio: float, num_clients: int, seed: int) -> list[int]:

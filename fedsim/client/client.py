@@ -22,9 +22,9 @@ from fedsim.client.attacks import Attack, malicious_of
 from fedsim.config.compose import config_from, config_key
 from fedsim.data.loader import Loader, load_data, load_node_data
 from fedsim.data.prepare import PreparedData, load_prepared
+from fedsim.messages.transport import transport_of
 from fedsim.model.indexed_rows import Trained, loaded
 from fedsim.model.train import evaluate, train
-from fedsim.model.transport import transport_of
 from fedsim.privacy.dp import Privacy
 
 Weights = list[np.ndarray]
@@ -48,7 +48,7 @@ class ClientSettings:
     seed: int
     log_level: str
     attack: DictConfig
-    transport: str = "float32"  # the precision updates travel in (fedsim.transport)
+    transport: str = "float32"  # the precision updates travel in (fedsim.messages.transport)
     malicious: tuple[int, ...] = ()
     sparse_rows: bool = False  # a reply may send just the trained rows it changed, built from them directly
 

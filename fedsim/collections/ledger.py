@@ -21,8 +21,8 @@ import pandas as pd
 from fedsim.collections.plan import CollectionError, Planned
 from fedsim.collections.summary import plot_accuracy, summarize
 from fedsim.outputs.checkpointer import CHECKPOINT
-from fedsim.run.info import FINISHED, effective_status
 from fedsim.system.files import write_csv
+from fedsim.system.liveness import FINISHED, effective_status
 
 RUNS_COLUMNS = [
     "run_id",

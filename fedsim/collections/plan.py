@@ -9,6 +9,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fedsim.config.overrides import check, parse, values
+from fedsim.system.errors import ConfigError
+
 DEFAULT_CONFIG = "defaults"
 
 
@@ -31,9 +34,6 @@ class Planned:
 def parse_sweep(text: str) -> tuple[str, list[str]]:
     """`KEY=A,B,C` -> (KEY, [A, B, C]), read by Hydra's override parser: list values and quoting mean what they
     mean to main.py (`archive.layers=[embedding.*],[fc.*]` is two lists)."""
-    from fedsim.config.overrides import parse, values
-    from fedsim.system.errors import ConfigError
-
     key, sep, rest = text.partition("=")
     if not sep or not key or not rest:
         raise CollectionError(f"--sweep: got {text!r}; expected KEY=A,B,C")
@@ -70,9 +70,7 @@ def check_plan(planned: Sequence[Planned]) -> None:
     """Refuse, before anything is created, a configuration main.py would refuse at once: its overrides
     (fedsim.config.overrides) and their values (fedsim.run.experiment), as main.py checks them. A CollectionError
     naming the configuration; what only the data can tell (a partition too small) is found by the run, and recorded."""
-    from fedsim.config.overrides import check
-    from fedsim.run.experiment import build
-    from fedsim.system.errors import ConfigError
+    from fedsim.run.experiment import build  # torch only to check: a Ray job's watchdog imports this module
 
     for config in dict.fromkeys(run.overrides for run in planned):
         seed = next(run.seed for run in planned if run.overrides == config)

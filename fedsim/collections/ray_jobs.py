@@ -10,27 +10,34 @@ out any job of the collection an earlier invocation left running.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import signal
 import socket
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
+from ray.job_submission import JobStatus, JobSubmissionClient
+from ray.util import get_node_ip_address
+from ray.util.state import list_nodes
 
-import fedsim
 from fedsim.collections.plan import CollectionError, Planned
 from fedsim.collections.watchdog import tag
 from fedsim.config.compose import compose
-from fedsim.run.info import effective_status
 from fedsim.runtimes.cluster import NodeResources, check_fits, max_actors
 from fedsim.system.errors import ConfigError
+from fedsim.system.liveness import effective_status
 from fedsim.system.processes import child_env
+from fedsim.system.waits import wait_until
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobDetails
 
 POLL_S = 0.5
 
@@ -38,7 +45,7 @@ POLL_S = 0.5
 LEFTOVER_WAIT_S = 120.0  # how long a resumed collection waits for an earlier invocation's jobs to stop
 
 
-ROOT = Path(fedsim.__file__).resolve().parents[1]  # the project: main.py and the fedsim package
+ROOT = Path(__file__).resolve().parents[2]  # the project: main.py and the fedsim package
 
 
 ENV_KEPT = ("RAY_",)  # prefixes of variables a job gets from Ray, not from the collector
@@ -48,9 +55,6 @@ class RayJobs:
     """Runs main.py as Ray jobs on the cluster whose dashboard is at `address`, as `--jobs` runs at once."""
 
     def __init__(self, address: str, collection: Path) -> None:
-        from ray.job_submission import JobSubmissionClient
-        from ray.util import get_node_ip_address
-
         try:
             self.client = JobSubmissionClient(address)
         except (ConnectionError, ValueError) as exc:
@@ -68,8 +72,6 @@ class RayJobs:
     def _nodes(self) -> list[NodeResources]:
         """The cluster's alive nodes; CollectionError unless this machine is one of them (the runs' drivers
         and their files stay here)."""
-        from ray.util.state import list_nodes
-
         alive = [n for n in list_nodes(address=self.address, detail=True) if n.state == "ALIVE"]
         if not any(n.node_ip == self.ip for n in alive):
             raise CollectionError(
@@ -103,7 +105,6 @@ class RayJobs:
 
     def stop_leftovers(self) -> None:
         """Stop this collection's jobs that an earlier, killed invocation left running, and wait for their end."""
-        from ray.job_submission import JobStatus
 
         def leftovers() -> list[str]:
             return [
@@ -113,9 +114,9 @@ class RayJobs:
                 and j.status in (JobStatus.PENDING, JobStatus.RUNNING)
             ]
 
-        deadline = time.monotonic() + LEFTOVER_WAIT_S
-        while leftovers() and time.monotonic() < deadline:
-            time.sleep(POLL_S)  # tethered to the dead collector, they are recording themselves interrupted
+        # Tethered to the dead collector, they are recording themselves interrupted; what still runs at the
+        # deadline is stopped through Ray.
+        wait_until(lambda: not leftovers(), timeout_s=LEFTOVER_WAIT_S, poll_s=POLL_S)
         for submission_id in leftovers():
             self.client.stop_job(submission_id)
 
@@ -133,11 +134,15 @@ class RayJobs:
             entrypoint_resources={f"node:{self.ip}": 0.001},
             runtime_env={"env_vars": env},
         )
+
+        def ended() -> JobDetails | None:
+            info = self.client.get_job_info(submission_id)
+            return info if info.status.is_terminal() else None
+
         with self._lock:
             self._running[submission_id] = run_dir
-        try:
-            while not (info := self.client.get_job_info(submission_id)).status.is_terminal():
-                time.sleep(POLL_S)
+        try:  # no deadline, as a local run's child.wait(): the run's own deadlines (startup, replies) end it
+            info = wait_until(ended, timeout_s=math.inf, poll_s=POLL_S)
         finally:
             with self._lock:
                 self._running.pop(submission_id, None)

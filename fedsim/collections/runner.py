@@ -21,8 +21,8 @@ import numpy as np
 from fedsim.collections.ledger import Collection, finished_unrecorded, resumable, row_of
 from fedsim.collections.plan import Planned
 from fedsim.run.directory import in_use
-from fedsim.run.info import FINISHED
 from fedsim.system.eta import eta, format_duration
+from fedsim.system.liveness import FINISHED
 from fedsim.system.processes import child_env
 
 

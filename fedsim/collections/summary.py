@@ -51,11 +51,11 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
 
 def plot_accuracy(rounds: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
     """Mean central accuracy per round with a Student-t 95% band, one line per configuration."""
-    import matplotlib
+    import matplotlib  # only to plot: the ledger, which a run's watchdog imports, loads this module
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    import matplotlib.pyplot as plt  # only to plot, and after use("Agg")
+    from matplotlib.ticker import MaxNLocator  # only to plot
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     merged = rounds.merge(runs[["run_id", "config"]], on="run_id")

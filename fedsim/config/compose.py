@@ -38,9 +38,9 @@ RUN_DIR_KEY = "run-dir"
 def _on_conf() -> Iterator[Any]:
     """Hydra initialized on conf/ for the block, whatever it was before: inside `@hydra.main` (a resumed
     run upgrading its saved config) Hydra is initialized already, and is left as it was."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+    from hydra import initialize_config_dir  # Hydra only to compose: a ClientApp process never loads it
+    from hydra.core.global_hydra import GlobalHydra  # Hydra only to compose: a ClientApp process never loads it
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup  # Hydra only to compose
 
     before = get_gh_backup()
     GlobalHydra.instance().clear()
@@ -54,7 +54,7 @@ def _on_conf() -> Iterator[Any]:
 def compose(overrides: Sequence[str]) -> DictConfig:
     """The config `python main.py <overrides>` runs with (without Hydra's own node): the one place fedsim
     composes conf/ (Hydra's own `@hydra.main` composes main.py's, from the same files)."""
-    from hydra import compose as hydra_compose
+    from hydra import compose as hydra_compose  # Hydra only to compose: a ClientApp process never loads it
 
     with _on_conf():
         return hydra_compose(config_name="config", overrides=list(overrides))

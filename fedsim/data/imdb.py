@@ -65,7 +65,7 @@ def _read_parquet_dir(root: Path) -> dict[str, Split]:
 
 
 def _read_parquet_files(files: list[str], where: str) -> Split:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # only to read IMDB: client processes import this module and read the cache
 
     tables = [pq.read_table(f) for f in files]
     _check_columns(tables[0].column_names, files[0])
@@ -104,7 +104,7 @@ def _read_aclimdb(root: Path) -> dict[str, Split]:
 
 def offline_unless_hub_reachable(timeout: float = 3.0) -> None:
     """Before loading from the Hub: if huggingface.co does not answer at all, put Hugging Face's loaders
-    offline (their cache only), instead of half a minute of retries with a warning per try."""
+    offline (their cache only), instead of a long series of retries with a warning per try."""
     try:
         socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
     except OSError:
@@ -113,7 +113,7 @@ def offline_unless_hub_reachable(timeout: float = 3.0) -> None:
 
 def _read_hub(dataset_id: str) -> dict[str, Split]:
     offline_unless_hub_reachable()
-    from datasets import load_dataset
+    from datasets import load_dataset  # only to read IMDB from the Hub: client processes read the cache
 
     try:
         dataset = load_dataset(dataset_id)

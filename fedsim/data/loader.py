@@ -52,7 +52,7 @@ def load_data(prepared: PreparedData, partition_id: int, batch_size: int) -> tup
     """One client's train and validation loaders for its partition (no tokenizing, no I/O after the first call)."""
     features = load_features(prepared.train_file, prepared.kind)
     train_rows, val_rows = train_val_split(
-        partition_rows(prepared, partition_id), prepared.val_fraction, prepared.seed, partition_id
+        partition_rows(prepared.partition_file, partition_id), prepared.val_fraction, prepared.seed, partition_id
     )
     trainloader = Loader(features, train_rows, batch_size, shuffle=True, seed=prepared.seed)
     valloader = Loader(features, val_rows, 4 * batch_size, shuffle=False)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from hydra.utils import instantiate
@@ -17,20 +16,17 @@ from fedsim.data.cache import is_intact, save_cached
 from fedsim.data.features import cache_key
 from fedsim.system.errors import ConfigError, first_line
 
-if TYPE_CHECKING:
-    from fedsim.data.prepare import PreparedData
 
-
-def check_partitions(prepared: PreparedData, fraction_evaluate: float) -> None:
+def check_partitions(partition_file: str, val_fraction: float, seed: int, fraction_evaluate: float) -> None:
     """Refuse partitions that leave a client nothing to train on, or (when clients evaluate) nothing to evaluate."""
-    sizes = np.diff(_partition_arrays(prepared.partition_file)["indptr"])
+    sizes = np.diff(_partition_arrays(partition_file)["indptr"])
     for client_id, size in enumerate(sizes):
-        _, val_rows = train_val_split(np.arange(size), prepared.val_fraction, prepared.seed, client_id)
+        _, val_rows = train_val_split(np.arange(size), val_fraction, seed, client_id)
         if size < 1 or (fraction_evaluate > 0 and len(val_rows) == 0) or size - len(val_rows) < 1:
             raise ConfigError(
                 "data.val_fraction",
                 f"client {client_id} holds {size} rows, {len(val_rows)} of them "
-                f"for validation at data.val_fraction={prepared.val_fraction}: nothing left to "
+                f"for validation at data.val_fraction={val_fraction}: nothing left to "
                 f"{'train on' if size - len(val_rows) < 1 else 'evaluate'}; allowed: partitions "
                 "of at least 2 rows (more data.train_size, fewer num_clients, another partition)",
             )
@@ -40,7 +36,7 @@ def pathological_partitioner(
     num_partitions: int, classes_per_client: int, class_assignment_mode: str = "random", seed: int = 0
 ):
     """flwr-datasets' PathologicalPartitioner under the SPEC's key name `partition.classes_per_client`."""
-    from flwr_datasets.partitioner import PathologicalPartitioner
+    from flwr_datasets.partitioner import PathologicalPartitioner  # the driver partitions; actors never import it
 
     return PathologicalPartitioner(
         num_partitions=num_partitions,
@@ -53,7 +49,7 @@ def pathological_partitioner(
 
 def partition_table(partitioner_cfg: dict, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """flwr-datasets' partitioner over the (seed-shuffled) training rows, as CSR (rows, indptr)."""
-    from datasets import Dataset
+    from datasets import Dataset  # the driver partitions once; actors never import datasets
 
     order = np.random.default_rng(seed).permutation(len(labels))
     partitioner = instantiate(partitioner_cfg, _convert_="all")
@@ -91,9 +87,9 @@ def _partition_arrays(path: str) -> dict[str, np.ndarray]:
     return load_file(path)
 
 
-def partition_rows(prepared: PreparedData, partition_id: int) -> np.ndarray:
-    """Training-file rows held by one client."""
-    table = _partition_arrays(prepared.partition_file)
+def partition_rows(partition_file: str, partition_id: int) -> np.ndarray:
+    """Training-file rows held by one client, from the partition table `partition_cached` wrote."""
+    table = _partition_arrays(partition_file)
     return table["rows"][table["indptr"][partition_id] : table["indptr"][partition_id + 1]]
 
 

@@ -64,7 +64,9 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
         seed=int(cfg.seed),
         val_fraction=float(cfg.data.val_fraction),
     )
-    check_partitions(prepared, float(cfg.strategy.get("fraction_evaluate", 0)))
+    check_partitions(
+        prepared.partition_file, prepared.val_fraction, prepared.seed, float(cfg.strategy.get("fraction_evaluate", 0))
+    )
     write_json(manifest_path(cfg), asdict(prepared))
     return prepared
 

@@ -62,7 +62,7 @@ class Trained:
 
     For a bag of n-grams, `weights[position]` holds only the embedding rows the client's data indexes (`rows`,
     increasing); every other row is still the sent model's, bitwise. A sparse reply needs just those rows
-    (fedsim.model.sparse.sparse_update), so they are never written into a dense copy unless one is asked for.
+    (fedsim.messages.sparse.sparse_update), so they are never written into a dense copy unless one is asked for.
     """
 
     weights: list[np.ndarray]

@@ -23,8 +23,8 @@ class HFClassifier(nn.Module):
 
     def __init__(self, name: str, num_classes: int = 2) -> None:
         super().__init__()
-        from transformers import AutoModelForSequenceClassification
-        from transformers.utils import logging as hf_logging
+        from transformers import AutoModelForSequenceClassification  # not in a bow run: Hugging Face models only
+        from transformers.utils import logging as hf_logging  # not in a bow run: Hugging Face models only
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()

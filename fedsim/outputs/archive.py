@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from fedsim.outputs.base import Callback
+from fedsim.outputs.base import Callback, Phase
 from fedsim.outputs.columns import MANIFEST_COLUMNS
 from fedsim.outputs.csv_logs import CsvLog
 from fedsim.server.record import RoundRecord
@@ -217,8 +217,11 @@ class Archive:
 class WeightArchive(Callback):
     """weights/: the global model every round and, with `clients`, every client's returned weights.
 
-    `writer` makes the ArchiveWriter, given where a resumed run continues (None: a fresh run).
+    `writer` makes the ArchiveWriter, given where a resumed run continues (None: a fresh run). A writer: handing
+    the round to the archive is part of its round_time_s.
     """
+
+    phase = Phase.WRITE
 
     def __init__(self, writer: Callable[[tuple[int, int] | None], ArchiveWriter], clients: bool) -> None:
         self.make_writer = writer

@@ -21,13 +21,13 @@ from flwr.serverapp.strategy import Strategy
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from fedsim.model.records import to_array
-from fedsim.outputs.base import Callback
+from fedsim.messages.records import to_array
+from fedsim.outputs.base import Callback, Phase
 from fedsim.privacy.dp import inner_strategy
 from fedsim.server.record import RoundRecord
 from fedsim.system.files import replaced
 
-CHECKPOINT = "checkpoint.safetensors"  # fedsim.checkpoint: what a run resumes from
+CHECKPOINT = "checkpoint.safetensors"  # what a run resumes from (resume=RUN_DIR)
 
 
 FORMAT = 1
@@ -117,7 +117,12 @@ def output_key(index: int, callback: Callback) -> str:
 
 
 class Checkpointer(Callback):
-    """Writes checkpoint.safetensors after every round; the last output, so it sees the others' state."""
+    """Writes checkpoint.safetensors after every round; alone in the last phase, so it sees the others' state.
+
+    `outputs` are the run's callbacks as given (not as they run): their places name their states.
+    """
+
+    phase = Phase.CHECKPOINT
 
     def __init__(self, run_dir: Path, strategy: Strategy, outputs: Sequence[Callback]) -> None:
         self.run_dir = Path(run_dir)

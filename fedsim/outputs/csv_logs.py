@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedsim.outputs.base import Callback
+from fedsim.outputs.base import Callback, Phase
 from fedsim.outputs.columns import CLIENT_STAT_COLUMNS, CLIENTS_COLUMNS, ROUNDS_COLUMNS
 from fedsim.server.record import RoundRecord
+from fedsim.system.errors import ConfigError
 
 
 def _cell(value: Any) -> Any:
@@ -24,7 +25,8 @@ class CsvLog:
     """A CSV with a fixed header; every `write` lands on disk before it returns.
 
     Nothing is opened until `start` (or the first `write`): a fresh log writes its header, and a
-    resumed one cuts the file back to `offset`, the end of the last round it had written.
+    resumed one cuts the file back to `offset`, the end of the last round it had written, once its
+    header is found to be this log's.
     """
 
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
@@ -38,12 +40,25 @@ class CsvLog:
             self._file = open(self.path, "w", newline="", encoding="utf-8")
         else:
             self._file = open(self.path, "r+", newline="", encoding="utf-8")
+            self._check_header()
             self._file.truncate(offset)
             self._file.seek(offset)
         self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="raise")
         if offset is None:
             self._writer.writeheader()
         self._sync()
+
+    def _check_header(self) -> None:
+        """A resumed run appends only to a file with its own columns (a resume with other callbacks that
+        return metrics would write rounds.csv's rows under another header)."""
+        header = next(csv.reader([self._file.readline()]), [])
+        if header != self.columns:
+            self._file.close()
+            raise ConfigError(
+                "resume",
+                f"{self.path} has the columns {header} but this run writes {self.columns}; resume with the "
+                "callbacks (and their round_metrics) the run started with",
+            )
 
     @property
     def offset(self) -> int | None:
@@ -116,7 +131,10 @@ def client_rows(record: RoundRecord) -> list[dict[str, Any]]:
 
 
 class ClientsCsv(CsvOutput):
-    """clients.csv: one row per client that trained in a round (status ok) and per failed call."""
+    """clients.csv: one row per client that trained in a round (status ok) and per failed call; written after the
+    producers, so each update's statistics (fedsim.outputs.layer_stats.WeightScrutiny) are in it."""
+
+    phase = Phase.WRITE
 
     def __init__(self, path: Path) -> None:
         super().__init__(path, CLIENTS_COLUMNS)
@@ -126,11 +144,16 @@ class ClientsCsv(CsvOutput):
 
 
 class RoundsCsv(CsvOutput):
-    """rounds.csv: one row per round. round_time_s runs from the round's start to this row's writing."""
+    """rounds.csv: one row per round, the record's metrics once complete and timed (a report: round_time_s,
+    from the round's start to the end of its writers, is the session's; fedsim.outputs.phases).
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, ROUNDS_COLUMNS)
+    Its columns are the SPEC's, then `extra`: the metrics that user callbacks declare, in their order.
+    """
+
+    phase = Phase.REPORT
+
+    def __init__(self, path: Path, extra: Sequence[str] = ()) -> None:
+        super().__init__(path, [*ROUNDS_COLUMNS, *extra])
 
     def on_round_end(self, record: RoundRecord) -> None:
-        record.metrics["round_time_s"] = record.elapsed()
         self.log.write([record.metrics])

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedsim.outputs.base import Callback
+from fedsim.outputs.base import Callback, Phase
 from fedsim.outputs.columns import DETECTION_COLUMNS
 from fedsim.system.files import write_csv
 
@@ -39,9 +39,7 @@ DETECTORS: dict[str, tuple[Callable[[Sequence[dict]], np.ndarray], float]] = {
 
 def detection_rows(client_rows: Sequence[dict]) -> list[dict]:
     """One row per detector and round that has at least one malicious and one honest client."""
-    from sklearn.metrics import (
-        roc_auc_score,  # imported here: it adds over a second to every run's start-up
-    )
+    from sklearn.metrics import roc_auc_score  # scikit-learn only at the end of a scrutinized run: start-up stays light
 
     rounds: dict[int, list[dict]] = {}
     for row in client_rows:
@@ -81,7 +79,10 @@ def mean_auc(rows: Sequence[dict]) -> dict[str, float]:
 
 class DetectionCsv(Callback):
     """detection.csv at the end of the run: the unsupervised detectors, run over clients.csv, scored
-    against the attack's ground truth (clients whose update arrived only)."""
+    against the attack's ground truth (clients whose update arrived only). A report: it reads clients.csv, which
+    the writers have finished."""
+
+    phase = Phase.REPORT
 
     def __init__(self, path: Path, clients_csv: Path) -> None:
         self.path = path

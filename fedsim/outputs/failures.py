@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fedsim.outputs.base import Callback
+from fedsim.outputs.base import Callback, Phase
 from fedsim.server.record import FAILED, RoundRecord
 from fedsim.system.errors import RunFailed
 
 
 class ClientFailures(Callback):
     """Failed client calls: each distinct error printed once, their count in run.json, and the run
-    stopped once more than `max_rate` of the training calls so far have failed."""
+    stopped once more than `max_rate` of the training calls so far have failed. A report: a round that stops the
+    run has its rows written, not its checkpoint."""
+
+    phase = Phase.REPORT
 
     def __init__(self, max_rate: float, echo: Callable[[str], None] = print) -> None:
         self.max_rate = max_rate

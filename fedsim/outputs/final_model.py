@@ -7,12 +7,15 @@ from typing import Any
 
 from safetensors.numpy import save_file
 
-from fedsim.outputs.base import Callback
+from fedsim.outputs.base import Callback, Phase
 from fedsim.server.record import RoundRecord
 
 
 class FinalModel(Callback):
-    """model.safetensors: the last global model, tensors named as in the model's state_dict."""
+    """model.safetensors: the last global model, tensors named as in the model's state_dict; a writer, so it is
+    saved before the reports' run end (a tracker uploads it)."""
+
+    phase = Phase.WRITE
 
     def __init__(self, path: Path) -> None:
         self.path = path

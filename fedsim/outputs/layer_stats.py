@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from fedsim.outputs.base import Phase
 from fedsim.outputs.columns import LAYER_COLUMNS
 from fedsim.outputs.csv_logs import CsvOutput
 from fedsim.outputs.quantiles import RADIX_MIN, bucket_counts, exact_quantiles
@@ -145,8 +146,8 @@ def coordinate_median(stack: np.ndarray) -> np.ndarray:
     """Median over axis 0 (k rows), as np.median(stack, axis=0).
 
     For k <= 16 an odd-even transposition network of k whole-row min/max steps: a few NumPy
-    calls per block instead of one tiny sort per column, about 4x faster than np.sort at k = 10.
-    Above, row sorts of the transposed block, 1,024 columns at a time (3x faster than np.median).
+    calls per block instead of one tiny sort per column. Above, row sorts of the transposed block,
+    1,024 columns at a time, which beat np.median's per-column partition (docs/benchmarks/measured.md).
     """
     k = stack.shape[0]
     if k > 16:
@@ -237,8 +238,8 @@ def round_statistics(
     One layer at a time, in blocks of elements gathered from every client's array, so the float64
     work stays in cache and the memory beyond the round's own weights is a few blocks per thread.
     """
-    # One BLAS thread per scan thread: OpenBLAS's own threads, on top of ours, made the k x k
-    # Gram products 10x slower.
+    # One BLAS thread per scan thread: OpenBLAS's own threads, on top of ours, oversubscribe the cores
+    # in the k x k Gram products.
     with small_buffers_on_heap(), threadpool_limits(1, user_api="blas"):
         return _round_statistics(names, global_weights, client_weights)
 
@@ -263,8 +264,11 @@ def _round_statistics(
 class WeightScrutiny(CsvOutput):
     """layers.csv, and each update's statistics (update_norm, cosine_to_mean, ...) for clients.csv.
 
-    Not `enabled` (scrutiny=false): layers.csv keeps only its header and nothing is computed.
+    Not `enabled` (scrutiny=false): layers.csv keeps only its header and nothing is computed. A producer: each
+    update's statistics are in place before clients.csv is written.
     """
+
+    phase = Phase.PRODUCE
 
     def __init__(self, path: Path, attack: str, node_ratio: float, enabled: bool = True) -> None:
         super().__init__(path, LAYER_COLUMNS)

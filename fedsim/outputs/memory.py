@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedsim.outputs.base import Callback
+from fedsim.outputs.base import Callback, RoundMetrics
 from fedsim.server.record import RoundRecord
 from fedsim.system.memory import memory_mb
 
@@ -10,6 +10,8 @@ from fedsim.system.memory import memory_mb
 class MemoryProbe(Callback):
     """rounds.csv's driver_rss_mb and driver_shared_mb: the server process's memory at the round's end."""
 
-    def on_round_end(self, record: RoundRecord) -> None:
+    round_metrics = ("driver_rss_mb", "driver_shared_mb")
+
+    def on_round_end(self, record: RoundRecord) -> RoundMetrics:
         memory = memory_mb()
-        record.metrics.update(driver_rss_mb=memory["rss"], driver_shared_mb=memory["shared"])
+        return {"driver_rss_mb": memory["rss"], "driver_shared_mb": memory["shared"]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedsim.outputs.base import Callback
+from fedsim.outputs.base import Callback, RoundMetrics
 from fedsim.privacy.accounting import epsilon
 from fedsim.privacy.dp import Privacy
 from fedsim.server.record import RoundRecord
@@ -13,6 +13,8 @@ from fedsim.server.record import RoundRecord
 class PrivacyBudget(Callback):
     """rounds.csv's `epsilon` after every round, and run.json's epsilon and delta; it also carries an
     adaptive wrapper's clipping norm across a resume."""
+
+    round_metrics = ("epsilon",)
 
     def __init__(self, privacy: Privacy, wrapper: Any, num_clients: int, clients_per_round: int) -> None:
         self.privacy, self.wrapper = privacy, wrapper
@@ -35,9 +37,9 @@ class PrivacyBudget(Callback):
             self.releases = int(saved["releases"])
             self.wrapper.clipping_norm = float(saved["clipping_norm"])
 
-    def on_round_end(self, record: RoundRecord) -> None:
+    def on_round_end(self, record: RoundRecord) -> RoundMetrics:
         self.releases += bool(record.clients)  # a round with updates released a noisy average
-        record.metrics["epsilon"] = self.epsilon
+        return {"epsilon": self.epsilon}
 
     def state(self) -> dict[str, Any]:
         return {"releases": self.releases, "clipping_norm": float(self.wrapper.clipping_norm)}

@@ -5,13 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from fedsim.outputs.base import Callback
+from fedsim.outputs.base import Callback, Phase
 from fedsim.server.record import RoundRecord
 from fedsim.system.eta import eta
 
 
 class Progress(Callback):
-    """One line per round on stdout, with an ETA."""
+    """One line per round on stdout, with an ETA; a report: it prints the timed round."""
+
+    phase = Phase.REPORT
 
     def __init__(self, num_rounds: int, echo: Callable[[str], None] = print) -> None:
         self.num_rounds = num_rounds

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fedsim.outputs.base import Callback
+from fedsim.outputs.base import Callback, Phase
 from fedsim.server.record import RoundRecord
 
 
@@ -15,6 +15,8 @@ class RunSummary(Callback):
     `summary` is current after every round and handed to `publish` (run.json), so a run that fails,
     is interrupted or is killed keeps them too.
     """
+
+    phase = Phase.REPORT
 
     def __init__(self, publish: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.publish = publish

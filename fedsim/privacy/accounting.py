@@ -27,7 +27,7 @@ def epsilon(
         return 0.0
     if noise_multiplier == 0:
         return math.inf
-    from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
+    from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon  # only under DP: every run imports this module
 
     orders, rdp = _one_release(noise_multiplier, sample_size, population, sampling)
     return float(compute_epsilon(orders, releases * rdp, delta)[0])
@@ -38,10 +38,10 @@ def _one_release(
     noise_multiplier: float, sample_size: int, population: int, sampling: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """The RDP orders and one release's RDP at each: releases compose by adding RDP, and the sampled
-    mechanism's RDP takes about half a second to compute, so a run computes it once, not every round."""
-    from dp_accounting import dp_event
-    from dp_accounting.privacy_accountant import NeighboringRelation
-    from dp_accounting.rdp import RdpAccountant
+    mechanism's RDP is slow to compute, so a run computes it once, not every round."""
+    from dp_accounting import dp_event  # dp_accounting only under DP: every run imports this module
+    from dp_accounting.privacy_accountant import NeighboringRelation  # only under DP
+    from dp_accounting.rdp import RdpAccountant  # only under DP
 
     if sampling == "without_replacement":
         accountant = RdpAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)

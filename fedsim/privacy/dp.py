@@ -31,12 +31,6 @@ from flwr.serverapp.strategy import (
 from fedsim.config.compose import config_from
 from fedsim.system.errors import ConfigError, first_line
 
-MODES = ("none", "server_fixed", "server_adaptive", "client_fixed", "client_adaptive")
-
-
-SAMPLING = ("without_replacement", "none")
-
-
 WEIGHT_KEY = "aggregation-weight"  # what the strategy weights by under DP: 1 per training reply
 
 

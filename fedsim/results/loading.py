@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from fedsim.run.info import effective_status
+from fedsim.system.liveness import effective_status
 
 
 def _csv(path: Path) -> pd.DataFrame:

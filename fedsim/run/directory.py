@@ -24,8 +24,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from fedsim.outputs.checkpointer import CHECKPOINT
-from fedsim.run.info import FINISHED, effective_status
 from fedsim.system.errors import ConfigError
+from fedsim.system.liveness import FINISHED, effective_status
 
 LOCK = ".lock"
 

@@ -22,14 +22,16 @@ from omegaconf import DictConfig
 from fedsim.client.attacks import Attack, malicious_of
 from fedsim.client.client import ClientFn, client_fn
 from fedsim.config.compose import flatten
-from fedsim.config.validate import check_strategy, fit_clients_per_round, validate
+from fedsim.config.validate import fit_clients_per_round, validate
 from fedsim.data.imdb import offline_unless_hub_reachable
-from fedsim.model.transport import transport_of
+from fedsim.messages.transport import transport_of
 from fedsim.outputs.archive import check_disk, expected_bytes, select_layers
 from fedsim.outputs.base import Callback
+from fedsim.outputs.phases import check_callbacks
 from fedsim.outputs.tracking.base import NoTracking, Tracker
 from fedsim.privacy.dp import Privacy
 from fedsim.server.faults import Faults
+from fedsim.server.preconditions import check_strategy
 from fedsim.system.errors import ConfigError, first_line
 
 
@@ -68,6 +70,7 @@ def build(
     privacy = _instantiate(cfg, "privacy")
     privacy.check(strategy, attack.name, transport_of(cfg))
     tracker = _instantiate(cfg, "tracking")
+    check_callbacks([], callbacks)  # a callback whose phase or metrics cannot work, before anything is read
     return Experiment(
         cfg=cfg,
         strategy=privacy.wrap(strategy, fit_clients_per_round(cfg)),

@@ -12,23 +12,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
 from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
-from fedsim.model.transport import transport_of
+from fedsim.messages.transport import transport_of
 from fedsim.system.files import write_json
-from fedsim.system.processes import alive
+from fedsim.system.liveness import HEARTBEAT_S
 
 
 def _versions() -> dict[str, str]:
     """Installed versions, read from package metadata (importing transformers alone takes seconds)."""
-    from importlib.metadata import version
-
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -136,25 +134,3 @@ class RunInfo:
                 status=status, finished_at=_now(), heartbeat_at=time.time(), wall_time_s=self._wall_s(), **fields
             )
             write_json(self.path, self.data)
-
-
-HEARTBEAT_S = 10.0
-
-
-FINISHED = ("completed", "degraded")  # ran every round; degraded: some client calls failed
-
-
-STALE_AFTER_S = 6 * HEARTBEAT_S
-
-
-def effective_status(info: Mapping[str, Any], now: float | None = None) -> str:
-    """run.json's status, with `dead` for a `running` run whose process is gone."""
-    status = str(info.get("status"))
-    if status != "running":
-        return status
-    heartbeat = info.get("heartbeat_at")
-    if info.get("host") == socket.gethostname() and info.get("pid") is not None:
-        return "running" if alive(int(info["pid"])) else "dead"
-    if heartbeat is None:
-        return "running"  # written by an older fedsim: nothing to tell
-    return "running" if (now or time.time()) - float(heartbeat) < STALE_AFTER_S else "dead"

@@ -1,7 +1,7 @@
 """One federated run, as numbered steps: check, model, data, federate, finish; run.json says how it ended.
 
 `federate` is the only part that differs between runtimes: main.py simulates (fedsim.runtimes.simulation),
-and `flwr run` hands the ServerApp a Grid to run the rounds on (fedsim.server.app).
+and `flwr run` hands the ServerApp a Grid to run the rounds on (fedsim.run.server_app).
 """
 
 from __future__ import annotations

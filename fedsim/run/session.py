@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from fedsim.outputs.failures import ClientFailures
 from fedsim.outputs.final_model import FinalModel
 from fedsim.outputs.layer_stats import WeightScrutiny
 from fedsim.outputs.memory import MemoryProbe
+from fedsim.outputs.phases import Outputs, extra_metrics
 from fedsim.outputs.privacy_budget import PrivacyBudget
 from fedsim.outputs.progress import Progress
 from fedsim.outputs.summary import RunSummary
@@ -80,7 +81,7 @@ class Session:
         if self.checkpoint is not None:
             restore_strategy(self.strategy, self.checkpoint.strategy_tensors, self.checkpoint.strategy_layout)
         self.testloader: Loader | None = None
-        self.callbacks: list[Callback] = []
+        self.outputs = Outputs([])
 
     @property
     def strategy(self):
@@ -91,14 +92,13 @@ class Session:
         self.testloader = load_test(prepare_data(self.cfg), 4 * self.cfg.client.batch_size)
 
     def open_outputs(self) -> None:
-        """Start every output, after the checkpoint's round when resuming; the checkpoint writer comes last."""
-        outputs = (
-            standard_outputs(self.experiment, self.run_dir, self.names, self.info.progress) + self.experiment.callbacks
-        )
-        self.callbacks = outputs + [Checkpointer(self.run_dir, self.strategy, outputs)]
+        """Start every output, after the checkpoint's round when resuming: fedsim's, the user's (`build(...,
+        callbacks=...)`), and the checkpoint writer, run phase by phase (fedsim.outputs.phases)."""
+        user = self.experiment.callbacks
+        standard = standard_outputs(self.experiment, self.run_dir, self.names, self.info.progress, extra_metrics(user))
+        self.outputs = Outputs(standard, user, lambda given: Checkpointer(self.run_dir, self.strategy, given))
         saved = self.checkpoint.outputs if self.checkpoint is not None else {}
-        for index, callback in enumerate(self.callbacks):
-            callback.on_run_start(saved.get(output_key(index, callback)) if self.checkpoint is not None else None)
+        self.outputs.start(lambda index, callback: saved.get(output_key(index, callback)))
 
     def start(self) -> Start:
         """Where the rounds begin: round 0 from the seeded model, or after the checkpoint's round from its weights."""
@@ -112,31 +112,29 @@ class Session:
         return evaluate(self.model, self.testloader, self.device)
 
     def end_round(self, record: RoundRecord) -> None:
-        for callback in self.callbacks:
-            callback.on_round_end(record)
+        """The round through every output: the producers' metrics join the record before anything is written."""
+        self.outputs.end_round(record)
 
     def finish(self) -> dict[str, Any]:
         """The outputs' end of run; what they add to run.json."""
-        summary: dict[str, Any] = {}
-        for callback in self.callbacks:
-            callback.on_run_end(summary)
-        return summary
+        return self.outputs.finish()
 
     def close(self) -> None:
-        for callback in self.callbacks:
-            callback.close()
+        self.outputs.close()
 
 
 def standard_outputs(
-    experiment: Experiment, run_dir: Path, names: list[str], publish: Callable[[dict[str, Any]], None] | None = None
+    experiment: Experiment,
+    run_dir: Path,
+    names: list[str],
+    publish: Callable[[dict[str, Any]], None] | None = None,
+    extra_metrics: Sequence[str] = (),
 ) -> list[Callback]:
-    """Every run's outputs, in the order they see each round; `publish` gets run.json's metrics after every round.
+    """Every run's outputs; `publish` gets run.json's metrics after every round, and rounds.csv has a column for
+    each of `extra_metrics` (the user callbacks' round_metrics) after the SPEC's.
 
-    The one place their order matters, and why: the layer statistics fill each update's columns before
-    clients.csv writes them; the memory probe and the privacy budget fill rounds.csv's columns before it is
-    written; Progress prints the row rounds.csv has just timed; detection.csv reads clients.csv at the end, and
-    the tracker logs run.json's final fields, so both come after the files they read. The checkpointer (added
-    by the session) comes after all of them, to save every output's state. No callback reads another.
+    They run by their phases, not by their place here (fedsim.outputs.base.Phase says why each comes where);
+    their place names their state in the checkpoint, so it stays as it is, new outputs added at the end.
     """
     cfg, attack = experiment.cfg, experiment.attack
     outputs: list[Callback] = [
@@ -154,7 +152,7 @@ def standard_outputs(
             PrivacyBudget(experiment.privacy, experiment.strategy, int(cfg.num_clients), fit_clients_per_round(cfg))
         )
     outputs += [
-        RoundsCsv(run_dir / "rounds.csv"),
+        RoundsCsv(run_dir / "rounds.csv", extra_metrics),
         Progress(cfg.num_rounds),
         RunSummary(publish),
         ClientFailures(float(cfg.faults.max_failure_rate)),

@@ -7,15 +7,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig
 
-import fedsim
 from fedsim.config.validate import evaluate_clients_per_round, fit_clients_per_round
 from fedsim.system.errors import ConfigError
 
@@ -40,7 +37,7 @@ class NodeResources:
 
 def cluster_nodes() -> list[NodeResources]:
     """The alive nodes of the Ray cluster this process is connected to."""
-    import ray
+    import ray  # Ray only once a simulation starts, after the run's checks and data step
 
     return [
         NodeResources(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
@@ -75,7 +72,7 @@ def attach(cfg: DictConfig) -> int:
     per-client resources fit no node. Ray refuses num_cpus/num_gpus when attaching: the cluster has its own.
 
     fedsim's own code travels with the run (Ray's `py_modules`), so a node needs only its dependencies."""
-    import ray
+    import ray  # Ray only once a simulation starts, after the run's checks and data step
 
     address = address_of(cfg)
     verbose = logging.getLevelNamesMapping()[cfg.log_level] <= logging.INFO
@@ -87,7 +84,7 @@ def attach(cfg: DictConfig) -> int:
             address=address,
             logging_level=cfg.log_level,
             log_to_driver=verbose,
-            runtime_env={"py_modules": [str(Path(fedsim.__file__).parent)]},
+            runtime_env={"py_modules": [str(Path(__file__).parents[1])]},
         )
     except OSError as exc:  # ConnectionError included
         raise ConfigError(
@@ -123,7 +120,7 @@ def actor_pool_limit(limit: int) -> Iterator[None]:
     concurrent runs on one cluster hold disjoint actors (uncapped, each waits on actors the other holds),
     and a run on a large cluster starts no more actors than it sends messages at once. Flower 1.41 has no
     setting for this, so the one function its pool calls is wrapped for the run."""
-    from flwr.simulation.ray_transport import ray_actor
+    from flwr.simulation.ray_transport import ray_actor  # Flower's simulation only once one starts
 
     sized = ray_actor.pool_size_from_resources
     ray_actor.pool_size_from_resources = lambda resources: min(limit, sized(resources))
@@ -131,11 +128,3 @@ def actor_pool_limit(limit: int) -> Iterator[None]:
         yield
     finally:
         ray_actor.pool_size_from_resources = sized
-
-
-def node_name() -> str:
-    """The Ray node running this process (its node id), or the host outside Ray (Flower's deployment runtime)."""
-    ray: Any = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        return ray.get_runtime_context().get_node_id()
-    return socket.gethostname()

@@ -12,10 +12,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from fedsim.config.compose import CONFIG_FILE_KEY, RUN_DIR_KEY
-from fedsim.run.info import FINISHED
 from fedsim.run.runner import preflight, record_or_note, record_stopped
 from fedsim.runtimes.federation import LocalFederation
 from fedsim.system.errors import ConfigError, RunFailed
+from fedsim.system.liveness import FINISHED
 from fedsim.system.signals import raise_on_signals
 
 

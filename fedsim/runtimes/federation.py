@@ -2,14 +2,14 @@
 SuperNode per partition, and `flwr run` of fedsim's app against it; every process stopped at the end.
 
 Each process logs to its own file in the run's `logs/` folder (superlink.log, supernode_I.log,
-flwr-run.log); `flwr run`'s stream (the ServerApp's output) is also relayed to stdout.
+flwr-run.log); `flwr run`'s stream (the ServerApp's output) is also relayed to stdout. The app `flwr run`
+submits is staged by fedsim.runtimes.staging, the processes' environment made by fedsim.runtimes.environment,
+their logs read by fedsim.runtimes.process_logs.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 import ssl
 import sys
@@ -19,89 +19,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
-from fedsim.client.worker import READY, WORKER
-from fedsim.run.info import git_commit
+from fedsim.client.wire import READY, WORKER
 from fedsim.runtimes.certs import LOCALHOST, check_certificates, make_all
+from fedsim.runtimes.environment import federation_env, flower_home, toml_string
 from fedsim.runtimes.ports import check_port, free_port
+from fedsim.runtimes.process_logs import JOINED, hint, reason, relay
+from fedsim.runtimes.staging import ROOT, staged_app
 from fedsim.system.errors import RunFailed
-from fedsim.system.processes import Child, Processes, child_env, command
+from fedsim.system.processes import Child, Processes, command
 from fedsim.system.waits import wait_for
-
-ROOT = Path(__file__).resolve().parents[2]  # the Flower app (pyproject.toml) that `flwr run` submits
-
-
-JOINED = "SuperNode ID:"  # a SuperNode's log line once the SuperLink has accepted it
-
-
-# Flower's own log lines and CLI notices, relayed only at log_level INFO or DEBUG.
-FLOWER_CHATTER = re.compile(
-    r"^(\x1b\[[0-9;]*m)?(DEBUG|INFO|WARNING)\s*(\x1b\[0m)?\s*:|^Flower App configuration "
-    r"warnings|^- Recommended property|^Using SuperLink:|^Successfully (started run|installed)"
-)
-
-
-TASK_POLL_S = 0.1  # a SuperExec's poll for the next message's ClientApp (fedsim.runtimes.supernode: the same wait)
-
-
-def staged_app(root: Path, into: Path) -> Path:
-    """A copy of the Flower app at `root` in the new folder `into`, holding the top-level folders its FAB
-    draws on (pyproject.toml's `fab-include` patterns) with its pyproject.toml and .gitignore: `root` itself
-    where the patterns do not name such folders.
-
-    `flwr run DIR` lists and resolves every file under DIR before it applies the app's patterns (Flower
-    1.42's collect_files), a virtual environment inside the checkout included: seconds of every
-    deployment run's start. The FAB Flower builds from the copy is the same, byte for byte (its files, and
-    their fixed dates)."""
-    from flwr.cli.build import get_user_fab_patterns
-    from flwr.cli.config_utils import load
-
-    include, _ = get_user_fab_patterns(load(root / "pyproject.toml") or {})
-    tops = {pattern.split("/", 1)[0] for pattern in include or []}
-    if not tops or any(set(top) & set("*?[]!") or not (root / top).is_dir() for top in tops):
-        return root
-    into.mkdir()
-    for name in ("pyproject.toml", ".gitignore"):  # Flower's filter reads .gitignore too
-        if (root / name).is_file():
-            shutil.copy2(root / name, into / name)
-    for top in sorted(tops):
-        shutil.copytree(root / top, into / top, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
-    return into
-
-
-def federation_env(home: Path, work: Path) -> dict[str, str]:
-    """The environment of the federation's processes: Flower's home in `home`, `work` the federation's folder."""
-    # The apps run in this environment: no `uv sync` of their dependencies at run time.
-    return child_env(
-        FLWR_HOME=str(home),
-        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        FEDSIM_GIT_COMMIT=git_commit() or "",
-        FEDSIM_FEDERATION=str(work),
-        # How often each SuperNode's SuperExec asks for a ClientApp to start (Flower's default: 1 s).
-        FLWR_SUPEREXEC_TASK_POLL_INTERVAL=str(TASK_POLL_S),
-        # Flower's usage events: one HTTPS request from every process it starts, a ClientApp for every
-        # message; off unless this environment turns them on.
-        FLWR_TELEMETRY_ENABLED=os.environ.get("FLWR_TELEMETRY_ENABLED", "0"),
-    )
-
-
-def _toml_string(value: str) -> str:
-    return json.dumps(value)  # a TOML basic string is a JSON string for these values
-
-
-HINTS = {  # Flower's words for a refusal, and what they mean here
-    "CERTIFICATE_VERIFY_FAILED": "the node's CA (--root-certificates) does not trust the SuperLink's certificate",
-    "Failed to activate SuperNode": "the SuperLink does not know the node's public key (register it with "
-    "`flwr supernode register NODE.pub`)",
-}
-
-
-def _reason(lines: list[str]) -> str:
-    """The line of a log that says why a process stopped: the last error or exception line."""
-    for line in reversed(lines):
-        text = re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
-        if re.search(r"error|refused|denied|fail|certificate|unauthori[sz]ed|exception", text, re.IGNORECASE):
-            return text
-    return next((line.strip() for line in reversed(lines) if line.strip()), "no output")
 
 
 class LocalFederation:
@@ -165,13 +91,7 @@ class LocalFederation:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.app = staged_app(ROOT, self.work / "app")
         certs = self._certificates()
-        home = self.work / "flwr-home"
-        home.mkdir()
-        (home / "config.toml").write_text(
-            f'[superlink]\ndefault = "fedsim"\n\n[superlink.fedsim]\naddress = {_toml_string(self.address)}\n'
-            f"root-certificates = {_toml_string(str(certs / 'ca.crt'))}\n"
-        )
-        self.env = federation_env(home, self.work)
+        self.env = federation_env(flower_home(self.work / "flwr-home", self.address, certs / "ca.crt"), self.work)
         self._start_superlink(certs)
         if self.node_auth:
             self._register(certs)
@@ -229,7 +149,7 @@ class LocalFederation:
             except OSError:
                 if not superlink.alive():
                     raise RunFailed(
-                        f"the SuperLink stopped at start: {_reason(superlink.log_tail())} (see {superlink.log})"
+                        f"the SuperLink stopped at start: {reason(superlink.log_tail())} (see {superlink.log})"
                     ) from None
                 return False
 
@@ -264,7 +184,7 @@ class LocalFederation:
             )
             if child.process.returncode != 0:
                 raise RunFailed(
-                    f"{child.name}: `flwr supernode register` failed: {_reason(child.log_tail())} (see {child.log})"
+                    f"{child.name}: `flwr supernode register` failed: {reason(child.log_tail())} (see {child.log})"
                 )
 
     def start_supernode(
@@ -292,7 +212,7 @@ class LocalFederation:
             "--superlink",
             self.address,
             "--node-config",
-            f"partition-id={partition_id} num-partitions={self.num_nodes} {WORKER}={_toml_string(str(worker))}",
+            f"partition-id={partition_id} num-partitions={self.num_nodes} {WORKER}={toml_string(str(worker))}",
             "--isolation",
             "subprocess",
             "--port",
@@ -310,7 +230,7 @@ class LocalFederation:
         def ready() -> bool:
             for worker in self.workers:
                 if not worker.alive():
-                    raise RunFailed(f"{worker.name} stopped at start: {_reason(worker.log_tail())} (see {worker.log})")
+                    raise RunFailed(f"{worker.name} stopped at start: {reason(worker.log_tail())} (see {worker.log})")
             return all(any(READY in line for line in w.log_tail()) for w in self.workers)
 
         wait_for(
@@ -330,9 +250,8 @@ class LocalFederation:
                 if any(JOINED in line for line in lines):
                     waiting.remove(node)
                 elif not node.alive():
-                    reason = _reason(lines)
-                    hint = next((f": {h}" for words, h in HINTS.items() if words in reason), "")
-                    raise RunFailed(f"{node.name} was refused{hint}: {reason} (see {node.log})")
+                    why = reason(lines)
+                    raise RunFailed(f"{node.name} was refused{hint(why)}: {why} (see {node.log})")
             return not waiting
 
         wait_for(
@@ -340,7 +259,7 @@ class LocalFederation:
             timeout_s=self.startup_timeout_s,
             what="every SuperNode to join the SuperLink",
             key="runtime.startup_timeout_s",
-            hint=lambda: f"{waiting[0].name}: {_reason(waiting[0].log_tail())} (see {waiting[0].log})",
+            hint=lambda: f"{waiting[0].name}: {reason(waiting[0].log_tail())} (see {waiting[0].log})",
         )
 
     def run(self, run_config: Mapping[str, str], out: TextIO = sys.stdout) -> int:
@@ -351,19 +270,11 @@ class LocalFederation:
         """
         argv = [command("flwr"), "run", str(self.app), "--stream"]
         for key, value in run_config.items():
-            argv += ["--run-config", f"{key}={_toml_string(value)}"]
+            argv += ["--run-config", f"{key}={toml_string(value)}"]
         log_path = self.logs / "flwr-run.log"
         process = self.processes.start("flwr run", argv, log=log_path, env=self.env, cwd=ROOT, pipe=True).process
         self.write_pids()
-        hiding = False
-        with open(log_path, "a") as log:
-            for line in process.stdout:
-                log.write(line)
-                log.flush()
-                hiding = hiding or "ServerApp raised an exception" in line
-                if not hiding and (self.verbose or not FLOWER_CHATTER.match(line)):
-                    out.write(line)
-                    out.flush()
+        relay(process.stdout, log_path, out, self.verbose)
         return process.wait()
 
     def stop(self) -> None:

@@ -34,7 +34,7 @@ class Shipment:
 
     def deliver(self) -> None:
         """Write each file this node lacks (or holds damaged), once per process."""
-        import ray
+        import ray  # in a client actor, where Ray is loaded: the driver imports this module before Ray starts
 
         for file in self.files:
             if file.path in _DELIVERED:
@@ -56,7 +56,7 @@ _DELIVERED: set[str] = set()  # paths this process has checked or written
 
 def ship(paths: Iterable[Path]) -> Shipment:
     """Put the files into the object store of the cluster this process is connected to."""
-    import ray
+    import ray  # Ray only once a simulation starts, after the run's checks and data step
 
     files = []
     for path in paths:

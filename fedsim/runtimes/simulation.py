@@ -13,16 +13,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from fedsim.client.app import make_client_app
 from fedsim.config.validate import evaluate_clients_per_round, fit_clients_per_round
 from fedsim.data.prepare import client_files, load_prepared
 from fedsim.run.runner import run_experiment
+from fedsim.run.server_app import make_server_app
 from fedsim.run.session import Session
 from fedsim.runtimes.cluster import actor_pool_limit, address_of, attach, max_actors
 from fedsim.runtimes.shipping import ship
-from fedsim.server.app import make_server_app
 from fedsim.system.signals import raise_on_signals
 
 
@@ -32,8 +33,8 @@ class Simulation:
 
     name: str = "simulation"
     node_slots: int | str | None = "auto"  # read by fedsim.runtimes.simulation.node_slots
-    cohort_messages: bool = True  # read by fedsim.server.loop.federate
-    startup_timeout_s: float = 120.0  # these two: read by the round loop (fedsim.server.loop.timeouts)
+    cohort_messages: bool = True  # read by fedsim.run.server_app.federate
+    startup_timeout_s: float = 120.0  # these two: read by the round loop (fedsim.run.server_app.timeouts)
     reply_timeout_s: float = 3600.0
 
     def run(self, cfg: DictConfig, run_dir: Path) -> dict:
@@ -43,7 +44,7 @@ class Simulation:
 def backend_config(cfg: DictConfig) -> dict:
     """Flower's Ray backend settings: each client actor's CPU and (fractional) GPU share, and a private Ray
     instance (`address="local"`: plain `ray.init()` would join a cluster already running on this machine).
-    An attached run has connected before (fedsim.cluster.attach), so Flower uses that connection."""
+    An attached run has connected before (fedsim.runtimes.cluster.attach), so Flower uses that connection."""
     verbose = logging.getLevelNamesMapping()[cfg.log_level] <= logging.INFO
     return {
         "client_resources": {"num_cpus": float(cfg.resources.num_cpus), "num_gpus": float(cfg.resources.num_gpus)},
@@ -74,12 +75,10 @@ def node_slots(cfg: DictConfig, actors: int) -> int | None:
 
 def local_client_slots(cfg: DictConfig) -> int:
     """How many clients this machine runs at once: Ray's CPU count over each client's CPUs (and GPUs)."""
-    import ray._private.utils as ray_utils
+    import ray._private.utils as ray_utils  # Ray only once a simulation starts, after the run's checks and data step
 
     fit = int(ray_utils.get_num_cpus() // float(cfg.resources.num_cpus))
     if cfg.resources.num_gpus > 0:
-        import torch
-
         fit = min(fit, int(torch.cuda.device_count() // float(cfg.resources.num_gpus)))
     return max(1, fit)
 
@@ -89,7 +88,7 @@ def signals_kept() -> Iterator[None]:
     """ray.init replaces the SIGTERM handler with its own `sys.exit(15)`, which unwinds Flower's engine (and
     kills its actors, whose worker threads then print errors) before fedsim hears of the signal. For the
     run, Ray's call that installs it does nothing, so SIGTERM stays fedsim's (fedsim.system.signals)."""
-    from ray._private import utils
+    from ray._private import utils  # Ray only once a simulation starts, after the run's checks and data step
 
     installs = utils.set_sigterm_handler
     utils.set_sigterm_handler = lambda handler: None
@@ -102,7 +101,7 @@ def signals_kept() -> Iterator[None]:
 def simulate(session: Session) -> None:
     """Run the session's rounds in Flower's Ray-backed simulation: one SuperNode per client, or a pool; on a
     private Ray instance, or on the cluster at `ray.address` with the clients' data shipped to its nodes."""
-    from flwr.simulation import run_simulation
+    from flwr.simulation import run_simulation  # Flower's simulation only after the run's checks and data step
 
     cfg, experiment = session.cfg, session.experiment
     raise_on_signals()
@@ -125,6 +124,6 @@ def simulate(session: Session) -> None:
                 verbose_logging=cfg.log_level == "DEBUG",
             )
     finally:
-        import ray
+        import ray  # Ray only once a simulation starts, after the run's checks and data step
 
         ray.shutdown()  # Flower's backend shuts Ray down too, unless the run stopped before it was built

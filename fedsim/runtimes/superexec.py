@@ -37,7 +37,7 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
-from fedsim.runtimes.supernode import IDLE_S
+IDLE_S = 0.1  # between a SuperNode's polls of the SuperLink, and between retries for a message's parts
 
 MODULE = "fedsim.runtimes.superexec"  # how `python -m` starts this SuperExec and its fork server
 CLIENT_APP = "fedsim.client.app"  # the ClientApp's module (pyproject.toml's components), imported by the fork server
@@ -91,9 +91,9 @@ def short_pulls() -> None:
     on localhost. The SuperNode (pulling from the SuperLink) and the ServerApp (a reply whose parts the
     SuperNode is still pushing) wait the same way. Flower's time limit stays; each retry is one request
     to a process on this machine."""
-    from flwr.superlink.grid import http_grid
-    from flwr.supernode import start_client_internal
-    from flwr.supernode.runtime import run_clientapp
+    from flwr.superlink.grid import http_grid  # not in the SuperLink or SuperExec, which import this module
+    from flwr.supernode import start_client_internal  # not in the SuperLink or SuperExec, which import this module
+    from flwr.supernode.runtime import run_clientapp  # not in the SuperLink or SuperExec, which import this module
 
     run_clientapp.pull_and_inflate_object_from_tree = partial(
         run_clientapp.pull_and_inflate_object_from_tree, initial_backoff=IDLE_S, backoff_cap=IDLE_S
@@ -117,8 +117,9 @@ def installed_once(install: Callable[..., Path]) -> Callable[..., Path]:
     def install_from_fab(fab_file: Any, install_dir: Path | None = None, skip_prompt: bool = False) -> Path:
         if not isinstance(fab_file, bytes) or install_dir is not None or not skip_prompt:
             return install(fab_file, install_dir, skip_prompt)
-        from flwr.cli.config_utils import get_fab_metadata
-        from flwr.common.config import get_project_dir
+        # Flower's CLI modules only in an app process: the SuperLink and SuperNodes import this module too
+        from flwr.cli.config_utils import get_fab_metadata  # only in an app process
+        from flwr.common.config import get_project_dir  # only in an app process
 
         path = get_project_dir(*get_fab_metadata(fab_file), hashlib.sha256(fab_file).hexdigest())
         if not path.exists():
@@ -201,8 +202,8 @@ def main() -> None:
     if sys.argv[1:] == ["--fork-server"]:
         fork_server()
         return
-    from flwr.supercore.cli import flower_superexec
-    from flwr.supercore.superexec.executor import subprocess_executor
+    from flwr.supercore.cli import flower_superexec  # not in the fork server, SuperLink or SuperNodes
+    from flwr.supercore.superexec.executor import subprocess_executor  # not in the fork server, SuperLink or SuperNodes
 
     subprocess_executor.subprocess = SubprocessWith(ForkServer().popen)
     sys.argv[0] = "flower-superexec"

@@ -12,11 +12,12 @@ from __future__ import annotations
 import importlib
 import sys
 
+from fedsim.runtimes.superexec import SubprocessWith, start_superexec
+
 
 def main() -> None:
     # The package exports the function under the module's name: the module itself from importlib.
     module = importlib.import_module("flwr.superlink.cli.flower_superlink")
-    from fedsim.runtimes.superexec import SubprocessWith, start_superexec
 
     module.subprocess = SubprocessWith(start_superexec)
     sys.argv[0] = "flower-superlink"

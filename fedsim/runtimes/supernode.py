@@ -19,8 +19,12 @@ import sys
 import time
 from typing import Any
 
-IDLE_S = 0.1
-LOCAL_S = 0.01
+from flwr.supernode import start_client_internal
+from flwr.supernode.cli import flower_supernode
+
+from fedsim.runtimes.superexec import IDLE_S, SubprocessWith, short_pulls, start_superexec
+
+LOCAL_S = 0.01  # between looks at the node's own state for its ClientApp's reply
 
 
 class ShortSleeps:
@@ -37,11 +41,6 @@ class ShortSleeps:
 
 
 def main() -> None:
-    from flwr.supernode import start_client_internal
-    from flwr.supernode.cli import flower_supernode
-
-    from fedsim.runtimes.superexec import SubprocessWith, short_pulls, start_superexec
-
     start_client_internal.time = ShortSleeps()
     short_pulls()
     start_client_internal.subprocess = SubprocessWith(start_superexec)

@@ -14,12 +14,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from flwr.app import ArrayRecord, Message
+from flwr.app import Message
 from flwr.serverapp import Grid
 
-from fedsim.model.records import Decoded, viewed
-from fedsim.model.sparse import SPARSE, densified
-from fedsim.model.transport import VIEWS
+from fedsim.messages.records import Decoded
+from fedsim.messages.sparse import for_aggregation
 from fedsim.server.faults import Faults
 from fedsim.server.participation import EVALUATE, TRAIN, Participants
 from fedsim.server.record import DROPPED, EVAL_FAILED, FAILED, LATE, ClientFailure, ClientUpdate
@@ -78,7 +77,7 @@ class Cohort:
     def train(self, server_round: int, messages: list[Message]) -> Trained:
         replies, dropped = self.exchange(server_round, TRAIN, messages)
         sent = messages[0].content["arrays"] if messages and "arrays" in messages[0].content else None
-        answered = {p: self._for_aggregation(r, sent) for p, r in replies.items() if ok(r)}
+        answered = {p: for_aggregation(r, sent, self.transport) for p, r in replies.items() if ok(r)}
         # The updates are read first: some of Flower's strategies empty the replies as they aggregate.
         updates = [self._update(p, r) for p, r in answered.items()]
         failures = [self.missed(p, DROPPED) for p in dropped]
@@ -106,19 +105,6 @@ class Cohort:
         if trained.late:
             return float(self.faults.round_timeout_s)
         return max((u.sim_time_s for u in trained.updates), default=0.0)
-
-    def _for_aggregation(self, reply: Message, sent: ArrayRecord) -> Message:
-        """A training reply as the strategy aggregates it: arrays that decode without a copy, read as float32
-        where the update travelled in float16/bfloat16, so the strategy aggregates in float32; a sparse
-        reply's tensors rebuilt from the `sent` model as they are read (fedsim.model.sparse)."""
-        content = reply.content
-        if SPARSE in content:
-            ids = content[SPARSE]
-            del content[SPARSE]
-            content["arrays"] = densified(content["arrays"], ids, sent, VIEWS[self.transport])
-        else:
-            content["arrays"] = viewed(content["arrays"], VIEWS[self.transport])
-        return reply
 
     def _update(self, client_id: int, reply: Message) -> ClientUpdate:
         metrics = reply.content["metrics"]

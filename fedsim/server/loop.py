@@ -9,33 +9,17 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
-from omegaconf import DictConfig
 
-from fedsim.model.records import record_views, to_record
-from fedsim.model.transport import transport_of
+from fedsim.messages.records import record_views, to_record
 from fedsim.privacy.dp import inner_strategy
-from fedsim.server.cohort import Cohort, GroundTruth, Trained
-from fedsim.server.participation import Participants
+from fedsim.server.cohort import Cohort, Trained
 from fedsim.server.record import DROPPED, LATE, ClientUpdate, RoundRecord
 from fedsim.system.errors import RunFailed
 from fedsim.system.memory import small_buffers_on_heap
-
-if TYPE_CHECKING:
-    from fedsim.run.session import Session
-
-
-def timeouts(cfg: DictConfig) -> tuple[float, float]:
-    """(startup, reply) timeouts in seconds: how long the federation may take to answer first
-    (runtime.startup_timeout_s), and a round its replies (runtime.reply_timeout_s, 3600 as Flower's
-    Strategy.start)."""
-    return float(cfg.runtime.startup_timeout_s), float(cfg.runtime.reply_timeout_s)
-
 
 AGGREGATION_HEAP_BYTES = 1 << 30  # buffers up to a large transformer's tensor, while Flower's strategy aggregates
 
@@ -120,35 +104,6 @@ def run_rounds(
         outputs(record)
         result.arrays, result.metrics[server_round] = arrays, record.metrics
     return result
-
-
-def federate(grid: Grid, session: Session, slots: int | None = None) -> Result:
-    """The session's rounds on `grid`: its nodes found (a pool of `slots` simulated nodes, or one node per
-    client), then `run_rounds` with the session's parts."""
-    cfg = session.cfg
-    startup_s, reply_s = timeouts(cfg)
-    carried = bool(cfg.runtime.get("cohort_messages", False))
-    participants = Participants.discover(grid, cfg.num_clients, cfg.seed, slots, timeout=startup_s, carried=carried)
-    experiment = session.experiment
-    cohort = Cohort(
-        grid,
-        participants,
-        experiment.faults,
-        int(cfg.seed),
-        int(cfg.client.local_epochs),
-        GroundTruth(frozenset(experiment.malicious), experiment.attack.name),
-        transport_of(cfg),
-        reply_s,
-    )
-    return run_rounds(
-        session.strategy,
-        cohort,
-        session.start(),
-        int(cfg.num_rounds),
-        session.evaluate,
-        session.end_round,
-        int(cfg.seed),
-    )
 
 
 def check_enough(server_round: int, trained: Trained, min_train_nodes: int) -> None:

@@ -9,7 +9,7 @@ partitions receive those messages.
 A simulation may also run fewer SuperNodes than clients (`runtime.node_slots`): a pool of slots,
 each message naming the partition it is for (the `partition` record, read by the ClientApp), or,
 with `runtime.cohort_messages`, one message per slot and round carrying every partition the slot
-serves (fedsim.model.carried). Nothing about a client lives in its node, so the results are those of
+serves (fedsim.messages.carried). Nothing about a client lives in its node, so the results are those of
 one node per client.
 """
 
@@ -19,13 +19,14 @@ import time
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
+from flwr.app import Error, Message, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
-from fedsim.model.carried import COHORT, carry, same_content, unpack
-from fedsim.model.records import PARTITION
+from fedsim.messages.addressed import addressed
+from fedsim.messages.carried import answers, carry, same_content
 from fedsim.system.errors import ConfigError
+from fedsim.system.waits import wait_until
 
 TRAIN, EVALUATE = 0x7A, 0xE7  # separate random streams per purpose
 
@@ -75,9 +76,13 @@ class Participants:
         exactly num_clients partitions (or `slots` slots). `carried`: a pooled node gets one message a
         round for all the partitions it serves."""
         expected = slots or num_clients
-        deadline = time.monotonic() + timeout
-        while len(nodes := list(grid.get_node_ids())) < expected and time.monotonic() < deadline:
-            time.sleep(0.05)  # the simulation registers its nodes while the server starts
+        nodes: list[int] = []
+
+        def registered() -> bool:  # the simulation registers its nodes while the server starts
+            nodes[:] = grid.get_node_ids()
+            return len(nodes) >= expected
+
+        wait_until(registered, timeout_s=timeout, poll_s=0.05)  # too few at the deadline: refused below
         replies = grid.send_and_receive(
             [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes], timeout=timeout
         )
@@ -111,17 +116,20 @@ class Participants:
         sent = self.address(messages[: len(partitions)], partitions)
         waiting = {mid: s for mid, s in zip(grid.push_messages([m for m, _ in sent]), sent) if mid}
         replies: dict[int, Message | None] = {}
-        deadline = time.monotonic() + timeout
         next_check = time.monotonic() + ONLINE_CHECK_S
-        while waiting and time.monotonic() < deadline:
+
+        def answered() -> bool:
+            nonlocal next_check
             # By the message answered, not the sender: the SuperLink itself answers for some lost nodes.
             for reply in grid.pull_messages(list(waiting)):
                 replies.update(answers(reply, *waiting.pop(reply.metadata.reply_to_message_id)))
             if waiting and time.monotonic() > next_check:
                 replies.update(self.offline(grid, waiting))
                 next_check = time.monotonic() + ONLINE_CHECK_S
-            if waiting:
-                time.sleep(POLL_S)
+            return not waiting
+
+        if waiting:  # what has not come at the deadline stays None: a failure the round records
+            wait_until(answered, timeout_s=timeout, poll_s=POLL_S)
         return {p: replies.get(p) for p in partitions}
 
     def offline(self, grid: Grid, waiting: dict[str, tuple[Message, list[int]]]) -> dict[int, Message | None]:
@@ -142,7 +150,7 @@ class Participants:
     def address(self, messages: Iterable[Message], partitions: Sequence[int]) -> list[tuple[Message, list[int]]]:
         """The strategy's messages sent to the chosen partitions' nodes instead of its own sample, each with
         the partitions it is for. In a pool, the i-th partition goes to slot i (modulo the pool), its message
-        naming it; `carried`: each slot gets one message for all its partitions (fedsim.model.carried)."""
+        naming it; `carried`: each slot gets one message for all its partitions (fedsim.messages.carried)."""
         messages = list(messages)
         if len(messages) != len(partitions):
             raise ValueError(f"{len(messages)} messages for {len(partitions)} partitions")
@@ -166,9 +174,7 @@ class Participants:
         return [
             (
                 Message(
-                    RecordDict(
-                        {**m.content, PARTITION: ConfigRecord({"partition-id": p, "num-partitions": self.num_clients})}
-                    ),
+                    addressed(m.content, p, self.num_clients),
                     dst_node_id=self.node_of[i % slots],
                     message_type=m.metadata.message_type,
                 ),
@@ -176,11 +182,6 @@ class Participants:
             )
             for i, (m, p) in enumerate(zip(messages, partitions))
         ]
-
-
-def answers(reply: Message | None, sent: Message, partitions: list[int]) -> dict[int, Message | None]:
-    """The reply to a sent message as each of its partitions' own (a carried message's, taken apart)."""
-    return unpack(reply, partitions) if COHORT in sent.content else {partitions[0]: reply}
 
 
 class FederationView:

@@ -34,7 +34,7 @@ class ClientFailure:
     """A client call in a round that brought no usable reply.
 
     `status`: failed (training raised or never replied), eval_failed (evaluation did), or the
-    simulated faults (fedsim.faults): dropped (did not answer) or late (past the round timeout).
+    simulated faults (fedsim.server.faults): dropped (did not answer) or late (past the round timeout).
     """
 
     client_id: int
@@ -54,8 +54,9 @@ class ClientFailure:
 class RoundRecord:
     """One round: the weights it started from and ended with, the clients' updates, and rounds.csv's row.
 
-    Round 0 is the initial model: no clients and no start weights. Outputs may add to `metrics`
-    and to each update's `stats`; they run in order, so an output sees what earlier ones added.
+    Round 0 is the initial model: no clients and no start weights. The outputs' producers return the round's
+    further metrics, which the session adds to `metrics` before any writer sees the record, and the weight
+    scrutiny fills each update's `stats` (fedsim.outputs.phases: the order by phase).
     """
 
     server_round: int

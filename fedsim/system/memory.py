@@ -21,8 +21,8 @@ def return_freed_buffers_to_os() -> None:
 
     By default glibc raises the threshold after large frees (up to 32 MiB), so later weight-sized
     buffers come from the heap, which fragments and grows round after round: the driver's private
-    memory rose by 0-270 MB per round with MiniLM before this, and stays flat with it. No-op where
-    libc is not glibc.
+    memory rose every round with MiniLM before this, and stays flat with it (docs/benchmarks/measured.md,
+    "Archive and driver memory"). No-op where libc is not glibc.
     """
     _set_mmap_threshold(MMAP_THRESHOLD_BYTES)
 
@@ -53,7 +53,8 @@ def small_buffers_on_heap(limit_bytes: int = 8 << 20) -> Iterator[None]:
     Blocked computations (weight scrutiny, Flower's aggregation of a round's replies) allocate and free
     MB-sized temporaries thousands of times a round; with the driver's fixed 128 KiB threshold each one is
     a fresh mapping whose pages the kernel must zero, and a heap trimmed after every free faults them in
-    again: scrutiny ran 1.5-2x slower, FedAvg over 50 bow replies 2x slower. Restored on exit.
+    again, which slowed both markedly (docs/benchmarks/measured.md, "Figures behind choices in the code").
+    Restored on exit.
     """
     _set_mmap_threshold(limit_bytes)
     _mallopt(M_TRIM_THRESHOLD, 1 << 30)

@@ -9,14 +9,17 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
+
+from fedsim.system.waits import wait_until
 
 
 def scripts_dir() -> str:
@@ -147,17 +150,18 @@ class Processes:
     def stop(self, child: Child, grace_s: float = 10.0) -> None:
         """SIGTERM to the child's group and to every process below it, SIGKILL to what is left after `grace_s`."""
         tree = {child.pid, *descendants(child.pid)}
+
+        def gone() -> bool:
+            child.process.poll()  # reap the leader, so that a finished group reads as gone
+            return not self._running(child, tree)
+
         for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
             tree |= set(descendants(child.pid))
             _send(os.killpg, child.pid, sig)
             for pid in tree - {child.pid}:
                 _send(os.kill, pid, sig)
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline:
-                child.process.poll()  # reap the leader, so that a finished group reads as gone
-                if not self._running(child, tree):
-                    return
-                time.sleep(0.1)
+            if wait_until(gone, timeout_s=wait_s, poll_s=0.1):  # not gone at the deadline: the next signal
+                return
 
     @staticmethod
     def _running(child: Child, tree: set[int]) -> bool:
@@ -174,3 +178,12 @@ class Processes:
         for child in self.children:
             pids |= {p for p in descendants(child.pid) if alive(p)}
         return sorted(pids)
+
+
+def node_name() -> str:
+    """The Ray node running this process (its node id), or the host outside Ray (Flower's deployment runtime).
+    Ray is looked up, never imported: a process that has not imported it runs outside Ray."""
+    ray: Any = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()
+    return socket.gethostname()

@@ -12,8 +12,8 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsim.model.carried import COHORT
-from fedsim.model.records import PARTITION
+from fedsim.messages.addressed import PARTITION
+from fedsim.messages.carried import COHORT
 
 CLIENT_APP_RAISED = 1  # as Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 

@@ -11,7 +11,7 @@ from flwr.app import Context, RecordDict
 
 from fedsim.client.app import make_client_app
 from fedsim.run.runner import run_experiment
-from fedsim.server.app import make_server_app
+from fedsim.run.server_app import make_server_app
 from fedsim.system.processes import group_alive
 from fedsim.system.waits import wait_for
 from helpers.local_grid import LocalGrid

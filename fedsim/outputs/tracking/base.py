@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from fedsim.outputs.base import Callback
+from fedsim.outputs.base import Callback, Phase
 from fedsim.server.record import RoundRecord
 from fedsim.system.errors import first_line
 
@@ -42,10 +42,12 @@ class Tracker(Callback):
     `_log_info` and `_close`; every call but `_close`'s goes through `_guard`.
 
     `group`: the collection (or multirun) the run belongs to; `tags` (run_id among them) label it.
-    A resumed run continues its tracker run where the tool can (`state` holds its id).
+    A resumed run continues its tracker run where the tool can (`state` holds its id). A report: it logs the
+    complete, timed round (user callbacks' metrics included) and, at the end, the saved final model.
     """
 
     name = "tracker"
+    phase = Phase.REPORT
 
     def __init__(
         self, group: str | None = None, tags: Mapping[str, Any] | None = None, echo: Callable[[str], None] = print

@@ -39,8 +39,8 @@ class MLflow(Tracker):
     def _open(self) -> None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-        from mlflow.entities import Param, RunTag
-        from mlflow.tracking import MlflowClient
+        from mlflow.entities import Param, RunTag  # mlflow only with tracking=mlflow, after its variables are set
+        from mlflow.tracking import MlflowClient  # (as above)
 
         for name in ("mlflow", "alembic"):  # after the import, which sets mlflow's level
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -65,7 +65,7 @@ class MLflow(Tracker):
         self.client.log_batch(self.run_id, tags=[RunTag("run_dir", str(self.run_dir))])
 
     def _log_round(self, step: int, metrics: dict[str, float]) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # mlflow only with tracking=mlflow
 
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
@@ -75,7 +75,7 @@ class MLflow(Tracker):
             self.client.log_artifact(self.run_id, str(self.model_path))
 
     def _log_info(self, info: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
+        from mlflow.entities import RunTag  # mlflow only with tracking=mlflow
 
         tags = [RunTag(f"run.{k}", v[:5000]) for k, v in flat_params(info).items()]
         self.client.log_batch(self.run_id, tags=tags)

@@ -21,7 +21,7 @@ class TensorBoard(Tracker):
         self.writer = None
 
     def _open(self) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # tensorboard only with tracking=tensorboard
 
         self.writer = SummaryWriter(log_dir=str(self.run_dir / self.subdir))
         if self.run_id is None:  # a resumed run's config is in its first event file

@@ -22,7 +22,7 @@ class WandB(Tracker):
 
     def _open(self) -> None:
         os.environ.setdefault("WANDB_SILENT", "true")
-        import wandb
+        import wandb  # wandb only with tracking=wandb, after its variables are set
 
         self.run = wandb.init(
             project=self.project,
@@ -42,7 +42,7 @@ class WandB(Tracker):
         self.run.log(metrics, step=step)
 
     def _log_model(self) -> None:
-        import wandb
+        import wandb  # wandb only with tracking=wandb
 
         if self.model_path is not None:
             artifact = wandb.Artifact(f"model-{self.run_id}", type="model")
@@ -55,6 +55,6 @@ class WandB(Tracker):
     def _close(self, status: str) -> None:
         if self.run is not None:
             self._guard(lambda: self.run.finish(exit_code=0 if status in ("completed", "degraded") else 1))
-            import wandb
+            import wandb  # wandb only with tracking=wandb
 
             self._guard(wandb.teardown)  # stops wandb's service process

@@ -1,4 +1,4 @@
-"""fedsim's Flower ServerApp: a whole run in `main`, the rounds in fedsim.server.loop.
+"""fedsim's Flower ServerApp: a whole run in `main`, its rounds (`federate`) in fedsim.server.loop's round loop.
 
 `app` is what `flwr run` loads (pyproject.toml's [tool.flwr.app.components]): it composes the
 config from the run config's `overrides`, writes the run under `results-dir`, and runs the same
@@ -15,12 +15,16 @@ from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
+from omegaconf import DictConfig
 
 from fedsim.config.compose import RESULTS_KEY, RUN_DIR_KEY, config_from, overrides_of
+from fedsim.messages.transport import transport_of
 from fedsim.run.directory import claim
 from fedsim.run.runner import run_experiment
 from fedsim.run.session import Session
-from fedsim.server.loop import federate
+from fedsim.server.cohort import Cohort, GroundTruth
+from fedsim.server.loop import Result, run_rounds
+from fedsim.server.participation import Participants
 from fedsim.system.errors import ConfigError
 
 
@@ -60,6 +64,42 @@ def run_from_run_config(grid: Grid, context: Context) -> dict:
             f"-> {run_dir}"
         )
     return info
+
+
+def timeouts(cfg: DictConfig) -> tuple[float, float]:
+    """(startup, reply) timeouts in seconds: how long the federation may take to answer first
+    (runtime.startup_timeout_s), and a round its replies (runtime.reply_timeout_s, 3600 as Flower's
+    Strategy.start)."""
+    return float(cfg.runtime.startup_timeout_s), float(cfg.runtime.reply_timeout_s)
+
+
+def federate(grid: Grid, session: Session, slots: int | None = None) -> Result:
+    """The session's rounds on `grid`: its nodes found (a pool of `slots` simulated nodes, or one node per
+    client), then `run_rounds` with the session's parts."""
+    cfg = session.cfg
+    startup_s, reply_s = timeouts(cfg)
+    carried = bool(cfg.runtime.get("cohort_messages", False))
+    participants = Participants.discover(grid, cfg.num_clients, cfg.seed, slots, timeout=startup_s, carried=carried)
+    experiment = session.experiment
+    cohort = Cohort(
+        grid,
+        participants,
+        experiment.faults,
+        int(cfg.seed),
+        int(cfg.client.local_epochs),
+        GroundTruth(frozenset(experiment.malicious), experiment.attack.name),
+        transport_of(cfg),
+        reply_s,
+    )
+    return run_rounds(
+        session.strategy,
+        cohort,
+        session.start(),
+        int(cfg.num_rounds),
+        session.evaluate,
+        session.end_round,
+        int(cfg.seed),
+    )
 
 
 def make_server_app(session: Session | None = None, slots: int | None = None) -> ServerApp:

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -30,8 +31,6 @@ HYDRA_WRITES = (".hydra", "main.log")  # what Hydra has put in the run directory
 
 def check_command_line(argv: Sequence[str]) -> None:
     """main.py's overrides, read by Hydra's own argument parser and checked whole (fedsim.config.overrides)."""
-    from hydra._internal.utils import get_args_parser
-
     args = get_args_parser().parse_args(list(argv))
     if (
         args.help

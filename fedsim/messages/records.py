@@ -14,14 +14,11 @@ from numpy.lib import format as npy
 NUMPY_STYPE = "numpy.ndarray"
 
 
-PARTITION = "partition"  # a message's record naming the partition it is for (pooled simulation nodes)
-
-
 def tensor_view(tensor: bytes) -> np.ndarray:
     """A read-only array over one tensor in Flower's wire format (`np.save` bytes), no copy.
 
-    `Array.numpy()` copies every tensor; with 50 bow clients a round that is 850 MB more in the
-    server, on top of the messages themselves.
+    `Array.numpy()` copies every tensor: a second copy of every reply in the server, on top of the messages
+    themselves (docs/benchmarks/measured.md, "Figures behind choices in the code").
     """
     stream = io.BytesIO(tensor)
     version = npy.read_magic(stream)
@@ -45,8 +42,8 @@ def record_views(record: ArrayRecord) -> list[np.ndarray]:
 
 class ArrayView(Array):
     """An Array whose `numpy()` is a read-only view of its bytes, not a copy. Flower's strategies decode
-    every reply with `numpy()` as they aggregate (50 bow replies: 850 MB of copies a round); they only
-    read the replies, and write into arrays of their own."""
+    every reply with `numpy()` as they aggregate (a copy of every reply, every round); they only read the
+    replies, and write into arrays of their own."""
 
     def numpy(self) -> np.ndarray:
         return tensor_view(self.data)
@@ -63,7 +60,7 @@ def viewed(record: ArrayRecord, view: type[ArrayView] = ArrayView) -> ArrayRecor
 
 class Decoded(Sequence[np.ndarray]):
     """A record's arrays as a sequence, each decoded (`Array.numpy()`) when it is read: a view for an ArrayView,
-    a rebuilt tensor for a sparse reply's (fedsim.model.sparse), held only while the reader holds it."""
+    a rebuilt tensor for a sparse reply's (fedsim.messages.sparse), held only while the reader holds it."""
 
     def __init__(self, record: ArrayRecord) -> None:
         self._arrays = list(record.values())
@@ -78,8 +75,8 @@ class Decoded(Sequence[np.ndarray]):
 
 
 def to_array(array: np.ndarray) -> Array:
-    """`Array(array)`, the same bytes, with one copy of the data: Flower's `np.save` into a BytesIO copies a
-    17 MB embedding about four times (14 ms where one copy takes 1.5), once per client and round."""
+    """`Array(array)`, the same bytes, with one copy of the data: Flower's `np.save` into a BytesIO copies the
+    array about four times, once per client and round (docs/benchmarks/measured.md)."""
     array = np.asarray(array)
     if not array.flags.c_contiguous or array.dtype.hasobject:
         return Array(array)  # np.save's Fortran order, or its refusal of objects
@@ -104,8 +101,8 @@ def _array(dtype: str, shape: tuple[int, ...], stype: str, data: np.ndarray) -> 
 
 def _reduce_array(array: Array):
     """Pickle an Array's bytes as a NumPy view, which pickle protocol 5 hands out of band: Ray then
-    moves a 17 MB update into its object store with one copy instead of writing it through the
-    pickle stream (3-5x faster per message with ray.put). Older protocols keep it in band."""
+    moves an update into its object store with one copy instead of writing it through the pickle
+    stream, several times faster per message (docs/benchmarks/measured.md). Older protocols keep it in band."""
     return _array, (array.dtype, tuple(array.shape), array.stype, np.frombuffer(array.data, dtype=np.uint8))
 
 

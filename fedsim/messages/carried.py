@@ -3,11 +3,11 @@
 Flower's message path costs a Ray round trip, a serialized model out and a model back per client: a
 pooled simulation node that serves 25 clients a round paid it 25 times. A carried message holds the
 strategy's content once (the global model, its config) and a `cohort` record listing the partitions
-the node serves this round; the node answers each as if it had been sent alone (fedsim.client.mods) and
+the node serves this round; the node answers each as if it had been sent alone (`carried_cohort`) and
 replies once, every client's records under its position in the cohort (`arrays@3`, `metrics@3`, or
 `error@3` for a client whose handler failed). The server splits that reply back into per-client
-replies, so the strategy, the outputs and every failure count see exactly what one message per client
-would have given them.
+replies (`answers`), so the strategy, the outputs and every failure count see exactly what one message per
+client would have given them.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
-from fedsim.model.records import PARTITION
+from fedsim.messages.addressed import addressed
+from fedsim.messages.errors import replies_errors
 
 COHORT = "cohort"  # a carried message's record: the partitions it is for, in order
 ERROR = "error"
@@ -60,15 +62,7 @@ def split(message: Message) -> list[tuple[int, Message]]:
     shared = {key: record for key, record in message.content.items() if key != COHORT}
     num_partitions = int(cohort["num-partitions"])
     return [
-        (
-            int(p),
-            Message(
-                RecordDict(
-                    {**shared, PARTITION: ConfigRecord({"partition-id": int(p), "num-partitions": num_partitions})}
-                ),
-                metadata=copy.copy(message.metadata),
-            ),
-        )
+        (int(p), Message(addressed(RecordDict(shared), int(p), num_partitions), metadata=copy.copy(message.metadata)))
         for p in cohort["partition-ids"]
     ]
 
@@ -110,3 +104,19 @@ def unpack(reply: Message | None, partitions: Sequence[int]) -> dict[int, Messag
             continue
         answers[partition] = Message(error, metadata=copy.copy(reply.metadata))
     return answers
+
+
+def carried_cohort(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """A Flower mod, the client's half: a carried message runs through the rest of the ClientApp once per
+    partition, one after another, each exactly as if it had come alone; the node replies once with every answer.
+    A client whose call raises gets its own error; the others still count."""
+    if COHORT not in message.content:
+        return call_next(message, context)
+    guarded = replies_errors(call_next)
+    return Message(pack([guarded(single, context) for _, single in split(message)]), reply_to=message)
+
+
+def answers(reply: Message | None, sent: Message, partitions: list[int]) -> dict[int, Message | None]:
+    """The server's half: the reply to a sent message as each of its partitions' own (a carried message's, taken
+    apart)."""
+    return unpack(reply, partitions) if COHORT in sent.content else {partitions[0]: reply}

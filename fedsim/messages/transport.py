@@ -11,9 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 from omegaconf import DictConfig
 
-from fedsim.model.records import ArrayView
-
-TRANSPORTS = ("float32", "float16", "bfloat16")
+from fedsim.messages.records import ArrayView
 
 
 def transport_of(cfg: DictConfig) -> str:
@@ -28,7 +26,7 @@ def encode(weights: Sequence[np.ndarray], transport: str) -> list[np.ndarray]:
         return list(weights)
     if transport == "float16":
         return [w.astype(np.float16) if w.dtype == np.float32 else w for w in weights]
-    import torch  # NumPy has no bfloat16; imported here, so that importing TRANSPORTS brings no torch
+    import torch  # NumPy has no bfloat16; imported here: a ClientApp process that forwards to its worker loads no torch
 
     return [
         torch.from_numpy(np.ascontiguousarray(w)).to(torch.bfloat16).view(torch.uint16).numpy()

@@ -2,7 +2,7 @@
 
 A bow client with twenty reviews touches a few percent of its embedding's buckets; every row it never
 touched comes back bitwise unchanged (Adam's and the proximal step's update of a zero gradient is zero),
-so sending the whole 17 MB embedding back is mostly sending the server its own model. `sparsify` keeps
+so sending the whole embedding back is mostly sending the server its own model. `sparsify` keeps
 the rows whose bytes differ from what the server sent (row ids and their new values); `densified` gives
 the server arrays whose `numpy()` rebuilds the client's dense tensor exactly, from the sent model and
 those rows, only when it is read, so the driver holds the sparse form until the aggregation reads it.
@@ -18,9 +18,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
 
-from fedsim.model.records import ArrayView, tensor_view, to_array, to_record
+from fedsim.config.compose import config_from
+from fedsim.messages.records import ArrayView, tensor_view, to_array, to_record, viewed
+from fedsim.messages.transport import VIEWS
 
 if TYPE_CHECKING:
     from fedsim.model.indexed_rows import Trained
@@ -32,7 +35,8 @@ def changed_rows(sent: np.ndarray, new: np.ndarray) -> np.ndarray:
     """The ids of the rows (along the first axis) whose bytes differ, in increasing order.
 
     Rows are compared in the widest unsigned words that divide them, and the per-word verdicts of a row read
-    eight at a time as one uint64: 7x faster than comparing bytes, for the same answer.
+    eight at a time as one uint64: the same answer as comparing bytes, in far fewer operations
+    (docs/benchmarks/measured.md, "Figures behind choices in the code").
     """
     rows = sent.shape[0]
     if sent.size == 0:
@@ -125,3 +129,35 @@ def densified(arrays: ArrayRecord, ids: ArrayRecord, sent: ArrayRecord, view: ty
         rebuilt.__dict__["_base"], rebuilt.__dict__["_ids"] = base, tensor_view(ids[name].data)
         record[name] = rebuilt
     return record
+
+
+def sparse_replies(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """A Flower mod, the client's half: with `sparse_updates`, a training reply sends the rows it changed of each
+    large tensor instead of the whole tensor. It wraps the privacy mod: what it sparsifies is the update as
+    clipped."""
+    reply = call_next(message, context)
+    if (
+        message.metadata.message_type != MessageType.TRAIN
+        or reply.has_error()
+        or SPARSE in reply.content  # sparse already, from the rows the client trained (`sparse_update`)
+        or not config_from(context.run_config).get("sparse_updates", False)
+    ):
+        return reply
+    arrays, ids = sparsify(message.content["arrays"], reply.content["arrays"])
+    if not len(ids):
+        return reply
+    return Message(RecordDict({**reply.content, "arrays": arrays, SPARSE: ids}), reply_to=message)
+
+
+def for_aggregation(reply: Message, sent: ArrayRecord | None, transport: str) -> Message:
+    """The server's half: a training reply as the strategy aggregates it, arrays that decode without a copy, read
+    as float32 where the update travelled in float16/bfloat16 (fedsim.messages.transport), so the strategy
+    aggregates in float32; a sparse reply's tensors rebuilt from the `sent` model as they are read."""
+    content = reply.content
+    if SPARSE in content:
+        ids = content[SPARSE]
+        del content[SPARSE]
+        content["arrays"] = densified(content["arrays"], ids, sent, VIEWS[transport])
+    else:
+        content["arrays"] = viewed(content["arrays"], VIEWS[transport])
+    return reply

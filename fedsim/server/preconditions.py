@@ -1,0 +1,57 @@
+"""What a strategy needs of the federation: Flower's robust aggregators tolerate f malicious clients only with
+enough clients a round, and Flower waits forever for nodes the federation lacks. Checked in
+`fedsim.run.experiment.build`, before any data is read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr.serverapp.strategy import Bulyan, MultiKrum, Strategy
+from omegaconf import DictConfig
+
+from fedsim.config.validate import fit_clients_per_round, num_malicious
+from fedsim.system.errors import ConfigError
+
+# Minimum clients per round each robust aggregator needs for f tolerated malicious clients
+# (Bulyan first, as it is no MultiKrum; Krum is a MultiKrum that selects one).
+MIN_CLIENTS: dict[type, tuple[Callable[[int], int], str]] = {
+    Bulyan: (lambda f: 4 * f + 3, "n >= 4f + 3"),
+    MultiKrum: (lambda f: 2 * f + 3, "n > 2f + 2"),
+}
+
+
+def check_strategy(strategy: Strategy, cfg: DictConfig) -> None:
+    """Refuse a strategy whose preconditions this configuration breaks."""
+    for key in ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes"):
+        # Flower's sampling waits, without end, until that many nodes are online: more than the federation has
+        # never are (fedsim's strategies see every node of the federation as online, fedsim.server.participation).
+        wanted = int(cfg.strategy.get(key) or 0)
+        if key == "min_evaluate_nodes" and not cfg.strategy.get("fraction_evaluate", 1.0):
+            continue  # no federated evaluation: Flower ignores it
+        if wanted > cfg.num_clients:
+            raise ConfigError(
+                f"strategy.{key}",
+                f"{wanted}, but the federation has num_clients={cfg.num_clients} "
+                f"(Flower would wait forever for the nodes it lacks); allowed: at most "
+                f"{cfg.num_clients}",
+            )
+    n = fit_clients_per_round(cfg)
+    for cls, (minimum, rule) in MIN_CLIENTS.items():
+        if isinstance(strategy, cls):
+            f = int(strategy.num_malicious_nodes)
+            actual = num_malicious(float(cfg.attack.node_ratio), cfg.num_clients)
+            if f < actual:
+                print(f"note: {type(strategy).__name__} assumes f={f} malicious clients; the attack has {actual}")
+            if n < minimum(f):
+                raise ConfigError(
+                    "strategy.num_malicious_nodes",
+                    f"{type(strategy).__name__} with f={f} needs {rule}, i.e. at least {minimum(f)} clients "
+                    f"per round, but {n} train per round; allowed: raise num_clients or strategy.fraction_train, "
+                    "or lower f",
+                )
+            selected = getattr(strategy, "num_nodes_to_select", 1)
+            if isinstance(strategy, MultiKrum) and selected > n:
+                raise ConfigError(
+                    "strategy.num_nodes_to_select", f"{selected}, but {n} clients train per round; allowed: 1..{n}"
+                )
+            return
