@@ -31,8 +31,9 @@ def exact_quantiles(
 ) -> list[float]:
     """np.quantile over all of `values` (an array, or several arrays taken together), exactly.
 
-    Sorting or partitioning tens of millions of values every round is the slow way; instead the values are counted by their top 16 bits (`counts`, if the caller has them already), and
-    only the few buckets that hold the wanted ranks are gathered and sorted (a radix select).
+    Sorting or partitioning tens of millions of values every round is the slow way; instead the values
+    are counted by their top 16 bits (`counts`, if the caller has them already), and only the few
+    buckets that hold the wanted ranks are gathered and sorted (a radix select).
     """
     parts = [
         np.ascontiguousarray(v, dtype=np.float32).ravel()
