@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers.configs import QUICK, TIMING, make_cfg
-from helpers.runs import run_locally
+from helpers.runs import Crash, run_locally
 from safetensors.numpy import load_file
 
 import fedsim.outputs.memory
@@ -523,17 +523,6 @@ def test_a_user_metric_that_was_not_declared_stops_the_run_with_its_message(gene
         quietly(run_locally, cfg, tmp_path, callbacks=[Undeclared()])
     assert pd.read_csv(tmp_path / "rounds.csv").empty  # round 0 was refused before its row was written
     assert json.loads((tmp_path / "run.json").read_text())["status"] == "failed"
-
-
-class Crash(Callback):
-    """Stands in for a kill: the run dies after writing round `at`'s rows, before its checkpoint."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_round_end(self, record) -> None:
-        if record.server_round == self.at:
-            raise KeyboardInterrupt
 
 
 class Counted(Callback):

@@ -12,7 +12,7 @@ from flwr.app import Context
 from helpers.configs import METRICS as CENTRAL_AND_FED
 from helpers.configs import QUICK, TIMING, make_cfg
 from helpers.local_grid import LocalGrid
-from helpers.runs import run_locally, server_context
+from helpers.runs import Crash, run_locally, server_context
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
@@ -22,7 +22,6 @@ import fedsim.run.server_app
 from fedsim.client.client import client_fn
 from fedsim.config.compose import CONF_DIR
 from fedsim.config.resume import resumed_config
-from fedsim.outputs.base import Callback
 from fedsim.outputs.columns import CLIENTS_COLUMNS, ROUNDS_COLUMNS
 from fedsim.server.faults import Faults
 from fedsim.server.participation import Participants, choose
@@ -249,17 +248,6 @@ def test_fedprox_as_mu_goes_to_zero_is_fedavg(generated_imdb, tmp_path):
     run_locally(make_cfg(*common, "strategy=fedprox", "strategy.proximal_mu=1e-9"), tmp_path / "fedprox")
     fedavg, fedprox = (read(tmp_path / name, "rounds.csv")[METRICS] for name in ("fedavg", "fedprox"))
     pd.testing.assert_frame_equal(fedavg, fedprox, check_exact=False, rtol=1e-5, atol=1e-6)
-
-
-class Crash(Callback):
-    """Stands in for a kill: the run dies after writing round `at`'s rows, before its checkpoint."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_round_end(self, record) -> None:
-        if record.server_round == self.at:
-            raise KeyboardInterrupt
 
 
 # stateless, moments, momentum; and FedAdam inside Flower's adaptive DP wrapper (noise, a moving clipping norm)

@@ -10,6 +10,7 @@ from pathlib import Path
 from flwr.app import Context, RecordDict
 
 from fedsim.client.app import make_client_app
+from fedsim.outputs.base import Callback
 from fedsim.run.runner import run_experiment
 from fedsim.run.server_app import make_server_app
 from fedsim.system.processes import group_alive
@@ -83,3 +84,14 @@ def run_locally(cfg, run_dir: Path, node_seed: int = 0, slots: int | None = None
 
     run_experiment(cfg, run_dir, federate, **parts)
     return grids[0]
+
+
+class Crash(Callback):
+    """Stands in for a kill: the run dies after writing round `at`'s rows, before its checkpoint."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_round_end(self, record) -> None:
+        if record.server_round == self.at:
+            raise KeyboardInterrupt
