@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from common import IMDB, ROOT, run_harness
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ["model=bow", "num_clients=10", "num_rounds=3", "data.train_size=5000"]
 
 ONE_PROCESS = r"""
@@ -76,26 +76,19 @@ def same(a: Path, b: Path) -> bool:
     return True
 
 
-def main_py(overrides: list[str], run_dir: Path) -> None:
-    command = [sys.executable, "main.py", *overrides, f"hydra.run.dir={run_dir}"]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-
-
 def main() -> None:
-    argv = sys.argv[1:]
-    overrides = argv[argv.index("--") + 1 :] if "--" in argv else DEFAULT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    parser.add_argument("overrides", nargs="*", help=f"every run's overrides (after --; default: {' '.join(DEFAULT)})")
+    args = parser.parse_args()
+    overrides = args.overrides or DEFAULT
     seeds = list(range(args.runs))
     walls: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         began = time.time()
         for seed in seeds:
-            main_py([*overrides, f"seed={seed}"], root / "solo" / str(seed))
+            run_harness([*overrides, f"seed={seed}"], root / "solo" / str(seed))
         walls["solo"] = time.time() - began
 
         from ray.cluster_utils import Cluster
@@ -104,7 +97,9 @@ def main() -> None:
         try:
             began = time.time()
             for seed in seeds:
-                main_py([*overrides, f"seed={seed}", f"ray.address={cluster.address}"], root / "attached" / str(seed))
+                run_harness(
+                    [*overrides, f"seed={seed}", f"ray.address={cluster.address}"], root / "attached" / str(seed)
+                )
             walls["attached"] = time.time() - began
         finally:
             cluster.shutdown()
@@ -112,7 +107,16 @@ def main() -> None:
         for how, keep in (("one process", "new"), ("one process, actors kept", "keep")):
             began = time.time()
             done = subprocess.run(
-                [sys.executable, "-c", ONE_PROCESS, str(root / how), keep, json.dumps(seeds), *overrides],
+                [
+                    sys.executable,
+                    "-c",
+                    ONE_PROCESS,
+                    str(root / how),
+                    keep,
+                    json.dumps(seeds),
+                    f"data.path={IMDB}",
+                    *overrides,
+                ],
                 cwd=ROOT,
                 capture_output=True,
                 text=True,

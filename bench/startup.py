@@ -15,13 +15,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import run_harness
+
 DEFAULT = ["model=bow", "num_clients=10", "num_rounds=3", "data.train_size=5000"]
 
 # The bootstrap: marks written as JSON lines to $FEDSIM_TIMELINE, then main.py as `python main.py` runs it.
@@ -70,30 +69,26 @@ runpy.run_path("main.py", run_name="__main__")
 
 
 def one_run(overrides: list[str], run_dir: Path) -> dict[str, float]:
-    """The marks of one run, in seconds from the launch; `exit` is the process's end."""
+    """The marks of one run, in seconds from the launch; `process exit` is the process's end."""
     run_dir.mkdir(parents=True)
     timeline = run_dir / "timeline.jsonl"
-    env = {**os.environ, "FEDSIM_TIMELINE": str(timeline)}
-    command = [sys.executable, "-c", BOOTSTRAP, *overrides, f"hydra.run.dir={run_dir / 'run'}"]
+    os.environ["FEDSIM_TIMELINE"] = str(timeline)  # the bootstrap's, inherited by the run's process alone
     launched = time.time()
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    ended = time.time()
-    if done.returncode != 0:
-        raise SystemExit(f"main.py exited {done.returncode}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    wall_s = run_harness(overrides, run_dir / "run", script=("-c", BOOTSTRAP)).wall_s
     marks: dict[str, float] = {}
     for line in timeline.read_text().splitlines():
         entry = json.loads(line)
         marks.setdefault(entry["mark"], entry["t"] - launched)  # the first time a mark is reached
-    marks["process exit"] = ended - launched
+    marks["process exit"] = wall_s
     return marks
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    overrides = argv[argv.index("--") + 1 :] if "--" in argv else DEFAULT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    parser.add_argument("overrides", nargs="*", help=f"the run's overrides (after --; default: {' '.join(DEFAULT)})")
+    args = parser.parse_args()
+    overrides = args.overrides or DEFAULT
     runs = []
     with tempfile.TemporaryDirectory() as scratch:
         for i in range(args.runs):

@@ -10,7 +10,7 @@ from pathlib import Path
 from fedsim.run.info import git_commit
 from fedsim.system.processes import child_env
 
-TASK_POLL_S = 0.1  # a SuperExec's poll for the next message's ClientApp (fedsim.runtimes.supernode: the same wait)
+TASK_POLL_S = 0.1  # a SuperExec's poll for its next ClientApp (fedsim.runtimes.superexec.IDLE_S: the same wait)
 
 
 def toml_string(value: str) -> str:
