@@ -1,6 +1,6 @@
 """Repeat runs over seeds and configurations into one collection:
 `python run_and_collect.py --runs 5 [--seeds 3 7 11] [--sweep KEY=A,B] [--name NAME] [--jobs N] [--address URL]
-[--force] [-- OVERRIDES]`.
+[--process-per-run] [--force] [-- OVERRIDES]`.
 """
 
 import argparse
@@ -16,7 +16,7 @@ from fedsim.collections.plan import (
     default_name,
     plan,
 )
-from fedsim.collections.runner import Launcher, LocalRuns, run_collection, stop_runs
+from fedsim.collections.runner import Launcher, LocalRuns, SharedRunners, run_collection, stop_runs
 
 MAIN = Path(__file__).resolve().with_name("main.py")
 
@@ -44,6 +44,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "as many as the cluster's client slots fit)",
     )
     parser.add_argument("--address", help="a Ray cluster's dashboard (http://HEAD:8265): each run a Ray job on it")
+    parser.add_argument(
+        "--process-per-run",
+        action="store_true",
+        help="each run a fresh main.py process with its own Ray (default: runners that keep imports, Ray and "
+        "the client actors from one run to the next)",
+    )
     parser.add_argument("--force", action="store_true", help="rerun completed runs too")
     args = parser.parse_args(own)
     if args.runs < 1:
@@ -55,9 +61,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def launcher_for(args: argparse.Namespace, planned: list[Planned], collection: Collection) -> tuple[Launcher, int]:
-    """Child processes here, or Ray jobs on the cluster at --address; and how many runs go at once."""
+    """Runners here (or a process per run), or Ray jobs on the cluster at --address; and how many runs go at
+    once."""
     if args.address is None:
-        return LocalRuns(), args.jobs or 1
+        return (LocalRuns() if args.process_per_run else SharedRunners(MAIN)), args.jobs or 1
     from fedsim.collections.ray_jobs import RayJobs  # Ray only for a collection on a cluster (--address)
 
     launcher = RayJobs(args.address, collection.path)

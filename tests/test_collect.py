@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers.processes import mentioning
-from helpers.runs import ROOT
+from helpers.runs import ROOT, collect
 from scipy import stats
 
 from fedsim.collections.ledger import RUNS_COLUMNS, Collection, resumable, row_of
@@ -31,17 +30,6 @@ def tiny(imdb_dir: Path) -> list[str]:
 
 # 2 clients, and 300, which the checks pass but 400 rows cannot serve: the run fails once it reads the data.
 SWEEP = ["--sweep", "num_clients=2,300"]
-
-
-def collect(root: Path, *args: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "run_and_collect.py", "--root", str(root), *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **popen,
-    )
 
 
 def test_plan_crosses_sweeps_with_seeds_seed_outermost():

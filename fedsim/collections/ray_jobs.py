@@ -152,6 +152,9 @@ class RayJobs:
             return -signal.SIGTERM if info.status == "STOPPED" else 1
         return int(info.driver_exit_code)
 
+    def close(self) -> None:
+        """Nothing outlives a run here: each is its own job."""
+
     def stop(self) -> None:
         """Ask every running run to stop as a local one is asked (SIGINT to its main.py, here on this machine);
         a job whose run has not started yet is stopped through Ray."""

@@ -1,10 +1,17 @@
-"""Running a collection: what is missing, `--jobs` at a time, each run its own main.py process (or a Ray job),
-recorded in the ledger as it ends; Ctrl-C stops the runs, which record themselves interrupted.
+"""Running a collection: what is missing, `--jobs` at a time, recorded in the ledger as each run ends; Ctrl-C
+stops the runs, which record themselves interrupted.
+
+Where the runs execute is a Launcher: `SharedRunners` (the default) hands each run to a long-lived runner
+process that keeps the driver's imports, Ray and the client actors from one run to the next
+(fedsim.cli.runner); `LocalRuns` starts a fresh main.py process per run; fedsim.collections.ray_jobs.RayJobs
+submits each run as a Ray job to a cluster.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
+import os
 import shutil
 import signal
 import subprocess
@@ -23,7 +30,10 @@ from fedsim.collections.plan import Planned
 from fedsim.run.directory import in_use
 from fedsim.system.eta import eta, format_duration
 from fedsim.system.liveness import FINISHED
-from fedsim.system.processes import child_env
+from fedsim.system.processes import Processes, child_env
+from fedsim.system.waits import wait_until
+
+RUNNER_EXIT_S = 30.0  # how long a runner that was told to end may take (it shuts Ray down) before it is killed
 
 
 def die_with_parent() -> None:
@@ -63,15 +73,115 @@ class LocalRuns:
                 if child.poll() is None:
                     child.send_signal(signal.SIGINT)
 
+    def close(self) -> None:
+        """Nothing outlives a run."""
+
+
+class _Runner:
+    """One runner process (fedsim.cli.runner) in a session of its own with Ray's processes: run after run handed
+    over on its stdin, each answered on a pipe when it has completed; a run that does not complete ends the
+    process with main.py's exit status, and whatever it started is stopped with its session."""
+
+    def __init__(self, main_script: Path, log_path: Path) -> None:
+        replies, reply_end = os.pipe()
+        self.processes = Processes()
+        self.child = self.processes.start(
+            "runner",
+            [sys.executable, "-m", "fedsim.cli.runner", str(main_script), str(reply_end)],
+            log=log_path,  # until the first run's output goes to its own log: the runner's start-up
+            stdin=subprocess.PIPE,
+            pass_fds=(reply_end,),
+            preexec_fn=die_with_parent,
+        )
+        os.close(reply_end)
+        self.replies = os.fdopen(replies)
+
+    @property
+    def process(self) -> subprocess.Popen:
+        return self.child.process
+
+    def run(self, argv: Sequence[str], log_path: Path, run_dir: Path) -> int:
+        """Hand over one run; 0 once it has completed, else the runner's exit status (negative: a signal)."""
+        request = {"argv": list(argv), "log": str(log_path), "run_dir": str(run_dir)}
+        try:
+            self.process.stdin.write(f"{json.dumps(request)}\n".encode())
+            self.process.stdin.flush()
+        except BrokenPipeError:  # it died idle (killed): the run never began here
+            return self.process.wait()
+        if self.replies.readline():
+            return 0
+        return self.process.wait()  # the reply pipe closed: the runner ended with the run
+
+    def close(self) -> None:
+        """End the runner: its stdin closed (an idle runner then ends its Ray and exits), and once it has
+        exited, or has not within RUNNER_EXIT_S, its session stopped (a killed runner's Ray processes)."""
+        try:
+            self.process.stdin.close()
+        except BrokenPipeError:
+            pass
+        wait_until(lambda: self.process.poll() is not None, timeout_s=RUNNER_EXIT_S)
+        self.processes.stop_all()
+        self.replies.close()
+
+
+class SharedRunners:
+    """Each run made by a runner process that keeps the driver's imports, Ray and the client actors from one
+    run to the next (fedsim.cli.runner); as many runners as runs go at once. A run that does not complete ends
+    its runner; the next run gets a fresh one. Every run's results are bitwise those of the same run alone."""
+
+    overrides: tuple[str, ...] = ()
+
+    def __init__(self, main_script: Path) -> None:
+        self.main_script = main_script
+        self._idle: list[_Runner] = []
+        self._busy: set[_Runner] = set()
+        self._lock = threading.Lock()
+
+    def run(self, command: list[str], log_path: Path, run_dir: Path) -> int:
+        """Run `command` (`python MAIN_PY ARGS`) in an idle runner, or a new one."""
+        if command[:2] != [sys.executable, str(self.main_script)]:
+            raise ValueError(f"a runner runs {self.main_script}, not {command[:2]}")
+        with self._lock:
+            if _STOPPING.is_set():  # asked to stop before this run began: it ends as main.py would, interrupted
+                return 128 + signal.SIGINT
+            runner = self._idle.pop() if self._idle else _Runner(self.main_script, log_path)
+            self._busy.add(runner)
+        code = runner.run(command[2:], log_path, run_dir)
+        with self._lock:
+            self._busy.discard(runner)
+            if code == 0 and not _STOPPING.is_set():
+                self._idle.append(runner)
+                runner = None
+        if runner is not None:
+            runner.close()
+        return code
+
+    def stop(self) -> None:
+        """Ask every running run to stop: each records itself `interrupted`, and its runner exits."""
+        with self._lock:
+            for runner in self._busy:
+                if runner.process.poll() is None:
+                    runner.process.send_signal(signal.SIGINT)
+
+    def close(self) -> None:
+        """End every idle runner, Ray with it."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for runner in idle:
+            runner.close()
+
 
 class Launcher(Protocol):
-    """Where a collection's runs execute: LocalRuns, or fedsim.collections.ray_jobs.RayJobs on a Ray cluster."""
+    """Where a collection's runs execute: SharedRunners, LocalRuns, or fedsim.collections.ray_jobs.RayJobs on a
+    Ray cluster."""
 
     overrides: tuple[str, ...]
 
     def run(self, command: list[str], log_path: Path, run_dir: Path) -> int: ...
 
     def stop(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 _STOPPING = threading.Event()
@@ -129,9 +239,9 @@ def run_collection(
     echo: Callable[[str], None] = print,
     launcher: Launcher | None = None,
 ) -> int:
-    """Run what is missing, `jobs` at a time, as child processes or through another `launcher`; return the
+    """Run what is missing, `jobs` at a time, in shared runners or through another `launcher`; return the
     number of planned runs that are failed."""
-    launcher = launcher or LocalRuns()
+    launcher = launcher or SharedRunners(main_script)
     _ACTIVE[:] = [launcher]
     work = collection.todo(planned, force)
     skipped = len(planned) - len(work)
@@ -162,34 +272,37 @@ def run_collection(
             launcher, main_script, run, collection.run_dir(run_id), tracking_labels(collection.path.name, run_id)
         )
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        pending: dict[Future, tuple[int, Planned, float]] = {}
-        queue = list(runnable)
-        done_count = 0
-        while queue or pending:
-            if _STOPPING.is_set():
-                queue.clear()
-            while queue and len(pending) < max(1, jobs):
-                run_id, run = queue.pop(0)
-                pending[pool.submit(start, run_id, run)] = (run_id, run, time.perf_counter())
-            finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            for future in finished:
-                run_id, run, began = pending.pop(future)
-                row = future.result()
-                collection.record(run_id, row)
-                durations.append(time.perf_counter() - began)
-                done_count += 1
-                left = len(runnable) - done_count
-                outcome = (
-                    f"acc {row['final_central_accuracy']:.4f}"
-                    + (" (degraded: some client calls failed)" if row["status"] == "degraded" else "")
-                    if row["status"] in FINISHED
-                    else f"FAILED: {row['error']}"
-                )
-                echo(
-                    f"[{done_count}/{len(runnable)}] run {run_id}  seed={run.seed}  {run.config}  {outcome}  "
-                    f"{format_duration(durations[-1])}  ETA {eta(sum(durations), len(durations), left, jobs)}"
-                )
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            pending: dict[Future, tuple[int, Planned, float]] = {}
+            queue = list(runnable)
+            done_count = 0
+            while queue or pending:
+                if _STOPPING.is_set():
+                    queue.clear()
+                while queue and len(pending) < max(1, jobs):
+                    run_id, run = queue.pop(0)
+                    pending[pool.submit(start, run_id, run)] = (run_id, run, time.perf_counter())
+                finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    run_id, run, began = pending.pop(future)
+                    row = future.result()
+                    collection.record(run_id, row)
+                    durations.append(time.perf_counter() - began)
+                    done_count += 1
+                    left = len(runnable) - done_count
+                    outcome = (
+                        f"acc {row['final_central_accuracy']:.4f}"
+                        + (" (degraded: some client calls failed)" if row["status"] == "degraded" else "")
+                        if row["status"] in FINISHED
+                        else f"FAILED: {row['error']}"
+                    )
+                    echo(
+                        f"[{done_count}/{len(runnable)}] run {run_id}  seed={run.seed}  {run.config}  {outcome}  "
+                        f"{format_duration(durations[-1])}  ETA {eta(sum(durations), len(durations), left, jobs)}"
+                    )
+    finally:
+        launcher.close()  # idle runners end, Ray with them
     collection.rebuild()  # the pool is done; this also updates a collection written by an older fedsim
     if _STOPPING.is_set():
         raise KeyboardInterrupt

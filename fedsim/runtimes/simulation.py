@@ -24,6 +24,7 @@ from fedsim.run.server_app import make_server_app
 from fedsim.run.session import Session
 from fedsim.runtimes.cluster import actor_pool_limit, address_of, attach, max_actors
 from fedsim.runtimes.shipping import ship
+from fedsim.runtimes.warm import ray_for
 from fedsim.system.signals import raise_on_signals
 
 
@@ -106,25 +107,21 @@ def simulate(session: Session) -> None:
     cfg, experiment = session.cfg, session.experiment
     raise_on_signals()
     mods = []
-    try:
-        with signals_kept():  # from the first ray.init on, attach's or Flower's: SIGTERM stays fedsim's
-            actors = local_client_slots(cfg)
-            if address_of(cfg) is not None:
-                actors = attach(cfg)
-                session.info.update(ray_address=address_of(cfg), cluster_client_slots=actors)
-                mods.append(ship(client_files(cfg, load_prepared(cfg))).mod)
-            slots = node_slots(cfg, min(actors, max_actors(cfg)))
-            session.info.update(simulated_nodes=slots or int(cfg.num_clients))
-            with actor_pool_limit(max_actors(cfg)):
-                run_simulation(
-                    server_app=make_server_app(session, slots),
-                    client_app=make_client_app(experiment.client_fn, experiment.run_config, mods),
-                    num_supernodes=slots or cfg.num_clients,
-                    backend_name="ray",
-                    backend_config=backend_config(cfg),
-                    verbose_logging=cfg.log_level == "DEBUG",
-                )
-    finally:
-        import ray  # Ray only once a simulation starts, after the run's checks and data step
-
-        ray.shutdown()  # Flower's backend shuts Ray down too, unless the run stopped before it was built
+    kept = None if address_of(cfg) is not None else {**backend_config(cfg), "max_actors": max_actors(cfg)}
+    with ray_for(kept), signals_kept():  # from the first ray.init on, attach's or Flower's: SIGTERM stays fedsim's
+        actors = local_client_slots(cfg)
+        if address_of(cfg) is not None:
+            actors = attach(cfg)
+            session.info.update(ray_address=address_of(cfg), cluster_client_slots=actors)
+            mods.append(ship(client_files(cfg, load_prepared(cfg))).mod)
+        slots = node_slots(cfg, min(actors, max_actors(cfg)))
+        session.info.update(simulated_nodes=slots or int(cfg.num_clients))
+        with actor_pool_limit(max_actors(cfg)):
+            run_simulation(
+                server_app=make_server_app(session, slots),
+                client_app=make_client_app(experiment.client_fn, experiment.run_config, mods),
+                num_supernodes=slots or cfg.num_clients,
+                backend_name="ray",
+                backend_config=backend_config(cfg),
+                verbose_logging=cfg.log_level == "DEBUG",
+            )

@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,19 +129,25 @@ class Processes:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         pipe: bool = False,
+        stdin: int = subprocess.DEVNULL,
+        pass_fds: Sequence[int] = (),
+        preexec_fn: Callable[[], None] | None = None,
     ) -> Child:
         """Start `argv` in a new session, its stdout and stderr to `log`, or with `pipe` to `process.stdout`
-        (text) for the caller to read (and log); `env` (default: this process's) as child_env makes it."""
+        (text) for the caller to read (and log); `env` (default: this process's) as child_env makes it;
+        `stdin`, `pass_fds` and `preexec_fn` as subprocess.Popen takes them."""
         with open(log, "ab") as out:
             process = subprocess.Popen(
                 list(argv),
                 stdout=subprocess.PIPE if pipe else out,
                 stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stdin=stdin,
                 env=child_env(env),
                 cwd=cwd,
                 text=pipe,
                 start_new_session=True,
+                pass_fds=tuple(pass_fds),
+                preexec_fn=preexec_fn,
             )
         child = Child(name, process, log)
         self.children.append(child)
@@ -165,8 +171,7 @@ class Processes:
 
     @staticmethod
     def _running(child: Child, tree: set[int]) -> bool:
-        leader = child.process.returncode is None and group_alive(child.pid)
-        return leader or any(alive(p) for p in tree - {child.pid})
+        return group_alive(child.pid) or any(alive(p) for p in tree - {child.pid})  # a dead leader's group too
 
     def stop_all(self) -> None:
         for child in reversed(self.children):

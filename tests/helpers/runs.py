@@ -31,6 +31,18 @@ def run_main(run_dir: Path, *overrides: str, env: dict | None = None) -> subproc
     return main_py(f"hydra.run.dir={run_dir}", *overrides, env=env, timeout=600)
 
 
+def collect(root: Path, *args: str, **popen) -> subprocess.Popen:
+    """`python run_and_collect.py --root ROOT ARGS`, its output (stdout and stderr) piped."""
+    return subprocess.Popen(
+        [sys.executable, "run_and_collect.py", "--root", str(root), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
+
+
 def start_main(run_dir: Path, *overrides: str) -> subprocess.Popen:
     """main.py in its own process group, so that the test can kill everything it started."""
     return subprocess.Popen(

@@ -1,0 +1,108 @@
+"""Ray and Flower's client actors kept warm from one run to the next, in a process that makes many runs (a
+collection's runner, fedsim.cli.runner).
+
+A run on a private Ray instance pays for Ray's start and for its client actors' start (each actor imports
+torch and fedsim) before its first round, and for Ray's shutdown after its last. Inside `kept_warm`, the
+first simulation run starts them as usual and the next runs reuse them: Ray stays up, and Flower's
+RayBackend hands each run the actor pool the first run built. The actors hold no run's state that the next
+run can see: every cache in a client process is keyed by the run's settings or by a content-addressed
+file (fedsim.client.client, fedsim.data), and every step reseeds from (seed, round, client).
+
+A run whose Ray settings differ from the warm ones (client resources, the actor limit, Ray's init
+arguments) ends the warm instance and starts its own, which the runs after it keep in turn. A run on a
+cluster (`ray.address`) never uses a warm instance. Flower 1.42 has no setting to keep a backend, so the
+two RayBackend methods are replaced for the runner's life (docs/reference/patches.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class _Warm:
+    """The instance kept between runs: the Ray settings it was started with, and Flower's actor pool."""
+
+    key: str | None = None
+    pool: Any = None
+    builds: int = 0  # actor pools built in this process (what tests count)
+
+
+_WARM: list[_Warm] = []  # set inside `kept_warm`
+
+
+def warm_builds() -> int:
+    """How many actor pools the runs inside `kept_warm` have built so far."""
+    return _WARM[0].builds if _WARM else 0
+
+
+def _end(warm: _Warm) -> None:
+    """End the warm actors and Ray."""
+    import ray  # Ray only once a simulation has started
+
+    if warm.pool is not None:
+        warm.pool.terminate_all_actors()
+    warm.key, warm.pool = None, None
+    ray.shutdown()
+
+
+def cool() -> None:
+    """End the warm instance now (after a run that did not complete: its actors may be broken); the next
+    run starts its own."""
+    if _WARM:
+        _end(_WARM[0])
+
+
+@contextlib.contextmanager
+def kept_warm() -> Iterator[None]:
+    """For every run this process makes inside: Ray and the client actors kept from one run to the next, and
+    ended on the way out."""
+    from flwr.server.superlink.fleet.vce.backend import raybackend  # Flower's simulation: only in a runner
+
+    backend_class = raybackend.RayBackend
+    build, terminate = backend_class.build, backend_class.terminate
+    warm = _Warm()
+
+    def reuse_or_build(self: Any, app_fn: Callable[[], Any]) -> None:
+        if warm.pool is None:
+            build(self, app_fn)
+            warm.pool, warm.builds = self.pool, warm.builds + 1
+        self.pool, self.app_fn = warm.pool, app_fn
+
+    def keep(self: Any) -> None:
+        """The run is over; its actors and Ray stay for the next."""
+
+    backend_class.build, backend_class.terminate = reuse_or_build, keep
+    _WARM[:] = [warm]
+    try:
+        yield
+    finally:
+        backend_class.build, backend_class.terminate = build, terminate
+        _WARM.clear()
+        _end(warm)
+
+
+@contextlib.contextmanager
+def ray_for(settings: dict | None) -> Iterator[None]:
+    """Around one simulation: Ray shut down at its end, unless the run is inside `kept_warm` and `settings`
+    (its backend's Ray settings; None: a cluster's, never kept) can be kept, when a warm instance with other
+    settings is ended first."""
+    import ray  # Ray only once a simulation starts, after the run's checks and data step
+
+    key = None if settings is None else json.dumps(settings, sort_keys=True)
+    warm = _WARM[0] if _WARM else None
+    if warm is not None and warm.key != key and (warm.key is not None or ray.is_initialized()):
+        _end(warm)
+    kept = False
+    try:
+        yield
+        kept = warm is not None and key is not None
+    finally:
+        if kept:
+            warm.key = key
+        else:  # Flower's backend has shut Ray down too, unless the run stopped before it was built
+            ray.shutdown()

@@ -1,0 +1,105 @@
+"""A collection's shared runners (fedsim.cli.runner, fedsim.collections.runner.SharedRunners, fedsim.runtimes.warm):
+each run bitwise the run made alone, a failed run recorded and the next one clean, kill -9 of a runner then the same
+command giving each run once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+from helpers.configs import TIMING
+from helpers.runs import collect, run_main
+
+CSVS = ("rounds.csv", "clients.csv", "layers.csv")
+
+
+def tiny(imdb_dir: Path, rounds: int = 2) -> list[str]:
+    return [f"data.path={imdb_dir}", f"num_rounds={rounds}", "data.train_size=400", "data.test_size=200"]
+
+
+def assert_same_results(a: Path, b: Path) -> None:
+    """Two runs' CSVs equal to the bit, timings, memory and Ray's node ids aside."""
+    for name in CSVS:
+        x, y = pd.read_csv(a / name), pd.read_csv(b / name)
+        drop = [c for c in TIMING if c in x.columns]
+        pd.testing.assert_frame_equal(x.drop(columns=drop), y.drop(columns=drop), check_exact=True, obj=name)
+
+
+def pid_of(run_dir: Path) -> int:
+    return json.loads((run_dir / "run.json").read_text())["pid"]
+
+
+@pytest.mark.slow
+def test_a_collections_runs_equal_the_same_runs_made_alone_and_a_failed_run_leaves_the_next_clean(imdb_dir, tmp_path):
+    """Seed 0: three clients with label flipping, then without attack in the same runner (its poisoned labels,
+    attack and model must not reach the next run), then 300 clients, which fail once the data is read, ending
+    that runner; seed 1 then starts in a fresh runner."""
+    sweeps = ["--sweep", "num_clients=3,300", "--sweep", "attack=label_flip,none"]
+    output, _ = collect(tmp_path, "--seeds", "0", "1", "--name", "c", *sweeps, "--", *tiny(imdb_dir)).communicate(
+        timeout=900
+    )
+    runs = pd.read_csv(tmp_path / "c" / "runs.csv")
+    assert runs.status.tolist() == ["completed", "completed", "failed", "failed"] * 2, output[-3000:]
+    assert runs.error[runs.status == "failed"].str.startswith("data.val_fraction: client ").all()
+    run_dir = {
+        (row.seed, row.overrides.split("attack=")[1]): tmp_path / "c" / "runs" / f"run_{row.run_id:04d}"
+        for row in runs[runs.status == "completed"].itertuples()
+    }
+    assert pid_of(run_dir[0, "label_flip"]) == pid_of(run_dir[0, "none"])  # one runner made both
+    assert pid_of(run_dir[1, "label_flip"]) != pid_of(run_dir[0, "none"])  # a fresh one after the failed runs
+    for (seed, attack), made in run_dir.items():
+        alone = tmp_path / "alone" / f"{seed}-{attack}"
+        done = run_main(alone, *tiny(imdb_dir), "num_clients=3", f"attack={attack}", f"seed={seed}")
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert_same_results(made, alone)
+    info = json.loads((run_dir[0, "label_flip"] / "run.json").read_text())
+    assert (
+        info["malicious_clients"] and not json.loads((run_dir[0, "none"] / "run.json").read_text())["malicious_clients"]
+    )
+
+
+def runner_of(collector: psutil.Process) -> psutil.Process | None:
+    for child in collector.children():
+        if "fedsim.cli.runner" in " ".join(child.cmdline()):
+            return child
+    return None
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_runner_then_the_same_command_gives_each_run_once(imdb_dir, tmp_path):
+    args = ["--runs", "2", "--name", "k", "--", *tiny(imdb_dir, rounds=6), "num_clients=2"]
+    proc = collect(tmp_path, *args)
+    rounds = tmp_path / "k" / "runs" / "run_0000" / "rounds.csv"
+    deadline = time.time() + 600
+    while time.time() < deadline and not (rounds.exists() and len(rounds.read_text().splitlines()) > 3):
+        time.sleep(0.3)
+    runner = runner_of(psutil.Process(proc.pid))
+    assert runner is not None
+    below = runner.children(recursive=True)  # Ray's processes and the client actors
+    assert below
+    os.kill(runner.pid, signal.SIGKILL)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 1, output[-3000:]  # run 0 failed (killed); run 1 completed in a fresh runner
+    _, left = psutil.wait_procs(below, timeout=30)
+    assert not left, f"the killed runner's processes outlived it: {[p.pid for p in left]}"
+    ledger = pd.read_csv(tmp_path / "k" / "runs.csv")
+    assert ledger.status.tolist() == ["failed", "completed"], output[-3000:]
+
+    output, _ = collect(tmp_path, *args).communicate(timeout=600)
+    assert "1 already completed, 1 to run" in output, output[-2000:]
+    ledger = pd.read_csv(tmp_path / "k" / "runs.csv")
+    assert ledger.run_id.tolist() == [0, 1] and (ledger.status == "completed").all()
+    info = json.loads((tmp_path / "k" / "runs" / "run_0000" / "run.json").read_text())
+    assert info["resumed"], "run 0 went on from its checkpoint"
+    table = pd.read_csv(tmp_path / "k" / "rounds.csv")
+    assert sorted(table.run_id.unique()) == [0, 1] and not table.duplicated(["run_id", "round"]).any()
+    assert (table.groupby("run_id")["round"].max() == 6).all()
+    alone = tmp_path / "alone"
+    assert run_main(alone, *args[args.index("--") + 1 :], "seed=0").returncode == 0
+    assert_same_results(tmp_path / "k" / "runs" / "run_0000", alone)
