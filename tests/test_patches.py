@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -611,6 +612,49 @@ def test_flowers_ray_backend_sizes_its_pool_through_the_capped_pool_size(ray_bac
     with actor_pool_limit(20):
         backend.build(lambda: None)
     assert backend.num_workers == 8  # the cluster's slots, when fewer than the limit
+
+
+def test_flowers_simulation_runtime_builds_and_ends_its_backend_through_the_methods_kept_warm_replaces(
+    ray_backend, monkeypatch
+):
+    """Patch `RayBackend.build` and `RayBackend.terminate` (fedsim.runtimes.warm, for each run inside
+    `kept_warm`). Guards Flower's `flwr.server.superlink.fleet.vce.vce_api.run_api`, the simulation runtime each
+    run starts: it builds its backend's actor pool through `build` and ends it through `terminate`; inside
+    kept_warm the second run gets the first run's actors and neither run ends them or Ray, a run with other Ray
+    settings ends them first, and a run outside gets Flower's own methods."""
+    import ray
+    from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    from fedsim.runtimes.cluster import actor_pool_limit
+    from fedsim.runtimes.warm import kept_warm, ray_for, warm_builds
+
+    _, actors = ray_backend
+    ended: list[str] = []
+    monkeypatch.setattr(ray, "shutdown", lambda: ended.append("ray"))
+    monkeypatch.setattr(ray, "is_initialized", lambda: bool(actors.made))
+    stopped = threading.Event()
+    stopped.set()  # the runtime's threads end at once: the test is about the backend's life
+    backends: list[Any] = []
+
+    def backend_fn() -> Any:
+        backends.append(raybackend.RayBackend({"client_resources": {"num_cpus": 1.0, "num_gpus": 0.0}}))
+        return backends[-1]
+
+    def run(settings: dict | None, app_fn: Any) -> None:
+        with ray_for(settings), actor_pool_limit(2):
+            vce_api.run_api(app_fn, backend_fn, {}, SimpleNamespace(state=lambda: None), {}, stopped, None)
+
+    with kept_warm():
+        run({"cpus": 1}, lambda: "first run's app")
+        run({"cpus": 1}, lambda: "second run's app")
+        assert warm_builds() == 1 and actors.made == 2 and ended == []
+        assert backends[0].pool is backends[1].pool and backends[1].app_fn() == "second run's app"
+        run({"cpus": 2}, lambda: None)  # other Ray settings: the warm instance ended, a new one kept
+        assert warm_builds() == 2 and actors.made == 4 and ended == ["ray"]
+    assert ended == ["ray", "ray"]  # the runner's end ends Ray
+    run({"cpus": 1}, lambda: None)  # outside kept_warm, Flower's own methods: its terminate ends Ray too
+    assert actors.made == 6 and ended == ["ray", "ray", "ray", "ray"]
 
 
 def test_flowers_ray_backend_hands_ray_a_message_whose_arrays_pickle_out_of_band(ray_backend, task_identity):

@@ -7,6 +7,7 @@ main.log, run.json `failed`); a signal is one `interrupted ...` line and exit 12
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,7 @@ from fedsim.config.resume import resumed_config
 from fedsim.outputs.tracking.base import group_multirun
 from fedsim.run.directory import claim
 from fedsim.runtimes import runtime_of
+from fedsim.runtimes.warm import kept, kept_warm
 from fedsim.system.errors import ConfigError, first_line
 from fedsim.system.signals import Interrupted, leave, raise_on_signals
 
@@ -89,9 +91,15 @@ def log_traceback(log: Path) -> bool:
 
 
 def run_command(cfg: DictConfig) -> float | None:
-    """One run of main.py, into Hydra's output directory; the final central accuracy."""
+    """One run of main.py, into Hydra's output directory; the final central accuracy.
+
+    When nothing runs in this process after the run (not a `-m` sweep, not a collection's runner), Ray and
+    Flower's actors are kept to the end (fedsim.runtimes.warm) and the process leaves once the results are on
+    disk: ending Ray's processes with SIGKILL and skipping the interpreter's teardown saves what Ray's graceful
+    shutdown and the exit cost (docs/benchmarks/measured.md)."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    last = hydra_cfg.mode == RunMode.RUN and not kept()  # nothing runs in this process after this run
     try:
         raise_on_signals(run_dir / "main.log")
         claim(
@@ -103,7 +111,8 @@ def run_command(cfg: DictConfig) -> float | None:
         cfg = resumed_config(cfg, hydra_cfg.overrides.task)
         if hydra_cfg.mode == RunMode.MULTIRUN:  # `-m`: the sweep's runs are one group in a tracker
             group_multirun(cfg, hydra_cfg.sweep.dir, hydra_cfg.job.num)
-        info = runtime_of(cfg).run(cfg, run_dir)
+        with kept_warm(end=False) if last else contextlib.nullcontext():  # ended by `leave(0)` below
+            info = runtime_of(cfg).run(cfg, run_dir)
     except ConfigError as exc:
         leave(2, f"error: {exc}")
     except Interrupted as exc:
@@ -125,4 +134,6 @@ def run_command(cfg: DictConfig) -> float | None:
         f"{info['wall_time_s']:.0f}s -> {run_dir}"
     )
     sys.stdout.flush()
+    if last:  # the results are final on disk: Ray's processes killed, not shut down, no interpreter teardown
+        leave(0)
     return info["final_central_accuracy"]

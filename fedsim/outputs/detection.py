@@ -39,16 +39,20 @@ DETECTORS: dict[str, tuple[Callable[[Sequence[dict]], np.ndarray], float]] = {
 
 def detection_rows(client_rows: Sequence[dict]) -> list[dict]:
     """One row per detector and round that has at least one malicious and one honest client."""
-    from sklearn.metrics import roc_auc_score  # scikit-learn only at the end of a scrutinized run: start-up stays light
-
     rounds: dict[int, list[dict]] = {}
     for row in client_rows:
         rounds.setdefault(int(row["round"]), []).append(row)
-    out = []
+    mixed = {}
     for server_round, rows in sorted(rounds.items()):
         truth = np.array([bool(r["is_malicious"]) for r in rows])
-        if truth.all() or not truth.any():
-            continue
+        if truth.any() and not truth.all():
+            mixed[server_round] = rows, truth
+    if not mixed:
+        return []
+    from sklearn.metrics import roc_auc_score  # scikit-learn (0.7 s) only at the end of a run with an attack
+
+    out = []
+    for server_round, (rows, truth) in mixed.items():
         for name, (score, threshold) in DETECTORS.items():
             scores = np.nan_to_num(score(rows), nan=0.0)
             flagged = scores > threshold

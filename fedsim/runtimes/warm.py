@@ -35,6 +35,11 @@ class _Warm:
 _WARM: list[_Warm] = []  # set inside `kept_warm`
 
 
+def kept() -> bool:
+    """Whether this process is inside `kept_warm`."""
+    return bool(_WARM)
+
+
 def warm_builds() -> int:
     """How many actor pools the runs inside `kept_warm` have built so far."""
     return _WARM[0].builds if _WARM else 0
@@ -53,19 +58,32 @@ def _end(warm: _Warm) -> None:
 def cool() -> None:
     """End the warm instance now (after a run that did not complete: its actors may be broken); the next
     run starts its own."""
-    if _WARM:
+    if _WARM and (_WARM[0].key is not None or _WARM[0].pool is not None):
         _end(_WARM[0])
 
 
 @contextlib.contextmanager
-def kept_warm() -> Iterator[None]:
+def kept_warm(end: bool = True) -> Iterator[None]:
     """For every run this process makes inside: Ray and the client actors kept from one run to the next, and
-    ended on the way out."""
-    from flwr.server.superlink.fleet.vce.backend import raybackend  # Flower's simulation: only in a runner
+    ended on the way out; `end=False` for a process that leaves from inside, killing them
+    (fedsim.system.signals.leave). Nothing is imported until a simulation starts."""
+    warm = _Warm()
+    _WARM[:] = [warm]
+    try:
+        yield
+    finally:
+        _WARM.clear()
+        if end and (warm.key is not None or warm.pool is not None):
+            _end(warm)
+
+
+@contextlib.contextmanager
+def _backend_kept(warm: _Warm) -> Iterator[None]:
+    """For one run: Flower's RayBackend builds its pool only if `warm` has none, and ends neither it nor Ray."""
+    from flwr.server.superlink.fleet.vce.backend import raybackend  # Flower's simulation, starting now
 
     backend_class = raybackend.RayBackend
     build, terminate = backend_class.build, backend_class.terminate
-    warm = _Warm()
 
     def reuse_or_build(self: Any, app_fn: Callable[[], Any]) -> None:
         if warm.pool is None:
@@ -77,13 +95,10 @@ def kept_warm() -> Iterator[None]:
         """The run is over; its actors and Ray stay for the next."""
 
     backend_class.build, backend_class.terminate = reuse_or_build, keep
-    _WARM[:] = [warm]
     try:
         yield
     finally:
         backend_class.build, backend_class.terminate = build, terminate
-        _WARM.clear()
-        _end(warm)
 
 
 @contextlib.contextmanager
@@ -95,14 +110,14 @@ def ray_for(settings: dict | None) -> Iterator[None]:
 
     key = None if settings is None else json.dumps(settings, sort_keys=True)
     warm = _WARM[0] if _WARM else None
-    if warm is not None and warm.key != key and (warm.key is not None or ray.is_initialized()):
+    if warm is not None and warm.key != key and (warm.pool is not None or ray.is_initialized()):
         _end(warm)
-    kept = False
-    try:
-        yield
-        kept = warm is not None and key is not None
-    finally:
-        if kept:
-            warm.key = key
-        else:  # Flower's backend has shut Ray down too, unless the run stopped before it was built
+    if warm is None or key is None:
+        try:
+            yield
+        finally:  # Flower's backend has shut Ray down too, unless the run stopped before it was built
             ray.shutdown()
+        return
+    with _backend_kept(warm):
+        yield
+    warm.key = key  # only a run that ended well leaves its Ray and actors to the next

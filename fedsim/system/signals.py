@@ -7,9 +7,9 @@ stderr goes to the run's main.log instead (nowhere, if its directory was removed
 to the terminal (`leave`).
 
 Flower's simulation runs the ServerApp in a thread that does not end until its round's replies
-arrive, so after the run is recorded the process leaves with `os._exit`, having flushed its output;
-Flower's engine stops Ray on its way out (its `finally`), and Ray's own SIGTERM handler, which
-aborts the process, is turned off so that SIGTERM reaches Python.
+arrive, so after the run is recorded the process leaves with `os._exit`, having flushed its output and
+killed every process it started (Ray's among them); Ray's own SIGTERM handler, which aborts the
+process, is turned off so that SIGTERM reaches Python.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+
+from fedsim.system.processes import kill_descendants
 
 
 class Interrupted(BaseException):
@@ -86,17 +88,21 @@ def raise_on_signals(log: Path | None = None) -> None:
             signal.signal(signum, _raise)
 
 
-def leave(code: int, message: str) -> None:
-    """Print `message` on the terminal's stderr and exit now with `code`, output flushed, without waiting
-    for threads that would never end; a closed output (the parent gone) does not stop the exit."""
+def leave(code: int, message: str | None = None) -> None:
+    """Print `message` (if any) on the terminal's stderr and exit now with `code`, output flushed, every process
+    this one started killed, without waiting for threads that would never end nor for Ray's and the
+    interpreter's teardown; a closed output (the parent gone) does not stop the exit."""
     try:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        if _TERMINAL:
+        if message is None:
+            pass
+        elif _TERMINAL:
             os.write(_TERMINAL[0], f"{message}\n".encode())
         else:
             print(message, file=sys.stderr, flush=True)
     except OSError:
         pass
     logging.shutdown()
+    kill_descendants()
     os._exit(code)
