@@ -4,6 +4,7 @@
 """
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from fedsim.collections.plan import (
     Planned,
     check_plan,
     default_name,
+    jobs_that_fit,
     plan,
 )
 from fedsim.collections.runner import Launcher, LocalRuns, SharedRunners, run_collection, stop_runs
@@ -39,9 +41,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--root", type=Path, default=Path("results/collections"), help="where collections live")
     parser.add_argument(
         "--jobs",
-        type=int,
-        help="runs at once, each its own process (default 1; with --address, "
-        "as many as the cluster's client slots fit)",
+        help="runs at once, each in its own runner or process (default 1; auto: as many as this machine's cores "
+        "fit, one core per client actor a run holds; with --address, as many as the cluster's client slots fit)",
     )
     parser.add_argument("--address", help="a Ray cluster's dashboard (http://HEAD:8265): each run a Ray job on it")
     parser.add_argument(
@@ -54,8 +55,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(own)
     if args.runs < 1:
         parser.error(f"--runs: got {args.runs}; allowed: an integer >= 1")
-    if args.jobs is not None and args.jobs < 1:
-        parser.error(f"--jobs: got {args.jobs}; allowed: an integer >= 1")
+    if args.jobs not in (None, "auto"):
+        if not args.jobs.isdigit() or int(args.jobs) < 1:
+            parser.error(f"--jobs: got {args.jobs}; allowed: an integer >= 1, or auto")
+        args.jobs = int(args.jobs)
     args.overrides = overrides
     return args
 
@@ -64,11 +67,12 @@ def launcher_for(args: argparse.Namespace, planned: list[Planned], collection: C
     """Runners here (or a process per run), or Ray jobs on the cluster at --address; and how many runs go at
     once."""
     if args.address is None:
-        return (LocalRuns() if args.process_per_run else SharedRunners(MAIN)), args.jobs or 1
+        jobs = jobs_that_fit(planned, len(os.sched_getaffinity(0))) if args.jobs == "auto" else args.jobs or 1
+        return (LocalRuns() if args.process_per_run else SharedRunners(MAIN)), jobs
     from fedsim.collections.ray_jobs import RayJobs  # Ray only for a collection on a cluster (--address)
 
     launcher = RayJobs(args.address, collection.path)
-    jobs = launcher.plan(planned, args.jobs)
+    jobs = launcher.plan(planned, None if args.jobs == "auto" else args.jobs)
     launcher.stop_leftovers()
     return launcher, jobs
 

@@ -9,7 +9,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from omegaconf import DictConfig
+
+from fedsim.config.compose import compose
 from fedsim.config.overrides import check, parse, values
+from fedsim.runtimes.cluster import max_actors
 from fedsim.system.errors import ConfigError
 
 DEFAULT_CONFIG = "defaults"
@@ -79,3 +83,21 @@ def check_plan(planned: Sequence[Planned]) -> None:
         except ConfigError as exc:
             where = f" (in {' '.join(config)})" if config else ""
             raise CollectionError(f"{exc}{where}") from None
+
+
+def composed(run: Planned) -> DictConfig | None:
+    """A run's config, or None where it does not compose (run_collection records that run failed)."""
+    try:
+        return compose([*run.overrides, f"seed={run.seed}"])
+    except Exception:
+        return None
+
+
+def jobs_that_fit(planned: Sequence[Planned], cpus: int) -> int:
+    """`--jobs auto` on this machine: as many runs at once as its `cpus` fit, a run taking `resources.num_cpus`
+    for each client actor it holds (as many as a round sends messages at once, `ray.max_actors`, at most what
+    the machine fits). A run that alone fills the machine goes alone."""
+    configs = list(filter(None, (composed(run) for run in planned))) or [compose([])]
+    slots = max(1, int(cpus // max(float(c.resources.num_cpus) for c in configs)))
+    per_run = max(min(slots, max_actors(c)) for c in configs)
+    return max(1, slots // per_run)

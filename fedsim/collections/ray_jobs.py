@@ -22,12 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig
 from ray.job_submission import JobStatus, JobSubmissionClient
 from ray.util import get_node_ip_address
 from ray.util.state import list_nodes
 
-from fedsim.collections.plan import CollectionError, Planned
+from fedsim.collections.plan import CollectionError, Planned, composed
 from fedsim.collections.watchdog import tag
 from fedsim.config.compose import compose
 from fedsim.runtimes.cluster import NodeResources, check_fits, max_actors
@@ -86,7 +85,7 @@ class RayJobs:
     def plan(self, planned: Sequence[Planned], jobs: int | None) -> int:
         """How many runs go at once (`jobs`, or as many as the cluster fits), each capped at its share of the
         cluster's client slots (`ray.max_actors`) so that concurrent runs never wait on each other's actors."""
-        configs = list(filter(None, (_composed(run) for run in planned))) or [compose([])]
+        configs = list(filter(None, (composed(run) for run in planned))) or [compose([])]
         num_cpus = max(float(c.resources.num_cpus) for c in configs)
         num_gpus = max(float(c.resources.num_gpus) for c in configs)
         try:
@@ -173,14 +172,6 @@ def share(slots: int, per_run: int, jobs: int | None) -> tuple[int, int]:
     `per_run` actors: by default as many runs as fit whole; the actors of concurrent runs never exceed `slots`."""
     jobs = jobs or max(1, slots // per_run)
     return jobs, max(1, min(per_run, slots // jobs))
-
-
-def _composed(run: Planned) -> DictConfig | None:
-    """A run's config, or None where it does not compose (run_collection records that run failed)."""
-    try:
-        return compose([*run.overrides, f"seed={run.seed}"])
-    except Exception:
-        return None
 
 
 def _read(path: Path) -> dict | None:
