@@ -99,6 +99,14 @@ def signals_kept() -> Iterator[None]:
         utils.set_sigterm_handler = installs
 
 
+def ray_settings(cfg: DictConfig) -> dict | None:
+    """What a warm Ray instance and its actors must match to serve the run (fedsim.runtimes.warm); None on a
+    cluster, whose Ray is never kept."""
+    if address_of(cfg) is not None:
+        return None
+    return {**backend_config(cfg), "max_actors": max_actors(cfg)}
+
+
 def simulate(session: Session) -> None:
     """Run the session's rounds in Flower's Ray-backed simulation: one SuperNode per client, or a pool; on a
     private Ray instance, or on the cluster at `ray.address` with the clients' data shipped to its nodes."""
@@ -107,8 +115,8 @@ def simulate(session: Session) -> None:
     cfg, experiment = session.cfg, session.experiment
     raise_on_signals()
     mods = []
-    kept = None if address_of(cfg) is not None else {**backend_config(cfg), "max_actors": max_actors(cfg)}
-    with ray_for(kept), signals_kept():  # from the first ray.init on, attach's or Flower's: SIGTERM stays fedsim's
+    settings = ray_settings(cfg)
+    with ray_for(settings), signals_kept():  # from the first ray.init on, attach's or Flower's: SIGTERM stays fedsim's
         actors = local_client_slots(cfg)
         if address_of(cfg) is not None:
             actors = attach(cfg)
