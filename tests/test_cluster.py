@@ -173,6 +173,9 @@ def test_a_run_that_finished_as_its_collector_was_killed_is_recorded_not_rerun(t
         def stop(self):
             pass
 
+        def close(self):
+            pass
+
     collection = Collection(tmp_path / "c")
     planned = [Planned(("num_rounds=1",), 0)]
     collection.record(0, {"seed": 0, "overrides": "num_rounds=1", "status": "running", "config": "num_rounds=1"})
