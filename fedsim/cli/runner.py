@@ -16,6 +16,7 @@ own. End of stdin ends the runner, Ray with it; so does SIGINT or SIGTERM betwee
 from __future__ import annotations
 
 import json
+import logging
 import os
 import runpy
 import signal
@@ -35,6 +36,15 @@ def output_to(log: Path | str) -> None:
     for target in (1, 2):
         os.dup2(fd, target)
     os.close(fd)
+
+
+def closed_logs() -> None:
+    """The run's log files closed: Hydra opens the next run's main.log only after it has logged its first lines,
+    which must not reach this run's."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
 
 
 def _idle_signal(signum: int, frame: FrameType | None) -> None:
@@ -72,6 +82,7 @@ def serve(main_script: str, reply_fd: int) -> int:
                 signal.signal(signum, _idle_signal)
             if not completed(Path(request["run_dir"])):
                 cool()
+            closed_logs()
             output_to(os.devnull)
             replies.write("0\n")
             replies.flush()
