@@ -18,7 +18,7 @@ from helpers.runs import ROOT, collect
 from scipy import stats
 
 from fedsim.collections.ledger import RUNS_COLUMNS, Collection, resumable, row_of
-from fedsim.collections.plan import CollectionError, Planned, default_name, plan
+from fedsim.collections.plan import CollectionError, Planned, default_name, jobs_that_fit, plan
 from fedsim.collections.summary import SUMMARY_COLUMNS, summarize
 from fedsim.results.loading import CollectionResults, RunResults, load
 
@@ -41,6 +41,34 @@ def test_plan_crosses_sweeps_with_seeds_seed_outermost():
     assert plan([], [], [1])[0].config == "defaults"
     assert default_name(["num_rounds=3"], ["strategy=fedavg,krum"]) == "num_rounds=3_strategy=fedavg,krum"
     assert default_name([], []) == "default"
+
+
+@pytest.mark.parametrize(
+    "overrides, cpus, jobs",
+    [
+        ([], 2, 1),  # 10 clients all training: a run holds an actor per core
+        (["strategy.fraction_train=0.1", "strategy.fraction_evaluate=0.1"], 2, 2),  # one client a round: one actor
+        (["strategy.fraction_train=0.1", "strategy.fraction_evaluate=0.1"], 7, 7),
+        (["strategy.fraction_train=0.2", "strategy.fraction_evaluate=0.1"], 7, 3),  # two actors a run
+        (["strategy.fraction_train=0.2", "strategy.fraction_evaluate=0.2", "resources.num_cpus=2"], 8, 2),  # 2 of 4
+        (["ray.max_actors=1"], 3, 3),
+    ],
+)
+def test_jobs_auto_fits_the_runs_client_actors_to_the_cores(overrides, cpus, jobs):
+    assert jobs_that_fit(plan(overrides, [], [0]), cpus) == jobs
+
+
+@pytest.mark.parametrize("jobs", ["0", "two"])
+def test_jobs_is_a_count_or_auto(jobs, tmp_path):
+    proc = collect(tmp_path, "--jobs", jobs)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and f"error: --jobs: got {jobs}; allowed: an integer >= 1, or auto" in output
+    assert not any(tmp_path.iterdir())  # refused before the collection exists
+
+
+def test_jobs_auto_fits_the_hungriest_configuration():
+    planned = plan([], ["strategy.fraction_train=0.1,1.0"], [0, 1])
+    assert jobs_that_fit(planned, 4) == 1
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,4 @@
-"""Ray and Flower's client actors kept warm from one run to the next, in a process that makes many runs (a
-collection's runner, fedsim.cli.runner).
+"""Ray and Flower's client actors kept warm from one run to the next, and to the end of a run's process.
 
 A run on a private Ray instance pays for Ray's start and for its client actors' start (each actor imports
 torch and fedsim) before its first round, and for Ray's shutdown after its last. Inside `kept_warm`, the
@@ -8,10 +7,13 @@ RayBackend hands each run the actor pool the first run built. The actors hold no
 run can see: every cache in a client process is keyed by the run's settings or by a content-addressed
 file (fedsim.client.client, fedsim.data), and every step reseeds from (seed, round, client).
 
-A run whose Ray settings differ from the warm ones (client resources, the actor limit, Ray's init
-arguments) ends the warm instance and starts its own, which the runs after it keep in turn. A run on a
-cluster (`ray.address`) never uses a warm instance. Flower 1.42 has no setting to keep a backend, so the
-two RayBackend methods are replaced for the runner's life (docs/reference/patches.md).
+Two kinds of process use it: a collection's runner (fedsim.cli.runner), which makes run after run, and
+main.py's own run, which keeps Ray to its end and then leaves, killing Ray's processes rather than waiting for
+Ray's graceful shutdown (fedsim.cli.command). A run whose Ray settings differ from the warm ones (client
+resources, the actor limit, Ray's init arguments) ends the warm instance and starts its own, which the runs
+after it keep in turn. A run on a cluster (`ray.address`) never uses a warm instance. Flower 1.42 has no
+setting to keep a backend, so the two RayBackend methods are replaced for each run inside `kept_warm`
+(docs/reference/patches.md).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ class _Warm:
 
     key: str | None = None
     pool: Any = None
-    builds: int = 0  # actor pools built in this process (what tests count)
 
 
 _WARM: list[_Warm] = []  # set inside `kept_warm`
@@ -38,11 +39,6 @@ _WARM: list[_Warm] = []  # set inside `kept_warm`
 def kept() -> bool:
     """Whether this process is inside `kept_warm`."""
     return bool(_WARM)
-
-
-def warm_builds() -> int:
-    """How many actor pools the runs inside `kept_warm` have built so far."""
-    return _WARM[0].builds if _WARM else 0
 
 
 def _end(warm: _Warm) -> None:
@@ -88,7 +84,7 @@ def _backend_kept(warm: _Warm) -> Iterator[None]:
     def reuse_or_build(self: Any, app_fn: Callable[[], Any]) -> None:
         if warm.pool is None:
             build(self, app_fn)
-            warm.pool, warm.builds = self.pool, warm.builds + 1
+            warm.pool = self.pool
         self.pool, self.app_fn = warm.pool, app_fn
 
     def keep(self: Any) -> None:
