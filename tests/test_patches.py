@@ -657,6 +657,41 @@ def test_flowers_simulation_runtime_builds_and_ends_its_backend_through_the_meth
     assert actors.made == 6 and ended == ["ray", "ray", "ray", "ray"]
 
 
+def test_flowers_simulation_runtime_waits_on_queues_of_the_class_short_queue_waits_puts_in(ray_backend, monkeypatch):
+    """Patch `flwr.server.superlink.fleet.vce.vce_api.Queue` (fedsim.runtimes.simulation.short_queue_waits). Guards
+    Flower's `vce_api.run_api` and its threads (`worker`, `put_message_into_state`): the queues they wait on are
+    made through the module's `Queue`, and they wait with a timeout, which ShortWaits caps at QUEUE_WAIT_S."""
+    import queue
+
+    from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    from fedsim.runtimes.cluster import actor_pool_limit
+    from fedsim.runtimes.simulation import QUEUE_WAIT_S, ShortWaits, short_queue_waits
+
+    stopped = threading.Event()
+    asked, waited = [], []
+
+    def empty(self: Any, block: bool = True, timeout: float | None = None) -> Any:
+        waited.append(timeout)
+        raise queue.Empty
+
+    def asks(self: Any, block: bool = True, timeout: float | None = None) -> Any:
+        asked.append(timeout)
+        stopped.set()  # the runtime ends once each of its threads has looked
+        return capped(self, block, timeout)
+
+    capped = ShortWaits.get
+    monkeypatch.setattr(queue.Queue, "get", empty)
+    monkeypatch.setattr(ShortWaits, "get", asks)
+    backend_fn = lambda: raybackend.RayBackend({"client_resources": {"num_cpus": 1.0, "num_gpus": 0.0}})  # noqa: E731
+    with actor_pool_limit(1), short_queue_waits():
+        vce_api.run_api(lambda: None, backend_fn, {}, SimpleNamespace(state=lambda: None), {}, stopped, None)
+    assert asked and set(asked) == {1.0}  # Flower's own wait, on fedsim's queues
+    assert set(waited) == {QUEUE_WAIT_S}  # which wait at most QUEUE_WAIT_S
+    assert vce_api.Queue is queue.Queue  # Flower's again after the run
+
+
 def test_flowers_ray_backend_hands_ray_a_message_whose_arrays_pickle_out_of_band(ray_backend, task_identity):
     """Patch `copyreg.pickle(flwr.app.Array, ...)` (fedsim.messages.records). Guards Flower's
     `RayBackend.process_message` (and `BasicActorPool.submit`): the Message object itself, not an encoding of it,

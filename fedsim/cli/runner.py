@@ -10,7 +10,8 @@ newline to REPLY_FD when the run has completed. A run that does not complete end
 end main.py, with main.py's exit status and its one line: a failed run's ServerApp thread may never end, and
 the next run must not inherit anything of it. The collection then starts a fresh runner for its next run.
 After a run that ended `degraded`, the warm actors are ended too (one may have died): the next run starts its
-own. End of stdin ends the runner, Ray with it; so does SIGINT or SIGTERM between runs.
+own. End of stdin ends the runner, and so does SIGINT or SIGTERM between runs; it leaves as main.py does once
+its results are on disk, killing Ray's processes rather than waiting for Ray's shutdown.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 
 from fedsim.runtimes.warm import cool, kept_warm
-from fedsim.system.signals import Interrupted
+from fedsim.system.signals import Interrupted, leave
 
 
 def output_to(log: Path | str) -> None:
@@ -71,9 +72,9 @@ def run_main(main_script: str, argv: list[str]) -> None:
         os._exit(exc.code if isinstance(exc.code, int) else 1)
 
 
-def serve(main_script: str, reply_fd: int) -> int:
-    """Run what stdin hands over until it ends; main.py's exit status for the last."""
-    with os.fdopen(reply_fd, "w") as replies, kept_warm():
+def serve(main_script: str, reply_fd: int) -> None:
+    """Run what stdin hands over until it ends."""
+    with os.fdopen(reply_fd, "w") as replies, kept_warm(end=False):
         for line in sys.stdin:
             request = json.loads(line)
             output_to(request["log"])
@@ -86,18 +87,20 @@ def serve(main_script: str, reply_fd: int) -> int:
             output_to(os.devnull)
             replies.write("0\n")
             replies.flush()
-    return 0
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> None:
+    """Serve runs until stdin ends or a signal comes between runs; then leave as main.py does once its results
+    are on disk: Ray's processes killed, not shut down."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _idle_signal)
     main_script, reply_fd = argv
     try:
-        return serve(main_script, int(reply_fd))
+        serve(main_script, int(reply_fd))
     except Interrupted as exc:
-        return exc.exit_code
+        leave(exc.exit_code)
+    leave(0)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main(sys.argv[1:])

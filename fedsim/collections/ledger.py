@@ -125,6 +125,7 @@ class Collection:
             else pd.DataFrame(columns=RUNS_COLUMNS)
         )
         self._mutex = threading.Lock()
+        self._read: dict[int, dict[str, pd.DataFrame | None]] = {}  # each run's tables, as `_table` read them
 
     def run_dir(self, run_id: int) -> Path:
         return self.path / "runs" / f"run_{run_id:04d}"
@@ -156,29 +157,36 @@ class Collection:
             runs = pd.concat([others, new], ignore_index=True) if len(others) else new
             self.runs = runs.sort_values("run_id", kind="stable").reset_index(drop=True)
             write_csv(self.path / "runs.csv", self.runs)
+            self._read.pop(run_id, None)  # a run made again (resumed, rerun) has new tables
             if row["status"] != "running":
-                self.rebuild()
+                self.rebuild(plot=False)
 
-    def rebuild(self) -> None:
-        """Rewrite the collected tables, summary.csv and accuracy.png from the completed runs."""
+    def rebuild(self, plot: bool = True) -> None:
+        """Rewrite the collected tables and summary.csv from the completed runs, and with `plot` accuracy.png.
+
+        Each run's tables are read once per invocation (a collection of hundreds of runs rewrites them after
+        every run); the plot, the slow part, is drawn when the invocation ends."""
         completed = self.runs[self.runs.status.isin(FINISHED)]
         for name in COLLECTED:
-            frames = [self._read(run_id, name) for run_id in completed.run_id]
+            frames = [self._table(int(run_id), name) for run_id in completed.run_id]
             frames = [f for f in frames if f is not None]
             if frames:
                 write_csv(self.path / name, pd.concat(frames, ignore_index=True))
         write_csv(self.path / "summary.csv", summarize(self.runs))
         rounds = self.path / "rounds.csv"
-        if len(completed) and rounds.exists():
+        if plot and len(completed) and rounds.exists():
             plot_accuracy(pd.read_csv(rounds), completed, self.path / "accuracy.png")
 
-    def _read(self, run_id: int, name: str) -> pd.DataFrame | None:
-        path = self.run_dir(int(run_id)) / name
-        if not path.exists():
-            return None
-        frame = pd.read_csv(path)
-        frame.insert(0, "run_id", int(run_id))
-        return frame
+    def _table(self, run_id: int, name: str) -> pd.DataFrame | None:
+        """A run's table (rounds.csv, ...) with its run_id in front, or None if the run has none."""
+        tables = self._read.setdefault(run_id, {})
+        if name not in tables:
+            path = self.run_dir(run_id) / name
+            frame = pd.read_csv(path) if path.exists() else None
+            if frame is not None:
+                frame.insert(0, "run_id", run_id)
+            tables[name] = frame
+        return tables[name]
 
     def close(self) -> None:
         self._lock_file.close()

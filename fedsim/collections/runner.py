@@ -33,7 +33,7 @@ from fedsim.system.liveness import FINISHED
 from fedsim.system.processes import Processes, child_env
 from fedsim.system.waits import wait_until
 
-RUNNER_EXIT_S = 30.0  # how long a runner that was told to end may take (it shuts Ray down) before it is killed
+RUNNER_EXIT_S = 30.0  # how long a runner told to end may take (it kills its Ray processes) before it is killed
 
 
 def die_with_parent() -> None:
@@ -277,16 +277,20 @@ def run_collection(
             pending: dict[Future, tuple[int, Planned, float]] = {}
             queue = list(runnable)
             done_count = 0
+
+            def fill() -> None:
+                while queue and len(pending) < max(1, jobs) and not _STOPPING.is_set():
+                    run_id, run = queue.pop(0)
+                    pending[pool.submit(start, run_id, run)] = (run_id, run, time.perf_counter())
+
             while queue or pending:
                 if _STOPPING.is_set():
                     queue.clear()
-                while queue and len(pending) < max(1, jobs):
-                    run_id, run = queue.pop(0)
-                    pending[pool.submit(start, run_id, run)] = (run_id, run, time.perf_counter())
+                fill()
                 finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    run_id, run, began = pending.pop(future)
-                    row = future.result()
+                ended = [(*pending.pop(future), future.result()) for future in finished]
+                fill()  # the next runs start before the ended ones' books are written
+                for run_id, run, began, row in ended:
                     collection.record(run_id, row)
                     durations.append(time.perf_counter() - began)
                     done_count += 1

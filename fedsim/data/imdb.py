@@ -4,6 +4,7 @@ before anything is trained on them.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
@@ -65,13 +66,24 @@ def _read_parquet_dir(root: Path) -> dict[str, Split]:
 
 
 def _read_parquet_files(files: list[str], where: str) -> Split:
+    stamps = tuple((os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in files)
+    return _parquet_split(tuple(files), stamps, where)
+
+
+@functools.lru_cache(maxsize=2)
+def _parquet_split(files: tuple[str, ...], stamps: tuple[tuple[int, int], ...], where: str) -> Split:
+    """The files' rows, read once per process while they are unchanged (`stamps`: each file's mtime and size): a
+    collection's runner makes run after run on the same IMDB. The labels are read-only, as every reader treats
+    them."""
     import pyarrow.parquet as pq  # only to read IMDB: client processes import this module and read the cache
 
     tables = [pq.read_table(f) for f in files]
     _check_columns(tables[0].column_names, files[0])
     texts = [t for table in tables for t in table.column("text").to_pylist()]
     labels = np.concatenate([np.asarray(table.column("label").to_numpy(zero_copy_only=False)) for table in tables])
-    return Split(texts, _labels(labels, where))
+    split = Split(texts, _labels(labels, where))
+    split.labels.setflags(write=False)
+    return split
 
 
 def _number(value: object) -> float:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -84,6 +86,33 @@ def local_client_slots(cfg: DictConfig) -> int:
     return max(1, fit)
 
 
+QUEUE_WAIT_S = 0.05  # the longest a thread of Flower's simulation runtime waits on an empty queue
+
+
+class ShortWaits(queue.Queue):
+    """The queues of Flower's simulation runtime (messages to the client actors, their replies): its threads
+    wait on them with a timeout (Flower's 1 s) only to look at the run's stop flag between waits, and the run
+    ends when the last of them has looked. A wait here lasts at most QUEUE_WAIT_S, so a run's simulation ends
+    within that of its last round (docs/benchmarks/measured.md has what it saves)."""
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        return super().get(block, None if timeout is None else min(timeout, QUEUE_WAIT_S))
+
+
+@contextlib.contextmanager
+def short_queue_waits() -> Iterator[None]:
+    """For one simulation: the queues Flower's simulation runtime makes are ShortWaits (Flower 1.42 has no
+    setting for the wait; docs/reference/patches.md)."""
+    from flwr.server.superlink.fleet.vce import vce_api  # Flower's simulation only once one starts
+
+    flowers = vce_api.Queue
+    vce_api.Queue = ShortWaits
+    try:
+        yield
+    finally:
+        vce_api.Queue = flowers
+
+
 @contextlib.contextmanager
 def signals_kept() -> Iterator[None]:
     """ray.init replaces the SIGTERM handler with its own `sys.exit(15)`, which unwinds Flower's engine (and
@@ -124,7 +153,7 @@ def simulate(session: Session) -> None:
             mods.append(ship(client_files(cfg, load_prepared(cfg))).mod)
         slots = node_slots(cfg, min(actors, max_actors(cfg)))
         session.info.update(simulated_nodes=slots or int(cfg.num_clients))
-        with actor_pool_limit(max_actors(cfg)):
+        with actor_pool_limit(max_actors(cfg)), short_queue_waits():
             run_simulation(
                 server_app=make_server_app(session, slots),
                 client_app=make_client_app(experiment.client_fn, experiment.run_config, mods),
