@@ -60,6 +60,13 @@ def compose(overrides: Sequence[str]) -> DictConfig:
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
+def conf_stamp() -> tuple[tuple[str, int, int], ...]:
+    """conf/ as it is now, each file's path, mtime and size: what a composition made earlier in this process
+    holds for (a collection's runner checks run after run against the same files)."""
+    return tuple((str(path), stat.st_mtime_ns, stat.st_size) for path in sorted(CONF_DIR.rglob("*")) if
+                 (stat := path.stat()))  # fmt: skip
+
+
 def group_options() -> dict[str, list[str]]:
     """Every config group of conf/ (Hydra's own aside) and its options, as Hydra lists them."""
     with _on_conf() as hydra:

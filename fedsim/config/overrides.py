@@ -11,6 +11,7 @@ sweeps (`strategy=fedavg,fedprox`, `archive.layers=[a,b]`) mean here what they m
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import itertools
 from collections.abc import Iterator, Sequence
@@ -23,7 +24,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fedsim.config.compose import compose, group_options
+from fedsim.config.compose import compose, conf_stamp, group_options
 from fedsim.system.errors import ConfigError, first_line
 
 OPEN = ("tracking.tags",)  # mappings whose keys are the user's own (a tracker's tags)
@@ -66,6 +67,19 @@ def _compose(overrides: Sequence[str]) -> DictConfig:
         return compose(overrides)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_blamed(overrides, exc), first_line(exc)) from None
+
+
+@functools.lru_cache(maxsize=4)
+def _group_options(stamp: tuple) -> dict[str, list[str]]:
+    """conf/'s groups and options, listed once per process while conf/ is as `stamp` says (read, never changed)."""
+    return group_options()
+
+
+@functools.lru_cache(maxsize=32)
+def _base(stamp: tuple, choices: tuple[str, ...]) -> DictConfig:
+    """The config of the group `choices` alone, whose keys the overrides must name: composed once per process
+    while conf/ is as `stamp` says (read, never changed)."""
+    return _compose(list(choices))
 
 
 def _blamed(overrides: Sequence[str], exc: BaseException) -> str:
@@ -172,7 +186,8 @@ def check(overrides: Sequence[str]) -> DictConfig | None:
     """
     parsed = parse(overrides)
     mine = [o for o in parsed if not is_hydras(o)]
-    groups = group_options()
+    stamp = conf_stamp()
+    groups = _group_options(stamp)
     check_groups(mine, groups)
     choices = [
         [f"{o.key_or_group}={v}" for v in values(o)]
@@ -180,8 +195,7 @@ def check(overrides: Sequence[str]) -> DictConfig | None:
         if o.key_or_group in groups and o.type != OverrideType.DEL
     ]
     for combination in itertools.product(*choices):
-        base = _compose(list(combination))
-        check_keys(mine, base, groups)
+        check_keys(mine, _base(stamp, combination), groups)
     if any(o.is_sweep_override() for o in parsed):
         return None
     return _compose([o.input_line for o in mine])
