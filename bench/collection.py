@@ -22,20 +22,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from common import IMDB, ROOT, run_harness
+from common import IMDB, ROOT, run_harness, same_results
 
 DEFAULT = ["model=bow", "num_clients=10", "num_rounds=3", "data.train_size=5000"]
-IGNORED = ("round_time_s", "fit_time_s", "driver_rss_mb", "driver_shared_mb", "node")
-
-
-def same(a: Path, b: Path) -> bool:
-    """Whether two runs' rounds.csv and clients.csv are equal but for timings, memory and Ray's node id."""
-    for name in ("rounds.csv", "clients.csv"):
-        x, y = pd.read_csv(a / name), pd.read_csv(b / name)
-        keep = [c for c in x.columns if c not in IGNORED]
-        if list(x.columns) != list(y.columns) or not x[keep].equals(y[keep]):
-            return False
-    return True
 
 
 def main() -> None:
@@ -72,7 +61,7 @@ def main() -> None:
                     "fixed": fixed,
                     "budget": budget,
                     "ratio": wall / budget,
-                    "equal": same(root / "c" / "runs" / "run_0000", root / "solo"),
+                    "equal": same_results(root / "c" / "runs" / "run_0000", root / "solo"),
                 }
             )
             print(rows[-1], file=sys.stderr, flush=True)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from common import IMDB, ROOT, run_harness
+from common import IMDB, ROOT, run_harness, same_results
 
 DEFAULT = ["model=bow", "num_clients=10", "num_rounds=3", "data.train_size=5000"]
 
@@ -64,16 +64,6 @@ finally:
     shutdown()
 print(json.dumps(walls))
 """
-
-
-def same(a: Path, b: Path) -> bool:
-    """Whether two runs' rounds.csv and clients.csv are equal but for timings, memory and Ray's node id."""
-    for name in ("rounds.csv", "clients.csv"):
-        x, y = pd.read_csv(a / name), pd.read_csv(b / name)
-        keep = [c for c in x.columns if not c.endswith(("_s", "_mb")) and c != "node"]
-        if list(x.columns) != list(y.columns) or not x[keep].equals(y[keep]):
-            return False
-    return True
 
 
 def main() -> None:
@@ -128,7 +118,7 @@ def main() -> None:
         print(f"`{' '.join(overrides)}`, seeds 0-{args.runs - 1}\n")
         print("| how | wall, all runs (s) | per run (s) | every run equals its solo run |\n|---|---|---|---|")
         for how, wall in walls.items():
-            equal = all(same(root / "solo" / str(s), root / how / str(s)) for s in seeds)
+            equal = all(same_results(root / "solo" / str(s), root / how / str(s)) for s in seeds)
             print(f"| {how} | {wall:.1f} | {wall / len(seeds):.1f} | {'yes' if equal else 'no'} |")
         rounds = sum(pd.read_csv(root / "solo" / str(s) / "rounds.csv")["round_time_s"].sum() for s in seeds)
         print(f"\nSum of the solo runs' round_time_s: {rounds:.1f} s")

@@ -231,6 +231,16 @@ class HarnessRun:
         return float(self.run["final_central_accuracy"])
 
 
+def same_results(a: Path, b: Path) -> bool:
+    """Whether two runs' rounds.csv and clients.csv are equal but for timings, memory and Ray's node id."""
+    for name in ("rounds.csv", "clients.csv"):
+        x, y = pd.read_csv(a / name), pd.read_csv(b / name)
+        keep = [c for c in x.columns if not c.endswith(("_s", "_mb")) and c != "node"]
+        if list(x.columns) != list(y.columns) or not x[keep].equals(y[keep]):
+            return False
+    return True
+
+
 def run_harness(
     overrides: Sequence[str], run_dir: Path, script: Sequence[str] = ("main.py",), sample_memory: bool = False
 ) -> HarnessRun:
