@@ -67,9 +67,7 @@ def run_main(main_script: str, argv: list[str]) -> None:
     try:
         runpy.run_path(main_script, run_name="__main__")
     except SystemExit as exc:  # Hydra's own exits (a composition error): main.py would have ended with it too
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        os._exit(exc.code if isinstance(exc.code, int) else 1)
+        leave(exc.code if isinstance(exc.code, int) else 1)
 
 
 def serve(main_script: str, reply_fd: int) -> None:
