@@ -13,7 +13,6 @@ id). Prints a Markdown table, one row per repeat, and the median. Run it on an o
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -22,18 +21,16 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from common import IMDB, ROOT, run_harness, same_results
+from common import IMDB, ROOT, bench_parser, run_harness, same_results
 
 DEFAULT = ["model=bow", "num_clients=10", "num_rounds=3", "data.train_size=5000"]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=20)
+    parser = bench_parser(__doc__, 20, DEFAULT)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--jobs", default="1", help="run_and_collect.py's --jobs (a number, or auto)")
     parser.add_argument("--process-per-run", action="store_true", help="run_and_collect.py's --process-per-run")
-    parser.add_argument("overrides", nargs="*", help=f"every run's overrides (default: {' '.join(DEFAULT)})")
     args = parser.parse_args()
     overrides = args.overrides or DEFAULT
     rows = []

@@ -18,7 +18,6 @@ clients.csv equal the solo run's (all columns but timings and memory). Run it on
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from common import IMDB, ROOT, run_harness, same_results
+from common import IMDB, ROOT, bench_parser, run_harness, same_results
 
 DEFAULT = ["model=bow", "num_clients=10", "num_rounds=3", "data.train_size=5000"]
 
@@ -67,9 +66,7 @@ print(json.dumps(walls))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("overrides", nargs="*", help=f"every run's overrides (after --; default: {' '.join(DEFAULT)})")
+    parser = bench_parser(__doc__, 5, DEFAULT)
     args = parser.parse_args()
     overrides = args.overrides or DEFAULT
     seeds = list(range(args.runs))

@@ -5,6 +5,7 @@ without Flower or Ray).
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing as mp
 import os
@@ -229,6 +230,15 @@ class HarnessRun:
     @property
     def final_accuracy(self) -> float:
         return float(self.run["final_central_accuracy"])
+
+
+def bench_parser(doc: str, runs: int, default: Sequence[str]) -> argparse.ArgumentParser:
+    """A bench script's command line: its docstring's first line, `--runs` and the runs' overrides (after --;
+    the script uses `default` where none are given)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=runs)
+    parser.add_argument("overrides", nargs="*", help=f"the runs' overrides (after --; default: {' '.join(default)})")
+    return parser
 
 
 def same_results(a: Path, b: Path) -> bool:

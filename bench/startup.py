@@ -11,7 +11,6 @@ ended. Prints a Markdown table: each mark's time from launch, median over the ru
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -19,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import run_harness
+from common import bench_parser, run_harness
 
 DEFAULT = ["model=bow", "num_clients=10", "num_rounds=3", "data.train_size=5000"]
 
@@ -84,9 +83,7 @@ def one_run(overrides: list[str], run_dir: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("overrides", nargs="*", help=f"the run's overrides (after --; default: {' '.join(DEFAULT)})")
+    parser = bench_parser(__doc__, 3, DEFAULT)
     args = parser.parse_args()
     overrides = args.overrides or DEFAULT
     runs = []

@@ -125,7 +125,7 @@ class Collection:
             else pd.DataFrame(columns=RUNS_COLUMNS)
         )
         self._mutex = threading.Lock()
-        self._read: dict[int, dict[str, pd.DataFrame | None]] = {}  # each run's tables, as `_table` read them
+        self._tables: dict[int, dict[str, pd.DataFrame | None]] = {}  # each run's tables, as `_table` read them
 
     def run_dir(self, run_id: int) -> Path:
         return self.path / "runs" / f"run_{run_id:04d}"
@@ -157,7 +157,7 @@ class Collection:
             runs = pd.concat([others, new], ignore_index=True) if len(others) else new
             self.runs = runs.sort_values("run_id", kind="stable").reset_index(drop=True)
             write_csv(self.path / "runs.csv", self.runs)
-            self._read.pop(run_id, None)  # a run made again (resumed, rerun) has new tables
+            self._tables.pop(run_id, None)  # a run made again (resumed, rerun) has new tables
             if row["status"] != "running":
                 self.rebuild(plot=False)
 
@@ -179,7 +179,7 @@ class Collection:
 
     def _table(self, run_id: int, name: str) -> pd.DataFrame | None:
         """A run's table (rounds.csv, ...) with its run_id in front, or None if the run has none."""
-        tables = self._read.setdefault(run_id, {})
+        tables = self._tables.setdefault(run_id, {})
         if name not in tables:
             path = self.run_dir(run_id) / name
             frame = pd.read_csv(path) if path.exists() else None

@@ -113,8 +113,8 @@ class _Runner:
         return self.process.wait()  # the reply pipe closed: the runner ended with the run
 
     def close(self) -> None:
-        """End the runner: its stdin closed (an idle runner then ends its Ray and exits), and once it has
-        exited, or has not within RUNNER_EXIT_S, its session stopped (a killed runner's Ray processes)."""
+        """End the runner: its stdin closed (an idle runner then leaves, killing its Ray processes), and once it
+        has exited, or has not within RUNNER_EXIT_S, its session stopped (what a killed runner left)."""
         try:
             self.process.stdin.close()
         except BrokenPipeError:
@@ -164,7 +164,7 @@ class SharedRunners:
                     runner.process.send_signal(signal.SIGINT)
 
     def close(self) -> None:
-        """End every idle runner, Ray with it."""
+        """End every idle runner, and its Ray with it."""
         with self._lock:
             idle, self._idle = self._idle, []
         for runner in idle:
