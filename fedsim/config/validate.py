@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from fedsim.byzantine.attacks import DIRECTIONS
 from fedsim.system.errors import ConfigError
 
 ADDRESS = re.compile(r"^(auto|[\w.-]+:\d+)$")  # ray.address, when set
@@ -42,6 +43,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_clients": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "num_rounds": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "seed": (_is_int, "an integer"),
+    "assumed_malicious": (
+        lambda v: v is None or (_is_int(v) and v >= 0),
+        "null (the attack's count) or an integer >= 0",
+    ),
     "scrutiny": (lambda v: isinstance(v, bool), "true or false"),
     "overwrite": (lambda v: isinstance(v, bool), "true or false"),
     "sparse_updates": (lambda v: isinstance(v, bool), "true or false"),
@@ -89,6 +94,17 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "attack.mode": (lambda v: v in ("flip", "random"), "flip or random"),
     "attack.std": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "attack.scale": (_is_number, "a number"),
+    "attack.z": (lambda v: v is None or _is_number(v), "null (the paper's z_max from n and f) or a number"),
+    "attack.epsilon": (_is_number, "a number"),
+    "attack.direction": (lambda v: v in DIRECTIONS, ", ".join(DIRECTIONS)),
+    "attack.tolerance": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
+    "attack.target": (lambda v: v is None or (_is_int(v) and v >= 0), "null (the paper's choice) or an integer >= 0"),
+    "strategy.tau": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "strategy.nu": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "strategy.iterations": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "strategy.weighted": (lambda v: isinstance(v, bool), "true or false"),
+    "pre.f": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "pre.s": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "faults.dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "faults.stragglers": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "faults.slowdown": (lambda v: _is_number(v) and v >= 1, "a number >= 1"),

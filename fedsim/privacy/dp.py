@@ -74,7 +74,7 @@ class Privacy:
         """Refuse what this mode cannot be combined with, in one line."""
         if not self.enabled:
             return
-        if isinstance(strategy, ROBUST):
+        if isinstance(strategy, ROBUST) or getattr(strategy, "robust", False):  # fedsim.server.robust's
             raise ConfigError(
                 "privacy",
                 f"{self.mode} with strategy {type(strategy).__name__}: Flower's DP noise "

@@ -31,7 +31,8 @@ from fedsim.outputs.phases import check_callbacks
 from fedsim.outputs.tracking.base import NoTracking, Tracker
 from fedsim.privacy.dp import Privacy
 from fedsim.server.faults import Faults
-from fedsim.server.preconditions import check_strategy
+from fedsim.server.preconditions import check_byzantine, check_strategy
+from fedsim.server.robust import PreAggregated
 from fedsim.system.errors import ConfigError, first_line
 
 
@@ -64,8 +65,11 @@ def build(
     """
     validate(cfg)
     strategy = _instantiate(cfg, "strategy")
-    check_strategy(strategy, cfg)
     attack = _instantiate(cfg, "attack")
+    check_strategy(strategy, cfg)
+    check_byzantine(cfg, attack.omniscient)
+    if cfg.pre.name != "none":
+        strategy = PreAggregated(strategy, _instantiate(cfg, "pre"))
     faults = _instantiate(cfg, "faults")
     privacy = _instantiate(cfg, "privacy")
     privacy.check(strategy, attack.name, transport_of(cfg))

@@ -22,6 +22,7 @@ from fedsim.messages.transport import transport_of
 from fedsim.run.directory import claim
 from fedsim.run.runner import run_experiment
 from fedsim.run.session import Session
+from fedsim.server.adversary import Adversary
 from fedsim.server.cohort import Cohort, GroundTruth
 from fedsim.server.loop import Result, run_rounds
 from fedsim.server.participation import Participants
@@ -81,15 +82,17 @@ def federate(grid: Grid, session: Session, slots: int | None = None) -> Result:
     carried = bool(cfg.runtime.get("cohort_messages", False))
     participants = Participants.discover(grid, cfg.num_clients, cfg.seed, slots, timeout=startup_s, carried=carried)
     experiment = session.experiment
+    malicious = frozenset(experiment.malicious)
     cohort = Cohort(
         grid,
         participants,
         experiment.faults,
         int(cfg.seed),
         int(cfg.client.local_epochs),
-        GroundTruth(frozenset(experiment.malicious), experiment.attack.name),
+        GroundTruth(malicious, experiment.attack.name),
         transport_of(cfg),
         reply_s,
+        Adversary(experiment.attack, malicious, int(cfg.seed)) if experiment.attack.omniscient else None,
     )
     return run_rounds(
         session.strategy,

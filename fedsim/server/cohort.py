@@ -3,7 +3,8 @@
 The strategy decides how many clients it wants and what to send them (its messages); the cohort
 decides which partitions receive them (from seed and round, fedsim.server.participation), leaves out
 the simulated dropouts, exchanges the messages over the grid, and turns the replies into per-client
-results keyed by partition: the replies the strategy aggregates, each client's update with its
+results keyed by partition: the replies the strategy aggregates (after an omniscient attack's step,
+fedsim.server.adversary, has forged its clients' replies), each client's update with its
 ground truth (is it malicious, which attack), and every call that brought no usable reply. Whatever
 carries the messages, one per client or several clients' work per message, only `exchange` knows;
 the loop and the strategy see one reply per client.
@@ -19,6 +20,7 @@ from flwr.serverapp import Grid
 
 from fedsim.messages.records import Decoded
 from fedsim.messages.sparse import for_aggregation
+from fedsim.server.adversary import Adversary
 from fedsim.server.faults import Faults
 from fedsim.server.participation import EVALUATE, TRAIN, Participants
 from fedsim.server.record import DROPPED, EVAL_FAILED, FAILED, LATE, ClientFailure, ClientUpdate
@@ -60,6 +62,7 @@ class Cohort:
     truth: GroundTruth = field(default_factory=GroundTruth)
     transport: str = "float32"
     timeout_s: float = 3600.0
+    adversary: Adversary | None = None  # an omniscient attack's step (fedsim.server.adversary)
 
     def __post_init__(self) -> None:
         self.slow = self.faults.slow_devices(self.seed, self.participants.num_clients)
@@ -78,6 +81,8 @@ class Cohort:
         replies, dropped = self.exchange(server_round, TRAIN, messages)
         sent = messages[0].content["arrays"] if messages and "arrays" in messages[0].content else None
         answered = {p: for_aggregation(r, sent, self.transport) for p, r in replies.items() if ok(r)}
+        if self.adversary is not None and sent is not None:
+            self.adversary.forge(server_round, sent, answered)
         # The updates are read first: some of Flower's strategies empty the replies as they aggregate.
         updates = [self._update(p, r) for p, r in answered.items()]
         failures = [self.missed(p, DROPPED) for p in dropped]

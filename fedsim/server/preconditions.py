@@ -4,6 +4,7 @@ enough clients a round, and Flower waits forever for nodes the federation lacks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from flwr.serverapp.strategy import Bulyan, MultiKrum, Strategy
@@ -55,3 +56,37 @@ def check_strategy(strategy: Strategy, cfg: DictConfig) -> None:
                     "strategy.num_nodes_to_select", f"{selected}, but {n} clients train per round; allowed: 1..{n}"
                 )
             return
+
+
+def malicious_per_round(cfg: DictConfig) -> tuple[int, int]:
+    """(n, f): clients that train per round, and how many of them are malicious, all of them under full
+    participation, else the malicious share of the round rounded up."""
+    n, f = fit_clients_per_round(cfg), num_malicious(float(cfg.attack.node_ratio), cfg.num_clients)
+    return n, f if n == cfg.num_clients else min(f, n, math.ceil(f * n / cfg.num_clients))
+
+
+def check_byzantine(cfg: DictConfig, omniscient: bool) -> None:
+    """Refuse an omniscient attack or a pre-aggregation step that the round's n and f break (fedsim.byzantine)."""
+    n, f = malicious_per_round(cfg)
+    name = cfg.attack.name
+    if omniscient:
+        if f >= n:
+            raise ConfigError(
+                "attack.node_ratio",
+                f"attack={name} forges from the round's honest updates, but all {n} clients per round are "
+                f"malicious; allowed: a node_ratio that leaves honest clients (at most {(n - 1) / cfg.num_clients:g})",
+            )
+        if name == "alie" and cfg.attack.get("z") is None and f >= n // 2 + 1:
+            raise ConfigError(
+                "attack.node_ratio",
+                f"alie's z_max needs f < n/2 + 1 (the attackers a minority), but f={f} of n={n} per round; "
+                "allowed: a smaller node_ratio, or an explicit attack.z",
+            )
+    pre = cfg.pre.name
+    if pre in ("nnm", "arc") and 2 * int(cfg.pre.f) >= n:
+        raise ConfigError(
+            "pre.f",
+            f"{pre} with f={cfg.pre.f} needs n > 2f, but {n} clients train per round; allowed: f <= {(n - 1) // 2}",
+        )
+    if pre == "bucketing" and int(cfg.pre.s) > n:
+        raise ConfigError("pre.s", f"{cfg.pre.s}, but {n} clients train per round; allowed: 1..{n}")

@@ -1,0 +1,1 @@
+"""Byzantine-robust learning's maths on plain vectors: the omniscient attacks and the robust aggregation rules."""

@@ -1,0 +1,189 @@
+"""Byzantine-robust aggregation as Flower Message-API strategies: each changes only how a round's training replies
+aggregate (FedAvg's sampling, configuration, evaluation and metrics stay), so evaluation, resume and every output
+work unchanged. The maths is fedsim.byzantine's, on the round's update matrix: a row per reply, u = w - g with g the
+global model the round sent. A sparse reply is read whole (fedsim.messages.sparse rebuilds it), so a row a client
+did not touch is a zero update, exactly as in its dense reply.
+
+- `CenteredClipping` and `GeometricMedian`: aggregators (conf/strategy/).
+- `PreAggregated`: a pre-aggregation step (`NNM`, `Bucketing`, `ARC`; conf/pre/) in front of any strategy: the
+  replies' updates are mixed, then the wrapped strategy aggregates the mixed replies.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Strategy
+
+from fedsim.byzantine import aggregators
+from fedsim.byzantine.vectors import updates, weights_from
+from fedsim.messages.records import Decoded, record_views, to_record
+
+ARRAYS, METRICS, EXAMPLES = "arrays", "metrics", "num-examples"
+
+
+def update_matrix(replies: Sequence[Message], start: Sequence[np.ndarray]) -> np.ndarray:
+    """The replies' updates from `start`, a row each (fedsim.byzantine.vectors.updates)."""
+    return updates([Decoded(r.content[ARRAYS]) for r in replies], start)
+
+
+def examples_of(replies: Sequence[Message], key: str = EXAMPLES) -> np.ndarray:
+    return np.array([float(r.content[METRICS][key]) for r in replies])
+
+
+class RobustFedAvg(FedAvg):
+    """FedAvg whose aggregation of the weights is `aggregate_updates` on the round's update matrix. The sent model
+    is kept as a tuple of views: the round's input, not strategy state that a checkpoint should hold."""
+
+    robust = True  # Flower's DP wrappers do not apply (fedsim.privacy.dp)
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._start: tuple[np.ndarray, ...] = ()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._start = tuple(record_views(arrays))
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        if not valid:
+            return None, None
+        names = list(valid[0].content[ARRAYS].keys())
+        update = self.aggregate_updates(update_matrix(valid, self._start), examples_of(valid, self.weighted_by_key))
+        arrays = to_record(names, weights_from(update.astype(np.float32), self._start))
+        return arrays, self.train_metrics_aggr_fn([r.content for r in valid], self.weighted_by_key)
+
+    def aggregate_updates(self, matrix: np.ndarray, examples: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class CenteredClipping(RobustFedAvg):
+    """Centered clipping, centred where its paper centres it: at the previous round's aggregate update (the
+    server's momentum; zero before the first round), which the checkpoint keeps (`center`). Unweighted, as the
+    paper: every reply counts once, whatever its number of examples."""
+
+    def __init__(self, tau: float = 1.0, iterations: int = 1, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.tau, self.iterations = float(tau), int(iterations)
+        self.center: np.ndarray | None = None
+
+    def aggregate_updates(self, matrix: np.ndarray, examples: np.ndarray) -> np.ndarray:
+        start = self.center if self.center is not None else np.zeros(matrix.shape[1])
+        self.center = aggregators.centered_clipping(matrix, start, self.tau, self.iterations)
+        return self.center
+
+
+class GeometricMedian(RobustFedAvg):
+    """The geometric median by RFA's smoothed Weiszfeld. `weighted`: alpha_i proportional to each reply's
+    examples, as RFA weighs its clients; false: uniform, as ByzFL."""
+
+    def __init__(self, nu: float = 1e-6, iterations: int = 8, weighted: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.nu, self.iterations, self.weighted = float(nu), int(iterations), bool(weighted)
+
+    def aggregate_updates(self, matrix: np.ndarray, examples: np.ndarray) -> np.ndarray:
+        weights = examples / examples.sum() if self.weighted and examples.sum() > 0 else None
+        return aggregators.geometric_median(matrix, self.nu, self.iterations, weights)
+
+
+@dataclass(frozen=True)
+class PreStep:
+    """A pre-aggregation step: the round's update matrix in, the mixed rows out, and which replies each mixed row
+    stands for (its examples: their mean)."""
+
+    name: str = "none"
+
+    def mix(self, matrix: np.ndarray, server_round: int) -> tuple[np.ndarray, list[list[int]]]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class NNM(PreStep):
+    """Nearest-neighbour mixing with f, the malicious clients it is tuned for."""
+
+    f: int = 0
+
+    def mix(self, matrix: np.ndarray, server_round: int) -> tuple[np.ndarray, list[list[int]]]:
+        return aggregators.nnm(matrix, min(self.f, len(matrix) - 1)), [[i] for i in range(len(matrix))]
+
+
+@dataclass(frozen=True)
+class Bucketing(PreStep):
+    """Bucketing into buckets of s, the permutation drawn from (seed, round)."""
+
+    s: int = 2
+    seed: int = 0
+
+    def mix(self, matrix: np.ndarray, server_round: int) -> tuple[np.ndarray, list[list[int]]]:
+        order = np.random.default_rng([self.seed, 0xB0C, server_round]).permutation(len(matrix))
+        buckets = [list(order[at : at + self.s]) for at in range(0, len(matrix), self.s)]
+        return aggregators.bucketing(matrix, self.s, order), buckets
+
+
+@dataclass(frozen=True)
+class ARC(PreStep):
+    """Adaptive robust clipping with f."""
+
+    f: int = 0
+
+    def mix(self, matrix: np.ndarray, server_round: int) -> tuple[np.ndarray, list[list[int]]]:
+        return aggregators.arc(matrix, min(self.f, len(matrix))), [[i] for i in range(len(matrix))]
+
+
+class PreAggregated(Strategy):
+    """`strategy` aggregating the replies that `step` mixed. Each mixed reply carries the metrics of the first
+    reply it stands for, with the mean number of examples of those it stands for."""
+
+    robust = True
+
+    def __init__(self, strategy: Strategy, step: PreStep) -> None:
+        self.strategy, self.step = strategy, step
+        self._start: tuple[np.ndarray, ...] = ()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._start = tuple(record_views(arrays))
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid = [r for r in replies if not r.has_error()]
+        if not valid:
+            return self.strategy.aggregate_train(server_round, valid)
+        names = list(valid[0].content[ARRAYS].keys())
+        mixed, members = self.step.mix(update_matrix(valid, self._start), server_round)
+        examples = examples_of(valid)
+        rebuilt = []
+        for row, stands_for in zip(mixed, members):
+            first = valid[stands_for[0]]
+            metrics = MetricRecord(dict(first.content[METRICS]))
+            metrics[EXAMPLES] = int(round(examples[stands_for].mean()))
+            reply = copy.copy(first)
+            reply.content = RecordDict(
+                {ARRAYS: to_record(names, weights_from(row.astype(np.float32), self._start)), METRICS: metrics}
+            )
+            rebuilt.append(reply)
+        return self.strategy.aggregate_train(server_round, rebuilt)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.strategy.summary()
