@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-BLOCK = 1 << 18  # columns per block of the float64 accumulations
+BLOCK = 1 << 12  # columns per block of the float64 accumulations: a block of a round's rows stays in cache
 
 
 def is_weight(array: np.ndarray) -> bool:
