@@ -56,6 +56,8 @@ def test_run_writes_every_file_with_spec_columns(small_run):
         ("strategy=trimmed_mean strategy.beta=0.5", "strategy"),
         ("attack=none attack.node_ratio=0.3", "attack.node_ratio"),
         ("attack=label_flip attack.data_ratio=2", "attack.data_ratio"),
+        ("attack=alie attack.node_ratio=0.6 num_clients=10", "attack.node_ratio"),
+        ("strategy=trimmed_mean pre=nnm pre.f=5 num_clients=10", "pre.f"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(overrides, key, imdb_dir, tmp_path):
@@ -153,8 +155,8 @@ def test_bad_input_battery(case, overrides, key, says, tmp_path):
         ),
         (
             "strategy=nosuch",
-            "error: strategy: no option 'nosuch'; allowed: bulyan, fedadagrad, fedadam, fedavg, fedavgm, "
-            "fedmedian, fedprox, fedyogi, krum, multikrum, trimmed_mean",
+            "error: strategy: no option 'nosuch'; allowed: bulyan, centered_clipping, fedadagrad, fedadam, fedavg, "
+            "fedavgm, fedmedian, fedprox, fedyogi, geometric_median, krum, multikrum, trimmed_mean",
         ),
     ],
 )

@@ -258,8 +258,12 @@ def test_fedprox_as_mu_goes_to_zero_is_fedavg(generated_imdb, tmp_path):
         "strategy=fedadam",
         "strategy=fedavgm",
         "strategy=fedadam privacy=server_adaptive privacy.initial_clipping_norm=0.05",
+        # the omniscient adversary, and a strategy whose state (its centre) the checkpoint carries
+        "strategy=centered_clipping strategy.tau=1.0 attack=alie attack.z=1.0",
+        # a pre-aggregation step with its per-round permutation, against Min-Sum
+        "strategy=trimmed_mean pre=bucketing attack=minsum",
     ],
-    ids=["fedavg", "fedadam", "fedavgm", "fedadam-dp"],
+    ids=["fedavg", "fedadam", "fedavgm", "fedadam-dp", "alie-centered-clipping", "minsum-bucketing-trimmed-mean"],
 )
 def test_a_resumed_run_equals_an_uninterrupted_one(generated_imdb, tmp_path, choice):
     overrides = [f"data.path={generated_imdb}", *QUICK, "num_rounds=3", "archive.mode=all", *choice.split()]

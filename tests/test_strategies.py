@@ -3,6 +3,8 @@ impossible settings before any data is read."""
 
 from __future__ import annotations
 
+import re
+
 import flwr.serverapp.strategy as flwr_strategies
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from fedsim.client.app import make_client_app
 from fedsim.config.validate import validate
 from fedsim.messages.records import record_views, to_record
 from fedsim.run.experiment import build
+from fedsim.server import robust
 from fedsim.system.errors import ConfigError
 
 STRATEGIES = sorted(p.stem for p in (ROOT / "conf" / "strategy").glob("*.yaml"))
@@ -30,6 +33,8 @@ EXPECTED = {
     "krum": "Krum",
     "multikrum": "MultiKrum",
     "bulyan": "Bulyan",
+    "centered_clipping": "CenteredClipping",  # fedsim's own (fedsim.server.robust)
+    "geometric_median": "GeometricMedian",
 }
 
 
@@ -40,7 +45,7 @@ def test_every_spec_strategy_has_a_config():
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_strategy_config_builds_flowers_class(name):
     strategy = build(make_cfg(f"strategy={name}", "num_clients=10")).strategy
-    assert type(strategy) is getattr(flwr_strategies, EXPECTED[name])
+    assert type(strategy) is getattr(flwr_strategies, EXPECTED[name], None) or getattr(robust, EXPECTED[name])
     assert strategy.fraction_train == 1.0 and strategy.min_available_nodes == 10
 
 
@@ -87,10 +92,15 @@ def test_krum_and_bulyan_take_f_from_the_attack():
         ),
         (["strategy=trimmed_mean", "strategy.beta=0.6"], "strategy", "must be in the range [0, 0.5)"),
         (["strategy.min_available_nodes=11"], "strategy.min_available_nodes", "at most 10"),
+        (["pre=nnm", "pre.f=5"], "pre.f", "f <= 4"),
+        (["pre=arc", "attack=sign_flip", "attack.node_ratio=0.5"], "pre.f", "needs n > 2f"),
+        (["pre=bucketing", "pre.s=11"], "pre.s", "allowed: 1..10"),
+        (["attack=alie", "attack.node_ratio=0.6"], "attack.node_ratio", "z_max needs f < n/2 + 1"),
+        (["attack=minmax", "attack.node_ratio=1.0"], "attack.node_ratio", "all 10 clients per round are malicious"),
     ],
 )
 def test_build_refuses_impossible_strategies(overrides, key, needed):
-    with pytest.raises(ConfigError, match=needed.replace("[", r"\[").replace(")", r"\)")) as err:
+    with pytest.raises(ConfigError, match=re.escape(needed)) as err:
         build(make_cfg(*overrides))
     assert err.value.key == key
 
@@ -106,11 +116,16 @@ def test_build_refuses_impossible_strategies(overrides, key, needed):
         ("data.val_fraction=1", "data.val_fraction"),
         ("client.lr=-1", "client.lr"),
         ("log_level=LOUD", "log_level"),
+        ("strategy=centered_clipping strategy.tau=0", "strategy.tau"),
+        ("strategy=geometric_median strategy.iterations=0", "strategy.iterations"),
+        ("attack=minmax attack.direction=up", "attack.direction"),
+        ("attack=alie attack.z=high", "attack.z"),
+        ("assumed_malicious=-1", "assumed_malicious"),
     ],
 )
 def test_validation_names_the_key(override, key):
     with pytest.raises(ConfigError, match="allowed") as err:
-        validate(make_cfg(override))
+        validate(make_cfg(*override.split()))
     assert err.value.key == key
 
 

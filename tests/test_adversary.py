@@ -1,0 +1,162 @@
+"""The omniscient adversary's step and the robust strategies, wired: what the step sees and writes, what the
+strategies aggregate, and whole runs: the attack applied, ALIE's reply as its formula read back from the archive,
+sparse replies aggregated as the dense ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedTrimmedAvg
+from helpers.configs import TIMING, make_cfg
+from helpers.local_grid import LocalGrid
+from helpers.runs import run_locally
+from safetensors.numpy import load_file
+
+from fedsim.byzantine import aggregators, attacks
+from fedsim.client.app import make_client_app
+from fedsim.client.attacks import ALIE, Omniscient
+from fedsim.messages.records import record_views, to_record
+from fedsim.server.adversary import Adversary
+from fedsim.server.robust import NNM, CenteredClipping, PreAggregated
+
+NAMES = ["embedding", "bias", "steps"]
+START = [np.full((6, 2), 0.5, np.float32), np.zeros(3, np.float32), np.arange(2)]  # an integer buffer last
+
+
+def replies_of(grid_messages: list[Message], updates: np.ndarray) -> list[Message]:
+    """Training replies whose float weights are START plus each row of `updates`."""
+    out = []
+    for message, row in zip(grid_messages, updates):
+        weights = [START[0] + row[:12].reshape(6, 2), START[1] + row[12:], START[2]]
+        content = RecordDict(
+            {"arrays": to_record(NAMES, weights), "metrics": MetricRecord({"num-examples": 10, "train-loss": 0.5})}
+        )
+        out.append(Message(content, reply_to=message))
+    return out
+
+
+def messages(strategy, n: int) -> list[Message]:
+    return list(strategy.configure_train(1, to_record(NAMES, START), ConfigRecord(), LocalGrid(make_client_app(), n)))
+
+
+def flat(record) -> np.ndarray:
+    views = record_views(record)
+    return np.concatenate([views[0].ravel() - START[0].ravel(), views[1] - START[1]])
+
+
+class Recorder(Omniscient):
+    """Forges the honest mean plus one, and keeps what it was shown."""
+
+    def forge(self, honest, n, f, rng):
+        Recorder.seen = (honest.copy(), n, f, rng.integers(1 << 30))
+        return honest.mean(axis=0) + 1.0
+
+
+def test_the_adversary_sees_the_honest_updates_and_writes_dense_replies_of_its_own():
+    rng = np.random.default_rng(0)
+    updates = rng.normal(size=(5, 15))
+    replies = dict(enumerate(replies_of(messages(CenteredClipping(), 5), updates)))
+    honest_before = flat(replies[0].content["arrays"])
+    adversary = Adversary(Recorder(), frozenset({1, 3}), seed=7)
+    adversary.forge(2, to_record(NAMES, START), replies)
+    honest, n, f, draw = Recorder.seen
+    np.testing.assert_allclose(honest, updates[[0, 2, 4]], rtol=1e-6)  # the honest ones, in partition order
+    assert (n, f) == (5, 2)
+    for p in (1, 3):
+        np.testing.assert_allclose(flat(replies[p].content["arrays"]), updates[[0, 2, 4]].mean(axis=0) + 1, rtol=1e-5)
+        assert np.array_equal(record_views(replies[p].content["arrays"])[2], START[2])  # buffers kept
+    assert replies[1].content["arrays"] is not replies[3].content["arrays"]
+    np.testing.assert_array_equal(flat(replies[0].content["arrays"]), honest_before)  # honest replies untouched
+    adversary.forge(2, to_record(NAMES, START), dict(enumerate(replies_of(messages(CenteredClipping(), 5), updates))))
+    assert Recorder.seen[3] == draw  # its randomness: from (seed, round) alone
+
+
+def test_attackers_alone_submit_the_zero_update():
+    replies = dict(enumerate(replies_of(messages(CenteredClipping(), 2), np.ones((2, 15)))))
+    Adversary(ALIE(z=1.0), frozenset({0, 1}), seed=0).forge(1, to_record(NAMES, START), replies)
+    assert all(np.array_equal(flat(r.content["arrays"]), np.zeros(15)) for r in replies.values())
+
+
+def test_centered_clipping_strategy_centres_each_round_on_the_last_aggregate():
+    strategy = CenteredClipping(tau=0.5, iterations=2)
+    rng = np.random.default_rng(1)
+    center = np.zeros(15)
+    for server_round in (1, 2):
+        updates = rng.normal(size=(6, 15))
+        aggregated, _ = strategy.aggregate_train(server_round, replies_of(messages(strategy, 6), updates))
+        center = aggregators.centered_clipping(updates.astype(np.float32), center, 0.5, 2)
+        np.testing.assert_allclose(flat(aggregated), center, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(strategy.center, center, rtol=1e-5, atol=1e-6)  # kept for the next round
+
+
+def test_pre_aggregation_hands_the_mixed_updates_to_the_wrapped_strategy():
+    """NNM then Flower's trimmed mean equals the trimmed mean of the NNM-mixed update vectors."""
+    strategy = PreAggregated(FedTrimmedAvg(beta=0.2), NNM(f=2))
+    updates = np.random.default_rng(2).normal(size=(10, 15)).astype(np.float32)
+    aggregated, _ = strategy.aggregate_train(1, replies_of(messages(strategy, 10), updates))
+    mixed = np.sort(aggregators.nnm(updates, 2), axis=0)[2:-2].mean(axis=0)
+    np.testing.assert_allclose(flat(aggregated), mixed, rtol=1e-5, atol=1e-6)
+
+
+def read(run_dir, name: str) -> pd.DataFrame:
+    return pd.read_csv(run_dir / name).drop(columns=TIMING, errors="ignore")
+
+
+ATTACKED = ["num_clients=6", "num_rounds=2", "data.train_size=900", "data.test_size=300", "client.local_epochs=2"]
+
+
+def test_alies_reply_is_the_honest_mean_plus_z_std_read_back_from_the_archive(imdb_dir, tmp_path):
+    """Every malicious client's archived weights in round 2 are g + mean + z * std (ddof 1, the plus sign) of that
+    round's honest updates, g the global model of round 1."""
+    run_locally(
+        make_cfg(
+            f"data.path={imdb_dir}",
+            *ATTACKED,
+            "attack=alie",
+            "attack.node_ratio=0.34",
+            "attack.z=1.5",
+            "archive.mode=all",
+        ),  # fmt: skip
+        tmp_path,
+    )
+    manifest = pd.read_csv(tmp_path / "weights" / "manifest.csv")
+    clients = pd.read_csv(tmp_path / "clients.csv").query("round == 2").set_index("client_id")
+
+    def weights(row) -> np.ndarray:
+        tensors = load_file(str(tmp_path / row.path))
+        return np.concatenate([tensors[k].ravel() for k in tensors]).astype(np.float64)
+
+    global_1 = weights(manifest.query("round == 1 and kind == 'global'").iloc[0])
+    archived = {
+        int(r.client_id): weights(r) - global_1 for r in manifest.query("round == 2 and kind == 'client'").itertuples()
+    }
+    honest = np.stack([u for c, u in sorted(archived.items()) if not clients.loc[c, "is_malicious"]])
+    malicious = [u for c, u in archived.items() if clients.loc[c, "is_malicious"]]
+    assert len(malicious) == 2 and len(honest) == 4
+    expected = honest.mean(axis=0) + 1.5 * honest.std(axis=0, ddof=1)
+    for update in malicious:
+        np.testing.assert_allclose(update, expected, atol=2e-6)
+    np.testing.assert_allclose(expected, attacks.alie(honest, 1.5))
+
+
+def test_a_large_ipm_takes_fedavg_far_below_the_same_run_unattacked(imdb_dir, tmp_path):
+    common = [f"data.path={imdb_dir}", *ATTACKED, "num_rounds=3", "data.train_size=1500", "archive.mode=none"]
+    run_locally(make_cfg(*common), tmp_path / "clean")
+    run_locally(make_cfg(*common, "attack=ipm", "attack.epsilon=10"), tmp_path / "ipm")
+    clean, attacked = (read(tmp_path / d, "rounds.csv").central_accuracy.iloc[-1] for d in ("clean", "ipm"))
+    assert clean > 0.6 and attacked < clean - 0.1
+
+
+@pytest.mark.parametrize(
+    "choice",
+    ["strategy=geometric_median pre=arc attack=minsum", "strategy=centered_clipping attack=mimic", "strategy=krum"],
+)
+def test_sparse_replies_aggregate_exactly_as_dense_ones(imdb_dir, tmp_path, choice):
+    """An untouched embedding row is a zero update in a sparse reply as in the dense one: whole runs equal."""
+    common = [f"data.path={imdb_dir}", *ATTACKED, "archive.mode=none", *choice.split()]
+    run_locally(make_cfg(*common, "sparse_updates=true"), tmp_path / "sparse")
+    run_locally(make_cfg(*common, "sparse_updates=false"), tmp_path / "dense")
+    for name in ("rounds.csv", "clients.csv", "layers.csv"):
+        pd.testing.assert_frame_equal(read(tmp_path / "sparse", name), read(tmp_path / "dense", name), check_exact=True)
