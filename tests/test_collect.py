@@ -19,7 +19,7 @@ from scipy import stats
 
 from fedsim.collections.ledger import RUNS_COLUMNS, Collection, resumable, row_of
 from fedsim.collections.plan import CollectionError, Planned, default_name, jobs_that_fit, plan
-from fedsim.collections.summary import SUMMARY_COLUMNS, summarize
+from fedsim.collections.summary import SUMMARY_COLUMNS, mean_interval, summarize
 from fedsim.results.loading import CollectionResults, RunResults, load
 
 
@@ -343,3 +343,11 @@ def test_config_columns_split_overrides_for_pivots():
     assert table.loc[0, ["num_rounds", "attack", "strategy"]].tolist() == ["3", "sign_flip", "krum"]
     assert table.iloc[:2].pivot(index="attack", columns="strategy", values="mean").loc["none", "krum"] == 0.8
     assert table.loc[2, ["attack", "strategy"]].isna().all()
+
+
+def test_equal_values_have_the_point_as_their_interval():
+    """Seeds that all end at the same accuracy (a run held at chance) have no spread: the interval is the point,
+    where scipy's t.interval would give NaN."""
+    assert mean_interval(np.array([0.507, 0.507, 0.507])) == (0.507, 0.0, 0.507, 0.507)
+    mean, std, low, high = mean_interval(np.array([0.5, 0.6, 0.7]))
+    assert low < mean < high and std > 0

@@ -15,11 +15,13 @@ SUMMARY_COLUMNS = ["config", "n_runs", "n_failed", "n_degraded", "mean", "std", 
 
 def mean_interval(values: pd.Series | np.ndarray) -> tuple[float, float, float, float]:
     """(mean, sample std, low, high): the mean with its Student-t 95% interval (scipy.stats.t.interval); std and
-    the interval are NaN for fewer than two values, everything for none."""
+    the interval are NaN for fewer than two values, everything for none; equal values have the point as interval."""
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
         return (float(values.mean()) if len(values) else np.nan), np.nan, np.nan, np.nan
     mean, std = float(values.mean()), float(values.std(ddof=1))
+    if std == 0:  # equal values (e.g. every seed at chance): the interval is the point, not scipy's NaN
+        return mean, 0.0, mean, mean
     low, high = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=std / np.sqrt(len(values)))
     return mean, std, float(low), float(high)
 
