@@ -8,11 +8,12 @@ import pickle
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app.message import arrayrecord
 from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.serverapp.strategy import FedAvg, FedMedian, MultiKrum
+from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, MultiKrum
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsim.messages.records import ArrayView, record_views, tensor_view, to_record, viewed
+from fedsim.messages.records import ArrayView, Received, record_views, tensor_view, to_record, viewed
 
 
 def test_views_equal_flowers_own_decoding_without_copying():
@@ -84,7 +85,15 @@ def test_arrays_pickle_out_of_band_and_back_unchanged():
     assert pickle.loads(pickle.dumps(array)).data == array.data  # in band without a buffer callback
 
 
-@pytest.mark.parametrize("strategy", [FedAvg(), FedMedian(), MultiKrum(num_malicious_nodes=1, num_nodes_to_select=2)])
+STRATEGIES = [
+    FedAvg(),
+    FedMedian(),
+    MultiKrum(num_malicious_nodes=1, num_nodes_to_select=2),
+    Bulyan(num_malicious_nodes=0),
+]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_strategies_aggregate_array_views_to_the_bit(strategy):
     """Replies whose arrays decode as read-only views aggregate exactly as Flower's own copies do."""
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
@@ -119,3 +128,35 @@ def test_strategies_aggregate_array_views_to_the_bit(strategy):
     copied, _ = strategy.aggregate_train(1, replies(view=False))
     views, _ = strategy.aggregate_train(1, replies(view=True))
     assert all(np.array_equal(copied[k].numpy(), views[k].numpy()) for k in ("a", "b"))
+
+
+def test_bulyan_empties_received_records_without_a_collection_per_reply(monkeypatch):
+    """Flower's Bulyan still empties each selected reply with `to_numpy_ndarrays(keep_input=False)`, which on a
+    `Received` record skips Flower's `gc.collect()` (on a plain ArrayRecord it runs once per reply)."""
+    strategy = Bulyan(num_malicious_nodes=0)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    collections, emptied = [], []
+    monkeypatch.setattr(arrayrecord.gc, "collect", lambda *a: collections.append(1))
+    original = Received.to_numpy_ndarrays
+    monkeypatch.setattr(Received, "to_numpy_ndarrays", lambda self, **kw: emptied.append(kw) or original(self, **kw))
+
+    def replies(record) -> list[Message]:
+        rng = np.random.default_rng(1)
+        return [
+            Message(
+                RecordDict(
+                    {
+                        "arrays": record(to_record(["a"], [rng.standard_normal((8, 2)).astype(np.float32)])),
+                        "metrics": MetricRecord({"num-examples": 5}),
+                    }
+                ),
+                dst_node_id=2,
+                message_type=MessageType.TRAIN,
+            )
+            for _ in range(5)
+        ]
+
+    strategy.aggregate_train(1, replies(viewed))
+    assert {"keep_input": False} in emptied and not collections
+    strategy.aggregate_train(1, replies(lambda r: r))
+    assert collections  # Flower's own records still collect

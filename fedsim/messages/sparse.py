@@ -22,7 +22,7 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedsim.config.compose import config_from
-from fedsim.messages.records import ArrayView, tensor_view, to_array, to_record, viewed
+from fedsim.messages.records import ArrayView, Received, tensor_view, to_array, to_record, viewed
 from fedsim.messages.transport import VIEWS
 
 if TYPE_CHECKING:
@@ -118,8 +118,8 @@ class RowsView(ArrayView):
 
 def densified(arrays: ArrayRecord, ids: ArrayRecord, sent: ArrayRecord, view: type[ArrayView]) -> ArrayRecord:
     """The reply's arrays as the strategy reads them: a sparse tensor as a RowsView over `sent`, every other
-    one as `view` (its bytes shared, no copy)."""
-    record = ArrayRecord()
+    one as `view` (its bytes shared, no copy), in a `Received` record."""
+    record = Received()
     for name, a in arrays.items():
         if name not in ids:
             record[name] = view(a.dtype, tuple(a.shape), a.stype, a.data)

@@ -18,7 +18,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from fedsim.byzantine.vectors import flat_size, updates, weights_from
-from fedsim.messages.records import Decoded, record_views, to_record
+from fedsim.messages.records import Decoded, record_views, to_record, viewed
 
 
 class Forger(Protocol):
@@ -53,4 +53,4 @@ class Adversary:
             forged = np.zeros(flat_size(start))
         weights = weights_from(np.asarray(forged, np.float32), start)
         for p in attackers:
-            replies[p].content["arrays"] = to_record(list(sent.keys()), weights)
+            replies[p].content["arrays"] = viewed(to_record(list(sent.keys()), weights))

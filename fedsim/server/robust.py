@@ -22,7 +22,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedsim.byzantine import aggregators
 from fedsim.byzantine.vectors import updates, weights_from
-from fedsim.messages.records import Decoded, record_views, to_record
+from fedsim.messages.records import Decoded, record_views, to_record, viewed
 
 ARRAYS, METRICS, EXAMPLES = "arrays", "metrics", "num-examples"
 
@@ -172,7 +172,7 @@ class PreAggregated(Strategy):
             metrics[EXAMPLES] = int(round(examples[stands_for].mean()))
             reply = copy.copy(first)
             reply.content = RecordDict(
-                {ARRAYS: to_record(names, weights_from(row.astype(np.float32), self._start)), METRICS: metrics}
+                {ARRAYS: viewed(to_record(names, weights_from(row.astype(np.float32), self._start))), METRICS: metrics}
             )
             rebuilt.append(reply)
         return self.strategy.aggregate_train(server_round, rebuilt)
