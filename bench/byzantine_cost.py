@@ -4,8 +4,8 @@
 
 Each configuration is `experiment=cross_device` (5,000 clients, 500 training a round, the bow model of 2^16 buckets)
 for a few rounds; the figure is the median round_time_s of the rounds after the first, against FedAvg unattacked.
-The time inside the step itself is timed too, outside the run, on a matrix of that round's shape: 450 honest and
-50 malicious clients, each update touching the embedding rows of four reviews, as a cross-device client's does.
+The step itself is timed too, outside the run, on a matrix of that round's shape: 450 honest updates, each
+touching the embedding rows of four reviews as a cross-device client's does, held sparse as the server holds them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 from common import machine, run_harness
 
 from fedsim.byzantine import aggregators, attacks
+from fedsim.byzantine.vectors import sparse_updates
 
 CONFIGS = {
     "fedavg": [],
@@ -47,15 +48,18 @@ STEPS = {
 }
 
 
-def cross_device_updates(rows: int = 450, buckets: int = 65536, dim: int = 16, touched: int = 600) -> np.ndarray:
-    """A round's honest updates: each client changes `touched` embedding rows (its four reviews' n-grams)."""
+def cross_device_updates(rows: int = 450, buckets: int = 65536, dim: int = 16, touched: int = 600):
+    """A round's honest updates as the server holds them: each client changed `touched` embedding rows (its four
+    reviews' n-grams) and the whole classifier; a sparse matrix (fedsim.byzantine.vectors), as in the run."""
     rng = np.random.default_rng(0)
-    matrix = np.zeros((rows, buckets * dim + 2 * dim + 2), np.float32)
-    for i in range(rows):
-        for r in rng.choice(buckets, touched, replace=False):
-            matrix[i, r * dim : (r + 1) * dim] = rng.normal(0, 0.3, dim)
-        matrix[i, buckets * dim :] = rng.normal(0, 0.3, 2 * dim + 2)
-    return matrix
+    start = [np.zeros((buckets, dim), np.float32), np.zeros((2, dim), np.float32), np.zeros(2, np.float32)]
+    replies = []
+    for _ in range(rows):
+        ids = np.sort(rng.choice(buckets, touched, replace=False))
+        replies.append([(ids, rng.normal(0, 0.3, (touched, dim)).astype(np.float32)),
+                        (None, rng.normal(0, 0.3, (2, dim)).astype(np.float32)),
+                        (None, rng.normal(0, 0.3, 2).astype(np.float32))])  # fmt: skip
+    return sparse_updates(replies, start)
 
 
 def main() -> None:

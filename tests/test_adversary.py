@@ -13,13 +13,17 @@ from helpers.configs import TIMING, make_cfg
 from helpers.local_grid import LocalGrid
 from helpers.runs import run_locally
 from safetensors.numpy import load_file
+from scipy import sparse
 
 from fedsim.byzantine import aggregators, attacks
+from fedsim.byzantine.vectors import updates
 from fedsim.client.app import make_client_app
 from fedsim.client.attacks import ALIE, Omniscient
-from fedsim.messages.records import record_views, to_record
+from fedsim.messages.records import ArrayView, Decoded, record_views, to_record
+from fedsim.messages.sparse import densified, sparsify
 from fedsim.server.adversary import Adversary
 from fedsim.server.robust import NNM, CenteredClipping, PreAggregated
+from fedsim.server.updates import update_matrix
 
 NAMES = ["embedding", "bias", "steps"]
 START = [np.full((6, 2), 0.5, np.float32), np.zeros(3, np.float32), np.arange(2)]  # an integer buffer last
@@ -164,3 +168,26 @@ def test_sparse_replies_aggregate_exactly_as_dense_ones(imdb_dir, tmp_path, choi
     run_locally(make_cfg(*common, "sparse_updates=false"), tmp_path / "dense")
     for name in ("rounds.csv", "clients.csv", "layers.csv"):
         pd.testing.assert_frame_equal(read(tmp_path / "sparse", name), read(tmp_path / "dense", name), check_exact=True)
+
+
+def test_a_round_of_sparse_replies_is_read_as_they_travelled():
+    """Replies that changed few embedding rows give a sparse update matrix equal to the dense matrix of the same
+    replies rebuilt whole; replies that changed most rows give the dense one."""
+    sent = to_record(["embedding", "bias"], [np.zeros((400, 4), np.float32), np.zeros(2, np.float32)])
+    rng = np.random.default_rng(3)
+
+    def reply(rows: int) -> Message:
+        weights = [np.zeros((400, 4), np.float32), rng.normal(size=2).astype(np.float32)]
+        weights[0][rng.choice(400, rows, replace=False)] = rng.normal(size=(rows, 4))
+        arrays, ids = sparsify(sent, to_record(["embedding", "bias"], weights))
+        return Message(
+            RecordDict({"arrays": densified(arrays, ids, sent, ArrayView)}), dst_node_id=1, message_type="train"
+        )
+
+    sent_message = messages(CenteredClipping(), 2)[0]
+    start = record_views(sent)
+    few = [reply(5) for _ in range(6)]
+    matrix = update_matrix(few, start)
+    assert sparse.issparse(matrix)
+    np.testing.assert_array_equal(matrix.toarray(), updates([Decoded(r.content["arrays"]) for r in few], start))
+    assert not sparse.issparse(update_matrix([reply(150) for _ in range(3)], start))

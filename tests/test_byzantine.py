@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers.byzfl import byzfl
+from scipy import sparse
 
 from fedsim.byzantine import aggregators, attacks
-from fedsim.byzantine.vectors import updates, weights_from
+from fedsim.byzantine.vectors import sparse_updates, updates, weights_from
 
 SHAPES = [(5, 10), (17, 1000), (50, 100_000)]  # (n, d)
 RELATIVE = 1e-6
@@ -134,3 +135,48 @@ def test_update_vectors_round_trip_and_leave_integer_buffers():
     assert matrix.shape == (3, 8) and np.array_equal(matrix[:, 0], [0, 1, 2])
     rebuilt = weights_from(matrix[2], start)
     assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(rebuilt, rows[2]))
+
+
+def sparse_vectors(n: int, d: int) -> np.ndarray:
+    """Vectors most of whose entries are zero, as a cross-device round's updates are."""
+    x = vectors(n, d)
+    x[np.random.default_rng(n).random((n, d)) < 0.97] = 0.0
+    return x
+
+
+@pytest.mark.parametrize(("n", "d"), SHAPES[:2])
+def test_a_sparse_matrix_gives_what_the_dense_one_does(n, d):
+    """Every attack and rule takes the sparse form of the update matrix (fedsim.byzantine.vectors) and gives the
+    dense form's result."""
+    dense = sparse_vectors(n, d)
+    held = sparse.csr_array(dense)
+    f = n // 4
+    pairs = [
+        lambda x: attacks.alie(x, 1.5),
+        lambda x: attacks.ipm(x, 0.5),
+        lambda x: attacks.mimic(x, None),
+        lambda x: attacks.mimic(x, 1),
+        *[
+            lambda x, o=o, p=p: attacks.agr_agnostic(x, p, o)[0]
+            for o in ("minmax", "minsum")
+            for p in attacks.DIRECTIONS
+        ],
+        lambda x: aggregators.centered_clipping(x, np.full(d, 0.1), 1.0, 3),
+        lambda x: aggregators.geometric_median(x, 1e-6, 5, np.arange(1, n + 1) / n),
+        lambda x: aggregators.nnm(x, f),
+        lambda x: aggregators.bucketing(x, 3, np.random.default_rng(0).permutation(n)),
+        lambda x: aggregators.arc(x, f),
+    ]
+    for step in pairs:
+        ours, theirs = step(held), step(dense)
+        ours = ours.toarray() if sparse.issparse(ours) else ours
+        assert_close(ours, theirs)
+
+
+def test_a_rounds_replies_become_a_sparse_matrix_only_when_few_weights_changed():
+    start = [np.zeros((100, 4), np.float32), np.zeros(2, np.float32)]
+    few = [[(np.array([3, 7]), np.ones((2, 4), np.float32)), (None, np.ones(2, np.float32))]]
+    matrix = sparse_updates(few, start)
+    expected = updates([[weights_from(np.zeros(402), start)[0] + np.isin(np.arange(100), [3, 7])[:, None], np.ones(2)]],
+                       start)  # fmt: skip
+    assert sparse.issparse(matrix) and np.array_equal(matrix.toarray(), expected)

@@ -10,7 +10,15 @@ from collections.abc import Callable
 import numpy as np
 from scipy.stats import norm
 
-from fedsim.byzantine.vectors import BLOCK, centred_gram, squared_distances
+from fedsim.byzantine.vectors import (
+    Matrix,
+    centred_along,
+    centred_gram,
+    column_mean,
+    column_std,
+    row,
+    squared_distances,
+)
 
 DIRECTIONS = ("unit_vec", "std", "sign")  # Min-Max's and Min-Sum's perturbations: -mu/|mu|, -std, -sign(mu)
 
@@ -22,37 +30,28 @@ def alie_z(n: int, f: int) -> float:
     return float(norm.ppf((n - s) / n))
 
 
-def alie(honest: np.ndarray, z: float) -> np.ndarray:
+def alie(honest: Matrix, z: float) -> np.ndarray:
     """A Little Is Enough: mean + z * std, per coordinate, std with ddof 1 (ByzFL's convention; a negative z moves
     the other way). One honest update has no spread: its mean is returned."""
-    mean = honest.mean(axis=0, dtype=np.float64)
-    if len(honest) < 2:
+    mean = column_mean(honest)
+    if honest.shape[0] < 2:
         return mean
     return mean + z * column_std(honest, mean)
 
 
-def ipm(honest: np.ndarray, epsilon: float) -> np.ndarray:
+def ipm(honest: Matrix, epsilon: float) -> np.ndarray:
     """Inner-product manipulation (Xie et al., 2020): -epsilon times the honest mean."""
-    return -epsilon * honest.mean(axis=0, dtype=np.float64)
+    return -epsilon * column_mean(honest)
 
 
-def column_std(matrix: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """The per-column standard deviation with ddof 1, accumulated in float64 block by block."""
-    std = np.empty(matrix.shape[1])
-    for at in range(0, matrix.shape[1], BLOCK):
-        block = matrix[:, at : at + BLOCK].astype(np.float64) - mean[at : at + BLOCK]
-        std[at : at + BLOCK] = np.sqrt((block * block).sum(axis=0) / (len(matrix) - 1))
-    return std
-
-
-def perturbation(honest: np.ndarray, mean: np.ndarray, direction: str) -> np.ndarray:
+def perturbation(honest: Matrix, mean: np.ndarray, direction: str) -> np.ndarray:
     """Shejwalkar & Houmansadr (2021)'s perturbation p: the inverse unit vector -mu/|mu|, the inverse standard
     deviation -std (ddof 1), or the inverse sign -sign(mu)."""
     if direction == "unit_vec":
         size = np.linalg.norm(mean)
         return -mean / size if size else np.zeros_like(mean)
     if direction == "std":
-        return -column_std(honest, mean) if len(honest) > 1 else np.zeros_like(mean)
+        return -column_std(honest, mean) if honest.shape[0] > 1 else np.zeros_like(mean)
     if direction == "sign":
         return -np.sign(mean)
     raise ValueError(f"direction {direction!r}; allowed: {', '.join(DIRECTIONS)}")
@@ -76,9 +75,7 @@ def largest_gamma(holds: Callable[[float], bool], tolerance: float) -> float:
     return low
 
 
-def agr_agnostic(
-    honest: np.ndarray, direction: str, objective: str, tolerance: float = 1e-6
-) -> tuple[np.ndarray, float]:
+def agr_agnostic(honest: Matrix, direction: str, objective: str, tolerance: float = 1e-6) -> tuple[np.ndarray, float]:
     """Min-Max or Min-Sum (Shejwalkar & Houmansadr, NDSS 2021): (mu + gamma * p, gamma) with the largest gamma that
     keeps the malicious update m no farther from the honest ones than they are from each other:
 
@@ -91,9 +88,7 @@ def agr_agnostic(
     """
     mean, gram = centred_gram(honest)
     p = perturbation(honest, mean, direction)
-    along = np.zeros(len(honest))  # <p, y_i>
-    for at in range(0, honest.shape[1], BLOCK):
-        along += (honest[:, at : at + BLOCK].astype(np.float64) - mean[at : at + BLOCK]) @ p[at : at + BLOCK]
+    along = centred_along(honest, mean, p)  # <p, y_i>
     spread, size = np.diag(gram), float(p @ p)
 
     def distances(gamma: float) -> np.ndarray:
@@ -103,14 +98,14 @@ def agr_agnostic(
         bound = float(squared_distances(gram).max())
         gamma = largest_gamma(lambda g: float(distances(g).max()) <= bound, tolerance)
     elif objective == "minsum":
-        bound = float((len(honest) * spread + spread.sum()).max())
+        bound = float((honest.shape[0] * spread + spread.sum()).max())
         gamma = largest_gamma(lambda g: float(distances(g).sum()) <= bound, tolerance)
     else:
         raise ValueError(f"objective {objective!r}; allowed: minmax, minsum")
     return mean + gamma * p, gamma
 
 
-def mimic(honest: np.ndarray, target: int | None) -> np.ndarray:
+def mimic(honest: Matrix, target: int | None) -> np.ndarray:
     """Mimic (Karimireddy, He & Jaggi, ICLR 2022): every attacker copies one honest update. `target` picks it by
     position (ByzFL's epsilon); None picks, as the paper does, the honest update farthest along the honest updates'
     top principal direction, the one that most over-represents a direction of heterogeneity (here recomputed
@@ -119,4 +114,4 @@ def mimic(honest: np.ndarray, target: int | None) -> np.ndarray:
         _, gram = centred_gram(honest)
         _, vectors = np.linalg.eigh(gram)
         target = int(np.argmax(np.abs(vectors[:, -1])))
-    return honest[min(target, len(honest) - 1)].astype(np.float64)
+    return row(honest, min(target, honest.shape[0] - 1))

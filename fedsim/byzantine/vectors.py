@@ -4,6 +4,11 @@ The omniscient attacks and the robust aggregators act on update vectors, u = w -
 global model it trained from), as their papers define them; integer buffers are not weights and stay the global's.
 Pairwise distances come from the Gram matrix of the updates centred on their mean, accumulated in float64 over
 column blocks: exact to float64 rounding, and a bounded amount of extra memory whatever the model's size.
+
+The matrix is dense (a NumPy array) or, where the clients changed only a small share of the weights (a
+cross-device round of bow clients with a few reviews each), sparse (a SciPy CSR array of float64): the same
+quantities then cost time in proportion to the weights changed, not to clients x weights. Every function here
+takes either; the dense forms are the reference the sparse ones are tested against (tests/test_byzantine.py).
 """
 
 from __future__ import annotations
@@ -11,8 +16,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import sparse
 
 BLOCK = 1 << 12  # columns per block of the float64 accumulations: a block of a round's rows stays in cache
+SPARSE_BELOW = 0.05  # the share of changed weights under which a round's update matrix is held sparse
+
+Matrix = np.ndarray | sparse.csr_array
 
 
 def is_weight(array: np.ndarray) -> bool:
@@ -35,6 +44,30 @@ def updates(rows: Sequence[Sequence[np.ndarray]], start: Sequence[np.ndarray]) -
     return matrix
 
 
+def sparse_updates(rows: Sequence[Sequence[tuple[np.ndarray | None, np.ndarray]]], start: Sequence[np.ndarray]):
+    """The same matrix as `updates`, sparse: each row given per floating tensor as (row ids, those rows of the
+    weights), or (None, the whole tensor). Entries equal to zero are kept out."""
+    indptr, indices, data = [0], [], []
+    for tensors in rows:
+        at = 0
+        for (ids, values), s in zip(tensors, [s for s in start if is_weight(s)]):
+            if ids is None:
+                delta = (np.asarray(values, np.float32).reshape(-1) - s.reshape(-1)).astype(np.float64)
+                columns = np.arange(s.size)
+            else:
+                width = s.size // s.shape[0]
+                delta = (np.asarray(values, np.float32) - s[ids]).astype(np.float64).reshape(-1)
+                columns = (ids[:, None] * width + np.arange(width)).reshape(-1)
+            kept = delta != 0
+            indices.append(columns[kept] + at)
+            data.append(delta[kept])
+            at += s.size
+        indptr.append(indptr[-1] + sum(len(c) for c in indices[len(indices) - len(tensors) :]))
+    shape = (len(rows), flat_size(start))
+    joined = np.concatenate(indices) if indices else np.zeros(0, np.int64)
+    return sparse.csr_array((np.concatenate(data) if data else np.zeros(0), joined, indptr), shape=shape)
+
+
 def weights_from(update: np.ndarray, start: Sequence[np.ndarray]) -> list[np.ndarray]:
     """`start` plus a flat update, tensor by tensor in `start`'s dtypes; integer buffers as `start` holds them."""
     out, at = [], 0
@@ -47,15 +80,83 @@ def weights_from(update: np.ndarray, start: Sequence[np.ndarray]) -> list[np.nda
     return out
 
 
-def centred_gram(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def column_mean(matrix: Matrix) -> np.ndarray:
+    """The mean row, float64."""
+    if sparse.issparse(matrix):
+        return np.asarray(matrix.sum(axis=0)).ravel() / matrix.shape[0]
+    return matrix.mean(axis=0, dtype=np.float64)
+
+
+def column_std(matrix: Matrix, mean: np.ndarray) -> np.ndarray:
+    """The per-column standard deviation with ddof 1, accumulated in float64 block by block (sparse: from the
+    column sums of squares)."""
+    n = matrix.shape[0]
+    if sparse.issparse(matrix):
+        squares = np.asarray(matrix.multiply(matrix).sum(axis=0)).ravel()
+        return np.sqrt(np.maximum(squares - n * mean * mean, 0.0) / (n - 1))
+    std = np.empty(matrix.shape[1])
+    for at in range(0, matrix.shape[1], BLOCK):
+        block = matrix[:, at : at + BLOCK].astype(np.float64) - mean[at : at + BLOCK]
+        std[at : at + BLOCK] = np.sqrt((block * block).sum(axis=0) / (n - 1))
+    return std
+
+
+def centred_gram(matrix: Matrix) -> tuple[np.ndarray, np.ndarray]:
     """(the column mean, the Gram matrix of the rows minus that mean), both float64."""
     n, d = matrix.shape
-    mean = matrix.mean(axis=0, dtype=np.float64)
+    mean = column_mean(matrix)
+    if sparse.issparse(matrix):
+        along_mean = matrix @ mean
+        gram = (matrix @ matrix.T).toarray() - along_mean[:, None] - along_mean[None, :] + mean @ mean
+        return mean, gram
     gram = np.zeros((n, n))
     for at in range(0, d, BLOCK):
         block = matrix[:, at : at + BLOCK].astype(np.float64) - mean[at : at + BLOCK]
         gram += block @ block.T
     return mean, gram
+
+
+def centred_along(matrix: Matrix, mean: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """<direction, x_i - mean> for every row x_i."""
+    if sparse.issparse(matrix):
+        return matrix @ direction - mean @ direction
+    along = np.zeros(matrix.shape[0])
+    for at in range(0, matrix.shape[1], BLOCK):
+        along += (matrix[:, at : at + BLOCK].astype(np.float64) - mean[at : at + BLOCK]) @ direction[at : at + BLOCK]
+    return along
+
+
+def row(matrix: Matrix, i: int) -> np.ndarray:
+    """Row i, dense float64."""
+    if sparse.issparse(matrix):
+        return matrix[[i]].toarray().ravel()
+    return matrix[i].astype(np.float64)
+
+
+def row_norms(matrix: Matrix) -> np.ndarray:
+    """Each row's Euclidean norm, accumulated in float64."""
+    if sparse.issparse(matrix):
+        return np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
+    squares = np.zeros(len(matrix))
+    for at in range(0, matrix.shape[1], BLOCK):
+        block = matrix[:, at : at + BLOCK].astype(np.float64)
+        squares += np.einsum("ij,ij->i", block, block)
+    return np.sqrt(squares)
+
+
+def distances_to(matrix: Matrix, point: np.ndarray) -> np.ndarray:
+    """|x_i - point| for every row x_i (sparse: from |x_i|^2 - 2 <x_i, point> + |point|^2)."""
+    if sparse.issparse(matrix):
+        squares = row_norms(matrix) ** 2 - 2 * (matrix @ point) + point @ point
+        return np.sqrt(np.maximum(squares, 0.0))
+    return np.linalg.norm(matrix.astype(np.float64) - point, axis=1)
+
+
+def combine(weights: np.ndarray, matrix: Matrix) -> np.ndarray:
+    """sum_i weights_i x_i, dense float64."""
+    if sparse.issparse(matrix):
+        return matrix.T @ weights
+    return weights @ matrix.astype(np.float64)
 
 
 def squared_distances(gram: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedsim.byzantine import attacks as omniscient
+from fedsim.byzantine.vectors import Matrix
 from fedsim.config.validate import num_malicious
 
 NUM_CLASSES = 2
@@ -163,8 +164,9 @@ class Omniscient(Attack):
     trains = False
     omniscient = True
 
-    def forge(self, honest: np.ndarray, n: int, f: int, rng: np.random.Generator) -> np.ndarray:
-        """The malicious update for a cohort of n with f attackers, from the honest updates (a row each)."""
+    def forge(self, honest: Matrix, n: int, f: int, rng: np.random.Generator) -> np.ndarray:
+        """The malicious update for a cohort of n with f attackers, from the honest updates (a row each, a dense or
+        a sparse matrix: fedsim.byzantine.vectors)."""
         raise NotImplementedError
 
 
@@ -174,7 +176,7 @@ class ALIE(Omniscient):
 
     z: float | None = None
 
-    def forge(self, honest: np.ndarray, n: int, f: int, rng: np.random.Generator) -> np.ndarray:
+    def forge(self, honest: Matrix, n: int, f: int, rng: np.random.Generator) -> np.ndarray:
         return omniscient.alie(honest, self.z if self.z is not None else omniscient.alie_z(n, f))
 
 
@@ -184,7 +186,7 @@ class IPM(Omniscient):
 
     epsilon: float = 0.1
 
-    def forge(self, honest: np.ndarray, n: int, f: int, rng: np.random.Generator) -> np.ndarray:
+    def forge(self, honest: Matrix, n: int, f: int, rng: np.random.Generator) -> np.ndarray:
         return omniscient.ipm(honest, self.epsilon)
 
 
@@ -197,7 +199,7 @@ class MinMax(Omniscient):
     tolerance: float = 1e-6
     objective = "minmax"
 
-    def forge(self, honest: np.ndarray, n: int, f: int, rng: np.random.Generator) -> np.ndarray:
+    def forge(self, honest: Matrix, n: int, f: int, rng: np.random.Generator) -> np.ndarray:
         return omniscient.agr_agnostic(honest, self.direction, self.objective, self.tolerance)[0]
 
 
@@ -214,5 +216,5 @@ class Mimic(Omniscient):
 
     target: int | None = None
 
-    def forge(self, honest: np.ndarray, n: int, f: int, rng: np.random.Generator) -> np.ndarray:
+    def forge(self, honest: Matrix, n: int, f: int, rng: np.random.Generator) -> np.ndarray:
         return omniscient.mimic(honest, self.target)

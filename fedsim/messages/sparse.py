@@ -110,10 +110,14 @@ class RowsView(ArrayView):
     the strategy's to read); `data` holds the rows as they travelled."""
 
     def numpy(self) -> np.ndarray:
-        rows = super().numpy()
+        ids, rows = self.changed()
         dense = self.__dict__["_base"].copy()
-        dense[self.__dict__["_ids"]] = rows
+        dense[ids] = rows
         return dense
+
+    def changed(self) -> tuple[np.ndarray, np.ndarray]:
+        """(the ids of the rows the client changed, those rows): the reply as it travelled, without rebuilding."""
+        return self.__dict__["_ids"], super().numpy()
 
 
 def densified(arrays: ArrayRecord, ids: ArrayRecord, sent: ArrayRecord, view: type[ArrayView]) -> ArrayRecord:

@@ -17,15 +17,16 @@ from typing import Protocol
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
-from fedsim.byzantine.vectors import flat_size, updates, weights_from
-from fedsim.messages.records import Decoded, record_views, to_record, viewed
+from fedsim.byzantine.vectors import Matrix, flat_size, weights_from
+from fedsim.messages.records import record_views, to_record, viewed
+from fedsim.server.updates import update_matrix
 
 
 class Forger(Protocol):
     """An omniscient attack: the update its f malicious clients submit in a cohort of n, from the honest updates
     (a row each), drawing any randomness from `rng`."""
 
-    def forge(self, honest: np.ndarray, n: int, f: int, rng: np.random.Generator) -> np.ndarray: ...
+    def forge(self, honest: Matrix, n: int, f: int, rng: np.random.Generator) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,9 @@ class Adversary:
         if not attackers:
             return
         start = record_views(sent)
-        honest = updates(
-            [Decoded(replies[p].content["arrays"]) for p in sorted(replies) if p not in self.malicious], start
-        )
-        if len(honest):
+        honest_replies = [replies[p] for p in sorted(replies) if p not in self.malicious]
+        if honest_replies:
+            honest = update_matrix(honest_replies, start)
             rng = np.random.default_rng([self.seed, 0xAD5, server_round])
             forged = self.attack.forge(honest, len(replies), len(attackers), rng)
         else:  # a cohort of attackers alone has nothing to imitate: they submit the zero update

@@ -21,15 +21,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedsim.byzantine import aggregators
-from fedsim.byzantine.vectors import updates, weights_from
-from fedsim.messages.records import Decoded, record_views, to_record, viewed
+from fedsim.byzantine.vectors import Matrix, row, weights_from
+from fedsim.messages.records import record_views, to_record, viewed
+from fedsim.server.updates import update_matrix
 
 ARRAYS, METRICS, EXAMPLES = "arrays", "metrics", "num-examples"
-
-
-def update_matrix(replies: Sequence[Message], start: Sequence[np.ndarray]) -> np.ndarray:
-    """The replies' updates from `start`, a row each (fedsim.byzantine.vectors.updates)."""
-    return updates([Decoded(r.content[ARRAYS]) for r in replies], start)
 
 
 def examples_of(replies: Sequence[Message], key: str = EXAMPLES) -> np.ndarray:
@@ -63,7 +59,7 @@ class RobustFedAvg(FedAvg):
         arrays = to_record(names, weights_from(update.astype(np.float32), self._start))
         return arrays, self.train_metrics_aggr_fn([r.content for r in valid], self.weighted_by_key)
 
-    def aggregate_updates(self, matrix: np.ndarray, examples: np.ndarray) -> np.ndarray:
+    def aggregate_updates(self, matrix: Matrix, examples: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -77,7 +73,7 @@ class CenteredClipping(RobustFedAvg):
         self.tau, self.iterations = float(tau), int(iterations)
         self.center: np.ndarray | None = None
 
-    def aggregate_updates(self, matrix: np.ndarray, examples: np.ndarray) -> np.ndarray:
+    def aggregate_updates(self, matrix: Matrix, examples: np.ndarray) -> np.ndarray:
         start = self.center if self.center is not None else np.zeros(matrix.shape[1])
         self.center = aggregators.centered_clipping(matrix, start, self.tau, self.iterations)
         return self.center
@@ -91,7 +87,7 @@ class GeometricMedian(RobustFedAvg):
         super().__init__(**kwargs)
         self.nu, self.iterations, self.weighted = float(nu), int(iterations), bool(weighted)
 
-    def aggregate_updates(self, matrix: np.ndarray, examples: np.ndarray) -> np.ndarray:
+    def aggregate_updates(self, matrix: Matrix, examples: np.ndarray) -> np.ndarray:
         weights = examples / examples.sum() if self.weighted and examples.sum() > 0 else None
         return aggregators.geometric_median(matrix, self.nu, self.iterations, weights)
 
@@ -103,7 +99,7 @@ class PreStep:
 
     name: str = "none"
 
-    def mix(self, matrix: np.ndarray, server_round: int) -> tuple[np.ndarray, list[list[int]]]:
+    def mix(self, matrix: Matrix, server_round: int) -> tuple[Matrix, list[list[int]]]:
         raise NotImplementedError
 
 
@@ -113,7 +109,7 @@ class NNM(PreStep):
 
     f: int = 0
 
-    def mix(self, matrix: np.ndarray, server_round: int) -> tuple[np.ndarray, list[list[int]]]:
+    def mix(self, matrix: Matrix, server_round: int) -> tuple[Matrix, list[list[int]]]:
         return aggregators.nnm(matrix, min(self.f, len(matrix) - 1)), [[i] for i in range(len(matrix))]
 
 
@@ -124,7 +120,7 @@ class Bucketing(PreStep):
     s: int = 2
     seed: int = 0
 
-    def mix(self, matrix: np.ndarray, server_round: int) -> tuple[np.ndarray, list[list[int]]]:
+    def mix(self, matrix: Matrix, server_round: int) -> tuple[Matrix, list[list[int]]]:
         order = np.random.default_rng([self.seed, 0xB0C, server_round]).permutation(len(matrix))
         buckets = [list(order[at : at + self.s]) for at in range(0, len(matrix), self.s)]
         return aggregators.bucketing(matrix, self.s, order), buckets
@@ -136,7 +132,7 @@ class ARC(PreStep):
 
     f: int = 0
 
-    def mix(self, matrix: np.ndarray, server_round: int) -> tuple[np.ndarray, list[list[int]]]:
+    def mix(self, matrix: Matrix, server_round: int) -> tuple[Matrix, list[list[int]]]:
         return aggregators.arc(matrix, min(self.f, len(matrix))), [[i] for i in range(len(matrix))]
 
 
@@ -166,13 +162,16 @@ class PreAggregated(Strategy):
         mixed, members = self.step.mix(update_matrix(valid, self._start), server_round)
         examples = examples_of(valid)
         rebuilt = []
-        for row, stands_for in zip(mixed, members):
+        for i, stands_for in enumerate(members):
             first = valid[stands_for[0]]
             metrics = MetricRecord(dict(first.content[METRICS]))
             metrics[EXAMPLES] = int(round(examples[stands_for].mean()))
             reply = copy.copy(first)
             reply.content = RecordDict(
-                {ARRAYS: viewed(to_record(names, weights_from(row.astype(np.float32), self._start))), METRICS: metrics}
+                {
+                    ARRAYS: viewed(to_record(names, weights_from(row(mixed, i).astype(np.float32), self._start))),
+                    METRICS: metrics,
+                }
             )
             rebuilt.append(reply)
         return self.strategy.aggregate_train(server_round, rebuilt)

@@ -1,0 +1,36 @@
+"""A round's training replies as one update matrix (fedsim.byzantine.vectors), for the adversary's step and the
+robust strategies: dense, or sparse where the clients changed few of the weights.
+
+A sparse reply (fedsim.messages.sparse) is read as it travelled, its changed rows, when the round's changed weights
+are under `SPARSE_BELOW` of the matrix; otherwise every reply is rebuilt whole. Either way an embedding row a
+client did not touch is a zero update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from flwr.app import Message
+
+from fedsim.byzantine.vectors import SPARSE_BELOW, Matrix, flat_size, is_weight, sparse_updates, updates
+from fedsim.messages.records import Decoded
+from fedsim.messages.sparse import RowsView
+
+ARRAYS = "arrays"
+
+
+def update_matrix(replies: Sequence[Message], start: Sequence[np.ndarray]) -> Matrix:
+    """The replies' updates from `start`, a row each."""
+    arrays = [[a for a, s in zip(r.content[ARRAYS].values(), start) if is_weight(s)] for r in replies]
+    floats = [s for s in start if is_weight(s)]
+    changed = sum(
+        len(a.changed()[0]) * (s.size // s.shape[0]) if isinstance(a, RowsView) else s.size
+        for row in arrays
+        for a, s in zip(row, floats)
+    )
+    if changed >= SPARSE_BELOW * len(replies) * flat_size(start):
+        return updates([Decoded(r.content[ARRAYS]) for r in replies], start)
+    return sparse_updates(
+        [[a.changed() if isinstance(a, RowsView) else (None, a.numpy()) for a in row] for row in arrays], start
+    )
