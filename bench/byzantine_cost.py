@@ -43,7 +43,7 @@ STEPS = {
     "centered_clipping": lambda x: aggregators.centered_clipping(x, np.zeros(x.shape[1]), 100.0, 3),
     "geometric_median": lambda x: aggregators.geometric_median(x, 1e-6, 8),
     "nnm": lambda x: aggregators.nnm(x, 50),
-    "bucketing": lambda x: aggregators.bucketing(x, 2, np.arange(len(x))),
+    "bucketing": lambda x: aggregators.bucketing(x, 2, np.arange(x.shape[0])),
     "arc": lambda x: aggregators.arc(x, 50),
 }
 

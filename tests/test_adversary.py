@@ -180,9 +180,7 @@ def test_a_round_of_sparse_replies_is_read_as_they_travelled():
         weights = [np.zeros((400, 4), np.float32), rng.normal(size=2).astype(np.float32)]
         weights[0][rng.choice(400, rows, replace=False)] = rng.normal(size=(rows, 4))
         arrays, ids = sparsify(sent, to_record(["embedding", "bias"], weights))
-        return Message(
-            RecordDict({"arrays": densified(arrays, ids, sent, ArrayView)}), dst_node_id=1, message_type="train"
-        )
+        return Message(RecordDict({"arrays": densified(arrays, ids, sent, ArrayView)}), reply_to=sent_message)
 
     sent_message = messages(CenteredClipping(), 2)[0]
     start = record_views(sent)

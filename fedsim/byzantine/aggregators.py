@@ -51,14 +51,13 @@ def nnm(matrix: Matrix, f: int) -> np.ndarray:
     _, gram = centred_gram(matrix)
     n = matrix.shape[0]
     nearest = np.argsort(squared_distances(gram), axis=1, kind="stable")[:, : n - f]
+    if sparse.issparse(matrix):  # every row's mean as one product, x^T M^T with M's rows 1/(n - f) per neighbourhood
+        mixing = np.zeros((n, n))
+        np.put_along_axis(mixing, nearest, 1 / (n - f), axis=1)
+        return np.ascontiguousarray((matrix.T @ mixing.T).T)
     mixed = np.empty(matrix.shape, np.float64)
     for i, rows in enumerate(nearest):
-        chosen = matrix[np.sort(rows)]
-        mixed[i] = (
-            np.asarray(chosen.mean(axis=0)).ravel()
-            if sparse.issparse(matrix)
-            else chosen.mean(axis=0, dtype=np.float64)
-        )
+        mixed[i] = matrix[np.sort(rows)].mean(axis=0, dtype=np.float64)
     return mixed
 
 
