@@ -1,8 +1,8 @@
 """Byzantine-robust aggregation as Flower Message-API strategies: each changes only how a round's training replies
 aggregate (FedAvg's sampling, configuration, evaluation and metrics stay), so evaluation, resume and every output
 work unchanged. The maths is fedsim.byzantine's, on the round's update matrix: a row per reply, u = w - g with g the
-global model the round sent. A sparse reply is read whole (fedsim.messages.sparse rebuilds it), so a row a client
-did not touch is a zero update, exactly as in its dense reply.
+global model the round sent (fedsim.server.updates: dense, or sparse where the clients changed few weights). A row a
+client did not touch is a zero update either way, exactly as in its dense reply.
 
 - `CenteredClipping` and `GeometricMedian`: aggregators (conf/strategy/).
 - `PreAggregated`: a pre-aggregation step (`NNM`, `Bucketing`, `ARC`; conf/pre/) in front of any strategy: the
