@@ -63,6 +63,8 @@ def runs_of(grid: str, root: str) -> pd.DataFrame:
     frames = []
     for name in COLLECTIONS:
         path = ROOT / root / collection_name(grid, name)
+        if not (path / "runs.csv").exists():  # not run yet: its cells show as missing
+            continue
         runs = pd.read_csv(path / "runs.csv")
         runs["collection"] = str(path)
         frames.append(runs)
