@@ -19,10 +19,10 @@ from fedsim.byzantine import aggregators, attacks
 from fedsim.byzantine.vectors import updates
 from fedsim.client.app import make_client_app
 from fedsim.client.attacks import ALIE, Omniscient
-from fedsim.messages.records import ArrayView, Decoded, record_views, to_record
+from fedsim.messages.records import ArrayView, Decoded, record_views, to_record, viewed
 from fedsim.messages.sparse import densified, sparsify
 from fedsim.server.adversary import Adversary
-from fedsim.server.robust import NNM, CenteredClipping, PreAggregated
+from fedsim.server.robust import ARC, NNM, Bucketing, CenteredClipping, PreAggregated
 from fedsim.server.updates import update_matrix
 
 NAMES = ["embedding", "bias", "steps"]
@@ -189,3 +189,31 @@ def test_a_round_of_sparse_replies_is_read_as_they_travelled():
     assert sparse.issparse(matrix)
     np.testing.assert_array_equal(matrix.toarray(), updates([Decoded(r.content["arrays"]) for r in few], start))
     assert not sparse.issparse(update_matrix([reply(150) for _ in range(3)], start))
+
+
+@pytest.mark.parametrize("step", [NNM(f=2), Bucketing(s=2, seed=1), ARC(f=2)], ids=["nnm", "bucketing", "arc"])
+def test_pre_aggregation_of_sparse_replies_equals_that_of_the_same_replies_dense(step):
+    """A round of replies that changed few rows goes through a pre-aggregation step as a sparse matrix, and the
+    wrapped strategy's aggregate equals the one from the same replies made dense."""
+    sent = to_record(["embedding", "bias"], [np.zeros((400, 4), np.float32), np.zeros(2, np.float32)])
+    rng = np.random.default_rng(4)
+    sent_message = messages(CenteredClipping(), 2)[0]
+    sparse_replies, dense_replies = [], []
+    for _ in range(8):
+        weights = [np.zeros((400, 4), np.float32), rng.normal(size=2).astype(np.float32)]
+        weights[0][rng.choice(400, 5, replace=False)] = rng.normal(size=(5, 4))
+        arrays, ids = sparsify(sent, to_record(["embedding", "bias"], weights))
+        metrics = MetricRecord({"num-examples": 10, "train-loss": 0.5})
+        for out, record in (
+            (sparse_replies, densified(arrays, ids, sent, ArrayView)),
+            (dense_replies, viewed(to_record(["embedding", "bias"], weights))),
+        ):
+            out.append(Message(RecordDict({"arrays": record, "metrics": metrics}), reply_to=sent_message))
+    aggregated = []
+    for replies in (sparse_replies, dense_replies):
+        strategy = PreAggregated(FedTrimmedAvg(beta=0.2), step)
+        strategy.configure_train(1, sent, ConfigRecord(), LocalGrid(make_client_app(), 8))
+        aggregated.append(record_views(strategy.aggregate_train(1, replies)[0]))
+    assert sparse.issparse(update_matrix(sparse_replies, record_views(sent)))
+    for ours, theirs in zip(*aggregated):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-7)

@@ -30,7 +30,10 @@ from fedsim.system.waits import TimedOut, wait_for
         (["num_client=5"], "num_client: not a fedsim key; allowed: num_clients"),
         (["+num_client=5"], "num_client: not a fedsim key; allowed: num_clients"),
         (["+num_clients=5"], "num_clients: is a fedsim key already; allowed: num_clients=VALUE, without '+'"),
-        (["strategy=nosuch"], "strategy: no option 'nosuch'; allowed: bulyan, centered_clipping, fedadagrad, fedadam, "),
+        (
+            ["strategy=nosuch"],
+            "strategy: no option 'nosuch'; allowed: bulyan, centered_clipping, fedadagrad, fedadam, ",
+        ),
         (["-m", "strategy=fedavg,nosuch"], "strategy: no option 'nosuch'; allowed: "),
         (
             ["strategy.proximal_mu=0.1"],

@@ -110,7 +110,7 @@ class NNM(PreStep):
     f: int = 0
 
     def mix(self, matrix: Matrix, server_round: int) -> tuple[Matrix, list[list[int]]]:
-        return aggregators.nnm(matrix, min(self.f, len(matrix) - 1)), [[i] for i in range(len(matrix))]
+        return aggregators.nnm(matrix, min(self.f, matrix.shape[0] - 1)), [[i] for i in range(matrix.shape[0])]
 
 
 @dataclass(frozen=True)
@@ -121,8 +121,8 @@ class Bucketing(PreStep):
     seed: int = 0
 
     def mix(self, matrix: Matrix, server_round: int) -> tuple[Matrix, list[list[int]]]:
-        order = np.random.default_rng([self.seed, 0xB0C, server_round]).permutation(len(matrix))
-        buckets = [list(order[at : at + self.s]) for at in range(0, len(matrix), self.s)]
+        order = np.random.default_rng([self.seed, 0xB0C, server_round]).permutation(matrix.shape[0])
+        buckets = [list(order[at : at + self.s]) for at in range(0, matrix.shape[0], self.s)]
         return aggregators.bucketing(matrix, self.s, order), buckets
 
 
@@ -133,7 +133,7 @@ class ARC(PreStep):
     f: int = 0
 
     def mix(self, matrix: Matrix, server_round: int) -> tuple[Matrix, list[list[int]]]:
-        return aggregators.arc(matrix, min(self.f, len(matrix))), [[i] for i in range(len(matrix))]
+        return aggregators.arc(matrix, min(self.f, matrix.shape[0])), [[i] for i in range(matrix.shape[0])]
 
 
 class PreAggregated(Strategy):
