@@ -20,6 +20,7 @@ from scipy import sparse
 
 BLOCK = 1 << 12  # columns per block of the float64 accumulations: a block of a round's rows stays in cache
 SPARSE_BELOW = 0.05  # the share of changed weights under which a round's update matrix is held sparse
+HOT_SHARE = 0.05  # a sparse matrix's columns in more than this share of its rows multiply as a dense block
 
 Matrix = np.ndarray | sparse.csr_array
 
@@ -107,13 +108,32 @@ def centred_gram(matrix: Matrix) -> tuple[np.ndarray, np.ndarray]:
     mean = column_mean(matrix)
     if sparse.issparse(matrix):
         along_mean = matrix @ mean
-        gram = (matrix @ matrix.T).toarray() - along_mean[:, None] - along_mean[None, :] + mean @ mean
-        return mean, gram
+        return mean, sparse_gram(matrix) - along_mean[:, None] - along_mean[None, :] + mean @ mean
     gram = np.zeros((n, n))
     for at in range(0, d, BLOCK):
         block = matrix[:, at : at + BLOCK].astype(np.float64) - mean[at : at + BLOCK]
         gram += block @ block.T
     return mean, gram
+
+
+def sparse_gram(matrix: sparse.csr_array) -> np.ndarray:
+    """X X^T of a sparse X, its columns split by how many rows they appear in: those in more than `HOT_SHARE` of
+    the rows (a common n-gram's embedding row, which every client changes) as a dense block multiplied by BLAS,
+    the rest as a sparse product. A sparse product alone is quadratic in each column's entries."""
+    n, d = matrix.shape
+    counts = np.bincount(matrix.indices, minlength=d)
+    hot = np.flatnonzero(counts > HOT_SHARE * n)
+    position = np.full(d, -1)
+    position[hot] = np.arange(len(hot))
+    is_hot = position[matrix.indices] >= 0
+    block = np.zeros((n, len(hot)))
+    rows = np.repeat(np.arange(n), np.diff(matrix.indptr))
+    block[rows[is_hot], position[matrix.indices[is_hot]]] = matrix.data[is_hot]
+    cold = sparse.csr_array(  # its own index arrays: eliminate_zeros rewrites them in place
+        (np.where(is_hot, 0.0, matrix.data), matrix.indices.copy(), matrix.indptr.copy()), shape=(n, d)
+    )
+    cold.eliminate_zeros()
+    return block @ block.T + (cold @ cold.T).toarray()
 
 
 def centred_along(matrix: Matrix, mean: np.ndarray, direction: np.ndarray) -> np.ndarray:

@@ -51,6 +51,6 @@ class Adversary:
             forged = self.attack.forge(honest, len(replies), len(attackers), rng)
         else:  # a cohort of attackers alone has nothing to imitate: they submit the zero update
             forged = np.zeros(flat_size(start))
-        weights = weights_from(np.asarray(forged, np.float32), start)
-        for p in attackers:
-            replies[p].content["arrays"] = viewed(to_record(list(sent.keys()), weights))
+        record = to_record(list(sent.keys()), weights_from(np.asarray(forged, np.float32), start))
+        for p in attackers:  # a record each, over the same bytes (strategies may empty a reply's record)
+            replies[p].content["arrays"] = viewed(record)
