@@ -45,13 +45,16 @@ def updates(rows: Sequence[Sequence[np.ndarray]], start: Sequence[np.ndarray]) -
     return matrix
 
 
-def sparse_updates(rows: Sequence[Sequence[tuple[np.ndarray | None, np.ndarray]]], start: Sequence[np.ndarray]):
+def sparse_updates(
+    rows: Sequence[Sequence[tuple[np.ndarray | None, np.ndarray]]], start: Sequence[np.ndarray]
+) -> sparse.csr_array:
     """The same matrix as `updates`, sparse: each row given per floating tensor as (row ids, those rows of the
     weights), or (None, the whole tensor). Entries equal to zero are kept out."""
+    floats = [s for s in start if is_weight(s)]
     indptr, indices, data = [0], [], []
     for tensors in rows:
-        at = 0
-        for (ids, values), s in zip(tensors, [s for s in start if is_weight(s)]):
+        at = count = 0
+        for (ids, values), s in zip(tensors, floats):
             if ids is None:
                 delta = (np.asarray(values, np.float32).reshape(-1) - s.reshape(-1)).astype(np.float64)
                 columns = np.arange(s.size)
@@ -62,11 +65,11 @@ def sparse_updates(rows: Sequence[Sequence[tuple[np.ndarray | None, np.ndarray]]
             kept = delta != 0
             indices.append(columns[kept] + at)
             data.append(delta[kept])
-            at += s.size
-        indptr.append(indptr[-1] + sum(len(c) for c in indices[len(indices) - len(tensors) :]))
-    shape = (len(rows), flat_size(start))
+            at, count = at + s.size, count + len(data[-1])
+        indptr.append(indptr[-1] + count)
     joined = np.concatenate(indices) if indices else np.zeros(0, np.int64)
-    return sparse.csr_array((np.concatenate(data) if data else np.zeros(0), joined, indptr), shape=shape)
+    values = np.concatenate(data) if data else np.zeros(0)
+    return sparse.csr_array((values, joined, indptr), shape=(len(rows), flat_size(start)))
 
 
 def weights_from(update: np.ndarray, start: Sequence[np.ndarray]) -> list[np.ndarray]:

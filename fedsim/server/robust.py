@@ -23,9 +23,9 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from fedsim.byzantine import aggregators
 from fedsim.byzantine.vectors import Matrix, row, weights_from
 from fedsim.messages.records import record_views, to_record, viewed
-from fedsim.server.updates import update_matrix
+from fedsim.server.updates import ARRAYS, update_matrix
 
-ARRAYS, METRICS, EXAMPLES = "arrays", "metrics", "num-examples"
+METRICS, EXAMPLES = "metrics", "num-examples"
 
 
 def examples_of(replies: Sequence[Message], key: str = EXAMPLES) -> np.ndarray:
@@ -103,6 +103,11 @@ class PreStep:
         raise NotImplementedError
 
 
+def each_alone(matrix: Matrix) -> list[list[int]]:
+    """A mixed row per reply, standing for that reply alone."""
+    return [[i] for i in range(matrix.shape[0])]
+
+
 @dataclass(frozen=True)
 class NNM(PreStep):
     """Nearest-neighbour mixing with f, the malicious clients it is tuned for."""
@@ -110,7 +115,7 @@ class NNM(PreStep):
     f: int = 0
 
     def mix(self, matrix: Matrix, server_round: int) -> tuple[Matrix, list[list[int]]]:
-        return aggregators.nnm(matrix, min(self.f, matrix.shape[0] - 1)), [[i] for i in range(matrix.shape[0])]
+        return aggregators.nnm(matrix, min(self.f, matrix.shape[0] - 1)), each_alone(matrix)
 
 
 @dataclass(frozen=True)
@@ -133,7 +138,7 @@ class ARC(PreStep):
     f: int = 0
 
     def mix(self, matrix: Matrix, server_round: int) -> tuple[Matrix, list[list[int]]]:
-        return aggregators.arc(matrix, min(self.f, matrix.shape[0])), [[i] for i in range(matrix.shape[0])]
+        return aggregators.arc(matrix, min(self.f, matrix.shape[0])), each_alone(matrix)
 
 
 class PreAggregated(Strategy):

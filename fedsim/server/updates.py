@@ -22,15 +22,20 @@ ARRAYS = "arrays"
 
 def update_matrix(replies: Sequence[Message], start: Sequence[np.ndarray]) -> Matrix:
     """The replies' updates from `start`, a row each."""
-    arrays = [[a for a, s in zip(r.content[ARRAYS].values(), start) if is_weight(s)] for r in replies]
     floats = [s for s in start if is_weight(s)]
+    pieces = [  # per reply and floating tensor: (changed row ids, those rows), or (None, the whole tensor)
+        [
+            a.changed() if isinstance(a, RowsView) else (None, a.numpy())
+            for a, s in zip(r.content[ARRAYS].values(), start)
+            if is_weight(s)
+        ]
+        for r in replies
+    ]
     changed = sum(
-        len(a.changed()[0]) * (s.size // s.shape[0]) if isinstance(a, RowsView) else s.size
-        for row in arrays
-        for a, s in zip(row, floats)
+        s.size if ids is None else len(ids) * (s.size // s.shape[0])
+        for row in pieces
+        for (ids, _), s in zip(row, floats)
     )
     if changed >= SPARSE_BELOW * len(replies) * flat_size(start):
         return updates([Decoded(r.content[ARRAYS]) for r in replies], start)
-    return sparse_updates(
-        [[a.changed() if isinstance(a, RowsView) else (None, a.numpy()) for a in row] for row in arrays], start
-    )
+    return sparse_updates(pieces, start)
