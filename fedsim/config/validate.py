@@ -53,6 +53,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "runtime.cohort_messages": (lambda v: isinstance(v, bool), "true or false"),
     "runtime.startup_timeout_s": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
     "runtime.reply_timeout_s": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
+    "runtime.max_retries": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: a crashed worker's clients fail)"),
+    "runtime.max_restarts": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: a crash ends the run)"),
     "log_level": (lambda v: v in logging.getLevelNamesMapping(), "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
     "data.train_size": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
     "data.test_size": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),

@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordD
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
-from fedsim.messages.addressed import addressed
+from fedsim.messages.addressed import PARTITION, addressed
 from fedsim.messages.errors import replies_errors
 
 COHORT = "cohort"  # a carried message's record: the partitions it is for, in order
@@ -89,9 +89,13 @@ def unpack(reply: Message | None, partitions: Sequence[int]) -> dict[int, Messag
     if reply.has_error():
         return {p: Message(reply.error, metadata=copy.copy(reply.metadata)) for p in partitions}
     own: dict[int, RecordDict] = {position: RecordDict() for position in range(len(partitions))}
+    whole = {}  # records of the whole reply (fedsim.messages.retries): every answer's
     for key, record in reply.content.items():
         name, _, position = key.rpartition("@")
-        own[int(position)][name] = record
+        if name:
+            own[int(position)][name] = record
+        else:
+            whole[key] = record
     answers: dict[int, Message | None] = {}
     for position, partition in enumerate(partitions):
         records = own[position]
@@ -100,7 +104,9 @@ def unpack(reply: Message | None, partitions: Sequence[int]) -> dict[int, Messag
         elif not len(records):
             error = Error(code=ErrorCode.UNKNOWN, reason=f"partition {partition}: missing from its node's reply")
         else:
-            answers[partition] = Message(records, metadata=copy.copy(reply.metadata))
+            answers[partition] = Message(
+                RecordDict({**records, **whole}) if whole else records, metadata=copy.copy(reply.metadata)
+            )
             continue
         answers[partition] = Message(error, metadata=copy.copy(reply.metadata))
     return answers
@@ -114,6 +120,16 @@ def carried_cohort(message: Message, context: Context, call_next: ClientAppCalla
         return call_next(message, context)
     guarded = replies_errors(call_next)
     return Message(pack([guarded(single, context) for _, single in split(message)]), reply_to=message)
+
+
+def partitions_of(message: Message, context: Context) -> list[int]:
+    """The partitions a message is for, as its node will serve them: a carried cohort, the one its `partition`
+    record names (a pooled node), or the node's own."""
+    if COHORT in message.content:
+        return [int(p) for p in message.content[COHORT]["partition-ids"]]
+    if PARTITION in message.content:
+        return [int(message.content[PARTITION]["partition-id"])]
+    return [int(context.node_config["partition-id"])]
 
 
 def answers(reply: Message | None, sent: Message, partitions: list[int]) -> dict[int, Message | None]:

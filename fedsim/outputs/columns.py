@@ -35,6 +35,8 @@ CLIENTS_COLUMNS = [
     "error",
     "sim_time_s",
     "node",
+    "retries",
+    "retry_reason",
 ]
 
 LAYER_COLUMNS = [

@@ -112,6 +112,8 @@ def client_rows(record: RoundRecord) -> list[dict[str, Any]]:
             "status": "ok",
             "sim_time_s": update.sim_time_s,
             "node": update.node,
+            "retries": update.retries,
+            "retry_reason": update.retry_reason,
         }
         for update in record.clients
     ]

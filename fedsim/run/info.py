@@ -123,6 +123,13 @@ class RunInfo:
             self.data["resumed"][-1]["from_round"] = server_round
             write_json(self.path, self.data)
 
+    def restarted(self, after_round: int, why: str) -> None:
+        """The run went on in this process from the checkpoint of `after_round` (-1: from the start), because
+        `why` (its federation died under it: fedsim.runtimes.recovery)."""
+        with self._lock:
+            self.data.setdefault("restarts", []).append({"at": _now(), "after_round": after_round, "why": why})
+            write_json(self.path, self.data)
+
     def progress(self, summary: dict[str, Any]) -> None:
         """The metrics so far and the wall time to date, after every round."""
         self.update(**summary, wall_time_s=self._wall_s())

@@ -7,7 +7,7 @@ steps as `python main.py`. main.py builds the same app around the session it has
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -105,15 +105,18 @@ def federate(grid: Grid, session: Session, slots: int | None = None) -> Result:
     )
 
 
-def make_server_app(session: Session | None = None, slots: int | None = None) -> ServerApp:
+def make_server_app(
+    session: Session | None = None, slots: int | None = None, watched: Callable[[Grid], Grid] | None = None
+) -> ServerApp:
     """The ServerApp; given a session (main.py's), it only runs that session's rounds, on a pool of
-    `slots` simulated nodes if given."""
+    `slots` simulated nodes if given, and on `watched(grid)` if given (a grid that raises once the runtime
+    under it has died: fedsim.runtimes.recovery)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         if session is not None:
-            federate(grid, session, slots)
+            federate(watched(grid) if watched is not None else grid, session, slots)
         else:
             run_from_run_config(grid, context)
 

@@ -36,8 +36,9 @@ from fedsim.outputs.memory import MemoryProbe
 from fedsim.outputs.phases import Outputs, extra_metrics
 from fedsim.outputs.privacy_budget import PrivacyBudget
 from fedsim.outputs.progress import Progress
+from fedsim.outputs.retries import Retries
 from fedsim.outputs.summary import RunSummary
-from fedsim.run.experiment import Experiment, check_space, load_model
+from fedsim.run.experiment import Experiment, build, check_space, load_model
 from fedsim.run.info import RunInfo
 from fedsim.server.loop import Start
 from fedsim.server.record import RoundRecord
@@ -70,9 +71,7 @@ class Session:
         `info` (run.json) gets the metrics after every round."""
         cfg = self.cfg = experiment.cfg
         self.experiment, self.run_dir, self.info = experiment, run_dir, info
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
+        self._seed()
         self.device = torch.device("cuda" if cfg.resources.num_gpus > 0 and torch.cuda.is_available() else "cpu")
         self.model = load_model(cfg).to(self.device)
         self.names = layer_names(self.model)
@@ -80,12 +79,40 @@ class Session:
         self.checkpoint = Checkpoint.load(run_dir, self.names) if cfg.get("resume") is not None else None
         if self.checkpoint is not None:
             restore_strategy(self.strategy, self.checkpoint.strategy_tensors, self.checkpoint.strategy_layout)
+        self.last_round = self.checkpoint.server_round if self.checkpoint is not None else -1
         self.testloader: Loader | None = None
         self.outputs = Outputs([])
+
+    def _seed(self) -> None:
+        random.seed(self.cfg.seed)
+        np.random.seed(self.cfg.seed)
+        torch.manual_seed(self.cfg.seed)
 
     @property
     def strategy(self):
         return self.experiment.strategy
+
+    def rounds_done(self) -> int:
+        """The last round whose checkpoint is on disk (-1: none yet)."""
+        return self.last_round
+
+    def restart(self, why: str) -> None:
+        """Back to the last checkpoint in this process, as `resume=RUN_DIR` would go on from it, after the
+        federation died under the run mid-round (fedsim.runtimes.recovery): the outputs closed and reopened
+        after the checkpoint's round, and a fresh strategy given the checkpoint's state. run.json lists the
+        restart, and why."""
+        self.outputs.close()
+        experiment = self.experiment
+        self.experiment = build(
+            self.cfg, client_fn=experiment.client_fn, callbacks=experiment.callbacks, run_config=experiment.run_config
+        )
+        self._seed()
+        self.checkpoint = Checkpoint.load(self.run_dir, self.names)
+        if self.checkpoint is not None:
+            restore_strategy(self.strategy, self.checkpoint.strategy_tensors, self.checkpoint.strategy_layout)
+        self.last_round = self.checkpoint.server_round if self.checkpoint is not None else -1
+        self.info.restarted(self.rounds_done(), why)
+        self.open_outputs()
 
     def prepare(self) -> None:
         """Read, subset and featurize IMDB once (cached on disk), and load the server's test split."""
@@ -114,6 +141,7 @@ class Session:
     def end_round(self, record: RoundRecord) -> None:
         """The round through every output: the producers' metrics join the record before anything is written."""
         self.outputs.end_round(record)
+        self.last_round = record.server_round
 
     def finish(self) -> dict[str, Any]:
         """The outputs' end of run; what they add to run.json."""
@@ -160,4 +188,4 @@ def standard_outputs(
     if cfg.scrutiny:
         outputs.append(DetectionCsv(run_dir / "detection.csv", run_dir / "clients.csv"))
     experiment.tracker.bind(run_dir, flatten(cfg))
-    return outputs + [FinalModel(run_dir / "model.safetensors"), experiment.tracker]
+    return outputs + [FinalModel(run_dir / "model.safetensors"), experiment.tracker, Retries(publish)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,11 @@ from fedsim.run.runner import run_experiment
 from fedsim.run.server_app import make_server_app
 from fedsim.run.session import Session
 from fedsim.runtimes.cluster import actor_pool_limit, address_of, attach, max_actors
+from fedsim.runtimes.engine_logs import engine_logs_to
+from fedsim.runtimes.recovery import NodeLost, RayWatch, WatchedGrid, end_leftovers, retried
 from fedsim.runtimes.shipping import ship
-from fedsim.runtimes.warm import ray_for
+from fedsim.runtimes.warm import forget, ray_for
+from fedsim.system.errors import RunFailed
 from fedsim.system.signals import raise_on_signals
 
 
@@ -39,6 +43,8 @@ class Simulation:
     cohort_messages: bool = True  # read by fedsim.run.server_app.federate
     startup_timeout_s: float = 120.0  # these two: read by the round loop (fedsim.run.server_app.timeouts)
     reply_timeout_s: float = 3600.0
+    max_retries: int = 2  # these two: read by `simulate` (fedsim.runtimes.recovery)
+    max_restarts: int = 2
 
     def run(self, cfg: DictConfig, run_dir: Path) -> dict:
         return run_experiment(cfg, run_dir, federate=simulate)
@@ -137,15 +143,56 @@ def ray_settings(cfg: DictConfig) -> dict | None:
 
 
 def simulate(session: Session) -> None:
-    """Run the session's rounds in Flower's Ray-backed simulation: one SuperNode per client, or a pool; on a
-    private Ray instance, or on the cluster at `ray.address` with the clients' data shipped to its nodes."""
+    """Run the session's rounds in Flower's Ray-backed simulation; when the Ray instance dies under it, start a
+    new one and resume from the last checkpoint, up to `runtime.max_restarts` times (fedsim.runtimes.recovery)."""
+    cfg = session.cfg
+    raise_on_signals()
+    restarts = 0
+    while True:
+        watch = RayWatch(address_of(cfg))
+        try:
+            simulate_once(session, watch)
+            return
+        except NodeLost as lost:
+            restarts += 1
+            in_round = session.rounds_done() + 1
+            end_leftovers(watch)
+            forget()
+            end_leftovers(watch)
+            if restarts > int(cfg.runtime.max_restarts):
+                raise RunFailed(
+                    f"{lost} in round {in_round}, after runtime.max_restarts={cfg.runtime.max_restarts} restarts; "
+                    f"resume with: python main.py resume={session.run_dir}"
+                ) from None
+            startup_s = float(cfg.runtime.startup_timeout_s)
+            if address_of(cfg) is not None and not watch.back_within(startup_s):
+                raise RunFailed(
+                    f"{lost} in round {in_round}, and it did not answer again within runtime.startup_timeout_s="
+                    f"{startup_s:g} s; resume with: python main.py resume={session.run_dir}"
+                ) from None
+            session.restart(f"{lost} in round {in_round}")
+            print(
+                f"warning: {lost} in round {in_round}; a new Ray instance resumes the run after round "
+                f"{session.rounds_done()} (restart {restarts} of runtime.max_restarts={cfg.runtime.max_restarts})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def simulate_once(session: Session, watch: RayWatch) -> None:
+    """One simulation of the session's rounds: one SuperNode per client, or a pool; on a private Ray instance,
+    or on the cluster at `ray.address` with the clients' data shipped to its nodes. NodeLost if the Ray
+    instance dies under it."""
     from flwr.simulation import run_simulation  # Flower's simulation only after the run's checks and data step
 
     cfg, experiment = session.cfg, session.experiment
-    raise_on_signals()
     mods = []
     settings = ray_settings(cfg)
-    with ray_for(settings), signals_kept():  # from the first ray.init on, attach's or Flower's: SIGTERM stays fedsim's
+    with (
+        engine_logs_to(session.run_dir / "main.log", cfg.log_level),
+        ray_for(settings),
+        signals_kept(),  # from the first ray.init on, attach's or Flower's: SIGTERM stays fedsim's
+    ):
         actors = local_client_slots(cfg)
         if address_of(cfg) is not None:
             actors = attach(cfg)
@@ -153,9 +200,13 @@ def simulate(session: Session) -> None:
             mods.append(ship(client_files(cfg, load_prepared(cfg))).mod)
         slots = node_slots(cfg, min(actors, max_actors(cfg)))
         session.info.update(simulated_nodes=slots or int(cfg.num_clients))
-        with actor_pool_limit(max_actors(cfg)), short_queue_waits():
+        with (
+            actor_pool_limit(max_actors(cfg)),
+            short_queue_waits(),
+            retried(int(cfg.runtime.max_retries), watch),
+        ):
             run_simulation(
-                server_app=make_server_app(session, slots),
+                server_app=make_server_app(session, slots, lambda grid: WatchedGrid(grid, watch)),
                 client_app=make_client_app(experiment.client_fn, experiment.run_config, mods),
                 num_supernodes=slots or cfg.num_clients,
                 backend_name="ray",

@@ -58,6 +58,16 @@ def cool() -> None:
         _end(_WARM[0])
 
 
+def forget() -> None:
+    """The warm instance died (fedsim.runtimes.recovery): its actors are forgotten, not ended, and Ray is shut
+    down; the next run starts its own."""
+    import ray  # Ray only once a simulation has started
+
+    if _WARM:
+        _WARM[0].key, _WARM[0].pool = None, None
+    ray.shutdown()
+
+
 @contextlib.contextmanager
 def kept_warm(end: bool = True) -> Iterator[None]:
     """For every run this process makes inside: Ray and the client actors kept from one run to the next, and

@@ -19,11 +19,12 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedsim.messages.records import Decoded
+from fedsim.messages.retries import take_retries
 from fedsim.messages.sparse import for_aggregation
 from fedsim.server.adversary import Adversary
 from fedsim.server.faults import Faults
 from fedsim.server.participation import EVALUATE, TRAIN, Participants
-from fedsim.server.record import DROPPED, EVAL_FAILED, FAILED, LATE, ClientFailure, ClientUpdate
+from fedsim.server.record import DROPPED, EVAL_FAILED, FAILED, LATE, ClientFailure, ClientUpdate, Redone
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Trained:
     updates: list[ClientUpdate]
     failures: list[ClientFailure]
     late: list[ClientFailure] = field(default_factory=list)
+    redone: list[Redone] = field(default_factory=list)
 
 
 @dataclass
@@ -67,36 +69,49 @@ class Cohort:
     def __post_init__(self) -> None:
         self.slow = self.faults.slow_devices(self.seed, self.participants.num_clients)
 
-    def exchange(self, server_round: int, purpose: int, messages: list[Message]) -> tuple[dict, list[int]]:
+    def exchange(
+        self, server_round: int, purpose: int, messages: list[Message]
+    ) -> tuple[dict, list[int], list[Redone]]:
         """The strategy's messages to the round's chosen partitions, less the simulated dropouts: their replies
-        by partition (None: none within the timeout), and the partitions that dropped out."""
+        by partition (None: none within the timeout), the partitions that dropped out, and the work that was
+        redone (its record taken off the replies)."""
         chosen = self.participants.pick(server_round, purpose, len(messages))
         dropped = self.faults.dropped(self.seed, server_round, chosen)
         replies = self.participants.exchange(
             self.grid, messages, [p for p in chosen if p not in dropped], self.timeout_s
         )
-        return replies, dropped
+        phase = "train" if purpose == TRAIN else "evaluate"
+        redone = []
+        for partition, reply in replies.items():
+            if ok(reply) and (retried := take_retries(reply)).count:
+                redone.append(Redone(partition, phase, retried.count, retried.reason))
+        return replies, dropped, redone
 
     def train(self, server_round: int, messages: list[Message]) -> Trained:
-        replies, dropped = self.exchange(server_round, TRAIN, messages)
+        replies, dropped, redone = self.exchange(server_round, TRAIN, messages)
         sent = messages[0].content["arrays"] if messages and "arrays" in messages[0].content else None
         answered = {p: for_aggregation(r, sent, self.transport) for p, r in replies.items() if ok(r)}
         if self.adversary is not None and sent is not None:
             self.adversary.forge(server_round, sent, answered)
         # The updates are read first: some of Flower's strategies empty the replies as they aggregate.
         updates = [self._update(p, r) for p, r in answered.items()]
+        for update in updates:
+            for again in redone:
+                if again.client_id == update.client_id:
+                    update.retries, update.retry_reason = again.retries, again.reason
         failures = [self.missed(p, DROPPED) for p in dropped]
         failures += [self._failure(p, r, FAILED) for p, r in replies.items() if not ok(r)]
         updates, late = self._clock(server_round, updates)
         on_time = {u.client_id for u in updates}
-        return Trained({p: r for p, r in answered.items() if p in on_time}, updates, failures + late, late)
+        return Trained({p: r for p, r in answered.items() if p in on_time}, updates, failures + late, late, redone)
 
-    def evaluate(self, server_round: int, messages: list[Message]) -> tuple[list[Message], list[ClientFailure]]:
-        """The evaluation replies (in partition order) and the calls that failed."""
-        replies, _ = self.exchange(server_round, EVALUATE, messages)
-        return [r for r in replies.values() if ok(r)], [
-            self._failure(p, r, EVAL_FAILED) for p, r in replies.items() if not ok(r)
-        ]
+    def evaluate(
+        self, server_round: int, messages: list[Message]
+    ) -> tuple[list[Message], list[ClientFailure], list[Redone]]:
+        """The evaluation replies (in partition order), the calls that failed, and the work redone."""
+        replies, _, redone = self.exchange(server_round, EVALUATE, messages)
+        failures = [self._failure(p, r, EVAL_FAILED) for p, r in replies.items() if not ok(r)]
+        return [r for r in replies.values() if ok(r)], failures, redone
 
     def missed(self, client_id: int, status: str, error: str | None = None, sim_time_s: float | None = None):
         """A client call that brought no usable reply, with the client's ground truth."""

@@ -82,7 +82,7 @@ def run_rounds(
         # idle until their replies come, evaluates it centrally on the test split (the same numbers either way).
         with ThreadPoolExecutor(1, thread_name_prefix="central-evaluation") as central:
             central_metrics = central.submit(evaluate_fn, record_views(arrays))
-            evaluated, eval_failures = cohort.evaluate(
+            evaluated, eval_failures, eval_redone = cohort.evaluate(
                 server_round, list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), federation))
             )
             fed = federated_metrics(strategy.aggregate_evaluate(server_round, with_examples(evaluated)))
@@ -100,7 +100,7 @@ def run_rounds(
             "sim_round_time_s": cohort.sim_round_time(trained),
         }
         record = central_round(start.names, evaluation, server_round, arrays, previous, trained.updates, metrics, began)
-        record.failures = failures
+        record.failures, record.redone = failures, trained.redone + eval_redone
         outputs(record)
         result.arrays, result.metrics[server_round] = arrays, record.metrics
     return result

@@ -24,9 +24,22 @@ class ClientUpdate:
     stats: dict[str, float] = field(default_factory=dict)  # update statistics, filled by weight scrutiny
     sim_time_s: float | None = None  # simulated training time, when faults use the simulated clock
     node: str | None = None  # the Ray node (simulation) or host (deployment) that trained
+    retries: int = 0  # how many times its training ran again because the worker running it died
+    retry_reason: str | None = None  # why, the last time
 
 
 FAILED, EVAL_FAILED, DROPPED, LATE = "failed", "eval_failed", "dropped", "late"
+
+
+@dataclass(frozen=True)
+class Redone:
+    """A client's work in a round that ran again because the worker running it died (fedsim.runtimes.recovery):
+    bitwise the same work, only later."""
+
+    client_id: int
+    phase: str  # "train" or "evaluate"
+    retries: int
+    reason: str | None
 
 
 @dataclass
@@ -67,6 +80,7 @@ class RoundRecord:
     metrics: dict[str, Any]
     started: float = field(default_factory=time.perf_counter)  # perf_counter() at the round's start
     failures: list[ClientFailure] = field(default_factory=list)
+    redone: list[Redone] = field(default_factory=list)  # work that ran again, training's and evaluation's
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
