@@ -12,6 +12,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.task_identity import TaskIdentity
 from helpers.configs import SMALL
 from helpers.data import make_reviews
 from helpers.processes import carrying
@@ -45,6 +47,14 @@ def isolated_cache(tmp_path_factory) -> Path:
     os.environ["FEDSIM_CACHE"] = str(cache)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return cache
+
+
+@pytest.fixture
+def task_identity(monkeypatch):
+    """Flower's process-wide task identity, which Message() reads and pull_task_input sets; as it was after."""
+    for name in ("_task_id", "_run_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, name, TaskIdentity.__dict__[name])
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
 
 
 @pytest.fixture(scope="session")

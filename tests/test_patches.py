@@ -31,9 +31,7 @@ from typing import Any
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 from omegaconf import OmegaConf
 
 from fedsim.messages.records import to_record
@@ -103,14 +101,6 @@ def _binds_locally(function: Any, name: str) -> bool:
         ):
             return True
     return False
-
-
-@pytest.fixture
-def task_identity(monkeypatch):
-    """Flower's process-wide task identity, which Message() reads and pull_task_input sets; as it was after."""
-    for name in ("_task_id", "_run_id", "_node_id"):
-        monkeypatch.setattr(TaskIdentity, name, TaskIdentity.__dict__[name])
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
 
 
 @pytest.fixture
@@ -469,7 +459,7 @@ def test_the_superlink_starts_fedsims_superexec_through_its_modules_subprocess(m
 # --- simulation on Ray (fedsim.runtimes.simulation, fedsim.runtimes.cluster) ----------------------------------------
 
 
-def test_a_run_attaches_to_its_cluster_inside_signals_kept(monkeypatch):
+def test_a_run_attaches_to_its_cluster_inside_signals_kept(monkeypatch, tmp_path):
     """signals_kept covers every ray.init of a simulation, the cluster attach's too (fedsim.runtimes.cluster.attach
     calls ray.init before Flower's backend would): Ray's handler never replaces fedsim's on a cluster."""
     from ray._private import utils
@@ -486,9 +476,11 @@ def test_a_run_attaches_to_its_cluster_inside_signals_kept(monkeypatch):
 
     monkeypatch.setattr(simulation, "attach", attach)
     monkeypatch.setattr(simulation, "raise_on_signals", lambda: None)
-    cfg = OmegaConf.create({"ray": {"address": "auto"}, "resources": {"num_cpus": 1, "num_gpus": 0}})
+    cfg = OmegaConf.create(
+        {"ray": {"address": "auto"}, "resources": {"num_cpus": 1, "num_gpus": 0}, "log_level": "INFO"}
+    )
     with pytest.raises(_Stop):
-        simulation.simulate(SimpleNamespace(cfg=cfg, experiment=SimpleNamespace()))
+        simulation.simulate(SimpleNamespace(cfg=cfg, experiment=SimpleNamespace(), run_dir=tmp_path))
     assert seen == [False]
 
 
@@ -853,3 +845,78 @@ def test_every_error_code_fedsim_names_is_one_flower_has():
         if isinstance(node, ast.Attribute) and _dotted(node.value) == "ErrorCode"
     }
     assert named and not {name for name in named if not hasattr(ErrorCode, name)}
+
+
+def test_flowers_simulation_runtime_processes_each_message_through_the_method_retried_replaces(
+    ray_backend, task_identity, monkeypatch, capsys
+):
+    """Patch `RayBackend.process_message` (fedsim.runtimes.recovery.retried, for each simulation). Guards Flower's
+    `flwr.server.superlink.fleet.vce.vce_api.worker`, the thread that hands each message to the backend: it goes
+    through `process_message`, whose replacement takes a dead actor out of the pool (`BasicActorPool.pool`,
+    `_future_to_actor`, `create_actor_fn`, read here too), adds a new one, sends the message again and marks
+    the reply; Flower's worker stores that reply."""
+    import queue
+
+    import ray
+    from flwr.server.superlink.fleet.vce import vce_api
+    from ray.exceptions import ActorDiedError
+
+    from fedsim.messages.retries import RETRIES
+    from fedsim.runtimes.cluster import actor_pool_limit
+    from fedsim.runtimes.recovery import RayWatch, retried
+
+    backend, actors = ray_backend
+    with actor_pool_limit(2):
+        backend.build(lambda: None)
+    deaths = [ActorDiedError()]  # the first task's actor dies
+
+    def get(future: Any) -> Any:
+        if deaths:
+            raise deaths.pop()
+        return future.result()
+
+    monkeypatch.setattr(ray, "get", get)
+    monkeypatch.setattr(ray, "wait", lambda futures, timeout: (futures, []))
+    watch = RayWatch()
+    monkeypatch.setattr(watch, "lost", lambda: None)
+    monkeypatch.setattr(watch, "node_dead", lambda: None)
+    config = ConfigRecord({"server-round": 2})
+    message = Message(RecordDict({"config": config}), dst_node_id=7, message_type=MessageType.TRAIN)
+    context = Context(run_id=1, node_id=7, node_config={"partition-id": 4}, state=RecordDict(), run_config={})
+    store = SimpleNamespace(retrieve_context=lambda run_id: context, update_context=lambda run_id, context: None)
+    inbox, outbox, stop = queue.Queue(), queue.Queue(), threading.Event()
+    inbox.put(message)
+    metrics = SimpleNamespace(add_clientapp_runtime=lambda seconds: None)
+    with retried(2, watch):
+        worker = threading.Thread(target=vce_api.worker, args=(inbox, outbox, {7: store}, backend, stop, metrics))
+        worker.start()
+        reply = outbox.get(timeout=30)
+        stop.set()
+        worker.join(timeout=30)
+    assert not reply.has_error() and dict(reply.content[RETRIES])["count"] == 1
+    assert actors.made == 3 and len(backend.pool.pool) == 2  # the dead actor replaced, the pool's size kept
+    assert capsys.readouterr().err.startswith("warning: round 2: the Ray worker died while training client 4;")
+
+
+def test_rays_driver_relays_its_nodes_errors_through_the_name_engine_logs_to_replaces(tmp_path):
+    """Patch `ray._private.worker.print_to_stdstream` (fedsim.runtimes.engine_logs.engine_logs_to, for each
+    simulation at log_level WARNING and above), and read `print_worker_logs`. Guards Ray's
+    `listen_error_messages`, the driver's thread that prints the errors its nodes publish (a dead worker, a
+    raylet's log dump): it prints them through the module's `print_to_stdstream`, which now appends them to
+    main.log (reads the source: the thread needs a GCS)."""
+    from ray._private import worker
+
+    from fedsim.runtimes.engine_logs import engine_logs_to
+
+    calls = [
+        node.func.id
+        for node in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(worker.listen_error_messages))))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    ]
+    assert "print_to_stdstream" in calls
+    log = tmp_path / "main.log"
+    with engine_logs_to(log, "WARNING"):
+        worker.print_to_stdstream({"lines": ["A worker died"], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+        logging.getLogger("flwr").error("An exception was raised when processing a message")
+    assert "A worker died" in log.read_text() and "An exception was raised" in log.read_text()
+    assert worker.print_to_stdstream.__name__ == "print_to_stdstream"  # Ray's own again

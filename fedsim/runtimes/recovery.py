@@ -238,7 +238,7 @@ def retried(max_retries: int, watch: RayWatch) -> Iterator[None]:
 
 
 def given_up(reason: str, max_retries: int) -> str:
-    return f"{reason}, and its work was redone runtime.max_retries={max_retries} times already"
+    return f"{reason}; no retry left (runtime.max_retries={max_retries})"
 
 
 def announce(message: Message, context: Context, reason: str, retry: int, max_retries: int) -> None:

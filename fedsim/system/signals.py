@@ -58,10 +58,25 @@ def divert_output() -> None:
         log = os.open(_LOG[0], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError:
         log = os.open(os.devnull, os.O_WRONLY)
-    _TERMINAL.append(os.dup(2))
-    for fd in (1, 2):
+    terminal = terminal_fd()
+    _TERMINAL.append(os.dup(terminal))
+    for fd in {1, 2, terminal}:
         os.dup2(log, fd)
     os.close(log)
+
+
+def diverted() -> bool:
+    """Whether this process's output goes to main.log since a signal arrived."""
+    return bool(_TERMINAL)
+
+
+def terminal_fd() -> int:
+    """The file descriptor of Python's stderr: the terminal's, also while fd 2 goes to main.log during a
+    simulation (fedsim.runtimes.engine_logs)."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a stream without one (a test's capture)
+        return 2
 
 
 def interrupted(signum: int) -> Interrupted:
