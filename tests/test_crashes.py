@@ -217,3 +217,20 @@ def test_beyond_the_restart_budget_the_run_ends_with_one_line_naming_the_command
     resumed = main_py(f"resume={run_dir}", env=gated_env(gate))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_a_supernode_killed_mid_round_is_started_again_and_gets_its_message_again(small_run, imdb_dir, tmp_path):
+    """runtime=deployment: the local federation starts the dead SuperNode again and the server sends it its
+    client's message again once the SuperLink counts it back."""
+    run_dir, gate = tmp_path / "run", tmp_path / "gate"
+    main = gated_main(run_dir, gate, 3, "runtime=deployment", f"data.path={imdb_dir}", *SMALL)
+    supernode = json.loads((run_dir / "logs" / "processes.json").read_text())["supernode_0"]
+    os.killpg(supernode, signal.SIGKILL)
+    output = finished(main, gate)
+    assert main.returncode == 0, output[-3000:]
+    (line,) = terminal_warnings(output)
+    assert line.startswith(f"warning: supernode_0 (pid {supernode}) died; started again (restart 1 of ")
+    assert_same_run(run_dir, small_run)
+    clients = pd.read_csv(run_dir / "clients.csv")
+    assert clients.loc[clients["retries"] > 0, ["round", "client_id"]].values.tolist() == [[2, 0]]

@@ -114,6 +114,7 @@ def stopped(process: subprocess.Popen, signum: int, group: bool) -> tuple[str, s
         ("start-up", "model.net._target_=helpers.gates.bow_after_gate", signal.SIGINT, True),
         ("mid-training", ADAM_GATE, signal.SIGINT, True),
         ("mid-training", ADAM_GATE, signal.SIGTERM, False),
+        ("mid-training", ADAM_GATE, signal.SIGHUP, False),  # the terminal closed (an ssh session lost)
     ],
 )
 def test_a_signal_anywhere_gives_one_line_a_resumable_run_and_no_process_left(

@@ -920,3 +920,20 @@ def test_rays_driver_relays_its_nodes_errors_through_the_name_engine_logs_to_rep
         logging.getLogger("flwr").error("An exception was raised when processing a message")
     assert "A worker died" in log.read_text() and "An exception was raised" in log.read_text()
     assert worker.print_to_stdstream.__name__ == "print_to_stdstream"  # Ray's own again
+
+
+def test_the_supernode_sends_its_heartbeats_at_the_interval_fedsim_sets():
+    """Patch `flwr.supernode.fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL` (fedsim.runtimes.supernode.main).
+    Guards Flower's `fleet_http_connection`: the SuperNode activates itself and sends its heartbeats with the
+    module's global, read when it connects (reads the source: connecting needs a SuperLink), so the SuperLink
+    counts a dead node offline after two of fedsim's intervals, not two of Flower's."""
+    from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_MIN_INTERVAL
+    from flwr.supernode import fleet_http_connection
+
+    tree = ast.parse(inspect.getsource(fleet_http_connection))
+    uses = [
+        node for node in ast.walk(tree) if isinstance(node, ast.Name) and node.id == "HEARTBEAT_DEFAULT_INTERVAL"
+    ]
+    assert len(uses) >= 2 and all(isinstance(node.ctx, ast.Load) for node in uses)  # activation, heartbeats
+    assert "HEARTBEAT_DEFAULT_INTERVAL" in fleet_http_connection.__dict__
+    assert HEARTBEAT_MIN_INTERVAL < HEARTBEAT_DEFAULT_INTERVAL

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 
 from fedsim.runtimes.warm import cool, kept_warm
-from fedsim.system.signals import Interrupted, leave
+from fedsim.system.signals import STOP_SIGNALS, Interrupted, leave
 
 
 def output_to(log: Path | str) -> None:
@@ -77,7 +77,7 @@ def serve(main_script: str, reply_fd: int) -> None:
             request = json.loads(line)
             output_to(request["log"])
             run_main(main_script, request["argv"])
-            for signum in (signal.SIGINT, signal.SIGTERM):  # main.py's handlers are for its run
+            for signum in STOP_SIGNALS:  # main.py's handlers are for its run
                 signal.signal(signum, _idle_signal)
             if not completed(Path(request["run_dir"])):
                 cool()
@@ -90,7 +90,7 @@ def serve(main_script: str, reply_fd: int) -> None:
 def main(argv: list[str]) -> None:
     """Serve runs until stdin ends or a signal comes between runs; then leave as main.py does once its results
     are on disk: Ray's processes killed, not shut down."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, _idle_signal)
     main_script, reply_fd = argv
     try:

@@ -15,6 +15,7 @@ its own process, as before.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import socket
@@ -42,13 +43,14 @@ def serve(path: str) -> None:
         importlib.import_module("torch._dynamo")
         while True:
             connection, _ = server.accept()
-            with connection:
+            with connection, contextlib.suppress(OSError):  # a ClientApp gone (its SuperNode died): only its own
                 frames = receive(connection)
                 try:
                     message, context = decoded(frames)
-                    send(connection, [OK, *encoded(app(message, context), context)])
+                    reply = [OK, *encoded(app(message, context), context)]
                 except Exception as exc:  # as Flower would: the message's error, the worker goes on
-                    send(connection, [b"error", error_line(exc).encode()])
+                    reply = [b"error", error_line(exc).encode()]
+                send(connection, reply)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ class Deployment:
     node_auth: bool = True
     startup_timeout_s: float = 60.0
     reply_timeout_s: float = 3600.0
+    max_restarts: int = 2  # SuperNodes started again after they died (fedsim.runtimes.federation)
 
     def federation(self, cfg: DictConfig, run_dir: Path) -> LocalFederation:
         return LocalFederation(
@@ -45,6 +46,7 @@ class Deployment:
             node_auth=self.node_auth,
             startup_timeout_s=self.startup_timeout_s,
             verbose=logging.getLevelNamesMapping()[cfg.log_level] <= logging.INFO,
+            max_restarts=self.max_restarts,
         )
 
     def run(self, cfg: DictConfig, run_dir: Path) -> dict:

@@ -9,13 +9,16 @@ their logs read by fedsim.runtimes.process_logs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import ssl
 import sys
 import tempfile
+import threading
+import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TextIO
 
@@ -28,6 +31,9 @@ from fedsim.runtimes.staging import ROOT, staged_app
 from fedsim.system.errors import RunFailed
 from fedsim.system.processes import Child, Processes, command
 from fedsim.system.waits import wait_for
+
+KEEP_S = 0.5  # how often the SuperNodes are looked at while the run goes on
+RESTART_RETRY_S = 5.0  # how long a restarted SuperNode that did not join waits before the next try
 
 
 class LocalFederation:
@@ -49,6 +55,7 @@ class LocalFederation:
         startup_timeout_s: float = 60.0,
         verbose: bool = False,
         cwd: Path | None = None,
+        max_restarts: int = 0,
     ) -> None:
         self.num_nodes, self.logs, self.host = num_nodes, logs, host
         self.port = port
@@ -61,6 +68,9 @@ class LocalFederation:
         self.env: dict[str, str] = {}
         self.workers: list[Child] = []
         self.supernodes: list[Child] = []
+        self.max_restarts = max_restarts
+        self.certs: Path | None = None
+        self.restarts = 0
 
     def check(self) -> None:
         """The settings that can be checked before anything starts (ConfigError, one line)."""
@@ -90,15 +100,12 @@ class LocalFederation:
         self.work = Path(tempfile.mkdtemp(prefix="fedsim-federation-"))
         self.logs.mkdir(parents=True, exist_ok=True)
         self.app = staged_app(ROOT, self.work / "app")
-        certs = self._certificates()
+        certs = self.certs = self._certificates()
         self.env = federation_env(flower_home(self.work / "flwr-home", self.address, certs / "ca.crt"), self.work)
         self._start_superlink(certs)
         if self.node_auth:
             self._register(certs)
-        self.supernodes = [
-            self.start_supernode(i, certs / "ca.crt", certs / f"node_{i}" if self.node_auth else None)
-            for i in range(self.num_nodes)
-        ]
+        self.supernodes = [self.own_supernode(i) for i in range(self.num_nodes)]
         self.wait_joined(self.supernodes)
         self.wait_workers()
         self.write_pids()
@@ -188,21 +195,29 @@ class LocalFederation:
                 )
 
     def start_supernode(
-        self, partition_id: int, root_certificates: Path, key: Path | None, name: str | None = None
+        self,
+        partition_id: int,
+        root_certificates: Path,
+        key: Path | None,
+        name: str | None = None,
+        log: Path | None = None,
+        with_worker: bool = True,
     ) -> Child:
-        """SuperNode `partition_id` (of num_nodes) trusting `root_certificates`, authenticating with `key`, and its
-        warm worker (fedsim.client.worker), which answers the node's messages in one long-lived process."""
+        """SuperNode `partition_id` (of num_nodes) trusting `root_certificates`, authenticating with `key`, and (unless
+        it is started again and keeps it) its warm worker (fedsim.client.worker), which answers the node's messages
+        in one long-lived process."""
         name = name or f"supernode_{partition_id}"
         worker = self.work / f"{name}.sock"
-        self.workers.append(
-            self.processes.start(
-                f"{name}_worker",
-                [sys.executable, "-m", "fedsim.client.worker", str(worker)],
-                log=self.logs / f"{name}_worker.log",
-                env=self.env,
-                cwd=self.cwd,
+        if with_worker:
+            self.workers.append(
+                self.processes.start(
+                    f"{name}_worker",
+                    [sys.executable, "-m", "fedsim.client.worker", str(worker)],
+                    log=self.logs / f"{name}_worker.log",
+                    env=self.env,
+                    cwd=self.cwd,
+                )
             )
-        )
         argv = [
             sys.executable,  # flower-supernode, its idle waits cut short (fedsim.runtimes.supernode)
             "-m",
@@ -222,7 +237,64 @@ class LocalFederation:
         ]
         if key is not None:
             argv += ["--auth-supernode-private-key", str(key)]
-        return self.processes.start(name, argv, log=self.logs / f"{name}.log", env=self.env, cwd=self.cwd)
+        return self.processes.start(name, argv, log=log or self.logs / f"{name}.log", env=self.env, cwd=self.cwd)
+
+    def own_supernode(self, partition_id: int, attempt: int = 0) -> Child:
+        """The federation's SuperNode for `partition_id`; a later `attempt` (a restart) keeps the node's worker and
+        logs to a file of its own."""
+        certs = self.certs
+        return self.start_supernode(
+            partition_id,
+            certs / "ca.crt",
+            certs / f"node_{partition_id}" if self.node_auth else None,
+            log=self.logs / f"supernode_{partition_id}.restart{attempt}.log" if attempt else None,
+            with_worker=attempt == 0,
+        )
+
+    @contextlib.contextmanager
+    def nodes_kept(self, out: TextIO) -> Iterator[None]:
+        """While the run goes on: a SuperNode that dies is started again, up to `max_restarts` times in all, with
+        one line on `out`; the server sends its client's message again once it is back (fedsim.server.
+        participation). Flower's SuperLink refuses a node's key while it still counts the dead node online (up
+        to two heartbeats, fedsim.runtimes.supernode), so a restart that does not join is tried again every
+        RESTART_RETRY_S."""
+        stop = threading.Event()
+        attempts = [0] * self.num_nodes
+        next_try = [0.0] * self.num_nodes
+
+        def keep() -> None:
+            while not stop.wait(KEEP_S):
+                for i, node in enumerate(self.supernodes):
+                    if node.alive() or time.monotonic() < next_try[i] or attempts[i] < 0:
+                        continue
+                    if any(JOINED in line for line in node.log_tail()):  # it had joined: a crash
+                        self.restarts += 1
+                        if self.restarts > self.max_restarts:
+                            attempts[i] = -1
+                            print(
+                                f"warning: {node.name} (pid {node.pid}) died: not started again "
+                                f"(runtime.max_restarts={self.max_restarts} used); its clients fail",
+                                file=out,
+                                flush=True,
+                            )
+                            continue
+                        print(
+                            f"warning: {node.name} (pid {node.pid}) died; started again (restart {self.restarts} of "
+                            f"runtime.max_restarts={self.max_restarts}), its message is sent again once it is back",
+                            file=out,
+                            flush=True,
+                        )
+                    attempts[i] += 1
+                    next_try[i] = time.monotonic() + RESTART_RETRY_S
+                    self.supernodes[i] = self.own_supernode(i, attempts[i])
+
+        keeper = threading.Thread(target=keep, name="supernodes-kept", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            keeper.join()
 
     def wait_workers(self) -> None:
         """Every warm worker listening on its socket, or the first one's reason for stopping."""
@@ -274,8 +346,9 @@ class LocalFederation:
         log_path = self.logs / "flwr-run.log"
         process = self.processes.start("flwr run", argv, log=log_path, env=self.env, cwd=ROOT, pipe=True).process
         self.write_pids()
-        relay(process.stdout, log_path, out, self.verbose)
-        return process.wait()
+        with self.nodes_kept(out):
+            relay(process.stdout, log_path, out, self.verbose)
+            return process.wait()
 
     def stop(self) -> None:
         """Stop every process this federation started (newest first), then remove its temporary folder."""

@@ -8,6 +8,10 @@ its time in those sleeps. Flower has no setting for them, so this launcher gives
 at its own state for the reply. Each poll is one request to the SuperLink: with IDLE_S = 0.1 a node asks
 ten times a second while idle, cheap on one machine and for the few nodes fedsim starts.
 
+Its heartbeats come every 10 s, Flower's shortest interval (its default is 30 s), so that a node that died
+holding a message is counted offline within 20 s, when the server sends the message again once the node is
+back (fedsim.server.participation) and the local federation may start it again (fedsim.runtimes.federation).
+
 The node's own retries for a message's parts come every IDLE_S too (fedsim.runtimes.superexec.short_pulls),
 and the SuperExec it starts is fedsim.runtimes.superexec's (Flower's, each ClientApp process forked from
 a warm one) rather than `flower-superexec`, with the same arguments.
@@ -19,7 +23,8 @@ import sys
 import time
 from typing import Any
 
-from flwr.supernode import start_client_internal
+from flwr.common.constant import HEARTBEAT_MIN_INTERVAL
+from flwr.supernode import fleet_http_connection, start_client_internal
 from flwr.supernode.cli import flower_supernode
 
 from fedsim.runtimes.superexec import IDLE_S, SubprocessWith, short_pulls, start_superexec
@@ -41,6 +46,7 @@ class ShortSleeps:
 
 
 def main() -> None:
+    fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_MIN_INTERVAL
     start_client_internal.time = ShortSleeps()
     short_pulls()
     start_client_internal.subprocess = SubprocessWith(start_superexec)

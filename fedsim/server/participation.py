@@ -25,6 +25,7 @@ from flwr.serverapp import Grid
 
 from fedsim.messages.addressed import addressed
 from fedsim.messages.carried import answers, carry, same_content
+from fedsim.messages.retries import Retried, mark_retried
 from fedsim.system.errors import ConfigError
 from fedsim.system.waits import wait_until
 
@@ -35,6 +36,11 @@ POLL_S = 0.1  # how often the server pulls replies (Flower's in-memory grid's in
 
 
 ONLINE_CHECK_S = 5.0  # how often it asks which nodes are still online, while replies are missing
+BACK_CHECK_S = 1.0  # how often, while a message's node is offline, whether it is back
+
+
+OFFLINE = "offline: it missed its heartbeats"
+RESENT = "its node missed its heartbeats (it died or lost the SuperLink); the message was sent again once it was back"
 
 
 def choose(seed: int, server_round: int, purpose: int, count: int, num_clients: int) -> list[int]:
@@ -115,6 +121,8 @@ class Participants:
             return {}
         sent = self.address(messages[: len(partitions)], partitions)
         waiting = {mid: s for mid, s in zip(grid.push_messages([m for m, _ in sent]), sent) if mid}
+        lost: dict[str, tuple[Message, list[int]]] = {}  # sent to a node that went offline before it replied
+        again: dict[str, int] = {}  # a message sent again: how many times
         replies: dict[int, Message | None] = {}
         next_check = time.monotonic() + ONLINE_CHECK_S
 
@@ -122,30 +130,51 @@ class Participants:
             nonlocal next_check
             # By the message answered, not the sender: the SuperLink itself answers for some lost nodes.
             for reply in grid.pull_messages(list(waiting)):
-                replies.update(answers(reply, *waiting.pop(reply.metadata.reply_to_message_id)))
-            if waiting and time.monotonic() > next_check:
-                replies.update(self.offline(grid, waiting))
-                next_check = time.monotonic() + ONLINE_CHECK_S
-            return not waiting
+                mid = reply.metadata.reply_to_message_id
+                if reply.has_error() and reply.error.code == ErrorCode.NODE_UNAVAILABLE:
+                    lost[mid] = waiting.pop(mid)  # sent again if its node comes back
+                    next_check = min(next_check, time.monotonic() + BACK_CHECK_S)
+                    continue
+                if again.get(mid) and not reply.has_error():
+                    mark_retried(reply, Retried(again[mid], RESENT))
+                replies.update(answers(reply, *waiting.pop(mid)))
+            if (waiting or lost) and time.monotonic() > next_check:
+                self.resend_when_back(grid, waiting, lost, again)
+                next_check = time.monotonic() + (BACK_CHECK_S if lost else ONLINE_CHECK_S)
+            return not waiting and not lost
 
-        if waiting:  # what has not come at the deadline stays None: a failure the round records
+        if waiting:  # what has not come at the deadline stays None, or an error if its node is offline
             wait_until(answered, timeout_s=timeout, poll_s=POLL_S)
+        for message, lost_partitions in lost.values():
+            error = Error(code=ErrorCode.NODE_UNAVAILABLE, reason=f"node {message.metadata.dst_node_id} is {OFFLINE}")
+            replies.update(answers(Message(error, reply_to=message), message, lost_partitions))
         return {p: replies.get(p) for p in partitions}
 
-    def offline(self, grid: Grid, waiting: dict[str, tuple[Message, list[int]]]) -> dict[int, Message | None]:
-        """Error replies for the awaited messages whose node the SuperLink no longer counts online (a node
-        that died holding a message never answers it); they are removed from `waiting`."""
+    def resend_when_back(
+        self,
+        grid: Grid,
+        waiting: dict[str, tuple[Message, list[int]]],
+        lost: dict[str, tuple[Message, list[int]]],
+        again: dict[str, int],
+    ) -> None:
+        """Messages whose node the SuperLink no longer counts online move from `waiting` to `lost` (a node that
+        died holding a message never answers it); a lost message whose node is online again (restarted, as
+        fedsim's local federation does: fedsim.runtimes.federation) is sent to it again, a new message with
+        the same content, and waited for; `again` counts the sends of each."""
         online = set(grid.get_node_ids())
-        lost = {mid: sent for mid, sent in waiting.items() if sent[0].metadata.dst_node_id not in online}
-        lost_replies: dict[int, Message | None] = {}
-        for mid, (message, partitions) in lost.items():
-            del waiting[mid]
-            error = Error(
-                code=ErrorCode.NODE_UNAVAILABLE,
-                reason=f"node {message.metadata.dst_node_id} is offline: it missed its heartbeats, no reply",
-            )
-            lost_replies.update(answers(Message(error, reply_to=message), message, partitions))
-        return lost_replies
+        for mid in [mid for mid, (message, _) in waiting.items() if message.metadata.dst_node_id not in online]:
+            lost[mid] = waiting.pop(mid)
+        back = [mid for mid, (message, _) in lost.items() if message.metadata.dst_node_id in online]
+        if not back:
+            return
+        resent = [
+            Message(m.content, dst_node_id=m.metadata.dst_node_id, message_type=m.metadata.message_type)
+            for m, _ in (lost[mid] for mid in back)
+        ]
+        for old, new_mid, message in zip(back, grid.push_messages(resent), resent):
+            if new_mid:
+                waiting[new_mid] = (message, lost.pop(old)[1])
+                again[new_mid] = again.get(old, 0) + 1
 
     def address(self, messages: Iterable[Message], partitions: Sequence[int]) -> list[tuple[Message, list[int]]]:
         """The strategy's messages sent to the chosen partitions' nodes instead of its own sample, each with

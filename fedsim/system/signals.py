@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM: one line, run.json `interrupted`, no process left, exit 128 + the signal.
+"""Ctrl-C, SIGTERM and SIGHUP: one line, run.json `interrupted`, no process left, exit 128 + the signal.
 
 Wherever the signal lands (start-up, between rounds, mid-training, mid-evaluation) the terminal gets
 exactly one line. Stopping a run kills Ray's actors under Flower's worker threads, which then log
@@ -23,6 +23,9 @@ from pathlib import Path
 from types import FrameType
 
 from fedsim.system.processes import kill_descendants
+
+# Ctrl-C, a scheduler's stop, and the terminal closing (an ssh session lost): each ends the run recorded
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Interrupted(BaseException):
@@ -82,7 +85,7 @@ def terminal_fd() -> int:
 def interrupted(signum: int) -> Interrupted:
     """The signal `signum` has arrived: later signals are ignored (a second Ctrl-C, a terminal's then a
     collector's, must not cut the recording of the first) and output goes to main.log from here on."""
-    for other in (signal.SIGINT, signal.SIGTERM):
+    for other in STOP_SIGNALS:
         signal.signal(other, signal.SIG_IGN)
     divert_output()
     return Interrupted(signum)
@@ -99,7 +102,7 @@ def raise_on_signals(log: Path | None = None) -> None:
     if log is not None:
         _LOG[:] = [Path(log)]
     if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOP_SIGNALS:
             signal.signal(signum, _raise)
 
 
