@@ -931,9 +931,7 @@ def test_the_supernode_sends_its_heartbeats_at_the_interval_fedsim_sets():
     from flwr.supernode import fleet_http_connection
 
     tree = ast.parse(inspect.getsource(fleet_http_connection))
-    uses = [
-        node for node in ast.walk(tree) if isinstance(node, ast.Name) and node.id == "HEARTBEAT_DEFAULT_INTERVAL"
-    ]
+    uses = [node for node in ast.walk(tree) if isinstance(node, ast.Name) and node.id == "HEARTBEAT_DEFAULT_INTERVAL"]
     assert len(uses) >= 2 and all(isinstance(node.ctx, ast.Load) for node in uses)  # activation, heartbeats
     assert "HEARTBEAT_DEFAULT_INTERVAL" in fleet_http_connection.__dict__
     assert HEARTBEAT_MIN_INTERVAL < HEARTBEAT_DEFAULT_INTERVAL

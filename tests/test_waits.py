@@ -141,6 +141,55 @@ def test_a_round_with_missing_replies_returns_at_its_deadline_with_none_for_them
     assert grid.checks == 2  # at 2.5 s (the first pull past 2 s) and at the deadline (past 4.5 s)
 
 
+def test_a_message_whose_node_went_offline_is_sent_again_once_it_is_back_and_its_reply_marked(
+    clock, monkeypatch, task_identity
+):
+    """Participants.exchange: the SuperLink answers for node 11 that it missed its heartbeats; node 11 is offline,
+    then back (its SuperNode started again): the same content goes to it again, and its reply says so. Node 22,
+    offline for good, fails at the deadline."""
+    from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
+    from flwr.common.constant import ErrorCode
+
+    import fedsim.server.participation
+    from fedsim.messages.retries import take_retries
+    from fedsim.server.participation import RESENT, Participants
+
+    class Grid:
+        def __init__(self) -> None:
+            self.pushed: list[Message] = []
+            self.pulls = 0
+
+        def push_messages(self, messages):
+            for message in messages:
+                message.metadata.__dict__["_message_id"] = f"m{len(self.pushed)}"
+                self.pushed.append(message)
+            return [m.metadata.message_id for m in messages]
+
+        def pull_messages(self, ids):
+            self.pulls += 1
+            if self.pulls == 2:  # the SuperLink answers for both lost nodes
+                lost = self.pushed[:2]
+                return [Message(Error(ErrorCode.NODE_UNAVAILABLE, "missed heartbeats"), reply_to=m) for m in lost]
+            return [Message(RecordDict(), reply_to=m) for m in self.pushed[2:] if m.metadata.message_id in ids]
+
+        def get_node_ids(self):
+            return [22] if clock.now < 1002.0 else [11]  # node 11 back at 2 s, node 22 never
+
+    monkeypatch.setattr(fedsim.server.participation, "time", clock)
+    monkeypatch.setattr(fedsim.server.participation, "POLL_S", 0.5)
+    grid = Grid()
+    content = RecordDict({"config": ConfigRecord({"server-round": 3})})
+    messages = [Message(content, dst_node_id=0, message_type=MessageType.TRAIN) for _ in range(2)]
+    replies = Participants({0: 11, 1: 22}, seed=0).exchange(grid, messages, [0, 1], timeout=10.0)
+    assert [m.metadata.dst_node_id for m in grid.pushed] == [11, 22, 11]  # node 11's message sent again
+    assert grid.pushed[2].content is grid.pushed[0].content
+    assert not replies[0].has_error() and take_retries(replies[0]).count == 1
+    assert take_retries(Message(RecordDict(), reply_to=grid.pushed[2])).count == 0
+    assert replies[1].has_error() and "is offline: it missed its heartbeats" in replies[1].error.reason
+    assert clock.now == 1010.0  # node 22 awaited to the deadline
+    assert RESENT.startswith("its node missed its heartbeats")
+
+
 def test_the_federations_nodes_are_awaited_until_the_deadline_then_refused_in_one_line(clock, monkeypatch):
     """Participants.discover: too few nodes registered by the deadline goes on to the refusal, naming the key."""
     import fedsim.server.participation
