@@ -18,7 +18,7 @@ import pytest
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from helpers.configs import QUICK, SMALL, TIMING
 from helpers.gates import gated_env, waiting
-from helpers.runs import ROOT, assert_group_ends, main_py
+from helpers.runs import ROOT, assert_group_ends, main_py, run_main
 
 from fedsim.messages.carried import answers, carry, pack
 from fedsim.messages.retries import RETRIES, Retried, mark_retried, take_retries
@@ -234,3 +234,20 @@ def test_a_supernode_killed_mid_round_is_started_again_and_gets_its_message_agai
     assert_same_run(run_dir, small_run)
     clients = pd.read_csv(run_dir / "clients.csv")
     assert clients.loc[clients["retries"] > 0, ["round", "client_id"]].values.tolist() == [[2, 0]]
+
+
+def test_a_run_whose_process_ends_in_native_code_is_recorded_failed_with_one_line(imdb_dir, tmp_path):
+    """The driver ends with no Python on the way out (os._exit as it builds its model, after run.json says
+    `running`): main.py's own process, which waited for it, records how, and says it in one line."""
+    run_dir = tmp_path / "run"
+    done = run_main(
+        run_dir,
+        f"data.path={imdb_dir}",
+        *QUICK,
+        "model.net._target_=helpers.gates.bow_then_native_exit",
+        env=gated_env(tmp_path / "gate"),
+    )
+    info = json.loads((run_dir / "run.json").read_text())
+    assert done.returncode == 1 and info["status"] == "failed" and info["error_type"] == "ProcessLost"
+    assert done.stderr == f"error: {info['error']}\n" and f"(pid {info['pid']})" in info["error"]
+    assert "(exit code 1)" in info["error"] and info["error"].endswith(f"resume with: python main.py resume={run_dir}")

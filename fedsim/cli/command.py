@@ -23,10 +23,12 @@ from fedsim.config.overrides import check
 from fedsim.config.resume import resumed_config
 from fedsim.outputs.tracking.base import group_multirun
 from fedsim.run.directory import claim
+from fedsim.run.runner import record_lost
 from fedsim.runtimes import runtime_of
 from fedsim.runtimes.warm import kept, kept_warm
 from fedsim.system.errors import ConfigError, first_line
 from fedsim.system.signals import Interrupted, leave, raise_on_signals
+from fedsim.system.supervisor import supervised
 
 HYDRA_WRITES = (".hydra", "main.log")  # what Hydra has put in the run directory before the run begins
 
@@ -90,6 +92,16 @@ def log_traceback(log: Path) -> bool:
     return True
 
 
+def print_lost(run_dir: Path, pid: int, code: int) -> None:
+    """The one line for a run's process that ended without recording how; run.json records it."""
+    try:
+        error = record_lost(run_dir, pid, code)
+    except OSError as exc:  # the run directory removed
+        error = f"the run's process (pid {pid}) ended without recording why, and run.json is gone ({exc})"
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+
+
 def run_command(cfg: DictConfig) -> float | None:
     """One run of main.py, into Hydra's output directory; the final central accuracy.
 
@@ -111,6 +123,8 @@ def run_command(cfg: DictConfig) -> float | None:
         cfg = resumed_config(cfg, hydra_cfg.overrides.task)
         if hydra_cfg.mode == RunMode.MULTIRUN:  # `-m`: the sweep's runs are one group in a tracker
             group_multirun(cfg, hydra_cfg.sweep.dir, hydra_cfg.job.num)
+        if last:  # this process waits; a child runs the run (fedsim.system.supervisor)
+            supervised(lambda pid, code: print_lost(run_dir, pid, code))
         with kept_warm(end=False) if last else contextlib.nullcontext():  # ended by `leave(0)` below
             info = runtime_of(cfg).run(cfg, run_dir)
     except ConfigError as exc:

@@ -9,7 +9,6 @@ submits each run as a Ray job to a cluster.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -30,15 +29,10 @@ from fedsim.collections.plan import Planned
 from fedsim.run.directory import in_use
 from fedsim.system.eta import eta, format_duration
 from fedsim.system.liveness import FINISHED
-from fedsim.system.processes import Processes, child_env
+from fedsim.system.processes import Processes, child_env, die_with_parent
 from fedsim.system.waits import wait_until
 
 RUNNER_EXIT_S = 30.0  # how long a runner told to end may take (it kills its Ray processes) before it is killed
-
-
-def die_with_parent() -> None:
-    """Runs in the child before exec: if run_and_collect is killed (even with -9), its run stops too."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class LocalRuns:

@@ -7,6 +7,7 @@ and `flwr run` hands the ServerApp a Grid to run the rounds on (fedsim.run.serve
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,26 @@ def record_stopped(run_dir: Path, cfg: DictConfig, exc: BaseException) -> None:
     if data["status"] == "running" or (status == "interrupted" and data["status"] == "failed"):
         data.update(status=status, finished_at=_now(), error=first_line(exc), error_type=type(exc).__name__)
         write_json(path, data)
+
+
+def record_lost(run_dir: Path, pid: int, code: int) -> str | None:
+    """run.json of a run whose process `pid` ended with `code` (negative: a signal) without recording how (a
+    crash in native code; fedsim.system.supervisor): failed, with why; that one line, or None if run.json had
+    recorded the ending itself (or is not this process's)."""
+    path = run_dir / "run.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("status") != "running" or data.get("pid") != pid:
+        return None
+    how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+    error = (
+        f"the run's process (pid {pid}) ended without recording why ({how}): a crash in native code, or Ray's core "
+        f"worker ending its driver as the node under it died; resume with: python main.py resume={run_dir}"
+    )
+    data.update(status="failed", finished_at=_now(), error=error, error_type="ProcessLost")
+    write_json(path, data)
+    return error
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path, federate: Callable[[Session], None], **parts: Any) -> dict:

@@ -17,7 +17,8 @@ cluster's with its head. Ray itself tells the driver late, or never: a task on a
 GCS has missed its heartbeats, and a driver whose GCS is gone is ended by Ray's core worker a minute later,
 with nothing recorded. `RayWatch` looks at the instance's processes (or a cluster's head) instead; once it is
 gone, the ServerApp's next call to the grid raises NodeLost (`WatchedGrid`), which ends the simulation, and
-the simulation runtime (fedsim.runtimes.simulation) starts a new Ray and resumes from the last checkpoint.
+the simulation runtime (fedsim.runtimes.simulation) starts a new private Ray instance and resumes from the last
+checkpoint (a cluster's run ends, naming the command that resumes it).
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from flwr.common.constant import ErrorCode
 from fedsim.messages.carried import partitions_of
 from fedsim.messages.retries import Retried, mark_retried
 from fedsim.system.processes import alive, descendants
-from fedsim.system.waits import wait_until
 
 POLL_S = 0.2  # how often a client's pending work and the Ray instance are looked at
 RAY_PROCESSES = ("raylet", "gcs_server")  # a private instance lives as long as both do
@@ -58,7 +58,6 @@ class RayWatch:
     def __init__(self, address: str | None = None) -> None:
         self.address = address
         self.pids: dict[str, int] | None = None
-        self.gcs: str | None = None  # a cluster's head, once connected
         self.tree: list[psutil.Process] = []  # a private instance's processes, once seen alive
         self._lock = threading.Lock()
         self._checked = 0.0
@@ -75,8 +74,7 @@ class RayWatch:
                 self._lost = self._process_died()
             elif time.monotonic() - self._checked >= HEAD_CHECK_S:
                 self._checked = time.monotonic()
-                self.gcs = self.gcs or ray.get_runtime_context().gcs_address
-                self._lost = _head_unreachable(self.gcs)
+                self._lost = _head_unreachable(ray.get_runtime_context().gcs_address)
             return self._lost
 
     def _process_died(self) -> str | None:
@@ -101,12 +99,6 @@ class RayWatch:
             with self._lock:
                 self._lost = f"Ray's node {here[:8]} died"
         return self._lost
-
-    def back_within(self, timeout_s: float) -> bool:
-        """Whether a cluster's head answers again within `timeout_s`."""
-        return self.gcs is None or bool(
-            wait_until(lambda: _head_unreachable(str(self.gcs)) is None, timeout_s=timeout_s, poll_s=HEAD_CHECK_S)
-        )
 
     def check(self) -> None:
         """NodeLost if the instance is gone."""

@@ -159,21 +159,16 @@ def simulate(session: Session) -> None:
             end_leftovers(watch)
             forget()
             end_leftovers(watch)
-            if restarts > int(cfg.runtime.max_restarts):
-                raise RunFailed(
-                    f"{lost} in round {in_round}, after runtime.max_restarts={cfg.runtime.max_restarts} restarts; "
-                    f"resume with: python main.py resume={session.run_dir}"
-                ) from None
-            startup_s = float(cfg.runtime.startup_timeout_s)
-            if address_of(cfg) is not None and not watch.back_within(startup_s):
-                raise RunFailed(
-                    f"{lost} in round {in_round}, and it did not answer again within runtime.startup_timeout_s="
-                    f"{startup_s:g} s; resume with: python main.py resume={session.run_dir}"
-                ) from None
+            budget, resume = int(cfg.runtime.max_restarts), f"resume with: python main.py resume={session.run_dir}"
+            if address_of(cfg) is not None:  # a cluster is not this run's to start again
+                raise RunFailed(f"{lost} in round {in_round}; {resume}") from None
+            if restarts > budget:
+                spent = f"after runtime.max_restarts={budget} restarts"
+                raise RunFailed(f"{lost} in round {in_round}, {spent}; {resume}") from None
             session.restart(f"{lost} in round {in_round}")
             print(
                 f"warning: {lost} in round {in_round}; a new Ray instance resumes the run after round "
-                f"{session.rounds_done()} (restart {restarts} of runtime.max_restarts={cfg.runtime.max_restarts})",
+                f"{session.rounds_done()} (restart {restarts} of runtime.max_restarts={budget})",
                 file=sys.stderr,
                 flush=True,
             )

@@ -6,6 +6,7 @@ in a session of their own, out of reach of the group.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -68,6 +69,11 @@ class Child:
         if not self.log.exists():
             return []
         return self.log.read_text(errors="replace").splitlines()[-lines:]
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """From now on this process gets `signum` when its parent dies, even by -9 (Linux's PR_SET_PDEATHSIG)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signum)
 
 
 def group_alive(pgid: int) -> bool:
