@@ -922,12 +922,14 @@ def test_rays_driver_relays_its_nodes_errors_through_the_name_engine_logs_to_rep
     assert worker.print_to_stdstream.__name__ == "print_to_stdstream"  # Ray's own again
 
 
-def test_the_supernode_sends_its_heartbeats_at_the_interval_fedsim_sets():
-    """Patch `flwr.supernode.fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL` (fedsim.runtimes.supernode.main).
-    Guards Flower's `fleet_http_connection`: the SuperNode activates itself and sends its heartbeats with the
-    module's global, read when it connects (reads the source: connecting needs a SuperLink), so the SuperLink
-    counts a dead node offline after two of fedsim's intervals, not two of Flower's."""
+def test_the_supernode_sends_its_heartbeats_at_the_interval_fedsim_sets(monkeypatch):
+    """Patch `HEARTBEAT_DEFAULT_INTERVAL` of `flwr.supernode.fleet_http_connection` and `flwr.supercore.heartbeat`
+    (fedsim.runtimes.supernode.main). Guards Flower's SuperNode: it tells the SuperLink its interval with the first
+    module's global when it activates and with each heartbeat (reads the source: that needs a SuperLink), and its
+    `HeartbeatSender` waits between heartbeats by the second's (run here), so the SuperLink counts a dead node
+    offline after two of fedsim's intervals, and a live one that sends at that pace never."""
     from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_MIN_INTERVAL
+    from flwr.supercore import heartbeat
     from flwr.supernode import fleet_http_connection
 
     tree = ast.parse(inspect.getsource(fleet_http_connection))
@@ -935,3 +937,14 @@ def test_the_supernode_sends_its_heartbeats_at_the_interval_fedsim_sets():
     assert len(uses) >= 2 and all(isinstance(node.ctx, ast.Load) for node in uses)  # activation, heartbeats
     assert "HEARTBEAT_DEFAULT_INTERVAL" in fleet_http_connection.__dict__
     assert HEARTBEAT_MIN_INTERVAL < HEARTBEAT_DEFAULT_INTERVAL
+    waits: list[float] = []
+    monkeypatch.setattr(heartbeat, "HEARTBEAT_DEFAULT_INTERVAL", HEARTBEAT_MIN_INTERVAL)
+    sender = heartbeat.HeartbeatSender(lambda: True)
+
+    def wait(seconds: float) -> bool:
+        waits.append(seconds)
+        return True
+
+    monkeypatch.setattr(sender, "_stop_event", SimpleNamespace(wait=wait, is_set=lambda: bool(waits)))
+    sender._run()  # one heartbeat, one wait, then stopped
+    assert len(waits) == 1 and 0 < waits[0] < HEARTBEAT_MIN_INTERVAL  # within fedsim's interval, not Flower's 30 s

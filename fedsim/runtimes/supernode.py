@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from flwr.common.constant import HEARTBEAT_MIN_INTERVAL
+from flwr.supercore import heartbeat
 from flwr.supernode import fleet_http_connection, start_client_internal
 from flwr.supernode.cli import flower_supernode
 
@@ -46,7 +47,8 @@ class ShortSleeps:
 
 
 def main() -> None:
-    fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_MIN_INTERVAL
+    fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_MIN_INTERVAL  # what it tells the SuperLink
+    heartbeat.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_MIN_INTERVAL  # how often it sends them
     start_client_internal.time = ShortSleeps()
     short_pulls()
     start_client_internal.subprocess = SubprocessWith(start_superexec)
