@@ -256,7 +256,7 @@ def test_a_supernode_lost_in_round_2_is_recorded_and_the_run_goes_on(imdb_dir, t
         "strategy.fraction_evaluate=0",
         "runtime=deployment",
         "runtime.max_restarts=0",
-        "runtime.reply_timeout_s=20",
+        "runtime.reply_timeout_s=10",
     )
     try:
         wait_for_round(process, 1)

@@ -62,6 +62,19 @@ def test_after_a_signal_what_threads_print_goes_to_main_log(tmp_path):
     assert "after the signal" in logged
 
 
+def test_a_closed_terminal_stops_a_run_as_a_signal_does(tmp_path):
+    """SIGHUP (the terminal closed, an ssh session lost) is one of the signals that stop a run recorded: the same
+    path as Ctrl-C's (whole runs: below), exit 128 + 1."""
+    done = subprocess.run(
+        [sys.executable, "-c", DYING_THREADS.replace("signal.SIGINT", "signal.SIGHUP"), str(tmp_path / "main.log")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 129 and done.stderr == "interrupted by SIGHUP; resume with: ...\n"
+
+
 def test_after_a_signal_with_the_run_directory_gone_the_terminal_still_gets_one_line(tmp_path):
     """main.log cannot be opened (a sweep's clean-up removed the directory): what the threads print is lost,
     not shown."""
@@ -114,7 +127,6 @@ def stopped(process: subprocess.Popen, signum: int, group: bool) -> tuple[str, s
         ("start-up", "model.net._target_=helpers.gates.bow_after_gate", signal.SIGINT, True),
         ("mid-training", ADAM_GATE, signal.SIGINT, True),
         ("mid-training", ADAM_GATE, signal.SIGTERM, False),
-        ("mid-training", ADAM_GATE, signal.SIGHUP, False),  # the terminal closed (an ssh session lost)
     ],
 )
 def test_a_signal_anywhere_gives_one_line_a_resumable_run_and_no_process_left(
