@@ -76,10 +76,7 @@ class Session:
         self.model = load_model(cfg).to(self.device)
         self.names = layer_names(self.model)
         check_space(cfg, run_dir, self.names, get_weights(self.model))
-        self.checkpoint = Checkpoint.load(run_dir, self.names) if cfg.get("resume") is not None else None
-        if self.checkpoint is not None:
-            restore_strategy(self.strategy, self.checkpoint.strategy_tensors, self.checkpoint.strategy_layout)
-        self.last_round = self.checkpoint.server_round if self.checkpoint is not None else -1
+        self._restore(Checkpoint.load(run_dir, self.names) if cfg.get("resume") is not None else None)
         self.testloader: Loader | None = None
         self.outputs = Outputs([])
 
@@ -87,6 +84,13 @@ class Session:
         random.seed(self.cfg.seed)
         np.random.seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
+
+    def _restore(self, checkpoint: Checkpoint | None) -> None:
+        """Go on from `checkpoint` (None: from the start): the strategy given its state, the rounds it ended."""
+        self.checkpoint = checkpoint
+        if checkpoint is not None:
+            restore_strategy(self.strategy, checkpoint.strategy_tensors, checkpoint.strategy_layout)
+        self.last_round = checkpoint.server_round if checkpoint is not None else -1
 
     @property
     def strategy(self):
@@ -107,10 +111,7 @@ class Session:
             self.cfg, client_fn=experiment.client_fn, callbacks=experiment.callbacks, run_config=experiment.run_config
         )
         self._seed()
-        self.checkpoint = Checkpoint.load(self.run_dir, self.names)
-        if self.checkpoint is not None:
-            restore_strategy(self.strategy, self.checkpoint.strategy_tensors, self.checkpoint.strategy_layout)
-        self.last_round = self.checkpoint.server_round if self.checkpoint is not None else -1
+        self._restore(Checkpoint.load(self.run_dir, self.names))
         self.info.restarted(self.rounds_done(), why)
         self.open_outputs()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from fedsim.config.validate import evaluate_clients_per_round, fit_clients_per_round
+from fedsim.runtimes.ports import knock
 from fedsim.system.errors import ConfigError
 
 
@@ -78,8 +78,7 @@ def attach(cfg: DictConfig) -> int:
     verbose = logging.getLevelNamesMapping()[cfg.log_level] <= logging.INFO
     try:
         if address != "auto":  # ray.init retries an unreachable address for minutes
-            host, port = address.rsplit(":", 1)
-            socket.create_connection((host, int(port)), timeout=5).close()
+            knock(address, 5)
         ray.init(
             address=address,
             logging_level=cfg.log_level,

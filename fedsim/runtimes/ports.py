@@ -1,4 +1,5 @@
-"""Ports on this machine: a free one, and one line for a SuperLink port another process holds."""
+"""Ports: a free one on this machine, one line for a SuperLink port another process holds, and whether a
+HOST:PORT answers."""
 
 from __future__ import annotations
 
@@ -24,3 +25,9 @@ def check_port(host: str, port: int) -> None:
                 f"{host}:{port} is already in use ({exc.strerror}); allowed: a free "
                 "port, or runtime.port=null to take any free one",
             ) from None
+
+
+def knock(address: str, timeout_s: float) -> None:
+    """Open and close a TCP connection to HOST:PORT (a Ray head's GCS); OSError if nothing answers in time."""
+    host, port = address.rsplit(":", 1)
+    socket.create_connection((host, int(port)), timeout=timeout_s).close()

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
 import sys
 import threading
 import time
@@ -39,6 +38,7 @@ from flwr.common.constant import ErrorCode
 
 from fedsim.messages.carried import partitions_of
 from fedsim.messages.retries import Retried, mark_retried
+from fedsim.runtimes.ports import knock
 from fedsim.system.processes import alive, descendants
 
 POLL_S = 0.2  # how often a client's pending work and the Ray instance are looked at
@@ -57,8 +57,8 @@ class RayWatch:
 
     def __init__(self, address: str | None = None) -> None:
         self.address = address
-        self.pids: dict[str, int] | None = None
-        self.tree: list[psutil.Process] = []  # a private instance's processes, once seen alive
+        self.tree: list[psutil.Process] | None = None  # a private instance's processes, once seen alive
+        self.vital: dict[str, int] = {}  # its raylet's and GCS's pids, by name
         self._lock = threading.Lock()
         self._checked = 0.0
         self._lost: str | None = None
@@ -78,10 +78,10 @@ class RayWatch:
             return self._lost
 
     def _process_died(self) -> str | None:
-        if self.pids is None:
+        if self.tree is None:
             self.tree = ray_descendants()
-            self.pids = {p.name(): p.pid for p in psutil.Process().children() if p.name() in RAY_PROCESSES}
-        for name, pid in self.pids.items():
+            self.vital = {p.name(): p.pid for p in self.tree if p.name() in RAY_PROCESSES}
+        for name, pid in self.vital.items():
             if not alive(pid):
                 return f"Ray's {name} (pid {pid}) died"
         return None
@@ -107,9 +107,8 @@ class RayWatch:
 
 
 def _head_unreachable(gcs_address: str) -> str | None:
-    host, port = gcs_address.rsplit(":", 1)
     try:
-        socket.create_connection((host, int(port)), timeout=HEAD_CHECK_S).close()
+        knock(gcs_address, HEAD_CHECK_S)
     except OSError as exc:
         return f"the Ray cluster's head at {gcs_address} stopped answering ({exc.strerror or exc})"
     return None
@@ -131,7 +130,7 @@ def end_leftovers(watch: RayWatch) -> None:
     """Kill what is left of a dead private Ray instance: with its raylet or GCS gone, Ray's shutdown leaves
     agents, monitors and workers that would outlive the run (their parent dead, they are no longer this
     process's descendants, so the instance's processes are the ones `watch` saw while it lived)."""
-    for process in {*watch.tree, *ray_descendants()}:
+    for process in {*(watch.tree or []), *ray_descendants()}:
         with contextlib.suppress(psutil.NoSuchProcess):
             if process.is_running():
                 process.kill()

@@ -95,10 +95,10 @@ class Cohort:
             self.adversary.forge(server_round, sent, answered)
         # The updates are read first: some of Flower's strategies empty the replies as they aggregate.
         updates = [self._update(p, r) for p, r in answered.items()]
+        retried = {again.client_id: again for again in redone}
         for update in updates:
-            for again in redone:
-                if again.client_id == update.client_id:
-                    update.retries, update.retry_reason = again.retries, again.reason
+            if (again := retried.get(update.client_id)) is not None:
+                update.retries, update.retry_reason = again.retries, again.reason
         failures = [self.missed(p, DROPPED) for p in dropped]
         failures += [self._failure(p, r, FAILED) for p, r in replies.items() if not ok(r)]
         updates, late = self._clock(server_round, updates)
