@@ -10,14 +10,14 @@ from __future__ import annotations
 import contextlib
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fedsim.config.overrides import check
 from fedsim.config.resume import resumed_config
@@ -92,14 +92,27 @@ def log_traceback(log: Path) -> bool:
     return True
 
 
-def print_lost(run_dir: Path, pid: int, code: int) -> None:
-    """The one line for a run's process that ended without recording how; run.json records it."""
-    try:
-        error = record_lost(run_dir, pid, code)
-    except OSError as exc:  # the run directory removed
-        error = f"the run's process (pid {pid}) ended without recording why, and run.json is gone ({exc})"
-    if error is not None:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+def lost_or_restarted(run_dir: Path, budget: int) -> Callable[[int, int], bool]:
+    """What main.py's waiting process does when its run's process ends without recording how: one line, and
+    within `runtime.max_restarts` a new process that resumes the run (fedsim.system.supervisor); run.json
+    records either."""
+    restarts = 0
+
+    def ended(pid: int, code: int) -> bool:
+        nonlocal restarts
+        try:
+            told = record_lost(run_dir, pid, code, restarts + 1, budget)
+        except OSError as exc:  # the run directory removed
+            gone = f"error: the run's process (pid {pid}) ended without recording why, and run.json is gone ({exc})"
+            told = gone, False
+        if told is None:
+            return False
+        line, again = told
+        restarts += again
+        print(line, file=sys.stderr, flush=True)
+        return again
+
+    return ended
 
 
 def run_command(cfg: DictConfig) -> float | None:
@@ -123,8 +136,9 @@ def run_command(cfg: DictConfig) -> float | None:
         cfg = resumed_config(cfg, hydra_cfg.overrides.task)
         if hydra_cfg.mode == RunMode.MULTIRUN:  # `-m`: the sweep's runs are one group in a tracker
             group_multirun(cfg, hydra_cfg.sweep.dir, hydra_cfg.job.num)
-        if last:  # this process waits; a child runs the run (fedsim.system.supervisor)
-            supervised(lambda pid, code: print_lost(run_dir, pid, code))
+        if last:  # this process waits; a child runs the run, a new one resumes it (fedsim.system.supervisor)
+            if supervised(lost_or_restarted(run_dir, int(cfg.runtime.max_restarts)), run_dir / "main.log"):
+                cfg = resumed_config(OmegaConf.create({"resume": str(run_dir)}), [])
         with kept_warm(end=False) if last else contextlib.nullcontext():  # ended by `leave(0)` below
             info = runtime_of(cfg).run(cfg, run_dir)
     except ConfigError as exc:

@@ -111,6 +111,15 @@ class Checkpoint:
             save_file({**tensors, **self.strategy_tensors}, str(tmp), metadata={"fedsim": json.dumps(meta)})
 
 
+def checkpoint_round(run_dir: Path) -> int | None:
+    """The round of `run_dir`'s checkpoint, read from its header alone; None without one."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.exists():
+        return None
+    with safe_open(str(path), "np") as f:
+        return int(json.loads(f.metadata()["fedsim"])["round"])
+
+
 def output_key(index: int, callback: Callback) -> str:
     """A callback's name in the checkpoint: its place and class, stable for one config."""
     return f"{index}:{type(callback).__name__}"

@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fedsim.data.prepare import prepare_data
+from fedsim.outputs.checkpointer import checkpoint_round
 from fedsim.run.experiment import build, load_model
 from fedsim.run.info import RunInfo, _now
 from fedsim.run.session import Session, quiet
@@ -56,10 +57,12 @@ def record_stopped(run_dir: Path, cfg: DictConfig, exc: BaseException) -> None:
         write_json(path, data)
 
 
-def record_lost(run_dir: Path, pid: int, code: int) -> str | None:
+def record_lost(run_dir: Path, pid: int, code: int, restart: int, budget: int) -> tuple[str, bool] | None:
     """run.json of a run whose process `pid` ended with `code` (negative: a signal) without recording how (a
-    crash in native code; fedsim.system.supervisor): failed, with why; that one line, or None if run.json had
-    recorded the ending itself (or is not this process's)."""
+    crash in native code; fedsim.system.supervisor). Within `budget` (`restart` counts this command's restarts,
+    this one included) the restart is listed and the run left to resume from its checkpoint; beyond it the run
+    is failed, with why. The one line to print and whether the run goes on; None if run.json had recorded the
+    ending itself (or is not this process's)."""
     path = run_dir / "run.json"
     if not path.exists():
         return None
@@ -67,13 +70,22 @@ def record_lost(run_dir: Path, pid: int, code: int) -> str | None:
     if data.get("status") != "running" or data.get("pid") != pid:
         return None
     how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
-    error = (
+    in_round = int(data.get("rounds_completed") or 0) + 1
+    lost = (
         f"the run's process (pid {pid}) ended without recording why ({how}): a crash in native code, or Ray's core "
-        f"worker ending its driver as the node under it died; resume with: python main.py resume={run_dir}"
+        f"worker ending its driver as the node under it died (stacks in main.log); in round {in_round}"
     )
+    if restart <= budget:
+        after = checkpoint_round(run_dir)
+        after = -1 if after is None else after
+        data.setdefault("restarts", []).append({"at": _now(), "after_round": after, "why": lost})
+        write_json(path, data)
+        again = f"a new process resumes the run after round {after}" if after >= 0 else "a new process starts it again"
+        return f"warning: {lost}; {again} (restart {restart} of runtime.max_restarts={budget})", True
+    error = f"{lost}, after runtime.max_restarts={budget} restarts; resume with: python main.py resume={run_dir}"
     data.update(status="failed", finished_at=_now(), error=error, error_type="ProcessLost")
     write_json(path, data)
-    return error
+    return f"error: {error}", False
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path, federate: Callable[[Session], None], **parts: Any) -> dict:

@@ -76,6 +76,12 @@ def die_with_parent(signum: int = signal.SIGTERM) -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signum)
 
 
+def adopt_orphans() -> None:
+    """From now on the processes below this one whose parent dies become this one's children, not init's
+    (Linux's PR_SET_CHILD_SUBREAPER), so that `kill_descendants` still finds them."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(36, 1)
+
+
 def group_alive(pgid: int) -> bool:
     """Whether any process of group `pgid` is left (zombies, dead but not yet reaped, do not count)."""
     for process in psutil.process_iter():
