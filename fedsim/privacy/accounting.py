@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+ACCOUNTANTS = ("pld", "rdp")
+
 
 def epsilon(
     noise_multiplier: float,
@@ -17,20 +19,54 @@ def epsilon(
     releases: int,
     delta: float,
     sampling: str = "without_replacement",
+    accountant: str = "rdp",
 ) -> float:
-    """ε after `releases` noisy averages with dp-accounting's RDP accountant.
+    """ε after `releases` noisy averages with dp-accounting's PLD or RDP accountant.
 
-    without_replacement: replace-one neighbours, whose sensitivity is twice the clipping norm, so the
-    Gaussian's multiplier relative to it is half Flower's; none: add-or-remove-one, no amplification.
+    poisson: each client takes part with probability q = sample_size / population (its expected cohort over
+    the population), add-or-remove-one neighbours (DP-FedAvg's model, McMahan et al. 2018); without_replacement:
+    a fixed-size cohort, replace-one neighbours, whose sensitivity is twice the clipping norm, so the Gaussian's
+    multiplier relative to it is half Flower's (RDP only: dp-accounting's PLD has no such event); none:
+    add-or-remove-one, no amplification.
     """
     if releases == 0:
         return 0.0
     if noise_multiplier == 0:
         return math.inf
+    if accountant == "pld":
+        return _pld_epsilon(noise_multiplier, sample_size, population, releases, delta, sampling)
     from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon  # only under DP: every run imports this module
 
     orders, rdp = _one_release(noise_multiplier, sample_size, population, sampling)
     return float(compute_epsilon(orders, releases * rdp, delta)[0])
+
+
+def _event(noise_multiplier: float, sample_size: int, population: int, sampling: str):
+    """One release as dp-accounting's event, and the neighbouring relation it is accounted under."""
+    from dp_accounting import dp_event  # dp_accounting only under DP: every run imports this module
+    from dp_accounting.privacy_accountant import NeighboringRelation  # only under DP
+
+    if sampling == "without_replacement":
+        gaussian = dp_event.GaussianDpEvent(noise_multiplier / 2)
+        event = dp_event.SampledWithoutReplacementDpEvent(population, sample_size, gaussian)
+        return event, NeighboringRelation.REPLACE_ONE
+    gaussian = dp_event.GaussianDpEvent(noise_multiplier)
+    if sampling == "poisson":
+        return dp_event.PoissonSampledDpEvent(sample_size / population, gaussian), NeighboringRelation.ADD_OR_REMOVE_ONE
+    return gaussian, NeighboringRelation.ADD_OR_REMOVE_ONE
+
+
+def _pld_epsilon(
+    noise_multiplier: float, sample_size: int, population: int, releases: int, delta: float, sampling: str
+) -> float:
+    from dp_accounting.pld import PLDAccountant  # only under DP
+
+    event, relation = _event(noise_multiplier, sample_size, population, sampling)
+    accountant = PLDAccountant(neighboring_relation=relation)
+    if not accountant.supports(event):
+        raise ValueError(f"dp-accounting's PLD accountant cannot account {sampling} sampling; use the RDP accountant")
+    accountant.compose(event, releases)
+    return float(accountant.get_epsilon(delta))
 
 
 @functools.lru_cache(maxsize=8)
@@ -39,17 +75,9 @@ def _one_release(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The RDP orders and one release's RDP at each: releases compose by adding RDP, and the sampled
     mechanism's RDP is slow to compute, so a run computes it once, not every round."""
-    from dp_accounting import dp_event  # dp_accounting only under DP: every run imports this module
-    from dp_accounting.privacy_accountant import NeighboringRelation  # only under DP
     from dp_accounting.rdp import RdpAccountant  # only under DP
 
-    if sampling == "without_replacement":
-        accountant = RdpAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
-        event = dp_event.SampledWithoutReplacementDpEvent(
-            population, sample_size, dp_event.GaussianDpEvent(noise_multiplier / 2)
-        )
-    else:
-        accountant = RdpAccountant(neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE)
-        event = dp_event.GaussianDpEvent(noise_multiplier)
+    event, relation = _event(noise_multiplier, sample_size, population, sampling)
+    accountant = RdpAccountant(neighboring_relation=relation)
     accountant.compose(event)
     return accountant.orders, accountant.rdp
