@@ -30,6 +30,7 @@ from fedsim.system.errors import ConfigError
 from fedsim.system.waits import wait_until
 
 TRAIN, EVALUATE = 0x7A, 0xE7  # separate random streams per purpose
+POISSON = 0x9015  # Poisson sampling's stream, apart from the fixed-size one's
 
 
 POLL_S = 0.1  # how often the server pulls replies (Flower's in-memory grid's interval; its HTTP grid waits 3 s)
@@ -47,6 +48,15 @@ def choose(seed: int, server_round: int, purpose: int, count: int, num_clients: 
     """`count` distinct partition ids for this round and purpose, in increasing order."""
     chosen = np.random.default_rng([seed, server_round, purpose]).choice(num_clients, size=count, replace=False)
     return sorted(int(c) for c in chosen)
+
+
+def choose_poisson(seed: int, server_round: int, purpose: int, rate: float, num_clients: int) -> list[int]:
+    """Each partition independently with probability `rate` (Poisson sampling of clients, DP-FedAvg's model:
+    McMahan et al., ICLR 2018), drawn from (seed, round, purpose); in increasing order, possibly none."""
+    if not 0 < rate <= 1:
+        raise ValueError(f"a sampling rate in (0, 1], got {rate}")
+    draws = np.random.default_rng([seed, server_round, purpose, POISSON]).random(num_clients)
+    return [int(p) for p in np.flatnonzero(draws < rate)]
 
 
 class Participants:
