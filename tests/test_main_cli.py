@@ -58,6 +58,9 @@ def test_run_writes_every_file_with_spec_columns(small_run):
         ("attack=label_flip attack.data_ratio=2", "attack.data_ratio"),
         ("attack=alie attack.node_ratio=0.6 num_clients=10", "attack.node_ratio"),
         ("strategy=trimmed_mean pre=nnm pre.f=5 num_clients=10", "pre.f"),
+        ("strategy.sampling=poisson strategy.fraction_train=0", "strategy.fraction_train"),
+        ("strategy=krum strategy.sampling=poisson", "strategy.sampling"),
+        ("privacy=server_fixed strategy.sampling=poisson privacy.accountant=moments", "privacy.accountant"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(overrides, key, imdb_dir, tmp_path):

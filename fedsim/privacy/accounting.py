@@ -56,13 +56,24 @@ def _event(noise_multiplier: float, sample_size: int, population: int, sampling:
     return gaussian, NeighboringRelation.ADD_OR_REMOVE_ONE
 
 
+PLD_INTERVAL = 1e-4  # dp-accounting's default discretization of the privacy loss
+PLD_FINE_UP_TO = 10.0  # RDP's ε below which PLD keeps that default; above it, a coarser grid (see _pld_epsilon)
+
+
 def _pld_epsilon(
     noise_multiplier: float, sample_size: int, population: int, releases: int, delta: float, sampling: str
 ) -> float:
+    """dp-accounting's PLD ε. Its grid spans the privacy loss's range in steps of PLD_INTERVAL, so at little noise
+    (ε in the hundreds) it held 15 GB and ran for minutes: from RDP's ε (an upper bound, computed in
+    milliseconds) above PLD_FINE_UP_TO, the step grows in proportion. dp-accounting's discretization is
+    pessimistic, so a coarser grid still gives an upper bound, only a looser one, where ε no longer means much."""
     from dp_accounting.pld import PLDAccountant  # only under DP
 
     event, relation = _event(noise_multiplier, sample_size, population, sampling)
-    accountant = PLDAccountant(neighboring_relation=relation)
+    coarse = max(
+        1.0, epsilon(noise_multiplier, sample_size, population, releases, delta, sampling, "rdp") / PLD_FINE_UP_TO
+    )
+    accountant = PLDAccountant(neighboring_relation=relation, value_discretization_interval=PLD_INTERVAL * coarse)
     if not accountant.supports(event):
         raise ValueError(f"dp-accounting's PLD accountant cannot account {sampling} sampling; use the RDP accountant")
     accountant.compose(event, releases)

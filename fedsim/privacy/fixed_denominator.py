@@ -89,10 +89,10 @@ class FixedDenominatorDP(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """The inner strategy's aggregate of the scaled clipped updates, plus the noise; the noise alone on the
         round's model when no client replied."""
-        replies = [r for r in replies if not r.has_error()]
-        scale = len(replies) / self.expected_clients
+        answered = [r for r in replies if not r.has_error()]
+        scale = len(answered) / self.expected_clients
         unclipped = 0
-        for reply in replies:
+        for reply in answered:
             for name, record in reply.content.array_records.items():
                 update = [np.subtract(w, c) for w, c in zip(record.to_numpy_ndarrays(), self.current, strict=True)]
                 if self.client_side:
@@ -103,7 +103,7 @@ class FixedDenominatorDP(Strategy):
                 reply.content[name] = ArrayRecord(
                     {k: Array(np.asarray(c + scale * u)) for k, c, u in zip(record.keys(), self.current, update)}
                 )
-        aggregated, metrics = self.strategy.aggregate_train(server_round, replies) if replies else (None, None)
+        aggregated, metrics = self.strategy.aggregate_train(server_round, answered) if answered else (None, None)
         weights = aggregated.to_numpy_ndarrays() if aggregated is not None else [c.copy() for c in self.current]
         add_gaussian_noise_inplace(weights, self.noise_std)
         if self.adaptive:
