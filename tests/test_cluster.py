@@ -33,6 +33,7 @@ from fedsim.runtimes.cluster import (
 from fedsim.system.errors import ConfigError
 from fedsim.system.files import write_json
 from fedsim.system.processes import started_at
+from fedsim.system.waits import TimedOut
 
 RUN = ["num_clients=4", "num_rounds=2", "data.train_size=1500", "data.test_size=500", "scrutiny=false"]
 CLIENT_COLUMNS = ["round", "client_id", "num_examples", "train_loss", "is_malicious", "status"]
@@ -266,10 +267,13 @@ def test_a_cluster_run_is_awaited_until_its_job_ends_and_gives_its_exit_status(m
     from fedsim.collections.ray_jobs import RayJobs
 
     class Client:
-        def __init__(self, states: list[str], code: int | None) -> None:
-            self.states, self.code, self.reads = states, code, 0
+        def __init__(self, states: list[str], code: int | None, agentless: int = 0) -> None:
+            self.states, self.code, self.reads, self.agentless = states, code, 0, agentless
 
         def submit_job(self, **job) -> str:
+            if self.agentless:  # Ray's dashboard while no node's job agent has registered yet
+                self.agentless -= 1
+                raise RuntimeError("Request failed with status code 500: No available agent to submit job, please try")
             return job["submission_id"]
 
         def get_job_info(self, submission_id: str):
@@ -296,6 +300,12 @@ def test_a_cluster_run_is_awaited_until_its_job_ends_and_gives_its_exit_status(m
     jobs.client = Client(["PENDING", "STOPPED"], None)  # stopped before its entrypoint ran: Ray's log is kept
     assert jobs.run(["main.py"], tmp_path / "never.log", tmp_path / "run_0002") == -signal.SIGTERM
     assert (tmp_path / "never.log").read_text() == "no entrypoint\n"
+    jobs.client = Client(["SUCCEEDED"], 0, agentless=2)  # submitted once an agent takes it
+    assert jobs.run(["main.py"], log, tmp_path / "run_0003") == 0 and jobs.client.agentless == 0
+    monkeypatch.setattr(fedsim.collections.ray_jobs, "AGENT_WAIT_S", 0)
+    jobs.client = Client(["SUCCEEDED"], 0, agentless=5)
+    with pytest.raises(TimedOut, match="a Ray job agent to take the run .*AGENT_WAIT_S sets how long"):
+        jobs.run(["main.py"], log, tmp_path / "run_0004")
 
 
 # --- a real two-node cluster ------------------------------------------------------------------------------------

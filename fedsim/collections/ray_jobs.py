@@ -33,7 +33,7 @@ from fedsim.runtimes.cluster import NodeResources, check_fits, max_actors
 from fedsim.system.errors import ConfigError
 from fedsim.system.liveness import effective_status
 from fedsim.system.processes import child_env
-from fedsim.system.waits import wait_until
+from fedsim.system.waits import wait_for, wait_until
 
 if TYPE_CHECKING:
     from ray.job_submission import JobDetails
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 POLL_S = 0.5
 
 
+AGENT_WAIT_S = 120.0  # how long a run waits for the cluster's dashboard to have a job agent (a node starting)
+NO_AGENT = "No available agent to submit job"  # Ray's answer then (HTTP 500, "please try again later")
 LEFTOVER_WAIT_S = 120.0  # how long a resumed collection waits for an earlier invocation's jobs to stop
 
 
@@ -126,12 +128,28 @@ class RayJobs:
         )
         env = child_env({k: v for k, v in os.environ.items() if not k.startswith(ENV_KEPT)})
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        submission_id = self.client.submit_job(
-            entrypoint=entrypoint,
-            submission_id=f"fedsim-{run_dir.name}-{uuid.uuid4().hex[:8]}",
-            metadata={"fedsim_collection": self.collection, "run_dir": str(run_dir)},
-            entrypoint_resources={f"node:{self.ip}": 0.001},
-            runtime_env={"env_vars": env},
+        wanted = f"fedsim-{run_dir.name}-{uuid.uuid4().hex[:8]}"
+
+        def submitted() -> str | None:
+            try:
+                return self.client.submit_job(
+                    entrypoint=entrypoint,
+                    submission_id=wanted,
+                    metadata={"fedsim_collection": self.collection, "run_dir": str(run_dir)},
+                    entrypoint_resources={f"node:{self.ip}": 0.001},
+                    runtime_env={"env_vars": env},
+                )
+            except RuntimeError as exc:  # the dashboard has no job agent yet (a node still starting): Ray says retry
+                if NO_AGENT not in str(exc):
+                    raise
+                return None
+
+        submission_id = wait_for(
+            submitted,
+            timeout_s=AGENT_WAIT_S,
+            poll_s=POLL_S,
+            what="a Ray job agent to take the run",
+            key="fedsim.collections.ray_jobs.AGENT_WAIT_S",
         )
 
         def ended() -> JobDetails | None:
