@@ -1,6 +1,6 @@
 """The privacy–accuracy study under Poisson sampling of clients (docs/how-to/privacy.md, "Poisson sampling"):
 the cross_device preset with fedsim's fixed-denominator DP-FedAvg at one noise multiplier per ε budget, three
-seeds, and beside it one seed of today's fixed-size z = 3.1 run and one of Poisson sampling without DP.
+seeds each, as one resumable collection.
 
     python bench/privacy_curve.py run [--root results/privacy]      # resumable collections: rerun to continue
     python bench/privacy_curve.py report [--root results/privacy]   # the tables (markdown on stdout) and the figure
@@ -32,21 +32,15 @@ NOISE = {1: 3.95, 2: 2.25, 4: 1.39, 8: 0.94}  # budget -> z: ε(100 rounds) with
 PRESET = ["experiment=cross_device", "archive.mode=none"]
 DP = ["privacy=server_fixed", "privacy.clipping_norm=40"]  # C: the median update norm of round 1 without DP
 SWEEP = "privacy.noise_multiplier=" + ",".join(map(str, NOISE.values()))
-# collection name -> (seeds, overrides, sweep or None)
-COLLECTIONS = {
-    "dp_poisson": (SEEDS, [*PRESET, "strategy.sampling=poisson", *DP], SWEEP),
-    "dp_fixed_z3.1": (["0"], [*PRESET, *DP, "privacy.noise_multiplier=3.1"], None),
-    "nodp_poisson": (["0"], [*PRESET, "strategy.sampling=poisson"], None),
-}  # fmt: skip
+NAME = "dp_poisson"
 FIGURE = ROOT / "docs" / "img" / "privacy-curve.png"
 
 
 def run(root: str) -> None:
-    for name, (seeds, overrides, sweep) in COLLECTIONS.items():
-        command = [sys.executable, "run_and_collect.py", "--seeds", *seeds, "--root", root, "--name", name]
-        command += ["--sweep", sweep] if sweep else []
-        print(" ".join(command[1:] + ["--", *overrides]), flush=True)
-        subprocess.run([*command, "--", *overrides], cwd=ROOT, check=True, env={**os.environ, "IMDB_PATH": IMDB})
+    command = ["run_and_collect.py", "--seeds", *SEEDS, "--name", NAME, "--root", root, "--sweep", SWEEP, "--"]
+    command += [*PRESET, "strategy.sampling=poisson", *DP]
+    print(" ".join(command), flush=True)
+    subprocess.run([sys.executable, *command], cwd=ROOT, check=True, env={**os.environ, "IMDB_PATH": IMDB})
 
 
 def rounds_of(root: str, name: str) -> pd.DataFrame:
@@ -94,39 +88,33 @@ def table(rounds: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def figure(poisson: pd.DataFrame, fixed: pd.DataFrame, plain: pd.DataFrame) -> None:
+def figure(rounds: pd.DataFrame) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for z, points in poisson[poisson["round"] > 0].groupby("z"):
+    for z, points in rounds[rounds["round"] > 0].groupby("z"):
         curve = points.groupby("round").agg(epsilon=("epsilon", "first"), accuracy=("central_accuracy", "mean"))
-        ax.plot(curve.epsilon, curve.accuracy, label=f"Poisson, z = {z:g} (mean of 3 seeds)")
-    fixed = fixed[fixed["round"] > 0]
-    ax.plot(fixed.epsilon, fixed.central_accuracy, "k--", label="fixed size, z = 3.1 (seed 0)")
-    final = plain[plain["round"] == plain["round"].max()].central_accuracy.iloc[0]
-    ax.axhline(final, color="grey", linestyle=":", label=f"no DP, Poisson (seed 0, round 100): {final:.3f}")
+        ax.plot(curve.epsilon, curve.accuracy, label=f"z = {z:g}")
     for budget in BUDGETS:
         ax.axvline(budget, color="lightgrey", linewidth=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("ε spent so far (δ = 1e-5; PLD under Poisson, RDP for the fixed-size run)")
-    ax.set_ylabel("central accuracy")
-    ax.set_title("cross_device: 5,000 clients, q = 0.1, bow 2^16, server-side clipping C = 40")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_xlabel("ε spent so far (PLD, δ = 1e-5), one point per round")
+    ax.set_ylabel("central accuracy, mean of seeds 0, 1, 2")
+    ax.set_title("cross_device under Poisson sampling (q = 0.1), fixed-denominator DP-FedAvg, C = 40", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(FIGURE, dpi=120)
 
 
 def report(root: str) -> None:
-    poisson = rounds_of(root, "dp_poisson")
-    fixed, plain = rounds_of(root, "dp_fixed_z3.1"), rounds_of(root, "nodp_poisson")
-    print(table(poisson), "\n")
-    for name, rounds in (("fixed size, z = 3.1, seed 0", fixed), ("Poisson, no DP, seed 0", plain)):
-        shown = rounds[rounds["round"].isin([25, 50, 100])]
-        cells = ", ".join(
-            f"round {r.round}: {r.central_accuracy:.4f}" + (f" at ε {r.epsilon:.2f}" if "epsilon" in shown else "")
-            for r in shown.itertuples()
-        )
-        print(f"- {name}: {cells}")
-    figure(poisson, fixed, plain)
-    print(f"\nfigure: {FIGURE.relative_to(ROOT)}")
+    rounds = rounds_of(root, NAME)
+    print(table(rounds), "\n")
+    finals = rounds[rounds["round"] == rounds["round"].max()].groupby("z")
+    for z, last in finals:
+        print(f"- z = {z:g}, round 100: ε {last.epsilon.iloc[0]:.3f}, accuracy {last.central_accuracy.mean():.4f}")
+    runs = pd.read_csv(ROOT / root / NAME / "runs.csv")
+    done = runs[runs.status == "completed"]
+    print(f"\n{len(done)} of {len(runs)} runs completed; wall time per run {done.wall_time_s.mean():.0f} s (mean)")
+    figure(rounds)
+    print(f"figure: {FIGURE.relative_to(ROOT)}")
 
 
 def main() -> None:

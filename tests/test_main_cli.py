@@ -191,6 +191,7 @@ def test_kill_9_mid_run_is_reported_dead_and_resumes_to_an_uninterrupted_runs_nu
         process.wait()
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # then what it had started (Ray), by the test's own hand
+    assert_group_ends(process)  # the run's process too (it dies with main.py's, a moment later)
     assert load(cut).info["status"] == "dead"
 
     result = main_py(f"resume={cut}")

@@ -9,12 +9,10 @@ import math
 
 import numpy as np
 
-ACCOUNTANTS = ("pld", "rdp")
-
 
 def epsilon(
     noise_multiplier: float,
-    sample_size: int,
+    sample_size: float,
     population: int,
     releases: int,
     delta: float,
@@ -41,7 +39,7 @@ def epsilon(
     return float(compute_epsilon(orders, releases * rdp, delta)[0])
 
 
-def _event(noise_multiplier: float, sample_size: int, population: int, sampling: str):
+def _event(noise_multiplier: float, sample_size: float, population: int, sampling: str):
     """One release as dp-accounting's event, and the neighbouring relation it is accounted under."""
     from dp_accounting import dp_event  # dp_accounting only under DP: every run imports this module
     from dp_accounting.privacy_accountant import NeighboringRelation  # only under DP
@@ -61,7 +59,7 @@ PLD_FINE_UP_TO = 10.0  # RDP's ε below which PLD keeps that default; above it, 
 
 
 def _pld_epsilon(
-    noise_multiplier: float, sample_size: int, population: int, releases: int, delta: float, sampling: str
+    noise_multiplier: float, sample_size: float, population: int, releases: int, delta: float, sampling: str
 ) -> float:
     """dp-accounting's PLD ε. Its grid spans the privacy loss's range in steps of PLD_INTERVAL, so at little noise
     (ε in the hundreds) it held 15 GB and ran for minutes: from RDP's ε (an upper bound, computed in
@@ -82,7 +80,7 @@ def _pld_epsilon(
 
 @functools.lru_cache(maxsize=8)
 def _one_release(
-    noise_multiplier: float, sample_size: int, population: int, sampling: str
+    noise_multiplier: float, sample_size: float, population: int, sampling: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """The RDP orders and one release's RDP at each: releases compose by adding RDP, and the sampled
     mechanism's RDP is slow to compute, so a run computes it once, not every round."""
