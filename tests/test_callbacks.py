@@ -110,7 +110,25 @@ def test_privacy_budget_returns_epsilon_after_each_release_and_resumes_its_count
     }
     summary: dict = {}
     resumed.on_run_end(summary)
-    assert summary == {"epsilon": epsilon(0.8, 2, 4, 3, 1e-5), "delta": 1e-5, "privacy_releases": 3}
+    assert summary == {
+        "epsilon": epsilon(0.8, 2, 4, 3, 1e-5),
+        "delta": 1e-5,
+        "privacy_releases": 3,
+        "privacy_sampling": "without_replacement",
+        "neighbouring_relation": "replace_one",
+        "accountant": "rdp",
+    }
+
+
+def test_under_poisson_sampling_every_round_after_round_0_is_a_release_even_without_clients():
+    """The fixed-denominator wrapper adds its noise every round (fedsim.privacy.fixed_denominator)."""
+    privacy = Privacy(mode="server_fixed", noise_multiplier=0.8, sampling="poisson", accountant="pld")
+    budget = PrivacyBudget(privacy, Wrapper(), num_clients=40, clients_per_round=4.0)
+    returned = [budget.on_round_end(make_round(r, num_clients=n)) for r, n in enumerate((0, 2, 0, 3))]
+    assert returned == [{"epsilon": epsilon(0.8, 4.0, 40, r, 1e-5, "poisson", "pld")} for r in range(4)]
+    summary: dict = {}
+    budget.on_run_end(summary)
+    assert summary["privacy_releases"] == 3 and summary["neighbouring_relation"] == "add_or_remove_one"
 
 
 def test_weight_scrutiny_writes_layers_and_fills_each_update(tmp_path):

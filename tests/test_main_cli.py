@@ -58,6 +58,9 @@ def test_run_writes_every_file_with_spec_columns(small_run):
         ("attack=label_flip attack.data_ratio=2", "attack.data_ratio"),
         ("attack=alie attack.node_ratio=0.6 num_clients=10", "attack.node_ratio"),
         ("strategy=trimmed_mean pre=nnm pre.f=5 num_clients=10", "pre.f"),
+        ("strategy.sampling=poisson strategy.fraction_train=0", "strategy.fraction_train"),
+        ("strategy=krum strategy.sampling=poisson", "strategy.sampling"),
+        ("privacy=server_fixed strategy.sampling=poisson privacy.accountant=moments", "privacy.accountant"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(overrides, key, imdb_dir, tmp_path):
@@ -188,6 +191,7 @@ def test_kill_9_mid_run_is_reported_dead_and_resumes_to_an_uninterrupted_runs_nu
         process.wait()
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # then what it had started (Ray), by the test's own hand
+    assert_group_ends(process)  # the run's process too (it dies with main.py's, a moment later)
     assert load(cut).info["status"] == "dead"
 
     result = main_py(f"resume={cut}")

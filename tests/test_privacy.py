@@ -17,6 +17,7 @@ from helpers.runs import run_locally
 
 from fedsim.outputs.archive import Archive
 from fedsim.privacy.accounting import epsilon
+from fedsim.privacy.fixed_denominator import FixedDenominatorDP
 from fedsim.run.experiment import build
 from fedsim.system.errors import ConfigError
 
@@ -152,12 +153,39 @@ def test_adaptive_clipping_moves_the_norm_and_counts_epsilon(generated_imdb, tmp
         (["privacy=server_adaptive", "privacy.noise_multiplier=2"], "privacy.noise_multiplier"),
         (["privacy=server_fixed", "privacy.clipping_norm=0"], "privacy.clipping_norm"),
         (["privacy=server_fixed", "privacy.sampling=poisson"], "privacy.sampling"),
+        (
+            ["privacy=server_fixed", "strategy.sampling=poisson", "privacy.sampling=without_replacement"],
+            "privacy.sampling",
+        ),
+        (["privacy=server_fixed", "privacy.accountant=pld"], "privacy.accountant"),
+        (["strategy.sampling=poisson", "strategy.fraction_train=1.5"], "strategy.fraction_train"),
+        (["strategy.sampling=poisson", "strategy.fraction_evaluate=-0.1"], "strategy.fraction_evaluate"),
+        (["strategy.sampling=sometimes"], "strategy.sampling"),
+        (["strategy=bulyan", "strategy.sampling=poisson", "num_clients=20"], "strategy.sampling"),
+        (["strategy=multikrum", "strategy.sampling=poisson"], "strategy.sampling"),
+        (["strategy=trimmed_mean", "pre=nnm", "strategy.sampling=poisson"], "strategy.sampling"),
+        (["attack=alie", "attack.node_ratio=0.2", "strategy.sampling=poisson"], "strategy.sampling"),
     ],
 )
 def test_combinations_that_cannot_work_are_refused_in_one_line(overrides, key):
     with pytest.raises(ConfigError) as refused:
         build(make_cfg(*overrides))
     assert refused.value.key == key and "allowed:" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_poisson_sampling_under_dp_is_fedsims_fixed_denominator_wrapper_with_pld_by_default():
+    """Flower's wrappers divide by the clients that replied; under Poisson sampling fedsim's own divides by q N."""
+    experiment = build(make_cfg("privacy=server_fixed", "strategy.sampling=poisson", "strategy.fraction_train=0.3"))
+    assert isinstance(experiment.strategy, FixedDenominatorDP) and experiment.strategy.expected_clients == 3.0
+    assert experiment.privacy.sampling == "poisson" and experiment.privacy.accountant == "pld"
+    assert experiment.privacy.neighbouring_relation == "add_or_remove_one"
+    fixed = build(make_cfg("privacy=server_fixed")).privacy
+    assert (fixed.sampling, fixed.accountant, fixed.neighbouring_relation) == (
+        "without_replacement",
+        "rdp",
+        "replace_one",
+    )
+    assert build(make_cfg("privacy=server_fixed", "privacy.sampling=none")).privacy.accountant == "pld"
 
 
 def test_server_side_dp_accepts_an_attack():

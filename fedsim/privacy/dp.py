@@ -29,6 +29,7 @@ from flwr.serverapp.strategy import (
 )
 
 from fedsim.config.compose import config_from
+from fedsim.privacy.fixed_denominator import FixedDenominatorDP
 from fedsim.system.errors import ConfigError, first_line
 
 WEIGHT_KEY = "aggregation-weight"  # what the strategy weights by under DP: 1 per training reply
@@ -43,9 +44,11 @@ ROBUST = (FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan)
 class Privacy:
     """The `privacy` config group: which of Flower's DP wrappers, with which settings.
 
-    `sampling` is the accountant's model of how clients are chosen: without_replacement (what fedsim does:
-    a fixed number of the clients each round, with the replace-one neighbouring relation) or none (no
-    amplification by sampling, add-or-remove-one: Flower's own accounted mode).
+    `sampling` is the accountant's model of how clients are chosen (it follows `strategy.sampling`):
+    without_replacement (a fixed number of the clients each round, with the replace-one neighbouring relation),
+    poisson (each client with probability q, add-or-remove-one) or none (no amplification by sampling,
+    add-or-remove-one: Flower's own accounted mode). `accountant`: dp-accounting's pld or rdp (rdp for a run
+    saved before there was a choice).
     """
 
     mode: str = "none"
@@ -53,6 +56,7 @@ class Privacy:
     clipping_norm: float = 100.0
     delta: float = 1e-5
     sampling: str = "without_replacement"
+    accountant: str = "rdp"
     initial_clipping_norm: float = 10.0
     target_clipped_quantile: float = 0.5
     clip_norm_lr: float = 0.2
@@ -96,13 +100,29 @@ class Privacy:
                 "the client's update with float32 arrays; allowed: float32, or a server_* mode",
             )
 
-    def wrap(self, strategy: Strategy, num_sampled_clients: int) -> Strategy:
-        """`strategy` inside Flower's DP wrapper for this mode, averaging with equal weights; as is for none.
-        A wrapper's refusal (adaptive noise too large for the clipped count's) is a ConfigError."""
+    @property
+    def neighbouring_relation(self) -> str:
+        return "replace_one" if self.sampling == "without_replacement" else "add_or_remove_one"
+
+    def wrap(self, strategy: Strategy, num_sampled_clients: int, expected_clients: float | None = None) -> Strategy:
+        """`strategy` inside the DP wrapper for this mode, averaging with equal weights; as is for none. Under
+        Poisson sampling (`expected_clients` = q N) fedsim's fixed-denominator wrapper, else Flower's. A
+        wrapper's refusal (adaptive noise too large for the clipped count's) is a ConfigError."""
         if not self.enabled:
             return strategy
         strategy.weighted_by_key = WEIGHT_KEY
         try:
+            if expected_clients is not None:
+                return FixedDenominatorDP(
+                    strategy,
+                    self.noise_multiplier,
+                    self.initial_clipping_norm if self.adaptive else self.clipping_norm,
+                    expected_clients,
+                    client_side=self.client_side,
+                    target_clipped_quantile=self.target_clipped_quantile if self.adaptive else None,
+                    clip_norm_lr=self.clip_norm_lr,
+                    clipped_count_stddev=self.clipped_count_stddev,
+                )
             return self._wrapper(strategy, num_sampled_clients)
         except ValueError as exc:
             stddev = self.clipped_count_stddev or num_sampled_clients / 20

@@ -17,12 +17,12 @@ import torch
 from flwr.serverapp.strategy import Strategy
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fedsim.client.attacks import Attack, malicious_of
 from fedsim.client.client import ClientFn, client_fn
 from fedsim.config.compose import flatten
-from fedsim.config.validate import fit_clients_per_round, validate
+from fedsim.config.validate import expected_clients_per_round, fit_clients_per_round, validate
 from fedsim.data.imdb import offline_unless_hub_reachable
 from fedsim.messages.transport import transport_of
 from fedsim.outputs.archive import check_disk, expected_bytes, select_layers
@@ -31,7 +31,7 @@ from fedsim.outputs.phases import check_callbacks
 from fedsim.outputs.tracking.base import NoTracking, Tracker
 from fedsim.privacy.dp import Privacy
 from fedsim.server.faults import Faults
-from fedsim.server.preconditions import check_byzantine, check_strategy
+from fedsim.server.preconditions import check_byzantine, check_poisson, check_strategy
 from fedsim.server.robust import PreAggregated
 from fedsim.system.errors import ConfigError, first_line
 
@@ -64,10 +64,11 @@ def build(
     `run_config` is the run config the clients get; by default the resolved config itself.
     """
     validate(cfg)
-    strategy = _instantiate(cfg, "strategy")
+    strategy = _instantiate(cfg, "strategy", without=("sampling",))  # fedsim draws the clients (server.participation)
     attack = _instantiate(cfg, "attack")
     check_strategy(strategy, cfg)
     check_byzantine(cfg, attack.omniscient)
+    check_poisson(cfg, strategy, attack.omniscient)
     if cfg.pre.name != "none":
         strategy = PreAggregated(strategy, _instantiate(cfg, "pre"))
     faults = _instantiate(cfg, "faults")
@@ -77,7 +78,7 @@ def build(
     check_callbacks([], callbacks)  # a callback whose phase or metrics cannot work, before anything is read
     return Experiment(
         cfg=cfg,
-        strategy=privacy.wrap(strategy, fit_clients_per_round(cfg)),
+        strategy=privacy.wrap(strategy, fit_clients_per_round(cfg), expected_clients_per_round(cfg)),
         attack=attack,
         malicious=malicious_of(attack, int(cfg.num_clients), int(cfg.seed)),
         faults=faults,
@@ -89,13 +90,17 @@ def build(
     )
 
 
-def _instantiate(cfg: DictConfig, key: str) -> Any:
-    """A config group's object; its constructor's own refusal becomes a one-line ConfigError."""
+def _instantiate(cfg: DictConfig, key: str, without: Sequence[str] = ()) -> Any:
+    """A config group's object, built without the `without` keys (fedsim's, not the constructor's); its
+    constructor's own refusal becomes a one-line ConfigError."""
+    node: Any = cfg[key]
+    if without:
+        node = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in without}
     try:
-        return instantiate(cfg[key])
+        return instantiate(node)
     except InstantiationException as exc:
         raise ConfigError(
-            key, f"{cfg[key].get('_target_')} refused its settings: {first_line(exc.__cause__ or exc)}"
+            key, f"{node.get('_target_')} refused its settings: {first_line(exc.__cause__ or exc)}"
         ) from None
 
 

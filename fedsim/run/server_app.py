@@ -25,7 +25,7 @@ from fedsim.run.session import Session
 from fedsim.server.adversary import Adversary
 from fedsim.server.cohort import Cohort, GroundTruth
 from fedsim.server.loop import Result, run_rounds
-from fedsim.server.participation import Participants
+from fedsim.server.participation import Participants, Sampling
 from fedsim.system.errors import ConfigError
 
 
@@ -74,13 +74,25 @@ def timeouts(cfg: DictConfig) -> tuple[float, float]:
     return float(cfg.runtime.startup_timeout_s), float(cfg.runtime.reply_timeout_s)
 
 
+def sampling_of(cfg: DictConfig) -> Sampling:
+    """`strategy.sampling` and the rates a Poisson draw takes, the strategy's fractions."""
+    strategy = cfg.strategy
+    return Sampling(
+        str(strategy.get("sampling", "fixed")),
+        float(strategy.get("fraction_train", 1.0)),
+        float(strategy.get("fraction_evaluate", 1.0)),
+    )
+
+
 def federate(grid: Grid, session: Session, slots: int | None = None) -> Result:
     """The session's rounds on `grid`: its nodes found (a pool of `slots` simulated nodes, or one node per
     client), then `run_rounds` with the session's parts."""
     cfg = session.cfg
     startup_s, reply_s = timeouts(cfg)
     carried = bool(cfg.runtime.get("cohort_messages", False))
-    participants = Participants.discover(grid, cfg.num_clients, cfg.seed, slots, timeout=startup_s, carried=carried)
+    participants = Participants.discover(
+        grid, cfg.num_clients, cfg.seed, slots, timeout=startup_s, carried=carried, sampling=sampling_of(cfg)
+    )
     experiment = session.experiment
     malicious = frozenset(experiment.malicious)
     cohort = Cohort(

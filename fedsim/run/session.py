@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fedsim.config.compose import flatten
-from fedsim.config.validate import fit_clients_per_round
+from fedsim.config.validate import expected_clients_per_round, fit_clients_per_round
 from fedsim.data.loader import Loader, load_test
 from fedsim.data.prepare import prepare_data
 from fedsim.model.train import evaluate
@@ -178,7 +178,12 @@ def standard_outputs(
     outputs.append(MemoryProbe())
     if experiment.privacy.enabled:
         outputs.append(
-            PrivacyBudget(experiment.privacy, experiment.strategy, int(cfg.num_clients), fit_clients_per_round(cfg))
+            PrivacyBudget(
+                experiment.privacy,
+                experiment.strategy,
+                int(cfg.num_clients),
+                expected_clients_per_round(cfg) or fit_clients_per_round(cfg),
+            )
         )
     outputs += [
         RoundsCsv(run_dir / "rounds.csv", extra_metrics),

@@ -75,7 +75,7 @@ class Cohort:
         """The strategy's messages to the round's chosen partitions, less the simulated dropouts: their replies
         by partition (None: none within the timeout), the partitions that dropped out, and the work that was
         redone (its record taken off the replies)."""
-        chosen = self.participants.pick(server_round, purpose, len(messages))
+        messages, chosen = self.participants.pick(server_round, purpose, messages)
         dropped = self.faults.dropped(self.seed, server_round, chosen)
         replies = self.participants.exchange(
             self.grid, messages, [p for p in chosen if p not in dropped], self.timeout_s

@@ -107,8 +107,11 @@ def run_rounds(
 
 
 def check_enough(server_round: int, trained: Trained, min_train_nodes: int) -> None:
-    """Stop the run when fewer than min_train_nodes clients trained, with the clients' own error."""
-    if len(trained.updates) >= min_train_nodes:
+    """Stop the run when fewer than min_train_nodes of the clients drawn trained, with the clients' own error. A
+    fixed-size draw has at least min_train_nodes (Flower's formula); a Poisson draw may have fewer, even none, and a
+    round that drew few is no failure: then all of them must have trained."""
+    drawn = len(trained.updates) + len(trained.failures)
+    if len(trained.updates) >= min(min_train_nodes, drawn):
         return
     errors = Counter(f.error for f in trained.failures if f.is_error)
     error, count = errors.most_common(1)[0] if errors else ("dropped out or late (simulated faults)", 0)

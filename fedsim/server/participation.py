@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Error, Message, MessageType, RecordDict
@@ -26,10 +27,11 @@ from flwr.serverapp import Grid
 from fedsim.messages.addressed import addressed
 from fedsim.messages.carried import answers, carry, same_content
 from fedsim.messages.retries import Retried, mark_retried
-from fedsim.system.errors import ConfigError
+from fedsim.system.errors import ConfigError, RunFailed
 from fedsim.system.waits import wait_until
 
 TRAIN, EVALUATE = 0x7A, 0xE7  # separate random streams per purpose
+POISSON = 0x9015  # Poisson sampling's stream, apart from the fixed-size one's
 
 
 POLL_S = 0.1  # how often the server pulls replies (Flower's in-memory grid's interval; its HTTP grid waits 3 s)
@@ -49,6 +51,33 @@ def choose(seed: int, server_round: int, purpose: int, count: int, num_clients: 
     return sorted(int(c) for c in chosen)
 
 
+def choose_poisson(seed: int, server_round: int, purpose: int, rate: float, num_clients: int) -> list[int]:
+    """Each partition independently with probability `rate` (Poisson sampling of clients, DP-FedAvg's model:
+    McMahan et al., ICLR 2018), drawn from (seed, round, purpose); in increasing order, possibly none."""
+    if not 0 < rate <= 1:
+        raise ValueError(f"a sampling rate in (0, 1], got {rate}")
+    draws = np.random.default_rng([seed, server_round, purpose, POISSON]).random(num_clients)
+    return [int(p) for p in np.flatnonzero(draws < rate)]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a round's partitions are drawn (`strategy.sampling`): `fixed`, as many as the strategy sends messages,
+    without replacement (Flower's way); `poisson`, each partition with its purpose's rate (the strategy's
+    fraction_train, fraction_evaluate), however many that makes, none included."""
+
+    kind: str = "fixed"
+    train_rate: float = 1.0
+    evaluate_rate: float = 1.0
+
+    @property
+    def poisson(self) -> bool:
+        return self.kind == "poisson"
+
+    def rate(self, purpose: int) -> float:
+        return self.train_rate if purpose == TRAIN else self.evaluate_rate
+
+
 class Participants:
     """The federation's nodes, and the run's seed that picks partitions among them.
 
@@ -57,12 +86,18 @@ class Participants:
     """
 
     def __init__(
-        self, node_of: dict[int, int], seed: int, num_clients: int | None = None, carried: bool = False
+        self,
+        node_of: dict[int, int],
+        seed: int,
+        num_clients: int | None = None,
+        carried: bool = False,
+        sampling: Sampling = Sampling(),
     ) -> None:
         self.node_of = node_of
         self.seed = seed
         self.num_clients = len(node_of) if num_clients is None else num_clients
         self.carried = carried
+        self.sampling = sampling
 
     @property
     def pooled(self) -> bool:
@@ -77,6 +112,7 @@ class Participants:
         slots: int | None = None,
         timeout: float = 120.0,
         carried: bool = False,
+        sampling: Sampling = Sampling(),
     ) -> Participants:
         """Ask every node which partition (or slot) it serves; refuse a federation that does not serve
         exactly num_clients partitions (or `slots` slots). `carried`: a pooled node gets one message a
@@ -102,15 +138,27 @@ class Participants:
                 f"{'...' if len(served) > 10 else ''} of {sorted(sizes)}; allowed: as many clients as "
                 "nodes, each serving one partition 0..num_clients-1",
             )
-        return cls(served, seed, num_clients, carried)
+        return cls(served, seed, num_clients, carried, sampling)
 
     def view(self, grid: Grid) -> FederationView:
         """The grid as the strategies see it (see FederationView)."""
         return FederationView(grid, list(range(self.num_clients)) if self.pooled else list(self.node_of.values()))
 
-    def pick(self, server_round: int, purpose: int, count: int) -> list[int]:
-        """The round's `count` partitions for this purpose, in increasing order."""
-        return choose(self.seed, server_round, purpose, count, self.num_clients) if count else []
+    def pick(self, server_round: int, purpose: int, messages: list[Message]) -> tuple[list[Message], list[int]]:
+        """The round's partitions for this purpose, in increasing order, and the strategy's message for each: as many
+        as it sent messages (fixed), or each partition with the purpose's rate (poisson; the strategy's message,
+        the same for every client, sent to each, and none when it sent none: fraction_evaluate=0)."""
+        if not messages:
+            return [], []
+        if self.sampling.poisson:
+            if same_content(messages) is None:
+                raise RunFailed(
+                    f"round {server_round}: the strategy sent its clients different messages, and Poisson sampling "
+                    "sends one message to however many clients it draws"
+                )
+            chosen = choose_poisson(self.seed, server_round, purpose, self.sampling.rate(purpose), self.num_clients)
+            return [messages[0]] * len(chosen), chosen
+        return messages, choose(self.seed, server_round, purpose, len(messages), self.num_clients)
 
     def exchange(
         self, grid: Grid, messages: Sequence[Message], partitions: Sequence[int], timeout: float

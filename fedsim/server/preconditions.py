@@ -90,3 +90,32 @@ def check_byzantine(cfg: DictConfig, omniscient: bool) -> None:
         )
     if pre == "bucketing" and int(cfg.pre.s) > n:
         raise ConfigError("pre.s", f"{cfg.pre.s}, but {n} clients train per round; allowed: 1..{n}")
+
+
+def check_poisson(cfg: DictConfig, strategy: Strategy, omniscient: bool) -> None:
+    """Refuse what cannot take a round of random size under strategy.sampling=poisson: the aggregators and
+    pre-aggregation steps that tolerate f malicious clients only with enough clients in every round, and an
+    omniscient attack, which forges from the round's honest updates (a Poisson round may have none)."""
+    if cfg.strategy.get("sampling", "fixed") != "poisson":
+        return
+    allowed = "allowed: strategy.sampling=fixed with it, or a strategy without a bound on n"
+    if isinstance(strategy, tuple(MIN_CLIENTS)):
+        rule = next(rule for cls, (_, rule) in MIN_CLIENTS.items() if isinstance(strategy, cls))
+        raise ConfigError(
+            "strategy.sampling",
+            f"poisson with {type(strategy).__name__}, which needs {rule} in every round, but a Poisson cohort's "
+            f"size is random (it may be 0); {allowed} (fedavg, fedprox, fedadam, fedyogi, fedadagrad, fedavgm, "
+            "fedmedian, trimmed_mean, geometric_median, centered_clipping)",
+        )
+    if cfg.pre.name != "none":
+        raise ConfigError(
+            "strategy.sampling",
+            f"poisson with pre={cfg.pre.name}, whose f malicious clients need enough clients in every round, but a "
+            "Poisson cohort's size is random (it may be 0); allowed: strategy.sampling=fixed with it, or pre=none",
+        )
+    if omniscient:
+        raise ConfigError(
+            "strategy.sampling",
+            f"poisson with attack={cfg.attack.name}, which forges from the round's honest updates, but a Poisson "
+            "round may have none; allowed: strategy.sampling=fixed with it, or a data or local attack",
+        )
