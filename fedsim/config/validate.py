@@ -186,19 +186,8 @@ def validate(cfg: DictConfig) -> None:
 
 
 def check_sampling(cfg: DictConfig) -> None:
-    """Poisson sampling's rates, and an accountant's model of participation that matches how clients are drawn."""
-    poisson = cfg.strategy.get("sampling", "fixed") == "poisson"
-    if poisson:
-        for key in ("fraction_train", "fraction_evaluate"):
-            rate = cfg.strategy.get(key, 1.0)
-            low_ok = rate > 0 if key == "fraction_train" else rate >= 0
-            if not _is_number(rate) or not low_ok or rate > 1:
-                allowed = "(0, 1]" if key == "fraction_train" else "[0, 1] (0: no federated evaluation)"
-                raise ConfigError(
-                    f"strategy.{key}",
-                    f"{rate!r} with strategy.sampling=poisson, where it is each client's chance to take part in a "
-                    f"round; allowed: a number in {allowed}",
-                )
+    """An accountant's model of participation that matches how the clients are drawn (under strategy.sampling=poisson
+    fraction_train and fraction_evaluate are the clients' chances to take part, held to (0, 1] and [0, 1] by RULES)."""
     privacy = cfg.get("privacy")
     if privacy is None or privacy.get("mode", "none") == "none":
         return
