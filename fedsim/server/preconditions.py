@@ -98,15 +98,15 @@ def check_poisson(cfg: DictConfig, strategy: Strategy, omniscient: bool) -> None
     omniscient attack, which forges from the round's honest updates (a Poisson round may have none)."""
     if cfg.strategy.get("sampling", "fixed") != "poisson":
         return
-    allowed = "allowed: strategy.sampling=fixed with it, or a strategy without a bound on n"
-    if isinstance(strategy, tuple(MIN_CLIENTS)):
-        rule = next(rule for cls, (_, rule) in MIN_CLIENTS.items() if isinstance(strategy, cls))
-        raise ConfigError(
-            "strategy.sampling",
-            f"poisson with {type(strategy).__name__}, which needs {rule} in every round, but a Poisson cohort's "
-            f"size is random (it may be 0); {allowed} (fedavg, fedprox, fedadam, fedyogi, fedadagrad, fedavgm, "
-            "fedmedian, trimmed_mean, geometric_median, centered_clipping)",
-        )
+    for cls, (_, rule) in MIN_CLIENTS.items():
+        if isinstance(strategy, cls):
+            raise ConfigError(
+                "strategy.sampling",
+                f"poisson with {type(strategy).__name__}, which needs {rule} in every round, but a Poisson cohort's "
+                "size is random (it may be 0); allowed: strategy.sampling=fixed with it, or a strategy without a "
+                "bound on n (fedavg, fedprox, fedadam, fedyogi, fedadagrad, fedavgm, fedmedian, trimmed_mean, "
+                "geometric_median, centered_clipping)",
+            )
     if cfg.pre.name != "none":
         raise ConfigError(
             "strategy.sampling",
