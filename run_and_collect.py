@@ -1,6 +1,7 @@
 """Repeat runs over seeds and configurations into one collection:
 `python run_and_collect.py --runs 5 [--seeds 3 7 11] [--sweep KEY=A,B] [--name NAME] [--jobs N] [--address URL]
-[--process-per-run] [--force] [-- OVERRIDES]`.
+[--process-per-run] [--force] [--baseline KEY=VALUE] [--margin M] [--metric final|last:K|mean]
+[--until-conclusive --max-seeds N [--batch B]] [-- OVERRIDES]`.
 """
 
 import argparse
@@ -9,7 +10,10 @@ import signal
 import sys
 from pathlib import Path
 
+from fedsim.collections.contrasts import Analysis, Baseline, check_baselines, summary_line
+from fedsim.collections.launchers import Launcher, LocalRuns, SharedRunners, stop_runs
 from fedsim.collections.ledger import Collection
+from fedsim.collections.metric import METRICS, Metric
 from fedsim.collections.plan import (
     CollectionError,
     Planned,
@@ -18,7 +22,8 @@ from fedsim.collections.plan import (
     jobs_that_fit,
     plan,
 )
-from fedsim.collections.runner import Launcher, LocalRuns, SharedRunners, run_collection, stop_runs
+from fedsim.collections.precision import Precision, adding_seeds, carried_over
+from fedsim.collections.runner import run_collection
 
 MAIN = Path(__file__).resolve().with_name("main.py")
 
@@ -52,6 +57,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "the client actors from one run to the next)",
     )
     parser.add_argument("--force", action="store_true", help="rerun completed runs too")
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="compare each configuration with the one that differs from it only in KEY, pair by pair over their "
+        "seeds: contrasts.csv and contrasts.png (repeatable: one family of contrasts each)",
+    )
+    parser.add_argument(
+        "--margin", type=float, default=0.02, help="the equivalence margin of the contrasts' verdicts (default 0.02)"
+    )
+    parser.add_argument("--metric", default="final", help=f"what summary.csv and contrasts.csv compare: {METRICS}")
+    parser.add_argument(
+        "--until-conclusive",
+        action="store_true",
+        help="after the given seeds, add seeds only where a contrast is inconclusive, until it is or has --max-seeds",
+    )
+    parser.add_argument("--max-seeds", type=int, help="with --until-conclusive: the most pairs a contrast gets")
+    parser.add_argument("--batch", type=int, default=2, help="with --until-conclusive: seeds added at a time (2)")
     args = parser.parse_args(own)
     if args.runs < 1:
         parser.error(f"--runs: got {args.runs}; allowed: an integer >= 1")
@@ -59,6 +83,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if not args.jobs.isdigit() or int(args.jobs) < 1:
             parser.error(f"--jobs: got {args.jobs}; allowed: an integer >= 1, or auto")
         args.jobs = int(args.jobs)
+    if not args.margin > 0:
+        parser.error(f"--margin: got {args.margin}; allowed: a number > 0 (in the metric's units, accuracy)")
+    if args.until_conclusive and (not args.baseline or args.max_seeds is None):
+        parser.error("--until-conclusive: needs --baseline KEY=VALUE and --max-seeds N; allowed: both given")
     args.overrides = overrides
     return args
 
@@ -79,10 +107,16 @@ def launcher_for(args: argparse.Namespace, planned: list[Planned], collection: C
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    seeds = args.seeds if args.seeds else list(range(args.runs))
     try:
-        planned = plan(args.overrides, args.sweep, args.seeds if args.seeds else list(range(args.runs)))
+        planned = plan(args.overrides, args.sweep, seeds)
+        analysis = Analysis(Metric.parse(args.metric), tuple(map(Baseline.parse, args.baseline)), args.margin)
+        check_baselines(list(dict.fromkeys(run.config for run in planned)), analysis.baselines)
+        precision = Precision(args.max_seeds, args.batch) if args.until_conclusive else None
+        if precision is not None:
+            precision.check(seeds)
         check_plan(planned)  # what main.py would refuse: refused here, before the collection exists
-        collection = Collection(args.root / (args.name or default_name(args.overrides, args.sweep)))
+        collection = Collection(args.root / (args.name or default_name(args.overrides, args.sweep)), analysis)
     except CollectionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -94,8 +128,15 @@ def main(argv: list[str]) -> int:
         return 2
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stop_runs)
+    more = None
+    if precision is not None:  # the seeds an earlier invocation added, then those the contrasts still need
+        planned += carried_over(collection.runs, planned)
+        more = adding_seeds(collection, planned, precision)
     try:
-        failed = run_collection(collection, MAIN, planned, force=args.force, jobs=jobs, launcher=launcher)
+        failed = run_collection(collection, MAIN, planned, force=args.force, jobs=jobs, launcher=launcher, more=more)
+        table = collection.contrasts()
+        if table is not None:
+            print(summary_line(table))
     except KeyboardInterrupt:
         print(
             f"interrupted: the running runs were stopped and recorded; the same command resumes them "

@@ -17,6 +17,7 @@ from helpers.processes import mentioning
 from helpers.runs import ROOT, collect
 from scipy import stats
 
+from fedsim.collections.contrasts import CONTRAST_COLUMNS
 from fedsim.collections.ledger import RUNS_COLUMNS, Collection, resumable, row_of
 from fedsim.collections.plan import CollectionError, Planned, default_name, jobs_that_fit, plan
 from fedsim.collections.summary import SUMMARY_COLUMNS, mean_interval, summarize
@@ -66,6 +67,29 @@ def test_jobs_is_a_count_or_auto(jobs, tmp_path):
     assert not any(tmp_path.iterdir())  # refused before the collection exists
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--margin", "0"], "error: --margin: got 0.0; allowed: a number > 0"),
+        (["--metric", "best"], "error: --metric: got 'best'; allowed: final, last:K (K an integer >= 1) or mean"),
+        (["--until-conclusive", "--max-seeds", "5"], "error: --until-conclusive: needs --baseline KEY=VALUE"),
+        (
+            ["--baseline", "strategy=krum"],
+            "error: --baseline: got strategy=krum, which no configuration has; allowed: ",
+        ),
+        (
+            ["--baseline", "strategy=fedavg", "--until-conclusive", "--max-seeds", "1", "--runs", "2"],
+            "--max-seeds: got 1",
+        ),
+    ],
+)
+def test_bad_contrast_options_are_one_line_before_anything_exists(args, message, tmp_path):
+    proc = collect(tmp_path, *args, "--sweep", "strategy=fedavg,fedmedian")
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and message in output, output[-2000:]
+    assert not any(tmp_path.iterdir())
+
+
 def test_jobs_auto_fits_the_hungriest_configuration():
     planned = plan([], ["strategy.fraction_train=0.1,1.0"], [0, 1])
     assert jobs_that_fit(planned, 4) == 1
@@ -105,6 +129,8 @@ def test_summary_matches_a_scipy_reference():
     accuracy = rng.uniform(0.6, 0.9, 7)
     runs = pd.DataFrame(
         {
+            "run_id": range(7),
+            "seed": [0, 1, 2, 3, 0, 1, 2],
             "config": ["a"] * 4 + ["b"] * 3,
             "status": ["completed"] * 3 + ["failed"] + ["completed"] * 3,
             "final_central_accuracy": accuracy,
@@ -124,6 +150,8 @@ def test_summary_matches_a_scipy_reference():
 def test_degraded_runs_are_counted_and_left_out_of_the_statistics():
     runs = pd.DataFrame(
         {
+            "run_id": range(4),
+            "seed": range(4),
             "config": ["a"] * 4,
             "status": ["completed", "completed", "degraded", "failed"],
             "final_central_accuracy": [0.8, 0.9, 0.1, None],
@@ -351,3 +379,56 @@ def test_equal_values_have_the_point_as_their_interval():
     assert mean_interval(np.array([0.507, 0.507, 0.507])) == (0.507, 0.0, 0.507, 0.507)
     mean, std, low, high = mean_interval(np.array([0.5, 0.6, 0.7]))
     assert low < mean < high and std > 0
+
+
+@pytest.fixture(scope="module")
+def contrasted(imdb_dir, tmp_path_factory) -> tuple[Path, str]:
+    """4 seeds x (no attack, sign flipping), each attack compared with no attack."""
+    root = tmp_path_factory.mktemp("contrasts")
+    args = ["--seeds", "0", "1", "2", "3", "--name", "c", "--sweep", "attack=none,sign_flip", "--baseline"]
+    proc = collect(root, *args, "attack=none", "--", *tiny(imdb_dir), "num_clients=4", "num_rounds=2")
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output[-3000:]
+    return root / "c", output
+
+
+@pytest.mark.slow
+def test_a_collection_with_a_baseline_writes_contrasts_that_scipy_recomputes_from_runs_csv(contrasted):
+    path, output = contrasted
+    contrasts = pd.read_csv(path / "contrasts.csv")
+    assert list(contrasts.columns) == CONTRAST_COLUMNS and len(contrasts) == 1
+    row = contrasts.iloc[0]
+    assert row.config.endswith("attack=sign_flip") and row.baseline.endswith("attack=none") and row.n_pairs == 4
+    runs = pd.read_csv(path / "runs.csv")
+    accuracy = runs.pivot(index="seed", columns="config", values="final_central_accuracy")
+    test = stats.ttest_rel(accuracy[row.config], accuracy[row.baseline])
+    interval = test.confidence_interval(0.95)
+    assert abs(row.mean_diff - (accuracy[row.config] - accuracy[row.baseline]).mean()) < 1e-9
+    assert abs(row.ci95_low - interval.low) < 1e-9 and abs(row.ci95_high - interval.high) < 1e-9
+    assert abs(row.p_value - test.pvalue) < 1e-9 and np.isnan(row.p_wilcoxon)  # 4 pairs: no Wilcoxon
+    assert row.verdict in ("worse", "better", "equivalent", "inconclusive") and row.metric == "final"
+    assert output.rstrip().splitlines()[-1].startswith("contrasts: ") and (path / "contrasts.png").exists()
+    loaded = load(path)
+    assert isinstance(loaded, CollectionResults) and loaded.contrasts.equals(contrasts)
+
+
+@pytest.mark.slow
+def test_runs_with_one_seed_share_partition_initial_model_and_client_streams(contrasted):
+    """What a seed pairs across configurations: the same clients with the same rows, the same initial model, the
+    same training in round 1 (the attack acts on the update after training); another seed changes all three."""
+    path, _ = contrasted
+    runs = pd.read_csv(path / "runs.csv")
+    clients = pd.read_csv(path / "clients.csv").merge(runs[["run_id", "seed", "config"]], on="run_id")
+    rounds = pd.read_csv(path / "rounds.csv").merge(runs[["run_id", "seed", "config"]], on="run_id")
+    first = clients[clients["round"] == 1].sort_values("client_id")
+    for seed, group in first.groupby("seed"):
+        by_config = [g.set_index("client_id") for _, g in group.groupby("config")]
+        assert len(by_config) == 2
+        none, flipped = by_config
+        assert none.num_examples.equals(flipped.num_examples)
+        np.testing.assert_array_equal(none.train_loss, flipped.train_loss)
+        initial = rounds[(rounds.seed == seed) & (rounds["round"] == 0)].central_loss
+        assert initial.nunique() == 1
+    seed_0, seed_1 = (first[(first.seed == s) & first.config.str.endswith("none")] for s in (0, 1))
+    assert not np.array_equal(seed_0.train_loss, seed_1.train_loss)
+    assert rounds[rounds["round"] == 0].groupby("seed").central_loss.first().nunique() > 1

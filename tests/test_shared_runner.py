@@ -1,4 +1,4 @@
-"""A collection's shared runners (fedsim.cli.runner, fedsim.collections.runner.SharedRunners, fedsim.runtimes.warm):
+"""A collection's shared runners (fedsim.cli.runner, fedsim.collections.launchers.SharedRunners, fedsim.runtimes.warm):
 each run bitwise the run made alone, a failed run recorded and the next one clean, kill -9 of a runner then the same
 command giving each run once."""
 

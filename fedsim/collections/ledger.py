@@ -3,7 +3,8 @@ gathered into tidy CSVs that survive a kill at any moment.
 
 A collection directory holds runs.csv (the ledger: one row per run_id), runs/run_NNNN/ (each run's
 own directory, written by main.py), the concatenated rounds/clients/layers CSVs, summary.csv and
-accuracy.png. Every file is replaced atomically, so a reader never sees half of one.
+accuracy.png, and with baselines contrasts.csv and contrasts.png. Every file is replaced atomically, so a
+reader never sees half of one.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedsim.collections.plan import CollectionError, Planned
-from fedsim.collections.summary import plot_accuracy, summarize
+from fedsim.collections.contrasts import Analysis, contrasts, plot_contrasts
+from fedsim.collections.plan import PLANNED, CollectionError, Planned
+from fedsim.collections.summary import counted, plot_accuracy, summarize
 from fedsim.outputs.checkpointer import CHECKPOINT
 from fedsim.system.files import write_csv
 from fedsim.system.liveness import FINISHED, effective_status
@@ -35,6 +37,7 @@ RUNS_COLUMNS = [
     "wall_time_s",
     "run_dir",
     "config",
+    "reason",
 ]
 
 
@@ -88,6 +91,7 @@ def row_of(
         "best_central_accuracy": info.get("best_central_accuracy"),
         "wall_time_s": info.get("wall_time_s") or wall_time_s,
         "config": planned.config,
+        "reason": planned.reason,
     }
 
 
@@ -98,10 +102,12 @@ def finished_unrecorded(run_dir: Path) -> bool:
 
 
 class Collection:
-    """A collection directory, held by one invocation at a time (a lock file) and updated atomically."""
+    """A collection directory, held by one invocation at a time (a lock file) and updated atomically; its runs
+    compared as `analysis` says (the metric, the baselines, the margin)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, analysis: Analysis | None = None) -> None:
         self.path = Path(path).resolve()
+        self.analysis = analysis or Analysis()
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_file = open(self.path / ".lock", "a+")
         try:
@@ -120,10 +126,11 @@ class Collection:
         self._lock_file.flush()
         ledger = self.path / "runs.csv"
         self.runs = (
-            pd.read_csv(ledger, keep_default_na=False, na_values=[""])
+            pd.read_csv(ledger, keep_default_na=False, na_values=[""]).reindex(columns=RUNS_COLUMNS)
             if ledger.exists()
             else pd.DataFrame(columns=RUNS_COLUMNS)
         )
+        self.runs["reason"] = self.runs["reason"].fillna(PLANNED)  # a ledger from before runs had reasons
         self._mutex = threading.Lock()
         self._tables: dict[int, dict[str, pd.DataFrame | None]] = {}  # each run's tables, as `_table` read them
 
@@ -162,20 +169,37 @@ class Collection:
                 self.rebuild(plot=False)
 
     def rebuild(self, plot: bool = True) -> None:
-        """Rewrite the collected tables and summary.csv from the completed runs, and with `plot` accuracy.png.
+        """Rewrite the collected tables, summary.csv and (with baselines) contrasts.csv from the completed runs, and
+        with `plot` accuracy.png and contrasts.png.
 
         Each run's tables are read once per invocation (a collection of hundreds of runs rewrites them after
-        every run); the plot, the slow part, is drawn when the invocation ends."""
+        every run); the plots, the slow part, are drawn when the invocation ends."""
         completed = self.runs[self.runs.status.isin(FINISHED)]
+        collected = {}
         for name in COLLECTED:
             frames = [self._table(int(run_id), name) for run_id in completed.run_id]
             frames = [f for f in frames if f is not None]
             if frames:
-                write_csv(self.path / name, pd.concat(frames, ignore_index=True))
-        write_csv(self.path / "summary.csv", summarize(self.runs))
-        rounds = self.path / "rounds.csv"
-        if plot and len(completed) and rounds.exists():
-            plot_accuracy(pd.read_csv(rounds), completed, self.path / "accuracy.png")
+                collected[name] = pd.concat(frames, ignore_index=True)
+                write_csv(self.path / name, collected[name])
+        rounds = collected.get("rounds.csv")
+        write_csv(self.path / "summary.csv", summarize(self.runs, rounds, self.analysis.metric))
+        table = self.contrasts(rounds)
+        if table is not None:
+            write_csv(self.path / "contrasts.csv", table)
+        if plot and rounds is not None:
+            plot_accuracy(rounds, completed, self.path / "accuracy.png")
+        if plot and table is not None and len(table):
+            plot_contrasts(table, self.path / "contrasts.png")
+
+    def contrasts(self, rounds: pd.DataFrame | None = None) -> pd.DataFrame | None:
+        """The paired contrasts of the completed runs under `analysis` (None without baselines); `rounds`, the
+        collected rounds.csv, is read when not given."""
+        if not self.analysis.baselines:
+            return None
+        if rounds is None and (self.path / "rounds.csv").exists():
+            rounds = pd.read_csv(self.path / "rounds.csv")
+        return contrasts(counted(self.runs, rounds, self.analysis.metric), self.analysis)
 
     def _table(self, run_id: int, name: str) -> pd.DataFrame | None:
         """A run's table (rounds.csv, ...) with its run_id in front, or None if the run has none."""

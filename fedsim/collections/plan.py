@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
@@ -17,6 +17,7 @@ from fedsim.runtimes.cluster import max_actors
 from fedsim.system.errors import ConfigError
 
 DEFAULT_CONFIG = "defaults"
+PLANNED = "planned"  # runs.csv's reason for a run the command asked for (fedsim.collections.precision adds others)
 
 
 class CollectionError(Exception):
@@ -25,10 +26,12 @@ class CollectionError(Exception):
 
 @dataclass(frozen=True)
 class Planned:
-    """One run to have: a configuration (Hydra overrides, without the seed) and a seed."""
+    """One run to have: a configuration (Hydra overrides, without the seed) and a seed; and why the collection
+    has it (runs.csv's reason: `planned` by the command, or added for a contrast's precision)."""
 
     overrides: tuple[str, ...]
     seed: int
+    reason: str = field(default=PLANNED, compare=False)
 
     @property
     def config(self) -> str:

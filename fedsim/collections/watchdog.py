@@ -3,7 +3,7 @@ LOG, while process PID lives.
 
 A collection's run submitted as a Ray job is no child of run_and_collect, so the kernel cannot stop it when
 the collector dies. This wrapper, the job's entrypoint on the collector's machine, does: once the collector
-is gone (even killed with -9), the run is sent SIGTERM, as a local run is (fedsim.collections.runner.die_with_parent),
+is gone (even killed with -9), the run is sent SIGTERM, as a local run is (fedsim.system.processes.die_with_parent),
 records itself `interrupted` and exits.
 """
 
@@ -15,8 +15,7 @@ import subprocess
 import sys
 import time
 
-from fedsim.collections.runner import die_with_parent
-from fedsim.system.processes import started_at
+from fedsim.system.processes import die_with_parent, started_at
 
 POLL_S = 0.5
 

@@ -61,6 +61,12 @@ def values(override: Override) -> list[str]:
     return [override.get_value_element_as_str()]
 
 
+def config_pairs(config: str) -> dict[str, str]:
+    """A collection's configuration (its overrides joined by spaces, as runs.csv and summary.csv hold it; or
+    `defaults`) as {key: value}, in order."""
+    return dict(word.split("=", 1) for word in config.split() if "=" in word)
+
+
 def _compose(overrides: Sequence[str]) -> DictConfig:
     """The config for `overrides`; Hydra's refusal as one ConfigError."""
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,16 +48,49 @@ def pathological_partitioner(
     )
 
 
+# A partitioner that draws until every partition holds `min_partition_size` rows gives up after its own tries
+# (flwr-datasets' Dirichlet: 10 draws, then ValueError). Such a draw is made again from a seed derived from
+# (seed, attempt), at most this many times: the first attempt is the partitioner's own seed, so every partition
+# it makes on its own is unchanged, and a seed it gives up on still gets a partition, reproducibly.
+REDRAWS = 100
+
+
+def redraw_seed(seed: int, attempt: int) -> int:
+    """The partitioner's seed for its `attempt`-th draw: its own first, then one derived from (seed, attempt)."""
+    if attempt == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, 0x9A27, attempt]).generate_state(1)[0])
+
+
 def partition_table(partitioner_cfg: dict, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """flwr-datasets' partitioner over the (seed-shuffled) training rows, as CSR (rows, indptr)."""
+    """flwr-datasets' partitioner over the (seed-shuffled) training rows, as CSR (rows, indptr).
+
+    A partitioner with a minimum partition size and a seed of its own that gives up is asked again with another
+    seed (`REDRAWS`): what it returns is still its own draw conditioned on the minimum, as its rejection
+    sampling intends."""
     from datasets import Dataset  # the driver partitions once; actors never import datasets
 
     order = np.random.default_rng(seed).permutation(len(labels))
-    partitioner = instantiate(partitioner_cfg, _convert_="all")
-    partitioner.dataset = Dataset.from_dict({"row": order, "label": labels[order]})
-    parts = [
-        np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64) for i in range(partitioner.num_partitions)
-    ]
+    redraws = REDRAWS if {"seed", "min_partition_size"} <= partitioner_cfg.keys() else 1
+    for attempt in range(redraws):
+        cfg = (
+            partitioner_cfg
+            if attempt == 0
+            else {**partitioner_cfg, "seed": redraw_seed(partitioner_cfg["seed"], attempt)}
+        )
+        partitioner = instantiate(cfg, _convert_="all")
+        partitioner.dataset = Dataset.from_dict({"row": order, "label": labels[order]})
+        try:
+            with warnings.catch_warnings():  # each of its short draws warns; the last failure is what counts
+                warnings.filterwarnings("ignore", message="The specified min_partition_size")
+                parts = [
+                    np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64)
+                    for i in range(partitioner.num_partitions)
+                ]
+            break
+        except ValueError:
+            if attempt == redraws - 1:
+                raise
     indptr = np.zeros(len(parts) + 1, dtype=np.int64)
     np.cumsum([len(p) for p in parts], out=indptr[1:])
     return np.concatenate(parts) if parts else np.zeros(0, np.int64), indptr

@@ -14,6 +14,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fedsim.config.validate import held_out_fraction
 from fedsim.data.cache import _check_file, featurize_cached
 from fedsim.data.features import cache_key
 from fedsim.data.imdb import check_split, read_imdb, select_rows
@@ -62,7 +63,7 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
             partitioner, splits["train"].labels[train_rows], int(cfg.seed), cfg.data.cache_dir
         ),
         seed=int(cfg.seed),
-        val_fraction=float(cfg.data.val_fraction),
+        val_fraction=held_out_fraction(cfg),
     )
     check_partitions(
         prepared.partition_file, prepared.val_fraction, prepared.seed, float(cfg.strategy.get("fraction_evaluate", 0))
@@ -74,7 +75,10 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
 def manifest_path(cfg: DictConfig) -> Path:
     """Where `prepare_data` records the prepared files for this config's data settings."""
     settings = {
-        "data": {key: cfg.data[key] for key in ("path", "train_size", "test_size", "val_fraction")},
+        "data": {
+            **{key: cfg.data[key] for key in ("path", "train_size", "test_size")},
+            "val_fraction": held_out_fraction(cfg),
+        },
         "seed": cfg.seed,
         "featurizer": OmegaConf.to_container(cfg.model.featurizer, resolve=True),
         "partition": OmegaConf.to_container(cfg.partition, resolve=True),

@@ -1,7 +1,7 @@
 """Load a run or a collection into pandas DataFrames, for notebooks:
 
 from fedsim.results import load
-c = load("results/collections/NAME")   # c.runs, c.rounds, c.clients, c.layers, c.detection, c.summary
+c = load("results/collections/NAME")   # c.runs, c.rounds, c.clients, c.layers, c.detection, c.summary, c.contrasts
 r = load("results/runs/2026-11-22/...")  # r.info, r.config, r.rounds, r.clients, r.layers, r.detection
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from fedsim.config.overrides import config_pairs
 from fedsim.system.liveness import effective_status
 
 
@@ -46,6 +47,7 @@ class CollectionResults:
     layers: pd.DataFrame
     summary: pd.DataFrame
     detection: pd.DataFrame
+    contrasts: pd.DataFrame  # each configuration against its baseline (run_and_collect --baseline); else empty
 
     def with_config(self, table: str) -> pd.DataFrame:
         """A collected table (rounds, clients, layers or detection) joined with each run's seed and config."""
@@ -56,7 +58,7 @@ def config_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` plus one column per override key in its `config` ("attack=x strategy=y" -> attack, strategy), so
     summaries pivot by any swept key:
     `config_columns(c.summary).pivot(index="attack", columns="strategy", values="mean")`."""
-    pairs = frame["config"].map(lambda c: dict(p.split("=", 1) for p in str(c).split() if "=" in p))
+    pairs = frame["config"].map(lambda c: config_pairs(str(c)))
     return frame.join(pd.DataFrame(pairs.tolist(), index=frame.index))
 
 
@@ -90,6 +92,7 @@ def load_collection(path: str | Path) -> CollectionResults:
         layers=_csv(path / "layers.csv"),
         summary=_csv(path / "summary.csv"),
         detection=_csv(path / "detection.csv"),
+        contrasts=_csv(path / "contrasts.csv"),
     )
 
 
