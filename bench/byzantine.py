@@ -1,152 +1,486 @@
-"""The Byzantine study (docs/benchmarks/byzantine.md): both grids of conf/experiment/byzantine.yaml as resumable
-collections, then the tables the docs show.
+"""The Byzantine study (docs/benchmarks/byzantine.md): the papers' claims on IMDB, each judged by paired contrasts.
 
-    python bench/byzantine.py run [--grid main|iid|all] [--root results/byzantine]   # resumable: rerun to continue
-    python bench/byzantine.py tables [--root results/byzantine]                      # markdown on stdout
+    python bench/byzantine.py run --root DIR       # six resumable collections, seeds chosen by precision
+    python bench/byzantine.py tables --root DIR    # the page's tables (markdown on stdout) and its figures
 
-Each grid is five collections, one per way its aggregators are built, each paying its start-up once:
-the plain robust strategies swept together, FedAvg (with the weight scrutiny the detectors read, so the detection
-AUCs are measured under the aggregator that does not filter), and the three pre-aggregation pairs.
+Each collection sweeps the cells some claims need (GRIDS says which), starts from seeds 0, 1 and 2, compares
+each configuration with its baselines pair by pair over the seeds (the mean central accuracy of the last five
+rounds), and adds seeds only where a contrast is inconclusive at the margin of 0.03, up to 10
+(`run_and_collect.py --until-conclusive`). `tables` gathers every run of the six into one set of cells (a cell
+run in two collections with one seed is one run: runs are deterministic, and the tables check it) and judges
+each claim by its paired contrasts, Holm-adjusted over the claims table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from common import IMDB, ROOT
 
-from fedsim.collections.summary import mean_interval
+from fedsim.collections.contrasts import Analysis, contrasts
+from fedsim.collections.metric import CONVERGED_BELOW, Metric, gain_per_round
+from fedsim.config.overrides import config_pairs
 
 SEEDS = ["0", "1", "2"]
-ATTACKS = {
-    "main": ["none", "label_flip", "sign_flip", "alie", "ipm_small", "ipm_large", "minmax", "minsum", "mimic"],
-    "iid": ["none", "alie", "minmax"],
-}
-PLAIN = ["fedmedian", "trimmed_mean", "krum", "multikrum", "bulyan", "centered_clipping", "geometric_median"]
-# collection name -> (its overrides, its --sweep of strategies or None)
-COLLECTIONS = {
-    "fedavg": (["strategy=fedavg", "scrutiny=true"], None),
-    "robust": (["scrutiny=false"], PLAIN),
-    "nnm+trimmed_mean": (["strategy=trimmed_mean", "pre=nnm", "scrutiny=false"], None),
-    "bucketing+centered_clipping": (["strategy=centered_clipping", "pre=bucketing", "scrutiny=false"], None),
-    "arc+trimmed_mean": (["strategy=trimmed_mean", "pre=arc", "scrutiny=false"], None),
-}
-ORDER = ["fedavg", *PLAIN, "nnm+trimmed_mean", "bucketing+centered_clipping", "arc+trimmed_mean"]
-PARTITION = {"main": "partition=dirichlet", "iid": "partition=iid"}
+MAX_SEEDS, BATCH, MARGIN, METRIC = 10, 2, 0.03, "last:5"
+DIRICHLET = ["partition=dirichlet", "partition.min_partition_size=20"]
+IID = ["partition=iid"]
+PAPERS = ["fedavg", "fedmedian", "trimmed_mean", "krum", "multikrum", "bulyan"]  # Shejwalkar & Houmansadr's
+ROBUST = [*PAPERS, "centered_clipping", "geometric_median"]
 
 
-def collection_name(grid: str, name: str) -> str:
-    return f"byzantine-{grid}-{name.replace('+', '-')}"
+@dataclass(frozen=True)
+class Grid:
+    """One collection of the study: its shared overrides, its sweeps, its baselines, and the claims it serves."""
+
+    name: str
+    overrides: tuple[str, ...]
+    sweeps: tuple[str, ...]
+    baselines: tuple[str, ...]
+    serves: str
 
 
-def run(grid: str, root: str) -> None:
-    for name, (overrides, strategies) in COLLECTIONS.items():
-        command = [sys.executable, "run_and_collect.py", "--seeds", *SEEDS, "--root", root]
-        command += ["--name", collection_name(grid, name), "--sweep", f"attack={','.join(ATTACKS[grid])}"]
-        if strategies:
-            command += ["--sweep", f"strategy={','.join(strategies)}"]
-        command += ["--", "experiment=byzantine", PARTITION[grid], *overrides, f"data.path={IMDB}"]
-        print(" ".join(command[1:]), flush=True)
-        subprocess.run(command, cwd=ROOT, check=True)
+GRIDS = [
+    Grid(
+        "dir-attacks",
+        (*DIRICHLET,),
+        (f"strategy={','.join(PAPERS)}", "attack=none,label_flip,sign_flip,alie,minmax,minsum"),
+        ("attack=none", "attack=alie"),
+        "ALIE against Krum, the trimmed mean and Bulyan (label skew); Min-Max and Min-Sum against ALIE, label "
+        "flipping and sign flipping; the main heatmap",
+    ),
+    Grid(
+        "dir-ipm",
+        (*DIRICHLET,),
+        ("strategy=fedmedian,krum", "attack=none,ipm_small,ipm_large"),
+        ("attack=none",),
+        "IPM against the median and Krum",
+    ),
+    Grid(
+        "dir-robust",
+        (*DIRICHLET,),
+        (f"strategy={','.join(ROBUST)}", "attack=none,mimic"),
+        ("strategy=fedavg", "attack=none"),
+        "robust aggregators against FedAvg without an attack (label skew), centered clipping's repair, Mimic",
+    ),
+    Grid(
+        "iid-robust",
+        (*IID,),
+        (f"strategy={','.join(ROBUST)}", "attack=none,alie"),
+        ("strategy=fedavg", "attack=none"),
+        "robust aggregators against FedAvg on IID data; ALIE against Krum, the trimmed mean and Bulyan (IID)",
+    ),
+    Grid(
+        "bucketing",
+        (*DIRICHLET, "strategy=centered_clipping"),
+        ("pre=none,bucketing", "attack=none,mimic"),
+        ("pre=none",),
+        "bucketing against Mimic",
+    ),
+    Grid(
+        "nnm-arc",
+        (*DIRICHLET, "strategy=trimmed_mean"),
+        ("pre=none,nnm,arc", "attack=none,alie,ipm_large,minmax,mimic"),
+        ("pre=none",),
+        "NNM and ARC in front of the trimmed mean",
+    ),
+]
 
 
-def aggregator(overrides: str) -> str:
-    words = dict(w.split("=", 1) for w in overrides.split())
-    pre = words.get("pre")
-    return f"{pre}+{words['strategy']}" if pre else words["strategy"]
+def command(grid: Grid, root: Path) -> list[str]:
+    words = ["run_and_collect.py", "--seeds", *SEEDS, "--root", str(root), "--name", f"byzantine-{grid.name}"]
+    for sweep in grid.sweeps:
+        words += ["--sweep", sweep]
+    for baseline in grid.baselines:
+        words += ["--baseline", baseline]
+    words += ["--margin", str(MARGIN), "--metric", METRIC, "--until-conclusive", "--max-seeds", str(MAX_SEEDS)]
+    return [*words, "--batch", str(BATCH), "--", "experiment=byzantine", *grid.overrides, f"data.path={IMDB}"]
 
 
-def runs_of(grid: str, root: str) -> pd.DataFrame:
-    frames = []
-    for name in COLLECTIONS:
-        path = ROOT / root / collection_name(grid, name)
-        if not (path / "runs.csv").exists():  # not run yet: its cells show as missing
+def run(root: Path, only: list[str] | None) -> None:
+    """Each grid's collection in turn (rerun to continue); each invocation's own timer (`done in ...`) is kept in
+    ROOT/timers.json."""
+    timers_path = root / "timers.json"
+    for grid in GRIDS:
+        if only and grid.name not in only:
             continue
-        runs = pd.read_csv(path / "runs.csv")
-        runs["collection"] = str(path)
-        frames.append(runs)
+        words = command(grid, root)
+        print("python " + " ".join(words), flush=True)
+        started = time.time()
+        proc = subprocess.Popen([sys.executable, *words], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        done = None
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            if line.startswith("done in "):
+                done = line
+        if proc.wait() not in (0, 1):
+            raise SystemExit(f"{grid.name}: run_and_collect ended with {proc.returncode}")
+        timers = json.loads(timers_path.read_text()) if timers_path.exists() else {}
+        timers.setdefault(grid.name, []).append({"started": started, "done": done and done.strip()})
+        timers_path.parent.mkdir(parents=True, exist_ok=True)
+        timers_path.write_text(json.dumps(timers, indent=1))
+
+
+# ----------------------------------------------------------------------------------------------- the cells
+
+
+def cell_of(config: str) -> str:
+    """A run's cell, whatever collection it ran in: `partition strategy pre attack` (pre `none` when absent)."""
+    pairs = config_pairs(config)
+    return cell(pairs["partition"], pairs.get("strategy", "fedavg"), pairs.get("attack", "none"), pairs.get("pre"))
+
+
+def cell(partition: str, strategy: str, attack: str = "none", pre: str | None = None) -> str:
+    return f"partition={partition} strategy={strategy} pre={pre or 'none'} attack={attack}"
+
+
+def gathered(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Every completed run of the study as (cell, seed, value, collection) with the metric's value; the rounds of
+    FedAvg without an attack on label-skewed data; and how many runs were made in two collections (checked equal)."""
+    metric, frames, fedavg_rounds, seen = Metric.parse(METRIC), [], [], set()
+    for grid in GRIDS:
+        path = root / f"byzantine-{grid.name}"
+        if not (path / "runs.csv").exists():
+            continue
+        runs, rounds = pd.read_csv(path / "runs.csv"), pd.read_csv(path / "rounds.csv")
+        done = runs[runs.status == "completed"].copy()
+        done["value"] = metric.of_runs(done, rounds).to_numpy()
+        done["cell"] = done.config.map(cell_of)
+        done["collection"] = grid.name
+        frames.append(done[["cell", "seed", "value", "collection", "wall_time_s", "run_id"]])
+        clean = done[(done.cell == cell("dirichlet", "fedavg")) & ~done.seed.isin(seen)]  # each seed once
+        seen.update(clean.seed)
+        mine = rounds[rounds.run_id.isin(clean.run_id)].copy()
+        mine["run_id"] += 10**6 * len(fedavg_rounds)  # run ids are each collection's own
+        fedavg_rounds.append(mine)
     runs = pd.concat(frames, ignore_index=True)
-    runs["aggregator"] = runs["overrides"].map(aggregator)
-    runs["attack"] = runs["overrides"].map(lambda o: dict(w.split("=", 1) for w in o.split())["attack"])
-    return runs
+    twice = runs[runs.duplicated(["cell", "seed"], keep=False)]
+    spread = twice.groupby(["cell", "seed"])["value"].agg(lambda v: v.max() - v.min())
+    assert (spread == 0).all(), f"a cell's run differs between collections: {spread[spread != 0]}"
+    return runs, pd.concat(fedavg_rounds, ignore_index=True), int(len(twice) - len(spread))
 
 
-def accuracy_table(runs: pd.DataFrame, attacks: list[str]) -> str:
-    """Final central accuracy, mean ± the half-width of its 95% Student-t interval over the seeds."""
+# ----------------------------------------------------------------------------------------------- the claims
+
+
+@dataclass(frozen=True)
+class Claim:
+    text: str
+    paper: str
+    pairs: tuple[tuple[str, str], ...]  # (cell, its baseline cell)
+    reads: str  # which verdict reproduces the claim
+
+
+D, I_ = "dirichlet", "iid"
+CLAIMS = [
+    Claim(
+        "ALIE, with 20% of the workers, defeats Krum, the trimmed mean and Bulyan",
+        "Baruch, Baruch & Goldberg, NeurIPS 2019",
+        tuple((cell(p, s, "alie"), cell(p, s)) for p in (I_, D) for s in ("krum", "trimmed_mean", "bulyan")),
+        "worse: ALIE lowers accuracy",
+    ),
+    Claim(
+        "IPM defeats the coordinate-wise median and Krum",
+        "Xie, Koyejo & Gupta, UAI 2019",
+        tuple((cell(D, s, a), cell(D, s)) for s in ("fedmedian", "krum") for a in ("ipm_small", "ipm_large")),
+        "worse: IPM lowers accuracy",
+    ),
+    Claim(
+        "Min-Max and Min-Sum hurt more than earlier attacks (ALIE, as the authors compared; label and sign flipping)",
+        "Shejwalkar & Houmansadr, NDSS 2021",
+        tuple(
+            (cell(D, s, a), cell(D, s, b))
+            for s in PAPERS
+            for a in ("minmax", "minsum")
+            for b in ("alie", "label_flip", "sign_flip")
+        ),
+        "worse: the accuracy under Min-Max (Min-Sum) is below that under the earlier attack",
+    ),
+    Claim(
+        "Robust aggregators fail on heterogeneous data even with no attacker",
+        "Karimireddy, He & Jaggi, ICML 2021",
+        tuple((cell(p, s), cell(p, "fedavg")) for p in (D, I_) for s in ROBUST[1:]),
+        "worse than FedAvg under label skew; equivalent to it on IID data",
+    ),
+    Claim(
+        "Centered clipping repairs that failure",
+        "Karimireddy, He & Jaggi, ICML 2021",
+        ((cell(D, "centered_clipping"), cell(D, "fedavg")),),
+        "equivalent to FedAvg under label skew",
+    ),
+    Claim(
+        "Mimic exploits heterogeneity, and bucketing answers it",
+        "Karimireddy, He & Jaggi, ICLR 2022",
+        (
+            *((cell(D, s, "mimic"), cell(D, s)) for s in ("fedavg", "fedmedian", "trimmed_mean", *ROBUST[6:])),
+            (cell(D, "centered_clipping", "mimic", "bucketing"), cell(D, "centered_clipping", "mimic")),
+            (cell(D, "centered_clipping", "none", "bucketing"), cell(D, "centered_clipping")),
+        ),
+        "Mimic worse than no attack; bucketing better than none under Mimic",
+    ),
+    Claim(
+        "NNM makes robust aggregators hold under heterogeneity",
+        "Allouah et al., AISTATS 2023",
+        tuple(
+            (cell(D, "trimmed_mean", a, "nnm"), cell(D, "trimmed_mean", a))
+            for a in ("none", "alie", "ipm_large", "minmax", "mimic")
+        ),
+        "better than the trimmed mean alone under attack, not worse without one",
+    ),
+    Claim(
+        "ARC makes robust aggregators hold under heterogeneity",
+        "Allouah et al., 2024",
+        tuple(
+            (cell(D, "trimmed_mean", a, "arc"), cell(D, "trimmed_mean", a))
+            for a in ("none", "alie", "ipm_large", "minmax", "mimic")
+        ),
+        "better than the trimmed mean alone under attack, not worse without one",
+    ),
+]
+
+
+def judged(runs: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    """The paired contrasts of `pairs` (each once) over the study's runs, Holm-adjusted over them."""
+    values = runs.drop_duplicates(["cell", "seed"]).rename(columns={"cell": "config"})[["config", "seed", "value"]]
+    analysis = Analysis(metric=Metric.parse(METRIC), margin=MARGIN)
+    return contrasts(values, analysis, list(dict.fromkeys(pairs))).set_index(["config", "baseline"])
+
+
+def short(a: str, b: str) -> str:
+    """`partition=dirichlet strategy=krum pre=none attack=alie` against its baseline: `Dir. krum: alie vs none`."""
+    x, y = config_pairs(a), config_pairs(b)
+    where = "Dir." if x["partition"] == "dirichlet" else "IID"
+    agg = x["strategy"] if x["pre"] == "none" else f"{x['pre']}+{x['strategy']}"
+    changed = [k for k in ("strategy", "pre", "attack") if x[k] != y[k]]
+    if changed == ["attack"]:
+        return f"{where} {agg}: {x['attack']} vs {y['attack']}"
+    base = y["strategy"] if y["pre"] == "none" else f"{y['pre']}+{y['strategy']}"
+    return f"{where} {agg} vs {base}" + ("" if x["attack"] == "none" else f" ({x['attack']})")
+
+
+def cell_text(row: pd.Series) -> str:
+    interval = f"[{row.ci95_low:+.3f}, {row.ci95_high:+.3f}]" if np.isfinite(row.ci95_low) else "[no interval]"
+    needs = "" if row.verdict != "inconclusive" else f", needs {needs_text(row)}"
+    return f"{row.mean_diff:+.3f} {interval} n={int(row.n_pairs)} **{row.verdict}**{needs}"
+
+
+def needs_text(row: pd.Series) -> str:
+    return f"{int(row.seeds_needed)} pairs" if np.isfinite(row.seeds_needed) else "more than 2 pairs to estimate"
+
+
+def claims_table(table: pd.DataFrame) -> str:
+    lines = ["| claim (paper) | reproduced if | paired difference [95% CI], pairs, verdict |", "|---|---|---|"]
+    for claim in CLAIMS:
+        rows = "<br>".join(f"{short(a, b)}: {cell_text(table.loc[(a, b)])}" for a, b in claim.pairs)
+        lines.append(f"| {claim.text} ({claim.paper}) | {claim.reads} | {rows} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- the grids
+
+
+ROWS = [
+    ("fedavg", None),
+    ("fedmedian", None),
+    ("trimmed_mean", None),
+    ("krum", None),
+    ("multikrum", None),
+    ("bulyan", None),
+    ("centered_clipping", None),
+    ("geometric_median", None),
+    ("trimmed_mean", "nnm"),
+    ("trimmed_mean", "arc"),
+    ("centered_clipping", "bucketing"),
+]
+ATTACKS = ["label_flip", "sign_flip", "alie", "ipm_small", "ipm_large", "minmax", "minsum", "mimic"]
+MARKS = {"worse": "▼", "better": "▲", "equivalent": "=", "inconclusive": "?"}
+
+
+def grid_contrasts(runs: pd.DataFrame, partition: str) -> pd.DataFrame:
+    """Each attack against no attack, for every aggregator and attack the study ran on `partition`; Holm over the
+    grid."""
+    have = set(runs.cell)
+    pairs = [
+        (cell(partition, s, a, pre), cell(partition, s, "none", pre))
+        for s, pre in ROWS
+        for a in ATTACKS
+        if cell(partition, s, a, pre) in have and cell(partition, s, "none", pre) in have
+    ]
+    return judged(runs, pairs)
+
+
+def grid_markdown(table: pd.DataFrame, partition: str) -> str:
+    attacks = [a for a in ATTACKS if any(config_pairs(c)["attack"] == a for c, _ in table.index)]
     lines = ["| aggregator | " + " | ".join(attacks) + " |", "|---|" + "---|" * len(attacks)]
-    for name in ORDER:
+    for s, pre in ROWS:
         cells = []
-        for attack in attacks:
-            done = runs[(runs.aggregator == name) & (runs.attack == attack) & (runs.status == "completed")]
-            values = done["final_central_accuracy"].dropna()
-            if len(values) < len(SEEDS):
-                cells.append(f"{len(values)}/{len(SEEDS)} runs")
+        for a in attacks:
+            key = (cell(partition, s, a, pre), cell(partition, s, "none", pre))
+            if key not in table.index:
+                cells.append("")
                 continue
-            mean, _, low, high = mean_interval(values.to_numpy())
-            cells.append(f"{mean:.3f} ± {(high - low) / 2:.3f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            row = table.loc[key]
+            cells.append(f"{row.mean_diff:+.3f} {MARKS[row.verdict]} ({int(row.n_pairs)})")
+        if any(cells):
+            lines.append(f"| {s if pre is None else pre + '+' + s} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def detection_table(runs: pd.DataFrame, root: str, grid: str) -> str:
-    """Each detector's ROC AUC under FedAvg per attack: the mean over rounds, then over seeds."""
-    path = ROOT / root / collection_name(grid, "fedavg")
-    detection = pd.read_csv(path / "detection.csv")
-    fedavg = runs[runs.collection == str(path)][["run_id", "attack"]]
-    merged = detection.merge(fedavg, on="run_id")
-    per_run = merged.groupby(["attack", "detector", "run_id"])["auc"].mean().reset_index()
-    table = per_run.groupby(["attack", "detector"])["auc"].mean().unstack("detector")
-    attacks = [a for a in ATTACKS[grid] if a in table.index]
-    detectors = list(table.columns)
-    lines = ["| attack | " + " | ".join(detectors) + " |", "|---|" + "---|" * len(detectors)]
-    for attack in attacks:
-        lines.append(f"| {attack} | " + " | ".join(f"{table.loc[attack, d]:.2f}" for d in detectors) + " |")
-    return "\n".join(lines)
+def heatmap(table: pd.DataFrame, partition: str, path: Path) -> None:
+    """The grid as a heatmap: aggregator x attack, colour the paired difference from no attack, each cell marked by
+    its verdict (▼ worse, ▲ better, = equivalent, ? inconclusive) and its pairs."""
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-def convergence(runs: pd.DataFrame) -> str:
-    """FedAvg without an attack: central accuracy by round, the mean over the seeds."""
-    clean = runs[(runs.aggregator == "fedavg") & (runs.attack == "none")]
-    curves = [pd.read_csv(f"{c}/{d}/rounds.csv").set_index("round")["central_accuracy"] for c, d in
-              zip(clean.collection, clean.run_dir)]  # fmt: skip
-    mean = pd.concat(curves, axis=1).mean(axis=1)
-    shown = [r for r in (1, 5, 10, 15, 18, 19, 20) if r in mean.index]
-    return (
-        "| round | "
-        + " | ".join(map(str, shown))
-        + " |\n|---|"
-        + "---|" * len(shown)
-        + "\n| accuracy | "
-        + " | ".join(f"{mean[r]:.3f}" for r in shown)
-        + " |"
+    attacks = [a for a in ATTACKS if any(config_pairs(c)["attack"] == a for c, _ in table.index)]
+    rows = [
+        (s, pre) for s, pre in ROWS if any(cell(partition, s, a, pre) == c for c, _ in table.index for a in attacks)
+    ]
+    grid = np.full((len(rows), len(attacks)), np.nan)
+    fig, ax = plt.subplots(figsize=(1.1 * len(attacks) + 3, 0.5 * len(rows) + 1.5))
+    for i, (s, pre) in enumerate(rows):
+        for j, a in enumerate(attacks):
+            key = (cell(partition, s, a, pre), cell(partition, s, "none", pre))
+            if key in table.index:
+                row = table.loc[key]
+                grid[i, j] = row.mean_diff
+                ax.text(j, i, f"{row.mean_diff:+.2f}{MARKS[row.verdict]}\n{int(row.n_pairs)}", ha="center",
+                        va="center", fontsize=7)  # fmt: skip
+    limit = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1
+    image = ax.imshow(grid, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    ax.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), [s if pre is None else f"{pre}+{s}" for s, pre in rows], fontsize=8)
+    name = "label skew (Dirichlet 0.5)" if partition == D else "IID"
+    ax.set_title(
+        f"{name}: paired difference from no attack ({METRIC}); ▼ worse ▲ better = equivalent ? open", fontsize=9
     )
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
-def tables(root: str) -> None:
-    for grid in ATTACKS:
-        runs = runs_of(grid, root)
-        wall = runs["wall_time_s"].sum() / 60
-        print(f"## {grid}: {len(runs)} runs, {int((runs.status == 'completed').sum())} completed, "
-              f"{wall:.0f} min of runs\n")  # fmt: skip
-        print(accuracy_table(runs, ATTACKS[grid]), "\n")
-        print(detection_table(runs, root, grid), "\n")
-        print(convergence(runs), "\n")
+def forest(table: pd.DataFrame, pairs: list[tuple[str, str]], path: Path) -> None:
+    """The claims' contrasts, each with its 95% interval and verdict, over the margin band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"worse": "tab:red", "better": "tab:green", "equivalent": "tab:blue", "inconclusive": "tab:gray"}
+    fig, ax = plt.subplots(figsize=(8, 1 + 0.2 * len(pairs)))
+    ax.axvspan(-MARGIN, MARGIN, color="tab:blue", alpha=0.1)
+    ax.axvline(0, color="black", linewidth=0.8)
+    for y, key in enumerate(pairs):
+        row = table.loc[key]
+        low, high = row.mean_diff - row.ci95_low, row.ci95_high - row.mean_diff
+        ax.errorbar(row.mean_diff, y, xerr=[[low], [high]] if np.isfinite(low) else None, fmt="o", markersize=3,
+                    color=colours[row.verdict], capsize=2)  # fmt: skip
+    ax.set_yticks(range(len(pairs)), [short(a, b) for a, b in pairs], fontsize=6)
+    ax.invert_yaxis()
+    for name, colour in colours.items():
+        ax.plot([], [], "o", color=colour, label=name)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_xlabel(f"paired difference in central accuracy ({METRIC}), 95% CI; band: ±{MARGIN}")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def counts(table: pd.DataFrame) -> str:
+    by = table.verdict.value_counts()
+    conclusive = int(by.get("worse", 0) + by.get("better", 0) + by.get("equivalent", 0))
+    open_ = table[table.verdict == "inconclusive"]
+    text = (
+        f"{conclusive} of {len(table)} conclusive ({int(by.get('worse', 0))} worse, {int(by.get('better', 0))} "
+        f"better, {int(by.get('equivalent', 0))} equivalent)"
+    )
+    if len(open_):
+        need = open_.seeds_needed.dropna()
+        text += f"; {len(open_)} inconclusive at {int(open_.n_pairs.min())} to {int(open_.n_pairs.max())} pairs"
+        text += f", needing {int(need.min())} to {int(need.max())} pairs" if len(need) else ""
+    return text
+
+
+def convergence(rounds: pd.DataFrame) -> str:
+    """FedAvg without an attack under label skew: mean central accuracy by round, and the gain a round over the
+    last five rounds (each run's least-squares slope, then their mean)."""
+    mean = rounds.groupby("round")["central_accuracy"].mean()
+    shown = [r for r in (1, 5, 10, 15, 20, 21, 22, 23, 24, 25) if r in mean.index]
+    gain = gain_per_round(rounds)
+    return (
+        "| round | " + " | ".join(map(str, shown)) + " |\n|---|" + "---|" * len(shown) + "\n| accuracy | "
+        + " | ".join(f"{mean[r]:.3f}" for r in shown) + " |\n\n"
+        f"Gain a round over the last five rounds: {gain.mean():+.4f} (over {len(gain)} runs; from {gain.min():+.4f} "
+        f"to {gain.max():+.4f}); under {CONVERGED_BELOW}: {bool(gain.mean() < CONVERGED_BELOW)}."
+    )  # fmt: skip
+
+
+def wall_time(root: Path, runs: pd.DataFrame) -> str:
+    timers = json.loads((root / "timers.json").read_text()) if (root / "timers.json").exists() else {}
+    lines = [
+        "| collection | invocations | their timers (`done in`) | runs | sum of runs' wall time |",
+        "|---|---|---|---|---|",
+    ]
+    total = 0.0
+    for grid in GRIDS:
+        spans = [t["done"] for t in timers.get(grid.name, []) if t["done"]]
+        seconds = sum(duration(s) for s in spans)
+        total += seconds
+        mine = runs[runs.collection == grid.name]
+        minutes = mine.wall_time_s.sum() / 60
+        lines.append(f"| {grid.name} | {len(spans)} | {seconds / 60:.1f} min | {len(mine)} | {minutes:.1f} min |")
+    lines.append(f"| all | | {total / 60:.1f} min | {len(runs)} | {runs.wall_time_s.sum() / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+def duration(done: str) -> float:
+    """Seconds from a collection's `done in 1h02m03s: ...` line."""
+    text = re.match(r"done in (\S+):", done).group(1)
+    units = {"h": 3600, "m": 60, "s": 1}
+    return float(sum(float(v) * units[u] for v, u in re.findall(r"([\d.]+)([hms])", text)))
+
+
+def tables(root: Path, figures: Path) -> None:
+    runs, fedavg_rounds, repeated = gathered(root)
+    print(f"{len(runs)} completed runs in {runs.cell.nunique()} cells; {repeated} runs made in two collections, "
+          "equal to the bit\n")  # fmt: skip
+    print("## Convergence\n\n" + convergence(fedavg_rounds) + "\n")
+    figures.mkdir(parents=True, exist_ok=True)
+    for partition in (D, I_):
+        grid = grid_contrasts(runs, partition)
+        heatmap(grid, partition, figures / f"byzantine-{partition}.png")
+        print(f"## Grid: {partition} ({counts(grid)}; Holm over the grid)\n\n{grid_markdown(grid, partition)}\n")
+    pairs = list(dict.fromkeys(p for claim in CLAIMS for p in claim.pairs))
+    table = judged(runs, pairs)
+    forest(table, pairs, figures / "byzantine-claims.png")
+    print(f"## Claims ({counts(table)}; Holm over the table's {len(table)} contrasts)\n\n{claims_table(table)}\n")
+    print("## Wall time\n\n" + wall_time(root, runs))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["run", "tables"])
-    parser.add_argument("--grid", choices=["main", "iid", "all"], default="all")
-    parser.add_argument("--root", default="results/byzantine", help="where the collections live")
+    parser.add_argument("--root", type=Path, required=True, help="where the collections live (outside the work tree)")
+    parser.add_argument("--only", nargs="+", choices=[g.name for g in GRIDS], help="run these grids only")
+    parser.add_argument("--figures", type=Path, default=ROOT / "docs" / "img", help="where tables draws its figures")
     args = parser.parse_args()
     if args.action == "run":
-        for grid in ATTACKS if args.grid == "all" else [args.grid]:
-            run(grid, args.root)
+        run(args.root.resolve(), args.only)
     else:
-        tables(args.root)
+        tables(args.root.resolve(), args.figures)
 
 
 if __name__ == "__main__":

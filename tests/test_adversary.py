@@ -1,14 +1,20 @@
 """The omniscient adversary's step and the robust strategies, wired: what the step sees and writes, what the
-strategies aggregate, and whole runs: the attack applied, ALIE's reply as its formula read back from the archive,
-sparse replies aggregated as the dense ones."""
+strategies aggregate (against Flower's and ByzFL's where they have them), and whole runs: the attack applied, ALIE's
+reply as its formula read back from the archive, sparse replies aggregated as the dense ones."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import Bulyan as FlowerBulyan
 from flwr.serverapp.strategy import FedTrimmedAvg
+from flwr.serverapp.strategy import MultiKrum as FlowerMultiKrum
+from flwr.serverapp.strategy.multikrum import select_multikrum
+from helpers.byzfl import byzfl
 from helpers.configs import TIMING, make_cfg
 from helpers.local_grid import LocalGrid
 from helpers.runs import run_locally
@@ -22,22 +28,23 @@ from fedsim.client.attacks import ALIE, Omniscient
 from fedsim.messages.records import ArrayView, Decoded, record_views, to_record, viewed
 from fedsim.messages.sparse import densified, sparsify
 from fedsim.server.adversary import Adversary
-from fedsim.server.robust import ARC, NNM, Bucketing, CenteredClipping, PreAggregated
+from fedsim.server.robust import ARC, NNM, Bucketing, Bulyan, CenteredClipping, MultiKrum, PreAggregated
 from fedsim.server.updates import update_matrix
 
 NAMES = ["embedding", "bias", "steps"]
 START = [np.full((6, 2), 0.5, np.float32), np.zeros(3, np.float32), np.arange(2)]  # an integer buffer last
 
 
-def replies_of(grid_messages: list[Message], updates: np.ndarray) -> list[Message]:
-    """Training replies whose float weights are START plus each row of `updates`."""
+def replies_of(
+    grid_messages: list[Message], updates: np.ndarray, examples: Sequence[int] | None = None
+) -> list[Message]:
+    """Training replies whose float weights are START plus each row of `updates`, with 10 examples each unless
+    `examples` says."""
     out = []
-    for message, row in zip(grid_messages, updates):
+    for i, (message, row) in enumerate(zip(grid_messages, updates)):
         weights = [START[0] + row[:12].reshape(6, 2), START[1] + row[12:], START[2]]
-        content = RecordDict(
-            {"arrays": to_record(NAMES, weights), "metrics": MetricRecord({"num-examples": 10, "train-loss": 0.5})}
-        )
-        out.append(Message(content, reply_to=message))
+        metrics = MetricRecord({"num-examples": 10 if examples is None else examples[i], "train-loss": 0.5})
+        out.append(Message(RecordDict({"arrays": to_record(NAMES, weights), "metrics": metrics}), reply_to=message))
     return out
 
 
@@ -93,6 +100,76 @@ def test_centered_clipping_strategy_centres_each_round_on_the_last_aggregate():
         center = aggregators.centered_clipping(updates.astype(np.float32), center, 0.5, 2)
         np.testing.assert_allclose(flat(aggregated), center, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(strategy.center, center, rtol=1e-5, atol=1e-6)  # kept for the next round
+
+
+@pytest.mark.parametrize(("f", "m"), [(0, 1), (1, 3), (2, 6), (3, 10)])
+def test_weighted_multi_krum_with_m_is_flowers_multikrum(f, m):
+    """fedsim's Multi-Krum with `weighted` and an explicit m aggregates the same replies to what Flower's MultiKrum
+    (num_malicious_nodes=f, num_nodes_to_select=m) does, to float32 rounding."""
+    updates = np.random.default_rng(f).normal(size=(10, 15)) * np.linspace(0.5, 3, 10)[:, None]
+    examples = [7, 120, 33, 5, 64, 18, 90, 41, 2, 77]
+    aggregated = []
+    for strategy in (
+        MultiKrum(num_malicious_nodes=f, m=m, weighted=True),
+        FlowerMultiKrum(num_malicious_nodes=f, num_nodes_to_select=m),
+    ):
+        aggregated.append(flat(strategy.aggregate_train(1, replies_of(messages(strategy, 10), updates, examples))[0]))
+    np.testing.assert_allclose(*aggregated, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("f_byzfl", [1, 2, 4])
+def test_unweighted_multi_krum_of_a_round_is_byzfls(f_byzfl):
+    """ByzFL's MultiKrum(f') scores over n - f' - 1 neighbours and averages the n - f' best; the paper (and fedsim)
+    score over n - f - 2. So fedsim's strategy with f = f' - 1, m = n - f' and the plain mean (weighted false, the
+    default) is ByzFL's MultiKrum(f'), whatever the replies' examples."""
+    updates = np.random.default_rng(f_byzfl).normal(size=(10, 15)) * np.linspace(0.5, 3, 10)[:, None]
+    strategy = MultiKrum(num_malicious_nodes=f_byzfl - 1, m=10 - f_byzfl)
+    replies = replies_of(messages(strategy, 10), updates, [7, 120, 33, 5, 64, 18, 90, 41, 2, 77])
+    theirs = byzfl("aggregators.aggregators").MultiKrum(f=f_byzfl)(updates.astype(np.float32).astype(np.float64))
+    np.testing.assert_allclose(flat(strategy.aggregate_train(1, replies)[0]), theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_multi_krum_m_defaults_to_n_minus_f_of_the_rounds_replies():
+    """m null is n - f with n the replies of the round: 8 of 10 replies, 7 of 9 (a client failed), for f = 2."""
+    updates = np.random.default_rng(9).normal(size=(10, 15)) * np.linspace(0.5, 3, 10)[:, None]
+
+    def aggregate(strategy: MultiKrum, n: int) -> np.ndarray:
+        return flat(strategy.aggregate_train(1, replies_of(messages(strategy, 10)[:n], updates))[0])
+
+    for n in (10, 9):
+        default = aggregate(MultiKrum(num_malicious_nodes=2), n)
+        np.testing.assert_array_equal(default, aggregate(MultiKrum(num_malicious_nodes=2, m=n - 2), n))
+        assert not np.array_equal(default, aggregate(MultiKrum(num_malicious_nodes=2, m=n - 3), n))
+
+
+def recursive_flower_krum(contents: list[RecordDict], num_malicious_nodes: int, theta: int) -> list[RecordDict]:
+    """The paper's Bulyan selection from Flower's own Krum: `select_multikrum` picking one of those that remain,
+    theta times."""
+    remaining, chosen = list(contents), []
+    while len(chosen) < theta:
+        chosen.append(select_multikrum(remaining, num_malicious_nodes, 1)[0])
+        remaining = [c for c in remaining if c is not chosen[-1]]
+    return chosen
+
+
+def test_bulyan_selects_recursively_by_default_and_as_flower_with_one_shot():
+    """fedsim's Bulyan: with selection one_shot, Flower's Bulyan to the bit; by default, Flower's Bulyan whose
+    selection rule is Flower's Krum applied recursively, to the bit (the same replies in the same order), and here
+    a different aggregate from the one-shot one. n = 15, f = 3 (no exact ties of Krum scores: see
+    tests/test_byzantine.py)."""
+    updates = np.random.default_rng(11).normal(size=(15, 15)) * np.linspace(0.5, 3, 15)[:, None]
+
+    def aggregate(strategy) -> list[np.ndarray]:
+        return record_views(strategy.aggregate_train(1, replies_of(messages(strategy, 15), updates))[0])
+
+    one_shot = aggregate(Bulyan(selection="one_shot", num_malicious_nodes=3))
+    recursive = aggregate(Bulyan(num_malicious_nodes=3))
+    for ours, theirs in zip(one_shot, aggregate(FlowerBulyan(num_malicious_nodes=3))):
+        np.testing.assert_array_equal(ours, theirs)
+    reference = aggregate(FlowerBulyan(num_malicious_nodes=3, selection_rule=recursive_flower_krum))
+    for ours, theirs in zip(recursive, reference):
+        np.testing.assert_array_equal(ours, theirs)
+    assert not all(np.array_equal(a, b) for a, b in zip(recursive, one_shot))
 
 
 def test_pre_aggregation_hands_the_mixed_updates_to_the_wrapped_strategy():
@@ -159,6 +236,7 @@ def test_a_large_ipm_takes_fedavg_far_below_the_same_run_unattacked(imdb_dir, tm
         "strategy=geometric_median pre=arc attack=minsum",
         "strategy=centered_clipping attack=mimic strategy.fraction_train=0.5",  # partial participation too
         "strategy=krum",
+        "strategy=multikrum attack=alie",
     ],
 )
 def test_sparse_replies_aggregate_exactly_as_dense_ones(imdb_dir, tmp_path, choice):

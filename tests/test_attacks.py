@@ -24,6 +24,7 @@ from fedsim.client.client import (
     MaliciousClient,
     build_client,
 )
+from fedsim.config.resume import upgrade
 from fedsim.config.validate import num_malicious
 from fedsim.data.prepare import prepare_data
 from fedsim.model.weights import get_weights
@@ -126,6 +127,15 @@ def test_random_weights_match_shapes_and_scale_but_not_training(generated_imdb):
         if s.size > 1000:  # the embedding: enough elements for sample statistics
             assert np.std(b) == pytest.approx(np.std(s), rel=0.01)
             assert abs(np.corrcoef(b.ravel(), s.ravel())[0, 1]) < 0.01
+
+
+def test_a_min_sum_run_saved_before_attack_bound_resumes_with_the_bound_it_ran_with():
+    """Min-Sum bounded by the largest honest sum before `attack.bound` (issue 45), whose default is now the
+    smallest: a resumed older run keeps its bound; a run that has the key keeps its own."""
+    saved = make_cfg("attack=minsum")
+    del saved.attack.bound
+    assert upgrade(saved).attack.bound == "max"
+    assert upgrade(make_cfg("attack=minsum")).attack.bound == "min"
 
 
 def test_detection_scores_each_round_with_both_classes():

@@ -147,6 +147,8 @@ def test_adaptive_clipping_moves_the_norm_and_counts_epsilon(generated_imdb, tmp
     "overrides, key",
     [
         (["privacy=server_fixed", "strategy=krum"], "privacy"),
+        (["privacy=server_fixed", "strategy=multikrum"], "privacy"),  # fedsim's, robust as RobustFedAvg
+        (["privacy=client_fixed", "strategy=bulyan", "num_clients=11"], "privacy"),  # fedsim's subclass of Flower's
         (["privacy=server_adaptive", "strategy=fedmedian"], "privacy"),
         (["privacy=client_fixed", "attack=sign_flip"], "privacy"),
         (["privacy=client_adaptive", "transport=bfloat16"], "transport"),

@@ -31,9 +31,9 @@ EXPECTED = {
     "fedmedian": "FedMedian",
     "trimmed_mean": "FedTrimmedAvg",
     "krum": "Krum",
-    "multikrum": "MultiKrum",
-    "bulyan": "Bulyan",
-    "centered_clipping": "CenteredClipping",  # fedsim's own (fedsim.server.robust)
+    "multikrum": "MultiKrum",  # fedsim's own (fedsim.server.robust)
+    "bulyan": "Bulyan",  # fedsim's subclass of Flower's (fedsim.server.robust)
+    "centered_clipping": "CenteredClipping",  # fedsim's own
     "geometric_median": "GeometricMedian",
 }
 
@@ -45,7 +45,9 @@ def test_every_spec_strategy_has_a_config():
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_strategy_config_builds_flowers_class(name):
     strategy = build(make_cfg(f"strategy={name}", "num_clients=10")).strategy
-    assert type(strategy) is getattr(flwr_strategies, EXPECTED[name], None) or getattr(robust, EXPECTED[name])
+    assert type(strategy) is getattr(robust, EXPECTED[name], None) or type(strategy) is getattr(
+        flwr_strategies, EXPECTED[name]
+    )
     assert strategy.fraction_train == 1.0 and strategy.min_available_nodes == 10
 
 
@@ -59,7 +61,22 @@ def test_strategy_parameters_are_keys_under_flowers_names():
         )
     ).strategy
     assert (strategy.proximal_mu, strategy.fraction_train, strategy.fraction_evaluate) == (0.5, 0.5, 0.0)
-    assert build(make_cfg("strategy=multikrum", "strategy.num_nodes_to_select=4")).strategy.num_nodes_to_select == 4
+    multikrum = build(make_cfg("strategy=multikrum", "strategy.m=4", "strategy.weighted=true")).strategy
+    assert (multikrum.m, multikrum.weighted) == (4, True)
+    assert build(make_cfg("strategy=bulyan", "strategy.selection=one_shot")).strategy.selection == "one_shot"
+
+
+def test_the_papers_methods_are_the_defaults():
+    """Bulyan's recursive Krum selection, Multi-Krum's m = n - f and plain mean (the paper's and ByzFL's), Min-Sum's
+    bound from the authors' code; Bulyan stays a Flower Bulyan (the preconditions and the DP refusal check that)."""
+    bulyan = build(make_cfg("strategy=bulyan", "num_clients=10")).strategy
+    assert isinstance(bulyan, flwr_strategies.Bulyan) and bulyan.selection == "recursive"
+    assert bulyan.selection_rule == bulyan.select_recursively
+    one_shot = build(make_cfg("strategy=bulyan", "strategy.selection=one_shot")).strategy
+    assert one_shot.selection_rule is flwr_strategies.multikrum.select_multikrum  # today's Bulyan, unchanged
+    multikrum = build(make_cfg("strategy=multikrum")).strategy
+    assert (multikrum.m, multikrum.weighted) == (None, False)
+    assert build(make_cfg("attack=minsum")).attack.bound == "min"
 
 
 def test_krum_and_bulyan_take_f_from_the_attack():
@@ -86,9 +103,9 @@ def test_krum_and_bulyan_take_f_from_the_attack():
             "6 train per round",
         ),
         (
-            ["strategy=multikrum", "num_clients=10", "strategy.fraction_train=0.4", "strategy.num_nodes_to_select=5"],
-            "strategy.num_nodes_to_select",
-            "allowed: 1..4",
+            ["strategy=multikrum", "num_clients=10", "strategy.fraction_train=0.4", "strategy.m=5"],
+            "strategy.m",
+            "allowed: null (n - f) or 1..4",
         ),
         (["strategy=trimmed_mean", "strategy.beta=0.6"], "strategy", "must be in the range [0, 0.5)"),
         (["strategy.min_available_nodes=11"], "strategy.min_available_nodes", "at most 10"),
@@ -120,13 +137,31 @@ def test_build_refuses_impossible_strategies(overrides, key, needed):
         ("strategy=geometric_median strategy.iterations=0", "strategy.iterations"),
         ("attack=minmax attack.direction=up", "attack.direction"),
         ("attack=alie attack.z=high", "attack.z"),
+        ("attack=alie attack.z=0", "attack.z"),
+        ("attack=alie attack.z=-1.5", "attack.z"),
+        ("attack=ipm attack.epsilon=-1", "attack.epsilon"),
+        ("attack=ipm attack.epsilon=0", "attack.epsilon"),
+        ("attack=ipm attack.epsilon=-0.0", "attack.epsilon"),
+        ("attack=gaussian_noise attack.std=0", "attack.std"),
+        ("attack=scaling attack.scale=-10", "attack.scale"),
+        ("attack=random_weights attack.scale=0", "attack.scale"),
+        ("attack=minsum attack.bound=mean", "attack.bound"),
+        ("attack=minmax attack.tolerance=1", "attack.tolerance"),
+        ("attack=mimic attack.target=-1", "attack.target"),
+        ("strategy=bulyan strategy.selection=twice", "strategy.selection"),
+        ("strategy=multikrum strategy.m=0", "strategy.m"),
+        ("strategy=multikrum strategy.m=2.5", "strategy.m"),
+        ("strategy=multikrum strategy.weighted=yes", "strategy.weighted"),
+        ("strategy=geometric_median strategy.nu=0", "strategy.nu"),
+        ("pre=bucketing pre.s=0", "pre.s"),
+        ("pre=nnm pre.f=-1", "pre.f"),
         ("assumed_malicious=-1", "assumed_malicious"),
     ],
 )
 def test_validation_names_the_key(override, key):
     with pytest.raises(ConfigError, match="allowed") as err:
         validate(make_cfg(*override.split()))
-    assert err.value.key == key
+    assert err.value.key == key and "\n" not in str(err.value)
 
 
 def test_default_config_is_valid():

@@ -8,6 +8,8 @@ from scipy import sparse
 
 from fedsim.byzantine.vectors import Matrix, centred_gram, combine, distances_to, row_norms, squared_distances
 
+SELECTIONS = ("recursive", "one_shot")  # Bulyan's selection: the paper's recursive Krum, or Flower's one Multi-Krum
+
 
 def centered_clipping(matrix: Matrix, center: np.ndarray, tau: float, iterations: int) -> np.ndarray:
     """Centered clipping (Karimireddy, He & Jaggi, ICML 2021): from v = center, `iterations` times
@@ -29,12 +31,16 @@ def centered_clipping(matrix: Matrix, center: np.ndarray, tau: float, iterations
 
 
 def geometric_median(matrix: Matrix, nu: float, iterations: int, weights: np.ndarray | None = None) -> np.ndarray:
-    """RFA's smoothed Weiszfeld (Pillutla, Kakade & Harchaoui, 2022): from z = 0 (the global model),
-    `iterations` times z <- sum_i beta_i x_i / sum_i beta_i, beta_i = alpha_i / max(nu, |z - x_i|), with alpha the
-    weights (uniform when None)."""
+    """RFA's smoothed Weiszfeld (Pillutla, Kakade & Harchaoui, IEEE TSP 2022): from RFA's start, the weighted mean
+    z = sum_i alpha_i x_i / sum_i alpha_i, `iterations` times z <- sum_i beta_i x_i / sum_i beta_i,
+    beta_i = alpha_i / max(nu, |z - x_i|), with alpha the weights (uniform when None).
+
+    Not from z = 0 (the global model; ByzFL's start): a client that returns the model it was sent has an update of
+    exactly zero, its beta_i = alpha_i / nu then outweighs every other, and z stays at or near 0 however few such
+    clients there are."""
     n = matrix.shape[0]
     alpha = np.full(n, 1 / n) if weights is None else np.asarray(weights, np.float64)
-    z = np.zeros(matrix.shape[1])
+    z = combine(alpha, matrix) / alpha.sum()
     for _ in range(iterations):
         if sparse.issparse(matrix):
             distances = np.maximum(distances_to(matrix, z), nu)
@@ -43,6 +49,39 @@ def geometric_median(matrix: Matrix, nu: float, iterations: int, weights: np.nda
         beta = alpha / distances
         z = combine(beta, matrix) / beta.sum()
     return z
+
+
+def krum_scores(distances: np.ndarray, f: int) -> np.ndarray:
+    """Krum's score (Blanchard et al., NeurIPS 2017) of each of n rows, from their pairwise squared distances: the
+    sum of its squared distances to its n - f - 2 nearest other rows (the paper's and Flower's count; at least 1,
+    as Flower, and at most the n - 1 others)."""
+    n = len(distances)
+    others = distances + np.diag(np.full(n, np.inf))  # a row is not its own neighbour
+    return np.sort(others, axis=1)[:, : min(max(1, n - f - 2), n - 1)].sum(axis=1)
+
+
+def multi_krum(matrix: Matrix, f: int, m: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Multi-Krum (Blanchard et al., NeurIPS 2017): the mean of the m rows with the smallest Krum scores (ties: the
+    earlier row), plain as the paper and ByzFL, or weighted by `weights` (a reply's examples, as Flower's
+    MultiKrum). Distances in float64, from the centred Gram matrix."""
+    _, gram = centred_gram(matrix)
+    chosen = np.argsort(krum_scores(squared_distances(gram), f), kind="stable")[:m]
+    share = np.zeros(matrix.shape[0])
+    share[chosen] = 1 / len(chosen) if weights is None else weights[chosen] / weights[chosen].sum()
+    return combine(share, matrix)
+
+
+def recursive_krum(distances: np.ndarray, f: int, theta: int) -> list[int]:
+    """Bulyan's selection (El Mhamdi, Guerraoui & Rouault, ICML 2018): Krum applied recursively, each time to the
+    rows not yet chosen (scores over their n_r - f - 2 nearest, n_r those that remain), its choice removed, until
+    theta are chosen; in the order chosen. Flower's Bulyan instead takes the theta best scores of one Multi-Krum
+    scoring of all n, which the paper's recursion need not give: a chosen row's removal changes the others'
+    neighbours."""
+    remaining, chosen = list(range(len(distances))), []
+    while len(chosen) < theta:
+        scores = krum_scores(distances[np.ix_(remaining, remaining)], f)
+        chosen.append(remaining.pop(int(np.argmin(scores))))
+    return chosen
 
 
 def nnm(matrix: Matrix, f: int) -> np.ndarray:

@@ -21,6 +21,7 @@ from fedsim.byzantine.vectors import (
 )
 
 DIRECTIONS = ("unit_vec", "std", "sign")  # Min-Max's and Min-Sum's perturbations: -mu/|mu|, -std, -sign(mu)
+BOUNDS = ("min", "max")  # Min-Sum's bound on the sum of squared distances: the smallest honest one, or the largest
 
 
 def alie_z(n: int, f: int) -> float:
@@ -31,8 +32,8 @@ def alie_z(n: int, f: int) -> float:
 
 
 def alie(honest: Matrix, z: float) -> np.ndarray:
-    """A Little Is Enough: mean + z * std, per coordinate, std with ddof 1 (ByzFL's convention; a negative z moves
-    the other way). One honest update has no spread: its mean is returned."""
+    """A Little Is Enough (Baruch, Baruch & Goldberg, NeurIPS 2019): mean + z * std, per coordinate, std with ddof 1
+    (ByzFL's convention). One honest update has no spread: its mean is returned."""
     mean = column_mean(honest)
     if honest.shape[0] < 2:
         return mean
@@ -75,17 +76,23 @@ def largest_gamma(holds: Callable[[float], bool], tolerance: float) -> float:
     return low
 
 
-def agr_agnostic(honest: Matrix, direction: str, objective: str, tolerance: float = 1e-6) -> tuple[np.ndarray, float]:
+def agr_agnostic(
+    honest: Matrix, direction: str, objective: str, tolerance: float = 1e-6, bound: str = "max"
+) -> tuple[np.ndarray, float]:
     """Min-Max or Min-Sum (Shejwalkar & Houmansadr, NDSS 2021): (mu + gamma * p, gamma) with the largest gamma that
     keeps the malicious update m no farther from the honest ones than they are from each other:
 
-    - minmax: max_i |m - x_i|^2 <= max_ij |x_i - x_j|^2;
-    - minsum: sum_i |m - x_i|^2 <= max_i sum_j |x_i - x_j|^2.
+    - minmax: max_i |m - x_i|^2 <= max_ij |x_i - x_j|^2 (`bound` max, its only one);
+    - minsum: sum_i |m - x_i|^2 <= min_i sum_j |x_i - x_j|^2 with `bound` min, the authors' code
+      (github.com/vrt1shjwlkr/NDSS21-Model-Poisoning, `min_score = torch.min(scores)`), or <= max_i ... with
+      `bound` max, as the paper's text reads.
 
     With y_i = x_i - mu: |m - x_i|^2 = |y_i|^2 - 2 gamma <p, y_i> + gamma^2 |p|^2, so every gamma costs O(h) once
     |y_i|^2 and <p, y_i> are known; max_ij |x_i - x_j|^2 comes from the centred Gram matrix, and
     sum_j |x_i - x_j|^2 = h |y_i|^2 + sum_j |y_j|^2 (the y_j sum to zero).
     """
+    if bound not in BOUNDS or (objective == "minmax" and bound != "max"):
+        raise ValueError(f"bound {bound!r} with {objective}; allowed: max for minmax, min or max for minsum")
     mean, gram = centred_gram(honest)
     p = perturbation(honest, mean, direction)
     along = centred_along(honest, mean, p)  # <p, y_i>
@@ -95,11 +102,12 @@ def agr_agnostic(honest: Matrix, direction: str, objective: str, tolerance: floa
         return spread - 2 * gamma * along + gamma * gamma * size
 
     if objective == "minmax":
-        bound = float(squared_distances(gram).max())
-        gamma = largest_gamma(lambda g: float(distances(g).max()) <= bound, tolerance)
+        limit = float(squared_distances(gram).max())
+        gamma = largest_gamma(lambda g: float(distances(g).max()) <= limit, tolerance)
     elif objective == "minsum":
-        bound = float((honest.shape[0] * spread + spread.sum()).max())
-        gamma = largest_gamma(lambda g: float(distances(g).sum()) <= bound, tolerance)
+        sums = honest.shape[0] * spread + spread.sum()
+        limit = float(sums.min() if bound == "min" else sums.max())
+        gamma = largest_gamma(lambda g: float(distances(g).sum()) <= limit, tolerance)
     else:
         raise ValueError(f"objective {objective!r}; allowed: minmax, minsum")
     return mean + gamma * p, gamma

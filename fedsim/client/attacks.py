@@ -205,9 +205,14 @@ class MinMax(Omniscient):
 
 @dataclass(frozen=True)
 class MinSum(MinMax):
-    """Min-Sum: as Min-Max, bounding the sum of squared distances to the honest updates instead of the largest."""
+    """Min-Sum: as Min-Max, bounding the sum of squared distances to the honest updates instead of the largest, by
+    the smallest honest update's such sum (`bound` min: the authors' code) or the largest (max: the paper's text)."""
 
+    bound: str = "min"
     objective = "minsum"
+
+    def forge(self, honest: Matrix, n: int, f: int, rng: np.random.Generator) -> np.ndarray:
+        return omniscient.agr_agnostic(honest, self.direction, self.objective, self.tolerance, self.bound)[0]
 
 
 @dataclass(frozen=True)

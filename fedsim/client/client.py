@@ -20,6 +20,7 @@ from torch import nn
 
 from fedsim.client.attacks import Attack, malicious_of
 from fedsim.config.compose import config_from, config_key
+from fedsim.config.validate import held_out_fraction
 from fedsim.data.loader import Loader, load_data, load_node_data
 from fedsim.data.prepare import PreparedData, load_prepared
 from fedsim.messages.transport import transport_of
@@ -61,7 +62,7 @@ class ClientSettings:
             net=cfg.model.net,
             featurizer=cfg.model.featurizer,
             cache_dir=str(cfg.data.cache_dir),
-            val_fraction=float(cfg.data.val_fraction),
+            val_fraction=held_out_fraction(cfg),
             optimizer=cfg.model.optimizer,
             local_epochs=int(cfg.client.local_epochs),
             batch_size=int(cfg.client.batch_size),

@@ -184,15 +184,18 @@ def seeds_needed(mean: float, sd: float, n: int, margin: float, level: float, le
     return float(size[decided][0]) if decided.any() else math.nan
 
 
-def contrasts(values: pd.DataFrame, analysis: Analysis) -> pd.DataFrame:
-    """One row per (configuration, baseline) from `values` (config, seed, value: one row per run counted), pairs
-    matched by seed, in CONTRAST_COLUMNS; the tests Holm-adjusted over every row."""
+def contrasts(values: pd.DataFrame, analysis: Analysis, pairs: Sequence[tuple[str, str]] | None = None) -> pd.DataFrame:
+    """One row per (configuration, baseline) from `values` (config, seed, value: one row per run counted), seeds
+    matched, in CONTRAST_COLUMNS; the tests Holm-adjusted over every row. The (configuration, baseline) pairs are
+    the analysis's baselines' (`comparisons`), or `pairs` (a study's claims, gathered from several collections)."""
     configs = list(dict.fromkeys(values["config"]))
     by_config = {c: group.set_index("seed")["value"] for c, group in values.groupby("config", sort=False)}
+    empty = pd.Series(dtype=float)
     rows = []
-    for config, base in comparisons(configs, analysis.baselines):
-        shared = by_config[config].index.intersection(by_config[base].index).sort_values()
-        x, y = by_config[config][shared].to_numpy(float), by_config[base][shared].to_numpy(float)
+    for config, base in comparisons(configs, analysis.baselines) if pairs is None else pairs:
+        mine, theirs = by_config.get(config, empty), by_config.get(base, empty)
+        shared = mine.index.intersection(theirs.index).sort_values()
+        x, y = mine[shared].to_numpy(float), theirs[shared].to_numpy(float)
         rows.append({"config": config, "baseline": base, **paired(x, y, analysis.margin)})
     table = pd.DataFrame(rows, columns=[c for c in CONTRAST_COLUMNS if c not in ("metric", "p_holm", "verdict")])
     table["metric"] = analysis.metric.name

@@ -34,13 +34,16 @@ MOVED = {
 }
 
 
+MIN_SUM = "fedsim.client.attacks.MinSum"  # its attack.bound (issue 45): an older run's, the largest honest sum
+
+
 def upgrade(saved: DictConfig) -> DictConfig:
     """A config saved by an older fedsim, as this one reads it; every old-run upgrade is here, in one step.
 
     A key or group the run lacks did not exist when it ran, and it ran with what is now that key's
     default (`runtime`, `faults`, `privacy`, `tracking`, `transport`, `ray`, the runtime's timeouts): each
-    is taken from conf/. Every `_target_` is renamed to where its object lives now. Nothing else in fedsim
-    needs to know that a run is old.
+    is taken from conf/. Every `_target_` is renamed to where its object lives now. A Min-Sum run without
+    `attack.bound` ran with the bound that is now `max`. Nothing else in fedsim needs to know that a run is old.
     """
     runtime = [f"runtime={saved.runtime.name}"] if "runtime" in saved else []
     current = compose(runtime)
@@ -52,6 +55,10 @@ def upgrade(saved: DictConfig) -> DictConfig:
             if key not in saved.runtime:
                 saved.runtime[key] = current.runtime[key]
     _rename_targets(saved)
+    attack = saved.get("attack")
+    if attack is not None and attack.get("_target_") == MIN_SUM and "bound" not in attack:
+        with open_dict(saved):
+            attack.bound = "max"  # the bound a Min-Sum run had before attack.bound, whose default is now min
     return saved
 
 

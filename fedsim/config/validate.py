@@ -15,7 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from fedsim.byzantine.attacks import DIRECTIONS
+from fedsim.byzantine.aggregators import SELECTIONS
+from fedsim.byzantine.attacks import BOUNDS, DIRECTIONS
 from fedsim.system.errors import ConfigError
 
 ADDRESS = re.compile(r"^(auto|[\w.-]+:\d+)$")  # ray.address, when set
@@ -83,7 +84,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "strategy.min_train_nodes": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "strategy.min_evaluate_nodes": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "strategy.num_malicious_nodes": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "strategy.num_nodes_to_select": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "strategy.m": (
+        lambda v: v is None or (_is_int(v) and v >= 1),
+        "null (n - f, n the round's replies) or an integer >= 1",
+    ),
+    "strategy.selection": (lambda v: v in SELECTIONS, "recursive (the paper's Bulyan) or one_shot (Flower's)"),
     "strategy.proximal_mu": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "transport": (lambda v: v in TRANSPORTS, "float32, float16 or bfloat16"),
     "ray.address": (
@@ -104,10 +109,25 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "attack.node_ratio": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "attack.data_ratio": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "attack.mode": (lambda v: v in ("flip", "random"), "flip or random"),
-    "attack.std": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "attack.scale": (_is_number, "a number"),
-    "attack.z": (lambda v: v is None or _is_number(v), "null (the paper's z_max from n and f) or a number"),
-    "attack.epsilon": (_is_number, "a number"),
+    # The attacks' parameters within their papers' ranges (docs/explanation/byzantine.md, "Parameter ranges"): at the
+    # edge, the noise std 0, IPM's epsilon 0 and ALIE's z 0 send an honest update; beyond it, another attack.
+    "attack.std": (lambda v: _is_number(v) and v > 0, "a number > 0 (0 adds no noise)"),
+    "attack.scale": (
+        lambda v: _is_number(v) and v > 0,
+        "a number > 0 (scaling's boost of its update; a negative factor is sign_flip's attack, 0 the global model; "
+        "random_weights' multiple of the weights' std)",
+    ),
+    "attack.z": (
+        lambda v: v is None or (_is_number(v) and v > 0),
+        "null (the paper's z_max from n and f) or a number > 0 (the paper's z_max is a positive normal quantile; "
+        "0 sends the honest mean)",
+    ),
+    "attack.epsilon": (
+        lambda v: _is_number(v) and v > 0,
+        "a number > 0 (IPM's -epsilon x the honest mean opposes the mean; 0 sends the zero update, a negative "
+        "epsilon a step along the mean)",
+    ),
+    "attack.bound": (lambda v: v in BOUNDS, "min (the authors' code) or max (the paper's text)"),
     "attack.direction": (lambda v: v in DIRECTIONS, ", ".join(DIRECTIONS)),
     "attack.tolerance": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
     "attack.target": (lambda v: v is None or (_is_int(v) and v >= 0), "null (the paper's choice) or an integer >= 0"),
@@ -244,6 +264,14 @@ def evaluate_clients_per_round(cfg: DictConfig) -> int:
     if fraction == 0:
         return 0
     return min(cfg.num_clients, max(int(cfg.num_clients * fraction), int(cfg.strategy.get("min_evaluate_nodes", 1))))
+
+
+def held_out_fraction(cfg: DictConfig) -> float:
+    """The share of each client's rows held out for local validation: data.val_fraction, or 0 where nothing
+    evaluates those rows (strategy.fraction_evaluate = 0): rows no one evaluates are better trained on."""
+    if cfg.strategy.get("fraction_evaluate", 1.0) == 0:
+        return 0.0
+    return float(cfg.data.val_fraction)
 
 
 def num_malicious(node_ratio: float, num_clients: int) -> int:

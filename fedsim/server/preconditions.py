@@ -11,13 +11,15 @@ from flwr.serverapp.strategy import Bulyan, MultiKrum, Strategy
 from omegaconf import DictConfig
 
 from fedsim.config.validate import fit_clients_per_round, num_malicious
+from fedsim.server import robust
 from fedsim.system.errors import ConfigError
 
-# Minimum clients per round each robust aggregator needs for f tolerated malicious clients
-# (Bulyan first, as it is no MultiKrum; Krum is a MultiKrum that selects one).
+# Minimum clients per round each robust aggregator needs for f tolerated malicious clients (Bulyan first, as it is
+# no MultiKrum; Flower's Krum is a Flower MultiKrum that selects one; fedsim's Multi-Krum is its own class).
 MIN_CLIENTS: dict[type, tuple[Callable[[int], int], str]] = {
     Bulyan: (lambda f: 4 * f + 3, "n >= 4f + 3"),
     MultiKrum: (lambda f: 2 * f + 3, "n > 2f + 2"),
+    robust.MultiKrum: (lambda f: 2 * f + 3, "n > 2f + 2"),
 }
 
 
@@ -50,10 +52,10 @@ def check_strategy(strategy: Strategy, cfg: DictConfig) -> None:
                     f"per round, but {n} train per round; allowed: raise num_clients or strategy.fraction_train, "
                     "or lower f",
                 )
-            selected = getattr(strategy, "num_nodes_to_select", 1)
-            if isinstance(strategy, MultiKrum) and selected > n:
+            m = getattr(strategy, "m", None)
+            if isinstance(strategy, robust.MultiKrum) and m is not None and m > n:
                 raise ConfigError(
-                    "strategy.num_nodes_to_select", f"{selected}, but {n} clients train per round; allowed: 1..{n}"
+                    "strategy.m", f"{m}, but {n} clients train per round; allowed: null (n - f) or 1..{n}"
                 )
             return
 

@@ -4,7 +4,8 @@ work unchanged. The maths is fedsim.byzantine's, on the round's update matrix: a
 global model the round sent (fedsim.server.updates: dense, or sparse where the clients changed few weights). A row a
 client did not touch is a zero update either way, exactly as in its dense reply.
 
-- `CenteredClipping` and `GeometricMedian`: aggregators (conf/strategy/).
+- `CenteredClipping`, `GeometricMedian` and `MultiKrum`: aggregators (conf/strategy/).
+- `Bulyan`: Flower's Bulyan with the paper's recursive Krum selection (or Flower's own one-shot one).
 - `PreAggregated`: a pre-aggregation step (`NNM`, `Bucketing`, `ARC`; conf/pre/) in front of any strategy: the
   replies' updates are mixed, then the wrapped strategy aggregates the mixed replies.
 """
@@ -18,12 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Bulyan as FlowerBulyan
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedsim.byzantine import aggregators
-from fedsim.byzantine.vectors import Matrix, row, weights_from
+from fedsim.byzantine.vectors import Matrix, centred_gram, row, squared_distances, weights_from
 from fedsim.messages.records import record_views, to_record, viewed
-from fedsim.server.updates import ARRAYS, update_matrix
+from fedsim.server.updates import ARRAYS, content_matrix, update_matrix
 
 METRICS, EXAMPLES = "metrics", "num-examples"
 
@@ -80,8 +82,8 @@ class CenteredClipping(RobustFedAvg):
 
 
 class GeometricMedian(RobustFedAvg):
-    """The geometric median by RFA's smoothed Weiszfeld. `weighted`: alpha_i proportional to each reply's
-    examples, as RFA weighs its clients; false: uniform, as ByzFL."""
+    """The geometric median by RFA's smoothed Weiszfeld, from RFA's start, the weighted mean of the updates.
+    `weighted`: alpha_i proportional to each reply's examples, as RFA weighs its clients; false: uniform, as ByzFL."""
 
     def __init__(self, nu: float = 1e-6, iterations: int = 8, weighted: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -90,6 +92,50 @@ class GeometricMedian(RobustFedAvg):
     def aggregate_updates(self, matrix: Matrix, examples: np.ndarray) -> np.ndarray:
         weights = examples / examples.sum() if self.weighted and examples.sum() > 0 else None
         return aggregators.geometric_median(matrix, self.nu, self.iterations, weights)
+
+
+class MultiKrum(RobustFedAvg):
+    """Multi-Krum (Blanchard et al., NeurIPS 2017) on the round's update matrix: the mean of the m updates with the
+    smallest Krum scores (over their n - f - 2 nearest, the paper's count and Flower's). `m` None: n - f, n the
+    round's replies (ByzFL's m); fewer replies than m (failures) average those there are. `weighted` false: the plain
+    mean, as the paper and ByzFL; true: weighted by examples, as Flower's MultiKrum. Flower's Krum (one update) stays
+    Flower's (conf/strategy/krum.yaml)."""
+
+    def __init__(self, num_malicious_nodes: int = 0, m: int | None = None, weighted: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_malicious_nodes, self.weighted = int(num_malicious_nodes), bool(weighted)
+        self.m = None if m is None else int(m)
+
+    def aggregate_updates(self, matrix: Matrix, examples: np.ndarray) -> np.ndarray:
+        n = matrix.shape[0]
+        m = max(1, min(n, self.m if self.m is not None else n - self.num_malicious_nodes))
+        return aggregators.multi_krum(matrix, self.num_malicious_nodes, m, examples if self.weighted else None)
+
+
+class Bulyan(FlowerBulyan):
+    """Flower's Bulyan (El Mhamdi, Guerraoui & Rouault, ICML 2018) whose first step, the selection of theta = n - 2f
+    updates, is the paper's by default: Krum applied recursively, each pick removed from those that remain
+    (`selection` recursive, fedsim.byzantine.aggregators.recursive_krum, float64 distances of the round's updates).
+    `selection` one_shot keeps Flower's own, the theta best scores of one Multi-Krum scoring of all n. The
+    coordinate-wise second step is Flower's either way."""
+
+    def __init__(self, selection: str = "recursive", **kwargs) -> None:
+        if selection not in aggregators.SELECTIONS:
+            raise ValueError(f"selection {selection!r}; allowed: {', '.join(aggregators.SELECTIONS)}")
+        super().__init__(selection_rule=self.select_recursively if selection == "recursive" else None, **kwargs)
+        self.selection = selection
+        self._start: tuple[np.ndarray, ...] = ()  # the sent model, as RobustFedAvg keeps it
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._start = tuple(record_views(arrays))
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def select_recursively(self, contents: list[RecordDict], num_malicious_nodes: int, theta: int) -> list[RecordDict]:
+        """Flower's `selection_rule`: the replies' contents that recursive Krum chooses, in the order chosen."""
+        _, gram = centred_gram(content_matrix(contents, self._start))
+        return [contents[i] for i in aggregators.recursive_krum(squared_distances(gram), num_malicious_nodes, theta)]
 
 
 @dataclass(frozen=True)
