@@ -174,78 +174,79 @@ def gathered(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, int]:
 
 @dataclass(frozen=True)
 class Claim:
+    """A paper's claim and the contrasts that test it: (cell, its baseline cell, the verdict the claim predicts:
+    worse, better, equivalent, or `not worse`, which equivalence or better meets)."""
+
     text: str
     paper: str
-    pairs: tuple[tuple[str, str], ...]  # (cell, its baseline cell)
-    reads: str  # which verdict reproduces the claim
+    pairs: tuple[tuple[str, str, str], ...]
 
 
 D, I_ = "dirichlet", "iid"
+ATTACKED = ("alie", "ipm_large", "minmax", "mimic")
 CLAIMS = [
     Claim(
         "ALIE, with 20% of the workers, defeats Krum, the trimmed mean and Bulyan",
         "Baruch, Baruch & Goldberg, NeurIPS 2019",
-        tuple((cell(p, s, "alie"), cell(p, s)) for p in (I_, D) for s in ("krum", "trimmed_mean", "bulyan")),
-        "worse: ALIE lowers accuracy",
+        tuple((cell(p, s, "alie"), cell(p, s), "worse") for p in (I_, D) for s in ("krum", "trimmed_mean", "bulyan")),
     ),
     Claim(
         "IPM defeats the coordinate-wise median and Krum",
         "Xie, Koyejo & Gupta, UAI 2019",
-        tuple((cell(D, s, a), cell(D, s)) for s in ("fedmedian", "krum") for a in ("ipm_small", "ipm_large")),
-        "worse: IPM lowers accuracy",
+        tuple((cell(D, s, a), cell(D, s), "worse") for s in ("fedmedian", "krum") for a in ("ipm_small", "ipm_large")),
     ),
     Claim(
-        "Min-Max and Min-Sum hurt more than earlier attacks (ALIE, as the authors compared; label and sign flipping)",
+        "Min-Max and Min-Sum hurt more than earlier attacks: ALIE, as their authors compared, label and sign flips",
         "Shejwalkar & Houmansadr, NDSS 2021",
         tuple(
-            (cell(D, s, a), cell(D, s, b))
+            (cell(D, s, a), cell(D, s, b), "worse")
             for s in PAPERS
             for a in ("minmax", "minsum")
             for b in ("alie", "label_flip", "sign_flip")
         ),
-        "worse: the accuracy under Min-Max (Min-Sum) is below that under the earlier attack",
     ),
     Claim(
-        "Robust aggregators fail on heterogeneous data even with no attacker",
+        "Robust aggregators fail on heterogeneous data even with no attacker: worse than FedAvg under label skew, "
+        "not on IID data",
         "Karimireddy, He & Jaggi, ICML 2021",
-        tuple((cell(p, s), cell(p, "fedavg")) for p in (D, I_) for s in ROBUST[1:]),
-        "worse than FedAvg under label skew; equivalent to it on IID data",
+        tuple(
+            (cell(p, s), cell(p, "fedavg"), "worse" if p == D else "equivalent") for p in (D, I_) for s in ROBUST[1:]
+        ),
     ),
     Claim(
         "Centered clipping repairs that failure",
         "Karimireddy, He & Jaggi, ICML 2021",
-        ((cell(D, "centered_clipping"), cell(D, "fedavg")),),
-        "equivalent to FedAvg under label skew",
+        ((cell(D, "centered_clipping"), cell(D, "fedavg"), "equivalent"),),
     ),
     Claim(
         "Mimic exploits heterogeneity, and bucketing answers it",
         "Karimireddy, He & Jaggi, ICLR 2022",
         (
-            *((cell(D, s, "mimic"), cell(D, s)) for s in ("fedavg", "fedmedian", "trimmed_mean", *ROBUST[6:])),
-            (cell(D, "centered_clipping", "mimic", "bucketing"), cell(D, "centered_clipping", "mimic")),
-            (cell(D, "centered_clipping", "none", "bucketing"), cell(D, "centered_clipping")),
+            *((cell(D, s, "mimic"), cell(D, s), "worse") for s in ("fedavg", "fedmedian", "trimmed_mean", *ROBUST[6:])),
+            (cell(D, "centered_clipping", "mimic", "bucketing"), cell(D, "centered_clipping", "mimic"), "better"),
+            (cell(D, "centered_clipping", "none", "bucketing"), cell(D, "centered_clipping"), "not worse"),
         ),
-        "Mimic worse than no attack; bucketing better than none under Mimic",
     ),
-    Claim(
-        "NNM makes robust aggregators hold under heterogeneity",
-        "Allouah et al., AISTATS 2023",
-        tuple(
-            (cell(D, "trimmed_mean", a, "nnm"), cell(D, "trimmed_mean", a))
-            for a in ("none", "alie", "ipm_large", "minmax", "mimic")
-        ),
-        "better than the trimmed mean alone under attack, not worse without one",
-    ),
-    Claim(
-        "ARC makes robust aggregators hold under heterogeneity",
-        "Allouah et al., 2024",
-        tuple(
-            (cell(D, "trimmed_mean", a, "arc"), cell(D, "trimmed_mean", a))
-            for a in ("none", "alie", "ipm_large", "minmax", "mimic")
-        ),
-        "better than the trimmed mean alone under attack, not worse without one",
+    *(
+        Claim(
+            f"{name} makes robust aggregators hold under heterogeneity",
+            paper,
+            (
+                (cell(D, "trimmed_mean", "none", pre), cell(D, "trimmed_mean"), "not worse"),
+                *((cell(D, "trimmed_mean", a, pre), cell(D, "trimmed_mean", a), "better") for a in ATTACKED),
+            ),
+        )
+        for name, paper, pre in (("NNM", "Allouah et al., AISTATS 2023", "nnm"), ("ARC", "Allouah et al., 2024", "arc"))
     ),
 ]
+
+
+def agrees(verdict: str, claimed: str) -> str:
+    """`as claimed`, `not as claimed`, or `open` (inconclusive)."""
+    if verdict == "inconclusive":
+        return "open"
+    met = verdict in ("equivalent", "better") if claimed == "not worse" else verdict == claimed
+    return "as claimed" if met else "not as claimed"
 
 
 def judged(runs: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
@@ -267,21 +268,29 @@ def short(a: str, b: str) -> str:
     return f"{where} {agg} vs {base}" + ("" if x["attack"] == "none" else f" ({x['attack']})")
 
 
-def cell_text(row: pd.Series) -> str:
-    interval = f"[{row.ci95_low:+.3f}, {row.ci95_high:+.3f}]" if np.isfinite(row.ci95_low) else "[no interval]"
-    needs = "" if row.verdict != "inconclusive" else f", needs {needs_text(row)}"
-    return f"{row.mean_diff:+.3f} {interval} n={int(row.n_pairs)} **{row.verdict}**{needs}"
-
-
 def needs_text(row: pd.Series) -> str:
-    return f"{int(row.seeds_needed)} pairs" if np.isfinite(row.seeds_needed) else "more than 2 pairs to estimate"
+    return f"{int(row.seeds_needed)} pairs" if np.isfinite(row.seeds_needed) else "2 pairs to estimate"
 
 
 def claims_table(table: pd.DataFrame) -> str:
-    lines = ["| claim (paper) | reproduced if | paired difference [95% CI], pairs, verdict |", "|---|---|---|"]
+    """One row per contrast, grouped by claim: the difference with its interval, the pairs, the verdict (with the
+    pairs an open one needs) and whether it is what the claim predicts; each claim's tally first."""
+    lines = [
+        "| claim (paper) | contrast | claimed | paired difference [95% CI] | pairs | verdict | |",
+        "|---" * 7 + "|",
+    ]
     for claim in CLAIMS:
-        rows = "<br>".join(f"{short(a, b)}: {cell_text(table.loc[(a, b)])}" for a, b in claim.pairs)
-        lines.append(f"| {claim.text} ({claim.paper}) | {claim.reads} | {rows} |")
+        outcomes = [agrees(table.loc[(a, b)].verdict, claimed) for a, b, claimed in claim.pairs]
+        tally = ", ".join(f"{outcomes.count(o)} {o}" for o in ("as claimed", "not as claimed", "open") if o in outcomes)
+        for i, (a, b, claimed) in enumerate(claim.pairs):
+            row = table.loc[(a, b)]
+            interval = f"[{row.ci95_low:+.3f}, {row.ci95_high:+.3f}]" if np.isfinite(row.ci95_low) else ""
+            verdict = row.verdict + (f" (needs {needs_text(row)})" if row.verdict == "inconclusive" else "")
+            head = f"**{claim.text}** ({claim.paper}): {tally}" if i == 0 else ""
+            lines.append(
+                f"| {head} | {short(a, b)} | {claimed} | {row.mean_diff:+.3f} {interval} | {int(row.n_pairs)} | "
+                f"{verdict} | {outcomes[i]} |"
+            )
     return "\n".join(lines)
 
 
@@ -463,7 +472,7 @@ def tables(root: Path, figures: Path) -> None:
         grid = grid_contrasts(runs, partition)
         heatmap(grid, partition, figures / f"byzantine-{partition}.png")
         print(f"## Grid: {partition} ({counts(grid)}; Holm over the grid)\n\n{grid_markdown(grid, partition)}\n")
-    pairs = list(dict.fromkeys(p for claim in CLAIMS for p in claim.pairs))
+    pairs = list(dict.fromkeys((a, b) for claim in CLAIMS for a, b, _ in claim.pairs))
     table = judged(runs, pairs)
     forest(table, pairs, figures / "byzantine-claims.png")
     print(f"## Claims ({counts(table)}; Holm over the table's {len(table)} contrasts)\n\n{claims_table(table)}\n")
