@@ -83,10 +83,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if not args.jobs.isdigit() or int(args.jobs) < 1:
             parser.error(f"--jobs: got {args.jobs}; allowed: an integer >= 1, or auto")
         args.jobs = int(args.jobs)
-    if not args.margin > 0:
-        parser.error(f"--margin: got {args.margin}; allowed: a number > 0 (in the metric's units, accuracy)")
-    if args.until_conclusive and (not args.baseline or args.max_seeds is None):
-        parser.error("--until-conclusive: needs --baseline KEY=VALUE and --max-seeds N; allowed: both given")
     args.overrides = overrides
     return args
 
@@ -114,7 +110,7 @@ def main(argv: list[str]) -> int:
         check_baselines(list(dict.fromkeys(run.config for run in planned)), analysis.baselines)
         precision = Precision(args.max_seeds, args.batch) if args.until_conclusive else None
         if precision is not None:
-            precision.check(seeds)
+            precision.check(seeds, analysis.baselines)
         check_plan(planned)  # what main.py would refuse: refused here, before the collection exists
         collection = Collection(args.root / (args.name or default_name(args.overrides, args.sweep)), analysis)
     except CollectionError as exc:

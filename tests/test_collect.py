@@ -70,7 +70,7 @@ def test_jobs_is_a_count_or_auto(jobs, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--margin", "0"], "error: --margin: got 0.0; allowed: a number > 0"),
+        (["--margin", "0"], "error: --margin: got 0; allowed: a number > 0"),
         (["--metric", "best"], "error: --metric: got 'best'; allowed: final, last:K (K an integer >= 1) or mean"),
         (["--until-conclusive", "--max-seeds", "5"], "error: --until-conclusive: needs --baseline KEY=VALUE"),
         (
@@ -87,6 +87,7 @@ def test_bad_contrast_options_are_one_line_before_anything_exists(args, message,
     proc = collect(tmp_path, *args, "--sweep", "strategy=fedavg,fedmedian")
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2 and message in output, output[-2000:]
+    assert len(output.strip().splitlines()) == 1 and output.startswith("error: ")  # one line
     assert not any(tmp_path.iterdir())
 
 

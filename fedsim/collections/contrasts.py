@@ -80,6 +80,10 @@ class Analysis:
     margin: float = 0.02
     alpha: float = 0.05
 
+    def __post_init__(self) -> None:
+        if not self.margin > 0:
+            raise CollectionError(f"--margin: got {self.margin:g}; allowed: a number > 0 (in the metric's units)")
+
 
 def baseline_of(config: str, baseline: Baseline, known: dict[frozenset, str]) -> str | None:
     """The configuration `config` is compared with under `baseline`: the known one whose overrides are

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from fedsim.collections.contrasts import changed
+from fedsim.collections.contrasts import Baseline, changed
 from fedsim.collections.ledger import Collection
 from fedsim.collections.plan import PLANNED, CollectionError, Planned
 
@@ -24,10 +24,15 @@ from fedsim.collections.plan import PLANNED, CollectionError, Planned
 class Precision:
     """`--max-seeds`: the pairs a contrast gets at most; `--batch`: the seeds added to it at a time."""
 
-    max_seeds: int
+    max_seeds: int | None
     batch: int = 2
 
-    def check(self, seeds: Sequence[int]) -> None:
+    def check(self, seeds: Sequence[int], baselines: Sequence[Baseline]) -> None:
+        """Refuse what cannot choose seeds: no contrasts to choose them by, no bound, or fewer than given."""
+        if not baselines or self.max_seeds is None:
+            raise CollectionError(
+                "--until-conclusive: needs --baseline KEY=VALUE and --max-seeds N; allowed: both given"
+            )
         if self.batch < 1:
             raise CollectionError(f"--batch: got {self.batch}; allowed: an integer >= 1")
         if self.max_seeds < len(seeds):
