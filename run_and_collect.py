@@ -1,7 +1,7 @@
 """Repeat runs over seeds and configurations into one collection:
 `python run_and_collect.py --runs 5 [--seeds 3 7 11] [--sweep KEY=A,B] [--name NAME] [--jobs N] [--address URL]
 [--process-per-run] [--force] [--baseline KEY=VALUE] [--margin M] [--metric final|last:K|mean]
-[--until-conclusive --max-seeds N [--batch B]] [-- OVERRIDES]`.
+[--until-conclusive --max-seeds N [--batch B] [--futility]] [-- OVERRIDES]`.
 """
 
 import argparse
@@ -76,6 +76,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--max-seeds", type=int, help="with --until-conclusive: the most pairs a contrast gets")
     parser.add_argument("--batch", type=int, default=2, help="with --until-conclusive: seeds added at a time (2)")
+    parser.add_argument(
+        "--futility",
+        action="store_true",
+        help="with --until-conclusive: no more seeds for a contrast that, from 5 pairs on, would need more than "
+        "--max-seeds to decide",
+    )
     args = parser.parse_args(own)
     if args.runs < 1:
         parser.error(f"--runs: got {args.runs}; allowed: an integer >= 1")
@@ -108,7 +114,7 @@ def main(argv: list[str]) -> int:
         planned = plan(args.overrides, args.sweep, seeds)
         analysis = Analysis(Metric.parse(args.metric), tuple(map(Baseline.parse, args.baseline)), args.margin)
         check_baselines(list(dict.fromkeys(run.config for run in planned)), analysis.baselines)
-        precision = Precision(args.max_seeds, args.batch) if args.until_conclusive else None
+        precision = Precision(args.max_seeds, args.batch, args.futility) if args.until_conclusive else None
         if precision is not None:
             precision.check(seeds, analysis.baselines)
         check_plan(planned)  # what main.py would refuse: refused here, before the collection exists

@@ -5,10 +5,10 @@
 
 Each collection sweeps the cells some claims need (GRIDS says which), starts from seeds 0, 1 and 2, compares
 each configuration with its baselines pair by pair over the seeds (the mean central accuracy of the last five
-rounds), and adds seeds only where a contrast is inconclusive at the margin of 0.03, up to 10
-(`run_and_collect.py --until-conclusive`). `tables` gathers every run of the six into one set of cells (a cell
-run in two collections with one seed is one run: runs are deterministic, and the tables check it) and judges
-each claim by its paired contrasts, Holm-adjusted over the claims table.
+rounds), and adds seeds only where a contrast is inconclusive at the margin of 0.03, up to 10, and only while
+they can decide it (`run_and_collect.py --until-conclusive --futility`). `tables` gathers every run of the six
+into one set of cells (a cell run in two collections with one seed is one run: runs are deterministic, and the
+tables check it) and judges each claim by its paired contrasts, Holm-adjusted over the claims table.
 """
 
 from __future__ import annotations
@@ -68,9 +68,10 @@ GRIDS = [
     Grid(
         "dir-robust",
         (*DIRICHLET,),
-        (f"strategy={','.join(ROBUST)}", "attack=none,mimic"),
+        ("strategy=fedavg,fedmedian,trimmed_mean,centered_clipping,geometric_median", "attack=none,mimic"),
         ("strategy=fedavg", "attack=none"),
-        "robust aggregators against FedAvg without an attack (label skew), centered clipping's repair, Mimic",
+        "Mimic against the aggregators its paper names; centered clipping and the geometric median against FedAvg "
+        "without an attack (label skew; Krum, Multi-Krum and Bulyan's cells are dir-attacks')",
     ),
     Grid(
         "iid-robust",
@@ -103,7 +104,8 @@ def command(grid: Grid, root: Path) -> list[str]:
     for baseline in grid.baselines:
         words += ["--baseline", baseline]
     words += ["--margin", str(MARGIN), "--metric", METRIC, "--until-conclusive", "--max-seeds", str(MAX_SEEDS)]
-    return [*words, "--batch", str(BATCH), "--", "experiment=byzantine", *grid.overrides, f"data.path={IMDB}"]
+    words += ["--batch", str(BATCH), "--futility"]
+    return [*words, "--", "experiment=byzantine", *grid.overrides, f"data.path={IMDB}"]
 
 
 def run(root: Path, only: list[str] | None) -> None:

@@ -222,30 +222,36 @@ class FakeRuns:
     def close(self) -> None: ...
 
 
-def test_until_conclusive_adds_seeds_only_where_a_contrast_is_inconclusive(tmp_path):
-    """Two contrasts: ALIE against no attack under krum, a drop of 0.2 that 3 seeds settle; under median, a
-    difference that swings with the seed and stays inconclusive up to --max-seeds."""
-    swing = [0.05, -0.04, 0.03, -0.05, 0.02, -0.03, 0.04]
+SWING = [0.05, -0.04, 0.03, -0.05, 0.02, -0.03, 0.04]
 
-    def value(config: str, seed: int) -> float:
-        base = 0.8 + 0.001 * seed
-        if config == "attack=alie strategy=krum":
-            return base - 0.2 + 0.001 * (seed % 2)
-        if config == "attack=alie strategy=median":
-            return base + swing[seed]
-        return base
 
+def two_contrasts(config: str, seed: int) -> float:
+    """ALIE against no attack under krum: a drop of 0.2 that 3 seeds settle; under median: a difference that swings
+    with the seed, centred near 0 but too spread for the margin of 0.02 (it would need some 30 pairs)."""
+    base = 0.8 + 0.001 * seed
+    if config == "attack=alie strategy=krum":
+        return base - 0.2 + 0.001 * (seed % 2)
+    if config == "attack=alie strategy=median":
+        return base + SWING[seed]
+    return base
+
+
+def collected(path: Path, precision: Precision) -> tuple[FakeRuns, Collection]:
+    """The two contrasts' collection, seeds 0-2 and then what `precision` adds, as run_and_collect runs it."""
     planned = plan([], ["attack=none,alie", "strategy=krum,median"], [0, 1, 2])
-    analysis = Analysis(baselines=(Baseline("attack", "none"),), margin=0.02)
+    collection = Collection(path, Analysis(baselines=(Baseline("attack", "none"),), margin=0.02))
+    runs = FakeRuns(two_contrasts)
+    everything = [*planned, *carried_over(collection.runs, planned)]
+    more = adding_seeds(collection, everything, precision)
+    run_collection(collection, Path(sys.argv[0]), everything, launcher=runs, more=more, echo=lambda line: None)
+    return runs, collection
+
+
+def test_until_conclusive_adds_seeds_only_where_a_contrast_is_inconclusive(tmp_path):
     precision = Precision(max_seeds=6, batch=2)
 
     def collect() -> tuple[FakeRuns, Collection]:
-        collection = Collection(tmp_path / "c", analysis)
-        runs = FakeRuns(value)
-        everything = [*planned, *carried_over(collection.runs, planned)]
-        more = adding_seeds(collection, everything, precision)
-        run_collection(collection, Path(sys.argv[0]), everything, launcher=runs, more=more, echo=lambda line: None)
-        return runs, collection
+        return collected(tmp_path / "c", precision)
 
     runs, collection = collect()
     ledger = collection.runs
@@ -261,6 +267,17 @@ def test_until_conclusive_adds_seeds_only_where_a_contrast_is_inconclusive(tmp_p
 
     again, collection = collect()  # the same command again: the added runs are known, nothing more is needed
     assert again.ran == [] and len(collection.runs) == len(ledger)
+    collection.close()
+
+
+def test_futility_stops_seeds_for_a_contrast_out_of_reach(tmp_path):
+    """With --futility the swinging contrast gets seeds to 5 pairs, then none: at 5 pairs it would need far more
+    than --max-seeds."""
+    _, collection = collected(tmp_path / "c", Precision(max_seeds=6, batch=2, futility=True))
+    added = collection.runs[collection.runs.reason != "planned"]
+    assert sorted(added.seed.unique()) == [3, 4]
+    row = collection.contrasts().set_index("config").loc["attack=alie strategy=median"]
+    assert row.verdict == "inconclusive" and row.n_pairs == 5 and row.seeds_needed > 6
     collection.close()
 
 

@@ -1,6 +1,7 @@
-"""Seeds chosen by precision (`--until-conclusive --max-seeds N --batch B`): a collection starts with the seeds it
-was given, then adds seeds, B at a time, only to the configurations (and their baselines) whose contrasts are
-still inconclusive, until each is conclusive or has N pairs.
+"""Seeds chosen by precision (`--until-conclusive --max-seeds N --batch B [--futility]`): a collection starts with the
+seeds it was given, then adds seeds, B at a time, only to the configurations (and their baselines) whose contrasts
+are still inconclusive, until each is conclusive or has N pairs; with `--futility`, or until, from 5 pairs on, it
+would need more than N.
 
 Which seeds: first those one side of a contrast already has (a pair for the price of one run), then the smallest
 seeds neither has tried. runs.csv records why each run was added (`reason`). A rerun of the same command takes the
@@ -19,13 +20,21 @@ from fedsim.collections.contrasts import Baseline, changed
 from fedsim.collections.ledger import Collection
 from fedsim.collections.plan import PLANNED, CollectionError, Planned
 
+FUTILE_FROM = 5  # pairs: from here a contrast's spread is estimated well enough (4 degrees of freedom) to give up on
+
 
 @dataclass(frozen=True)
 class Precision:
-    """`--max-seeds`: the pairs a contrast gets at most; `--batch`: the seeds added to it at a time."""
+    """`--max-seeds`: the pairs a contrast gets at most; `--batch`: the seeds added to it at a time; `futility`:
+    a contrast with FUTILE_FROM pairs or more whose seeds_needed is beyond max_seeds gets no more (it could not be
+    decided within them at the difference and spread measured), so that the seeds go where they can decide."""
 
     max_seeds: int | None
     batch: int = 2
+    futility: bool = False
+
+    def futile(self, n_pairs: int, seeds_needed: float) -> bool:
+        return self.futility and n_pairs >= FUTILE_FROM and not seeds_needed <= self.max_seeds
 
     def check(self, seeds: Sequence[int], baselines: Sequence[Baseline]) -> None:
         """Refuse what cannot choose seeds: no contrasts to choose them by, no bound, or fewer than given."""
@@ -67,12 +76,14 @@ def next_seeds(
 
 def wanted(table: pd.DataFrame, runs: pd.DataFrame, configs: dict[str, Planned], precision: Precision) -> list[Planned]:
     """The runs to add: for each inconclusive contrast between two of this command's configurations with fewer
-    than max_seeds pairs, the next seeds (at most `batch`, at most max_seeds pairs in all) for whichever side
-    lacks them, each run once."""
+    than max_seeds pairs (and, with `futility`, within reach of them), the next seeds (at most `batch`, at most
+    max_seeds pairs in all) for whichever side lacks them, each run once."""
     tried, completed = seeds_of(runs)
     added: dict[tuple[str, int], Planned] = {}
     for row in table[table["verdict"] == "inconclusive"].itertuples():
         if row.config not in configs or row.baseline not in configs or row.n_pairs >= precision.max_seeds:
+            continue
+        if precision.futile(int(row.n_pairs), row.seeds_needed):
             continue
         both = tried.get(row.config, set()) | tried.get(row.baseline, set())
         if len(both) >= 2 * precision.max_seeds:  # its runs keep failing: the pairs will not come
