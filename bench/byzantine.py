@@ -109,27 +109,33 @@ def command(grid: Grid, root: Path) -> list[str]:
 
 
 def run(root: Path, only: list[str] | None) -> None:
-    """Each grid's collection in turn (rerun to continue); each invocation's own timer (`done in ...`) is kept in
-    ROOT/timers.json."""
-    timers_path = root / "timers.json"
+    """Each grid's collection in turn (rerun to continue); every invocation's time is kept in ROOT/timers.json: the
+    collection's own timer (its `done in ...` line) and, for one cut off before it printed that, the time from its
+    start to its end."""
     for grid in GRIDS:
         if only and grid.name not in only:
             continue
         words = command(grid, root)
         print("python " + " ".join(words), flush=True)
-        started = time.time()
+        started, done = time.time(), None
         proc = subprocess.Popen([sys.executable, *words], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        done = None
-        for line in proc.stdout:
-            print(line, end="", flush=True)
-            if line.startswith("done in "):
-                done = line
-        if proc.wait() not in (0, 1):
-            raise SystemExit(f"{grid.name}: run_and_collect ended with {proc.returncode}")
-        timers = json.loads(timers_path.read_text()) if timers_path.exists() else {}
-        timers.setdefault(grid.name, []).append({"started": started, "done": done and done.strip()})
-        timers_path.parent.mkdir(parents=True, exist_ok=True)
-        timers_path.write_text(json.dumps(timers, indent=1))
+        try:
+            for line in proc.stdout:
+                print(line, end="", flush=True)
+                done = line.strip() if line.startswith("done in ") else done
+        finally:
+            code = proc.wait()
+            record_time(root, grid.name, {"started": started, "elapsed_s": time.time() - started, "done": done})
+        if code not in (0, 1):
+            raise SystemExit(f"{grid.name}: run_and_collect ended with {code}")
+
+
+def record_time(root: Path, name: str, entry: dict) -> None:
+    path = root / "timers.json"
+    timers = json.loads(path.read_text()) if path.exists() else {}
+    timers.setdefault(name, []).append(entry)
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(timers, indent=1))
 
 
 # ----------------------------------------------------------------------------------------------- the cells
@@ -440,19 +446,17 @@ def convergence(rounds: pd.DataFrame) -> str:
 
 
 def wall_time(root: Path, runs: pd.DataFrame) -> str:
+    """Each collection's invocations: their own timers (`done in`), or for one cut off, its start to its end."""
     timers = json.loads((root / "timers.json").read_text()) if (root / "timers.json").exists() else {}
-    lines = [
-        "| collection | invocations | their timers (`done in`) | runs | sum of runs' wall time |",
-        "|---|---|---|---|---|",
-    ]
+    lines = ["| collection | invocations | their time | runs completed | their runs' wall time |", "|---" * 5 + "|"]
     total = 0.0
     for grid in GRIDS:
-        spans = [t["done"] for t in timers.get(grid.name, []) if t["done"]]
-        seconds = sum(duration(s) for s in spans)
+        entries = timers.get(grid.name, [])
+        seconds = sum(duration(t["done"]) if t["done"] else t["elapsed_s"] for t in entries)
         total += seconds
         mine = runs[runs.collection == grid.name]
         minutes = mine.wall_time_s.sum() / 60
-        lines.append(f"| {grid.name} | {len(spans)} | {seconds / 60:.1f} min | {len(mine)} | {minutes:.1f} min |")
+        lines.append(f"| {grid.name} | {len(entries)} | {seconds / 60:.1f} min | {len(mine)} | {minutes:.1f} min |")
     lines.append(f"| all | | {total / 60:.1f} min | {len(runs)} | {runs.wall_time_s.sum() / 60:.1f} min |")
     return "\n".join(lines)
 
