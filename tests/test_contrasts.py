@@ -23,13 +23,13 @@ from fedsim.collections.contrasts import (
     comparisons,
     contrasts,
     paired,
-    plot_contrasts,
     seeds_needed,
     summary_line,
 )
 from fedsim.collections.ledger import Collection
 from fedsim.collections.metric import Metric, gain_per_round
 from fedsim.collections.plan import CollectionError, plan
+from fedsim.collections.plots import plot_contrasts
 from fedsim.collections.precision import Precision, adding_seeds, carried_over
 from fedsim.collections.runner import run_collection
 from fedsim.collections.summary import summarize

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,7 +25,6 @@ from statsmodels.stats.weightstats import ttost_paired
 from fedsim.collections.metric import Metric
 from fedsim.collections.plan import CollectionError
 from fedsim.config.overrides import config_pairs
-from fedsim.system.files import replaced
 
 CONTRAST_COLUMNS = [
     "config",
@@ -248,58 +246,7 @@ def span(values: pd.Series) -> str:
     return str(low) if low == high else f"{low} to {high}"
 
 
-def plot_contrasts(table: pd.DataFrame, path: Path) -> None:
-    """The forest plot: each contrast's mean difference with its 95% interval, coloured by verdict, over the band
-    of +-margin."""
-    import matplotlib  # only to plot: the ledger, which a run's watchdog imports, loads this module
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # only to plot, and after use("Agg")
-
-    colours = {"worse": "tab:red", "better": "tab:green", "equivalent": "tab:blue", "inconclusive": "tab:gray"}
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * len(table)))
-    margin = float(table["margin"].iloc[0])
-    ax.axvspan(-margin, margin, color="tab:blue", alpha=0.1, label=f"margin ±{margin:g}")
-    ax.axvline(0, color="black", linewidth=0.8)
-    for y, row in enumerate(table.itertuples()):
-        colour = colours[row.verdict]
-        ax.errorbar(
-            row.mean_diff,
-            y,
-            xerr=[[row.mean_diff - row.ci95_low], [row.ci95_high - row.mean_diff]]
-            if np.isfinite(row.ci95_low)
-            else None,
-            fmt="o",
-            color=colour,
-            capsize=3,
-        )
-    ax.set_yticks(range(len(table)), labels(table), fontsize=7)
-    ax.invert_yaxis()
-    for name, colour in colours.items():
-        ax.plot([], [], "o", color=colour, label=name)
-    ax.set_xlabel(f"paired difference in {table['metric'].iloc[0]} (configuration - baseline), 95% CI")
-    ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    with replaced(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-
-
 def changed(config: str, baseline: str) -> str:
     """What a baseline changes: `attack=none`, its values of the keys where it differs from `config`."""
     mine = config_pairs(config)
     return " ".join(f"{k}={v}" for k, v in config_pairs(baseline).items() if mine.get(k) != v)
-
-
-def labels(table: pd.DataFrame) -> list[str]:
-    """Each contrast as `strategy=krum attack=alie vs attack=none`: the configuration by the keys that vary among
-    the table's configurations, then what its baseline changes."""
-    pairs = [config_pairs(c) for c in pd.concat([table["config"], table["baseline"]])]
-    varying = [k for k in dict.fromkeys(k for p in pairs for k in p) if len({p.get(k) for p in pairs}) > 1]
-    out = []
-    for config, baseline in zip(table["config"], table["baseline"]):
-        mine = config_pairs(config)
-        shown = " ".join(f"{k}={mine[k]}" for k in varying if k in mine) or config
-        out.append(f"{shown} vs {changed(config, baseline)}")
-    return out

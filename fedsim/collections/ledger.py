@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedsim.collections.contrasts import Analysis, contrasts, plot_contrasts
+from fedsim.collections.contrasts import Analysis, contrasts
 from fedsim.collections.plan import PLANNED, CollectionError, Planned
-from fedsim.collections.summary import counted, plot_accuracy, summarize
+from fedsim.collections.plots import plot_accuracy, plot_contrasts
+from fedsim.collections.summary import counted, summarize
 from fedsim.outputs.checkpointer import CHECKPOINT
 from fedsim.system.files import write_csv
 from fedsim.system.liveness import FINISHED, effective_status

@@ -1,16 +1,13 @@
-"""summary.csv and accuracy.png: per configuration, the metric's mean with a Student-t 95% interval, and whether
-it was still rising when its runs ended."""
+"""summary.csv: per configuration, the metric's mean with a Student-t 95% interval, and whether it was still
+rising when its runs ended."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from fedsim.collections.metric import CONVERGED_BELOW, FINAL, Metric, gain_per_round
-from fedsim.system.files import replaced
 
 SUMMARY_COLUMNS = [
     "config",
@@ -85,36 +82,3 @@ def summarize(runs: pd.DataFrame, rounds: pd.DataFrame | None = None, metric: Me
             }
         )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-
-
-def plot_accuracy(rounds: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
-    """Mean central accuracy per round with a Student-t 95% band, one line per configuration."""
-    import matplotlib  # only to plot: the ledger, which a run's watchdog imports, loads this module
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # only to plot, and after use("Agg")
-    from matplotlib.ticker import MaxNLocator  # only to plot
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    merged = rounds.merge(runs[["run_id", "config"]], on="run_id")
-    for config, group in merged.groupby("config", sort=False):
-        per_round = group.groupby("round")["central_accuracy"]
-        band = pd.DataFrame(
-            [mean_interval(values) for _, values in per_round],
-            index=list(per_round.groups),
-            columns=["mean", "std", "low", "high"],
-        )
-        label = f"{config} (n={per_round.count().max()})"
-        (line,) = ax.plot(band.index, band["mean"].values, marker="o", markersize=3, label=label)
-        ax.fill_between(band.index, band["low"], band["high"], color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("round")
-    ax.set_ylabel("central accuracy")
-    name = path.parent.name if len(path.parent.name) <= 60 else path.parent.name[:57] + "..."
-    ax.set_title(f"{name}: mean with 95% CI", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with replaced(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
