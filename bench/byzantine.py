@@ -74,11 +74,12 @@ GRIDS = [
         "without an attack (label skew; Krum, Multi-Krum and Bulyan's cells are dir-attacks')",
     ),
     Grid(
-        "iid-robust",
+        "iid",
         (*IID,),
-        (f"strategy={','.join(ROBUST)}", "attack=none,alie"),
+        ("strategy=fedavg,trimmed_mean,krum,bulyan", "attack=none,alie"),
         ("strategy=fedavg", "attack=none"),
-        "robust aggregators against FedAvg on IID data; ALIE against Krum, the trimmed mean and Bulyan (IID)",
+        "ALIE against Krum, the trimmed mean and Bulyan on IID data, as its paper ran it; the same aggregators "
+        "against FedAvg on IID data, the control of the heterogeneity claim",
     ),
     Grid(
         "bucketing",
@@ -215,10 +216,11 @@ CLAIMS = [
     ),
     Claim(
         "Robust aggregators fail on heterogeneous data even with no attacker: worse than FedAvg under label skew, "
-        "not on IID data",
+        "not on IID data (there: the trimmed mean, Krum and Bulyan)",
         "Karimireddy, He & Jaggi, ICML 2021",
-        tuple(
-            (cell(p, s), cell(p, "fedavg"), "worse" if p == D else "equivalent") for p in (D, I_) for s in ROBUST[1:]
+        (
+            *((cell(D, s), cell(D, "fedavg"), "worse") for s in ROBUST[1:]),
+            *((cell(I_, s), cell(I_, "fedavg"), "equivalent") for s in ("trimmed_mean", "krum", "bulyan")),
         ),
     ),
     Claim(
