@@ -470,7 +470,20 @@ def duration(done: str) -> float:
     return float(sum(float(v) * units[u] for v, u in re.findall(r"([\d.]+)([hms])", text)))
 
 
+def grids_table() -> str:
+    """The collections: what each sweeps, compares and serves."""
+    lines = ["| collection | cells | sweeps (and shared overrides) | baselines | serves |", "|---" * 5 + "|"]
+    for grid in GRIDS:
+        cells = int(np.prod([len(sweep.split("=", 1)[1].split(",")) for sweep in grid.sweeps]))
+        shared = " ".join(o for o in grid.overrides if not o.startswith("partition.min"))
+        sweeps = "; ".join(f"`{sweep}`" for sweep in grid.sweeps) + f" ({shared})"
+        baselines = ", ".join(f"`{b}`" for b in grid.baselines)
+        lines.append(f"| byzantine-{grid.name} | {cells} | {sweeps} | {baselines} | {grid.serves} |")
+    return "\n".join(lines)
+
+
 def tables(root: Path, figures: Path) -> None:
+    print("## Cells\n\n" + grids_table() + "\n")
     runs, fedavg_rounds, repeated = gathered(root)
     print(f"{len(runs)} completed runs in {runs.cell.nunique()} cells; {repeated} runs made in two collections, "
           "equal to the bit\n")  # fmt: skip
