@@ -131,7 +131,7 @@ class Collection:
             if ledger.exists()
             else pd.DataFrame(columns=RUNS_COLUMNS)
         )
-        self.runs["reason"] = self.runs["reason"].fillna(PLANNED)  # a ledger from before runs had reasons
+        self.runs["reason"] = self.runs["reason"].astype(object).fillna(PLANNED)  # an old ledger: no reasons
         self._mutex = threading.Lock()
         self._tables: dict[int, dict[str, pd.DataFrame | None]] = {}  # each run's tables, as `_table` read them
 

@@ -17,7 +17,7 @@ from fedsim.system.files import replaced
 
 def plot_accuracy(rounds: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
     """Mean central accuracy per round with a Student-t 95% band, one line per configuration."""
-    import matplotlib
+    import matplotlib  # start-up cost: the ledger, which a Ray job's watchdog imports, loads this module
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # only to plot, and after use("Agg")
@@ -51,7 +51,7 @@ def plot_accuracy(rounds: pd.DataFrame, runs: pd.DataFrame, path: Path) -> None:
 def plot_contrasts(table: pd.DataFrame, path: Path) -> None:
     """The forest plot: each contrast's mean difference with its 95% interval, coloured by verdict, over the band
     of +-margin."""
-    import matplotlib
+    import matplotlib  # start-up cost: the ledger, which a Ray job's watchdog imports, loads this module
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # only to plot, and after use("Agg")
