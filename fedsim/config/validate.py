@@ -38,6 +38,9 @@ STRATEGY_SAMPLING = ("fixed", "poisson")  # strategy.sampling: how a round's cli
 ACCOUNTED_AS = {"fixed": "without_replacement", "poisson": "poisson"}
 
 
+SEEDED, SECURE = "seeded", "secure"  # privacy.noise_source (fedsim.privacy.randomness)
+
+
 ACCOUNTANTS = ("pld", "rdp")  # privacy.accountant: dp-accounting's privacy loss distribution or Renyi DP
 
 
@@ -150,6 +153,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "privacy.delta": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
     "privacy.sampling": (lambda v: v in SAMPLING, ", ".join(SAMPLING)),
     "privacy.accountant": (lambda v: v in ACCOUNTANTS, ", ".join(ACCOUNTANTS)),
+    "privacy.noise_source": (lambda v: v in (SEEDED, SECURE), f"{SEEDED}, {SECURE}"),
     "strategy.sampling": (lambda v: v in STRATEGY_SAMPLING, ", ".join(STRATEGY_SAMPLING)),
     "privacy.initial_clipping_norm": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "privacy.target_clipped_quantile": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from fedsim.outputs.base import Callback, RoundMetrics
@@ -11,8 +12,8 @@ from fedsim.server.record import RoundRecord
 
 
 class PrivacyBudget(Callback):
-    """rounds.csv's `epsilon` after every round, and run.json's epsilon and delta; it also carries an
-    adaptive wrapper's clipping norm across a resume."""
+    """rounds.csv's `epsilon` after every round, and run.json's epsilon, delta and what the accountant charged a
+    round (fedsim.privacy.dp.Release); it also carries an adaptive wrapper's clipping norm across a resume."""
 
     round_metrics = ("epsilon",)
 
@@ -20,12 +21,13 @@ class PrivacyBudget(Callback):
         """`clients_per_round`: the cohort's size, or under Poisson sampling its expected size q N."""
         self.privacy, self.wrapper = privacy, wrapper
         self.num_clients, self.clients_per_round = num_clients, clients_per_round
+        self.release = privacy.release(wrapper)  # what the accountant charges a round
         self.releases = 0  # noisy averages so far
 
     @property
     def epsilon(self) -> float:
         return epsilon(
-            self.privacy.noise_multiplier,
+            self.release.noise_multiplier_effective,
             self.clients_per_round,
             self.num_clients,
             self.releases,
@@ -56,4 +58,5 @@ class PrivacyBudget(Callback):
             privacy_sampling=self.privacy.sampling,
             neighbouring_relation=self.privacy.neighbouring_relation,
             accountant=self.privacy.accountant,
+            **asdict(self.release),
         )

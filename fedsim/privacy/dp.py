@@ -29,7 +29,9 @@ from flwr.serverapp.strategy import (
 )
 
 from fedsim.config.compose import config_from
-from fedsim.privacy.fixed_denominator import FixedDenominatorDP
+from fedsim.config.validate import SEEDED
+from fedsim.privacy.fixed_denominator import FixedDenominatorDP, KeepDenominator
+from fedsim.privacy.randomness import NoiseSource
 from fedsim.system.errors import ConfigError, first_line
 
 WEIGHT_KEY = "aggregation-weight"  # what the strategy weights by under DP: 1 per training reply
@@ -40,6 +42,16 @@ WEIGHT_KEY = "aggregation-weight"  # what the strategy weights by under DP: 1 pe
 ROBUST = (FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan)
 
 
+@dataclass(frozen=True)
+class Release:
+    """What the accountant charges for one round (run.json): the multiplier of the whole release it composes,
+    the noised count's sensitivity (None: no count, fixed clipping), and where the noise came from."""
+
+    noise_multiplier_effective: float
+    count_sensitivity: float | None
+    noise_source: str
+
+
 @dataclass
 class Privacy:
     """The `privacy` config group: which of Flower's DP wrappers, with which settings.
@@ -48,7 +60,7 @@ class Privacy:
     without_replacement (a fixed number of the clients each round, with the replace-one neighbouring relation),
     poisson (each client with probability q, add-or-remove-one) or none (no amplification by sampling,
     add-or-remove-one: Flower's own accounted mode). `accountant`: dp-accounting's pld or rdp (rdp for a run
-    saved before there was a choice).
+    saved before there was a choice). `noise_source`: seeded or secure (fedsim.privacy.randomness).
     """
 
     mode: str = "none"
@@ -61,6 +73,7 @@ class Privacy:
     target_clipped_quantile: float = 0.5
     clip_norm_lr: float = 0.2
     clipped_count_stddev: float | None = None
+    noise_source: str = SEEDED
 
     @property
     def enabled(self) -> bool:
@@ -104,10 +117,38 @@ class Privacy:
     def neighbouring_relation(self) -> str:
         return "replace_one" if self.sampling == "without_replacement" else "add_or_remove_one"
 
+    def noise(self, seed: int) -> NoiseSource:
+        """Where the run's DP noise and, under DP, its cohort come from (seeded when there is no DP)."""
+        return NoiseSource(self.noise_source if self.enabled else SEEDED, seed)
+
+    def release(self, wrapper: Strategy) -> Release:
+        """What one round releases, as the accountant composes it, from the built `wrapper`.
+
+        Fixed clipping releases the update alone, at multiplier z. An adaptive round releases the update at
+        z_Δ and the count of unclipped updates at σ_b, whose sensitivity is s_b (½ when each indicator is
+        shifted by -½, fedsim's fixed-denominator wrapper; 1 in Flower's wrappers). With the update's
+        sensitivity u C (u = 2 under replace-one, else 1), the pair is one Gaussian of multiplier
+        z_eff = (z_Δ⁻² + (u σ_b / s_b)⁻²)^(-1/2) in the accountant's convention (Andrew et al. 2021, Theorem 1;
+        Mironov 2017, composition of Gaussians). That is z where the split is exact (the shift, or
+        replace-one), and less than z for Flower's unshifted count under add-or-remove-one.
+        """
+        if not self.adaptive:
+            return Release(self.noise_multiplier, None, self.noise_source)
+        count_sensitivity = 0.5 if isinstance(wrapper, FixedDenominatorDP) else 1.0
+        update_sensitivity = 2.0 if self.neighbouring_relation == "replace_one" else 1.0
+        if update_sensitivity / count_sensitivity == 2:  # the split z_Δ was made for: the pair spends z exactly
+            return Release(self.noise_multiplier, count_sensitivity, self.noise_source)
+        update_z, stddev = float(wrapper.noise_multiplier), float(wrapper.clipped_count_stddev)
+        if update_z == 0 or stddev == 0:  # a part released without noise: nothing is private (ε = ∞)
+            return Release(0.0, count_sensitivity, self.noise_source)
+        multiplier = (update_z**-2 + (update_sensitivity * stddev / count_sensitivity) ** -2) ** -0.5
+        return Release(multiplier, count_sensitivity, self.noise_source)
+
     def wrap(self, strategy: Strategy, num_sampled_clients: int, expected_clients: float | None = None) -> Strategy:
         """`strategy` inside the DP wrapper for this mode, averaging with equal weights; as is for none. Under
-        Poisson sampling (`expected_clients` = q N) fedsim's fixed-denominator wrapper, else Flower's. A
-        wrapper's refusal (adaptive noise too large for the clipped count's) is a ConfigError."""
+        Poisson sampling (`expected_clients` = q N) fedsim's fixed-denominator wrapper, else Flower's, around
+        KeepDenominator (a failed client counts as a zero update, as in the Poisson path). A wrapper's refusal
+        (adaptive noise too large for the clipped count's) is a ConfigError."""
         if not self.enabled:
             return strategy
         strategy.weighted_by_key = WEIGHT_KEY
@@ -123,7 +164,7 @@ class Privacy:
                     clip_norm_lr=self.clip_norm_lr,
                     clipped_count_stddev=self.clipped_count_stddev,
                 )
-            return self._wrapper(strategy, num_sampled_clients)
+            return self._wrapper(KeepDenominator(strategy, num_sampled_clients), num_sampled_clients)
         except ValueError as exc:
             stddev = self.clipped_count_stddev or num_sampled_clients / 20
             raise ConfigError(
@@ -181,6 +222,16 @@ def inner_strategy(strategy: Strategy) -> Strategy:
     while isinstance(getattr(strategy, "strategy", None), Strategy):
         strategy = strategy.strategy
     return strategy
+
+
+def uniform_weight(reply: Message) -> str | None:
+    """Why a training reply may not be aggregated under DP: a weight other than 1. The noise is sized for an
+    equal-weight average, where one client moves the result by at most C / n; a reply weighing more (or 0, or
+    less) moves the others' influence off that bound. Such a reply counts as failed (fedsim.server.cohort)."""
+    weight = reply.content["metrics"].get(WEIGHT_KEY)
+    if weight == 1:
+        return None
+    return f"{WEIGHT_KEY} {weight} under differential privacy; allowed: 1 (every client weighs the same)"
 
 
 def privacy_mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:

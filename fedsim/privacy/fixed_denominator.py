@@ -14,11 +14,20 @@ average is Σ clip_C(Δ_i) / (q N) (FedAdam and the other server optimizers then
 adds N(0, (z C / (q N))²) to every weight. A round without clients releases the noise alone.
 
 Adaptive clipping (Andrew et al., "Differentially Private Learning with Adaptive Clipping", NeurIPS 2021) is
-run with the same denominator: the fraction of updates left unclipped is b̃ = (Σ 1[‖Δ_i‖ ≤ C] + N(0, σ_b²)) / (q N),
-C ← C · exp(-η (b̃ - γ)), with γ = 1 - `target_clipped_quantile`; the update's noise multiplier is
-z_Δ = (z⁻² - (2 σ_b)⁻²)^(-1/2), so that the update and the count together spend what z alone would
-(their Theorem 1). The clipping happens in the server (server_* modes) or in each client, with Flower's
-clipping mods (client_* modes); either way the server sees the norm bit or the update.
+run with the same denominator, each indicator shifted by -½ as in their paper and TF Privacy's
+`QuantileEstimatorQuery`: the fraction of updates left unclipped is
+
+    b̃ = (Σ_{i in cohort} (1[‖Δ_i‖ ≤ C] - ½) + N(0, σ_b²)) / (q N) + ½,
+
+C ← C · exp(-η (b̃ - γ)), with γ = 1 - `target_clipped_quantile`. Adding or removing a client moves the noised
+sum by ½, not 1, which is what the update's noise multiplier z_Δ = (z⁻² - (2 σ_b)⁻²)^(-1/2) assumes, so that the
+update and the count together spend what z alone would (their Theorem 1). The clipping happens in the server
+(server_* modes) or in each client, with Flower's clipping mods (client_* modes); either way the server sees the
+norm bit or the update.
+
+KeepDenominator does the same for a fixed-size cohort of k under Flower's wrappers, which size the noise for k
+and average over the clients that replied: a client that failed counts as a zero update, so the average stays
+the sum over k.
 """
 
 from __future__ import annotations
@@ -107,7 +116,7 @@ class FixedDenominatorDP(Strategy):
         weights = aggregated.to_numpy_ndarrays() if aggregated is not None else [c.copy() for c in self.current]
         add_gaussian_noise_inplace(weights, self.noise_std)
         if self.adaptive:
-            self._follow_quantile(unclipped)
+            self._follow_quantile(unclipped, len(answered))
         return ArrayRecord({k: Array(np.asarray(w)) for k, w in zip(self.keys, weights, strict=True)}), metrics
 
     @property
@@ -115,10 +124,61 @@ class FixedDenominatorDP(Strategy):
         """The noise on each weight of the released average: z C / (q N)."""
         return self.noise_multiplier * self.clipping_norm / self.expected_clients
 
-    def _follow_quantile(self, unclipped: int) -> None:
-        """Andrew et al.'s geometric step from the noised fraction of unclipped updates, over q N."""
-        fraction = (unclipped + float(np.random.normal(0.0, self.clipped_count_stddev))) / self.expected_clients
+    def noised_fraction(self, unclipped: int, cohort: int) -> float:
+        """b̃: the noised fraction of the cohort's updates left unclipped, over q N, each indicator shifted by -½."""
+        shifted = unclipped - cohort / 2 + float(np.random.normal(0.0, self.clipped_count_stddev))
+        return shifted / self.expected_clients + 0.5
+
+    def _follow_quantile(self, unclipped: int, cohort: int) -> None:
+        """Andrew et al.'s geometric step toward the target fraction of unclipped updates."""
+        fraction = self.noised_fraction(unclipped, cohort)
         self.clipping_norm *= math.exp(-self.clip_norm_lr * (fraction - (self.target_unclipped or 0.0)))
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+
+class KeepDenominator(Strategy):
+    """`strategy` given the fixed-size cohort's k as its denominator: when only n < k of the clients sampled
+    replied, each reply's update is scaled by n / k, so the equal-weight average is Σ update / k and a failed
+    client counts as a zero update. Flower's DP wrappers size the noise for k and would otherwise average over n,
+    making the noise z n / k relative to the sensitivity while the accountant charges z. A full round is handed
+    on untouched."""
+
+    def __init__(self, strategy: Strategy, clients: int) -> None:
+        super().__init__()
+        self.strategy, self.clients = strategy, clients
+        self.current: list[np.ndarray] = []
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.current = arrays.to_numpy_ndarrays()
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        if 0 < len(replies) < self.clients:
+            scale = len(replies) / self.clients
+            for reply in replies:
+                for name, record in reply.content.array_records.items():
+                    reply.content[name] = ArrayRecord(
+                        {
+                            k: Array(np.asarray(c + scale * (w - c)))
+                            for k, c, w in zip(record.keys(), self.current, record.to_numpy_ndarrays(), strict=True)
+                        }
+                    )
+        return self.strategy.aggregate_train(server_round, replies)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -19,6 +19,8 @@ from omegaconf import DictConfig
 
 from fedsim.config.compose import RESULTS_KEY, RUN_DIR_KEY, config_from, overrides_of
 from fedsim.messages.transport import transport_of
+from fedsim.privacy.dp import uniform_weight
+from fedsim.privacy.randomness import NoiseSource
 from fedsim.run.directory import claim
 from fedsim.run.runner import run_experiment
 from fedsim.run.session import Session
@@ -74,13 +76,15 @@ def timeouts(cfg: DictConfig) -> tuple[float, float]:
     return float(cfg.runtime.startup_timeout_s), float(cfg.runtime.reply_timeout_s)
 
 
-def sampling_of(cfg: DictConfig) -> Sampling:
-    """`strategy.sampling` and the rates a Poisson draw takes, the strategy's fractions."""
+def sampling_of(cfg: DictConfig, noise: NoiseSource) -> Sampling:
+    """`strategy.sampling`, the rates a Poisson draw takes (the strategy's fractions), and whether the draws are
+    secret (a DP run whose noise is)."""
     strategy = cfg.strategy
     return Sampling(
         str(strategy.get("sampling", "fixed")),
         float(strategy.get("fraction_train", 1.0)),
         float(strategy.get("fraction_evaluate", 1.0)),
+        secret=noise.secure,
     )
 
 
@@ -90,8 +94,9 @@ def federate(grid: Grid, session: Session, slots: int | None = None) -> Result:
     cfg = session.cfg
     startup_s, reply_s = timeouts(cfg)
     carried = bool(cfg.runtime.get("cohort_messages", False))
+    noise = session.experiment.privacy.noise(int(cfg.seed))
     participants = Participants.discover(
-        grid, cfg.num_clients, cfg.seed, slots, timeout=startup_s, carried=carried, sampling=sampling_of(cfg)
+        grid, cfg.num_clients, cfg.seed, slots, timeout=startup_s, carried=carried, sampling=sampling_of(cfg, noise)
     )
     experiment = session.experiment
     malicious = frozenset(experiment.malicious)
@@ -105,6 +110,7 @@ def federate(grid: Grid, session: Session, slots: int | None = None) -> Result:
         transport_of(cfg),
         reply_s,
         Adversary(experiment.attack, malicious, int(cfg.seed)) if experiment.attack.omniscient else None,
+        uniform_weight if experiment.privacy.enabled else None,
     )
     return run_rounds(
         session.strategy,
@@ -113,7 +119,7 @@ def federate(grid: Grid, session: Session, slots: int | None = None) -> Result:
         int(cfg.num_rounds),
         session.evaluate,
         session.end_round,
-        int(cfg.seed),
+        noise,
     )
 
 

@@ -13,6 +13,7 @@ the loop and the strategy see one reply per client.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flwr.app import Message
@@ -65,6 +66,7 @@ class Cohort:
     transport: str = "float32"
     timeout_s: float = 3600.0
     adversary: Adversary | None = None  # an omniscient attack's step (fedsim.server.adversary)
+    refuse: Callable[[Message], str | None] | None = None  # why a reply counts as failed (DP: a weight other than 1)
 
     def __post_init__(self) -> None:
         self.slow = self.faults.slow_devices(self.seed, self.participants.num_clients)
@@ -90,7 +92,10 @@ class Cohort:
     def train(self, server_round: int, messages: list[Message]) -> Trained:
         replies, dropped, redone = self.exchange(server_round, TRAIN, messages)
         sent = messages[0].content["arrays"] if messages and "arrays" in messages[0].content else None
-        answered = {p: for_aggregation(r, sent, self.transport) for p, r in replies.items() if ok(r)}
+        refused = {p: why for p, r in replies.items() if ok(r) and self.refuse and (why := self.refuse(r))}
+        answered = {
+            p: for_aggregation(r, sent, self.transport) for p, r in replies.items() if ok(r) and p not in refused
+        }
         if self.adversary is not None and sent is not None:
             self.adversary.forge(server_round, sent, answered)
         # The updates are read first: some of Flower's strategies empty the replies as they aggregate.
@@ -101,6 +106,7 @@ class Cohort:
                 update.retries, update.retry_reason = again.retries, again.reason
         failures = [self.missed(p, DROPPED) for p in dropped]
         failures += [self._failure(p, r, FAILED) for p, r in replies.items() if not ok(r)]
+        failures += [self.missed(p, FAILED, why) for p, why in refused.items()]
         updates, late = self._clock(server_round, updates)
         on_time = {u.client_id for u in updates}
         return Trained({p: r for p, r in answered.items() if p in on_time}, updates, failures + late, late, redone)

@@ -16,6 +16,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim.messages.records import record_views, to_record
 from fedsim.privacy.dp import inner_strategy
+from fedsim.privacy.randomness import NoiseSource
 from fedsim.server.cohort import Cohort, Trained
 from fedsim.server.record import DROPPED, LATE, ClientUpdate, RoundRecord
 from fedsim.system.errors import RunFailed
@@ -50,13 +51,13 @@ def run_rounds(
     num_rounds: int,
     evaluate_fn: Callable[[list[np.ndarray]], tuple[float, float]],
     outputs: Callable[[RoundRecord], None],
-    seed: int,
+    noise: NoiseSource,
 ) -> Result:
     """Evaluate the initial model (round 0), then train, evaluate and record round after round.
 
     The parts are explicit, as in Flower's `Strategy.start`: the strategy (how many clients, what they are sent,
     how replies aggregate), the cohort (which clients answer and what they replied), the central evaluation,
-    and the round's outputs (every callback, fed one record).
+    and the round's outputs (every callback, fed one record); `noise` seeds each round's DP noise.
     """
     federation = cohort.participants.view(cohort.grid)
     arrays = to_record(start.names, start.weights)
@@ -73,7 +74,7 @@ def run_rounds(
             server_round, list(strategy.configure_train(server_round, arrays, ConfigRecord(), federation))
         )
         check_enough(server_round, trained, int(getattr(inner_strategy(strategy), "min_train_nodes", 1)))
-        np.random.seed([seed % 2**32, server_round])  # Flower's DP noise draws from NumPy's global generator
+        noise.seed_round(server_round)  # Flower's DP noise draws from NumPy's global generator
         with small_buffers_on_heap(AGGREGATION_HEAP_BYTES):  # its per-reply temporaries reuse the heap
             aggregated, _ = strategy.aggregate_train(server_round, list(trained.replies.values()))
         previous, arrays = arrays, aggregated if aggregated is not None else arrays

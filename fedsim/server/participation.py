@@ -27,6 +27,7 @@ from flwr.serverapp import Grid
 from fedsim.messages.addressed import addressed
 from fedsim.messages.carried import answers, carry, same_content
 from fedsim.messages.retries import Retried, mark_retried
+from fedsim.privacy.randomness import secret_seed
 from fedsim.system.errors import ConfigError, RunFailed
 from fedsim.system.waits import wait_until
 
@@ -64,11 +65,14 @@ def choose_poisson(seed: int, server_round: int, purpose: int, rate: float, num_
 class Sampling:
     """How a round's partitions are drawn (`strategy.sampling`): `fixed`, as many as the strategy sends messages,
     without replacement (Flower's way); `poisson`, each partition with its purpose's rate (the strategy's
-    fraction_train, fraction_evaluate), however many that makes, none included."""
+    fraction_train, fraction_evaluate), however many that makes, none included. `secret`: each draw seeded from
+    the operating system's entropy instead of (seed, round, purpose), so that nobody can recompute who took part
+    (a DP run with `privacy.noise_source=secure`, fedsim.privacy.randomness)."""
 
     kind: str = "fixed"
     train_rate: float = 1.0
     evaluate_rate: float = 1.0
+    secret: bool = False
 
     @property
     def poisson(self) -> bool:
@@ -150,15 +154,16 @@ class Participants:
         the same for every client, sent to each, and none when it sent none: fraction_evaluate=0)."""
         if not messages:
             return [], []
+        seed = secret_seed() if self.sampling.secret else self.seed
         if self.sampling.poisson:
             if same_content(messages) is None:
                 raise RunFailed(
                     f"round {server_round}: the strategy sent its clients different messages, and Poisson sampling "
                     "sends one message to however many clients it draws"
                 )
-            chosen = choose_poisson(self.seed, server_round, purpose, self.sampling.rate(purpose), self.num_clients)
+            chosen = choose_poisson(seed, server_round, purpose, self.sampling.rate(purpose), self.num_clients)
             return [messages[0]] * len(chosen), chosen
-        return messages, choose(self.seed, server_round, purpose, len(messages), self.num_clients)
+        return messages, choose(seed, server_round, purpose, len(messages), self.num_clients)
 
     def exchange(
         self, grid: Grid, messages: Sequence[Message], partitions: Sequence[int], timeout: float
