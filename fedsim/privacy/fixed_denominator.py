@@ -47,8 +47,10 @@ from flwr.supercore.differential_privacy import (
     compute_adaptive_noise_params,
 )
 
+from fedsim.system.around import Around
 
-class FixedDenominatorDP(Strategy):
+
+class FixedDenominatorDP(Around):
     """`strategy` as DP-FedAvg with the fixed denominator q N (`expected_clients`), clipping in the server or in
     the clients (`client_side`), at a fixed norm or, given `target_clipped_quantile`, an adaptive one."""
 
@@ -134,19 +136,8 @@ class FixedDenominatorDP(Strategy):
         fraction = self.noised_fraction(unclipped, cohort)
         self.clipping_norm *= math.exp(-self.clip_norm_lr * (fraction - (self.target_unclipped or 0.0)))
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()
-
-
-class KeepDenominator(Strategy):
+class KeepDenominator(Around):
     """`strategy` given the fixed-size cohort's k as its denominator: when only n < k of the clients sampled
     replied, each reply's update is scaled by n / k, so the equal-weight average is Σ update / k and a failed
     client counts as a zero update. Flower's DP wrappers size the noise for k and would otherwise average over n,
@@ -179,14 +170,3 @@ class KeepDenominator(Strategy):
                         }
                     )
         return self.strategy.aggregate_train(server_round, replies)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()

@@ -26,6 +26,7 @@ from fedsim.byzantine import aggregators
 from fedsim.byzantine.vectors import Matrix, centred_gram, row, squared_distances, weights_from
 from fedsim.messages.records import record_views, to_record, viewed
 from fedsim.server.updates import ARRAYS, content_matrix, update_matrix
+from fedsim.system.around import Around
 
 METRICS, EXAMPLES = "metrics", "num-examples"
 
@@ -187,7 +188,7 @@ class ARC(PreStep):
         return aggregators.arc(matrix, min(self.f, matrix.shape[0])), each_alone(matrix)
 
 
-class PreAggregated(Strategy):
+class PreAggregated(Around):
     """`strategy` aggregating the replies that `step` mixed. Each mixed reply carries the metrics of the first
     reply it stands for, with the mean number of examples of those it stands for."""
 
@@ -226,14 +227,3 @@ class PreAggregated(Strategy):
             )
             rebuilt.append(reply)
         return self.strategy.aggregate_train(server_round, rebuilt)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()
