@@ -117,6 +117,9 @@ def test_privacy_budget_returns_epsilon_after_each_release_and_resumes_its_count
         "privacy_sampling": "without_replacement",
         "neighbouring_relation": "replace_one",
         "accountant": "rdp",
+        "noise_multiplier_effective": 0.8,
+        "count_sensitivity": None,
+        "noise_source": "seeded",
     }
 
 
