@@ -1,4 +1,5 @@
-"""One federated run: `python main.py num_clients=10 strategy=fedprox ...` (keys: README, conf/)."""
+"""One federated run: `python main.py num_clients=10 strategy=fedprox ...` (keys: conf/, and
+docs/reference/configuration.md)."""
 
 import sys
 

@@ -83,3 +83,14 @@ def test_the_spec_names_every_later_column_too():
     for columns in (ROUNDS_COLUMNS, CLIENTS_COLUMNS, SUMMARY_COLUMNS, MANIFEST_COLUMNS):
         for column in columns:
             assert column in text or column in docs, column
+
+
+def test_every_readme_section_the_code_and_docs_point_to_exists():
+    """`README's "X"` and `README, "X"` in code, config and docs name one of README.md's headings."""
+    headings = set(re.findall(r"^#+ (.+)$", (ROOT / "README.md").read_text(), flags=re.M))
+    pointers = []
+    for path in [*ROOT.glob("*.py"), *ROOT.glob("*.toml"), *ROOT.glob("fedsim/**/*.py"), *ROOT.glob("conf/**/*.yaml")]:
+        pointers += [(path.name, name) for name in re.findall(r'README(?:\'s|,) "([^"]+)"', path.read_text())]
+    for path in [*ROOT.glob("docs/**/*.md"), *ROOT.glob("results/*.md")]:
+        pointers += [(path.name, name) for name in re.findall(r'README(?:\'s|,) "([^"]+)"', path.read_text())]
+    assert [(where, name) for where, name in pointers if name not in headings] == []

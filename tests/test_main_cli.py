@@ -153,8 +153,8 @@ def test_bad_input_battery(case, overrides, key, says, tmp_path):
     [
         (
             "+foo=1",
-            "error: foo: not a fedsim key; allowed: a key of conf/ (README, Configuration), e.g. data, partition, "
-            "model, strategy, pre, archive, attack, faults",
+            "error: foo: not a fedsim key; allowed: a key of conf/ (docs/reference/configuration.md), e.g. data, "
+            "partition, model, strategy, pre, archive, attack, faults",
         ),
         (
             "num_client=5",

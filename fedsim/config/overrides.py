@@ -147,7 +147,8 @@ def not_a_key(key: str, cfg: DictConfig, groups: dict[str, list[str]], near: Seq
     if not nearest:
         top = [str(k) for k in cfg.keys()]
         return ConfigError(
-            key, f"not a fedsim key; allowed: a key of conf/ (README, Configuration), e.g. {', '.join(top[:8])}"
+            key,
+            f"not a fedsim key; allowed: a key of conf/ (docs/reference/configuration.md), e.g. {', '.join(top[:8])}",
         )
     return ConfigError(key, f"not a fedsim key; allowed: {', '.join(nearest)} (the nearest keys)")
 

@@ -2,9 +2,9 @@
 
 Flower clips each client's update (on the server, or in the client with its mod) to `clipping_norm`,
 averages the clipped updates with equal weights, and adds Gaussian noise of standard deviation
-noise_multiplier × clipping_norm / clients per round to the average. `epsilon` turns that into ε with
-dp-accounting's RDP accountant; fedsim.outputs.privacy_budget.PrivacyBudget reports it every round (README,
-"Differential privacy"). Light to import: every ClientApp process loads it.
+noise_multiplier × clipping_norm / clients per round to the average. fedsim.privacy.accounting turns that into ε
+with dp-accounting's PLD or RDP accountant; fedsim.outputs.privacy_budget.PrivacyBudget reports it every round
+(docs/how-to/privacy.md). Light to import: every ClientApp process loads it.
 """
 
 from __future__ import annotations
