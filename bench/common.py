@@ -6,7 +6,6 @@ without Flower or Ray).
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import random
@@ -255,6 +254,8 @@ def run_harness(
     overrides: Sequence[str], run_dir: Path, script: Sequence[str] = ("main.py",), sample_memory: bool = False
 ) -> HarnessRun:
     """`python main.py <overrides>` as a user runs it, optionally sampled for memory; raises if it failed."""
+    from fedsim.rundir import read_info  # fedsim is importable once ROOT is on sys.path
+
     command = [sys.executable, *script, f"data.path={IMDB}", *overrides, f"hydra.run.dir={run_dir}"]
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -268,7 +269,7 @@ def run_harness(
         wall,
         pd.read_csv(run_dir / "rounds.csv"),
         pd.read_csv(run_dir / "clients.csv"),
-        json.loads((run_dir / "run.json").read_text()),
+        read_info(run_dir) or {},
         memory,
     )
 

@@ -53,6 +53,8 @@ from statistics import median
 import numpy as np
 from common import IMDB, ROOT, RUN_MARK, MemoryPeaks, MemorySampler, OtherLoad, RunProcesses, compose, machine, table
 
+from fedsim.rundir import read_info
+
 VENV = ROOT / "bench" / ".venv-pfl"
 REQUIREMENTS = ROOT / "bench" / "pfl_peer" / "requirements.txt"
 FAST = ["scrutiny=false", "archive.mode=none"]
@@ -283,7 +285,7 @@ def run_fedsim(overrides: list[str], run_dir: Path) -> dict:
     """`python main.py <overrides>` as a user runs it; a round ends when rounds.csv gets its row."""
     command = [sys.executable, "main.py", *overrides, f"hydra.run.dir={run_dir}"]
     run = measure(command, run_dir, rounds_csv=run_dir / "rounds.csv")
-    return run.figures(float(json.loads((run_dir / "run.json").read_text())["final_central_accuracy"]))
+    return run.figures(float((read_info(run_dir) or {})["final_central_accuracy"]))
 
 
 def run_pfl(python: Path, export_dir: Path, workers: int, log: Path) -> dict:

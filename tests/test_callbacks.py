@@ -18,7 +18,7 @@ import fedsim.outputs.memory
 import fedsim.server.record
 from fedsim.config.resume import resumed_config
 from fedsim.outputs.archive import Archive, ArchiveWriter, WeightArchive
-from fedsim.outputs.base import Callback, Phase
+from fedsim.outputs.base import Callback, Phase, state_keys
 from fedsim.outputs.columns import CLIENTS_COLUMNS, LAYER_COLUMNS, ROUNDS_COLUMNS
 from fedsim.outputs.csv_logs import ClientsCsv, RoundsCsv
 from fedsim.outputs.detection import DetectionCsv
@@ -315,15 +315,15 @@ def run_outputs(make_outputs, records, stop_after: int | None = None) -> dict:
     one round after that round's checkpoint (that round written but not checkpointed) and resume new ones from
     the saved state."""
     outputs = Outputs(*make_outputs())
-    outputs.start(lambda index, callback: None)
+    outputs.start({})
     for record in records if stop_after is None else records[: stop_after + 2]:
         outputs.end_round(record)
         if record.server_round == stop_after:
-            saved = [output.state() for output in outputs.given]
+            saved = {key: output.state() for key, output in zip(state_keys(outputs.given), outputs.given)}
     if stop_after is not None:
         outputs.close()
         outputs = Outputs(*make_outputs())
-        outputs.start(lambda index, callback: saved[index])
+        outputs.start(saved)
         for record in records[stop_after + 1 :]:
             outputs.end_round(record)
     summary = outputs.finish()
@@ -397,7 +397,7 @@ def test_producers_run_before_writers_and_reports_whatever_their_place(monkeypat
     users = Seen("user producer", log, metrics=["b"], returns={"b": 2})
     outputs = Outputs([report, writer, producer], [users], lambda given: Seen("checkpointer", log, Phase.CHECKPOINT))
     assert outputs.given[:4] == [report, writer, producer, users]  # as given: the checkpoint's keys
-    outputs.start(lambda index, callback: None)
+    outputs.start({})
     assert [name for name, _ in log] == ["producer", "user producer", "writer", "report", "checkpointer"]
     log.clear()
     record = make_round(1)

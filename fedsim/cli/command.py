@@ -24,13 +24,14 @@ from fedsim.config.resume import resumed_config
 from fedsim.outputs.tracking.base import group_multirun
 from fedsim.run.directory import claim
 from fedsim.run.runner import record_lost
+from fedsim.rundir import MAIN_LOG, holds_run
 from fedsim.runtimes import runtime_of
 from fedsim.runtimes.warm import kept, kept_warm
 from fedsim.system.errors import ConfigError, first_line
 from fedsim.system.signals import Interrupted, leave, raise_on_signals
 from fedsim.system.supervisor import supervised
 
-HYDRA_WRITES = (".hydra", "main.log")  # what Hydra has put in the run directory before the run begins
+HYDRA_WRITES = (".hydra", MAIN_LOG)  # what Hydra has put in the run directory before the run begins
 
 
 def check_command_line(argv: Sequence[str]) -> None:
@@ -66,7 +67,7 @@ def refusals() -> Iterator[None]:
 def interrupted_line(exc: Interrupted, run_dir: Path) -> str:
     if not run_dir.exists():
         return f"{exc}; its run directory {run_dir} is gone: nothing to resume"
-    if (run_dir / "config.yaml").exists() and (run_dir / "run.json").exists():
+    if holds_run(run_dir):
         return f"{exc}; resume with: python main.py resume={run_dir}"
     return f"{exc} before the run began; nothing to resume: run the same command again"
 
@@ -126,7 +127,7 @@ def run_command(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     last = hydra_cfg.mode == RunMode.RUN and not kept()  # nothing runs in this process after this run
     try:
-        raise_on_signals(run_dir / "main.log")
+        raise_on_signals(run_dir / MAIN_LOG)
         claim(
             run_dir,
             resume=cfg.get("resume") is not None,
@@ -137,7 +138,7 @@ def run_command(cfg: DictConfig) -> float | None:
         if hydra_cfg.mode == RunMode.MULTIRUN:  # `-m`: the sweep's runs are one group in a tracker
             group_multirun(cfg, hydra_cfg.sweep.dir, hydra_cfg.job.num)
         if last:  # this process waits; a child runs the run, a new one resumes it (fedsim.system.supervisor)
-            if supervised(lost_or_restarted(run_dir, int(cfg.runtime.max_restarts)), run_dir / "main.log"):
+            if supervised(lost_or_restarted(run_dir, int(cfg.runtime.max_restarts)), run_dir / MAIN_LOG):
                 cfg = resumed_config(OmegaConf.create({"resume": str(run_dir)}), [])
         with kept_warm(end=False) if last else contextlib.nullcontext():  # ended by `leave(0)` below
             info = runtime_of(cfg).run(cfg, run_dir)
@@ -146,7 +147,7 @@ def run_command(cfg: DictConfig) -> float | None:
     except Interrupted as exc:
         leave(exc.exit_code, interrupted_line(exc, run_dir))
     except Exception as exc:  # recorded in run.json; the traceback goes to main.log, one line here
-        logged = log_traceback(run_dir / "main.log")
+        logged = log_traceback(run_dir / MAIN_LOG)
         if (signal := interrupt_behind(exc)) is not None:  # what failed as the run stopped for a signal
             leave(signal.exit_code, interrupted_line(signal, run_dir))
         if not logged:

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from fedsim.rundir import read_info
 from fedsim.runtimes.warm import cool, kept_warm
 from fedsim.system.signals import STOP_SIGNALS, Interrupted, leave
 
@@ -54,10 +55,8 @@ def _idle_signal(signum: int, frame: FrameType | None) -> None:
 
 def completed(run_dir: Path) -> bool:
     """Whether the run in `run_dir` ended `completed` (run.json)."""
-    try:
-        return json.loads((run_dir / "run.json").read_text())["status"] == "completed"
-    except (OSError, ValueError, KeyError):
-        return False
+    info = read_info(run_dir)
+    return info is not None and info.get("status") == "completed"
 
 
 def run_main(main_script: str, argv: list[str]) -> None:

@@ -10,7 +10,6 @@ reader never sees half of one.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
 import threading
@@ -23,9 +22,24 @@ from fedsim.collections.contrasts import Analysis, contrasts
 from fedsim.collections.plan import PLANNED, CollectionError, Planned
 from fedsim.collections.plots import plot_accuracy, plot_contrasts
 from fedsim.collections.summary import counted, summarize
-from fedsim.outputs.checkpointer import CHECKPOINT
+from fedsim.rundir import (
+    ACCURACY_PLOT,
+    CHECKPOINT,
+    CLIENTS,
+    CONTRASTS,
+    CONTRASTS_PLOT,
+    DETECTION,
+    FINISHED,
+    LAYERS,
+    OUTPUT_LOG,
+    ROUNDS,
+    RUNS,
+    SUMMARY,
+    info_path,
+    read_info,
+    status_of,
+)
 from fedsim.system.files import write_csv
-from fedsim.system.liveness import FINISHED, effective_status
 
 RUNS_COLUMNS = [
     "run_id",
@@ -42,7 +56,7 @@ RUNS_COLUMNS = [
 ]
 
 
-COLLECTED = ("rounds.csv", "clients.csv", "layers.csv", "detection.csv")
+COLLECTED = (ROUNDS, CLIENTS, LAYERS, DETECTION)
 
 
 def _error_from(info: dict, log_text: str, returncode: int) -> str:
@@ -61,10 +75,7 @@ def _error_from(info: dict, log_text: str, returncode: int) -> str:
 
 def resumable(run_dir: Path) -> bool:
     """A run cut off (interrupted, or killed so that its run.json still says running) after a checkpoint."""
-    info_path = run_dir / "run.json"
-    if not (run_dir / CHECKPOINT).exists() or not info_path.exists():
-        return False
-    return effective_status(json.loads(info_path.read_text())) in ("interrupted", "dead")
+    return (run_dir / CHECKPOINT).exists() and status_of(run_dir) in ("interrupted", "dead")
 
 
 def row_of(
@@ -76,12 +87,12 @@ def row_of(
     a run.json older than `since` is an earlier invocation's (a resume refused before it started leaves
     the stopped run's run.json as it was), and only the log this invocation wrote names its error.
     """
-    info_path = run_dir / "run.json"
-    fresh = info_path.exists() and info_path.stat().st_mtime >= since
-    info = json.loads(info_path.read_text()) if fresh else {}
+    path = info_path(run_dir)
+    fresh = path.exists() and path.stat().st_mtime >= since
+    info = (read_info(run_dir) or {}) if fresh else {}
     reported = info.get("status")
     status = reported if (returncode == 0 and reported in FINISHED) or reported == "interrupted" else "failed"
-    log = run_dir / "output.log"
+    log = run_dir / OUTPUT_LOG
     log_text = log.read_bytes()[log_from:].decode(errors="replace") if log.exists() else ""
     return {
         "seed": planned.seed,
@@ -98,8 +109,7 @@ def row_of(
 
 def finished_unrecorded(run_dir: Path) -> bool:
     """Whether a run the ledger has as running (its invocation was killed) finished all the same."""
-    info_path = run_dir / "run.json"
-    return info_path.exists() and effective_status(json.loads(info_path.read_text())) in FINISHED
+    return status_of(run_dir) in FINISHED
 
 
 class Collection:
@@ -125,7 +135,7 @@ class Collection:
         self._lock_file.truncate()
         self._lock_file.write(f"{os.getpid()}\n")
         self._lock_file.flush()
-        ledger = self.path / "runs.csv"
+        ledger = self.path / RUNS
         self.runs = (
             pd.read_csv(ledger, keep_default_na=False, na_values=[""]).reindex(columns=RUNS_COLUMNS)
             if ledger.exists()
@@ -164,7 +174,7 @@ class Collection:
             others = self.runs[self.runs.run_id != run_id]
             runs = pd.concat([others, new], ignore_index=True) if len(others) else new
             self.runs = runs.sort_values("run_id", kind="stable").reset_index(drop=True)
-            write_csv(self.path / "runs.csv", self.runs)
+            write_csv(self.path / RUNS, self.runs)
             self._tables.pop(run_id, None)  # a run made again (resumed, rerun) has new tables
             if row["status"] != "running":
                 self.rebuild(plot=False)
@@ -183,23 +193,23 @@ class Collection:
             if frames:
                 collected[name] = pd.concat(frames, ignore_index=True)
                 write_csv(self.path / name, collected[name])
-        rounds = collected.get("rounds.csv")
-        write_csv(self.path / "summary.csv", summarize(self.runs, rounds, self.analysis.metric))
+        rounds = collected.get(ROUNDS)
+        write_csv(self.path / SUMMARY, summarize(self.runs, rounds, self.analysis.metric))
         table = self.contrasts(rounds)
         if table is not None:
-            write_csv(self.path / "contrasts.csv", table)
+            write_csv(self.path / CONTRASTS, table)
         if plot and rounds is not None:
-            plot_accuracy(rounds, completed, self.path / "accuracy.png")
+            plot_accuracy(rounds, completed, self.path / ACCURACY_PLOT)
         if plot and table is not None and len(table):
-            plot_contrasts(table, self.path / "contrasts.png")
+            plot_contrasts(table, self.path / CONTRASTS_PLOT)
 
     def contrasts(self, rounds: pd.DataFrame | None = None) -> pd.DataFrame | None:
         """The paired contrasts of the completed runs under `analysis` (None without baselines); `rounds`, the
         collected rounds.csv, is read when not given."""
         if not self.analysis.baselines:
             return None
-        if rounds is None and (self.path / "rounds.csv").exists():
-            rounds = pd.read_csv(self.path / "rounds.csv")
+        if rounds is None and (self.path / ROUNDS).exists():
+            rounds = pd.read_csv(self.path / ROUNDS)
         return contrasts(counted(self.runs, rounds, self.analysis.metric), self.analysis)
 
     def _table(self, run_id: int, name: str) -> pd.DataFrame | None:

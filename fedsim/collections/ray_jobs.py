@@ -9,7 +9,6 @@ out any job of the collection an earlier invocation left running.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shlex
@@ -29,9 +28,9 @@ from ray.util.state import list_nodes
 from fedsim.collections.plan import CollectionError, Planned, composed
 from fedsim.collections.watchdog import tag
 from fedsim.config.compose import compose
+from fedsim.rundir import effective_status, read_info
 from fedsim.runtimes.cluster import NodeResources, check_fits, max_actors
 from fedsim.system.errors import ConfigError
-from fedsim.system.liveness import effective_status
 from fedsim.system.processes import child_env
 from fedsim.system.waits import wait_for, wait_until
 
@@ -178,7 +177,7 @@ class RayJobs:
         with self._lock:
             running = dict(self._running)
         for submission_id, run_dir in running.items():
-            info = _read(run_dir / "run.json")
+            info = read_info(run_dir)
             if info and info.get("host") == socket.gethostname() and effective_status(info) == "running":
                 os.kill(int(info["pid"]), signal.SIGINT)
             else:
@@ -190,11 +189,3 @@ def share(slots: int, per_run: int, jobs: int | None) -> tuple[int, int]:
     `per_run` actors: by default as many runs as fit whole; the actors of concurrent runs never exceed `slots`."""
     jobs = jobs or max(1, slots // per_run)
     return jobs, max(1, min(per_run, slots // jobs))
-
-
-def _read(path: Path) -> dict | None:
-    """A run.json as it stands, or None before the run has written one."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None

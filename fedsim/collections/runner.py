@@ -18,8 +18,8 @@ from fedsim.collections.launchers import Launcher, SharedRunners, activate, stop
 from fedsim.collections.ledger import Collection, finished_unrecorded, resumable, row_of
 from fedsim.collections.plan import Planned
 from fedsim.run.directory import in_use
+from fedsim.rundir import FINISHED, OUTPUT_LOG
 from fedsim.system.eta import eta, format_duration
-from fedsim.system.liveness import FINISHED
 
 
 def tracking_labels(collection: str, run_id: int) -> tuple[str, ...]:
@@ -48,7 +48,7 @@ def execute(launcher: Launcher, main_script: Path, planned: Planned, run_dir: Pa
             *labels,
             *launcher.overrides,
         ]
-    log = run_dir / "output.log"
+    log = run_dir / OUTPUT_LOG
     log_from, since, started = log.stat().st_size if log.exists() else 0, time.time(), time.perf_counter()
     returncode = launcher.run(command, log, run_dir)
     return row_of(planned, run_dir, returncode, round(time.perf_counter() - started, 3), since, log_from)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fedsim.config.compose import compose
+from fedsim.rundir import config_path, effective_status, holds_run, read_info
 from fedsim.system.errors import ConfigError
-from fedsim.system.liveness import effective_status
 
 # What a resume may change: how long, how verbose, and where the clients run (a Ray cluster, its share of
 # actors), which leaves results unchanged; anything else would be another run.
@@ -85,8 +84,8 @@ def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     if cfg.get("resume") is None:
         return cfg
     run_dir = Path(str(cfg.resume)).expanduser().resolve()
-    saved_path, info_path = run_dir / "config.yaml", run_dir / "run.json"
-    if not saved_path.exists() or not info_path.exists():
+    info = read_info(run_dir)
+    if not holds_run(run_dir) or info is None:
         raise ConfigError(
             "resume", f"{run_dir} has no config.yaml and run.json; allowed: a run directory written by main.py"
         )
@@ -95,7 +94,6 @@ def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         raise ConfigError(
             "resume", f"cannot change {', '.join(others)} of a run; allowed with resume: {', '.join(CHANGEABLE)}"
         )
-    info = json.loads(info_path.read_text())
     status = effective_status(info)
     if status == "running":
         raise ConfigError(
@@ -103,7 +101,7 @@ def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
             f"{run_dir} is still running (pid {info.get('pid')} on {info.get('host')}); "
             "allowed: a stopped, failed, interrupted or killed run",
         )
-    saved = upgrade(OmegaConf.load(saved_path))
+    saved = upgrade(OmegaConf.load(config_path(run_dir)))
     given = {_key(o) for o in overrides}
     with open_dict(saved):
         saved.resume = str(run_dir)

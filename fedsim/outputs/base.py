@@ -10,12 +10,13 @@ saves every output's state last. A producer adds per-round metrics by returning 
 the trackers' scalars. Adding an output means adding a callback.
 
 A resumed run starts each callback with the `state` it saved in the checkpoint (fedsim.outputs.checkpointer),
-so its files continue exactly after the checkpoint's round.
+under its name (`state_keys`), so its files continue exactly after the checkpoint's round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from enum import IntEnum
 from typing import Any, ClassVar
 
@@ -72,6 +73,22 @@ class Callback:
 
     def close(self) -> None:
         """Release files and threads; called whether the run completed or failed."""
+
+
+def numbered(names: Sequence[str]) -> list[str]:
+    """`names` with `#2`, `#3`, ... after the second and later of a repeated one (in the order given)."""
+    seen: Counter[str] = Counter()
+    keys = []
+    for name in names:
+        seen[name] += 1
+        keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return keys
+
+
+def state_keys(callbacks: Sequence[Callback]) -> list[str]:
+    """Each callback's key in the checkpoint: its class's name (numbered where a class repeats). A name, not a
+    place in the list, so adding or removing another output leaves every saved state where a resume finds it."""
+    return numbered([type(callback).__name__ for callback in callbacks])
 
 
 def phase_of(callback: Callback) -> Phase:

@@ -22,15 +22,13 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from fedsim.messages.records import to_array
-from fedsim.outputs.base import Callback, Phase
+from fedsim.outputs.base import Callback, Phase, numbered, state_keys
 from fedsim.privacy.dp import inner_strategy
+from fedsim.rundir import CHECKPOINT
 from fedsim.server.record import RoundRecord
 from fedsim.system.files import replaced
 
-CHECKPOINT = "checkpoint.safetensors"  # what a run resumes from (resume=RUN_DIR)
-
-
-FORMAT = 1
+FORMAT = 2  # 2: outputs' states keyed by name (state_keys); 1: by place, `INDEX:CLASS`
 
 
 def _as_items(value: Any) -> tuple[str, dict[str, np.ndarray]] | None:
@@ -100,7 +98,7 @@ class Checkpoint:
             weights=[tensors[f"model/{n}"] for n in names],
             strategy_tensors={k: v for k, v in tensors.items() if k.startswith("strategy/")},
             strategy_layout=meta["strategy"],
-            outputs=meta["outputs"],
+            outputs=meta["outputs"] if meta.get("format", 1) >= 2 else _by_name(meta["outputs"]),
         )
 
     def save(self, run_dir: Path, names: Sequence[str]) -> None:
@@ -120,15 +118,17 @@ def checkpoint_round(run_dir: Path) -> int | None:
         return int(json.loads(f.metadata()["fedsim"])["round"])
 
 
-def output_key(index: int, callback: Callback) -> str:
-    """A callback's name in the checkpoint: its place and class, stable for one config."""
-    return f"{index}:{type(callback).__name__}"
+def _by_name(by_place: dict[str, dict]) -> dict[str, dict]:
+    """A format-1 checkpoint's output states (`INDEX:CLASS`) under their state keys: places in order, numbered
+    as `state_keys` numbers a repeated class."""
+    places = sorted(by_place, key=lambda key: int(key.split(":", 1)[0]))
+    return dict(zip(numbered([key.split(":", 1)[1] for key in places]), (by_place[key] for key in places)))
 
 
 class Checkpointer(Callback):
     """Writes checkpoint.safetensors after every round; alone in the last phase, so it sees the others' state.
 
-    `outputs` are the run's callbacks as given (not as they run): their places name their states.
+    `outputs` are the run's callbacks; each state is saved under the callback's name (state_keys).
     """
 
     phase = Phase.CHECKPOINT
@@ -145,5 +145,5 @@ class Checkpointer(Callback):
             weights=record.global_weights,
             strategy_tensors=tensors,
             strategy_layout=layout,
-            outputs={output_key(i, c): c.state() for i, c in enumerate(self.outputs)},
+            outputs={key: c.state() for key, c in zip(state_keys(self.outputs), self.outputs)},
         ).save(self.run_dir, record.names)

@@ -12,7 +12,7 @@ import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from fedsim.outputs.base import Callback, Phase, phase_of
+from fedsim.outputs.base import Callback, Phase, phase_of, state_keys
 from fedsim.outputs.columns import ROUNDS_COLUMNS
 from fedsim.server.record import RoundRecord
 
@@ -89,7 +89,7 @@ class Outputs:
     """The callbacks of a run: fedsim's `standard` ones and the `user`'s, then the checkpointer.
 
     `checkpointer` makes it from the callbacks whose state it saves, in the order they are given
-    (their checkpoint keys: fedsim.outputs.checkpointer.output_key).
+    (their checkpoint keys: fedsim.outputs.base.state_keys).
     """
 
     def __init__(
@@ -110,11 +110,11 @@ class Outputs:
         """The callbacks as they run: phase by phase, in the order given within one."""
         return [callback for phase in Phase for callback in self.phases[phase]]
 
-    def start(self, saved: Callable[[int, Callback], dict[str, Any] | None]) -> None:
-        """Every output's `on_run_start`, with what `saved(index, callback)` gives (index: as given)."""
-        index = {id(callback): i for i, callback in enumerate(self.given)}
+    def start(self, saved: Mapping[str, dict[str, Any]]) -> None:
+        """Every output's `on_run_start`, with its state in `saved` (a checkpoint's, by state key), or None."""
+        key = {id(callback): k for callback, k in zip(self.given, state_keys(self.given))}
         for callback in self.ordered:
-            callback.on_run_start(saved(index[id(callback)], callback))
+            callback.on_run_start(saved.get(key[id(callback)]))
 
     def end_round(self, record: RoundRecord) -> None:
         """The round through every phase: the producers, whose metrics join the record together once all have

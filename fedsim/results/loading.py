@@ -7,7 +7,6 @@ r = load("results/runs/2026-11-22/...")  # r.info, r.config, r.rounds, r.clients
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,18 @@ import pandas as pd
 import yaml
 
 from fedsim.config.overrides import config_pairs
-from fedsim.system.liveness import effective_status
+from fedsim.rundir import (
+    CLIENTS,
+    CONTRASTS,
+    DETECTION,
+    LAYERS,
+    ROUNDS,
+    RUNS,
+    SUMMARY,
+    config_path,
+    effective_status,
+    read_info,
+)
 
 
 def _csv(path: Path) -> pd.DataFrame:
@@ -64,38 +74,38 @@ def config_columns(frame: pd.DataFrame) -> pd.DataFrame:
 
 def load_run(path: str | Path) -> RunResults:
     path = Path(path)
-    if not (path / "run.json").exists():
+    info = read_info(path)
+    if info is None:
         raise FileNotFoundError(f"{path}: no run.json; not a run directory")
-    config = path / "config.yaml"
-    info = json.loads((path / "run.json").read_text())
+    config = config_path(path)
     info["status"] = effective_status(info)  # `dead`: says running, but its process is gone
     return RunResults(
         path=path,
         info=info,
         config=yaml.safe_load(config.read_text()) if config.exists() else {},
-        rounds=_csv(path / "rounds.csv"),
-        clients=_csv(path / "clients.csv"),
-        layers=_csv(path / "layers.csv"),
-        detection=_csv(path / "detection.csv"),
+        rounds=_csv(path / ROUNDS),
+        clients=_csv(path / CLIENTS),
+        layers=_csv(path / LAYERS),
+        detection=_csv(path / DETECTION),
     )
 
 
 def load_collection(path: str | Path) -> CollectionResults:
     path = Path(path)
-    if not (path / "runs.csv").exists():
+    if not (path / RUNS).exists():
         raise FileNotFoundError(f"{path}: no runs.csv; not a collection directory")
     return CollectionResults(
         path=path,
-        runs=_csv(path / "runs.csv"),
-        rounds=_csv(path / "rounds.csv"),
-        clients=_csv(path / "clients.csv"),
-        layers=_csv(path / "layers.csv"),
-        summary=_csv(path / "summary.csv"),
-        detection=_csv(path / "detection.csv"),
-        contrasts=_csv(path / "contrasts.csv"),
+        runs=_csv(path / RUNS),
+        rounds=_csv(path / ROUNDS),
+        clients=_csv(path / CLIENTS),
+        layers=_csv(path / LAYERS),
+        summary=_csv(path / SUMMARY),
+        detection=_csv(path / DETECTION),
+        contrasts=_csv(path / CONTRASTS),
     )
 
 
 def load(path: str | Path) -> RunResults | CollectionResults:
     """A collection if `path` has runs.csv, else a run."""
-    return load_collection(path) if (Path(path) / "runs.csv").exists() else load_run(path)
+    return load_collection(path) if (Path(path) / RUNS).exists() else load_run(path)

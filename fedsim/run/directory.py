@@ -12,20 +12,18 @@ main.py owns the directory its ServerApp writes.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from fedsim.outputs.checkpointer import CHECKPOINT
+from fedsim.rundir import CHECKPOINT, FINISHED, config_path, effective_status, read_info
 from fedsim.system.errors import ConfigError
-from fedsim.system.liveness import FINISHED, effective_status
 
 LOCK = ".lock"
 
@@ -44,13 +42,6 @@ def owner_of(run_dir: Path) -> int | None:
         return None
 
 
-def _info(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def in_use(run_dir: Path, probe_lock: bool = True) -> str | None:
     """Which live run owns `run_dir` (`pid N`, `pid N on HOST`), or None; this process's own claim aside."""
     run_dir = Path(run_dir).resolve()
@@ -62,7 +53,7 @@ def in_use(run_dir: Path, probe_lock: bool = True) -> str | None:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return f"pid {owner_of(run_dir)}"
-    info = _info(run_dir)  # a run on another host, or by an older fedsim, that holds no lock here
+    info = read_info(run_dir)  # a run on another host, or by an older fedsim, that holds no lock here
     if info is not None and effective_status(info) == "running":
         return f"pid {info.get('pid')} on {info.get('host')}"
     return None
@@ -93,7 +84,7 @@ def claim(run_dir: Path, *, resume: bool = False, overwrite: bool = False, keep:
                 "directory, or wait for that run to end",
             ) from None
         check(run_dir, resume, overwrite, locked=True)  # again, now that no other run can start here
-        if overwrite and not resume and _info(run_dir) is not None:
+        if overwrite and not resume and read_info(run_dir) is not None:
             clear(run_dir, keep)
         lock.seek(0)
         lock.truncate()
@@ -113,16 +104,16 @@ def check(run_dir: Path, resume: bool, overwrite: bool, locked: bool = False) ->
         raise ConfigError(
             KEY, f"{run_dir} is in use by a live run ({owner}); allowed: another directory, or wait for that run to end"
         )
-    info = _info(run_dir)
-    if info is not None and (run_dir / "config.yaml").exists() and not resume and not overwrite:
+    info = read_info(run_dir)
+    if info is not None and config_path(run_dir).exists() and not resume and not overwrite:
         raise refused(run_dir, info)
 
 
-def refused(run_dir: Path, info: dict[str, Any]) -> ConfigError:
+def refused(run_dir: Path, info: Mapping[str, Any]) -> ConfigError:
     """The one line for a fresh run into a directory that holds another run."""
     status, done = effective_status(info), int(info.get("rounds_completed") or 0)
     ways = ["another directory", "overwrite=true to replace it"]
-    if (run_dir / "config.yaml").exists() and (run_dir / CHECKPOINT).exists():
+    if config_path(run_dir).exists() and (run_dir / CHECKPOINT).exists():
         ways.append(
             f"resume={run_dir} num_rounds=MORE to continue it"
             if status in FINISHED

@@ -4,7 +4,6 @@ heartbeat that tells a live run from one killed with -9.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import socket
@@ -21,8 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from fedsim.messages.transport import transport_of
-from fedsim.system.files import write_json
-from fedsim.system.liveness import HEARTBEAT_S
+from fedsim.rundir import HEARTBEAT_S, read_info, write_info
 
 
 def _versions() -> dict[str, str]:
@@ -60,20 +58,22 @@ class RunInfo:
     """
 
     def __init__(self, run_dir: Path, cfg: DictConfig) -> None:
-        self.path = run_dir / "run.json"
+        self.run_dir = run_dir
         self.started = time.time()
         self.earlier_wall_s = 0.0
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         alive = {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat_at": self.started}
-        if cfg.get("resume") is not None and self.path.exists():
-            self.data = json.loads(self.path.read_text())
+        saved = read_info(run_dir) if cfg.get("resume") is not None else None
+        self.data: dict[str, Any]
+        if saved is not None:
+            self.data = dict(saved)
             self.earlier_wall_s = float(self.data.get("wall_time_s") or 0.0)
             self.data.update(status="running", finished_at=None, num_rounds=cfg.num_rounds, **alive)
             self.data.setdefault("resumed", []).append({"at": _now(), "from_round": None})
         else:
             self.data = self._fresh(cfg, alive)
-        write_json(self.path, self.data)
+        write_info(self.run_dir, self.data)
         threading.Thread(target=self._beat, name="run.json-heartbeat", daemon=True).start()
 
     def _beat(self) -> None:
@@ -84,7 +84,7 @@ class RunInfo:
                     return
                 self.data["heartbeat_at"] = time.time()
                 try:
-                    write_json(self.path, self.data)
+                    write_info(self.run_dir, self.data)
                 except OSError as exc:  # the run directory removed under the run: the run's own writes fail next
                     print(f"warning: run.json's heartbeat stopped: {exc}", file=sys.stderr, flush=True)
                     return
@@ -112,7 +112,7 @@ class RunInfo:
     def update(self, **fields: Any) -> None:
         with self._lock:
             self.data.update(fields)
-            write_json(self.path, self.data)
+            write_info(self.run_dir, self.data)
 
     def _wall_s(self) -> float:
         return round(self.earlier_wall_s + time.time() - self.started, 3)
@@ -121,14 +121,14 @@ class RunInfo:
         """The checkpoint's round this invocation continues after."""
         with self._lock:
             self.data["resumed"][-1]["from_round"] = server_round
-            write_json(self.path, self.data)
+            write_info(self.run_dir, self.data)
 
     def restarted(self, after_round: int, why: str) -> None:
         """The run went on in this process from the checkpoint of `after_round` (-1: from the start), because
         `why` (its federation died under it: fedsim.runtimes.recovery)."""
         with self._lock:
             self.data.setdefault("restarts", []).append({"at": _now(), "after_round": after_round, "why": why})
-            write_json(self.path, self.data)
+            write_info(self.run_dir, self.data)
 
     def progress(self, summary: dict[str, Any]) -> None:
         """The metrics so far and the wall time to date, after every round."""
@@ -140,4 +140,4 @@ class RunInfo:
             self.data.update(
                 status=status, finished_at=_now(), heartbeat_at=time.time(), wall_time_s=self._wall_s(), **fields
             )
-            write_json(self.path, self.data)
+            write_info(self.run_dir, self.data)

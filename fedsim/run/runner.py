@@ -6,7 +6,6 @@ and `flwr run` hands the ServerApp a Grid to run the rounds on (fedsim.run.serve
 
 from __future__ import annotations
 
-import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +18,8 @@ from fedsim.outputs.checkpointer import checkpoint_round
 from fedsim.run.experiment import build, load_model
 from fedsim.run.info import RunInfo, _now
 from fedsim.run.session import Session, quiet
+from fedsim.rundir import config_path, read_info, write_info
 from fedsim.system.errors import ConfigError, first_line
-from fedsim.system.files import write_json
 from fedsim.system.memory import return_freed_buffers_to_os
 from fedsim.system.signals import Interrupted
 
@@ -46,15 +45,14 @@ def record_or_note(exc: BaseException, record: Callable[[BaseException], object]
 def record_stopped(run_dir: Path, cfg: DictConfig, exc: BaseException) -> None:
     """run.json of a run whose server ran in another process and did not finish: interrupted (a signal) or
     failed, unless the server itself recorded the failure or finished."""
-    path = run_dir / "run.json"
     status = "interrupted" if isinstance(exc, Interrupted) else "failed"
-    if not path.exists():
+    data = read_info(run_dir)
+    if data is None:
         RunInfo(run_dir, cfg).finish(status, error=first_line(exc), error_type=type(exc).__name__)
         return
-    data = json.loads(path.read_text())
     if data["status"] == "running" or (status == "interrupted" and data["status"] == "failed"):
         data.update(status=status, finished_at=_now(), error=first_line(exc), error_type=type(exc).__name__)
-        write_json(path, data)
+        write_info(run_dir, data)
 
 
 def record_lost(run_dir: Path, pid: int, code: int, restart: int, budget: int) -> tuple[str, bool] | None:
@@ -63,10 +61,9 @@ def record_lost(run_dir: Path, pid: int, code: int, restart: int, budget: int) -
     this one included) the restart is listed and the run left to resume from its checkpoint; beyond it the run
     is failed, with why. The one line to print and whether the run goes on; None if run.json had recorded the
     ending itself (or is not this process's)."""
-    path = run_dir / "run.json"
-    if not path.exists():
+    data = read_info(run_dir)
+    if data is None:
         return None
-    data = json.loads(path.read_text())
     if data.get("status") != "running" or data.get("pid") != pid:
         return None
     how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
@@ -79,12 +76,12 @@ def record_lost(run_dir: Path, pid: int, code: int, restart: int, budget: int) -
         after = checkpoint_round(run_dir)
         after = -1 if after is None else after
         data.setdefault("restarts", []).append({"at": _now(), "after_round": after, "why": lost})
-        write_json(path, data)
+        write_info(run_dir, data)
         again = f"a new process resumes the run after round {after}" if after >= 0 else "a new process starts it again"
         return f"warning: {lost}; {again} (restart {restart} of runtime.max_restarts={budget})", True
     error = f"{lost}, after runtime.max_restarts={budget} restarts; resume with: python main.py resume={run_dir}"
     data.update(status="failed", finished_at=_now(), error=error, error_type="ProcessLost")
-    write_json(path, data)
+    write_info(run_dir, data)
     return f"error: {error}", False
 
 
@@ -101,7 +98,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, federate: Callable[[Session],
         if cfg.get("resume") is None:
             RunInfo(run_dir, cfg).finish("failed", error=str(exc), error_type=type(exc).__name__)
         raise
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # first: what a resume reads
+    config_path(run_dir).write_text(OmegaConf.to_yaml(cfg, resolve=True))  # first: what a resume reads
     info = RunInfo(run_dir, cfg)
     session: Session | None = None
     try:

@@ -24,7 +24,6 @@ from fedsim.outputs.base import Callback
 from fedsim.outputs.checkpointer import (
     Checkpoint,
     Checkpointer,
-    output_key,
     restore_strategy,
 )
 from fedsim.outputs.csv_logs import ClientsCsv, RoundsCsv
@@ -40,6 +39,7 @@ from fedsim.outputs.retries import Retries
 from fedsim.outputs.summary import RunSummary
 from fedsim.run.experiment import Experiment, build, check_space, load_model
 from fedsim.run.info import RunInfo
+from fedsim.rundir import CLIENTS, DETECTION, LAYERS, MODEL, ROUNDS
 from fedsim.server.loop import Start
 from fedsim.server.record import RoundRecord
 
@@ -126,7 +126,7 @@ class Session:
         standard = standard_outputs(self.experiment, self.run_dir, self.names, self.info.progress, extra_metrics(user))
         self.outputs = Outputs(standard, user, lambda given: Checkpointer(self.run_dir, self.strategy, given))
         saved = self.checkpoint.outputs if self.checkpoint is not None else {}
-        self.outputs.start(lambda index, callback: saved.get(output_key(index, callback)))
+        self.outputs.start(saved)
 
     def start(self) -> Start:
         """Where the rounds begin: round 0 from the seeded model, or after the checkpoint's round from its weights."""
@@ -163,12 +163,12 @@ def standard_outputs(
     each of `extra_metrics` (the user callbacks' round_metrics) after the SPEC's.
 
     They run by their phases, not by their place here (fedsim.outputs.base.Phase says why each comes where);
-    their place names their state in the checkpoint, so it stays as it is, new outputs added at the end.
+    Each one's state in the checkpoint is keyed by its name (fedsim.outputs.base.state_keys).
     """
     cfg, attack = experiment.cfg, experiment.attack
     outputs: list[Callback] = [
-        WeightScrutiny(run_dir / "layers.csv", attack.name, float(attack.node_ratio), enabled=cfg.scrutiny),
-        ClientsCsv(run_dir / "clients.csv"),
+        WeightScrutiny(run_dir / LAYERS, attack.name, float(attack.node_ratio), enabled=cfg.scrutiny),
+        ClientsCsv(run_dir / CLIENTS),
     ]
     if cfg.archive.mode != "none":
         writer = partial(
@@ -186,12 +186,12 @@ def standard_outputs(
             )
         )
     outputs += [
-        RoundsCsv(run_dir / "rounds.csv", extra_metrics),
+        RoundsCsv(run_dir / ROUNDS, extra_metrics),
         Progress(cfg.num_rounds),
         RunSummary(publish),
         ClientFailures(float(cfg.faults.max_failure_rate)),
     ]
     if cfg.scrutiny:
-        outputs.append(DetectionCsv(run_dir / "detection.csv", run_dir / "clients.csv"))
+        outputs.append(DetectionCsv(run_dir / DETECTION, run_dir / CLIENTS))
     experiment.tracker.bind(run_dir, flatten(cfg))
-    return outputs + [FinalModel(run_dir / "model.safetensors"), experiment.tracker, Retries(publish)]
+    return outputs + [FinalModel(run_dir / MODEL), experiment.tracker, Retries(publish)]

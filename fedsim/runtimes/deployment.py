@@ -4,7 +4,6 @@ starts the federation, submits the run with `flwr run`, relays its output and st
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedsim.config.compose import CONFIG_FILE_KEY, RUN_DIR_KEY
 from fedsim.run.runner import preflight, record_or_note, record_stopped
+from fedsim.rundir import CONFIG, FINISHED, LOGS, read_info
 from fedsim.runtimes.federation import LocalFederation
 from fedsim.system.errors import ConfigError, RunFailed
-from fedsim.system.liveness import FINISHED
 from fedsim.system.signals import raise_on_signals
 
 
@@ -39,7 +38,7 @@ class Deployment:
     def federation(self, cfg: DictConfig, run_dir: Path) -> LocalFederation:
         return LocalFederation(
             int(cfg.num_clients),
-            run_dir / "logs",
+            run_dir / LOGS,
             host=self.host,
             port=self.port,
             certificates=self.certificates,
@@ -62,16 +61,15 @@ class Deployment:
         raise_on_signals()
         try:
             with federation:
-                config_file = federation.work / "config.yaml"
+                config_file = federation.work / CONFIG
                 config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
                 code = federation.run({CONFIG_FILE_KEY: str(config_file), RUN_DIR_KEY: str(run_dir)})
-            path = run_dir / "run.json"
-            info = json.loads(path.read_text()) if path.exists() else {"status": None}
+            info = read_info(run_dir) or {"status": None}
             if info["status"] not in FINISHED:
                 raise RunFailed(
                     info.get("error")
                     or f"`flwr run` ended with exit code {code} before the run began "
-                    f"(see {run_dir / 'logs' / 'flwr-run.log'})"
+                    f"(see {run_dir / LOGS / 'flwr-run.log'})"
                 )
         except BaseException as exc:
             record_or_note(exc, lambda stopped: record_stopped(run_dir, cfg, stopped))

@@ -25,6 +25,7 @@ from fedsim.data.prepare import client_files, load_prepared
 from fedsim.run.runner import run_experiment
 from fedsim.run.server_app import make_server_app
 from fedsim.run.session import Session
+from fedsim.rundir import MAIN_LOG
 from fedsim.runtimes.cluster import actor_pool_limit, address_of, attach, max_actors
 from fedsim.runtimes.engine_logs import engine_logs_to
 from fedsim.runtimes.recovery import NodeLost, RayWatch, WatchedGrid, end_leftovers, retried
@@ -184,7 +185,7 @@ def simulate_once(session: Session, watch: RayWatch) -> None:
     mods = []
     settings = ray_settings(cfg)
     with (
-        engine_logs_to(session.run_dir / "main.log", cfg.log_level),
+        engine_logs_to(session.run_dir / MAIN_LOG, cfg.log_level),
         ray_for(settings),
         signals_kept(),  # from the first ray.init on, attach's or Flower's: SIGTERM stays fedsim's
     ):

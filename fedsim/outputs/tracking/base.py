@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from fedsim.outputs.base import Callback, Phase
+from fedsim.rundir import MODEL, read_info
 from fedsim.server.record import RoundRecord
 from fedsim.system.errors import first_line
 
@@ -101,7 +102,9 @@ class Tracker(Callback):
 
         def final_fields() -> None:
             nonlocal status
-            info = json.loads((self.run_dir / "run.json").read_text())
+            info = read_info(self.run_dir)
+            if info is None:
+                raise OSError(f"{self.run_dir}: no readable run.json")
             status = str(info.get("status", status))
             self._log_info(info)
 
@@ -120,7 +123,7 @@ class Tracker(Callback):
 
     @property
     def model_path(self) -> Path | None:
-        path = self.run_dir / "model.safetensors" if self.run_dir is not None else None
+        path = self.run_dir / MODEL if self.run_dir is not None else None
         return path if path is not None and path.exists() else None
 
 

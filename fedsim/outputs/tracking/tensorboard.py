@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedsim.outputs.tracking.base import DEFAULT_GROUP, Tracker, flat_params
+from fedsim.rundir import RUN_JSON
 
 
 class TensorBoard(Tracker):
@@ -35,7 +36,7 @@ class TensorBoard(Tracker):
         self.writer.flush()
 
     def _log_info(self, info: dict[str, Any]) -> None:
-        self.writer.add_text("run.json", _table(flat_params(info)), int(info.get("rounds_completed") or 0))
+        self.writer.add_text(RUN_JSON, _table(flat_params(info)), int(info.get("rounds_completed") or 0))
 
     def _close(self, status: str) -> None:
         if self.writer is not None:

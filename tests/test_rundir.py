@@ -7,7 +7,7 @@ import socket
 import subprocess
 import time
 
-from fedsim.system.liveness import STALE_AFTER_S, effective_status
+from fedsim.rundir import STALE_AFTER_S, effective_status
 
 
 def test_a_finished_status_is_taken_as_it_is():
