@@ -370,7 +370,7 @@ def run_limit(overrides: Sequence[str], processes: int | None = None, threads: i
     from hydra.utils import instantiate
 
     from fedsim.client.client import ClientSettings
-    from fedsim.config.validate import fit_clients_per_round
+    from fedsim.config.counts import Counts
     from fedsim.data.loader import load_test
     from fedsim.data.prepare import prepare_data
     from fedsim.model.train import evaluate
@@ -390,11 +390,8 @@ def run_limit(overrides: Sequence[str], processes: int | None = None, threads: i
     testloader = load_test(settings.prepared, 4 * cfg.client.batch_size)
     weights = get_weights(model)
     rng = random.Random(cfg.seed)
-    per_round = fit_clients_per_round(cfg)
-    num_eval = max(
-        int(cfg.num_clients * cfg.strategy.get("fraction_evaluate", 1.0)),
-        int(cfg.strategy.get("min_evaluate_nodes", 1)),
-    )
+    counts = Counts.of(cfg)
+    per_round, num_eval = counts.fit, counts.evaluate
     round_s, fit_s, accuracy, train_examples = [], [], float("nan"), 0
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with (

@@ -128,7 +128,7 @@ def export(overrides: list[str], out: Path) -> dict:
     from safetensors.numpy import save_file
 
     from fedsim.client.client import step_seed
-    from fedsim.config.validate import evaluate_clients_per_round, fit_clients_per_round
+    from fedsim.config.counts import Counts
     from fedsim.data.cache import load_features
     from fedsim.data.partition import partition_rows, train_val_split
     from fedsim.data.prepare import prepare_data
@@ -151,7 +151,8 @@ def export(overrides: list[str], out: Path) -> dict:
     save_file(subset(test, np.arange(prepared.num_test)), str(out / "test.safetensors"))
     save_file(clients, str(out / "clients.safetensors"))
 
-    per_round, num_eval = fit_clients_per_round(cfg), evaluate_clients_per_round(cfg)
+    counts = Counts.of(cfg)
+    per_round, num_eval = counts.fit, counts.evaluate
     rounds = range(1, int(cfg.num_rounds) + 1)
     train = {r: choose(seed, r, TRAIN, per_round, n) for r in rounds}
     orders, seeds = {}, {}

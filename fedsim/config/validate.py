@@ -7,7 +7,6 @@ one place a config is checked whole, before any data is read or any Ray worker s
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from collections.abc import Callable
@@ -230,13 +229,6 @@ def check_sampling(cfg: DictConfig) -> None:
         )
 
 
-def expected_clients_per_round(cfg: DictConfig) -> float | None:
-    """Under strategy.sampling=poisson the expected cohort q N (q = fraction_train); None for a fixed-size one."""
-    if cfg.strategy.get("sampling", "fixed") != "poisson":
-        return None
-    return float(cfg.strategy.fraction_train) * int(cfg.num_clients)
-
-
 def check_local_resources(cfg: DictConfig) -> None:
     """Per-client resources this machine can host (a private Ray instance)."""
     if cfg.resources.num_gpus > _gpu_count():
@@ -256,29 +248,9 @@ def check_local_resources(cfg: DictConfig) -> None:
         )
 
 
-def fit_clients_per_round(cfg: DictConfig) -> int:
-    """How many clients train per round: Flower's own formula in FedAvg.configure_train."""
-    sampled = int(cfg.num_clients * cfg.strategy.get("fraction_train", 1.0))
-    return min(cfg.num_clients, max(sampled, int(cfg.strategy.get("min_train_nodes", 1))))
-
-
-def evaluate_clients_per_round(cfg: DictConfig) -> int:
-    """How many clients evaluate per round: Flower's own formula in FedAvg.configure_evaluate."""
-    fraction = cfg.strategy.get("fraction_evaluate", 1.0)
-    if fraction == 0:
-        return 0
-    return min(cfg.num_clients, max(int(cfg.num_clients * fraction), int(cfg.strategy.get("min_evaluate_nodes", 1))))
-
-
 def held_out_fraction(cfg: DictConfig) -> float:
     """The share of each client's rows held out for local validation: data.val_fraction, or 0 where nothing
     evaluates those rows (strategy.fraction_evaluate = 0): rows no one evaluates are better trained on."""
     if cfg.strategy.get("fraction_evaluate", 1.0) == 0:
         return 0.0
     return float(cfg.data.val_fraction)
-
-
-def num_malicious(node_ratio: float, num_clients: int) -> int:
-    """How many clients an attack of `attack.node_ratio` makes malicious: round(node_ratio x num_clients), halves
-    rounded up (0.25 x 10 -> 3). conf/ reads it too (a robust strategy's f, fedsim.config.resolvers)."""
-    return min(num_clients, int(math.floor(node_ratio * num_clients + 0.5 + 1e-9)))

@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from fedsim.client.attacks import Attack, malicious_of
 from fedsim.client.client import ClientFn, client_fn
 from fedsim.config.compose import flatten
-from fedsim.config.validate import expected_clients_per_round, fit_clients_per_round, validate
+from fedsim.config.counts import Counts
+from fedsim.config.validate import validate
 from fedsim.data.imdb import offline_unless_hub_reachable
 from fedsim.messages.transport import transport_of
 from fedsim.outputs.archive import check_disk, expected_bytes, select_layers
@@ -45,6 +46,7 @@ class Experiment:
     attack: Attack
     malicious: list[int]
     faults: Faults
+    counts: Counts  # the client counts the config implies
     run_config: dict[str, Any]  # what the clients see as context.run_config
     privacy: Privacy = field(default_factory=Privacy)
     tracker: Tracker = field(default_factory=NoTracking)
@@ -76,12 +78,14 @@ def build(
     privacy.check(strategy, attack.name, transport_of(cfg))
     tracker = _instantiate(cfg, "tracking")
     check_callbacks([], callbacks)  # a callback whose phase or metrics cannot work, before anything is read
+    counts = Counts.of(cfg)
     return Experiment(
         cfg=cfg,
-        strategy=privacy.wrap(strategy, fit_clients_per_round(cfg), expected_clients_per_round(cfg)),
+        strategy=privacy.wrap(strategy, counts.fit, counts.expected),
         attack=attack,
         malicious=malicious_of(attack, int(cfg.num_clients), int(cfg.seed)),
         faults=faults,
+        counts=counts,
         privacy=privacy,
         tracker=tracker,
         run_config=dict(run_config) if run_config is not None else flatten(cfg),
@@ -125,7 +129,7 @@ def load_model(cfg: DictConfig) -> torch.nn.Module:
         ) from None
 
 
-def check_space(cfg: DictConfig, run_dir: Path, names: list[str], weights: list[np.ndarray]) -> None:
+def check_space(cfg: DictConfig, run_dir: Path, names: list[str], weights: list[np.ndarray], per_round: int) -> None:
     """Refuse a run whose files would not fit the disk: the archive (announced with its size), the final
     model, and the checkpoint (the model and up to three strategy arrays per weight, e.g. FedAdam's
     moments) with its replacement written beside it."""
@@ -137,9 +141,7 @@ def check_space(cfg: DictConfig, run_dir: Path, names: list[str], weights: list[
             raise ConfigError(
                 "archive.layers", f"{list(cfg.archive.layers)} match no layer; layers are e.g. {names[:3]}"
             )
-        archive = expected_bytes(
-            weights, names, kept, cfg.archive.dtype, cfg.archive.mode, cfg.num_rounds, fit_clients_per_round(cfg)
-        )
+        archive = expected_bytes(weights, names, kept, cfg.archive.dtype, cfg.archive.mode, cfg.num_rounds, per_round)
         print(
             f"archive: mode={cfg.archive.mode} dtype={cfg.archive.dtype}, {len(kept)}/{len(names)} layers, "
             f"about {archive / 1e9:.2f} GB expected"

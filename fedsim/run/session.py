@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from fedsim.config.compose import flatten
-from fedsim.config.validate import expected_clients_per_round, fit_clients_per_round
 from fedsim.data.loader import Loader, load_test
 from fedsim.data.prepare import prepare_data
 from fedsim.model.train import evaluate
@@ -75,7 +74,7 @@ class Session:
         self.device = torch.device("cuda" if cfg.resources.num_gpus > 0 and torch.cuda.is_available() else "cpu")
         self.model = load_model(cfg).to(self.device)
         self.names = layer_names(self.model)
-        check_space(cfg, run_dir, self.names, get_weights(self.model))
+        check_space(cfg, run_dir, self.names, get_weights(self.model), self.experiment.counts.fit)
         self._restore(Checkpoint.load(run_dir, self.names) if cfg.get("resume") is not None else None)
         self.testloader: Loader | None = None
         self.outputs = Outputs([])
@@ -182,7 +181,7 @@ def standard_outputs(
                 experiment.privacy,
                 experiment.strategy,
                 int(cfg.num_clients),
-                expected_clients_per_round(cfg) or fit_clients_per_round(cfg),
+                experiment.counts.cohort,
             )
         )
     outputs += [

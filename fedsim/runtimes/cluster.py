@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from fedsim.config.validate import evaluate_clients_per_round, fit_clients_per_round
+from fedsim.config.counts import Counts
 from fedsim.runtimes.ports import knock
 from fedsim.system.errors import ConfigError
 
@@ -109,7 +109,7 @@ def max_actors(cfg: DictConfig) -> int:
     at once; Flower's pool also stops at what the cluster (or machine) fits."""
     limit = cfg.ray.max_actors
     if limit == "auto":
-        return max(1, fit_clients_per_round(cfg), evaluate_clients_per_round(cfg))
+        return Counts.of(cfg).at_once
     return int(limit)
 
 

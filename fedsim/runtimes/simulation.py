@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from fedsim.client.app import make_client_app
-from fedsim.config.validate import evaluate_clients_per_round, fit_clients_per_round
+from fedsim.config.counts import Counts
 from fedsim.data.prepare import client_files, load_prepared
 from fedsim.run.runner import run_experiment
 from fedsim.run.server_app import make_server_app
@@ -77,7 +77,7 @@ def node_slots(cfg: DictConfig, actors: int) -> int | None:
     """
     slots = cfg.runtime.node_slots
     if slots == "auto":
-        slots = max(fit_clients_per_round(cfg), evaluate_clients_per_round(cfg))
+        slots = Counts.of(cfg).at_once
         if cfg.runtime.get("cohort_messages", False):
             slots = max(1, min(slots, actors))
     return None if slots is None or int(slots) >= cfg.num_clients else int(slots)

@@ -4,13 +4,12 @@ enough clients a round, and Flower waits forever for nodes the federation lacks.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 from flwr.serverapp.strategy import Bulyan, MultiKrum, Strategy
 from omegaconf import DictConfig
 
-from fedsim.config.validate import fit_clients_per_round, num_malicious
+from fedsim.config.counts import Counts
 from fedsim.server import robust
 from fedsim.system.errors import ConfigError
 
@@ -38,11 +37,12 @@ def check_strategy(strategy: Strategy, cfg: DictConfig) -> None:
                 f"(Flower would wait forever for the nodes it lacks); allowed: at most "
                 f"{cfg.num_clients}",
             )
-    n = fit_clients_per_round(cfg)
+    counts = Counts.of(cfg)
+    n = counts.fit
     for cls, (minimum, rule) in MIN_CLIENTS.items():
         if isinstance(strategy, cls):
             f = int(strategy.num_malicious_nodes)
-            actual = num_malicious(float(cfg.attack.node_ratio), cfg.num_clients)
+            actual = counts.malicious
             if f < actual:
                 print(f"note: {type(strategy).__name__} assumes f={f} malicious clients; the attack has {actual}")
             if n < minimum(f):
@@ -60,16 +60,10 @@ def check_strategy(strategy: Strategy, cfg: DictConfig) -> None:
             return
 
 
-def malicious_per_round(cfg: DictConfig) -> tuple[int, int]:
-    """(n, f): clients that train per round, and how many of them are malicious, all of them under full
-    participation, else the malicious share of the round rounded up."""
-    n, f = fit_clients_per_round(cfg), num_malicious(float(cfg.attack.node_ratio), cfg.num_clients)
-    return n, f if n == cfg.num_clients else min(f, n, math.ceil(f * n / cfg.num_clients))
-
-
 def check_byzantine(cfg: DictConfig, omniscient: bool) -> None:
     """Refuse an omniscient attack or a pre-aggregation step that the round's n and f break (fedsim.byzantine)."""
-    n, f = malicious_per_round(cfg)
+    counts = Counts.of(cfg)
+    n, f = counts.fit, counts.malicious_per_round
     name = cfg.attack.name
     if omniscient:
         if f >= n:
