@@ -3,7 +3,10 @@ in the SPEC's order."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import sys
+from pathlib import Path
 
 import pytest
 from helpers.runs import ROOT
@@ -94,3 +97,76 @@ def test_every_readme_section_the_code_and_docs_point_to_exists():
     for path in [*ROOT.glob("docs/**/*.md"), *ROOT.glob("results/*.md")]:
         pointers += [(path.name, name) for name in re.findall(r'README(?:\'s|,) "([^"]+)"', path.read_text())]
     assert [(where, name) for where, name in pointers if name not in headings] == []
+
+
+BENCHMARK_PAGES = [*sorted((ROOT / "docs" / "benchmarks").glob("*.md")), ROOT / "docs" / "changelog.md"]
+# A commit as a reader would meet it: 7 to 40 hex digits standing alone, with at least one digit and one letter
+# (so "2026", "decade" and "1e-6" are not commits, and "0830fb4" is).
+COMMIT = re.compile(r"\b(?=[0-9a-f]*[0-9])(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b")
+ISSUE = re.compile(r"\bissues? #?\d+|(?<![\w&])#\d+\b", re.IGNORECASE)
+
+
+def rendered_source(page: Path) -> str:
+    """The page's Markdown with its `--8<--` snippets inlined, as mkdocs renders it: scripts.md is
+    bench/README.md, so a hash there is on the page too."""
+    text = page.read_text()
+    for line, target in re.findall(r'^(--8<-- "([^"]+)")$', text, flags=re.M):
+        path, _, start = target.partition(":")
+        lines = (ROOT / path).read_text().splitlines(keepends=True)
+        text = text.replace(line, "".join(lines[int(start or 1) - 1 :]))
+    return text
+
+
+def history_references(text: str) -> list[str]:
+    return COMMIT.findall(text) + ISSUE.findall(text)
+
+
+def test_the_reference_finder_finds_commits_and_issues_and_nothing_else():
+    """The pattern below must be able to fail: it finds what the lab log used to hold, and passes dates and numbers."""
+    assert history_references("Measured at commit 0830fb4, before (issue 36, item 1); see #47.") == [
+        "0830fb4",
+        "issue 36",
+        "#47",
+    ]
+    assert history_references("2026-12-05: 0.98 (0.97-0.99), 1.05e-06, 2^16 buckets, a decade, 4,247 MB") == []
+
+
+@pytest.mark.parametrize("page", BENCHMARK_PAGES, ids=lambda p: p.name)
+def test_benchmark_pages_and_the_changelog_name_no_commit_and_no_issue(page):
+    """These pages are for users: a figure carries its date and machine, not the commit or issue it came from."""
+    assert history_references(rendered_source(page)) == []
+
+
+def load_figures():
+    """bench/figures.py as a module (bench/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_figures", ROOT / "bench" / "figures.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_plotting_script_draws_every_plot_the_page_shows_from_the_data_file(tmp_path):
+    figures = load_figures()
+    drawn = figures.draw(figures.DATA, tmp_path)
+    page = (ROOT / "docs" / "benchmarks" / "measured.md").read_text()
+    shown = set(re.findall(r"\(\.\./img/(bench-[\w-]+\.png)\)", page))
+    assert len(shown) >= 3 and {p.name for p in drawn} == shown
+    for path in drawn:
+        assert path.parent == tmp_path and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+        assert (ROOT / "docs" / "img" / path.name).exists(), f"docs/img/{path.name} not checked in"
+    # The plots follow the data file: a file with one figure draws one plot, and no more.
+    one = tmp_path / "one.csv"
+    rows = (ROOT / "bench" / "figures.csv").read_text().splitlines()
+    one.write_text("\n".join([rows[0], *(r for r in rows if r.startswith("collection,"))]) + "\n")
+    assert [p.name for p in figures.draw(one, tmp_path / "one")] == ["bench-collection.png"]
+
+
+def test_every_figure_in_the_data_file_is_on_the_page_with_its_date_and_command():
+    """The data file and the page's tables hold the same numbers: a figure changed in one and not the other fails."""
+    figures = load_figures()
+    page = (ROOT / "docs" / "benchmarks" / "measured.md").read_text()
+    flat = " ".join(page.split())
+    for row in figures.read():
+        assert re.search(rf"(?<![\d.]){re.escape(row.value)}(?![\d])", page), (row.item, row.measure, row.value)
+        assert row.date in page and " ".join(row.command.split()) in flat, (row.item, row.command)
