@@ -99,7 +99,7 @@ def test_every_readme_section_the_code_and_docs_point_to_exists():
     assert [(where, name) for where, name in pointers if name not in headings] == []
 
 
-BENCHMARK_PAGES = [*sorted((ROOT / "docs" / "benchmarks").glob("*.md")), ROOT / "docs" / "changelog.md"]
+USER_PAGES = [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md"]  # the benchmarks and changelog among them
 # A commit as a reader would meet it: 7 to 40 hex digits standing alone, with at least one digit and one letter
 # (so "2026", "decade" and "1e-6" are not commits, and "0830fb4" is).
 COMMIT = re.compile(r"\b(?=[0-9a-f]*[0-9])(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b")
@@ -131,9 +131,10 @@ def test_the_reference_finder_finds_commits_and_issues_and_nothing_else():
     assert history_references("2026-12-05: 0.98 (0.97-0.99), 1.05e-06, 2^16 buckets, a decade, 4,247 MB") == []
 
 
-@pytest.mark.parametrize("page", BENCHMARK_PAGES, ids=lambda p: p.name)
-def test_benchmark_pages_and_the_changelog_name_no_commit_and_no_issue(page):
-    """These pages are for users: a figure carries its date and machine, not the commit or issue it came from."""
+@pytest.mark.parametrize("page", USER_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_user_facing_page_names_a_commit_or_an_issue(page):
+    """These pages are for users: a figure carries its date and machine, a change its date, not the commit or issue
+    it came from."""
     assert history_references(rendered_source(page)) == []
 
 

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedsim.config.compose import CONF_DIR, compose
 
 PAGES = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
-PATH = re.compile(r"(?<![\w./-])(?:fedsim|conf|bench|tests|docs|deploy)/[\w./-]*[\w/]")
+PATH = re.compile(r"(?<![\w./-])(?:fedsim|conf|bench|tests|docs|deploy)/[\w./*-]*[\w/*]")  # globs too
 MODULE = re.compile(r"(?<![\w./{$])fedsim(?:\.[A-Za-z_]\w*)+")  # not `${fedsim.resolver:...}`
 PLACEHOLDERS = ("NNN", "NAME", "<")
 ABSENT_ON_PURPOSE = {  # keys a page names to say they do not exist (any more)
@@ -43,7 +43,7 @@ def test_every_path_the_docs_name_exists():
             f"{page.relative_to(ROOT)}: {path}"
             for page in PAGES
             for path in PATH.findall(page.read_text())
-            if not any(p in path for p in PLACEHOLDERS) and not (ROOT / path).exists()
+            if not any(p in path for p in PLACEHOLDERS) and not any(ROOT.glob(path))
         }
     )
     assert not missing, missing
@@ -115,6 +115,11 @@ def test_every_config_key_the_docs_name_exists(every_key):
     assert not sorted(missing), sorted(missing)
 
 
-def test_the_key_check_can_fail(every_key):
+def test_the_checks_can_fail(every_key):
     assert "strategy.fraction_train" in every_key and "strategy.fraction_trian" not in every_key
     assert is_python_name("ray.init") and not is_python_name("ray.max_actorz")
+    assert resolved("fedsim.rundir.read_info")
+    with pytest.raises(AttributeError):
+        resolved("fedsim.rundir.read_run_json")
+    found = PATH.findall("see fedsim/rundir.py and docs/img/bench-*.png.")
+    assert found == ["fedsim/rundir.py", "docs/img/bench-*.png"]
