@@ -371,6 +371,7 @@ def run_limit(overrides: Sequence[str], processes: int | None = None, threads: i
 
     from fedsim.client.client import ClientSettings
     from fedsim.config.counts import Counts
+    from fedsim.config.settings import DataSettings
     from fedsim.data.loader import load_test
     from fedsim.data.prepare import prepare_data
     from fedsim.model.train import evaluate
@@ -378,7 +379,7 @@ def run_limit(overrides: Sequence[str], processes: int | None = None, threads: i
 
     cfg = compose(overrides)
     start = time.perf_counter()
-    settings = ClientSettings.from_cfg(cfg, prepare_data(cfg))
+    settings = ClientSettings.from_cfg(cfg, prepare_data(DataSettings.of(cfg)))
     threads = threads or max(1, int(cfg.resources.num_cpus))
     if cfg.resources.num_gpus > 0:  # as many clients share the GPU as the harness would run on it
         processes = processes or max(1, int(1 / cfg.resources.num_gpus))

@@ -14,6 +14,7 @@ from common import compose, machine, table
 from hydra.utils import instantiate
 from torch.nn import functional as F
 
+from fedsim.config.settings import DataSettings
 from fedsim.data.loader import load_data
 from fedsim.data.prepare import prepare_data
 from fedsim.model.train import train
@@ -52,7 +53,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     torch.set_num_threads(1)
     cfg = compose(["num_clients=10"])
-    loader, _ = load_data(prepare_data(cfg), 0, int(cfg.client.batch_size))
+    loader, _ = load_data(prepare_data(DataSettings.of(cfg)), 0, int(cfg.client.batch_size))
     rows = []
     for name in OPTIMIZERS:
         fedavg = drift(cfg, loader, name, 0.0, coupled=False)

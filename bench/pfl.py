@@ -129,6 +129,7 @@ def export(overrides: list[str], out: Path) -> dict:
 
     from fedsim.client.client import step_seed
     from fedsim.config.counts import Counts
+    from fedsim.config.settings import DataSettings
     from fedsim.data.cache import load_features
     from fedsim.data.partition import partition_rows, train_val_split
     from fedsim.data.prepare import prepare_data
@@ -136,7 +137,7 @@ def export(overrides: list[str], out: Path) -> dict:
     from fedsim.server.participation import EVALUATE, TRAIN, choose
 
     cfg = compose(overrides)
-    prepared = prepare_data(cfg)
+    prepared = prepare_data(DataSettings.of(cfg))
     features = load_features(prepared.train_file, prepared.kind)
     n, seed = int(cfg.num_clients), int(cfg.seed)
     clients, local = {}, {}

@@ -26,6 +26,7 @@ from fedsim.client.client import (
 )
 from fedsim.config.counts import num_malicious
 from fedsim.config.resume import upgrade
+from fedsim.config.settings import DataSettings
 from fedsim.data.prepare import prepare_data
 from fedsim.model.weights import get_weights
 from fedsim.outputs.detection import detection_rows
@@ -57,12 +58,13 @@ def test_presets_of_the_study(preset, node_ratio, data_ratio):
 
 def _settings(cfg, malicious: tuple[int, ...]) -> ClientSettings:
     """The run's client settings with chosen malicious partitions."""
-    return dataclasses.replace(ClientSettings.from_cfg(cfg, prepare_data(cfg)), malicious=malicious)
+    return dataclasses.replace(ClientSettings.from_cfg(cfg, prepare_data(DataSettings.of(cfg))), malicious=malicious)
 
 
 def test_clients_know_the_malicious_partitions_from_the_config_alone(generated_imdb):
     cfg = make_cfg(f"data.path={generated_imdb}", "num_clients=10", "attack=random_30pct")
-    assert ClientSettings.from_cfg(cfg, prepare_data(cfg)).malicious == tuple(malicious_clients(0.3, 10, 0))
+    settings = ClientSettings.from_cfg(cfg, prepare_data(DataSettings.of(cfg)))
+    assert settings.malicious == tuple(malicious_clients(0.3, 10, 0))
     assert malicious_of(instantiate(make_cfg("attack=none").attack), 10, 0) == []
 
 

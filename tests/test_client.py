@@ -10,6 +10,7 @@ from helpers.configs import make_cfg
 
 from fedsim.client.client import client_fn, settings_for
 from fedsim.config.compose import flatten
+from fedsim.config.settings import DataSettings
 from fedsim.data.prepare import prepare_data
 from fedsim.model.weights import get_weights, set_weights
 
@@ -84,7 +85,7 @@ def test_client_fn_reads_the_run_config_and_keeps_the_model_alive(generated_imdb
     """Both runtimes' run configs give the same settings; one model per worker process across messages."""
     overrides = [f"data.path={generated_imdb}", "num_clients=3", "attack=label_flip"]
     cfg = make_cfg(*overrides)
-    prepare_data(cfg)
+    prepare_data(DataSettings.of(cfg))
 
     def context(partition_id: int, run_config: dict) -> Context:  # each message brings its own copy
         return Context(

@@ -10,6 +10,7 @@ from helpers.configs import make_cfg
 from helpers.data import make_reviews
 
 import fedsim.data.partition
+from fedsim.config.settings import DataSettings
 from fedsim.data.features import HashedNgrams
 from fedsim.data.imdb import read_imdb
 from fedsim.data.loader import load_data, load_test
@@ -19,7 +20,7 @@ from fedsim.system.errors import ConfigError
 
 
 def _prepared(generated_imdb, *overrides: str) -> PreparedData:
-    return prepare_data(make_cfg(f"data.path={generated_imdb}", *overrides))
+    return prepare_data(DataSettings.of(make_cfg(f"data.path={generated_imdb}", *overrides)))
 
 
 def _label_shares(prepared: PreparedData, labels: np.ndarray, n: int) -> list[float]:
@@ -157,7 +158,7 @@ def test_a_damaged_cache_file_is_detected_named_and_rebuilt(generated_imdb, tmp_
         "data.test_size=50",
         f"data.cache_dir={tmp_path}",
     )
-    path = getattr(prepare_data(cfg), which)
+    path = getattr(prepare_data(DataSettings.of(cfg)), which)
     good = open(path, "rb").read()
     with open(path, "r+b") as f:
         if damage == "truncate":
@@ -166,6 +167,6 @@ def test_a_damaged_cache_file_is_detected_named_and_rebuilt(generated_imdb, tmp_
             f.seek(len(good) - 10)
             f.write(bytes([good[-10] ^ 0xFF]))
     capsys.readouterr()
-    rebuilt = prepare_data(cfg)
+    rebuilt = prepare_data(DataSettings.of(cfg))
     assert f"cache: {path} is damaged" in capsys.readouterr().out
     assert getattr(rebuilt, which) == path and open(path, "rb").read() == good

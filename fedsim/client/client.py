@@ -20,7 +20,7 @@ from torch import nn
 
 from fedsim.client.attacks import Attack, malicious_of
 from fedsim.config.compose import config_from, config_key
-from fedsim.config.validate import held_out_fraction
+from fedsim.config.settings import DataSettings
 from fedsim.data.loader import Loader, load_data, load_node_data
 from fedsim.data.prepare import PreparedData, load_prepared
 from fedsim.messages.transport import transport_of
@@ -56,13 +56,13 @@ class ClientSettings:
     @classmethod
     def from_cfg(cls, cfg: DictConfig, prepared: PreparedData | None = None) -> ClientSettings:
         """The settings of a run's clients; the prepared data as the server recorded it, unless given."""
-        attack = instantiate(cfg.attack)
+        attack, data = instantiate(cfg.attack), DataSettings.of(cfg)
         return cls(
-            prepared=prepared or load_prepared(cfg, missing_ok=True),
+            prepared=prepared or load_prepared(data, missing_ok=True),
             net=cfg.model.net,
             featurizer=cfg.model.featurizer,
             cache_dir=str(cfg.data.cache_dir),
-            val_fraction=held_out_fraction(cfg),
+            val_fraction=data.val_fraction,
             optimizer=cfg.model.optimizer,
             local_epochs=int(cfg.client.local_epochs),
             batch_size=int(cfg.client.batch_size),

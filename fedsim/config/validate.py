@@ -246,11 +246,3 @@ def check_local_resources(cfg: DictConfig) -> None:
             f"{os.cpu_count()} CPUs (Ray would wait forever to place a client); allowed: at most "
             f"{os.cpu_count()}",
         )
-
-
-def held_out_fraction(cfg: DictConfig) -> float:
-    """The share of each client's rows held out for local validation: data.val_fraction, or 0 where nothing
-    evaluates those rows (strategy.fraction_evaluate = 0): rows no one evaluates are better trained on."""
-    if cfg.strategy.get("fraction_evaluate", 1.0) == 0:
-        return 0.0
-    return float(cfg.data.val_fraction)

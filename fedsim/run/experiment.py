@@ -23,6 +23,7 @@ from fedsim.client.attacks import Attack, malicious_of
 from fedsim.client.client import ClientFn, client_fn
 from fedsim.config.compose import flatten
 from fedsim.config.counts import Counts
+from fedsim.config.settings import DataSettings
 from fedsim.config.validate import validate
 from fedsim.data.imdb import offline_unless_hub_reachable
 from fedsim.messages.transport import transport_of
@@ -47,6 +48,7 @@ class Experiment:
     malicious: list[int]
     faults: Faults
     counts: Counts  # the client counts the config implies
+    data: DataSettings  # what the data step reads
     run_config: dict[str, Any]  # what the clients see as context.run_config
     privacy: Privacy = field(default_factory=Privacy)
     tracker: Tracker = field(default_factory=NoTracking)
@@ -86,6 +88,7 @@ def build(
         malicious=malicious_of(attack, int(cfg.num_clients), int(cfg.seed)),
         faults=faults,
         counts=counts,
+        data=DataSettings.of(cfg),
         privacy=privacy,
         tracker=tracker,
         run_config=dict(run_config) if run_config is not None else flatten(cfg),

@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from fedsim.config.settings import DataSettings
 from fedsim.data.prepare import prepare_data
 from fedsim.outputs.checkpointer import checkpoint_round
 from fedsim.run.experiment import build, load_model
@@ -29,7 +30,7 @@ def preflight(cfg: DictConfig) -> None:
     the config, the model and the data (featurized into the cache the server then reads). ConfigError on bad input."""
     build(cfg)
     load_model(cfg)
-    prepare_data(cfg)
+    prepare_data(DataSettings.of(cfg))
 
 
 def record_or_note(exc: BaseException, record: Callable[[BaseException], object]) -> None:

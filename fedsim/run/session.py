@@ -116,7 +116,7 @@ class Session:
 
     def prepare(self) -> None:
         """Read, subset and featurize IMDB once (cached on disk), and load the server's test split."""
-        self.testloader = load_test(prepare_data(self.cfg), 4 * self.cfg.client.batch_size)
+        self.testloader = load_test(prepare_data(self.experiment.data), 4 * self.cfg.client.batch_size)
 
     def open_outputs(self) -> None:
         """Start every output, after the checkpoint's round when resuming: fedsim's, the user's (`build(...,

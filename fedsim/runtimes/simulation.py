@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from fedsim.client.app import make_client_app
 from fedsim.config.counts import Counts
+from fedsim.config.settings import DataSettings
 from fedsim.data.prepare import client_files, load_prepared
 from fedsim.run.runner import run_experiment
 from fedsim.run.server_app import make_server_app
@@ -193,7 +194,7 @@ def simulate_once(session: Session, watch: RayWatch) -> None:
         if address_of(cfg) is not None:
             actors = attach(cfg)
             session.info.update(ray_address=address_of(cfg), cluster_client_slots=actors)
-            mods.append(ship(client_files(cfg, load_prepared(cfg))).mod)
+            mods.append(ship(client_files(data := DataSettings.of(cfg), load_prepared(data))).mod)
         slots = node_slots(cfg, min(actors, max_actors(cfg)))
         session.info.update(simulated_nodes=slots or int(cfg.num_clients))
         with (

@@ -1,0 +1,48 @@
+"""Typed settings: what a part of fedsim reads from the composed config, built once into a frozen value, so the
+part takes plain, typed arguments and never the config itself (only the entry points and `instantiate` calls do).
+
+The data step's settings come first (`DataSettings`: fedsim.data takes nothing else); the client counts are
+`fedsim.config.counts.Counts`, and the clients' are `fedsim.client.client.ClientSettings`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """What the data step reads: IMDB's path and subsets, the cache, the featurizer and the partitioner (as the
+    plain dicts `instantiate` and flwr-datasets take), the seed, and the clients with their held-out share."""
+
+    path: str
+    train_size: int | None
+    test_size: int | None
+    cache_dir: str
+    seed: int
+    num_clients: int
+    val_fraction: float  # the share of each client's rows held out for local validation
+    fraction_evaluate: float  # the share of clients that evaluate those rows
+    featurizer: dict[str, Any]
+    partition: dict[str, Any]
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> DataSettings:
+        """`val_fraction` is data.val_fraction, or 0 where nothing evaluates the held-out rows
+        (strategy.fraction_evaluate = 0): rows no one evaluates are better trained on."""
+        fraction_evaluate = float(cfg.strategy.get("fraction_evaluate", 1.0))
+        return cls(
+            path=str(cfg.data.path),
+            train_size=cfg.data.train_size,
+            test_size=cfg.data.test_size,
+            cache_dir=str(cfg.data.cache_dir),
+            seed=int(cfg.seed),
+            num_clients=int(cfg.num_clients),
+            val_fraction=0.0 if fraction_evaluate == 0 else float(cfg.data.val_fraction),
+            fraction_evaluate=fraction_evaluate,
+            featurizer=OmegaConf.to_container(cfg.model.featurizer, resolve=True),
+            partition=OmegaConf.to_container(cfg.partition, resolve=True),
+        )
