@@ -221,7 +221,7 @@ def test_a_round_without_replies_ends_at_the_reply_timeout(monkeypatch):
     from flwr.supercore.task_identity import TaskIdentity
 
     import fedsim.server.participation
-    from fedsim.run.server_app import timeouts
+    from fedsim.config.settings import ServerSettings
     from fedsim.server.cohort import Cohort
     from fedsim.server.faults import Faults
     from fedsim.server.participation import Participants
@@ -238,7 +238,8 @@ def test_a_round_without_replies_ends_at_the_reply_timeout(monkeypatch):
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     monkeypatch.setattr(fedsim.server.participation, "POLL_S", 0.01)
-    assert timeouts(make_cfg("runtime.reply_timeout_s=0.3", "runtime.startup_timeout_s=7")) == (7.0, 0.3)
+    server = ServerSettings.of(make_cfg("runtime.reply_timeout_s=0.3", "runtime.startup_timeout_s=7"))
+    assert (server.startup_timeout_s, server.reply_timeout_s) == (7.0, 0.3)
     messages = [Message(RecordDict(), dst_node_id=0, message_type=MessageType.TRAIN) for _ in range(2)]
     cohort = Cohort(Mute(), Participants({0: 11, 1: 22}, seed=0), Faults(), seed=0, local_epochs=1, timeout_s=0.3)
     trained = cohort.train(1, messages)

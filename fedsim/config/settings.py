@@ -1,8 +1,9 @@
 """Typed settings: what a part of fedsim reads from the composed config, built once into a frozen value, so the
 part takes plain, typed arguments and never the config itself (only the entry points and `instantiate` calls do).
 
-The data step's settings come first (`DataSettings`: fedsim.data takes nothing else); the client counts are
-`fedsim.config.counts.Counts`, and the clients' are `fedsim.client.client.ClientSettings`.
+So far: the data step's (`DataSettings`: fedsim.data takes nothing else) and the server round loop's
+(`ServerSettings`); the client counts are `fedsim.config.counts.Counts`, and the clients' settings
+`fedsim.client.client.ClientSettings`.
 """
 
 from __future__ import annotations
@@ -45,4 +46,39 @@ class DataSettings:
             fraction_evaluate=fraction_evaluate,
             featurizer=OmegaConf.to_container(cfg.model.featurizer, resolve=True),
             partition=OmegaConf.to_container(cfg.partition, resolve=True),
+        )
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What the server's round loop reads besides its built parts (strategy, attack, faults, privacy): the run's
+    size and seed, how long it waits, and how it draws and addresses the clients."""
+
+    num_clients: int
+    num_rounds: int
+    seed: int
+    local_epochs: int
+    transport: str  # the precision updates travel in (fedsim.messages.transport)
+    startup_timeout_s: float  # how long the federation may take to answer first
+    reply_timeout_s: float  # how long a round's replies may take (3600 as Flower's Strategy.start)
+    cohort_messages: bool  # one message per node for its share of the cohort (fedsim.messages.carried)
+    sampling: str  # strategy.sampling: fixed or poisson
+    fraction_train: float  # under poisson, each client's chance to train in a round
+    fraction_evaluate: float
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> ServerSettings:
+        strategy = cfg.strategy
+        return cls(
+            num_clients=int(cfg.num_clients),
+            num_rounds=int(cfg.num_rounds),
+            seed=int(cfg.seed),
+            local_epochs=int(cfg.client.local_epochs),
+            transport=str(cfg.transport),
+            startup_timeout_s=float(cfg.runtime.startup_timeout_s),
+            reply_timeout_s=float(cfg.runtime.reply_timeout_s),
+            cohort_messages=bool(cfg.runtime.get("cohort_messages", False)),
+            sampling=str(strategy.get("sampling", "fixed")),
+            fraction_train=float(strategy.get("fraction_train", 1.0)),
+            fraction_evaluate=float(strategy.get("fraction_evaluate", 1.0)),
         )

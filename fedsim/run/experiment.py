@@ -23,7 +23,7 @@ from fedsim.client.attacks import Attack, malicious_of
 from fedsim.client.client import ClientFn, client_fn
 from fedsim.config.compose import flatten
 from fedsim.config.counts import Counts
-from fedsim.config.settings import DataSettings
+from fedsim.config.settings import DataSettings, ServerSettings
 from fedsim.config.validate import validate
 from fedsim.data.imdb import offline_unless_hub_reachable
 from fedsim.messages.transport import transport_of
@@ -49,6 +49,7 @@ class Experiment:
     faults: Faults
     counts: Counts  # the client counts the config implies
     data: DataSettings  # what the data step reads
+    server: ServerSettings  # what the round loop reads
     run_config: dict[str, Any]  # what the clients see as context.run_config
     privacy: Privacy = field(default_factory=Privacy)
     tracker: Tracker = field(default_factory=NoTracking)
@@ -89,6 +90,7 @@ def build(
         faults=faults,
         counts=counts,
         data=DataSettings.of(cfg),
+        server=ServerSettings.of(cfg),
         privacy=privacy,
         tracker=tracker,
         run_config=dict(run_config) if run_config is not None else flatten(cfg),

@@ -15,10 +15,9 @@ from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
-from omegaconf import DictConfig
 
 from fedsim.config.compose import RESULTS_KEY, RUN_DIR_KEY, config_from, overrides_of
-from fedsim.messages.transport import transport_of
+from fedsim.config.settings import ServerSettings
 from fedsim.privacy.dp import uniform_weight
 from fedsim.privacy.randomness import NoiseSource
 from fedsim.run.directory import claim
@@ -69,54 +68,45 @@ def run_from_run_config(grid: Grid, context: Context) -> dict:
     return info
 
 
-def timeouts(cfg: DictConfig) -> tuple[float, float]:
-    """(startup, reply) timeouts in seconds: how long the federation may take to answer first
-    (runtime.startup_timeout_s), and a round its replies (runtime.reply_timeout_s, 3600 as Flower's
-    Strategy.start)."""
-    return float(cfg.runtime.startup_timeout_s), float(cfg.runtime.reply_timeout_s)
-
-
-def sampling_of(cfg: DictConfig, noise: NoiseSource) -> Sampling:
+def sampling_of(server: ServerSettings, noise: NoiseSource) -> Sampling:
     """`strategy.sampling`, the rates a Poisson draw takes (the strategy's fractions), and whether the draws are
     secret (a DP run whose noise is)."""
-    strategy = cfg.strategy
-    return Sampling(
-        str(strategy.get("sampling", "fixed")),
-        float(strategy.get("fraction_train", 1.0)),
-        float(strategy.get("fraction_evaluate", 1.0)),
-        secret=noise.secure,
-    )
+    return Sampling(server.sampling, server.fraction_train, server.fraction_evaluate, secret=noise.secure)
 
 
 def federate(grid: Grid, session: Session, slots: int | None = None) -> Result:
     """The session's rounds on `grid`: its nodes found (a pool of `slots` simulated nodes, or one node per
     client), then `run_rounds` with the session's parts."""
-    cfg = session.cfg
-    startup_s, reply_s = timeouts(cfg)
-    carried = bool(cfg.runtime.get("cohort_messages", False))
-    noise = session.experiment.privacy.noise(int(cfg.seed))
-    participants = Participants.discover(
-        grid, cfg.num_clients, cfg.seed, slots, timeout=startup_s, carried=carried, sampling=sampling_of(cfg, noise)
-    )
     experiment = session.experiment
+    server = experiment.server
+    noise = experiment.privacy.noise(server.seed)
+    participants = Participants.discover(
+        grid,
+        server.num_clients,
+        server.seed,
+        slots,
+        timeout=server.startup_timeout_s,
+        carried=server.cohort_messages,
+        sampling=sampling_of(server, noise),
+    )
     malicious = frozenset(experiment.malicious)
     cohort = Cohort(
         grid,
         participants,
         experiment.faults,
-        int(cfg.seed),
-        int(cfg.client.local_epochs),
+        server.seed,
+        server.local_epochs,
         GroundTruth(malicious, experiment.attack.name),
-        transport_of(cfg),
-        reply_s,
-        Adversary(experiment.attack, malicious, int(cfg.seed)) if experiment.attack.omniscient else None,
+        server.transport,
+        server.reply_timeout_s,
+        Adversary(experiment.attack, malicious, server.seed) if experiment.attack.omniscient else None,
         uniform_weight if experiment.privacy.enabled else None,
     )
     return run_rounds(
         session.strategy,
         cohort,
         session.start(),
-        int(cfg.num_rounds),
+        server.num_rounds,
         session.evaluate,
         session.end_round,
         noise,

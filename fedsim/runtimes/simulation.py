@@ -43,7 +43,7 @@ class Simulation:
     name: str = "simulation"
     node_slots: int | str | None = "auto"  # read by fedsim.runtimes.simulation.node_slots
     cohort_messages: bool = True  # read by fedsim.run.server_app.federate
-    startup_timeout_s: float = 120.0  # these two: read by the round loop (fedsim.run.server_app.timeouts)
+    startup_timeout_s: float = 120.0  # these two: read by the round loop (fedsim.config.settings.ServerSettings)
     reply_timeout_s: float = 3600.0
     max_retries: int = 2  # these two: read by `simulate` (fedsim.runtimes.recovery)
     max_restarts: int = 2
