@@ -82,3 +82,35 @@ class ServerSettings:
             fraction_train=float(strategy.get("fraction_train", 1.0)),
             fraction_evaluate=float(strategy.get("fraction_evaluate", 1.0)),
         )
+
+
+@dataclass(frozen=True)
+class ByzantineSettings:
+    """What the Byzantine preconditions read (fedsim.server.preconditions): the attack and the pre-aggregation
+    step with their parameters, how clients are drawn, and the node minimums the strategy waits for."""
+
+    attack: str
+    attack_z: float | None  # ALIE's z; None: z_max from n and f
+    pre: str
+    pre_f: int | None
+    pre_s: int | None
+    poisson: bool
+    min_nodes: dict[str, int]  # strategy.min_available_nodes, min_train_nodes, min_evaluate_nodes (0 when unset)
+    evaluates: bool  # strategy.fraction_evaluate > 0: the evaluation minimum applies
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> ByzantineSettings:
+        strategy, pre = cfg.strategy, cfg.pre
+        return cls(
+            attack=str(cfg.attack.name),
+            attack_z=cfg.attack.get("z"),
+            pre=str(pre.name),
+            pre_f=None if pre.get("f") is None else int(pre.f),
+            pre_s=None if pre.get("s") is None else int(pre.s),
+            poisson=strategy.get("sampling", "fixed") == "poisson",
+            min_nodes={
+                key: int(strategy.get(key) or 0)
+                for key in ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes")
+            },
+            evaluates=bool(strategy.get("fraction_evaluate", 1.0)),
+        )

@@ -23,7 +23,7 @@ from fedsim.client.attacks import Attack, malicious_of
 from fedsim.client.client import ClientFn, client_fn
 from fedsim.config.compose import flatten
 from fedsim.config.counts import Counts
-from fedsim.config.settings import DataSettings, ServerSettings
+from fedsim.config.settings import ByzantineSettings, DataSettings, ServerSettings
 from fedsim.config.validate import validate
 from fedsim.data.imdb import offline_unless_hub_reachable
 from fedsim.messages.transport import transport_of
@@ -71,9 +71,10 @@ def build(
     validate(cfg)
     strategy = _instantiate(cfg, "strategy", without=("sampling",))  # fedsim draws the clients (server.participation)
     attack = _instantiate(cfg, "attack")
-    check_strategy(strategy, cfg)
-    check_byzantine(cfg, attack.omniscient)
-    check_poisson(cfg, strategy, attack.omniscient)
+    counts, byzantine = Counts.of(cfg), ByzantineSettings.of(cfg)
+    check_strategy(strategy, byzantine, counts)
+    check_byzantine(byzantine, counts, attack.omniscient)
+    check_poisson(byzantine, strategy, attack.omniscient)
     if cfg.pre.name != "none":
         strategy = PreAggregated(strategy, _instantiate(cfg, "pre"))
     faults = _instantiate(cfg, "faults")
@@ -81,7 +82,6 @@ def build(
     privacy.check(strategy, attack.name, transport_of(cfg))
     tracker = _instantiate(cfg, "tracking")
     check_callbacks([], callbacks)  # a callback whose phase or metrics cannot work, before anything is read
-    counts = Counts.of(cfg)
     return Experiment(
         cfg=cfg,
         strategy=privacy.wrap(strategy, counts.fit, counts.expected),

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flwr.serverapp.strategy import Bulyan, MultiKrum, Strategy
-from omegaconf import DictConfig
 
 from fedsim.config.counts import Counts
+from fedsim.config.settings import ByzantineSettings
 from fedsim.server import robust
 from fedsim.system.errors import ConfigError
 
@@ -22,22 +22,20 @@ MIN_CLIENTS: dict[type, tuple[Callable[[int], int], str]] = {
 }
 
 
-def check_strategy(strategy: Strategy, cfg: DictConfig) -> None:
+def check_strategy(strategy: Strategy, byzantine: ByzantineSettings, counts: Counts) -> None:
     """Refuse a strategy whose preconditions this configuration breaks."""
-    for key in ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes"):
+    for key, wanted in byzantine.min_nodes.items():
         # Flower's sampling waits, without end, until that many nodes are online: more than the federation has
         # never are (fedsim's strategies see every node of the federation as online, fedsim.server.participation).
-        wanted = int(cfg.strategy.get(key) or 0)
-        if key == "min_evaluate_nodes" and not cfg.strategy.get("fraction_evaluate", 1.0):
+        if key == "min_evaluate_nodes" and not byzantine.evaluates:
             continue  # no federated evaluation: Flower ignores it
-        if wanted > cfg.num_clients:
+        if wanted > counts.num_clients:
             raise ConfigError(
                 f"strategy.{key}",
-                f"{wanted}, but the federation has num_clients={cfg.num_clients} "
+                f"{wanted}, but the federation has num_clients={counts.num_clients} "
                 f"(Flower would wait forever for the nodes it lacks); allowed: at most "
-                f"{cfg.num_clients}",
+                f"{counts.num_clients}",
             )
-    counts = Counts.of(cfg)
     n = counts.fit
     for cls, (minimum, rule) in MIN_CLIENTS.items():
         if isinstance(strategy, cls):
@@ -60,39 +58,39 @@ def check_strategy(strategy: Strategy, cfg: DictConfig) -> None:
             return
 
 
-def check_byzantine(cfg: DictConfig, omniscient: bool) -> None:
+def check_byzantine(byzantine: ByzantineSettings, counts: Counts, omniscient: bool) -> None:
     """Refuse an omniscient attack or a pre-aggregation step that the round's n and f break (fedsim.byzantine)."""
-    counts = Counts.of(cfg)
     n, f = counts.fit, counts.malicious_per_round
-    name = cfg.attack.name
+    name = byzantine.attack
     if omniscient:
         if f >= n:
             raise ConfigError(
                 "attack.node_ratio",
-                f"attack={name} forges from the round's honest updates, but all {n} clients per round are "
-                f"malicious; allowed: a node_ratio that leaves honest clients (at most {(n - 1) / cfg.num_clients:g})",
+                f"attack={name} forges from the round's honest updates, but all {n} clients per round are malicious; "
+                f"allowed: a node_ratio that leaves honest clients (at most {(n - 1) / counts.num_clients:g})",
             )
-        if name == "alie" and cfg.attack.get("z") is None and f >= n // 2 + 1:
+        if name == "alie" and byzantine.attack_z is None and f >= n // 2 + 1:
             raise ConfigError(
                 "attack.node_ratio",
                 f"alie's z_max needs f < n/2 + 1 (the attackers a minority), but f={f} of n={n} per round; "
                 "allowed: a smaller node_ratio, or an explicit attack.z",
             )
-    pre = cfg.pre.name
-    if pre in ("nnm", "arc") and 2 * int(cfg.pre.f) >= n:
+    pre = byzantine.pre
+    if pre in ("nnm", "arc") and 2 * int(byzantine.pre_f or 0) >= n:
         raise ConfigError(
             "pre.f",
-            f"{pre} with f={cfg.pre.f} needs n > 2f, but {n} clients train per round; allowed: f <= {(n - 1) // 2}",
+            f"{pre} with f={byzantine.pre_f} needs n > 2f, but {n} clients train per round; "
+            f"allowed: f <= {(n - 1) // 2}",
         )
-    if pre == "bucketing" and int(cfg.pre.s) > n:
-        raise ConfigError("pre.s", f"{cfg.pre.s}, but {n} clients train per round; allowed: 1..{n}")
+    if pre == "bucketing" and int(byzantine.pre_s or 0) > n:
+        raise ConfigError("pre.s", f"{byzantine.pre_s}, but {n} clients train per round; allowed: 1..{n}")
 
 
-def check_poisson(cfg: DictConfig, strategy: Strategy, omniscient: bool) -> None:
+def check_poisson(byzantine: ByzantineSettings, strategy: Strategy, omniscient: bool) -> None:
     """Refuse what cannot take a round of random size under strategy.sampling=poisson: the aggregators and
     pre-aggregation steps that tolerate f malicious clients only with enough clients in every round, and an
     omniscient attack, which forges from the round's honest updates (a Poisson round may have none)."""
-    if cfg.strategy.get("sampling", "fixed") != "poisson":
+    if not byzantine.poisson:
         return
     for cls, (_, rule) in MIN_CLIENTS.items():
         if isinstance(strategy, cls):
@@ -103,15 +101,15 @@ def check_poisson(cfg: DictConfig, strategy: Strategy, omniscient: bool) -> None
                 "bound on n (fedavg, fedprox, fedadam, fedyogi, fedadagrad, fedavgm, fedmedian, trimmed_mean, "
                 "geometric_median, centered_clipping)",
             )
-    if cfg.pre.name != "none":
+    if byzantine.pre != "none":
         raise ConfigError(
             "strategy.sampling",
-            f"poisson with pre={cfg.pre.name}, whose f malicious clients need enough clients in every round, but a "
+            f"poisson with pre={byzantine.pre}, whose f malicious clients need enough clients in every round, but a "
             "Poisson cohort's size is random (it may be 0); allowed: strategy.sampling=fixed with it, or pre=none",
         )
     if omniscient:
         raise ConfigError(
             "strategy.sampling",
-            f"poisson with attack={cfg.attack.name}, which forges from the round's honest updates, but a Poisson "
+            f"poisson with attack={byzantine.attack}, which forges from the round's honest updates, but a Poisson "
             "round may have none; allowed: strategy.sampling=fixed with it, or a data or local attack",
         )
