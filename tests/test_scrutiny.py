@@ -138,6 +138,7 @@ def test_disk_check_refuses_a_run_that_would_not_fit(tmp_path, monkeypatch):
 def test_disk_check_counts_the_final_model_and_the_checkpoint_without_an_archive(tmp_path, monkeypatch):
     from helpers.configs import make_cfg
 
+    from fedsim.config.settings import OutputSettings
     from fedsim.run.experiment import check_space
 
     weights = [np.zeros((1000, 100), np.float32)]  # 400 kB: the model; the checkpoint up to 4x, twice while replaced
@@ -145,6 +146,6 @@ def test_disk_check_counts_the_final_model_and_the_checkpoint_without_an_archive
         monkeypatch.setattr("shutil.disk_usage", lambda path, free=free: type("Usage", (), {"free": free})())
         if refused:
             with pytest.raises(ConfigError, match="checkpoint, final model"):
-                check_space(make_cfg("archive.mode=none"), tmp_path, ["w"], weights)
+                check_space(OutputSettings.of(make_cfg("archive.mode=none")), tmp_path, ["w"], weights, 10)
         else:
-            check_space(make_cfg("archive.mode=none"), tmp_path, ["w"], weights)
+            check_space(OutputSettings.of(make_cfg("archive.mode=none")), tmp_path, ["w"], weights, 10)

@@ -1,8 +1,9 @@
 """Typed settings: what a part of fedsim reads from the composed config, built once into a frozen value, so the
 part takes plain, typed arguments and never the config itself (only the entry points and `instantiate` calls do).
 
-So far: the data step's (`DataSettings`: fedsim.data takes nothing else) and the server round loop's
-(`ServerSettings`); the client counts are `fedsim.config.counts.Counts`, and the clients' settings
+So far: the data step's (`DataSettings`: fedsim.data takes nothing else), the server round loop's
+(`ServerSettings`), the Byzantine preconditions' (`ByzantineSettings`) and the standard outputs'
+(`OutputSettings`). The client counts are `fedsim.config.counts.Counts`, and the clients' settings
 `fedsim.client.client.ClientSettings`.
 """
 
@@ -113,4 +114,33 @@ class ByzantineSettings:
                 for key in ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes")
             },
             evaluates=bool(strategy.get("fraction_evaluate", 1.0)),
+        )
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """What a run's standard outputs read (fedsim.run.session.standard_outputs) and the disk check before them:
+    the weight statistics, the archive, the rounds, and the failure share that stops a run."""
+
+    num_clients: int
+    num_rounds: int
+    scrutiny: bool  # layers.csv, clients.csv's update columns, detection.csv
+    archive_mode: str  # none, global, all
+    archive_layers: tuple[str, ...]
+    archive_dtype: str
+    archive_max_pending: int
+    max_failure_rate: float
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> OutputSettings:
+        archive = cfg.archive
+        return cls(
+            num_clients=int(cfg.num_clients),
+            num_rounds=int(cfg.num_rounds),
+            scrutiny=bool(cfg.scrutiny),
+            archive_mode=str(archive.mode),
+            archive_layers=tuple(archive.layers),
+            archive_dtype=str(archive.dtype),
+            archive_max_pending=int(archive.max_pending),
+            max_failure_rate=float(cfg.faults.max_failure_rate),
         )

@@ -23,7 +23,7 @@ from fedsim.client.attacks import Attack, malicious_of
 from fedsim.client.client import ClientFn, client_fn
 from fedsim.config.compose import flatten
 from fedsim.config.counts import Counts
-from fedsim.config.settings import ByzantineSettings, DataSettings, ServerSettings
+from fedsim.config.settings import ByzantineSettings, DataSettings, OutputSettings, ServerSettings
 from fedsim.config.validate import validate
 from fedsim.data.imdb import offline_unless_hub_reachable
 from fedsim.messages.transport import transport_of
@@ -50,6 +50,7 @@ class Experiment:
     counts: Counts  # the client counts the config implies
     data: DataSettings  # what the data step reads
     server: ServerSettings  # what the round loop reads
+    outputs: OutputSettings  # what the standard outputs read
     run_config: dict[str, Any]  # what the clients see as context.run_config
     privacy: Privacy = field(default_factory=Privacy)
     tracker: Tracker = field(default_factory=NoTracking)
@@ -91,6 +92,7 @@ def build(
         counts=counts,
         data=DataSettings.of(cfg),
         server=ServerSettings.of(cfg),
+        outputs=OutputSettings.of(cfg),
         privacy=privacy,
         tracker=tracker,
         run_config=dict(run_config) if run_config is not None else flatten(cfg),
@@ -134,21 +136,25 @@ def load_model(cfg: DictConfig) -> torch.nn.Module:
         ) from None
 
 
-def check_space(cfg: DictConfig, run_dir: Path, names: list[str], weights: list[np.ndarray], per_round: int) -> None:
+def check_space(
+    outputs: OutputSettings, run_dir: Path, names: list[str], weights: list[np.ndarray], per_round: int
+) -> None:
     """Refuse a run whose files would not fit the disk: the archive (announced with its size), the final
     model, and the checkpoint (the model and up to three strategy arrays per weight, e.g. FedAdam's
     moments) with its replacement written beside it."""
     model_bytes = sum(w.nbytes for w in weights)
     needed = model_bytes + 2 * 4 * model_bytes
-    if cfg.archive.mode != "none":
-        kept = select_layers(names, list(cfg.archive.layers))
+    if outputs.archive_mode != "none":
+        kept = select_layers(names, list(outputs.archive_layers))
         if not kept:
             raise ConfigError(
-                "archive.layers", f"{list(cfg.archive.layers)} match no layer; layers are e.g. {names[:3]}"
+                "archive.layers", f"{list(outputs.archive_layers)} match no layer; layers are e.g. {names[:3]}"
             )
-        archive = expected_bytes(weights, names, kept, cfg.archive.dtype, cfg.archive.mode, cfg.num_rounds, per_round)
+        archive = expected_bytes(
+            weights, names, kept, outputs.archive_dtype, outputs.archive_mode, outputs.num_rounds, per_round
+        )
         print(
-            f"archive: mode={cfg.archive.mode} dtype={cfg.archive.dtype}, {len(kept)}/{len(names)} layers, "
+            f"archive: mode={outputs.archive_mode} dtype={outputs.archive_dtype}, {len(kept)}/{len(names)} layers, "
             f"about {archive / 1e9:.2f} GB expected"
         )
         needed += archive

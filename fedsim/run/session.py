@@ -74,7 +74,7 @@ class Session:
         self.device = torch.device("cuda" if cfg.resources.num_gpus > 0 and torch.cuda.is_available() else "cpu")
         self.model = load_model(cfg).to(self.device)
         self.names = layer_names(self.model)
-        check_space(cfg, run_dir, self.names, get_weights(self.model), self.experiment.counts.fit)
+        check_space(experiment.outputs, run_dir, self.names, get_weights(self.model), experiment.counts.fit)
         self._restore(Checkpoint.load(run_dir, self.names) if cfg.get("resume") is not None else None)
         self.testloader: Loader | None = None
         self.outputs = Outputs([])
@@ -164,33 +164,38 @@ def standard_outputs(
     They run by their phases, not by their place here (fedsim.outputs.base.Phase says why each comes where);
     Each one's state in the checkpoint is keyed by its name (fedsim.outputs.base.state_keys).
     """
-    cfg, attack = experiment.cfg, experiment.attack
+    settings, attack = experiment.outputs, experiment.attack
     outputs: list[Callback] = [
-        WeightScrutiny(run_dir / LAYERS, attack.name, float(attack.node_ratio), enabled=cfg.scrutiny),
+        WeightScrutiny(run_dir / LAYERS, attack.name, float(attack.node_ratio), enabled=settings.scrutiny),
         ClientsCsv(run_dir / CLIENTS),
     ]
-    if cfg.archive.mode != "none":
+    if settings.archive_mode != "none":
         writer = partial(
-            ArchiveWriter, run_dir, names, list(cfg.archive.layers), cfg.archive.dtype, cfg.archive.max_pending
+            ArchiveWriter,
+            run_dir,
+            names,
+            list(settings.archive_layers),
+            settings.archive_dtype,
+            settings.archive_max_pending,
         )
-        outputs.append(WeightArchive(writer, clients=cfg.archive.mode == "all"))
+        outputs.append(WeightArchive(writer, clients=settings.archive_mode == "all"))
     outputs.append(MemoryProbe())
     if experiment.privacy.enabled:
         outputs.append(
             PrivacyBudget(
                 experiment.privacy,
                 experiment.strategy,
-                int(cfg.num_clients),
+                settings.num_clients,
                 experiment.counts.cohort,
             )
         )
     outputs += [
         RoundsCsv(run_dir / ROUNDS, extra_metrics),
-        Progress(cfg.num_rounds),
+        Progress(settings.num_rounds),
         RunSummary(publish),
-        ClientFailures(float(cfg.faults.max_failure_rate)),
+        ClientFailures(settings.max_failure_rate),
     ]
-    if cfg.scrutiny:
+    if settings.scrutiny:
         outputs.append(DetectionCsv(run_dir / DETECTION, run_dir / CLIENTS))
-    experiment.tracker.bind(run_dir, flatten(cfg))
+    experiment.tracker.bind(run_dir, flatten(experiment.cfg))
     return outputs + [FinalModel(run_dir / MODEL), experiment.tracker, Retries(publish)]
