@@ -23,7 +23,6 @@ from fedsim.config.compose import config_from, config_key
 from fedsim.config.settings import DataSettings
 from fedsim.data.loader import Loader, load_data, load_node_data
 from fedsim.data.prepare import PreparedData, load_prepared
-from fedsim.messages.transport import transport_of
 from fedsim.model.indexed_rows import Trained, loaded
 from fedsim.model.train import evaluate, train
 from fedsim.privacy.dp import Privacy
@@ -72,12 +71,12 @@ class ClientSettings:
             seed=int(cfg.seed),
             log_level=str(cfg.log_level),
             attack=cfg.attack,
-            transport=transport_of(cfg),
+            transport=str(cfg.transport),
             malicious=tuple(malicious_of(attack, int(cfg.num_clients), int(cfg.seed))),
             # not when Flower's clipping mod has the reply next (it reads it dense), nor in 16 bits (never sparse)
             sparse_rows=bool(cfg.sparse_updates)
             and not Privacy(mode=str(cfg.privacy.mode)).client_side
-            and transport_of(cfg) == "float32",
+            and str(cfg.transport) == "float32",
         )
 
     @property

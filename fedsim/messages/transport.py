@@ -9,14 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from omegaconf import DictConfig
 
 from fedsim.messages.records import ArrayView
-
-
-def transport_of(cfg: DictConfig) -> str:
-    """The run's transport (float32 for runs saved before the key existed)."""
-    return str(cfg.transport)
 
 
 def encode(weights: Sequence[np.ndarray], transport: str) -> list[np.ndarray]:

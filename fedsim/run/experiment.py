@@ -26,7 +26,6 @@ from fedsim.config.counts import Counts
 from fedsim.config.settings import ByzantineSettings, DataSettings, OutputSettings, ServerSettings
 from fedsim.config.validate import validate
 from fedsim.data.imdb import offline_unless_hub_reachable
-from fedsim.messages.transport import transport_of
 from fedsim.outputs.archive import check_disk, expected_bytes, select_layers
 from fedsim.outputs.base import Callback
 from fedsim.outputs.phases import check_callbacks
@@ -80,7 +79,8 @@ def build(
         strategy = PreAggregated(strategy, _instantiate(cfg, "pre"))
     faults = _instantiate(cfg, "faults")
     privacy = _instantiate(cfg, "privacy")
-    privacy.check(strategy, attack.name, transport_of(cfg))
+    server = ServerSettings.of(cfg)
+    privacy.check(strategy, attack.name, server.transport)
     tracker = _instantiate(cfg, "tracking")
     check_callbacks([], callbacks)  # a callback whose phase or metrics cannot work, before anything is read
     return Experiment(
@@ -91,7 +91,7 @@ def build(
         faults=faults,
         counts=counts,
         data=DataSettings.of(cfg),
-        server=ServerSettings.of(cfg),
+        server=server,
         outputs=OutputSettings.of(cfg),
         privacy=privacy,
         tracker=tracker,

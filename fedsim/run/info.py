@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from fedsim.messages.transport import transport_of
 from fedsim.rundir import HEARTBEAT_S, read_info, write_info
 
 
@@ -101,7 +100,7 @@ class RunInfo:
             "num_rounds": cfg.num_rounds,
             "model": cfg.model.name,
             "strategy": cfg.strategy._target_,
-            "transport": transport_of(cfg),
+            "transport": str(cfg.transport),
             "privacy": cfg.privacy.mode,
             "versions": _versions(),
             "git_commit": git_commit(),
