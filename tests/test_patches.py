@@ -459,65 +459,81 @@ def test_the_superlink_starts_fedsims_superexec_through_its_modules_subprocess(m
 # --- simulation on Ray (fedsim.runtimes.simulation, fedsim.runtimes.cluster) ----------------------------------------
 
 
-def test_a_run_attaches_to_its_cluster_inside_signals_kept(monkeypatch, tmp_path):
-    """signals_kept covers every ray.init of a simulation, the cluster attach's too (fedsim.runtimes.cluster.attach
-    calls ray.init before Flower's backend would): Ray's handler never replaces fedsim's on a cluster."""
-    from ray._private import utils
+def _sigterm_cfg(address: str | None) -> Any:
+    return OmegaConf.create(
+        {"ray": {"address": address}, "resources": {"num_cpus": 1, "num_gpus": 0}, "log_level": "WARNING"}
+    )
+
+
+def test_ray_init_replaces_the_sigterm_handler_and_start_ray_puts_fedsims_back(monkeypatch):
+    """No patch: fedsim.runtimes.simulation.start_ray starts the run's private Ray itself and puts back the SIGTERM
+    handler ray.init replaced, with `signal.signal`. Ray's own `ray.init` runs up to just past the point where it
+    installs its handler (an unknown keyword then stops it, before any Ray process starts): Ray did install its
+    handler, and the one in place afterwards is the one before."""
+    import ray
 
     from fedsim.runtimes import simulation
 
-    monkeypatch.setattr(utils, "set_sigterm_handler", utils.set_sigterm_handler)  # Ray's own again after the test
-    ray_own = utils.set_sigterm_handler
-    seen = []
-
-    def attach(cfg: Any) -> int:  # where ray.init would run: record whose handler-setter it would call
-        seen.append(utils.set_sigterm_handler is ray_own)
-        raise _Stop
-
-    monkeypatch.setattr(simulation, "attach", attach)
-    monkeypatch.setattr(simulation, "raise_on_signals", lambda: None)
-    cfg = OmegaConf.create(
-        {"ray": {"address": "auto"}, "resources": {"num_cpus": 1, "num_gpus": 0}, "log_level": "INFO"}
-    )
-    with pytest.raises(_Stop):
-        simulation.simulate(SimpleNamespace(cfg=cfg, experiment=SimpleNamespace(), run_dir=tmp_path))
-    assert seen == [False]
-
-
-def test_ray_init_sets_its_sigterm_handler_through_the_name_signals_kept_disables(monkeypatch):
-    """Patch `ray._private.utils.set_sigterm_handler` (fedsim.runtimes.simulation.signals_kept). Guards Ray's
-    `ray.init` (`ray._private.worker.init`): it installs its SIGTERM handler by calling
-    `ray._private.utils.set_sigterm_handler` through the module attribute, so inside signals_kept the handler
-    stays fedsim's. ray.init is stopped right after that call: no Ray process starts."""
-    import ray
-    from ray._private import utils
-
-    from fedsim.runtimes.simulation import signals_kept
-
-    monkeypatch.setattr(utils, "set_sigterm_handler", utils.set_sigterm_handler)  # Ray's own again after the test
     ray_logger = logging.getLogger("ray")
     monkeypatch.setattr(ray_logger, "handlers", list(ray_logger.handlers))
     before = signal.getsignal(signal.SIGTERM)
-    calls = []
-    with signals_kept():
-        kept = utils.set_sigterm_handler  # fedsim's stand-in
+    installed = []
+    flowers_init = ray.init
 
-        def seen(handler: Any) -> None:
-            calls.append(handler)
-            kept(handler)
-            raise _Stop  # the rest of ray.init would start Ray
+    def init(**kwargs: Any) -> None:
+        assert kwargs == simulation.backend_config(_sigterm_cfg(None))["init_args"]  # what Flower's backend passes
+        flowers_init(address="local", configure_logging=False, _fedsim_test_stops_here=True)
 
-        utils.set_sigterm_handler = seen
-        try:
-            with pytest.raises(_Stop):
-                # The unknown keyword is a net: should Ray no longer call the name, ray.init refuses the keyword
-                # a few lines later instead of starting Ray.
-                ray.init(address="local", configure_logging=False, _fedsim_test_stops_here=True)
-        finally:
-            utils.set_sigterm_handler = kept
-    assert len(calls) == 1 and calls[0] is not before
+    def recorded(signum: int, handler: Any) -> Any:
+        installed.append((signum, handler))
+        return setting(signum, handler)
+
+    setting = signal.signal
+    monkeypatch.setattr(signal, "signal", recorded)
+    monkeypatch.setattr(ray, "init", init)
+    with pytest.raises(RuntimeError, match="_fedsim_test_stops_here"):
+        simulation.start_ray(_sigterm_cfg(None))
+    monkeypatch.undo()
+    assert [signum for signum, _ in installed] == [signal.SIGTERM, signal.SIGTERM]  # Ray's, then fedsim's again
+    assert installed[0][1] is not before and installed[1][1] is before
     assert signal.getsignal(signal.SIGTERM) is before
     assert not ray.is_initialized()
+
+
+def test_a_run_attaching_to_its_cluster_keeps_fedsims_sigterm_handler(monkeypatch):
+    """No patch: the cluster's ray.init (fedsim.runtimes.cluster.attach) is inside start_ray too, so Ray's handler
+    never replaces fedsim's on a cluster either."""
+    from fedsim.runtimes import simulation
+
+    before = signal.getsignal(signal.SIGTERM)
+
+    def attach(cfg: Any) -> int:  # ray.init as Ray's sets its handler
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+        return 5
+
+    monkeypatch.setattr(simulation, "attach", attach)
+    assert simulation.start_ray(_sigterm_cfg("auto")) == 5
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_flowers_ray_backend_uses_the_ray_fedsim_started(monkeypatch):
+    """No patch, a reliance: Flower's `RayBackend.init_ray` calls ray.init only while Ray is not initialised, so
+    the private instance start_ray started (with the same `init_args`) is the one the run's actors use, and
+    Flower's ray.init, which would install Ray's SIGTERM handler again, never runs."""
+    import ray
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    from fedsim.runtimes.simulation import backend_config
+
+    calls = []
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # Flower's init_ray sets PYTHONPATH when it starts Ray
+    raybackend.RayBackend(backend_config(_sigterm_cfg(None)))
+    assert calls == []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # the net: it does call ray.init when Ray is not up
+    raybackend.RayBackend(backend_config(_sigterm_cfg(None)))
+    assert len(calls) == 1 and calls[0]["address"] == "local"
 
 
 def test_client_slots_read_the_cpu_count_a_private_ray_node_takes(monkeypatch):
