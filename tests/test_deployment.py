@@ -224,7 +224,8 @@ def test_deployment_stopped_mid_round_and_resumed_equals_the_simulation(
     assert superlink.count("Created node_id=") == 3  # node authentication: every node's key registered first
     pids = json.loads((deployed / "logs" / "processes.json").read_text())
     nodes = {"supernode_0", "supernode_1", "supernode_2"}
-    assert set(pids) == {"superlink", "flwr run", *nodes, *(f"{node}_worker" for node in nodes)}  # a warm worker each
+    each = {f"{node}_{part}" for node in nodes for part in ("worker", "superexec")}  # a warm worker and SuperExec each
+    assert set(pids) == {"superlink", "superlink_superexec", "flwr run", *nodes, *each}
     assert not any(alive(pid) for pid in pids.values())
 
     resumed = main_py(f"resume={deployed}", env=env)

@@ -35,7 +35,7 @@ from flwr.serverapp.strategy import FedAvg
 from omegaconf import OmegaConf
 
 from fedsim.messages.records import to_record
-from fedsim.runtimes import superexec, superlink, supernode
+from fedsim.runtimes import superexec, supernode
 from fedsim.runtimes.superexec import ENTRIES, IDLE_S, MODULE, install_once, short_pulls
 from fedsim.runtimes.supernode import LOCAL_S
 
@@ -121,7 +121,7 @@ def supernode_main(monkeypatch, flower_pulls_kept):
     main() installed in place; after the test, Flower's modules are as they were."""
     from flwr.supernode import start_client_internal
 
-    _kept(monkeypatch, start_client_internal, "time", "subprocess")
+    _kept(monkeypatch, start_client_internal, "time")
     monkeypatch.setattr(sys, "argv", ["fedsim-test"])
 
     def run(body):
@@ -146,21 +146,8 @@ def test_the_pinned_flower_and_ray_are_the_ones_the_patches_were_read_against():
 # --- SuperNode (fedsim.runtimes.supernode.main) --------------------------------------------------------------------
 
 
-def test_the_supernode_starts_fedsims_superexec_and_idles_through_fedsims_time(supernode_main, monkeypatch):
-    """Patches `start_client_internal.subprocess` and `start_client_internal.time` (fedsim.runtimes.supernode.main).
-    Guards Flower's `flwr.supernode.start_client_internal.start_client_internal`: it starts its SuperExec with its
-    module's `subprocess.Popen` (fedsim's start_superexec turns `flower-superexec` into fedsim's), and after a
-    poll that brought no message it waits with its module's `time.sleep` (fedsim's ShortSleeps: IDLE_S, not 3 s)."""
-    from flwr.supernode import start_client_internal as flower
-
-    started, slept = [], []
-    monkeypatch.setattr(subprocess, "Popen", lambda command, **kwargs: started.append(command))
-
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        raise _Stop  # the loop's first idle wait: enough
-
-    monkeypatch.setattr(time, "sleep", sleep)
+def _supernode_loop(flower: Any, monkeypatch: pytest.MonkeyPatch, isolation: str) -> Any:
+    """Flower's `start_client_internal` with `isolation`, on stand-ins: its first poll brings no message."""
     monkeypatch.setattr(flower, "register_signal_handlers", lambda **kwargs: None)
     monkeypatch.setattr(flower, "_pull_and_store_message", lambda **kwargs: None)  # a poll that brought nothing
 
@@ -178,14 +165,79 @@ def test_the_supernode_starts_fedsims_superexec_and_idles_through_fedsims_time(s
             server_address="127.0.0.1:9092",
             node_config={},
             insecure=True,
-            isolation=flower.ISOLATION_MODE_SUBPROCESS,
+            isolation=isolation,
+            runtime_api_address="127.0.0.1:9094",
+            runtime_dependency_install=False,
         )
 
+    return flower_supernode
+
+
+def test_the_supernode_idles_through_fedsims_time_and_starts_no_superexec_of_its_own(supernode_main, monkeypatch):
+    """Patch `start_client_internal.time` (fedsim.runtimes.supernode.main). Guards Flower's
+    `flwr.supernode.start_client_internal.start_client_internal`: after a poll that brought no message it waits
+    with its module's `time.sleep` (fedsim's ShortSleeps: IDLE_S, not 3 s). Also the reliance that replaced a
+    patch of its `subprocess`: with `--isolation process`, as the federation starts it, it starts no SuperExec
+    (the federation starts fedsim's beside it)."""
+    from flwr.supernode import start_client_internal as flower
+
+    started, slept = [], []
+    monkeypatch.setattr(subprocess, "Popen", lambda command, **kwargs: started.append(command))
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        raise _Stop  # the loop's first idle wait: enough
+
+    monkeypatch.setattr(time, "sleep", sleep)
     with pytest.raises(_Stop):
-        supernode_main(flower_supernode)
-    assert len(started) == 1 and started[0][:3] == [sys.executable, "-m", MODULE], started
-    assert "--runtime-api-address" in started[0]
+        supernode_main(_supernode_loop(flower, monkeypatch, "process"))
+    assert started == []
     assert slept == [IDLE_S]
+
+
+def test_fedsims_superexec_gets_the_arguments_flowers_supernode_and_superlink_give_theirs(monkeypatch):
+    """No patch, a reliance: fedsim.runtimes.superexec.superexec_argv gives the SuperExec the federation starts
+    beside a SuperNode or the SuperLink the arguments that Flower's `start_client_internal` and `SuperLinkLifespan`
+    give `flower-superexec` under `--isolation subprocess` (here run on stand-ins, their Popen recording), after
+    fedsim's `python -m fedsim.runtimes.superexec`."""
+    from flwr.supernode import start_client_internal as flower
+
+    from fedsim.runtimes.superexec import superexec_argv
+
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda command, **kwargs: started.append(command))
+    monkeypatch.setattr(time, "sleep", lambda seconds: _raise(_Stop()))
+    with pytest.raises(_Stop):
+        _supernode_loop(flower, monkeypatch, flower.ISOLATION_MODE_SUBPROCESS)()
+    ours = superexec_argv("127.0.0.1:9094", os.getpid())
+    assert ours[:3] == [sys.executable, "-m", MODULE] and started == [["flower-superexec", *ours[3:]]]
+
+    module = importlib.import_module("flwr.superlink.cli.flower_superlink")
+    started.clear()
+    process = SimpleNamespace(terminate=lambda: None, wait=lambda timeout=None: 0)
+    monkeypatch.setattr(subprocess, "Popen", lambda command, **kwargs: started.append(command) or process)
+    for name in ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API"):
+        monkeypatch.delenv(getattr(module, name), raising=False)  # no gRPC server of Flower's is started
+    config = SimpleNamespace(
+        isolation=module.ISOLATION_MODE_SUBPROCESS,
+        host="127.0.0.1",
+        port=9091,
+        certificates=(b"ca", b"cert", b"key"),
+        ssl_ca_certfile="/certs/ca.crt",
+        runtime_dependency_install=False,
+        health_server_address=None,
+    )
+    module.SuperLinkLifespan(config, SimpleNamespace(objectstore_factory=None, state=lambda: None)).startup()
+    ours = superexec_argv("127.0.0.1:9091", os.getpid(), Path("/certs/ca.crt"))
+    assert started == [["flower-superexec", *ours[3:]]]
+    config.isolation = module.ISOLATION_MODE_PROCESS  # as the federation starts it: no SuperExec of its own
+    started.clear()
+    module.SuperLinkLifespan(config, SimpleNamespace(objectstore_factory=None, state=lambda: None)).startup()
+    assert started == []
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
 
 
 def test_the_supernode_waits_for_its_clientapps_reply_through_fedsims_time(supernode_main, monkeypatch):
@@ -423,101 +475,84 @@ def test_the_superexec_starts_each_app_through_fedsims_fork_server(monkeypatch):
     assert cli._parse_args().parse_args(["--runtime-api-address", "127.0.0.1:9091"]).executor == ExecutorType.SUBPROCESS
 
 
-# --- SuperLink (fedsim.runtimes.superlink.main) --------------------------------------------------------------------
-
-
-def test_the_superlink_starts_fedsims_superexec_through_its_modules_subprocess(monkeypatch):
-    """Patch the `subprocess` of `flwr.superlink.cli.flower_superlink` (fedsim.runtimes.superlink.main). Guards
-    Flower's `SuperLinkLifespan.startup` (its `_start_superexec_if_needed`) in that module: with subprocess
-    isolation it starts `flower-superexec` with its module's `subprocess.Popen`, which fedsim's start_superexec
-    turns into fedsim's SuperExec."""
-    module = importlib.import_module("flwr.superlink.cli.flower_superlink")
-    _kept(monkeypatch, module, "subprocess")
-    started = []
-    process = SimpleNamespace(terminate=lambda: None, wait=lambda timeout=None: 0)
-    monkeypatch.setattr(subprocess, "Popen", lambda command, **kwargs: started.append(command) or process)
-    for name in ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API"):
-        monkeypatch.delenv(getattr(module, name), raising=False)  # no gRPC server of Flower's is started
-    config = SimpleNamespace(
-        isolation=module.ISOLATION_MODE_SUBPROCESS,
-        host="127.0.0.1",
-        port=9091,
-        certificates=None,
-        ssl_ca_certfile=None,
-        runtime_dependency_install=False,
-        health_server_address=None,
-    )
-    lifespan = module.SuperLinkLifespan(config, SimpleNamespace(objectstore_factory=None, state=lambda: None))
-    monkeypatch.setattr(module, "flower_superlink", lifespan.startup)
-    monkeypatch.setattr(sys, "argv", ["fedsim-test"])
-    superlink.main()
-    assert len(started) == 1 and started[0][:3] == [sys.executable, "-m", MODULE], started
-    assert "--runtime-api-address" in started[0]
-    assert lifespan.superexec_process is process
-
-
 # --- simulation on Ray (fedsim.runtimes.simulation, fedsim.runtimes.cluster) ----------------------------------------
 
 
-def test_a_run_attaches_to_its_cluster_inside_signals_kept(monkeypatch, tmp_path):
-    """signals_kept covers every ray.init of a simulation, the cluster attach's too (fedsim.runtimes.cluster.attach
-    calls ray.init before Flower's backend would): Ray's handler never replaces fedsim's on a cluster."""
-    from ray._private import utils
+def _sigterm_cfg(address: str | None) -> Any:
+    return OmegaConf.create(
+        {"ray": {"address": address}, "resources": {"num_cpus": 1, "num_gpus": 0}, "log_level": "WARNING"}
+    )
+
+
+def test_ray_init_replaces_the_sigterm_handler_and_start_ray_puts_fedsims_back(monkeypatch):
+    """No patch: fedsim.runtimes.simulation.start_ray starts the run's private Ray itself and puts back the SIGTERM
+    handler ray.init replaced, with `signal.signal`. Ray's own `ray.init` runs up to just past the point where it
+    installs its handler (an unknown keyword then stops it, before any Ray process starts): Ray did install its
+    handler, and the one in place afterwards is the one before."""
+    import ray
 
     from fedsim.runtimes import simulation
 
-    monkeypatch.setattr(utils, "set_sigterm_handler", utils.set_sigterm_handler)  # Ray's own again after the test
-    ray_own = utils.set_sigterm_handler
-    seen = []
-
-    def attach(cfg: Any) -> int:  # where ray.init would run: record whose handler-setter it would call
-        seen.append(utils.set_sigterm_handler is ray_own)
-        raise _Stop
-
-    monkeypatch.setattr(simulation, "attach", attach)
-    monkeypatch.setattr(simulation, "raise_on_signals", lambda: None)
-    cfg = OmegaConf.create(
-        {"ray": {"address": "auto"}, "resources": {"num_cpus": 1, "num_gpus": 0}, "log_level": "INFO"}
-    )
-    with pytest.raises(_Stop):
-        simulation.simulate(SimpleNamespace(cfg=cfg, experiment=SimpleNamespace(), run_dir=tmp_path))
-    assert seen == [False]
-
-
-def test_ray_init_sets_its_sigterm_handler_through_the_name_signals_kept_disables(monkeypatch):
-    """Patch `ray._private.utils.set_sigterm_handler` (fedsim.runtimes.simulation.signals_kept). Guards Ray's
-    `ray.init` (`ray._private.worker.init`): it installs its SIGTERM handler by calling
-    `ray._private.utils.set_sigterm_handler` through the module attribute, so inside signals_kept the handler
-    stays fedsim's. ray.init is stopped right after that call: no Ray process starts."""
-    import ray
-    from ray._private import utils
-
-    from fedsim.runtimes.simulation import signals_kept
-
-    monkeypatch.setattr(utils, "set_sigterm_handler", utils.set_sigterm_handler)  # Ray's own again after the test
     ray_logger = logging.getLogger("ray")
     monkeypatch.setattr(ray_logger, "handlers", list(ray_logger.handlers))
     before = signal.getsignal(signal.SIGTERM)
-    calls = []
-    with signals_kept():
-        kept = utils.set_sigterm_handler  # fedsim's stand-in
+    installed = []
+    flowers_init = ray.init
 
-        def seen(handler: Any) -> None:
-            calls.append(handler)
-            kept(handler)
-            raise _Stop  # the rest of ray.init would start Ray
+    def init(**kwargs: Any) -> None:
+        assert kwargs == simulation.backend_config(_sigterm_cfg(None))["init_args"]  # what Flower's backend passes
+        flowers_init(address="local", configure_logging=False, _fedsim_test_stops_here=True)
 
-        utils.set_sigterm_handler = seen
-        try:
-            with pytest.raises(_Stop):
-                # The unknown keyword is a net: should Ray no longer call the name, ray.init refuses the keyword
-                # a few lines later instead of starting Ray.
-                ray.init(address="local", configure_logging=False, _fedsim_test_stops_here=True)
-        finally:
-            utils.set_sigterm_handler = kept
-    assert len(calls) == 1 and calls[0] is not before
+    def recorded(signum: int, handler: Any) -> Any:
+        installed.append((signum, handler))
+        return setting(signum, handler)
+
+    setting = signal.signal
+    monkeypatch.setattr(signal, "signal", recorded)
+    monkeypatch.setattr(ray, "init", init)
+    with pytest.raises(RuntimeError, match="_fedsim_test_stops_here"):
+        simulation.start_ray(_sigterm_cfg(None))
+    monkeypatch.undo()
+    assert [signum for signum, _ in installed] == [signal.SIGTERM, signal.SIGTERM]  # Ray's, then fedsim's again
+    assert installed[0][1] is not before and installed[1][1] is before
     assert signal.getsignal(signal.SIGTERM) is before
     assert not ray.is_initialized()
+
+
+def test_a_run_attaching_to_its_cluster_keeps_fedsims_sigterm_handler(monkeypatch):
+    """No patch: the cluster's ray.init (fedsim.runtimes.cluster.attach) is inside start_ray too, so Ray's handler
+    never replaces fedsim's on a cluster either."""
+    from fedsim.runtimes import simulation
+
+    before = signal.getsignal(signal.SIGTERM)
+
+    def attach(cfg: Any) -> int:  # ray.init as Ray's sets its handler
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+        return 5
+
+    monkeypatch.setattr(simulation, "attach", attach)
+    assert simulation.start_ray(_sigterm_cfg("auto")) == 5
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_flowers_ray_backend_uses_the_ray_fedsim_started(monkeypatch):
+    """No patch, a reliance: Flower's `RayBackend.init_ray` calls ray.init only while Ray is not initialised, so
+    the private instance start_ray started (with the same `init_args`) is the one the run's actors use, and
+    Flower's ray.init, which would install Ray's SIGTERM handler again, never runs."""
+    import ray
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    from fedsim.runtimes.simulation import backend_config
+
+    calls = []
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # Flower's init_ray sets PYTHONPATH when it starts Ray
+    raybackend.RayBackend(backend_config(_sigterm_cfg(None)))
+    assert calls == []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # the net: it does call ray.init when Ray is not up
+    raybackend.RayBackend(backend_config(_sigterm_cfg(None)))
+    assert len(calls) == 1 and calls[0]["address"] == "local"
 
 
 def test_client_slots_read_the_cpu_count_a_private_ray_node_takes(monkeypatch):
@@ -734,11 +769,10 @@ def _reply(update: np.ndarray, metrics: dict) -> Message:
 
 
 @pytest.mark.parametrize("norm, clipped", [(3.0, True), (0.5, False)])
-def test_flowers_server_side_adaptive_clipping_moves_the_norm_by_fedsims_update(norm, clipped, task_identity):
-    """Override of `_geometric_update` (fedsim.privacy.dp.ServerSideAdaptiveClipping). Guards Flower's
-    `DifferentialPrivacyServerSideAdaptiveClipping.aggregate_train`: after clipping the replies it moves the norm
-    by calling `self._geometric_update(clipped fraction)`, so the norm follows fedsim's rule (more clipped than
-    the target: it grows) and not Flower's (it would shrink)."""
+def test_server_side_adaptive_clipping_moves_the_norm_toward_the_target_quantile(norm, clipped, task_identity):
+    """No patch: server-side adaptive clipping is fedsim's own wrapper (fedsim.privacy.adaptive, in place of an
+    override of Flower's private `_geometric_update`): after clipping the replies the norm follows fedsim's rule
+    (more clipped than the target: it grows), not Flower 1.42's (it would shrink)."""
     from fedsim.privacy.dp import WEIGHT_KEY, Privacy
 
     privacy = Privacy(mode="server_adaptive", noise_multiplier=0.0, initial_clipping_norm=1.0, clip_norm_lr=0.2)
@@ -754,11 +788,9 @@ def test_flowers_server_side_adaptive_clipping_moves_the_norm_by_fedsims_update(
 
 
 @pytest.mark.parametrize("clipped", [True, False])
-def test_flowers_client_side_adaptive_clipping_moves_the_norm_by_fedsims_update(clipped, task_identity):
-    """Override of `_geometric_update` (fedsim.privacy.dp.ClientSideAdaptiveClipping). Guards Flower's
-    `DifferentialPrivacyClientSideAdaptiveClipping.aggregate_train` (its `_update_clip_norm_from_replies`): it
-    counts the replies' `norm_bit` and moves the norm by calling `self._geometric_update`, so the norm follows
-    fedsim's rule and not Flower's."""
+def test_client_side_adaptive_clipping_moves_the_norm_toward_the_target_quantile(clipped, task_identity):
+    """No patch: client-side adaptive clipping is fedsim's own wrapper (fedsim.privacy.adaptive): it counts the
+    `norm_bit` Flower's `adaptiveclipping_mod` reports and moves the norm by fedsim's rule, not Flower 1.42's."""
     from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
     from fedsim.privacy.dp import WEIGHT_KEY, Privacy
@@ -769,6 +801,74 @@ def test_flowers_client_side_adaptive_clipping_moves_the_norm_by_fedsims_update(
     strategy.aggregate_train(1, [_reply(np.ones(8, np.float32), metrics) for _ in range(2)])
     fraction = 1.0 if clipped else 0.0
     assert strategy.clipping_norm == pytest.approx(math.exp(0.2 * (fraction - 0.5)))
+
+
+# --- strategies (fedsim.outputs.checkpointer, fedsim.config.validate) ----------------------------------------------
+
+
+def test_a_strategys_state_is_in_its_instance_attributes_which_a_checkpoint_restores(task_identity):
+    """Read and set, not patched: a strategy's state through `vars()` and `setattr`
+    (fedsim.outputs.checkpointer.strategy_state, restore_strategy). Guards Flower's FedAdam (`FedOpt`): what a round
+    carries to the next (its moments `m_t`, `v_t`) is held in instance attributes of arrays, so a strategy rebuilt
+    from a checkpoint aggregates the next round to the same bits as the one that went on."""
+    from flwr.serverapp.strategy import FedAdam
+
+    from fedsim.outputs.checkpointer import restore_strategy, strategy_state
+
+    grid = SimpleNamespace(get_node_ids=lambda: [2, 3])
+    rng = np.random.default_rng(0)
+    weights = ArrayRecord({"w": Array(np.zeros(6, np.float32))})
+
+    def round_(strategy: Any, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
+        list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        replies = [
+            _reply(arrays["w"].numpy() + rng.normal(size=6).astype(np.float32), {"num-examples": 4}) for _ in range(2)
+        ]
+        return strategy.aggregate_train(server_round, replies)[0]
+
+    went_on = FedAdam()
+    weights = round_(went_on, 1, weights)
+    tensors, layout = strategy_state(went_on)
+    assert {"m_t", "v_t"} <= set(layout)
+    rebuilt = FedAdam()
+    restore_strategy(rebuilt, tensors, layout)
+    state = rng.bit_generator.state
+    expected = round_(went_on, 2, weights)
+    rng.bit_generator.state = state  # the same replies for the rebuilt strategy
+    assert round_(rebuilt, 2, weights)["w"].numpy().tobytes() == expected["w"].numpy().tobytes()
+
+
+def test_the_clipping_keys_and_helpers_fedsim_reads_are_the_ones_flowers_clipping_mods_use():
+    """Read, not patched: `flwr.supercore.differential_privacy` (its keys and helpers: fedsim.privacy.adaptive,
+    fedsim.privacy.fixed_denominator). Guards Flower's client-side clipping mods: they read the norm from the
+    round's config under the same KEY_CLIPPING_NORM and report under the same KEY_NORM_BIT, and clip with
+    `adaptive_clip_inputs_inplace`, whose True means clipped."""
+    from flwr.clientapp.mod import centraldp_mods
+    from flwr.supercore import differential_privacy
+
+    assert centraldp_mods.KEY_CLIPPING_NORM == differential_privacy.KEY_CLIPPING_NORM
+    assert centraldp_mods.KEY_NORM_BIT == differential_privacy.KEY_NORM_BIT
+    assert centraldp_mods.compute_adaptive_clip_model_update is differential_privacy.compute_adaptive_clip_model_update
+    assert _calls(differential_privacy.compute_adaptive_clip_model_update, "adaptive_clip_inputs_inplace")
+    update = [np.full(4, 2.0)]
+    assert differential_privacy.adaptive_clip_inputs_inplace(update, 1.0) is True and np.linalg.norm(update[0]) <= 1
+    assert differential_privacy.adaptive_clip_inputs_inplace([np.full(4, 0.1)], 1.0) is False
+
+
+def test_a_fixed_clipping_wrappers_norm_is_its_clipping_norm_attribute():
+    """Read and set, not patched: `clipping_norm` of Flower's fixed-clipping wrappers
+    (fedsim.outputs.privacy_budget.PrivacyBudget keeps it in a checkpoint and sets it back on resume, as for
+    fedsim's adaptive wrappers). Guards Flower's `DifferentialPrivacyServerSideFixedClipping` and
+    `DifferentialPrivacyClientSideFixedClipping`: the norm they clip to is that attribute."""
+    from flwr.serverapp.strategy import (
+        DifferentialPrivacyClientSideFixedClipping,
+        DifferentialPrivacyServerSideFixedClipping,
+    )
+
+    for wrapper in (DifferentialPrivacyServerSideFixedClipping, DifferentialPrivacyClientSideFixedClipping):
+        assert wrapper(FedAvg(), 1.0, 2.5, 2).clipping_norm == 2.5
+    assert "self.clipping_norm" in inspect.getsource(DifferentialPrivacyServerSideFixedClipping.aggregate_train)
+    assert "self.clipping_norm" in inspect.getsource(DifferentialPrivacyClientSideFixedClipping.configure_train)
 
 
 # --- Hydra (fedsim.cli.command, fedsim.config.compose) -------------------------------------------------------------

@@ -144,7 +144,7 @@ def test_adaptive_clipping_moves_the_norm_and_counts_epsilon(generated_imdb, tmp
     assert rounds.epsilon[1] > 0 and rounds.epsilon[2] > rounds.epsilon[1]
     clients = pd.read_csv(tmp_path / "clients.csv")
     # every update was clipped at round 1's norm (0.01), so round 2's is larger (0.01 * exp(0.2 * 0.5)): Flower's
-    # own update would have shrunk it (fedsim.privacy.dp._NormFollowsQuantile)
+    # own update would have shrunk it (fedsim.privacy.adaptive)
     assert clients[clients["round"] == 1].update_norm.max() == pytest.approx(0.01, rel=1e-4)
     assert clients[clients["round"] == 2].update_norm.max() > 0.0105
 

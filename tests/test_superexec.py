@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -19,10 +20,10 @@ from fedsim.runtimes.superexec import (
     ENTRIES,
     IDLE_S,
     ForkServer,
-    SubprocessWith,
     installed_once,
+    runtime_api_address,
     short_pulls,
-    start_superexec,
+    superexec_argv,
 )
 from fedsim.runtimes.supernode import LOCAL_S, ShortSleeps
 from fedsim.system.processes import child_env
@@ -87,16 +88,35 @@ def test_flowers_apps_start_as_forks_with_their_arguments_and_cold_once_the_serv
     assert set(ENTRIES) == {"flwr-clientapp", "flwr-serverapp"}
 
 
-def test_only_flowers_superexec_is_replaced_and_other_commands_start_as_given():
-    echo = SubprocessWith(start_superexec).Popen(["echo", "flower-superexec"], stdout=subprocess.PIPE, text=True)
-    assert echo.communicate(timeout=30)[0] == "flower-superexec\n"
-    superexec = start_superexec(["flower-superexec", "--help"], stdout=subprocess.PIPE, text=True)
-    help_text = superexec.communicate(timeout=60)[0]
-    assert "usage: flower-superexec" in help_text and superexec.args[:3] == [
-        sys.executable,
-        "-m",
-        "fedsim.runtimes.superexec",
-    ]
+def test_the_superexec_waits_for_its_runtime_api_then_runs_flowers_and_leaves_if_its_parent_ends_first():
+    """The federation starts the SuperExec beside a SuperNode that opens its Runtime API a while later: it waits
+    (every IDLE_S, not Flower's 1 s, 2 s, ... backoff), then runs Flower's flower-superexec with its arguments;
+    a SuperExec whose SuperNode ended before that leaves without starting Flower's."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        port = listening.getsockname()[1]
+        argv = superexec_argv(runtime_api_address("127.0.0.1", port), os.getpid())
+        waiting = subprocess.Popen([*argv, "--help"], stdout=subprocess.PIPE, text=True, env=child_env())
+        time.sleep(10 * IDLE_S)
+        assert waiting.poll() is None  # nothing listens yet
+        listening.listen()
+        assert "usage: flower-superexec" in waiting.communicate(timeout=60)[0]
+    parent = subprocess.Popen([sys.executable, "-c", "pass"])
+    parent.wait()
+    orphan = subprocess.run(
+        [*superexec_argv(runtime_api_address("0.0.0.0", port), parent.pid), "--help"],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=60,
+    )
+    assert orphan.returncode == 0 and "flower-superexec" not in orphan.stdout
+
+
+def test_a_superexec_reaches_a_bind_all_host_on_the_loopback():
+    assert runtime_api_address("0.0.0.0", 9) == "127.0.0.1:9"
+    assert runtime_api_address("::", 9) == "[::1]:9"
+    assert runtime_api_address("10.0.0.7", 9) == "10.0.0.7:9"
 
 
 def test_a_fab_is_installed_once_where_flower_installs_it_and_then_found_there(tmp_path, monkeypatch):

@@ -9,7 +9,6 @@ with dp-accounting's PLD or RDP accountant; fedsim.outputs.privacy_budget.Privac
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from flwr.app import Context, Message
@@ -17,9 +16,7 @@ from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.serverapp.strategy import (
     Bulyan,
-    DifferentialPrivacyClientSideAdaptiveClipping,
     DifferentialPrivacyClientSideFixedClipping,
-    DifferentialPrivacyServerSideAdaptiveClipping,
     DifferentialPrivacyServerSideFixedClipping,
     FedMedian,
     FedTrimmedAvg,
@@ -30,6 +27,7 @@ from flwr.serverapp.strategy import (
 
 from fedsim.config.compose import config_from
 from fedsim.config.validate import SEEDED
+from fedsim.privacy.adaptive import ClientSideAdaptiveClipping, ServerSideAdaptiveClipping
 from fedsim.privacy.fixed_denominator import FixedDenominatorDP, KeepDenominator
 from fedsim.privacy.randomness import NoiseSource
 from fedsim.system.errors import ConfigError, first_line
@@ -194,27 +192,6 @@ class Privacy:
             "client_fixed": DifferentialPrivacyClientSideFixedClipping,
         }[self.mode]
         return wrapper(strategy, self.noise_multiplier, self.clipping_norm, num_sampled_clients)
-
-
-class _NormFollowsQuantile:
-    """Flower 1.42's adaptive update, C *= exp(-lr (clipped fraction - target)), shrinks the norm when most
-    updates are clipped, so it runs away from the target instead of toward it (Andrew et al. 2019 count the
-    updates *not* clipped). This turns the sign: more clipped than `target_clipped_quantile`, C grows."""
-
-    clipping_norm: float
-    clip_norm_lr: float
-    target_clipped_quantile: float
-
-    def _geometric_update(self, clipped_fraction: float) -> None:
-        self.clipping_norm *= math.exp(self.clip_norm_lr * (clipped_fraction - self.target_clipped_quantile))
-
-
-class ServerSideAdaptiveClipping(_NormFollowsQuantile, DifferentialPrivacyServerSideAdaptiveClipping):
-    """Flower's server-side adaptive clipping, its norm moving toward the target quantile."""
-
-
-class ClientSideAdaptiveClipping(_NormFollowsQuantile, DifferentialPrivacyClientSideAdaptiveClipping):
-    """Flower's client-side adaptive clipping, its norm moving toward the target quantile."""
 
 
 def inner_strategy(strategy: Strategy) -> Strategy:

@@ -28,6 +28,7 @@ from fedsim.runtimes.environment import federation_env, flower_home, toml_string
 from fedsim.runtimes.ports import check_port, free_port
 from fedsim.runtimes.process_logs import JOINED, hint, reason, relay
 from fedsim.runtimes.staging import ROOT, staged_app
+from fedsim.runtimes.superexec import runtime_api_address, superexec_argv
 from fedsim.system.errors import RunFailed
 from fedsim.system.processes import Child, Processes, command
 from fedsim.system.waits import wait_for
@@ -125,9 +126,7 @@ class LocalFederation:
 
     def _start_superlink(self, certs: Path) -> None:
         argv = [
-            sys.executable,  # flower-superlink, its SuperExec fedsim's (fedsim.runtimes.superlink)
-            "-m",
-            "fedsim.runtimes.superlink",
+            command("flower-superlink"),
             "--ssl-ca-certfile",
             str(certs / "ca.crt"),
             "--ssl-certfile",
@@ -135,7 +134,7 @@ class LocalFederation:
             "--ssl-keyfile",
             str(certs / "server.key"),
             "--isolation",
-            "subprocess",
+            "process",  # its SuperExec is fedsim's, started below
             "--host",
             self.host,
             "--port",
@@ -168,6 +167,9 @@ class LocalFederation:
             poll_s=0.3,
             hint=lambda: f"see {superlink.log}",
         )
+        address = runtime_api_address(self.host, self.port)
+        superexec = superexec_argv(address, superlink.pid, certs / "ca.crt")
+        self.processes.start("superlink_superexec", superexec, log=superlink.log, env=self.env, cwd=self.cwd)
 
     def _register(self, certs: Path) -> None:
         """Flower's SuperNode registration: each node's public key, added through the Control API."""
@@ -203,9 +205,9 @@ class LocalFederation:
         log: Path | None = None,
         with_worker: bool = True,
     ) -> Child:
-        """SuperNode `partition_id` (of num_nodes) trusting `root_certificates`, authenticating with `key`, and (unless
-        it is started again and keeps it) its warm worker (fedsim.client.worker), which answers the node's messages
-        in one long-lived process."""
+        """SuperNode `partition_id` (of num_nodes) trusting `root_certificates`, authenticating with `key`, its
+        SuperExec (fedsim.runtimes.superexec), and (unless it is started again and keeps it) its warm worker
+        (fedsim.client.worker), which answers the node's messages in one long-lived process."""
         name = name or f"supernode_{partition_id}"
         worker = self.work / f"{name}.sock"
         if with_worker:
@@ -229,15 +231,20 @@ class LocalFederation:
             "--node-config",
             f"partition-id={partition_id} num-partitions={self.num_nodes} {WORKER}={toml_string(str(worker))}",
             "--isolation",
-            "subprocess",
+            "process",  # its SuperExec is fedsim's, started below
+            "--host",
+            "127.0.0.1",
             "--port",
-            str(free_port("127.0.0.1")),
+            str(port := free_port("127.0.0.1")),
             "--max-retries",
             "3",
         ]
         if key is not None:
             argv += ["--auth-supernode-private-key", str(key)]
-        return self.processes.start(name, argv, log=log or self.logs / f"{name}.log", env=self.env, cwd=self.cwd)
+        node = self.processes.start(name, argv, log=log or self.logs / f"{name}.log", env=self.env, cwd=self.cwd)
+        superexec = superexec_argv(runtime_api_address("127.0.0.1", port), node.pid)
+        self.processes.start(f"{name}_superexec", superexec, log=node.log, env=self.env, cwd=self.cwd)
+        return node
 
     def own_supernode(self, partition_id: int, attempt: int = 0) -> Child:
         """The federation's SuperNode for `partition_id`; a later `attempt` (a restart) keeps the node's worker and

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,19 +123,26 @@ def short_queue_waits() -> Iterator[None]:
         vce_api.Queue = flowers
 
 
-@contextlib.contextmanager
-def signals_kept() -> Iterator[None]:
-    """ray.init replaces the SIGTERM handler with its own `sys.exit(15)`, which unwinds Flower's engine (and
-    kills its actors, whose worker threads then print errors) before fedsim hears of the signal. For the
-    run, Ray's call that installs it does nothing, so SIGTERM stays fedsim's (fedsim.system.signals)."""
-    from ray._private import utils  # Ray only once a simulation starts, after the run's checks and data step
+def start_ray(cfg: DictConfig) -> int:
+    """Ray for one simulation, and how many clients it runs at once: the cluster at `ray.address` attached to, or
+    the private instance Flower's backend would start (its `init_args`), started here so that Flower's backend,
+    which calls ray.init only while Ray is not initialised, finds it running; a warm one (fedsim.runtimes.warm)
+    is used as it is. ray.init replaces the SIGTERM handler with its own `sys.exit(15)`, which would unwind
+    Flower's engine (and kill its actors, whose worker threads then print errors) before fedsim hears of the
+    signal, so the handler it found is put back at once: SIGTERM stays fedsim's (fedsim.system.signals)."""
+    import ray  # Ray only once a simulation starts, after the run's checks and data step
 
-    installs = utils.set_sigterm_handler
-    utils.set_sigterm_handler = lambda handler: None
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
-        yield
+        if address_of(cfg) is not None:
+            return attach(cfg)
+        if not ray.is_initialized():
+            ray.init(**backend_config(cfg)["init_args"])
+        return local_client_slots(cfg)
     finally:
-        utils.set_sigterm_handler = installs
+        # Ray sets its handler only in the main thread, and signal.signal works only there.
+        if sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, sigterm)
 
 
 def ray_settings(cfg: DictConfig) -> dict | None:
@@ -185,14 +194,9 @@ def simulate_once(session: Session, watch: RayWatch) -> None:
     cfg, experiment = session.cfg, session.experiment
     mods = []
     settings = ray_settings(cfg)
-    with (
-        engine_logs_to(session.run_dir / MAIN_LOG, cfg.log_level),
-        ray_for(settings),
-        signals_kept(),  # from the first ray.init on, attach's or Flower's: SIGTERM stays fedsim's
-    ):
-        actors = local_client_slots(cfg)
+    with engine_logs_to(session.run_dir / MAIN_LOG, cfg.log_level), ray_for(settings):
+        actors = start_ray(cfg)
         if address_of(cfg) is not None:
-            actors = attach(cfg)
             session.info.update(ray_address=address_of(cfg), cluster_client_slots=actors)
             mods.append(ship(client_files(data := DataSettings.of(cfg), load_prepared(data))).mod)
         slots = node_slots(cfg, min(actors, max_actors(cfg)))

@@ -1,6 +1,7 @@
 """Flower's SuperExec with its app processes forked from a warm one: `python -m fedsim.runtimes.superexec ARGS`
-takes flower-superexec's arguments. fedsim's SuperLink and SuperNodes (fedsim.runtimes.superlink and
-fedsim.runtimes.supernode) start it in place of `flower-superexec`.
+takes flower-superexec's arguments. fedsim's local federation (fedsim.runtimes.federation) runs its SuperLink and
+SuperNodes with Flower's `--isolation process`, under which they start no SuperExec of their own, and starts one
+of these beside each (`superexec_argv`): the arguments that process would have given `flower-superexec`.
 
 Flower 1.42 starts a new `flwr-clientapp` process for every message a SuperNode gets (there is no
 long-lived ClientApp: flwrlabs/flower#3670). Most of such a process's CPU went to importing Flower
@@ -22,20 +23,25 @@ the SuperExec's descendants, stopped with it.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib
 import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import IO, Any
+
+import psutil
 
 IDLE_S = 0.1  # between a SuperNode's polls of the SuperLink, and between retries for a message's parts
 
@@ -191,17 +197,48 @@ class SubprocessWith:
         return getattr(subprocess, name)
 
 
-def start_superexec(command: list[str], **kwargs: Any) -> subprocess.Popen:
-    """subprocess.Popen as Flower's SuperLink and SuperNode call it, with this module for flower-superexec."""
-    if command[0] == "flower-superexec":
-        command = [sys.executable, "-m", MODULE, *command[1:]]
-    return subprocess.Popen(command, **kwargs)
+def runtime_api_address(host: str, port: int) -> str:
+    """Where a SuperExec reaches the Runtime API of a SuperLink or SuperNode bound to `host`:`port`; a bind-all
+    host is reached on the loopback, as Flower's own SuperExec reaches it."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def superexec_argv(address: str, parent_pid: int, root_certificates: Path | None = None) -> list[str]:
+    """This SuperExec for the SuperLink or SuperNode `parent_pid`, started with `--isolation process`, its Runtime
+    API at `address`: the arguments that process gives `flower-superexec` under `--isolation subprocess` (TLS with
+    `root_certificates`, or none; runtime dependency installation off, as fedsim runs them). It ends when that
+    process does (`--parent-pid`)."""
+    tls = ["--insecure"] if root_certificates is None else ["--root-certificates", str(root_certificates)]
+    return [sys.executable, "-m", MODULE, *tls, "--runtime-api-address", address, "--parent-pid", str(parent_pid)]
+
+
+def wait_for_runtime_api(argv: list[str]) -> None:
+    """Return once the Runtime API named in `argv` (flower-superexec's arguments) accepts a connection; exit if its
+    process (`--parent-pid`) ends first. The federation starts this SuperExec beside a SuperNode that takes a while
+    to open its Runtime API, and Flower's SuperExec backs off 1 s, 2 s, ... after a refused connection."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--runtime-api-address")
+    parser.add_argument("--parent-pid", type=int)
+    args, _ = parser.parse_known_args(argv)
+    if args.runtime_api_address is None:
+        return  # Flower's parser says what is missing
+    host, port = args.runtime_api_address.rsplit(":", 1)
+    while True:
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=IDLE_S).close()
+            return
+        except OSError:
+            if args.parent_pid is not None and not psutil.pid_exists(args.parent_pid):
+                sys.exit(0)
+            time.sleep(IDLE_S)
 
 
 def main() -> None:
     if sys.argv[1:] == ["--fork-server"]:
         fork_server()
         return
+    wait_for_runtime_api(sys.argv[1:])
     from flwr.supercore.cli import flower_superexec  # not in the fork server, SuperLink or SuperNodes
     from flwr.supercore.superexec.executor import subprocess_executor  # not in the fork server, SuperLink or SuperNodes
 

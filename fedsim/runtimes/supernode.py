@@ -12,9 +12,9 @@ Its heartbeats come every 10 s, Flower's shortest interval (its default is 30 s)
 holding a message is counted offline within 20 s, when the server sends the message again once the node is
 back (fedsim.server.participation) and the local federation may start it again (fedsim.runtimes.federation).
 
-The node's own retries for a message's parts come every IDLE_S too (fedsim.runtimes.superexec.short_pulls),
-and the SuperExec it starts is fedsim.runtimes.superexec's (Flower's, each ClientApp process forked from
-a warm one) rather than `flower-superexec`, with the same arguments.
+The node's own retries for a message's parts come every IDLE_S too (fedsim.runtimes.superexec.short_pulls).
+It runs with `--isolation process`: its SuperExec, fedsim.runtimes.superexec's (Flower's, each ClientApp
+process forked from a warm one), is started beside it by the federation (fedsim.runtimes.federation).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from flwr.supercore import heartbeat
 from flwr.supernode import fleet_http_connection, start_client_internal
 from flwr.supernode.cli import flower_supernode
 
-from fedsim.runtimes.superexec import IDLE_S, SubprocessWith, short_pulls, start_superexec
+from fedsim.runtimes.superexec import IDLE_S, short_pulls
 
 LOCAL_S = 0.01  # between looks at the node's own state for its ClientApp's reply
 
@@ -51,7 +51,6 @@ def main() -> None:
     heartbeat.HEARTBEAT_DEFAULT_INTERVAL = HEARTBEAT_MIN_INTERVAL  # how often it sends them
     start_client_internal.time = ShortSleeps()
     short_pulls()
-    start_client_internal.subprocess = SubprocessWith(start_superexec)
     sys.argv[0] = "flower-supernode"
     flower_supernode()
 

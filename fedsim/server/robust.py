@@ -54,7 +54,7 @@ class RobustFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        valid = [reply for reply in replies if not reply.has_error()]  # a failed client's reply carries no update
         if not valid:
             return None, None
         names = list(valid[0].content[ARRAYS].keys())
