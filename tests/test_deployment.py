@@ -38,6 +38,7 @@ from fedsim.runtimes.certs import check_certificates, make_all, make_node_key
 from fedsim.runtimes.deployment import Deployment
 from fedsim.runtimes.environment import federation_env
 from fedsim.runtimes.federation import LocalFederation
+from fedsim.runtimes.node_watch import wait_joined
 from fedsim.runtimes.staging import staged_app
 from fedsim.server.participation import Participants
 from fedsim.system.errors import ConfigError, RunFailed
@@ -297,7 +298,7 @@ def test_supernodes_with_an_untrusted_ca_or_an_unregistered_key_are_refused(tmp_
             (unregistered, "does not know the node's public key", "Failed to activate SuperNode"),
         ):
             with pytest.raises(RunFailed, match=rf"^{node.name} was refused: .*{hint}.*{says}"):
-                federation.wait_joined([node])
+                wait_joined([node], federation.startup_timeout_s)
             assert says in node.log.read_text()
 
 

@@ -9,32 +9,27 @@ their logs read by fedsim.runtimes.process_logs.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import ssl
 import sys
 import tempfile
-import threading
-import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
-from fedsim.client.wire import READY, WORKER
+from fedsim.client.wire import WORKER
 from fedsim.runtimes.certs import LOCALHOST, check_certificates, make_all
 from fedsim.runtimes.environment import federation_env, flower_home, toml_string
+from fedsim.runtimes.node_watch import nodes_kept, wait_joined, wait_workers
 from fedsim.runtimes.ports import check_port, free_port
-from fedsim.runtimes.process_logs import JOINED, hint, reason, relay
+from fedsim.runtimes.process_logs import reason, relay
 from fedsim.runtimes.staging import ROOT, staged_app
 from fedsim.runtimes.superexec import runtime_api_address, superexec_argv
 from fedsim.system.errors import RunFailed
 from fedsim.system.processes import Child, Processes, command
 from fedsim.system.waits import wait_for
-
-KEEP_S = 0.5  # how often the SuperNodes are looked at while the run goes on
-RESTART_RETRY_S = 5.0  # how long a restarted SuperNode that did not join waits before the next try
 
 
 class LocalFederation:
@@ -107,8 +102,8 @@ class LocalFederation:
         if self.node_auth:
             self._register(certs)
         self.supernodes = [self.own_supernode(i) for i in range(self.num_nodes)]
-        self.wait_joined(self.supernodes)
-        self.wait_workers()
+        wait_joined(self.supernodes, self.startup_timeout_s)
+        wait_workers(self.workers, self.startup_timeout_s)
         self.write_pids()
 
     def write_pids(self) -> None:
@@ -258,89 +253,6 @@ class LocalFederation:
             with_worker=attempt == 0,
         )
 
-    @contextlib.contextmanager
-    def nodes_kept(self, out: TextIO) -> Iterator[None]:
-        """While the run goes on: a SuperNode that dies is started again, up to `max_restarts` times in all, with
-        one line on `out`; the server sends its client's message again once it is back (fedsim.server.
-        participation). Flower's SuperLink refuses a node's key while it still counts the dead node online (up
-        to two heartbeats, fedsim.runtimes.supernode), so a restart that does not join is tried again every
-        RESTART_RETRY_S."""
-        stop = threading.Event()
-        attempts = [0] * self.num_nodes
-        next_try = [0.0] * self.num_nodes
-
-        def keep() -> None:
-            while not stop.wait(KEEP_S):
-                for i, node in enumerate(self.supernodes):
-                    if node.alive() or time.monotonic() < next_try[i] or attempts[i] < 0:
-                        continue
-                    if any(JOINED in line for line in node.log_tail()):  # it had joined: a crash
-                        self.restarts += 1
-                        if self.restarts > self.max_restarts:
-                            attempts[i] = -1
-                            print(
-                                f"warning: {node.name} (pid {node.pid}) died: not started again "
-                                f"(runtime.max_restarts={self.max_restarts} used); its clients fail",
-                                file=out,
-                                flush=True,
-                            )
-                            continue
-                        print(
-                            f"warning: {node.name} (pid {node.pid}) died; started again (restart {self.restarts} of "
-                            f"runtime.max_restarts={self.max_restarts}), its message is sent again once it is back",
-                            file=out,
-                            flush=True,
-                        )
-                    attempts[i] += 1
-                    next_try[i] = time.monotonic() + RESTART_RETRY_S
-                    self.supernodes[i] = self.own_supernode(i, attempts[i])
-
-        keeper = threading.Thread(target=keep, name="supernodes-kept", daemon=True)
-        keeper.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            keeper.join()
-
-    def wait_workers(self) -> None:
-        """Every warm worker listening on its socket, or the first one's reason for stopping."""
-
-        def ready() -> bool:
-            for worker in self.workers:
-                if not worker.alive():
-                    raise RunFailed(f"{worker.name} stopped at start: {reason(worker.log_tail())} (see {worker.log})")
-            return all(any(READY in line for line in w.log_tail()) for w in self.workers)
-
-        wait_for(
-            ready,
-            timeout_s=self.startup_timeout_s,
-            what="every SuperNode's warm worker to start",
-            key="runtime.startup_timeout_s",
-        )
-
-    def wait_joined(self, nodes: list[Child]) -> None:
-        """Every SuperNode accepted by the SuperLink, or a one-line reason why one was not."""
-        waiting = list(nodes)
-
-        def joined() -> bool:
-            for node in list(waiting):
-                lines = node.log_tail()
-                if any(JOINED in line for line in lines):
-                    waiting.remove(node)
-                elif not node.alive():
-                    why = reason(lines)
-                    raise RunFailed(f"{node.name} was refused{hint(why)}: {why} (see {node.log})")
-            return not waiting
-
-        wait_for(
-            joined,
-            timeout_s=self.startup_timeout_s,
-            what="every SuperNode to join the SuperLink",
-            key="runtime.startup_timeout_s",
-            hint=lambda: f"{waiting[0].name}: {reason(waiting[0].log_tail())} (see {waiting[0].log})",
-        )
-
     def run(self, run_config: Mapping[str, str], out: TextIO = sys.stdout) -> int:
         """`flwr run` of fedsim's app with `run_config` (strings), its stream relayed to `out`; its exit code.
 
@@ -353,7 +265,7 @@ class LocalFederation:
         log_path = self.logs / "flwr-run.log"
         process = self.processes.start("flwr run", argv, log=log_path, env=self.env, cwd=ROOT, pipe=True).process
         self.write_pids()
-        with self.nodes_kept(out):
+        with nodes_kept(self, out):
             relay(process.stdout, log_path, out, self.verbose)
             return process.wait()
 
