@@ -23,7 +23,7 @@ from fedsim.collections.plan import (
     plan,
 )
 from fedsim.collections.precision import Precision, adding_seeds, carried_over
-from fedsim.collections.runner import run_collection
+from fedsim.collections.scheduler import run_collection
 
 MAIN = Path(__file__).resolve().with_name("main.py")
 

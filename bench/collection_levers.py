@@ -35,7 +35,7 @@ import json, sys, time
 from pathlib import Path
 import ray
 from fedsim.config.compose import compose
-from fedsim.run.runner import run_experiment
+from fedsim.run.steps import run_experiment
 from fedsim.runtimes.simulation import simulate
 
 root, keep_actors, seeds, overrides = Path(sys.argv[1]), sys.argv[2] == "keep", json.loads(sys.argv[3]), sys.argv[4:]

@@ -89,7 +89,7 @@ def child(mode: str, overrides: list[str]) -> None:
     """Run one experiment in this process, with our clients or the peer's (given to fedsim.run.experiment.build)."""
     from omegaconf import OmegaConf
 
-    from fedsim.run.runner import run_experiment
+    from fedsim.run.steps import run_experiment
     from fedsim.runtimes.simulation import simulate
 
     run_dir = Path(next(o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")))

@@ -39,13 +39,13 @@ def wrap(owner, name, label):
             mark(label + ": ends")
     setattr(owner, name, timed)
 import hydra, omegaconf  # main.py's own imports, timed as one step with fedsim's
-import fedsim.cli.command, fedsim.run.runner, fedsim.run.session, fedsim.run.experiment, fedsim.server.participation
+import fedsim.cli.command, fedsim.run.steps, fedsim.run.session, fedsim.run.experiment, fedsim.server.participation
 import fedsim.outputs.phases, fedsim.runtimes.simulation
 mark("imports: main.py's modules")
 import ray
 from flwr.server.superlink.fleet.vce.backend import raybackend
 mark("imports: Ray and Flower's simulation")
-wrap(fedsim.run.runner, "build", "config checked, strategy built (build)")
+wrap(fedsim.run.steps, "build", "config checked, strategy built (build)")
 wrap(fedsim.run.session.Session, "__init__", "seeded model, disk checked (Session)")
 wrap(fedsim.run.session.Session, "prepare", "data step (prepare)")
 wrap(fedsim.run.session.Session, "open_outputs", "outputs opened")

@@ -14,7 +14,7 @@ from helpers.configs import QUICK, TIMING, make_cfg
 from helpers.runs import Crash, run_locally
 from safetensors.numpy import load_file
 
-import fedsim.outputs.memory
+import fedsim.outputs.memory_probe
 import fedsim.server.record
 from fedsim.config.resume import resumed_config
 from fedsim.outputs.archive import Archive, ArchiveWriter, WeightArchive
@@ -24,11 +24,11 @@ from fedsim.outputs.csv_logs import ClientsCsv, RoundsCsv
 from fedsim.outputs.detection import DetectionCsv
 from fedsim.outputs.final_model import FinalModel
 from fedsim.outputs.layer_stats import WeightScrutiny, round_statistics
-from fedsim.outputs.memory import MemoryProbe
+from fedsim.outputs.memory_probe import MemoryProbe
 from fedsim.outputs.phases import CallbackError, Outputs
 from fedsim.outputs.privacy_budget import PrivacyBudget
 from fedsim.outputs.progress import Progress
-from fedsim.outputs.summary import RunSummary
+from fedsim.outputs.run_summary import RunSummary
 from fedsim.privacy.accounting import epsilon
 from fedsim.privacy.dp import Privacy
 from fedsim.server.record import ClientUpdate, RoundRecord
@@ -78,7 +78,7 @@ def make_round(server_round: int, num_clients: int = 4, malicious: tuple[int, ..
 
 
 def test_memory_probe_returns_the_server_process_memory(monkeypatch):
-    monkeypatch.setattr(fedsim.outputs.memory, "memory_mb", lambda: {"rss": 812.5, "shared": 96.25})
+    monkeypatch.setattr(fedsim.outputs.memory_probe, "memory_mb", lambda: {"rss": 812.5, "shared": 96.25})
     record = make_round(1)
     before = dict(record.metrics)
     assert MemoryProbe().on_round_end(record) == {"driver_rss_mb": 812.5, "driver_shared_mb": 96.25}

@@ -22,7 +22,7 @@ from helpers.runs import ROOT, run_main
 from fedsim.collections.ledger import Collection
 from fedsim.collections.plan import Planned
 from fedsim.collections.ray_jobs import share
-from fedsim.collections.runner import run_collection
+from fedsim.collections.scheduler import run_collection
 from fedsim.config.validate import validate
 from fedsim.runtimes.cluster import (
     NodeResources,

@@ -168,7 +168,7 @@ def test_a_run_refused_for_bad_input_leaves_nothing_that_blocks_the_next(tmp_pat
 
 def test_a_collection_leaves_a_run_directory_a_live_run_owns_alone(tmp_path, imdb_dir):
     from fedsim.collections.ledger import Collection
-    from fedsim.collections.runner import run_collection
+    from fedsim.collections.scheduler import run_collection
 
     collection = Collection(tmp_path / "c")
     holder = hold(collection.run_dir(0))

@@ -31,7 +31,7 @@ from fedsim.collections.metric import Metric, gain_per_round
 from fedsim.collections.plan import CollectionError, plan
 from fedsim.collections.plots import plot_contrasts
 from fedsim.collections.precision import Precision, adding_seeds, carried_over
-from fedsim.collections.runner import run_collection
+from fedsim.collections.scheduler import run_collection
 from fedsim.collections.summary import summarize
 
 CONFIGS = ["attack=none strategy=krum", "attack=alie strategy=krum"]

@@ -23,7 +23,7 @@ from helpers.runs import ROOT, assert_group_ends, run_main
 
 from fedsim.messages.carried import answers, carry, pack
 from fedsim.messages.retries import RETRIES, Retried, mark_retried, take_retries
-from fedsim.outputs.retries import Retries
+from fedsim.outputs.retried_work import Retries
 from fedsim.runtimes.recovery import crash_line
 from fedsim.server.record import Redone, RoundRecord
 from fedsim.system.processes import group_alive

@@ -16,7 +16,7 @@ from helpers.configs import QUICK
 from helpers.gates import gated_env, waiting
 from helpers.runs import ROOT, assert_group_ends
 
-from fedsim.run.runner import record_or_note
+from fedsim.run.steps import record_or_note
 from fedsim.system.processes import group_alive
 from fedsim.system.signals import Interrupted
 from fedsim.system.waits import wait_for

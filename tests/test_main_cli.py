@@ -16,7 +16,7 @@ from safetensors.numpy import load_file
 
 from fedsim.outputs.columns import CLIENTS_COLUMNS, ROUNDS_COLUMNS
 from fedsim.results.loading import load
-from fedsim.run.runner import run_experiment
+from fedsim.run.steps import run_experiment
 from fedsim.system.errors import ConfigError
 from fedsim.system.processes import group_alive
 

@@ -932,7 +932,7 @@ def test_config_keys_are_walked_without_resolving_their_values():
 
 def test_every_error_code_fedsim_names_is_one_flower_has():
     """Read, not patched: `flwr.common.constant.ErrorCode`, which Flower's public packages do not export (fedsim's
-    messages.errors, messages.carried, server.participation). Guards that each `ErrorCode.NAME` fedsim's code
+    messages.error_replies, messages.carried, server.participation). Guards that each `ErrorCode.NAME` fedsim's code
     spells is still one of Flower's codes: a renamed code would fail only on the error path that uses it."""
     from flwr.common.constant import ErrorCode
 

@@ -1,6 +1,6 @@
-"""A collection's shared runners (fedsim.cli.runner, fedsim.collections.launchers.SharedRunners, fedsim.runtimes.warm):
-each run bitwise the run made alone, a failed run recorded and the next one clean, kill -9 of a runner then the same
-command giving each run once."""
+"""A collection's shared runners (fedsim.cli.warm_runner, fedsim.collections.launchers.SharedRunners,
+fedsim.runtimes.warm): each run bitwise the run made alone, a failed run recorded and the next one clean,
+kill -9 of a runner then the same command giving each run once."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_a_collections_runs_equal_the_same_runs_made_alone_and_a_failed_run_leav
 
 def runner_of(collector: psutil.Process) -> psutil.Process | None:
     for child in collector.children():
-        if "fedsim.cli.runner" in " ".join(child.cmdline()):
+        if "fedsim.cli.warm_runner" in " ".join(child.cmdline()):
             return child
     return None
 

@@ -16,9 +16,9 @@ from helpers.runs import run_locally
 from omegaconf import OmegaConf
 
 from fedsim.collections.plan import Planned
-from fedsim.collections.runner import execute, tracking_labels
+from fedsim.collections.scheduler import execute, tracking_labels
 from fedsim.config.compose import flatten
-from fedsim.outputs.tracking.base import group_multirun, scalars
+from fedsim.outputs.tracking.tracker import group_multirun, scalars
 
 UNARCHIVED = [*QUICK, "archive.mode=none"]
 

@@ -21,9 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedsim.config.overrides import check
 from fedsim.config.resume import resumed_config
-from fedsim.outputs.tracking.base import group_multirun
+from fedsim.outputs.tracking.tracker import group_multirun
 from fedsim.run.directory import claim
-from fedsim.run.runner import record_lost
+from fedsim.run.steps import record_lost
 from fedsim.rundir import MAIN_LOG, holds_run
 from fedsim.runtimes import runtime_of
 from fedsim.runtimes.warm import kept, kept_warm

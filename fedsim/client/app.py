@@ -17,7 +17,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from fedsim.client.wire import forwarded_to_worker
 from fedsim.messages.addressed import partition_from_message
 from fedsim.messages.carried import carried_cohort
-from fedsim.messages.errors import replies_errors
+from fedsim.messages.error_replies import replies_errors
 from fedsim.messages.records import record_views, to_record
 from fedsim.messages.sparse import SPARSE, sparse_replies, sparse_update
 from fedsim.messages.transport import encode

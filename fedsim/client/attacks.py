@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedsim.byzantine import attacks as omniscient
+from fedsim.byzantine import omniscient
 from fedsim.byzantine.vectors import Matrix
 from fedsim.config.counts import num_malicious
 

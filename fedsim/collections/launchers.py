@@ -1,6 +1,6 @@
 """Where a collection's runs execute (a Launcher): `SharedRunners` (the default) hands each run to a long-lived
 runner process that keeps the driver's imports, Ray and the client actors from one run to the next
-(fedsim.cli.runner); `LocalRuns` starts a fresh main.py process per run; fedsim.collections.ray_jobs.RayJobs
+(fedsim.cli.warm_runner); `LocalRuns` starts a fresh main.py process per run; fedsim.collections.ray_jobs.RayJobs
 submits each run as a Ray job to a cluster. Ctrl-C (`stop_runs`) asks every running run to stop.
 """
 
@@ -59,7 +59,7 @@ class LocalRuns:
 
 
 class _Runner:
-    """One runner process (fedsim.cli.runner) in a session of its own with Ray's processes: run after run handed
+    """One runner process (fedsim.cli.warm_runner) in a session of its own with Ray's processes: run after run handed
     over on its stdin, each answered on a pipe when it has completed; a run that does not complete ends the
     process with main.py's exit status, and whatever it started is stopped with its session."""
 
@@ -68,7 +68,7 @@ class _Runner:
         self.processes = Processes()
         self.child = self.processes.start(
             "runner",
-            [sys.executable, "-m", "fedsim.cli.runner", str(main_script), str(reply_end)],
+            [sys.executable, "-m", "fedsim.cli.warm_runner", str(main_script), str(reply_end)],
             log=log_path,  # until the first run's output goes to its own log: the runner's start-up
             stdin=subprocess.PIPE,
             pass_fds=(reply_end,),
@@ -107,7 +107,7 @@ class _Runner:
 
 class SharedRunners:
     """Each run made by a runner process that keeps the driver's imports, Ray and the client actors from one
-    run to the next (fedsim.cli.runner); as many runners as runs go at once. A run that does not complete ends
+    run to the next (fedsim.cli.warm_runner); as many runners as runs go at once. A run that does not complete ends
     its runner; the next run gets a fresh one. Every run's results are bitwise those of the same run alone."""
 
     overrides: tuple[str, ...] = ()

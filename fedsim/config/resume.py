@@ -26,7 +26,8 @@ MOVED = {
     "fedsim.privacy.Privacy": "fedsim.privacy.dp.Privacy",
     "fedsim.runtimes.Simulation": "fedsim.runtimes.simulation.Simulation",
     "fedsim.runtimes.Deployment": "fedsim.runtimes.deployment.Deployment",
-    "fedsim.tracking.NoTracking": "fedsim.outputs.tracking.base.NoTracking",
+    "fedsim.tracking.NoTracking": "fedsim.outputs.tracking.tracker.NoTracking",
+    "fedsim.outputs.tracking.base.NoTracking": "fedsim.outputs.tracking.tracker.NoTracking",  # renamed 2026-12
     "fedsim.tracking.TensorBoard": "fedsim.outputs.tracking.tensorboard.TensorBoard",
     "fedsim.tracking.MLflow": "fedsim.outputs.tracking.mlflow.MLflow",
     "fedsim.tracking.WandB": "fedsim.outputs.tracking.wandb.WandB",

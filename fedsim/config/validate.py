@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from fedsim.byzantine.aggregators import SELECTIONS
-from fedsim.byzantine.attacks import BOUNDS, DIRECTIONS
+from fedsim.byzantine.omniscient import BOUNDS, DIRECTIONS
 from fedsim.system.errors import ConfigError
 
 ADDRESS = re.compile(r"^(auto|[\w.-]+:\d+)$")  # ray.address, when set

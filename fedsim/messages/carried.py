@@ -20,7 +20,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
 from fedsim.messages.addressed import PARTITION, addressed
-from fedsim.messages.errors import replies_errors
+from fedsim.messages.error_replies import replies_errors
 
 COHORT = "cohort"  # a carried message's record: the partitions it is for, in order
 ERROR = "error"

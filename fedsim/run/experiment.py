@@ -29,7 +29,7 @@ from fedsim.data.imdb import offline_unless_hub_reachable
 from fedsim.outputs.archive import check_disk, expected_bytes, select_layers
 from fedsim.outputs.base import Callback
 from fedsim.outputs.phases import check_callbacks
-from fedsim.outputs.tracking.base import NoTracking, Tracker
+from fedsim.outputs.tracking.tracker import NoTracking, Tracker
 from fedsim.privacy.dp import Privacy
 from fedsim.server.faults import Faults
 from fedsim.server.preconditions import check_byzantine, check_poisson, check_strategy

@@ -21,8 +21,8 @@ from fedsim.config.settings import ServerSettings
 from fedsim.privacy.dp import uniform_weight
 from fedsim.privacy.randomness import NoiseSource
 from fedsim.run.directory import claim
-from fedsim.run.runner import run_experiment
 from fedsim.run.session import Session
+from fedsim.run.steps import run_experiment
 from fedsim.server.adversary import Adversary
 from fedsim.server.cohort import Cohort, GroundTruth
 from fedsim.server.loop import Result, run_rounds

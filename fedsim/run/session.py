@@ -30,12 +30,12 @@ from fedsim.outputs.detection import DetectionCsv
 from fedsim.outputs.failures import ClientFailures
 from fedsim.outputs.final_model import FinalModel
 from fedsim.outputs.layer_stats import WeightScrutiny
-from fedsim.outputs.memory import MemoryProbe
+from fedsim.outputs.memory_probe import MemoryProbe
 from fedsim.outputs.phases import Outputs, extra_metrics
 from fedsim.outputs.privacy_budget import PrivacyBudget
 from fedsim.outputs.progress import Progress
-from fedsim.outputs.retries import Retries
-from fedsim.outputs.summary import RunSummary
+from fedsim.outputs.retried_work import Retries
+from fedsim.outputs.run_summary import RunSummary
 from fedsim.run.experiment import Experiment, build, check_space, load_model
 from fedsim.run.info import RunInfo
 from fedsim.rundir import CLIENTS, DETECTION, LAYERS, MODEL, ROUNDS

@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from fedsim.config.compose import CONFIG_FILE_KEY, RUN_DIR_KEY
-from fedsim.run.runner import preflight, record_or_note, record_stopped
+from fedsim.run.steps import preflight, record_or_note, record_stopped
 from fedsim.rundir import CONFIG, FINISHED, LOGS, read_info
 from fedsim.runtimes.federation import LocalFederation
 from fedsim.system.errors import ConfigError, RunFailed

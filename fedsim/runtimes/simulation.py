@@ -25,9 +25,9 @@ from fedsim.client.app import make_client_app
 from fedsim.config.counts import Counts
 from fedsim.config.settings import DataSettings
 from fedsim.data.prepare import client_files, load_prepared
-from fedsim.run.runner import run_experiment
 from fedsim.run.server_app import make_server_app
 from fedsim.run.session import Session
+from fedsim.run.steps import run_experiment
 from fedsim.rundir import MAIN_LOG
 from fedsim.runtimes.cluster import actor_pool_limit, address_of, attach, max_actors
 from fedsim.runtimes.engine_logs import engine_logs_to

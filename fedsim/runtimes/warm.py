@@ -7,7 +7,7 @@ RayBackend hands each run the actor pool the first run built. The actors hold no
 run can see: every cache in a client process is keyed by the run's settings or by a content-addressed
 file (fedsim.client.client, fedsim.data), and every step reseeds from (seed, round, client).
 
-Two kinds of process use it: a collection's runner (fedsim.cli.runner), which makes run after run, and
+Two kinds of process use it: a collection's runner (fedsim.cli.warm_runner), which makes run after run, and
 main.py's own run, which keeps Ray to its end and then leaves, killing Ray's processes rather than waiting for
 Ray's graceful shutdown (fedsim.cli.command). A run whose Ray settings differ from the warm ones (client
 resources, the actor limit, Ray's init arguments) ends the warm instance and starts its own, which the runs

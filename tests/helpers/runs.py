@@ -11,8 +11,8 @@ from flwr.app import Context, RecordDict
 
 from fedsim.client.app import make_client_app
 from fedsim.outputs.base import Callback
-from fedsim.run.runner import run_experiment
 from fedsim.run.server_app import make_server_app
+from fedsim.run.steps import run_experiment
 from fedsim.system.processes import group_alive
 from fedsim.system.waits import wait_for
 from helpers.local_grid import LocalGrid

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedsim.outputs.tracking.base import DEFAULT_GROUP, Tracker, flat_params
+from fedsim.outputs.tracking.tracker import DEFAULT_GROUP, Tracker, flat_params
 
 
 class MLflow(Tracker):

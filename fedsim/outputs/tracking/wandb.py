@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from fedsim.outputs.tracking.base import DEFAULT_GROUP, Tracker, flat_params
+from fedsim.outputs.tracking.tracker import DEFAULT_GROUP, Tracker, flat_params
 
 
 class WandB(Tracker):

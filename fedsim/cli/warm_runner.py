@@ -1,7 +1,7 @@
 """A collection's runner: one long-lived process that makes run after run of main.py, as the collection hands
 them over, paying the driver's imports, Ray's start and the client actors' start once (fedsim.runtimes.warm).
 
-    python -m fedsim.cli.runner MAIN_PY REPLY_FD
+    python -m fedsim.cli.warm_runner MAIN_PY REPLY_FD
 
 Each line on stdin is one run: `{"argv": [main.py's arguments], "log": its output log, "run_dir": ...}`. The
 runner sends the run's output (fd 1 and 2) to its log, executes main.py exactly as `python main.py ARGV` would
