@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from common import machine, run_harness
 
-from fedsim.byzantine import aggregators, attacks
+from fedsim.byzantine import aggregators, omniscient
 from fedsim.byzantine.vectors import sparse_updates
 
 CONFIGS = {
@@ -35,11 +35,11 @@ CONFIGS = {
     "arc": ["pre=arc", "assumed_malicious=50"],
 }
 STEPS = {
-    "alie": lambda x: attacks.alie(x, 1.0),
-    "ipm": lambda x: attacks.ipm(x, 0.1),
-    "minmax": lambda x: attacks.agr_agnostic(x, "std", "minmax"),
-    "minsum": lambda x: attacks.agr_agnostic(x, "std", "minsum"),
-    "mimic": lambda x: attacks.mimic(x, None),
+    "alie": lambda x: omniscient.alie(x, 1.0),
+    "ipm": lambda x: omniscient.ipm(x, 0.1),
+    "minmax": lambda x: omniscient.agr_agnostic(x, "std", "minmax"),
+    "minsum": lambda x: omniscient.agr_agnostic(x, "std", "minsum"),
+    "mimic": lambda x: omniscient.mimic(x, None),
     "centered_clipping": lambda x: aggregators.centered_clipping(x, np.zeros(x.shape[1]), 100.0, 3),
     "geometric_median": lambda x: aggregators.geometric_median(x, 1e-6, 8),
     "nnm": lambda x: aggregators.nnm(x, 50),

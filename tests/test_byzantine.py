@@ -14,7 +14,7 @@ from helpers.runs import ROOT
 from scipy import sparse
 from scipy.optimize import minimize
 
-from fedsim.byzantine import aggregators, attacks
+from fedsim.byzantine import aggregators, omniscient
 from fedsim.byzantine.vectors import centred_gram, sparse_updates, squared_distances, updates, weights_from
 
 SHAPES = [(5, 10), (17, 1000), (50, 100_000)]  # (n, d)
@@ -44,11 +44,11 @@ def test_alie_ipm_and_mimic_match_byzfl(n, d):
     lib = byzfl("attacks.attacks")
     honest = vectors(n, d)
     for z in (0.3, 1.5, -1.0):
-        assert_close(attacks.alie(honest, z), lib.ALittleIsEnough(tau=z)(honest))
+        assert_close(omniscient.alie(honest, z), lib.ALittleIsEnough(tau=z)(honest))
     for epsilon in (0.1, 100.0):
-        assert_close(attacks.ipm(honest, epsilon), lib.InnerProductManipulation(tau=epsilon)(honest))
+        assert_close(omniscient.ipm(honest, epsilon), lib.InnerProductManipulation(tau=epsilon)(honest))
     for target in (0, n // 2, n - 1):
-        assert_close(attacks.mimic(honest, target), lib.Mimic(epsilon=target)(honest))
+        assert_close(omniscient.mimic(honest, target), lib.Mimic(epsilon=target)(honest))
 
 
 @pytest.mark.parametrize(("n", "d"), SHAPES)
@@ -188,7 +188,7 @@ def test_weighted_geometric_median_is_the_weighted_weiszfeld_fixed_point():
 
 
 @pytest.mark.parametrize(("n", "d"), SHAPES)
-@pytest.mark.parametrize("direction", attacks.DIRECTIONS)
+@pytest.mark.parametrize("direction", omniscient.DIRECTIONS)
 @pytest.mark.parametrize(("objective", "bound"), [("minmax", "max"), ("minsum", "min"), ("minsum", "max")])
 def test_min_max_and_min_sum_stop_at_their_constraints_boundary(n, d, direction, objective, bound):
     """Shejwalkar & Houmansadr's defining property, computed here directly from the vectors: the constraint holds at
@@ -196,7 +196,7 @@ def test_min_max_and_min_sum_stop_at_their_constraints_boundary(n, d, direction,
     authors' code) or the largest (the paper's text)."""
     honest = vectors(n, d)
     tolerance = 1e-6
-    forged, gamma = attacks.agr_agnostic(honest, direction, objective, tolerance, bound)
+    forged, gamma = omniscient.agr_agnostic(honest, direction, objective, tolerance, bound)
     mean = honest.mean(axis=0)
     p = (forged - mean) / gamma
     pairwise = np.array([np.sum((honest - h) ** 2, axis=1) for h in honest])
@@ -220,8 +220,8 @@ def test_min_max_and_min_sum_stop_at_their_constraints_boundary(n, d, direction,
 def test_alie_z_is_the_papers_z_max():
     """Baruch et al.: s = floor(n/2 + 1) - f, z_max = Phi^-1((n - s) / n), by hand: the study's n = 25, f = 5 give
     s = 8 and Phi^-1(0.68); n = 50, f = 24 give s = 2 and Phi^-1(0.96)."""
-    assert attacks.alie_z(25, 5) == pytest.approx(0.467699, abs=1e-6)
-    assert attacks.alie_z(50, 24) == pytest.approx(1.750686, abs=1e-6)
+    assert omniscient.alie_z(25, 5) == pytest.approx(0.467699, abs=1e-6)
+    assert omniscient.alie_z(50, 24) == pytest.approx(1.750686, abs=1e-6)
 
 
 def test_update_vectors_round_trip_and_leave_integer_buffers():
@@ -251,14 +251,14 @@ def test_a_sparse_matrix_gives_what_the_dense_one_does(n, d):
     held = sparse.csr_array(dense)
     f = n // 4
     pairs = [
-        lambda x: attacks.alie(x, 1.5),
-        lambda x: attacks.ipm(x, 0.5),
-        lambda x: attacks.mimic(x, None),
-        lambda x: attacks.mimic(x, 1),
+        lambda x: omniscient.alie(x, 1.5),
+        lambda x: omniscient.ipm(x, 0.5),
+        lambda x: omniscient.mimic(x, None),
+        lambda x: omniscient.mimic(x, 1),
         *[
-            lambda x, o=o, p=p, b=b: attacks.agr_agnostic(x, p, o, 1e-6, b)[0]
+            lambda x, o=o, p=p, b=b: omniscient.agr_agnostic(x, p, o, 1e-6, b)[0]
             for o, b in (("minmax", "max"), ("minsum", "min"), ("minsum", "max"))
-            for p in attacks.DIRECTIONS
+            for p in omniscient.DIRECTIONS
         ],
         lambda x: aggregators.centered_clipping(x, np.full(d, 0.1), 1.0, 3),
         lambda x: aggregators.geometric_median(x, 1e-6, 5, np.arange(1, n + 1) / n),

@@ -7,7 +7,7 @@ gradient in every step, and from a fresh optimizer Adam's update of a zero gradi
 the proximal step of a row still equal to its anchor. So `loaded` trains a copy of just the indexed rows
 (the batches' ids renumbered into that copy), and the rows written back over the global weights are bitwise
 the weights whole-model training gives, elementwise operation for elementwise operation
-(tests/test_indexed_rows.py compares them for FedAvg and FedProx, over epochs and batches).
+(tests/model/test_indexed_rows.py compares them for FedAvg and FedProx, over epochs and batches).
 
 A model without an `nn.EmbeddingBag` named `embedding` (the transformers) trains whole, through the same
 context, so a client has one training path.

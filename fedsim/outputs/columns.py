@@ -1,5 +1,5 @@
 """The columns of every table a run writes, in order: the public interface researchers read in notebooks
-(../shared/SPEC.md; tests/test_docs.py checks these against it). Columns may be added, never renamed."""
+(../shared/SPEC.md; tests/docs/test_docs.py checks these against it). Columns may be added, never renamed."""
 
 ROUNDS_COLUMNS = [
     "round",

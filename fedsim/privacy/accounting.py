@@ -1,5 +1,5 @@
 """ε of client-level DP after some rounds, from dp-accounting's PLD or RDP accountant (docs/how-to/privacy.md states
-the assumptions; tests/test_accountants.py checks it against Opacus's accountants).
+the assumptions; tests/privacy/test_accounting.py checks it against Opacus's accountants).
 """
 
 from __future__ import annotations

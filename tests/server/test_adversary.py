@@ -21,7 +21,7 @@ from helpers.runs import run_locally
 from safetensors.numpy import load_file
 from scipy import sparse
 
-from fedsim.byzantine import aggregators, attacks
+from fedsim.byzantine import aggregators, omniscient
 from fedsim.byzantine.vectors import updates
 from fedsim.client.app import make_client_app
 from fedsim.client.attacks import ALIE, Omniscient
@@ -219,7 +219,7 @@ def test_alies_reply_is_the_honest_mean_plus_z_std_read_back_from_the_archive(im
     expected = honest.mean(axis=0) + 1.5 * honest.std(axis=0, ddof=1)
     for update in malicious:
         np.testing.assert_allclose(update, expected, atol=2e-6)
-    np.testing.assert_allclose(expected, attacks.alie(honest, 1.5))
+    np.testing.assert_allclose(expected, omniscient.alie(honest, 1.5))
 
 
 def test_a_large_ipm_takes_fedavg_far_below_the_same_run_unattacked(imdb_dir, tmp_path):

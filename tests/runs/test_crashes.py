@@ -239,7 +239,7 @@ def test_beyond_the_restart_budget_the_run_ends_with_one_line_naming_the_command
     assert line.startswith("error: Ray's raylet (pid ") and " died in round 2, after runtime.max_restarts=0 " in line
     assert f"resume with: python main.py resume={run_dir} " in line
     info = json.loads((run_dir / "run.json").read_text())
-    assert info["status"] == "failed" and info["rounds_completed"] == 1  # resumable (tests/test_main_cli.py)
+    assert info["status"] == "failed" and info["rounds_completed"] == 1  # resumable (tests/runs/test_main_cli.py)
 
 
 @pytest.mark.slow

@@ -218,7 +218,7 @@ def test_a_federation_of_the_wrong_size_is_refused(generated_imdb):
 
 
 @pytest.mark.parametrize(
-    "strategy", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "strategy").glob("*.yaml"))
+    "strategy", sorted(p.stem for p in (Path(__file__).parents[2] / "conf" / "strategy").glob("*.yaml"))
 )
 def test_every_strategy_runs_a_round_through_every_output(generated_imdb, tmp_path, strategy):
     """Each strategy config through the loop with scrutiny and the full archive (some of Flower's strategies

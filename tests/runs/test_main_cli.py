@@ -186,7 +186,7 @@ def test_a_run_into_a_finished_runs_directory_is_refused_and_touches_nothing(sma
 
 @pytest.mark.slow
 def test_kill_9_mid_run_is_reported_dead_and_resumes_to_an_uninterrupted_runs_numbers(small_run, imdb_dir, tmp_path):
-    """small_run is the uninterrupted run of the same config (FedAdam's state: tests/test_server_app.py)."""
+    """small_run is the uninterrupted run of the same config (FedAdam's state: tests/run/test_server_app.py)."""
     cut = tmp_path / "cut"
     process = start_main(cut, f"data.path={imdb_dir}", *SMALL)
     try:
