@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0   # the CPU build (a CUDA build: install it first yourself)
 	$(BIN)/python -m pip install --quiet -e ".[test,docs,dev]"
-	# ByzFL, the implementation tests/test_byzantine.py checks against, without its requirements: its package
+	# ByzFL, the implementation tests/byzantine/ checks against, without its requirements: its package
 	# __init__ (never run: tests/helpers/byzfl.py) wants torchvision, whose PyPI build does not load with the CPU
 	# torch and, once installed, breaks transformers' BERT classes. Its checked modules need only torch and scipy.
 	$(BIN)/python -m pip install --quiet --no-deps byzfl==0.0.11

@@ -16,6 +16,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 from helpers.configs import SMALL
 from helpers.data import make_reviews
+from helpers.patching import PicklingActors, kept_as_is
 from helpers.processes import carrying
 from helpers.runs import ROOT, run_main
 
@@ -79,3 +80,31 @@ def small_run(imdb_dir, tmp_path_factory) -> Path:
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("round ") >= 3 and "ETA" in result.stdout
     return run_dir
+
+
+@pytest.fixture
+def flower_pulls_kept(monkeypatch):
+    """The three pulls short_pulls() wraps, Flower's own again after the test."""
+    from flwr.superlink.grid import http_grid
+    from flwr.supernode import start_client_internal
+    from flwr.supernode.runtime import run_clientapp
+
+    kept_as_is(monkeypatch, run_clientapp, "pull_and_inflate_object_from_tree")
+    kept_as_is(monkeypatch, http_grid, "pull_objects")
+    kept_as_is(monkeypatch, start_client_internal, "pull_objects")
+
+
+@pytest.fixture
+def ray_backend(monkeypatch):
+    """Flower's RayBackend on no Ray: its pool's actors are PicklingActors, a cluster of 8 client slots."""
+    import ray
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+    from flwr.simulation.ray_transport import ray_actor
+
+    actors = PicklingActors()
+    monkeypatch.setattr(raybackend.RayBackend, "init_ray", lambda self, config: None)
+    monkeypatch.setattr(raybackend, "ClientAppActor", actors)
+    monkeypatch.setattr(ray_actor, "pool_size_from_resources", lambda resources: 8)  # what ray.nodes() would give
+    monkeypatch.setattr(ray, "get", lambda future: future.result())
+    backend = raybackend.RayBackend({"client_resources": {"num_cpus": 1.0, "num_gpus": 0.0}})
+    return backend, actors

@@ -8,7 +8,7 @@ column blocks: exact to float64 rounding, and a bounded amount of extra memory w
 The matrix is dense (a NumPy array) or, where the clients changed only a small share of the weights (a
 cross-device round of bow clients with a few reviews each), sparse (a SciPy CSR array of float64): the same
 quantities then cost time in proportion to the weights changed, not to clients x weights. Every function here
-takes either; the dense forms are the reference the sparse ones are tested against (tests/test_byzantine.py).
+takes either; the dense forms are the reference the sparse ones are tested against (tests/byzantine/test_vectors.py).
 """
 
 from __future__ import annotations

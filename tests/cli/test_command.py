@@ -4,6 +4,7 @@ console scripts every started process finds."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -11,7 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from flwr.app import Message, MessageType, RecordDict
 from helpers.configs import make_cfg
+from helpers.patching import binds_locally, calls_to, dotted_name, function_tree
 from helpers.runs import ROOT
 
 from fedsim.cli.command import check_command_line
@@ -216,7 +219,6 @@ def test_started_processes_find_this_interpreters_console_scripts_whatever_path_
 
 def test_a_round_without_replies_ends_at_the_reply_timeout(monkeypatch):
     """No reply within runtime.reply_timeout_s: the clients are recorded failed, naming the key, not waited for."""
-    from flwr.app import Message, MessageType, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
 
@@ -247,3 +249,25 @@ def test_a_round_without_replies_ends_at_the_reply_timeout(monkeypatch):
     assert [(f.client_id, f.status, f.error) for f in trained.failures] == [
         (c, "failed", "no reply within 0.3 s (runtime.reply_timeout_s)") for c in (0, 1)
     ]
+
+
+def test_main_pys_command_line_is_read_with_the_parser_hydra_main_uses():
+    """Read, not patched: `hydra._internal.utils.get_args_parser` (fedsim.cli.command.check_command_line). Guards
+    Hydra's `hydra.main.main`, read from the installed source: the function `@hydra.main` wraps around main.py
+    parses the command line with that very parser, so fedsim checks the words Hydra will run; and the parser
+    still gives every attribute check_command_line reads."""
+    from hydra._internal.utils import get_args_parser
+
+    from fedsim.cli.command import check_command_line
+
+    hydra_main = sys.modules["hydra.main"]  # the module: `hydra.main` is also the decorator
+    assert hydra_main.get_args_parser is get_args_parser
+    assert calls_to(hydra_main.main, "get_args_parser") and not binds_locally(hydra_main.main, "get_args_parser")
+    read = {
+        n.attr
+        for n in ast.walk(function_tree(check_command_line))
+        if isinstance(n, ast.Attribute) and dotted_name(n.value) == "args"
+    }
+    parsed = vars(get_args_parser().parse_args(["num_clients=4", "+x=1"]))
+    assert read and read <= set(parsed), read - set(parsed)
+    assert parsed["overrides"] == ["num_clients=4", "+x=1"]

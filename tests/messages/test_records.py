@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import pickle
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.app.message import arrayrecord
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, MultiKrum
 from flwr.supercore.task_identity import TaskIdentity
+from helpers.patching import calls_to
 
 from fedsim.messages.records import ArrayView, Received, record_views, tensor_view, to_record, viewed
 
@@ -160,3 +162,44 @@ def test_bulyan_empties_received_records_without_a_collection_per_reply(monkeypa
     assert {"keep_input": False} in emptied and not collections
     strategy.aggregate_train(1, replies(lambda r: r))
     assert collections  # Flower's own records still collect
+
+
+def test_flowers_ray_backend_hands_ray_a_message_whose_arrays_pickle_out_of_band(ray_backend, task_identity):
+    """Patch `copyreg.pickle(flwr.app.Array, ...)` (fedsim.messages.records). Guards Flower's
+    `RayBackend.process_message` (and `BasicActorPool.submit`): the Message object itself, not an encoding of it,
+    goes to the actor's `run.remote`, and its ArrayRecord still holds `flwr.app.Array` instances (copyreg matches
+    the exact type), so pickled as Ray pickles a task's arguments each array's bytes leave the pickle stream."""
+    from fedsim.runtimes.cluster import actor_pool_limit
+
+    backend, actors = ray_backend
+    with actor_pool_limit(1):
+        backend.build(lambda: None)
+    weights = np.arange(1 << 16, dtype=np.float32)
+    message = Message(
+        RecordDict({"arrays": to_record(["w"], [weights])}), dst_node_id=2, message_type=MessageType.TRAIN
+    )
+    context = Context(run_id=1, node_id=2, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    arrived, _ = backend.process_message(message, context)
+    ((stream, buffers),) = actors.sent
+    assert sum(b.raw().nbytes for b in buffers) >= weights.nbytes  # the array's bytes went out of band
+    assert len(stream) < weights.nbytes // 10
+    array = arrived.content["arrays"]["w"]
+    assert type(array) is Array and array.data == message.content["arrays"]["w"].data
+
+
+def test_ray_pickles_a_tasks_arguments_with_protocol_5_and_a_buffer_callback():
+    """Patch `copyreg.pickle(flwr.app.Array, ...)` (fedsim.messages.records). Guards Ray's
+    `ray._private.serialization.SerializationContext._serialize_to_pickle5`, read from the installed source: it
+    pickles with `ray.cloudpickle` (whose pickler consults copyreg's table), protocol 5 and a buffer callback,
+    which is what hands the bytes fedsim's reduction exposes out of band."""
+    import ray.cloudpickle
+    from ray._private import serialization
+
+    assert serialization.pickle is ray.cloudpickle
+    (call,) = calls_to(serialization.SerializationContext._serialize_to_pickle5, "pickle.dumps")
+    keywords = {k.arg: k.value for k in call.keywords}
+    assert ast.literal_eval(keywords["protocol"]) == 5 and "buffer_callback" in keywords
+    buffers: list = []
+    array = to_record(["w"], [np.zeros(4096, np.float32)])["w"]
+    ray.cloudpickle.dumps(array, protocol=5, buffer_callback=buffers.append)
+    assert sum(b.raw().nbytes for b in buffers) == len(array.data)

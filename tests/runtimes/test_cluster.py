@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -226,7 +227,6 @@ class JobsOf:
         return states[min(self.listings, len(states)) - 1]
 
     def list_jobs(self):
-        from types import SimpleNamespace
 
         from ray.job_submission import JobStatus
 
@@ -277,7 +277,6 @@ def test_a_cluster_run_is_awaited_until_its_job_ends_and_gives_its_exit_status(m
             return job["submission_id"]
 
         def get_job_info(self, submission_id: str):
-            from types import SimpleNamespace
 
             from ray.job_submission import JobStatus
 
@@ -483,3 +482,19 @@ def test_a_collection_on_the_cluster_survives_kill_9_of_its_collector(cluster, i
     assert clients.node.notna().all() and set(clients.run_id) == {0, 1}
     assert (tmp_path / "c" / "summary.csv").exists() and (tmp_path / "c" / "accuracy.png").exists()
     assert not mentioning(str(tmp_path))
+
+
+def test_flowers_ray_backend_sizes_its_pool_through_the_capped_pool_size(ray_backend):
+    """Patch `ray_actor.pool_size_from_resources` (fedsim.runtimes.cluster.actor_pool_limit). Guards Flower's
+    `flwr.server.superlink.fleet.vce.backend.raybackend.RayBackend.build` and the `BasicActorPool` it builds
+    (flwr.simulation.ray_transport.ray_actor): the pool's capacity, the actors the backend starts, comes from
+    the module's `pool_size_from_resources`, so the run starts no more than fedsim's limit."""
+    from fedsim.runtimes.cluster import actor_pool_limit
+
+    backend, actors = ray_backend
+    with actor_pool_limit(3):
+        backend.build(lambda: None)
+    assert backend.num_workers == 3 and actors.made == 3
+    with actor_pool_limit(20):
+        backend.build(lambda: None)
+    assert backend.num_workers == 8  # the cluster's slots, when fewer than the limit

@@ -156,7 +156,7 @@ def test_bulyan_selects_recursively_by_default_and_as_flower_with_one_shot():
     """fedsim's Bulyan: with selection one_shot, Flower's Bulyan to the bit; by default, Flower's Bulyan whose
     selection rule is Flower's Krum applied recursively, to the bit (the same replies in the same order), and here
     a different aggregate from the one-shot one. n = 15, f = 3 (no exact ties of Krum scores: see
-    tests/test_byzantine.py)."""
+    tests/byzantine/test_aggregators.py)."""
     updates = np.random.default_rng(11).normal(size=(15, 15)) * np.linspace(0.5, 3, 15)[:, None]
 
     def aggregate(strategy) -> list[np.ndarray]:
