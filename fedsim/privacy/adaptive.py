@@ -69,6 +69,12 @@ class _AdaptiveClipping(Around):
         fraction = float(np.random.normal(clipped, self.clipped_count_stddev)) / float(replies)
         self.clipping_norm *= math.exp(self.clip_norm_lr * (fraction - self.target_clipped_quantile))
 
+    @staticmethod
+    def without_errors(replies: Iterable[Message]) -> list[Message] | None:
+        """The round's replies, or None when one is an error: Flower's wrappers aggregate nothing then."""
+        replies = list(replies)
+        return None if any(reply.has_error() for reply in replies) else replies
+
     def noised(self, aggregated: ArrayRecord | None) -> ArrayRecord | None:
         """The aggregate plus noise of standard deviation z_Δ C / k on every weight."""
         if not aggregated:
@@ -96,8 +102,8 @@ class ServerSideAdaptiveClipping(_AdaptiveClipping):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        if any(reply.has_error() for reply in replies):
+        replies = self.without_errors(replies)
+        if replies is None:
             return None, None
         current = self.current_arrays.to_numpy_ndarrays()
         clipped = 0
@@ -126,8 +132,8 @@ class ClientSideAdaptiveClipping(_AdaptiveClipping):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        if any(reply.has_error() for reply in replies):
+        replies = self.without_errors(replies)
+        if replies is None:
             return None, None
         bits = [
             next((m[KEY_NORM_BIT] for m in r.content.metric_records.values() if KEY_NORM_BIT in m), None)
