@@ -19,10 +19,12 @@ from fedsim.client.wire import READY, WORKER, decoded, encoded, forwarded_to_wor
 from fedsim.system.waits import wait_for
 
 
-@pytest.fixture
-def worker(tmp_path) -> Path:
-    socket_path = tmp_path / "node.sock"
-    log = tmp_path / "worker.log"
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory) -> Path:
+    """One worker process for the module's tests (each message it serves stands alone)."""
+    folder = tmp_path_factory.mktemp("worker")
+    socket_path = folder / "node.sock"
+    log = folder / "worker.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "fedsim.client.worker", str(socket_path)], cwd=ROOT, stdout=out, stderr=out
