@@ -384,10 +384,10 @@ def test_equal_values_have_the_point_as_their_interval():
 
 @pytest.fixture(scope="module")
 def contrasted(imdb_dir, tmp_path_factory) -> tuple[Path, str]:
-    """4 seeds x (no attack, sign flipping), each attack compared with no attack."""
+    """3 seeds x (no attack, sign flipping), one round each, each attack compared with no attack."""
     root = tmp_path_factory.mktemp("contrasts")
-    args = ["--seeds", "0", "1", "2", "3", "--name", "c", "--sweep", "attack=none,sign_flip", "--baseline"]
-    proc = collect(root, *args, "attack=none", "--", *tiny(imdb_dir), "num_clients=4", "num_rounds=2")
+    args = ["--seeds", "0", "1", "2", "--name", "c", "--sweep", "attack=none,sign_flip", "--baseline"]
+    proc = collect(root, *args, "attack=none", "--", *tiny(imdb_dir), "num_clients=4")
     output, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, output[-3000:]
     return root / "c", output
@@ -399,14 +399,14 @@ def test_a_collection_with_a_baseline_writes_contrasts_that_scipy_recomputes_fro
     contrasts = pd.read_csv(path / "contrasts.csv")
     assert list(contrasts.columns) == CONTRAST_COLUMNS and len(contrasts) == 1
     row = contrasts.iloc[0]
-    assert row.config.endswith("attack=sign_flip") and row.baseline.endswith("attack=none") and row.n_pairs == 4
+    assert row.config.endswith("attack=sign_flip") and row.baseline.endswith("attack=none") and row.n_pairs == 3
     runs = pd.read_csv(path / "runs.csv")
     accuracy = runs.pivot(index="seed", columns="config", values="final_central_accuracy")
     test = stats.ttest_rel(accuracy[row.config], accuracy[row.baseline])
     interval = test.confidence_interval(0.95)
     assert abs(row.mean_diff - (accuracy[row.config] - accuracy[row.baseline]).mean()) < 1e-9
     assert abs(row.ci95_low - interval.low) < 1e-9 and abs(row.ci95_high - interval.high) < 1e-9
-    assert abs(row.p_value - test.pvalue) < 1e-9 and np.isnan(row.p_wilcoxon)  # 4 pairs: no Wilcoxon
+    assert abs(row.p_value - test.pvalue) < 1e-9 and np.isnan(row.p_wilcoxon)  # 3 pairs: no Wilcoxon
     assert row.verdict in ("worse", "better", "equivalent", "inconclusive") and row.metric == "final"
     assert output.rstrip().splitlines()[-1].startswith("contrasts: ") and (path / "contrasts.png").exists()
     loaded = load(path)
