@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from flwr.cli.build import build_fab_from_disk
 from flwr.cli.config_utils import load
 from flwr.cli.install import install_from_fab
@@ -34,6 +35,7 @@ SERVE_RECORD = (
 )
 
 
+@pytest.mark.slow
 def test_each_request_runs_in_a_fork_of_the_server_which_ends_with_its_input(tmp_path):
     env = {**os.environ, "FORK_RECORDS": str(tmp_path), "PYTHONPATH": f"{ROOT / 'tests'}:{ROOT}"}
     server = subprocess.Popen(
@@ -65,6 +67,7 @@ def test_each_request_runs_in_a_fork_of_the_server_which_ends_with_its_input(tmp
     assert sorted(printed.splitlines()) == ["recorded first", "recorded second"]  # the quiet one printed nowhere
 
 
+@pytest.mark.slow
 def test_flowers_apps_start_as_forks_with_their_arguments_and_cold_once_the_server_is_gone(capfd):
     server = ForkServer()
     try:
@@ -87,6 +90,7 @@ def test_flowers_apps_start_as_forks_with_their_arguments_and_cold_once_the_serv
     assert set(ENTRIES) == {"flwr-clientapp", "flwr-serverapp"}
 
 
+@pytest.mark.slow
 def test_only_flowers_superexec_is_replaced_and_other_commands_start_as_given():
     echo = SubprocessWith(start_superexec).Popen(["echo", "flower-superexec"], stdout=subprocess.PIPE, text=True)
     assert echo.communicate(timeout=30)[0] == "flower-superexec\n"
