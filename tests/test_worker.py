@@ -58,6 +58,7 @@ def query() -> Message:
     return message
 
 
+@pytest.mark.slow
 def test_a_forwarded_message_gets_the_reply_the_clientapp_gives_in_process(worker):
     app = make_client_app()
     here = app(query(), context(2, None))
@@ -68,6 +69,7 @@ def test_a_forwarded_message_gets_the_reply_the_clientapp_gives_in_process(worke
     assert dict(forwarded_context.state["kept"]) == {"n": 1}  # the state came back
 
 
+@pytest.mark.slow
 def test_a_message_that_fails_in_the_worker_fails_alone(worker):
     unknown = query()
     unknown.metadata.__dict__["_message_type"] = "no-such-type"
