@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from helpers.configs import SMALL, TIMING, make_cfg
 from helpers.data import make_reviews
-from helpers.runs import assert_group_ends, main_py, main_py_forks, run_main, start_main, wait_for_round
+from helpers.runs import assert_group_ends, forked, main_py, run_main, start_main, wait_for_round
 from safetensors.numpy import load_file
 
 from fedsim.outputs.columns import CLIENTS_COLUMNS, ROUNDS_COLUMNS
@@ -86,7 +86,7 @@ OUTSIDE = [
 @pytest.fixture(scope="module")
 def refused(imdb_dir, tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
     """main.py given each bad input below: {overrides: (its run directory, how it ended)}. None starts a federation,
-    so one interpreter imports main.py and runs its entry point in a fork per case (helpers.runs.main_py_forks)."""
+    so one interpreter imports main.py's modules and runs main.py in a fork per case (helpers.runs.forked)."""
     root = tmp_path_factory.mktemp("refused")
     cases = {}
     for i, (overrides, _) in enumerate(BAD_INPUT):
@@ -96,7 +96,7 @@ def refused(imdb_dir, tmp_path_factory) -> dict[str, tuple[Path, subprocess.Comp
     for i, (override, _) in enumerate(OUTSIDE):
         cases[override] = root / f"outside_{i}" / "run", [override]
     argvs = [[f"hydra.run.dir={run_dir}", *words] for run_dir, words in cases.values()]
-    done = main_py_forks(argvs, root / "forks")
+    done = forked("main.py", argvs, root / "forks")
     return {name: (run_dir, result) for (name, (run_dir, _)), result in zip(cases.items(), done, strict=True)}
 
 
