@@ -4,7 +4,6 @@ inconclusive (a collection of fake runs: no Ray, no main.py)."""
 
 from __future__ import annotations
 
-import gc
 import json
 import sys
 from pathlib import Path
@@ -38,12 +37,8 @@ from fedsim.collections.summary import summarize
 CONFIGS = ["attack=none strategy=krum", "attack=alie strategy=krum"]
 
 
-@pytest.fixture(autouse=True)
-def holm_without_full_collections(monkeypatch):
-    """statsmodels' Holm adjustment (multipletests, which each contrasts table calls) runs gc.collect() every
-    time: a full collection of this process's heap (torch, Flower, every earlier test's objects), most of a
-    second on a test process, with no effect on any number. The collections below make dozens of tables."""
-    monkeypatch.setattr(gc, "collect", lambda generation=2: 0)
+# statsmodels' Holm step runs gc.collect() on every call, and the collections below make dozens of tables
+pytestmark = pytest.mark.usefixtures("without_full_collections")
 
 
 def values_of(table: dict[str, list[float]]) -> pd.DataFrame:
