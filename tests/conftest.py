@@ -6,6 +6,7 @@ What tests share besides fixtures lives in tests/helpers/: configs, ways to run 
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from pathlib import Path
@@ -48,6 +49,14 @@ def isolated_cache(tmp_path_factory) -> Path:
     os.environ["FEDSIM_CACHE"] = str(cache)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return cache
+
+
+@pytest.fixture
+def without_full_collections(monkeypatch):
+    """gc.collect() made a no-op for the test. Libraries call it where they free memory: statsmodels' Holm step on
+    every call, Flower's ArrayRecord.to_numpy_ndarrays(keep_input=False) on every reply (its Krum, Bulyan). On a test
+    process's heap (torch, Flower, every earlier test's objects) each costs most of a second; none changes a number."""
+    monkeypatch.setattr(gc, "collect", lambda generation=2: 0)
 
 
 @pytest.fixture

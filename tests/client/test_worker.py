@@ -19,10 +19,12 @@ from fedsim.client.wire import READY, WORKER, decoded, encoded, forwarded_to_wor
 from fedsim.system.waits import wait_for
 
 
-@pytest.fixture
-def worker(tmp_path) -> Path:
-    socket_path = tmp_path / "node.sock"
-    log = tmp_path / "worker.log"
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory) -> Path:
+    """One worker process for the module's tests (each message it serves stands alone)."""
+    folder = tmp_path_factory.mktemp("worker")
+    socket_path = folder / "node.sock"
+    log = folder / "worker.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "fedsim.client.worker", str(socket_path)], cwd=ROOT, stdout=out, stderr=out
@@ -56,6 +58,7 @@ def query() -> Message:
     return message
 
 
+@pytest.mark.slow
 def test_a_forwarded_message_gets_the_reply_the_clientapp_gives_in_process(worker):
     app = make_client_app()
     here = app(query(), context(2, None))
@@ -66,6 +69,7 @@ def test_a_forwarded_message_gets_the_reply_the_clientapp_gives_in_process(worke
     assert dict(forwarded_context.state["kept"]) == {"n": 1}  # the state came back
 
 
+@pytest.mark.slow
 def test_a_message_that_fails_in_the_worker_fails_alone(worker):
     unknown = query()
     unknown.metadata.__dict__["_message_type"] = "no-such-type"

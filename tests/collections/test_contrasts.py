@@ -37,6 +37,10 @@ from fedsim.collections.summary import summarize
 CONFIGS = ["attack=none strategy=krum", "attack=alie strategy=krum"]
 
 
+# statsmodels' Holm step runs gc.collect() on every call, and the collections below make dozens of tables
+pytestmark = pytest.mark.usefixtures("without_full_collections")
+
+
 def values_of(table: dict[str, list[float]]) -> pd.DataFrame:
     """(config, seed, value) rows: each configuration's values for seeds 0, 1, ..."""
     return pd.DataFrame(

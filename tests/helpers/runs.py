@@ -3,6 +3,7 @@ LocalGrid (no Ray, no SuperLink)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,53 @@ def main_py(*args: str, env: dict | None = None, timeout: float = 900) -> subpro
 def run_main(run_dir: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python main.py hydra.run.dir=RUN_DIR OVERRIDES` to its end."""
     return main_py(f"hydra.run.dir={run_dir}", *overrides, env=env, timeout=600)
+
+
+# SCRIPT run as __main__ in a fork of one interpreter that has run its module body (its imports) once, per argv in
+# the JSON on stdin: each fork's stdout and stderr go to files, its exit status is recorded; what the interpreter
+# itself printed is its own output.
+FORKS = """
+import json, os, runpy, sys
+script, folder, argvs = sys.argv[1], sys.argv[2], json.load(sys.stdin)
+runpy.run_path(script, run_name="__imports__")
+codes = []
+for i, argv in enumerate(argvs):
+    sys.stdout.flush(), sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        for fd, name in ((1, "out"), (2, "err")):
+            os.dup2(os.open(os.path.join(folder, f"{i}.{name}"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+        sys.argv = [script, *argv]
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit as end:
+            code = end.code if isinstance(end.code, int) else 1
+        else:
+            code = 0
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(code)
+    codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+with open(os.path.join(folder, "codes.json"), "w") as out:
+    json.dump(codes, out)
+"""
+
+
+def forked(script: str, argvs: list[list[str]], folder: Path) -> list[subprocess.CompletedProcess]:
+    """`python SCRIPT ARGV` for each ARGV (SCRIPT: main.py, run_and_collect.py), each to its end, its output
+    captured: SCRIPT as __main__ in a fork of one interpreter that ran its imports, so they are paid once (for
+    invocations that end before a run starts: refusals). The interpreter's own output must be empty, as the
+    script's would be."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([sys.executable, "-c", FORKS, script, str(folder)], cwd=ROOT, input=json.dumps(argvs),
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0 and not done.stdout and not done.stderr, done.stdout[-2000:] + done.stderr[-2000:]
+    codes = json.loads((folder / "codes.json").read_text())
+    return [
+        subprocess.CompletedProcess(
+            [script, *argv], code, (folder / f"{i}.out").read_text(), (folder / f"{i}.err").read_text()
+        )
+        for i, (argv, code) in enumerate(zip(argvs, codes, strict=True))
+    ]
 
 
 def collect(root: Path, *args: str, **popen) -> subprocess.Popen:

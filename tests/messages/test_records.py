@@ -96,7 +96,7 @@ STRATEGIES = [
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_strategies_aggregate_array_views_to_the_bit(strategy):
+def test_strategies_aggregate_array_views_to_the_bit(strategy, without_full_collections):
     """Replies whose arrays decode as read-only views aggregate exactly as Flower's own copies do."""
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     rng = np.random.default_rng(0)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers.processes import mentioning
-from helpers.runs import ROOT, collect
+from helpers.runs import ROOT, collect, forked
 from scipy import stats
 
 from fedsim.collections.contrasts import CONTRAST_COLUMNS
@@ -59,36 +59,51 @@ def test_jobs_auto_fits_the_runs_client_actors_to_the_cores(overrides, cpus, job
     assert jobs_that_fit(plan(overrides, [], [0]), cpus) == jobs
 
 
-@pytest.mark.parametrize("jobs", ["0", "two"])
-def test_jobs_is_a_count_or_auto(jobs, tmp_path):
-    proc = collect(tmp_path, "--jobs", jobs)
-    output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and f"error: --jobs: got {jobs}; allowed: an integer >= 1, or auto" in output
-    assert not any(tmp_path.iterdir())  # refused before the collection exists
+JOBS = ["0", "two"]
+BAD_CONTRAST_OPTIONS = [
+    (["--margin", "0"], "error: --margin: got 0; allowed: a number > 0"),
+    (["--metric", "best"], "error: --metric: got 'best'; allowed: final, last:K (K an integer >= 1) or mean"),
+    (["--until-conclusive", "--max-seeds", "5"], "error: --until-conclusive: needs --baseline KEY=VALUE"),
+    (
+        ["--baseline", "strategy=krum"],
+        "error: --baseline: got strategy=krum, which no configuration has; allowed: ",
+    ),
+    (
+        ["--baseline", "strategy=fedavg", "--until-conclusive", "--max-seeds", "1", "--runs", "2"],
+        "--max-seeds: got 1",
+    ),
+]
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--margin", "0"], "error: --margin: got 0; allowed: a number > 0"),
-        (["--metric", "best"], "error: --metric: got 'best'; allowed: final, last:K (K an integer >= 1) or mean"),
-        (["--until-conclusive", "--max-seeds", "5"], "error: --until-conclusive: needs --baseline KEY=VALUE"),
-        (
-            ["--baseline", "strategy=krum"],
-            "error: --baseline: got strategy=krum, which no configuration has; allowed: ",
-        ),
-        (
-            ["--baseline", "strategy=fedavg", "--until-conclusive", "--max-seeds", "1", "--runs", "2"],
-            "--max-seeds: got 1",
-        ),
-    ],
-)
-def test_bad_contrast_options_are_one_line_before_anything_exists(args, message, tmp_path):
-    proc = collect(tmp_path, *args, "--sweep", "strategy=fedavg,fedmedian")
-    output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and message in output, output[-2000:]
+@pytest.fixture(scope="module")
+def refused(tmp_path_factory) -> dict[str, tuple[Path, str, int]]:
+    """run_and_collect.py given each bad option below, each with a root of its own: {the options: (the root, its
+    output, stdout then stderr, its exit status)}. None gets as far as a run, so one interpreter imports the
+    script's modules and runs it in a fork per case (helpers.runs.forked)."""
+    folder = tmp_path_factory.mktemp("refused")
+    cases = {f"--jobs {jobs}": ["--jobs", jobs] for jobs in JOBS}
+    cases |= {" ".join(args): [*args, "--sweep", "strategy=fedavg,fedmedian"] for args, _ in BAD_CONTRAST_OPTIONS}
+    roots = {name: folder / f"root_{i}" for i, name in enumerate(cases)}
+    for root in roots.values():
+        root.mkdir()
+    argvs = [["--root", str(roots[name]), *args] for name, args in cases.items()]
+    done = forked("run_and_collect.py", argvs, folder / "forks")
+    return {name: (roots[name], r.stdout + r.stderr, r.returncode) for name, r in zip(cases, done, strict=True)}
+
+
+@pytest.mark.parametrize("jobs", JOBS)
+def test_jobs_is_a_count_or_auto(jobs, refused):
+    root, output, code = refused[f"--jobs {jobs}"]
+    assert code == 2 and f"error: --jobs: got {jobs}; allowed: an integer >= 1, or auto" in output
+    assert not any(root.iterdir())  # refused before the collection exists
+
+
+@pytest.mark.parametrize("args, message", BAD_CONTRAST_OPTIONS)
+def test_bad_contrast_options_are_one_line_before_anything_exists(args, message, refused):
+    root, output, code = refused[" ".join(args)]
+    assert code == 2 and message in output, output[-2000:]
     assert len(output.strip().splitlines()) == 1 and output.startswith("error: ")  # one line
-    assert not any(tmp_path.iterdir())
+    assert not any(root.iterdir())
 
 
 def test_jobs_auto_fits_the_hungriest_configuration():
@@ -384,10 +399,10 @@ def test_equal_values_have_the_point_as_their_interval():
 
 @pytest.fixture(scope="module")
 def contrasted(imdb_dir, tmp_path_factory) -> tuple[Path, str]:
-    """4 seeds x (no attack, sign flipping), each attack compared with no attack."""
+    """3 seeds x (no attack, sign flipping), one round each, each attack compared with no attack."""
     root = tmp_path_factory.mktemp("contrasts")
-    args = ["--seeds", "0", "1", "2", "3", "--name", "c", "--sweep", "attack=none,sign_flip", "--baseline"]
-    proc = collect(root, *args, "attack=none", "--", *tiny(imdb_dir), "num_clients=4", "num_rounds=2")
+    args = ["--seeds", "0", "1", "2", "--name", "c", "--sweep", "attack=none,sign_flip", "--baseline"]
+    proc = collect(root, *args, "attack=none", "--", *tiny(imdb_dir), "num_clients=4")
     output, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, output[-3000:]
     return root / "c", output
@@ -399,14 +414,14 @@ def test_a_collection_with_a_baseline_writes_contrasts_that_scipy_recomputes_fro
     contrasts = pd.read_csv(path / "contrasts.csv")
     assert list(contrasts.columns) == CONTRAST_COLUMNS and len(contrasts) == 1
     row = contrasts.iloc[0]
-    assert row.config.endswith("attack=sign_flip") and row.baseline.endswith("attack=none") and row.n_pairs == 4
+    assert row.config.endswith("attack=sign_flip") and row.baseline.endswith("attack=none") and row.n_pairs == 3
     runs = pd.read_csv(path / "runs.csv")
     accuracy = runs.pivot(index="seed", columns="config", values="final_central_accuracy")
     test = stats.ttest_rel(accuracy[row.config], accuracy[row.baseline])
     interval = test.confidence_interval(0.95)
     assert abs(row.mean_diff - (accuracy[row.config] - accuracy[row.baseline]).mean()) < 1e-9
     assert abs(row.ci95_low - interval.low) < 1e-9 and abs(row.ci95_high - interval.high) < 1e-9
-    assert abs(row.p_value - test.pvalue) < 1e-9 and np.isnan(row.p_wilcoxon)  # 4 pairs: no Wilcoxon
+    assert abs(row.p_value - test.pvalue) < 1e-9 and np.isnan(row.p_wilcoxon)  # 3 pairs: no Wilcoxon
     assert row.verdict in ("worse", "better", "equivalent", "inconclusive") and row.metric == "final"
     assert output.rstrip().splitlines()[-1].startswith("contrasts: ") and (path / "contrasts.png").exists()
     loaded = load(path)

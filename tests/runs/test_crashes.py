@@ -259,6 +259,7 @@ def test_a_supernode_killed_mid_round_is_started_again_and_gets_its_message_agai
     assert clients.loc[clients["retries"] > 0, ["round", "client_id"]].values.tolist() == [[2, 0]]
 
 
+@pytest.mark.slow
 def test_a_run_whose_process_ends_in_native_code_is_resumed_by_a_new_one_then_recorded_failed_past_the_budget(
     imdb_dir, tmp_path
 ):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from helpers.configs import SMALL, TIMING, make_cfg
 from helpers.data import make_reviews
-from helpers.runs import assert_group_ends, main_py, run_main, start_main, wait_for_round
+from helpers.runs import assert_group_ends, forked, main_py, run_main, start_main, wait_for_round
 from safetensors.numpy import load_file
 
 from fedsim.outputs.columns import CLIENTS_COLUMNS, ROUNDS_COLUMNS
@@ -43,38 +44,70 @@ def test_run_writes_every_file_with_spec_columns(small_run):
     assert weights["embedding.weight"].shape == (262144, 16)
 
 
+BAD_INPUT = [
+    ("num_clients=0", "num_clients"),
+    ("num_rounds=0", "num_rounds"),
+    ("scrutiny=maybe", "scrutiny"),
+    ("strategy.fraction_train=1.5", "strategy.fraction_train"),
+    ("data.path=/nonexistent", "data.path"),
+    ("strategy=bulyan num_clients=3", "strategy.num_malicious_nodes"),
+    ("strategy=trimmed_mean strategy.beta=0.5", "strategy"),
+    ("attack=none attack.node_ratio=0.3", "attack.node_ratio"),
+    ("attack=label_flip attack.data_ratio=2", "attack.data_ratio"),
+    ("attack=alie attack.node_ratio=0.6 num_clients=10", "attack.node_ratio"),
+    ("attack=ipm attack.epsilon=-1", "attack.epsilon"),
+    ("attack=alie attack.z=-1", "attack.z"),
+    ("attack=minsum attack.bound=mean", "attack.bound"),
+    ("strategy=multikrum strategy.m=0", "strategy.m"),
+    ("strategy=trimmed_mean pre=nnm pre.f=5 num_clients=10", "pre.f"),
+    ("strategy.sampling=poisson strategy.fraction_train=0", "strategy.fraction_train"),
+    ("strategy=krum strategy.sampling=poisson", "strategy.sampling"),
+    ("privacy=server_fixed strategy.sampling=poisson privacy.accountant=moments", "privacy.accountant"),
+]
+# Keys and options outside conf/: refused from the command line alone, before Hydra composes anything.
+OUTSIDE = [
+    (
+        "+foo=1",
+        "error: foo: not a fedsim key; allowed: a key of conf/ (docs/reference/configuration.md), e.g. data, "
+        "partition, model, strategy, pre, archive, attack, faults",
+    ),
+    (
+        "num_client=5",
+        "error: num_client: not a fedsim key; allowed: num_clients, client, client.lr (the nearest keys)",
+    ),
+    (
+        "strategy=nosuch",
+        "error: strategy: no option 'nosuch'; allowed: bulyan, centered_clipping, fedadagrad, fedadam, fedavg, "
+        "fedavgm, fedmedian, fedprox, fedyogi, geometric_median, krum, multikrum, trimmed_mean",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def refused(imdb_dir, tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """main.py given each bad input below: {overrides: (its run directory, how it ended)}. None starts a federation,
+    so one interpreter imports main.py's modules and runs main.py in a fork per case (helpers.runs.forked)."""
+    root = tmp_path_factory.mktemp("refused")
+    cases = {}
+    for i, (overrides, _) in enumerate(BAD_INPUT):
+        words = overrides.split()
+        words = [f"data.path={imdb_dir}", *words] if "data.path" not in words[0] else words
+        cases[overrides] = root / f"bad_{i}", [*words, "data.train_size=100", "data.test_size=10"]
+    for i, (override, _) in enumerate(OUTSIDE):
+        cases[override] = root / f"outside_{i}" / "run", [override]
+    argvs = [[f"hydra.run.dir={run_dir}", *words] for run_dir, words in cases.values()]
+    done = forked("main.py", argvs, root / "forks")
+    return {name: (run_dir, result) for (name, (run_dir, _)), result in zip(cases.items(), done, strict=True)}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "overrides, key",
-    [
-        ("num_clients=0", "num_clients"),
-        ("num_rounds=0", "num_rounds"),
-        ("scrutiny=maybe", "scrutiny"),
-        ("strategy.fraction_train=1.5", "strategy.fraction_train"),
-        ("data.path=/nonexistent", "data.path"),
-        ("strategy=bulyan num_clients=3", "strategy.num_malicious_nodes"),
-        ("strategy=trimmed_mean strategy.beta=0.5", "strategy"),
-        ("attack=none attack.node_ratio=0.3", "attack.node_ratio"),
-        ("attack=label_flip attack.data_ratio=2", "attack.data_ratio"),
-        ("attack=alie attack.node_ratio=0.6 num_clients=10", "attack.node_ratio"),
-        ("attack=ipm attack.epsilon=-1", "attack.epsilon"),
-        ("attack=alie attack.z=-1", "attack.z"),
-        ("attack=minsum attack.bound=mean", "attack.bound"),
-        ("strategy=multikrum strategy.m=0", "strategy.m"),
-        ("strategy=trimmed_mean pre=nnm pre.f=5 num_clients=10", "pre.f"),
-        ("strategy.sampling=poisson strategy.fraction_train=0", "strategy.fraction_train"),
-        ("strategy=krum strategy.sampling=poisson", "strategy.sampling"),
-        ("privacy=server_fixed strategy.sampling=poisson privacy.accountant=moments", "privacy.accountant"),
-    ],
-)
-def test_bad_input_is_one_clear_line_and_exit_2(overrides, key, imdb_dir, tmp_path):
-    overrides = overrides.split()
-    overrides = [f"data.path={imdb_dir}", *overrides] if "data.path" not in overrides[0] else overrides
-    result = run_main(tmp_path, *overrides, "data.train_size=100", "data.test_size=10")
+@pytest.mark.parametrize("overrides, key", BAD_INPUT)
+def test_bad_input_is_one_clear_line_and_exit_2(overrides, key, refused):
+    run_dir, result = refused[overrides]
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and result.stderr.strip().startswith(f"error: {key}:")
-    assert json.loads((tmp_path / "run.json").read_text())["status"] == "failed"
-    assert not (tmp_path / "rounds.csv").exists()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    assert not (run_dir / "rounds.csv").exists()
 
 
 def defective_imdb(root: Path, defect: str) -> Path:
@@ -148,29 +181,11 @@ def test_bad_input_battery(case, overrides, key, says, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "override, line",
-    [
-        (
-            "+foo=1",
-            "error: foo: not a fedsim key; allowed: a key of conf/ (docs/reference/configuration.md), e.g. data, "
-            "partition, model, strategy, pre, archive, attack, faults",
-        ),
-        (
-            "num_client=5",
-            "error: num_client: not a fedsim key; allowed: num_clients, client, client.lr (the nearest keys)",
-        ),
-        (
-            "strategy=nosuch",
-            "error: strategy: no option 'nosuch'; allowed: bulyan, centered_clipping, fedadagrad, fedadam, fedavg, "
-            "fedavgm, fedmedian, fedprox, fedyogi, geometric_median, krum, multikrum, trimmed_mean",
-        ),
-    ],
-)
-def test_keys_and_options_outside_the_config_are_one_line_before_anything_is_written(override, line, tmp_path):
-    result = run_main(tmp_path / "run", override)
+@pytest.mark.parametrize("override, line", OUTSIDE)
+def test_keys_and_options_outside_the_config_are_one_line_before_anything_is_written(override, line, refused):
+    run_dir, result = refused[override]
     assert result.returncode == 2 and result.stderr == line + "\n" and result.stdout == ""
-    assert not (tmp_path / "run").exists()
+    assert not run_dir.exists()
 
 
 @pytest.mark.slow

@@ -14,7 +14,9 @@ import pandas as pd
 import psutil
 import pytest
 from helpers.configs import TIMING
-from helpers.runs import collect, run_main
+from helpers.runs import collect, start_main
+
+from fedsim.system.processes import group_alive
 
 CSVS = ("rounds.csv", "clients.csv", "layers.csv")
 
@@ -53,11 +55,23 @@ def test_a_collections_runs_equal_the_same_runs_made_alone_and_a_failed_run_leav
     }
     assert pid_of(run_dir[0, "label_flip"]) == pid_of(run_dir[0, "none"])  # one runner made both
     assert pid_of(run_dir[1, "label_flip"]) != pid_of(run_dir[0, "none"])  # a fresh one after the failed runs
-    for seed, attack in ((0, "label_flip"), (0, "none"), (1, "label_flip")):  # first, next in its runner, after
-        made, alone = run_dir[seed, attack], tmp_path / "alone" / f"{seed}-{attack}"
-        done = run_main(alone, *tiny(imdb_dir, rounds=1), "num_clients=3", f"attack={attack}", f"seed={seed}")
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert_same_results(made, alone)
+    # first, next in its runner, after; each made alone by a main.py of its own (and its own Ray), the three at once
+    alone = {
+        key: tmp_path / "alone" / f"{key[0]}-{key[1]}" for key in ((0, "label_flip"), (0, "none"), (1, "label_flip"))
+    }
+    started = {
+        (seed, attack): start_main(d, *tiny(imdb_dir, rounds=1), "num_clients=3", f"attack={attack}", f"seed={seed}")
+        for (seed, attack), d in alone.items()
+    }
+    try:
+        printed = {key: process.communicate(timeout=600)[0] for key, process in started.items()}
+    finally:
+        for process in started.values():
+            if group_alive(process.pid):
+                os.killpg(process.pid, signal.SIGKILL)
+    for key, process in started.items():
+        assert process.returncode == 0, printed[key][-2000:]
+        assert_same_results(run_dir[key], alone[key])
     info = json.loads((run_dir[0, "label_flip"] / "run.json").read_text())
     assert (
         info["malicious_clients"] and not json.loads((run_dir[0, "none"] / "run.json").read_text())["malicious_clients"]
@@ -91,7 +105,14 @@ def test_kill_9_of_the_runner_then_the_same_command_gives_each_run_once(imdb_dir
     ledger = pd.read_csv(tmp_path / "k" / "runs.csv")
     assert ledger.status.tolist() == ["failed", "completed"], output[-3000:]
 
-    output, _ = collect(tmp_path, *args).communicate(timeout=600)
+    alone = tmp_path / "alone"  # run 0 made by a main.py of its own, while the same command resumes it
+    single = start_main(alone, *args[args.index("--") + 1 :], "seed=0")
+    try:
+        output, _ = collect(tmp_path, *args).communicate(timeout=600)
+        printed, _ = single.communicate(timeout=600)
+    finally:
+        if group_alive(single.pid):
+            os.killpg(single.pid, signal.SIGKILL)
     assert "1 already completed, 1 to run" in output, output[-2000:]
     ledger = pd.read_csv(tmp_path / "k" / "runs.csv")
     assert ledger.run_id.tolist() == [0, 1] and (ledger.status == "completed").all()
@@ -100,6 +121,5 @@ def test_kill_9_of_the_runner_then_the_same_command_gives_each_run_once(imdb_dir
     table = pd.read_csv(tmp_path / "k" / "rounds.csv")
     assert sorted(table.run_id.unique()) == [0, 1] and not table.duplicated(["run_id", "round"]).any()
     assert (table.groupby("run_id")["round"].max() == 6).all()
-    alone = tmp_path / "alone"
-    assert run_main(alone, *args[args.index("--") + 1 :], "seed=0").returncode == 0
+    assert single.returncode == 0, printed[-2000:]
     assert_same_results(tmp_path / "k" / "runs" / "run_0000", alone)

@@ -130,7 +130,9 @@ def test_a_node_that_dies_holding_a_message_becomes_an_error_reply_not_a_hang(mo
     participants = Participants({0: 11, 1: 22, 2: 33}, seed=0)
     grid = SilentGrid([11, 22, 33], lost=33)
     messages = [Message(RecordDict(), dst_node_id=0, message_type=MessageType.TRAIN) for _ in range(3)]
-    replies = participants.exchange(grid, messages, [0, 1, 2], timeout=60)  # a timeout would give None, no error
+    # The lost node's message is awaited to the deadline (it may come back), then answered with an error: a
+    # deadline of 2 s, not a round's, since nothing here ever answers it. A timeout would give None, no error.
+    replies = participants.exchange(grid, messages, [0, 1, 2], timeout=2)
     assert not replies[0].has_error() and not replies[1].has_error()
     assert (
         replies[2].error.code == ErrorCode.NODE_UNAVAILABLE

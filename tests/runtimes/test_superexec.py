@@ -54,6 +54,7 @@ SERVE_RECORD = (
 )
 
 
+@pytest.mark.slow
 def test_each_request_runs_in_a_fork_of_the_server_which_ends_with_its_input(tmp_path):
     env = {**os.environ, "FORK_RECORDS": str(tmp_path), "PYTHONPATH": f"{ROOT / 'tests'}:{ROOT}"}
     server = subprocess.Popen(
@@ -85,6 +86,7 @@ def test_each_request_runs_in_a_fork_of_the_server_which_ends_with_its_input(tmp
     assert sorted(printed.splitlines()) == ["recorded first", "recorded second"]  # the quiet one printed nowhere
 
 
+@pytest.mark.slow
 def test_flowers_apps_start_as_forks_with_their_arguments_and_cold_once_the_server_is_gone(capfd):
     server = ForkServer()
     try:
@@ -107,6 +109,7 @@ def test_flowers_apps_start_as_forks_with_their_arguments_and_cold_once_the_serv
     assert set(ENTRIES) == {"flwr-clientapp", "flwr-serverapp"}
 
 
+@pytest.mark.slow
 def test_the_superexec_waits_for_its_runtime_api_then_runs_flowers_and_leaves_if_its_parent_ends_first():
     """The federation starts the SuperExec beside a SuperNode that opens its Runtime API a while later: it waits
     (every IDLE_S, not Flower's 1 s, 2 s, ... backoff), then runs Flower's flower-superexec with its arguments;

@@ -152,7 +152,7 @@ def recursive_flower_krum(contents: list[RecordDict], num_malicious_nodes: int, 
     return chosen
 
 
-def test_bulyan_selects_recursively_by_default_and_as_flower_with_one_shot():
+def test_bulyan_selects_recursively_by_default_and_as_flower_with_one_shot(without_full_collections):
     """fedsim's Bulyan: with selection one_shot, Flower's Bulyan to the bit; by default, Flower's Bulyan whose
     selection rule is Flower's Krum applied recursively, to the bit (the same replies in the same order), and here
     a different aggregate from the one-shot one. n = 15, f = 3 (no exact ties of Krum scores: see

@@ -169,7 +169,7 @@ def test_default_config_is_valid():
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
-def test_every_strategy_aggregates_a_round(name):
+def test_every_strategy_aggregates_a_round(name, without_full_collections):
     """Each configured strategy really aggregates eleven clients' replies (Flower's legacy Bulyan once failed here)."""
     strategy = build(make_cfg(f"strategy={name}", "num_clients=11", "attack=sign_flip")).strategy
     rng = np.random.default_rng(0)
