@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from fedsim.config.compose import compose
 from fedsim.config.overrides import check, parse, values
-from fedsim.runtimes.cluster import max_actors
+from fedsim.config.settings import SimulationSettings
 from fedsim.system.errors import ConfigError
 
 DEFAULT_CONFIG = "defaults"
@@ -102,5 +102,5 @@ def jobs_that_fit(planned: Sequence[Planned], cpus: int) -> int:
     the machine fits). A run that alone fills the machine goes alone."""
     configs = list(filter(None, (composed(run) for run in planned))) or [compose([])]
     slots = max(1, int(cpus // max(float(c.resources.num_cpus) for c in configs)))
-    per_run = max(min(slots, max_actors(c)) for c in configs)
+    per_run = max(min(slots, SimulationSettings.of(c).max_actors) for c in configs)
     return max(1, slots // per_run)

@@ -28,8 +28,9 @@ from ray.util.state import list_nodes
 from fedsim.collections.plan import CollectionError, Planned, composed
 from fedsim.collections.watchdog import tag
 from fedsim.config.compose import compose
+from fedsim.config.settings import SimulationSettings
 from fedsim.rundir import effective_status, read_info
-from fedsim.runtimes.cluster import NodeResources, check_fits, max_actors
+from fedsim.runtimes.cluster import NodeResources, check_fits
 from fedsim.system.errors import ConfigError
 from fedsim.system.processes import child_env
 from fedsim.system.waits import wait_for, wait_until
@@ -99,7 +100,7 @@ class RayJobs:
                 f"{self.address} has {slots} for {num_cpus:g} CPUs and {num_gpus:g} GPUs per "
                 f"client; allowed: at most {slots}"
             )
-        jobs, actors = share(slots, max(max_actors(c) for c in configs), jobs)
+        jobs, actors = share(slots, max(SimulationSettings.of(c).max_actors for c in configs), jobs)
         self.overrides = ("ray.address=auto", f"ray.max_actors={actors}")
         return jobs
 

@@ -2,9 +2,9 @@
 part takes plain, typed arguments and never the config itself (only the entry points and `instantiate` calls do).
 
 So far: the data step's (`DataSettings`: fedsim.data takes nothing else), the server round loop's
-(`ServerSettings`), the Byzantine preconditions' (`ByzantineSettings`) and the standard outputs'
-(`OutputSettings`). The client counts are `fedsim.config.counts.Counts`, and the clients' settings
-`fedsim.client.client.ClientSettings`.
+(`ServerSettings`), the Byzantine preconditions' (`ByzantineSettings`), the standard outputs'
+(`OutputSettings`) and the simulation runtime's (`SimulationSettings`). The client counts are
+`fedsim.config.counts.Counts`, and the clients' settings `fedsim.client.client.ClientSettings`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from fedsim.config.counts import Counts
 
 
 @dataclass(frozen=True)
@@ -143,4 +145,38 @@ class OutputSettings:
             archive_dtype=str(archive.dtype),
             archive_max_pending=int(archive.max_pending),
             max_failure_rate=float(cfg.faults.max_failure_rate),
+        )
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    """What Flower's Ray-backed simulation reads (fedsim.runtimes.simulation, fedsim.runtimes.cluster): each
+    client's resources, the Ray instance (a private one, or a cluster's address), how many actors and simulated
+    nodes serve the clients, and how often a dead worker's work is redone or a dead Ray replaced."""
+
+    num_clients: int
+    log_level: str
+    num_cpus: float  # per client
+    num_gpus: float  # per client, fractional
+    address: str | None  # ray.address: None for a private instance
+    max_actors: int  # ray.max_actors, `auto` resolved to as many as a round sends messages at once
+    node_slots: int | str | None  # runtime.node_slots: auto, a count, or None (a node per client)
+    cohort_messages: bool
+    max_retries: int
+    max_restarts: int
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> SimulationSettings:
+        runtime, limit = cfg.runtime, cfg.ray.max_actors
+        return cls(
+            num_clients=int(cfg.num_clients),
+            log_level=str(cfg.log_level),
+            num_cpus=float(cfg.resources.num_cpus),
+            num_gpus=float(cfg.resources.num_gpus),
+            address=cfg.ray.address,
+            max_actors=Counts.of(cfg).at_once if limit == "auto" else int(limit),
+            node_slots=runtime.get("node_slots"),
+            cohort_messages=bool(runtime.get("cohort_messages", False)),
+            max_retries=int(runtime.get("max_retries", 0)),
+            max_restarts=int(runtime.get("max_restarts", 0)),
         )

@@ -10,16 +10,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
-
-from fedsim.config.counts import Counts
+from fedsim.config.settings import SimulationSettings
 from fedsim.runtimes.ports import knock
 from fedsim.system.errors import ConfigError
-
-
-def address_of(cfg: DictConfig) -> str | None:
-    """The cluster a run attaches to, or None for a private Ray instance."""
-    return cfg.ray.address
 
 
 @dataclass(frozen=True)
@@ -67,21 +60,21 @@ def check_fits(nodes: Sequence[NodeResources], num_cpus: float, num_gpus: float,
     )
 
 
-def attach(cfg: DictConfig) -> int:
+def attach(sim: SimulationSettings) -> int:
     """Connect this process to the cluster at `ray.address` and return its client slots; ConfigError when the
     per-client resources fit no node. Ray refuses num_cpus/num_gpus when attaching: the cluster has its own.
 
     fedsim's own code travels with the run (Ray's `py_modules`), so a node needs only its dependencies."""
     import ray  # Ray only once a simulation starts, after the run's checks and data step
 
-    address = address_of(cfg)
-    verbose = logging.getLevelNamesMapping()[cfg.log_level] <= logging.INFO
+    address = sim.address
+    verbose = logging.getLevelNamesMapping()[sim.log_level] <= logging.INFO
     try:
         if address != "auto":  # ray.init retries an unreachable address for minutes
             knock(address, 5)
         ray.init(
             address=address,
-            logging_level=cfg.log_level,
+            logging_level=sim.log_level,
             log_to_driver=verbose,
             runtime_env={"py_modules": [str(Path(__file__).parents[1])]},
         )
@@ -95,22 +88,13 @@ def attach(cfg: DictConfig) -> int:
     try:
         return check_fits(
             cluster_nodes(),
-            float(cfg.resources.num_cpus),
-            float(cfg.resources.num_gpus),
+            sim.num_cpus,
+            sim.num_gpus,
             f"the Ray cluster at {address}",
         )
     except ConfigError:
         ray.shutdown()
         raise
-
-
-def max_actors(cfg: DictConfig) -> int:
-    """The most client actors a run holds: `ray.max_actors`, or with `auto` as many as a round sends messages
-    at once; Flower's pool also stops at what the cluster (or machine) fits."""
-    limit = cfg.ray.max_actors
-    if limit == "auto":
-        return Counts.of(cfg).at_once
-    return int(limit)
 
 
 @contextlib.contextmanager

@@ -22,14 +22,13 @@ import torch
 from omegaconf import DictConfig
 
 from fedsim.client.app import make_client_app
-from fedsim.config.counts import Counts
-from fedsim.config.settings import DataSettings
+from fedsim.config.settings import SimulationSettings
 from fedsim.data.prepare import client_files, load_prepared
 from fedsim.run.server_app import make_server_app
 from fedsim.run.session import Session
 from fedsim.run.steps import run_experiment
 from fedsim.rundir import MAIN_LOG
-from fedsim.runtimes.cluster import actor_pool_limit, address_of, attach, max_actors
+from fedsim.runtimes.cluster import actor_pool_limit, attach
 from fedsim.runtimes.engine_logs import engine_logs_to
 from fedsim.runtimes.recovery import NodeLost, RayWatch, WatchedGrid, end_leftovers, retried
 from fedsim.runtimes.shipping import ship
@@ -54,45 +53,45 @@ class Simulation:
         return run_experiment(cfg, run_dir, federate=simulate)
 
 
-def backend_config(cfg: DictConfig) -> dict:
+def backend_config(sim: SimulationSettings) -> dict:
     """Flower's Ray backend settings: each client actor's CPU and (fractional) GPU share, and a private Ray
     instance (`address="local"`: plain `ray.init()` would join a cluster already running on this machine).
     An attached run has connected before (fedsim.runtimes.cluster.attach), so Flower uses that connection."""
-    verbose = logging.getLevelNamesMapping()[cfg.log_level] <= logging.INFO
+    verbose = logging.getLevelNamesMapping()[sim.log_level] <= logging.INFO
     return {
-        "client_resources": {"num_cpus": float(cfg.resources.num_cpus), "num_gpus": float(cfg.resources.num_gpus)},
+        "client_resources": {"num_cpus": sim.num_cpus, "num_gpus": sim.num_gpus},
         "init_args": {
             "address": "local",
-            "logging_level": cfg.log_level,
+            "logging_level": sim.log_level,
             "log_to_driver": verbose,
             "include_dashboard": False,
         },
     }
 
 
-def node_slots(cfg: DictConfig, actors: int) -> int | None:
+def node_slots(sim: SimulationSettings, at_once: int, actors: int) -> int | None:
     """How many simulated SuperNodes serve the clients (`runtime.node_slots`), or None for one per client.
 
     Flower's simulation engine polls its message store for every node every 0.1 s, scanning every
     stored message, so 1,000 idle nodes cost more than the 50 that work. `auto`: as many as a round
-    sends messages at once (training or evaluation); with `runtime.cohort_messages`, no more than the
-    `actors` that run clients at once, each node's one message then carrying its share of the round.
+    sends messages at once (`at_once`: training or evaluation); with `runtime.cohort_messages`, no more than
+    the `actors` that run clients at once, each node's one message then carrying its share of the round.
     """
-    slots = cfg.runtime.node_slots
+    slots = sim.node_slots
     if slots == "auto":
-        slots = Counts.of(cfg).at_once
-        if cfg.runtime.get("cohort_messages", False):
+        slots = at_once
+        if sim.cohort_messages:
             slots = max(1, min(slots, actors))
-    return None if slots is None or int(slots) >= cfg.num_clients else int(slots)
+    return None if slots is None or int(slots) >= sim.num_clients else int(slots)
 
 
-def local_client_slots(cfg: DictConfig) -> int:
+def local_client_slots(sim: SimulationSettings) -> int:
     """How many clients this machine runs at once: Ray's CPU count over each client's CPUs (and GPUs)."""
     import ray._private.utils as ray_utils  # Ray only once a simulation starts, after the run's checks and data step
 
-    fit = int(ray_utils.get_num_cpus() // float(cfg.resources.num_cpus))
-    if cfg.resources.num_gpus > 0:
-        fit = min(fit, int(torch.cuda.device_count() // float(cfg.resources.num_gpus)))
+    fit = int(ray_utils.get_num_cpus() // sim.num_cpus)
+    if sim.num_gpus > 0:
+        fit = min(fit, int(torch.cuda.device_count() // sim.num_gpus))
     return max(1, fit)
 
 
@@ -123,7 +122,7 @@ def short_queue_waits() -> Iterator[None]:
         vce_api.Queue = flowers
 
 
-def start_ray(cfg: DictConfig) -> int:
+def start_ray(sim: SimulationSettings) -> int:
     """Ray for one simulation, and how many clients it runs at once: the cluster at `ray.address` attached to, or
     the private instance Flower's backend would start (its `init_args`), started here so that Flower's backend,
     which calls ray.init only while Ray is not initialised, finds it running; a warm one (fedsim.runtimes.warm)
@@ -134,35 +133,35 @@ def start_ray(cfg: DictConfig) -> int:
 
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
-        if address_of(cfg) is not None:
-            return attach(cfg)
+        if sim.address is not None:
+            return attach(sim)
         if not ray.is_initialized():
-            ray.init(**backend_config(cfg)["init_args"])
-        return local_client_slots(cfg)
+            ray.init(**backend_config(sim)["init_args"])
+        return local_client_slots(sim)
     finally:
         # Ray sets its handler only in the main thread, and signal.signal works only there.
         if sigterm is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, sigterm)
 
 
-def ray_settings(cfg: DictConfig) -> dict | None:
+def ray_settings(sim: SimulationSettings) -> dict | None:
     """What a warm Ray instance and its actors must match to serve the run (fedsim.runtimes.warm); None on a
     cluster, whose Ray is never kept."""
-    if address_of(cfg) is not None:
+    if sim.address is not None:
         return None
-    return {**backend_config(cfg), "max_actors": max_actors(cfg)}
+    return {**backend_config(sim), "max_actors": sim.max_actors}
 
 
 def simulate(session: Session) -> None:
     """Run the session's rounds in Flower's Ray-backed simulation; when the Ray instance dies under it, start a
     new one and resume from the last checkpoint, up to `runtime.max_restarts` times (fedsim.runtimes.recovery)."""
-    cfg = session.cfg
+    sim = SimulationSettings.of(session.cfg)
     raise_on_signals()
     restarts = 0
     while True:
-        watch = RayWatch(address_of(cfg))
+        watch = RayWatch(sim.address)
         try:
-            simulate_once(session, watch)
+            simulate_once(session, sim, watch)
             return
         except NodeLost as lost:
             restarts += 1
@@ -170,8 +169,8 @@ def simulate(session: Session) -> None:
             end_leftovers(watch)
             forget()
             end_leftovers(watch)
-            budget, resume = int(cfg.runtime.max_restarts), f"resume with: python main.py resume={session.run_dir}"
-            if address_of(cfg) is not None:  # a cluster is not this run's to start again
+            budget, resume = sim.max_restarts, f"resume with: python main.py resume={session.run_dir}"
+            if sim.address is not None:  # a cluster is not this run's to start again
                 raise RunFailed(f"{lost} in round {in_round}; {resume}") from None
             if restarts > budget:
                 spent = f"after runtime.max_restarts={budget} restarts"
@@ -185,32 +184,31 @@ def simulate(session: Session) -> None:
             )
 
 
-def simulate_once(session: Session, watch: RayWatch) -> None:
+def simulate_once(session: Session, sim: SimulationSettings, watch: RayWatch) -> None:
     """One simulation of the session's rounds: one SuperNode per client, or a pool; on a private Ray instance,
     or on the cluster at `ray.address` with the clients' data shipped to its nodes. NodeLost if the Ray
     instance dies under it."""
     from flwr.simulation import run_simulation  # Flower's simulation only after the run's checks and data step
 
-    cfg, experiment = session.cfg, session.experiment
+    experiment = session.experiment
     mods = []
-    settings = ray_settings(cfg)
-    with engine_logs_to(session.run_dir / MAIN_LOG, cfg.log_level), ray_for(settings):
-        actors = start_ray(cfg)
-        if address_of(cfg) is not None:
-            session.info.update(ray_address=address_of(cfg), cluster_client_slots=actors)
-            mods.append(ship(client_files(data := DataSettings.of(cfg), load_prepared(data))).mod)
-        slots = node_slots(cfg, min(actors, max_actors(cfg)))
-        session.info.update(simulated_nodes=slots or int(cfg.num_clients))
+    with engine_logs_to(session.run_dir / MAIN_LOG, sim.log_level), ray_for(ray_settings(sim)):
+        actors = start_ray(sim)
+        if sim.address is not None:
+            session.info.update(ray_address=sim.address, cluster_client_slots=actors)
+            mods.append(ship(client_files(experiment.data, load_prepared(experiment.data))).mod)
+        slots = node_slots(sim, experiment.counts.at_once, min(actors, sim.max_actors))
+        session.info.update(simulated_nodes=slots or sim.num_clients)
         with (
-            actor_pool_limit(max_actors(cfg)),
+            actor_pool_limit(sim.max_actors),
             short_queue_waits(),
-            retried(int(cfg.runtime.max_retries), watch),
+            retried(sim.max_retries, watch),
         ):
             run_simulation(
                 server_app=make_server_app(session, slots, lambda grid: WatchedGrid(grid, watch)),
                 client_app=make_client_app(experiment.client_fn, experiment.run_config, mods),
-                num_supernodes=slots or cfg.num_clients,
+                num_supernodes=slots or sim.num_clients,
                 backend_name="ray",
-                backend_config=backend_config(cfg),
-                verbose_logging=cfg.log_level == "DEBUG",
+                backend_config=backend_config(sim),
+                verbose_logging=sim.log_level == "DEBUG",
             )

@@ -14,6 +14,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from helpers.configs import QUICK, TIMING, make_cfg
 from helpers.runs import run_locally
 
+from fedsim.config.counts import Counts
+from fedsim.config.settings import SimulationSettings
 from fedsim.messages.carried import carry, pack, same_content, split, unpack
 from fedsim.messages.records import ArrayView, Decoded, to_record
 from fedsim.messages.sparse import densified, sparsify
@@ -149,4 +151,4 @@ def test_auto_node_slots_are_the_client_actors_when_messages_carry_cohorts(clien
         "strategy.fraction_evaluate=0.5",
         f"runtime.cohort_messages={str(carried).lower()}",
     )
-    assert node_slots(cfg, actors) == slots
+    assert node_slots(SimulationSettings.of(cfg), Counts.of(cfg).at_once, actors) == slots

@@ -24,12 +24,12 @@ from fedsim.collections.ledger import Collection
 from fedsim.collections.plan import Planned
 from fedsim.collections.ray_jobs import share
 from fedsim.collections.scheduler import run_collection
+from fedsim.config.settings import SimulationSettings
 from fedsim.config.validate import validate
 from fedsim.runtimes.cluster import (
     NodeResources,
     actor_pool_limit,
     check_fits,
-    max_actors,
 )
 from fedsim.system.errors import ConfigError
 from fedsim.system.files import write_json
@@ -67,11 +67,14 @@ def test_ray_keys_are_checked_and_an_attached_run_leaves_resources_to_the_cluste
 
 
 def test_a_run_holds_as_many_actors_as_a_round_sends_messages():
-    assert max_actors(make_cfg("num_clients=10")) == 10
+    assert SimulationSettings.of(make_cfg("num_clients=10")).max_actors == 10
     assert (
-        max_actors(make_cfg("num_clients=100", "strategy.fraction_train=0.05", "strategy.fraction_evaluate=0.1")) == 10
+        SimulationSettings.of(
+            make_cfg("num_clients=100", "strategy.fraction_train=0.05", "strategy.fraction_evaluate=0.1")
+        ).max_actors
+        == 10
     )
-    assert max_actors(make_cfg("num_clients=10", "ray.max_actors=3")) == 3
+    assert SimulationSettings.of(make_cfg("num_clients=10", "ray.max_actors=3")).max_actors == 3
 
 
 def test_flowers_actor_pool_is_capped_for_the_run_and_restored(monkeypatch):

@@ -7,13 +7,14 @@ import torch
 from helpers.configs import make_cfg as _cfg
 
 from fedsim.client.client import ClientSettings
+from fedsim.config.settings import SimulationSettings
 from fedsim.config.validate import validate
 from fedsim.runtimes.simulation import backend_config
 from fedsim.system.errors import ConfigError
 
 
 def test_fractional_gpu_share_reaches_flowers_ray_backend():
-    config = backend_config(_cfg("resources.num_gpus=0.25", "resources.num_cpus=2"))
+    config = backend_config(SimulationSettings.of(_cfg("resources.num_gpus=0.25", "resources.num_cpus=2")))
     assert config["client_resources"] == {"num_cpus": 2.0, "num_gpus": 0.25}
 
 

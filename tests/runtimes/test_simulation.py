@@ -13,13 +13,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from omegaconf import OmegaConf
+from helpers.configs import make_cfg
+
+from fedsim.config.settings import SimulationSettings
 
 
-def _sigterm_cfg(address: str | None) -> Any:
-    return OmegaConf.create(
-        {"ray": {"address": address}, "resources": {"num_cpus": 1, "num_gpus": 0}, "log_level": "WARNING"}
-    )
+def _sigterm_cfg(address: str | None) -> SimulationSettings:
+    return SimulationSettings.of(make_cfg(f"ray.address={address or 'null'}", "resources.num_cpus=1"))
 
 
 def test_ray_init_replaces_the_sigterm_handler_and_start_ray_puts_fedsims_back(monkeypatch):
@@ -108,7 +108,7 @@ def test_client_slots_read_the_cpu_count_a_private_ray_node_takes(monkeypatch):
     monkeypatch.setattr(utils, "get_num_cpus", lambda *args, **kwargs: 7)
     assert ResourceAndLabelSpec().resolve(is_head=True, node_ip_address="127.0.0.1").num_cpus == 7
     for num_cpus, slots in ((1, 7), (2, 3), (0.5, 14)):
-        assert local_client_slots(OmegaConf.create({"resources": {"num_cpus": num_cpus, "num_gpus": 0}})) == slots
+        assert local_client_slots(SimulationSettings.of(make_cfg(f"resources.num_cpus={num_cpus}"))) == slots
 
 
 def test_flowers_simulation_runtime_waits_on_queues_of_the_class_short_queue_waits_puts_in(ray_backend, monkeypatch):
