@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fedsim.config.compose import compose
-from fedsim.rundir import config_path, effective_status, holds_run, read_info
+from fedsim.rundir import config_path, effective_status, read_info
 from fedsim.system.errors import ConfigError
 
 # What a resume may change: how long, how verbose, and where the clients run (a Ray cluster, its share of
@@ -86,7 +86,7 @@ def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         return cfg
     run_dir = Path(str(cfg.resume)).expanduser().resolve()
     info = read_info(run_dir)
-    if not holds_run(run_dir) or info is None:
+    if info is None or not config_path(run_dir).exists():
         raise ConfigError(
             "resume", f"{run_dir} has no config.yaml and run.json; allowed: a run directory written by main.py"
         )
