@@ -18,11 +18,10 @@ from flwr.supercore.task_identity import TaskIdentity
 from helpers.configs import SMALL
 from helpers.data import make_reviews
 from helpers.patching import PicklingActors, kept_as_is
-from helpers.processes import carrying
+from helpers.processes import SESSION, ours
 from helpers.runs import ROOT, run_main
 
 SHARED_IMDB = ROOT.parent / "shared" / "imdb"
-SESSION = "FEDSIM_TEST_SESSION"  # every process the tests start inherits it
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -31,7 +30,7 @@ def no_process_left():
     and workers, Flower's SuperLink, SuperNodes and apps, main.py; they all carry this session's mark."""
     os.environ[SESSION] = uuid.uuid4().hex
     yield
-    mine = [p for p in carrying(SESSION, os.environ[SESSION]) if p.pid != os.getpid()]
+    mine = [p for p in ours(lambda p: True) if p.pid != os.getpid()]
     _, left = psutil.wait_procs(mine, timeout=30)
     names = []
     for process in left:

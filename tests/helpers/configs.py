@@ -22,6 +22,7 @@ ATTACKED = [
 ]
 # Columns that measure the machine (durations, memory, which Ray node): left out when runs are compared.
 TIMING = ["round_time_s", "fit_time_s", "driver_rss_mb", "driver_shared_mb", "node"]
+RETRY_COLUMNS = ["retries", "retry_reason"]  # clients.csv: what a crash redid
 METRICS = ["central_loss", "central_accuracy", "fed_loss", "fed_accuracy", "train_loss"]
 
 

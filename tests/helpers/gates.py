@@ -19,6 +19,8 @@ import torch
 
 from fedsim.model.nets import BagOfNgrams
 
+ADAM_GATE = "model.optimizer._target_=helpers.gates.adam_after_gate"  # main.py's override that gates clients
+
 
 def ticket(gate: Path) -> int:
     """The next free number in `gate`, taken atomically (O_EXCL) however many processes ask at once."""

@@ -1,13 +1,17 @@
-"""Running fedsim as a test needs it: main.py as a process (its output, its rounds), or the loop in-process on a
-LocalGrid (no Ray, no SuperLink)."""
+"""Running fedsim as a test needs it: main.py as a process (its output, its rounds; held at a gate where a test
+lands a signal or a kill: helpers.gates), or the loop in-process on a LocalGrid (no Ray, no SuperLink)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 from flwr.app import Context, RecordDict
 
 from fedsim.client.app import make_client_app
@@ -16,6 +20,7 @@ from fedsim.run.server_app import make_server_app
 from fedsim.run.steps import run_experiment
 from fedsim.system.processes import group_alive
 from fedsim.system.waits import wait_for
+from helpers.gates import ADAM_GATE, gated_env, waiting
 from helpers.local_grid import LocalGrid
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,3 +160,95 @@ class Crash(Callback):
     def on_round_end(self, record) -> None:
         if record.server_round == self.at:
             raise KeyboardInterrupt
+
+
+def gated(args: list[str], gate: Path, open_from: int, **env: str) -> subprocess.Popen:
+    """`python main.py ARGS` whose clients wait at `gate` from ticket `open_from` on (ARGS or the resumed run's
+    config names a gated target: helpers.gates), in its own process group, its output (stdout and stderr) piped;
+    returned once a client waits."""
+    process = subprocess.Popen(
+        [sys.executable, "main.py", *args],
+        cwd=ROOT,
+        env=gated_env(gate, open_from, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    wait_for(lambda: waiting(gate) or process.poll() is not None, timeout_s=300, what="a client at a gate", key="-")
+    assert process.poll() is None, process.communicate()[0][-3000:]
+    return process
+
+
+def gated_main(run_dir: Path, gate: Path, open_from: int, *overrides: str) -> subprocess.Popen:
+    """main.py into `run_dir` whose clients wait at `gate` as they start training (see `gated`)."""
+    return gated([f"hydra.run.dir={run_dir}", ADAM_GATE, *overrides], gate, open_from)
+
+
+def next_raylet_at_gate(gate: Path, killed: psutil.Process) -> psutil.Process:
+    """The raylet of the Ray instance that replaced the one `killed` (a raylet, dead or dying), once a client of
+    the new instance waits at `gate`: Ray's workers are the raylet's children, so a mark the old instance's
+    clients left, or a late one of theirs, is never taken for it."""
+
+    def found() -> psutil.Process | None:
+        for mark in gate.glob("waiting_*"):
+            with contextlib.suppress(psutil.Error):
+                parent = psutil.Process(int(mark.name.split("_")[1])).parent()
+                if parent is not None and parent.pid != killed.pid and "raylet/raylet" in " ".join(parent.cmdline()):
+                    return parent
+        return None
+
+    wait_for(lambda: found() is not None, timeout_s=300, what="a client of the new Ray instance at a gate", key="-")
+    raylet = found()
+    assert raylet is not None
+    return raylet
+
+
+def read_until(process: subprocess.Popen, text: str) -> str:
+    """`process`'s output up to and with the first line that has `text`."""
+    seen = ""
+    for line in process.stdout:
+        seen += line
+        if text in line:
+            return seen
+    raise AssertionError(f"no line with {text!r}:\n{seen[-3000:]}")
+
+
+def waiting_actor(gate: Path) -> int:
+    """The pid of a client actor waiting at the gate."""
+    return min(int(path.name.split("_")[1]) for path in gate.glob("waiting_*"))
+
+
+def ray_process(main: subprocess.Popen, named: str) -> psutil.Process:
+    """The process of main.py's Ray instance whose command line has `named` (the raylet, the dashboard agent)."""
+    found = [p for p in psutil.Process(main.pid).children(recursive=True) if named in " ".join(p.cmdline())]
+    assert found, f"no {named} under main.py"
+    return found[0]
+
+
+def finished(process: subprocess.Popen, gate: Path, until: str | None = None, seen: str = "") -> str:
+    """main.py's whole output (after `seen`, what was read of it before) once it and every process it started
+    have ended; the gate opened at once, or once a line has `until` in it."""
+    try:
+        if until is None:
+            (gate / "open").touch()
+        for line in process.stdout:
+            seen += line
+            if until is not None and until in line:
+                (gate / "open").touch()
+        process.wait(timeout=300)
+        assert_group_ends(process)
+    finally:
+        if group_alive(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+    return seen
+
+
+def only_fedsims_lines(output: str) -> bool:
+    """Whether the terminal got fedsim's lines only: none of Ray's notices, Flower's ERROR lines, tracebacks."""
+    fedsims = ("archive:", "round ", "warning:", "error:", "done")
+    return all(line.startswith(fedsims) for line in output.splitlines() if line)
+
+
+def terminal_warnings(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith(("warning:", "error:"))]

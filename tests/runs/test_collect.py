@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers.processes import mentioning
 from helpers.runs import ROOT, collect, forked
 from scipy import stats
 
@@ -278,36 +277,6 @@ def test_same_command_again_reruns_only_the_failed_runs(tiny_collection, imdb_di
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_equals_an_uninterrupted_collection(tiny_collection, imdb_dir, tmp_path):
-    args = ["--runs", "2", "--name", "tiny", "--sweep", "num_clients=2", "--", *tiny(imdb_dir)]
-    proc = collect(tmp_path, *args)
-    ledger = tmp_path / "tiny" / "runs.csv"
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if ledger.exists() and (pd.read_csv(ledger).status == "completed").sum() >= 1:
-            break
-        time.sleep(0.5)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    time.sleep(3)
-    assert not mentioning(str(tmp_path)), "the killed collector's run kept running"
-    interrupted = pd.read_csv(ledger)
-    assert (interrupted.status == "completed").sum() == 1
-
-    output, _ = collect(tmp_path, *args).communicate(timeout=900)
-    assert "1 already completed, 1 to run" in output, output[-2000:]
-    resumed = pd.read_csv(ledger)
-    assert resumed.run_id.tolist() == [0, 1] and (resumed.status == "completed").all()
-    reference = pd.read_csv(tiny_collection[0] / "runs.csv")
-    key = ["config", "seed"]
-    merged = resumed.merge(reference, on=key, suffixes=("", "_reference"))
-    assert len(merged) == 2
-    assert merged.final_central_accuracy.tolist() == merged.final_central_accuracy_reference.tolist()
-    rounds = pd.read_csv(tmp_path / "tiny" / "rounds.csv")
-    assert len(rounds) == 4 and not rounds.duplicated(["run_id", "round"]).any()
-
-
-@pytest.mark.slow
 def test_ctrl_c_stops_the_collection_and_the_same_command_resumes_the_run_from_its_checkpoint(imdb_dir, tmp_path):
     args = [
         "--runs",
@@ -317,7 +286,7 @@ def test_ctrl_c_stops_the_collection_and_the_same_command_resumes_the_run_from_i
         "--",
         f"data.path={imdb_dir}",
         "num_clients=2",
-        "num_rounds=8",
+        "num_rounds=5",
         "data.train_size=400",
         "data.test_size=200",
     ]
@@ -337,7 +306,7 @@ def test_ctrl_c_stops_the_collection_and_the_same_command_resumes_the_run_from_i
     output, _ = collect(tmp_path, *args).communicate(timeout=900)
     info = json.loads((tmp_path / "long" / "runs" / "run_0000" / "run.json").read_text())
     assert info["status"] == "completed" and info["resumed"][0]["from_round"] >= done - 1, output[-2000:]
-    assert pd.read_csv(rounds)["round"].tolist() == list(range(9))
+    assert pd.read_csv(rounds)["round"].tolist() == list(range(6))
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """A crashed worker costs time, not results: a client actor killed mid-round is replaced and its work redone,
-a Ray node killed mid-round is replaced and the run resumes by itself, each with one line on the terminal;
-beyond their budgets, one line says what was lost. The kills land while clients wait at a gate
-(tests/helpers/gates.py), so where they land is known without timing."""
+a Ray node killed mid-round is replaced and the run resumes by itself, each with one line on the terminal, and
+after kill -9 of main.py itself `resume=` gives the same run; beyond their budgets, one line says what was
+lost. The kills land while clients wait at a gate (tests/helpers/gates.py), so where they land is known without
+timing."""
 
 from __future__ import annotations
 
@@ -9,28 +10,34 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import psutil
 import pytest
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
-from helpers.configs import QUICK, SMALL, TIMING
-from helpers.gates import gated_env, waiting
-from helpers.runs import ROOT, assert_group_ends, run_main
+from helpers.configs import QUICK, RETRY_COLUMNS, SMALL, TIMING
+from helpers.gates import gated_env
+from helpers.runs import (
+    assert_group_ends,
+    finished,
+    gated_main,
+    main_py,
+    next_raylet_at_gate,
+    only_fedsims_lines,
+    ray_process,
+    read_until,
+    run_main,
+    terminal_warnings,
+    waiting_actor,
+)
 
 from fedsim.messages.carried import answers, carry, pack
 from fedsim.messages.retries import RETRIES, Retried, mark_retried, take_retries
 from fedsim.outputs.retried_work import Retries
+from fedsim.results.loading import load
 from fedsim.runtimes.recovery import crash_line
 from fedsim.server.record import Redone, RoundRecord
-from fedsim.system.processes import group_alive
-from fedsim.system.waits import wait_for
-
-ADAM_GATE = "model.optimizer._target_=helpers.gates.adam_after_gate"
-RETRY_COLUMNS = ["retries", "retry_reason"]
 
 
 def test_a_carried_replys_retries_hold_for_every_client_it_carries(task_identity):
@@ -79,64 +86,6 @@ def test_run_json_lists_each_message_redone_and_keeps_the_list_across_a_resume()
     assert summary == published[0]
 
 
-def gated_main(run_dir: Path, gate: Path, open_from: int, *overrides: str) -> subprocess.Popen:
-    """main.py whose clients wait at `gate` from ticket `open_from` on, in its own process group, its output (stdout
-    and stderr) piped; returned once a client waits."""
-    process = subprocess.Popen(
-        [sys.executable, "main.py", f"hydra.run.dir={run_dir}", ADAM_GATE, *overrides],
-        cwd=ROOT,
-        env=gated_env(gate, open_from),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    wait_for(lambda: waiting(gate) or process.poll() is not None, timeout_s=300, what="a client at a gate", key="-")
-    assert process.poll() is None, process.communicate()[0][-3000:]
-    return process
-
-
-def waiting_actor(gate: Path) -> int:
-    """The pid of a client actor waiting at the gate."""
-    return min(int(path.name.split("_")[1]) for path in gate.glob("waiting_*"))
-
-
-def ray_process(main: subprocess.Popen, named: str) -> psutil.Process:
-    """The process of main.py's Ray instance whose command line has `named` (the raylet, the dashboard agent)."""
-    found = [p for p in psutil.Process(main.pid).children(recursive=True) if named in " ".join(p.cmdline())]
-    assert found, f"no {named} under main.py"
-    return found[0]
-
-
-def finished(process: subprocess.Popen, gate: Path, until: str | None = None) -> str:
-    """main.py's whole output once it and every process it started have ended; the gate opened at once, or once
-    a line has `until` in it."""
-    seen = ""
-    try:
-        if until is None:
-            (gate / "open").touch()
-        for line in process.stdout:
-            seen += line
-            if until is not None and until in line:
-                (gate / "open").touch()
-        process.wait(timeout=300)
-        assert_group_ends(process)
-    finally:
-        if group_alive(process.pid):
-            os.killpg(process.pid, signal.SIGKILL)
-    return seen
-
-
-def only_fedsims_lines(output: str) -> bool:
-    """Whether the terminal got fedsim's lines only: none of Ray's notices, Flower's ERROR lines, tracebacks."""
-    fedsims = ("archive:", "round ", "warning:", "error:", "done")
-    return all(line.startswith(fedsims) for line in output.splitlines() if line)
-
-
-def terminal_warnings(output: str) -> list[str]:
-    return [line for line in output.splitlines() if line.startswith(("warning:", "error:"))]
-
-
 def assert_same_run(run_dir: Path, reference: Path) -> None:
     for name in ("rounds.csv", "clients.csv", "layers.csv"):
         ours, theirs = (
@@ -169,47 +118,66 @@ def test_a_client_actor_killed_mid_round_is_replaced_its_work_redone_and_the_run
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("named", ["raylet/raylet", "DashboardAgent"])
-def test_rays_node_killed_mid_round_is_replaced_and_the_run_resumes_by_itself_unchanged(
-    named, small_run, imdb_dir, tmp_path
+def test_rays_node_killed_mid_round_twice_is_replaced_each_time_and_the_run_resumes_by_itself_unchanged(
+    small_run, imdb_dir, tmp_path
 ):
-    """The raylet killed, or the dashboard agent, whose death takes the raylet with it."""
+    """The dashboard agent killed, whose death takes the raylet with it; then, in the Ray instance that replaced
+    it, the raylet itself. Each kill lands while round 2's clients wait at the gate."""
     run_dir, gate = tmp_path / "run", tmp_path / "gate"
     main = gated_main(run_dir, gate, 3, f"data.path={imdb_dir}", *SMALL)
-    ray_process(main, named).kill()
-    output = finished(main, gate, until=" resumes the run after round ")
+    raylet = ray_process(main, "raylet/raylet")
+    ray_process(main, "DashboardAgent").kill()
+    seen = read_until(main, " resumes the run after round ")
+    next_raylet_at_gate(gate, raylet).kill()  # once the new instance's clients wait at the gate in turn
+    output = finished(main, gate, until=" resumes the run after round ", seen=seen)
     assert main.returncode == 0, output[-3000:]
     lines = terminal_warnings(output)
     # fedsim notices first and restarts in the same process, or Ray's core worker ends the driver first and
-    # main.py's waiting process resumes the run in a new one: the same results either way
-    resumed = re.compile(r" in round 2; a new (Ray instance|process) resumes the run after round 1 \(restart 1 of ")
-    assert len(lines) == 1 and resumed.search(lines[0]), output
+    # main.py's waiting process resumes the run in a new one: the same results either way (each counts its own)
+    resumed = re.compile(r" in round 2; a new (Ray instance|process) resumes the run after round 1 \(restart [12] of ")
+    assert len(lines) == 2 and all(resumed.search(line) for line in lines), output
     assert only_fedsims_lines(output), output
     assert_same_run(run_dir, small_run)
     info = json.loads((run_dir / "run.json").read_text())
-    assert info["status"] == "completed" and [r["after_round"] for r in info["restarts"]] == [1]
+    assert info["status"] == "completed" and [r["after_round"] for r in info["restarts"]] == [1, 1]
 
 
 @pytest.mark.slow
-def test_the_runs_process_ended_by_a_segfault_mid_round_is_resumed_by_a_new_one_unchanged(
+def test_the_runs_process_ended_by_a_segfault_is_resumed_by_a_new_one_and_after_kill_9_resume_gives_the_same_run(
     small_run, imdb_dir, tmp_path
 ):
-    """What Ray's core worker does to its driver when the node dies under it, here without Ray's part in it:
-    main.py's waiting process starts a new process that resumes the run from round 1's checkpoint."""
+    """First what Ray's core worker does to its driver when the node dies under it, here without Ray's part in it:
+    main.py's waiting process starts a new process that resumes the run from round 1's checkpoint. Then, while
+    that process's clients train round 2 again, kill -9 of main.py (a crash, an OOM kill): the run is reported
+    dead, and `resume=` gives the uninterrupted run's numbers (small_run; FedAdam's state:
+    tests/run/test_server_app.py)."""
     run_dir, gate = tmp_path / "run", tmp_path / "gate"
     main = gated_main(run_dir, gate, 3, f"data.path={imdb_dir}", *SMALL)
+    raylet = ray_process(main, "raylet/raylet")
     (driver,) = [p for p in psutil.Process(main.pid).children() if "main.py" in " ".join(p.cmdline())]
     driver.send_signal(signal.SIGSEGV)
-    output = finished(main, gate, until=" resumes the run after round ")
-    assert main.returncode == 0, output[-3000:]
+    output = read_until(main, " resumes the run after round ")
+    next_raylet_at_gate(gate, raylet)  # the new process's clients wait at the gate in turn
+    try:
+        main.kill()  # main.py's own process alone; the run's process dies with it
+        main.wait()
+    finally:
+        os.killpg(main.pid, signal.SIGKILL)  # then what it had started (Ray), by the test's own hand
+    assert_group_ends(main)
     (line,) = terminal_warnings(output)
     assert line.startswith(f"warning: the run's process (pid {driver.pid}) ended without recording why (signal ")
     assert line.endswith("; a new process resumes the run after round 1 (restart 1 of runtime.max_restarts=2)")
     assert "in round 2; " in line and "Segmentation fault" in (run_dir / "main.log").read_text()
     assert only_fedsims_lines(output), output
+    assert load(run_dir).info["status"] == "dead"
+
+    (gate / "open").touch()
+    resumed = main_py(f"resume={run_dir}", env=gated_env(gate))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(run_dir, small_run)
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "completed" and [r["after_round"] for r in info["restarts"]] == [1]
+    assert [r["from_round"] for r in info["resumed"]] == [1, 1]  # the new process's, then resume='s
 
 
 @pytest.mark.slow
@@ -240,23 +208,6 @@ def test_beyond_the_restart_budget_the_run_ends_with_one_line_naming_the_command
     assert f"resume with: python main.py resume={run_dir} " in line
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "failed" and info["rounds_completed"] == 1  # resumable (tests/runs/test_main_cli.py)
-
-
-@pytest.mark.slow
-def test_a_supernode_killed_mid_round_is_started_again_and_gets_its_message_again(small_run, imdb_dir, tmp_path):
-    """runtime=deployment: the local federation starts the dead SuperNode again and the server sends it its
-    client's message again once the SuperLink counts it back."""
-    run_dir, gate = tmp_path / "run", tmp_path / "gate"
-    main = gated_main(run_dir, gate, 3, "runtime=deployment", f"data.path={imdb_dir}", *SMALL)
-    supernode = json.loads((run_dir / "logs" / "processes.json").read_text())["supernode_0"]
-    os.killpg(supernode, signal.SIGKILL)
-    output = finished(main, gate)
-    assert main.returncode == 0, output[-3000:]
-    (line,) = terminal_warnings(output)
-    assert line.startswith(f"warning: supernode_0 (pid {supernode}) died; started again (restart 1 of ")
-    assert_same_run(run_dir, small_run)
-    clients = pd.read_csv(run_dir / "clients.csv")
-    assert clients.loc[clients["retries"] > 0, ["round", "client_id"]].values.tolist() == [[2, 0]]
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import urllib.request
 import pandas as pd
 import pytest
 from helpers.configs import METRICS, SMALL
-from helpers.processes import carrying, mentioning
+from helpers.processes import ours
 from helpers.runs import ROOT
 
 from fedsim.runtimes.ports import free_port
@@ -84,13 +84,9 @@ def superlink(tmp_path):
         assert not group_alive(process.pid), "processes of the SuperLink's group outlived it"
 
 
-SESSION = "FEDSIM_TEST_SESSION"
-
-
 def raylets() -> set[int]:
     """This test session's raylets (the machine may run other sessions' Ray at the same time)."""
-    ours = {p.pid for p in carrying(SESSION, os.environ[SESSION])}  # conftest marks every process the tests start
-    return {p.pid for p in mentioning("raylet") if p.pid in ours}
+    return {p.pid for p in ours(lambda p: "raylet" in " ".join(p.cmdline()))}
 
 
 def test_flwr_run_writes_main_pys_run_directory_with_the_same_numbers(superlink, imdb_dir, small_run, tmp_path):

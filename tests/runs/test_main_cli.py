@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers.configs import SMALL, TIMING, make_cfg
+from helpers.configs import make_cfg
 from helpers.data import make_reviews
-from helpers.runs import assert_group_ends, forked, main_py, run_main, start_main, wait_for_round
+from helpers.runs import assert_group_ends, forked, run_main, start_main
 from safetensors.numpy import load_file
 
 from fedsim.outputs.columns import CLIENTS_COLUMNS, ROUNDS_COLUMNS
-from fedsim.results.loading import load
 from fedsim.run.steps import run_experiment
 from fedsim.system.errors import ConfigError
 from fedsim.system.processes import group_alive
@@ -197,29 +196,6 @@ def test_a_run_into_a_finished_runs_directory_is_refused_and_touches_nothing(sma
         f"overwrite=true to replace it, resume={small_run} num_rounds=MORE to continue it\n"
     )
     assert {p: p.stat().st_mtime_ns for p in small_run.rglob("*") if p.name != ".lock"} == before
-
-
-@pytest.mark.slow
-def test_kill_9_mid_run_is_reported_dead_and_resumes_to_an_uninterrupted_runs_numbers(small_run, imdb_dir, tmp_path):
-    """small_run is the uninterrupted run of the same config (FedAdam's state: tests/run/test_server_app.py)."""
-    cut = tmp_path / "cut"
-    process = start_main(cut, f"data.path={imdb_dir}", *SMALL)
-    try:
-        wait_for_round(process, 1)
-        process.kill()  # the driver alone, as a crash or an OOM kill would
-        process.wait()
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # then what it had started (Ray), by the test's own hand
-    assert_group_ends(process)  # the run's process too (it dies with main.py's, a moment later)
-    assert load(cut).info["status"] == "dead"
-
-    result = main_py(f"resume={cut}")
-    assert result.returncode == 0, result.stderr[-2000:]
-    for name in ("rounds.csv", "clients.csv", "layers.csv"):
-        resumed, whole = (pd.read_csv(d / name).drop(columns=TIMING, errors="ignore") for d in (cut, small_run))
-        pd.testing.assert_frame_equal(resumed, whole, check_exact=True)
-    info = json.loads((cut / "run.json").read_text())
-    assert info["status"] == "completed" and info["resumed"][0]["from_round"] >= 0  # the checkpoint before the kill
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 from helpers.configs import SMALL, make_cfg
-from helpers.processes import mentioning, processes
+from helpers.processes import mentioning, ours
 from helpers.runs import ROOT, run_main
 
 from fedsim.collections.ledger import Collection
@@ -314,7 +314,7 @@ def test_a_cluster_run_is_awaited_until_its_job_ends_and_gives_its_exit_status(m
 
 
 def _ray_processes() -> set[int]:
-    return {p.pid for p in processes(lambda p: any(name in " ".join(p.cmdline()) for name in RAY_PROCESSES))}
+    return {p.pid for p in ours(lambda p: any(name in " ".join(p.cmdline()) for name in RAY_PROCESSES))}
 
 
 def _free_port() -> int:

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import stat
-import subprocess
 import sys
 import time
 
@@ -25,11 +24,11 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.cli.build import build_fab_from_disk
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
-from helpers.configs import SMALL, make_cfg
+from helpers.configs import RETRY_COLUMNS, SMALL, make_cfg
 from helpers.data import make_reviews
-from helpers.gates import gated_env, waiting
-from helpers.processes import carrying
-from helpers.runs import ROOT, main_py, start_main, wait_for_round
+from helpers.gates import ADAM_GATE
+from helpers.processes import ours
+from helpers.runs import ROOT, finished, gated, start_main, terminal_warnings, wait_for_round
 
 import fedsim.server.participation
 from fedsim.client.client import client_fn
@@ -43,12 +42,11 @@ from fedsim.runtimes.staging import staged_app
 from fedsim.server.participation import Participants
 from fedsim.system.errors import ConfigError, RunFailed
 from fedsim.system.processes import Processes, alive, descendants
-from fedsim.system.waits import wait_for
 
 
 def federation_processes() -> list[int]:
-    """Processes of any federation main.py started: they all inherit FEDSIM_FEDERATION."""
-    return [p.pid for p in carrying("FEDSIM_FEDERATION")]
+    """Processes of any federation this session's main.py started: they all inherit FEDSIM_FEDERATION."""
+    return [p.pid for p in ours(lambda p: "FEDSIM_FEDERATION" in p.environ())]
 
 
 def test_certificates_chain_to_the_ca_with_every_host_as_san_and_private_keys_private(tmp_path):
@@ -179,46 +177,32 @@ def no_federation_left():
 
 
 @pytest.mark.slow
-def test_deployment_stopped_mid_round_and_resumed_equals_the_simulation(
+def test_deployment_stopped_mid_round_then_resumed_with_a_supernode_killed_equals_the_simulation(
     small_run, imdb_dir, tmp_path, no_federation_left
 ):
     """TLS and node authentication on, 3 SuperNodes, 2 rounds, against main.py's simulation of the same config
     and seed (`small_run`). Ctrl-C lands while round 2 trains (a gate holds its clients); the same run resumed
     from its round-1 checkpoint then gives the simulation's numbers exactly: the clients compute the same thing
-    from the same seeds in other processes, and the server aggregates in partition order. Both invocations run
-    with the venv off PATH (as cron or a job script would), so every process finds Flower's console scripts
-    beside the interpreter."""
+    from the same seeds in other processes, and the server aggregates in partition order. In the resumed run a
+    SuperNode is killed (-9) while round 2 trains: the local federation starts it again and the server sends it
+    its client's message again once the SuperLink counts it back. Both invocations run with the venv off PATH
+    (as cron or a job script would), so every process finds Flower's console scripts beside the interpreter."""
     deployed, gate = tmp_path / "deployed", tmp_path / "gate"
-    env = gated_env(gate, open_from=3, PATH="/usr/bin:/bin")  # round 1's 3 clients pass; round 2's are held
-    command = [
-        sys.executable,
-        "main.py",
-        f"hydra.run.dir={deployed}",
-        f"data.path={imdb_dir}",
-        *SMALL,
-        "runtime=deployment",
-        "model.optimizer._target_=helpers.gates.adam_after_gate",
-    ]
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    off_path = {"PATH": "/usr/bin:/bin"}
+    # round 1's 3 clients pass; round 2's are held
+    process = gated([f"hydra.run.dir={deployed}", f"data.path={imdb_dir}", *SMALL, "runtime=deployment", ADAM_GATE],
+                    gate, 3, **off_path)  # fmt: skip
     try:
-        wait_for(
-            lambda: waiting(gate) or process.poll() is not None,
-            timeout_s=600,
-            what="round 2's training",
-            key="the test",
-        )
-        assert process.poll() is None, process.communicate()
         os.kill(process.pid, signal.SIGINT)
-        out, err = process.communicate(timeout=120)
+        out, _ = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     (gate / "open").touch()
-    assert (
-        process.returncode == 130 and err == f"interrupted by SIGINT; resume with: python main.py resume={deployed}\n"
-    ), out[-3000:] + err[-3000:]
+    assert process.returncode == 130, out[-3000:]
+    assert terminal_warnings(out) == [] and out.endswith(
+        f"interrupted by SIGINT; resume with: python main.py resume={deployed}\n"
+    ), out[-3000:]
     assert "round   1/2" in out and "Starting logstream" not in out  # Flower's own log lines stay in its logs
     info = json.loads((deployed / "run.json").read_text())
     assert info["status"] == "interrupted" and info["rounds_completed"] == 1 and info["runtime"] == "deployment"
@@ -231,16 +215,24 @@ def test_deployment_stopped_mid_round_and_resumed_equals_the_simulation(
     assert set(pids) == {"superlink", "superlink_superexec", "flwr run", *nodes, *each}
     assert not any(alive(pid) for pid in pids.values())
 
-    resumed = main_py(f"resume={deployed}", env=env)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "round   2/2" in resumed.stdout and "done: final central_accuracy" in resumed.stdout
+    again = tmp_path / "gate-again"  # every client of the resumed run waits
+    resumed = gated([f"resume={deployed}"], again, 0, **off_path)
+    supernode = json.loads((deployed / "logs" / "processes.json").read_text())["supernode_0"]
+    os.killpg(supernode, signal.SIGKILL)
+    out = finished(resumed, again)
+    assert resumed.returncode == 0, out[-3000:]
+    assert "round   2/2" in out and "done: final central_accuracy" in out
+    (line,) = terminal_warnings(out)
+    assert line.startswith(f"warning: supernode_0 (pid {supernode}) died; started again (restart 1 of "), out
     info = json.loads((deployed / "run.json").read_text())
     assert info["status"] == "completed" and info["resumed"][0]["from_round"] == 1
+    clients = pd.read_csv(deployed / "clients.csv")
+    assert clients.loc[clients["retries"] > 0, ["round", "client_id"]].values.tolist() == [[2, 0]]
     for name in ("rounds.csv", "clients.csv", "layers.csv"):
         a, b = (pd.read_csv(d / name) for d in (deployed, small_run))
-        # all but timings, memory, and the node (a Ray node id in simulation, a host here)
-        columns = [c for c in a.columns if not c.endswith(("_time_s", "_mb")) and c != "node"]
-        pd.testing.assert_frame_equal(a[columns], b[columns], check_exact=True)
+        # all but timings, memory, retries and the node (a Ray node id in simulation, a host here)
+        columns = [c for c in a.columns if not c.endswith(("_time_s", "_mb")) and c not in ("node", *RETRY_COLUMNS)]
+        pd.testing.assert_frame_equal(a[columns], b[columns], check_exact=True, obj=name)
     manifest = [pd.read_csv(d / "weights" / "manifest.csv") for d in (deployed, small_run)]
     pd.testing.assert_frame_equal(*manifest)
 
