@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from fedsim.byzantine.aggregators import SELECTIONS
 from fedsim.byzantine.omniscient import BOUNDS, DIRECTIONS
+from fedsim.config.partitions import check_partition
 from fedsim.system.errors import ConfigError
 
 ADDRESS = re.compile(r"^(auto|[\w.-]+:\d+)$")  # ray.address, when set
@@ -108,6 +109,15 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "archive.max_pending": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "partition.alpha": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "partition.classes_per_client": (lambda v: v in (1, 2), "1 or 2 (IMDB has two labels)"),
+    "partition.labels_per_client": (lambda v: v in (1, 2), "1 or 2 (IMDB has two labels)"),
+    "partition.num_shards_per_partition": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "partition.shard_size": (
+        lambda v: v is None or (_is_int(v) and v >= 1),
+        "null (as large as fits) or an integer >= 1",
+    ),
+    "partition.strictness": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "partition.sigma": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "partition.preassigned_per_label": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "attack.node_ratio": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "attack.data_ratio": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "attack.mode": (lambda v: v in ("flip", "random"), "flip or random"),
@@ -200,6 +210,7 @@ def validate(cfg: DictConfig) -> None:
             "(0, 1), or strategy.fraction_evaluate=0",
         )
     check_sampling(cfg)
+    check_partition(cfg)
     if cfg.attack.name == "none" and cfg.attack.node_ratio:
         raise ConfigError(
             "attack.node_ratio",

@@ -1,16 +1,20 @@
-"""Which rows each client holds: flwr-datasets' partitioners, run once by the driver into a small cached
-table that clients only read, and each client's split into local train and validation rows.
+"""Which rows each client holds: flwr-datasets' partitioners (conf/partition/, some through
+fedsim.data.partitioners), run once by the driver into a small cached table that clients only read, and each
+client's split into local train and validation rows.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from safetensors.numpy import load_file
 
 from fedsim.data.cache import is_intact, save_cached
@@ -33,21 +37,6 @@ def check_partitions(partition_file: str, val_fraction: float, seed: int, fracti
             )
 
 
-def pathological_partitioner(
-    num_partitions: int, classes_per_client: int, class_assignment_mode: str = "random", seed: int = 0
-):
-    """flwr-datasets' PathologicalPartitioner under the SPEC's key name `partition.classes_per_client`."""
-    from flwr_datasets.partitioner import PathologicalPartitioner  # the driver partitions; actors never import it
-
-    return PathologicalPartitioner(
-        num_partitions=num_partitions,
-        partition_by="label",
-        num_classes_per_partition=classes_per_client,
-        class_assignment_mode=class_assignment_mode,
-        seed=seed,
-    )
-
-
 # A partitioner that draws until every partition holds `min_partition_size` rows gives up after its own tries
 # (flwr-datasets' Dirichlet: 10 draws, then ValueError). Such a draw is made again from a seed derived from
 # (seed, attempt), at most this many times: the first attempt is the partitioner's own seed, so every partition
@@ -62,8 +51,24 @@ def redraw_seed(seed: int, attempt: int) -> int:
     return int(np.random.SeedSequence([seed, 0x9A27, attempt]).generate_state(1)[0])
 
 
-def partition_table(partitioner_cfg: dict, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """flwr-datasets' partitioner over the (seed-shuffled) training rows, as CSR (rows, indptr).
+LENGTH = "length"  # the column a partitioner may partition by besides `label`: a review's length in words
+
+
+def by_length(partitioner_cfg: Mapping[str, Any]) -> bool:
+    """Whether the partitioner partitions by the reviews' length (so it needs their texts)."""
+    return partitioner_cfg.get("partition_by") == LENGTH
+
+
+def takes_num_rows(target: str) -> bool:
+    """Whether the partitioner `target` names sizes its partitions from the training rows (fedsim.data.partitioners)."""
+    return "num_rows" in inspect.signature(get_method(target)).parameters
+
+
+def partition_table(
+    partitioner_cfg: dict, labels: np.ndarray, seed: int, texts: Sequence[str] = ()
+) -> tuple[np.ndarray, np.ndarray]:
+    """flwr-datasets' partitioner over the (seed-shuffled) training rows, as CSR (rows, indptr). `texts`: the
+    rows' reviews, for a partitioner by their length.
 
     A partitioner with a minimum partition size and a seed of its own that gives up is asked again with another
     seed (`REDRAWS`): what it returns is still its own draw conditioned on the minimum, as its rejection
@@ -71,6 +76,10 @@ def partition_table(partitioner_cfg: dict, labels: np.ndarray, seed: int) -> tup
     from datasets import Dataset  # the driver partitions once; actors never import datasets
 
     order = np.random.default_rng(seed).permutation(len(labels))
+    columns = {"row": order, "label": labels[order]}
+    if by_length(partitioner_cfg):
+        columns[LENGTH] = np.array([len(texts[i].split()) for i in order], dtype=np.int64)
+    extra = {"num_rows": len(labels)} if takes_num_rows(partitioner_cfg["_target_"]) else {}
     redraws = REDRAWS if {"seed", "min_partition_size"} <= partitioner_cfg.keys() else 1
     for attempt in range(redraws):
         cfg = (
@@ -78,11 +87,13 @@ def partition_table(partitioner_cfg: dict, labels: np.ndarray, seed: int) -> tup
             if attempt == 0
             else {**partitioner_cfg, "seed": redraw_seed(partitioner_cfg["seed"], attempt)}
         )
-        partitioner = instantiate(cfg, _convert_="all")
-        partitioner.dataset = Dataset.from_dict({"row": order, "label": labels[order]})
+        partitioner = instantiate(cfg, _convert_="all", **extra)
+        partitioner.dataset = Dataset.from_dict(columns)
         try:
             with warnings.catch_warnings():  # each of its short draws warns; the last failure is what counts
                 warnings.filterwarnings("ignore", message="The specified min_partition_size")
+                # datasets' sort (ShardPartitioner) on pyarrow >= 25: the library's call to change, not the user's
+                warnings.filterwarnings("ignore", message="Specifying null_placement", category=FutureWarning)
                 parts = [
                     np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64)
                     for i in range(partitioner.num_partitions)
@@ -96,18 +107,21 @@ def partition_table(partitioner_cfg: dict, labels: np.ndarray, seed: int) -> tup
     return np.concatenate(parts) if parts else np.zeros(0, np.int64), indptr
 
 
-def partition_cached(partitioner_cfg: dict, labels: np.ndarray, seed: int, cache_dir: str) -> str:
+def partition_cached(
+    partitioner_cfg: dict, labels: np.ndarray, seed: int, cache_dir: str, texts: Sequence[str] = ()
+) -> str:
     """Partition once, in the driver, into a small safetensors file that client actors only read.
 
-    Actors then never import `datasets`, and 1000 clients cost one partitioning, not one per actor.
+    Actors then never import `datasets`, and 1000 clients cost one partitioning, not one per actor. `texts`, for
+    a partitioner by the reviews' length, are part of the cache's key.
     """
     settings = {"partitioner": partitioner_cfg, "seed": seed, "version": 1}
     directory = Path(os.path.expanduser(cache_dir))
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"partition-{cache_key([], labels, settings)}.safetensors"
+    path = directory / f"partition-{cache_key(texts, labels, settings)}.safetensors"
     if not is_intact(path):
         try:
-            rows, indptr = partition_table(partitioner_cfg, labels, seed)
+            rows, indptr = partition_table(partitioner_cfg, labels, seed, texts)
         except ValueError as exc:  # flwr-datasets' own message, e.g. a Dirichlet split it cannot make
             raise ConfigError(
                 "partition", f"{first_line(exc)} (try fewer clients, more rows, or a larger partition.alpha)"

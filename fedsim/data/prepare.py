@@ -18,7 +18,7 @@ from fedsim.config.settings import DataSettings
 from fedsim.data.cache import _check_file, featurize_cached
 from fedsim.data.features import cache_key
 from fedsim.data.imdb import check_split, read_imdb, select_rows
-from fedsim.data.partition import check_partitions, partition_cached
+from fedsim.data.partition import by_length, check_partitions, partition_cached
 from fedsim.system.errors import ConfigError
 from fedsim.system.files import write_json
 
@@ -58,7 +58,13 @@ def prepare_data(data: DataSettings) -> PreparedData:
         kind=featurizer.kind,
         num_train=len(train_rows),
         num_test=len(test_rows),
-        partition_file=partition_cached(data.partition, splits["train"].labels[train_rows], data.seed, data.cache_dir),
+        partition_file=partition_cached(
+            data.partition,
+            splits["train"].labels[train_rows],
+            data.seed,
+            data.cache_dir,
+            [splits["train"].texts[i] for i in train_rows] if by_length(data.partition) else (),
+        ),
         seed=data.seed,
         val_fraction=data.val_fraction,
     )
