@@ -80,6 +80,8 @@ CONFIGS = {
     ],
     # conf/experiment/cross_device.yaml: 5,000 clients, 500 train per round, bow of 2^16 buckets, 100 rounds.
     "cross-device": ["experiment=cross_device", *FAST],
+    # conf/experiment/cross_device_25k.yaml: 25,000 clients of one review, 2,500 train per round, central evaluation.
+    "cross-device-25k": ["experiment=cross_device_25k", "num_rounds=5", *FAST],
 }
 
 

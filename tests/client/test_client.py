@@ -7,8 +7,10 @@ import torch
 from flwr.app import Context, RecordDict
 from helpers.clients import make_client
 from helpers.configs import make_cfg
+from hydra.utils import instantiate
 
-from fedsim.client.client import client_fn, settings_for
+import fedsim.client.client
+from fedsim.client.client import client_fn, seed_generators, settings_for
 from fedsim.config.compose import flatten
 from fedsim.config.settings import DataSettings
 from fedsim.data.prepare import prepare_data
@@ -119,3 +121,36 @@ def test_fedprox_with_adam_moves_clients_as_mu_says(generated_imdb):
     assert all(np.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(tiny_weights, fedavg_weights))
     ratios = [drift(mu)[0] / fedavg for mu in (0.01, 1.0, 100.0)]
     assert ratios[0] > 0.95 and ratios[0] > ratios[1] > ratios[2] and ratios[2] < 0.5
+
+
+def test_the_optimizer_config_is_built_once_a_process_and_every_client_gets_a_fresh_optimizer(
+    generated_imdb, monkeypatch
+):
+    cfg = make_cfg(f"data.path={generated_imdb}", "num_clients=3")
+    prepare_data(DataSettings.of(cfg))
+    built = []
+    monkeypatch.setattr(fedsim.client.client, "instantiate", lambda node: built.append(node) or instantiate(node))
+    fedsim.client.client.actor_optimizer.cache_clear()
+    made = []
+    monkeypatch.setattr(torch.optim.Adam, "__init__", spying(torch.optim.Adam.__init__, made))
+    client = make_client(cfg, 0)
+    weights = get_weights(client.model)
+    for server_round in (1, 2):
+        client.fit(weights, {"server-round": server_round})
+    assert [node._target_ for node in built if "_partial_" in node] == ["torch.optim.Adam"]
+    assert len(made) == 2 and made[0] is not made[1]  # a fresh optimizer each time: no moments carried over
+
+
+def spying(init, made: list):
+    def __init__(self, *args, **kwargs):
+        made.append(self)
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+def test_seeding_a_client_draws_as_torch_manual_seed_does_on_the_cpu():
+    torch.manual_seed(11)
+    expected = torch.rand(5)
+    seed_generators(11, torch.device("cpu"))
+    assert torch.equal(torch.rand(5), expected)
