@@ -12,6 +12,7 @@ from helpers.local_grid import LocalGrid
 from fedsim.client.app import make_client_app
 from fedsim.config.compose import compose
 from fedsim.config.counts import Counts
+from fedsim.config.validate import validate
 
 CASES = [(10, 1.0, 1, 1.0, 1), (10, 0.3, 2, 0.5, 4), (7, 0.5, 1, 0.0, 1), (100, 0.05, 8, 0.1, 2), (3, 0.2, 3, 0.2, 1)]
 
@@ -62,3 +63,10 @@ def test_malicious_counts_round_halves_up_and_a_partial_round_holds_its_share_ro
     )
     assert part.fit == 5 and part.malicious_per_round == 2  # ceil(3 x 5 / 10)
     assert Counts.of(compose(["num_clients=10"])).malicious == 0
+
+
+def test_the_25k_preset_trains_2500_clients_a_round_and_passes_every_check():
+    cfg = compose(["experiment=cross_device_25k"])
+    validate(cfg)
+    counts = Counts.of(cfg)
+    assert (cfg.num_clients, counts.fit, counts.evaluate) == (25_000, 2_500, 0)
