@@ -31,6 +31,7 @@ from fedsim.outputs.base import Callback
 from fedsim.outputs.phases import check_callbacks
 from fedsim.outputs.tracking.tracker import NoTracking, Tracker
 from fedsim.privacy.dp import Privacy
+from fedsim.run.library_logs import quiet
 from fedsim.server.faults import Faults
 from fedsim.server.preconditions import check_byzantine, check_poisson, check_strategy
 from fedsim.server.robust import PreAggregated
@@ -69,6 +70,7 @@ def build(
     `run_config` is the run config the clients get; by default the resolved config itself.
     """
     validate(cfg)
+    quiet(cfg.log_level)  # before the strategy, which may log as it is built
     strategy = _instantiate(cfg, "strategy", without=("sampling",))  # fedsim draws the clients (server.participation)
     attack = _instantiate(cfg, "attack")
     counts, byzantine = Counts.of(cfg), ByzantineSettings.of(cfg)

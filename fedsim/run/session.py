@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import random
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -41,25 +39,6 @@ from fedsim.run.info import RunInfo
 from fedsim.rundir import CLIENTS, DETECTION, LAYERS, MODEL, ROUNDS
 from fedsim.server.loop import Start
 from fedsim.server.record import RoundRecord
-
-
-class _DropDeprecationNotice(logging.Filter):
-    """Flower flags run_simulation as deprecated on every run; it is still its only Python entry into simulation."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "DEPRECATED FEATURE" not in record.getMessage()
-
-
-def quiet(log_level: str) -> None:
-    """Keep Ray's and Flower's chatter below `log_level`; flwr logs once, through its own handler."""
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    for name in ("flwr", "ray", "transformers", "datasets", "filelock"):
-        logging.getLogger(name).setLevel(log_level)
-    flwr_logger = logging.getLogger("flwr")
-    flwr_logger.propagate = False
-    if logging.getLevelNamesMapping()[log_level] > logging.INFO:
-        for handler in flwr_logger.handlers:
-            handler.addFilter(_DropDeprecationNotice())
 
 
 class Session:

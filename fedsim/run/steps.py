@@ -18,7 +18,7 @@ from fedsim.data.prepare import prepare_data
 from fedsim.outputs.checkpointer import checkpoint_round
 from fedsim.run.experiment import build, load_model
 from fedsim.run.info import RunInfo, _now
-from fedsim.run.session import Session, quiet
+from fedsim.run.session import Session
 from fedsim.rundir import config_path, read_info, write_info
 from fedsim.system.errors import ConfigError, first_line
 from fedsim.system.memory import return_freed_buffers_to_os
@@ -104,7 +104,6 @@ def run_experiment(cfg: DictConfig, run_dir: Path, federate: Callable[[Session],
     session: Session | None = None
     try:
         info.update(attack=experiment.attack.name, malicious_clients=experiment.malicious)
-        quiet(cfg.log_level)
         return_freed_buffers_to_os()
 
         # 2. The seeded initial model; the archive's size checked against the free disk.
