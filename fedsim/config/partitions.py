@@ -40,7 +40,7 @@ DOES_NOT_FIT = {
     "federates rows",
 }
 
-NUM_LABELS = 2  # IMDB: negative, positive
+NUM_LABELS = 2  # len(fedsim.data.imdb.CLASSES), which this layer, below fedsim.data, cannot import
 
 
 def _is_sizes(value: Any) -> bool:

@@ -3,7 +3,7 @@ a config (conf/partition/): sizes that follow from the training rows, a distribu
 
 Each is called by `fedsim.data.partition.partition_table` through Hydra's `instantiate`; the ones that size
 partitions from the training rows take `num_rows`, which partition_table passes them. The partitioners that
-cannot apply to IMDB, and why, are in fedsim.config.validate (DOES_NOT_FIT), which refuses them.
+cannot apply to IMDB, and why, are in fedsim.config.partitions (DOES_NOT_FIT), which refuses them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from flwr_datasets.partitioner import (
     SizePartitioner,
 )
 
-from fedsim.config.partitions import NUM_LABELS
+from fedsim.data.imdb import CLASSES
 
 
 def even_sizes(num_rows: int, num_partitions: int) -> list[int]:
@@ -28,7 +28,7 @@ def even_sizes(num_rows: int, num_partitions: int) -> list[int]:
 
 
 def sizes_for(partition_sizes: Sequence[int] | None, num_partitions: int, num_rows: int) -> list[int]:
-    """The sizes given, or even sizes over the training rows (None). fedsim.config.validate has checked that a
+    """The sizes given, or even sizes over the training rows (None). fedsim.config.partitions has checked that a
     given list has one size per client; their sum flwr-datasets checks against the rows."""
     return list(partition_sizes) if partition_sizes is not None else even_sizes(num_rows, num_partitions)
 
@@ -77,8 +77,8 @@ def distribution_partitioner(
     """Each client holds `labels_per_client` labels, its share of each drawn log-normally with standard deviation
     `sigma` (flwr-datasets' DistributionPartitioner, after Li et al., FedProx, 2020): the distribution array it
     takes, one row per label and labels_per_client * num_partitions / 2 columns, drawn from the seed."""
-    columns = labels_per_client * num_partitions // NUM_LABELS
-    array = np.random.default_rng([seed, 0xD157]).lognormal(0.0, sigma, (NUM_LABELS, columns))
+    columns = labels_per_client * num_partitions // len(CLASSES)
+    array = np.random.default_rng([seed, 0xD157]).lognormal(0.0, sigma, (len(CLASSES), columns))
     return DistributionPartitioner(
         array,
         num_partitions,
